@@ -1,0 +1,34 @@
+# mcpproxy-oauth: one entry point for building, testing and demos.
+# `make test` is what CI runs (through .ci/run) and what the README's quick start names.
+
+CARGO ?= cargo
+
+.PHONY: all build test test-rust test-interop lint demo-server clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets --locked
+
+## The whole test suite: every Rust test of the workspace, then third-party clients.
+test: test-rust test-interop
+
+test-rust:
+	$(CARGO) test --workspace --locked
+
+## A client nobody here wrote (the MCP TypeScript SDK) against the OAuth test server.
+test-interop:
+	$(CARGO) build -p oauth-test-server --locked
+	cd tests/oauthserver/interop && npm ci --no-audit --no-fund --loglevel=error
+	node tests/oauthserver/interop/sdk-client.mjs target/debug/oauth-test-server
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## The OAuth test server with short TTLs, for trying things by hand.
+demo-server:
+	$(CARGO) run -p oauth-test-server --locked -- --port 9000 --access-token-ttl 30s
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,94 @@
+//! What a test server instance does: token lifetimes, which features are on, and which
+//! faults are armed from the start. Every field has a default that behaves like a
+//! well-mannered production server, so a test only states what it changes.
+
+use std::time::Duration;
+
+use crate::faults::Fault;
+
+/// The configuration of one test server instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Port on 127.0.0.1; 0 picks an ephemeral port (read it back with `OAuthTestServer::url`).
+    pub port: u16,
+    /// Lifetime of access tokens. Announced `expires_in` is this, rounded up to whole seconds.
+    pub access_token_ttl: Duration,
+    /// Lifetime of refresh tokens, counted from their issue (each rotation starts anew).
+    pub refresh_token_ttl: Duration,
+    /// Lifetime of authorization codes.
+    pub code_ttl: Duration,
+    /// Serve RFC 7591 dynamic client registration at `/register`.
+    pub dynamic_registration: bool,
+    /// Hand out refresh tokens at all.
+    pub issue_refresh_tokens: bool,
+    /// Rotate the refresh token on every use; reuse of a rotated one revokes its family.
+    pub rotate_refresh_tokens: bool,
+    /// Require an RFC 8707 `resource` equal to the MCP endpoint on authorize and token requests.
+    pub require_resource: bool,
+    /// Show a login + consent page at `/authorize` instead of approving at once.
+    pub interactive: bool,
+    /// Put the issuer under this path (e.g. `/tenant1`), with path-aware well-known locations.
+    pub issuer_path: Option<String>,
+    /// `scopes_supported` of both metadata documents.
+    pub scopes_supported: Vec<String>,
+    /// A pre-registered client: (client_id, client_secret). No secret makes it public.
+    pub preregistered_client: Option<(String, Option<String>)>,
+    /// Tools that need an extra scope: (tool name, scope). Missing it yields 403 insufficient_scope.
+    pub tool_scopes: Vec<(String, String)>,
+    /// Answer MCP requests as `text/event-stream` instead of JSON.
+    pub mcp_sse_responses: bool,
+    /// Faults armed at start (the `--token-error`/`--refresh-error` flags).
+    pub faults: Vec<Fault>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 0,
+            access_token_ttl: Duration::from_secs(3600),
+            refresh_token_ttl: Duration::from_secs(24 * 3600),
+            code_ttl: Duration::from_secs(60),
+            dynamic_registration: true,
+            issue_refresh_tokens: true,
+            rotate_refresh_tokens: true,
+            require_resource: false,
+            interactive: false,
+            issuer_path: None,
+            scopes_supported: vec!["mcp:read".into(), "mcp:write".into()],
+            preregistered_client: None,
+            tool_scopes: Vec::new(),
+            mcp_sse_responses: false,
+            faults: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The issuer path normalised to `""` or `/segment...` without a trailing slash.
+    pub(crate) fn issuer_prefix(&self) -> String {
+        match self.issuer_path.as_deref().map(|p| p.trim_matches('/')) {
+            None | Some("") => String::new(),
+            Some(p) => format!("/{p}"),
+        }
+    }
+
+    /// Every scope the server knows: `scopes_supported` plus the scopes tools demand.
+    pub(crate) fn all_scopes(&self) -> Vec<String> {
+        let mut scopes = self.scopes_supported.clone();
+        for (_, scope) in &self.tool_scopes {
+            if !scopes.contains(scope) {
+                scopes.push(scope.clone());
+            }
+        }
+        scopes
+    }
+
+    /// The scope named in a 401 challenge: the supported scopes that no tool reserves.
+    pub(crate) fn base_scopes(&self) -> Vec<String> {
+        self.scopes_supported
+            .iter()
+            .filter(|s| !self.tool_scopes.iter().any(|(_, t)| t == *s))
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,133 @@
+//! `oauth-test-server`: runs the OAuth test server until Ctrl-C.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Parser;
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
+
+/// A real OAuth 2.1 authorization server and protected MCP endpoint, for tests only.
+/// Durations accept 500ms, 30s, 3m, 24h.
+#[derive(Parser, Debug)]
+#[command(name = "oauth-test-server", version)]
+struct Args {
+    /// Port on 127.0.0.1 (0 = ephemeral). The first line printed is `listening on URL`.
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    access_token_ttl: Duration,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    refresh_token_ttl: Duration,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    code_ttl: Duration,
+    /// Do not offer dynamic client registration.
+    #[arg(long)]
+    no_dcr: bool,
+    /// Never issue refresh tokens.
+    #[arg(long)]
+    no_refresh_token: bool,
+    /// Keep refresh tokens unchanged on use instead of rotating them.
+    #[arg(long)]
+    no_rotation: bool,
+    /// Require `resource` (RFC 8707) equal to the MCP endpoint.
+    #[arg(long)]
+    require_resource: bool,
+    /// Show a login + consent page instead of approving at once.
+    #[arg(long)]
+    interactive: bool,
+    /// Put the issuer under a path, e.g. /tenant1.
+    #[arg(long)]
+    issuer_path: Option<String>,
+    /// Space-separated scopes_supported.
+    #[arg(long, default_value = "mcp:read mcp:write")]
+    scopes_supported: String,
+    /// A pre-registered client id.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// The pre-registered client's secret (omit for a public client).
+    #[arg(long, requires = "client_id")]
+    client_secret: Option<String>,
+    /// A tool needing an extra scope, as TOOL=SCOPE (repeatable).
+    #[arg(long = "tool-scope", value_parser = parse_tool_scope)]
+    tool_scopes: Vec<(String, String)>,
+    /// Answer MCP requests as text/event-stream.
+    #[arg(long)]
+    mcp_sse: bool,
+    /// Inject this fault on authorization_code token requests.
+    #[arg(long)]
+    token_error: Option<FaultKind>,
+    /// Inject this fault on refresh_token requests.
+    #[arg(long)]
+    refresh_error: Option<FaultKind>,
+    /// Inject the faults above N times, then recover (default: until cleared).
+    #[arg(long)]
+    fault_count: Option<u32>,
+}
+
+fn parse_tool_scope(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((tool, scope)) if !tool.is_empty() && !scope.is_empty() => {
+            Ok((tool.into(), scope.into()))
+        }
+        _ => Err(format!("expected TOOL=SCOPE, got {s:?}")),
+    }
+}
+
+impl Args {
+    fn into_config(self) -> Config {
+        let mut faults = Vec::new();
+        for (target, kind) in [
+            (FaultTarget::Token, self.token_error),
+            (FaultTarget::Refresh, self.refresh_error),
+        ] {
+            if let Some(kind) = kind {
+                faults.push(Fault {
+                    target,
+                    kind,
+                    count: self.fault_count,
+                    delay_ms: None,
+                });
+            }
+        }
+        Config {
+            port: self.port,
+            access_token_ttl: self.access_token_ttl,
+            refresh_token_ttl: self.refresh_token_ttl,
+            code_ttl: self.code_ttl,
+            dynamic_registration: !self.no_dcr,
+            issue_refresh_tokens: !self.no_refresh_token,
+            rotate_refresh_tokens: !self.no_rotation,
+            require_resource: self.require_resource,
+            interactive: self.interactive,
+            issuer_path: self.issuer_path,
+            scopes_supported: self
+                .scopes_supported
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            preregistered_client: self.client_id.map(|id| (id, self.client_secret)),
+            tool_scopes: self.tool_scopes,
+            mcp_sse_responses: self.mcp_sse,
+            faults,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let config = Args::parse().into_config();
+    let port = config.port;
+    let server = match OAuthTestServer::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("oauth-test-server: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("listening on {}", server.url());
+    println!("issuer {}", server.issuer());
+    println!("mcp endpoint {}", server.mcp_url());
+    let _ = std::io::stdout().flush();
+    let _ = tokio::signal::ctrl_c().await;
+    server.shutdown().await;
+}

@@ -1,0 +1,202 @@
+//! `POST /mcp`: a protected MCP Streamable HTTP endpoint. It validates the bearer token as a
+//! real resource server would (signature, audience, expiry with no leeway, revocation) and
+//! answers challenges with `WWW-Authenticate` as the MCP authorization specification asks.
+
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ConnectionKill, Intercept, intercept};
+use crate::faults::FaultTarget;
+use crate::jwt::AccessClaims;
+use crate::state::{AppState, random_token};
+
+pub async fn get_not_allowed() -> StatusCode {
+    StatusCode::METHOD_NOT_ALLOWED
+}
+
+pub async fn post(
+    State(state): State<AppState>,
+    Extension(kill): Extension<ConnectionKill>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let injected_token_error = match intercept(&state, FaultTarget::Mcp, &kill).await {
+        Intercept::Proceed => false,
+        Intercept::Respond(response) => return response,
+        Intercept::Shape(_) => true,
+    };
+    state.lock().stats.mcp_requests += 1;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let claims = match (bearer, injected_token_error) {
+        (None, _) => return unauthorized(&state, None),
+        (Some(_), true) => {
+            return unauthorized(&state, Some("the token was refused (injected fault)"));
+        }
+        (Some(token), false) => match validate(&state, token) {
+            Ok(claims) => claims,
+            Err(reason) => return unauthorized(&state, Some(&reason)),
+        },
+    };
+
+    let Ok(message) = serde_json::from_slice::<Value>(&body) else {
+        return rpc_response(
+            &state,
+            json!({"jsonrpc": "2.0", "id": null,
+            "error": {"code": -32700, "message": "parse error"}}),
+            None,
+        );
+    };
+    let Some(method) = message.get("method").and_then(Value::as_str) else {
+        return rpc_response(
+            &state,
+            json!({"jsonrpc": "2.0", "id": null,
+            "error": {"code": -32600, "message": "invalid request: one JSON-RPC request object expected"}}),
+            None,
+        );
+    };
+    let Some(id) = message.get("id").cloned() else {
+        // A notification (e.g. notifications/initialized): accepted, no body.
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let params = message.get("params").cloned().unwrap_or(Value::Null);
+    let mut session = None;
+    let outcome: Result<Value, (i64, String)> = match method {
+        "initialize" => {
+            session = Some(random_token("session_"));
+            let version = params
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("2025-06-18");
+            Ok(json!({
+                "protocolVersion": version,
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "oauth-test-server", "version": env!("CARGO_PKG_VERSION")},
+            }))
+        }
+        "ping" => Ok(json!({})),
+        "tools/list" => Ok(json!({"tools": [
+            {"name": "echo", "description": "Returns its message argument.",
+             "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}}},
+            {"name": "get_time", "description": "Returns the server's time in unix milliseconds.",
+             "inputSchema": {"type": "object", "properties": {}}},
+        ]})),
+        "tools/call" => {
+            let tool = params
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if let Some(denied) = missing_tool_scope(&state, tool, &claims) {
+                return denied;
+            }
+            match tool {
+                "echo" => {
+                    let text = params
+                        .pointer("/arguments/message")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    Ok(json!({"content": [{"type": "text", "text": text}], "isError": false}))
+                }
+                "get_time" => Ok(
+                    json!({"content": [{"type": "text", "text": state.now_ms().to_string()}], "isError": false}),
+                ),
+                other => Err((-32602, format!("unknown tool {other:?}"))),
+            }
+        }
+        other => Err((-32601, format!("method {other:?} not found"))),
+    };
+    let reply = match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err((code, message)) => {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+        }
+    };
+    rpc_response(&state, reply, session)
+}
+
+fn validate(state: &AppState, token: &str) -> Result<AccessClaims, String> {
+    let claims = state
+        .signer
+        .verify(token, &state.issuer(), &state.mcp_resource())?;
+    if state.now_ms() >= claims.exp as i64 * 1000 {
+        return Err("the access token expired".into());
+    }
+    if state.lock().revoked_jtis.contains(&claims.jti) {
+        return Err("the access token was revoked".into());
+    }
+    Ok(claims)
+}
+
+/// The 403 for a tool whose scope the token lacks, naming every scope the client should ask for.
+fn missing_tool_scope(state: &AppState, tool: &str, claims: &AccessClaims) -> Option<Response> {
+    let (_, needed) = state.config.tool_scopes.iter().find(|(t, _)| t == tool)?;
+    let mut granted: Vec<&str> = claims.scope.split_whitespace().collect();
+    if granted.contains(&needed.as_str()) {
+        return None;
+    }
+    state.lock().stats.mcp_403 += 1;
+    granted.push(needed);
+    let value = format!(
+        "Bearer error=\"insufficient_scope\", error_description=\"tool {tool} needs scope {needed}\", resource_metadata=\"{}\", scope=\"{}\"",
+        state.resource_metadata_url(),
+        granted.join(" ")
+    );
+    Some(challenge_response(StatusCode::FORBIDDEN, value))
+}
+
+/// 401 with the challenge; `error="invalid_token"` only when a token was presented (RFC 6750 §3.1).
+fn unauthorized(state: &AppState, invalid_token: Option<&str>) -> Response {
+    state.lock().stats.mcp_401 += 1;
+    let mut parts = Vec::new();
+    if let Some(reason) = invalid_token {
+        parts.push("error=\"invalid_token\"".to_string());
+        parts.push(format!(
+            "error_description=\"{}\"",
+            reason.replace('"', "'")
+        ));
+    }
+    parts.push(format!(
+        "resource_metadata=\"{}\"",
+        state.resource_metadata_url()
+    ));
+    let scopes = state.config.base_scopes();
+    if !scopes.is_empty() {
+        parts.push(format!("scope=\"{}\"", scopes.join(" ")));
+    }
+    challenge_response(
+        StatusCode::UNAUTHORIZED,
+        format!("Bearer {}", parts.join(", ")),
+    )
+}
+
+fn challenge_response(status: StatusCode, challenge: String) -> Response {
+    let mut response = (status, axum::Json(json!({"error": "unauthorized"}))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+fn rpc_response(state: &AppState, reply: Value, session: Option<String>) -> Response {
+    let mut response = if state.config.mcp_sse_responses {
+        let body = format!("event: message\ndata: {reply}\n\n");
+        ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+    } else {
+        axum::Json(reply).into_response()
+    };
+    if let Some(id) = session.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        response.headers_mut().insert("mcp-session-id", id);
+    }
+    response
+}

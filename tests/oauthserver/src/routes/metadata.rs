@@ -1,0 +1,81 @@
+//! Discovery documents: RFC 8414 / OIDC authorization server metadata, RFC 9728 protected
+//! resource metadata, and the JWKS.
+
+use axum::Json;
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
+
+use super::{ConnectionKill, Intercept, intercept, oauth_error};
+use crate::faults::FaultTarget;
+use crate::state::AppState;
+
+async fn faulted(state: &AppState, target: FaultTarget, kill: &ConnectionKill) -> Option<Response> {
+    match intercept(state, target, kill).await {
+        Intercept::Proceed => None,
+        Intercept::Respond(r) => Some(r),
+        Intercept::Shape(kind) => Some(oauth_error(
+            axum::http::StatusCode::BAD_REQUEST,
+            kind.oauth_error_code().unwrap_or("invalid_request"),
+            "injected fault",
+        )),
+    }
+}
+
+pub async fn authorization_server_metadata(
+    State(state): State<AppState>,
+    Extension(kill): Extension<ConnectionKill>,
+) -> Response {
+    if let Some(r) = faulted(&state, FaultTarget::Metadata, &kill).await {
+        return r;
+    }
+    let issuer = state.issuer();
+    let auth_methods = ["none", "client_secret_basic", "client_secret_post"];
+    let mut doc = serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/authorize"),
+        "token_endpoint": format!("{issuer}/token"),
+        "revocation_endpoint": format!("{issuer}/revoke"),
+        "jwks_uri": format!("{}/jwks.json", state.base_url),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "scopes_supported": state.config.all_scopes(),
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "authorization_response_iss_parameter_supported": true,
+    });
+    if state.config.dynamic_registration {
+        doc["registration_endpoint"] = format!("{issuer}/register").into();
+    }
+    Json(doc).into_response()
+}
+
+pub async fn protected_resource_metadata(
+    State(state): State<AppState>,
+    Extension(kill): Extension<ConnectionKill>,
+) -> Response {
+    if let Some(r) = faulted(&state, FaultTarget::Metadata, &kill).await {
+        return r;
+    }
+    Json(serde_json::json!({
+        "resource": state.mcp_resource(),
+        "authorization_servers": [state.issuer()],
+        "scopes_supported": state.config.all_scopes(),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "OAuth test server MCP endpoint",
+    }))
+    .into_response()
+}
+
+pub async fn jwks(
+    State(state): State<AppState>,
+    Extension(kill): Extension<ConnectionKill>,
+) -> Response {
+    if let Some(r) = faulted(&state, FaultTarget::Jwks, &kill).await {
+        return r;
+    }
+    Json(state.signer.jwks().clone()).into_response()
+}

@@ -1,0 +1,115 @@
+//! `POST /register`: RFC 7591 dynamic client registration for public and confidential clients.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::{ConnectionKill, Intercept, intercept, oauth_error};
+use crate::faults::FaultTarget;
+use crate::state::{AppState, AuthMethod, Client, random_token};
+
+pub async fn register(
+    State(state): State<AppState>,
+    Extension(kill): Extension<ConnectionKill>,
+    body: Bytes,
+) -> Response {
+    match intercept(&state, FaultTarget::Register, &kill).await {
+        Intercept::Proceed => {}
+        Intercept::Respond(response) => return response,
+        Intercept::Shape(kind) => {
+            let code = kind.oauth_error_code().unwrap_or("invalid_client_metadata");
+            return oauth_error(StatusCode::BAD_REQUEST, code, "injected fault");
+        }
+    }
+    let invalid = |d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_client_metadata", d);
+    let Ok(serde_json::Value::Object(mut metadata)) =
+        serde_json::from_slice::<serde_json::Value>(&body)
+    else {
+        return invalid("the body must be a JSON object of client metadata");
+    };
+    let grant_types: Vec<String> = match metadata.get("grant_types") {
+        None => vec!["authorization_code".into()],
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(g) => g,
+            Err(_) => return invalid("grant_types must be an array of strings"),
+        },
+    };
+    let redirect_uris: Vec<String> = match metadata.get("redirect_uris") {
+        None => Vec::new(),
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(uris) => uris,
+            Err(_) => return invalid("redirect_uris must be an array of strings"),
+        },
+    };
+    if grant_types.iter().any(|g| g == "authorization_code") && redirect_uris.is_empty() {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_uri",
+            "redirect_uris is required for authorization_code",
+        );
+    }
+    if let Some(bad) = redirect_uris
+        .iter()
+        .find(|u| !matches!(url::Url::parse(u), Ok(p) if p.fragment().is_none()))
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_uri",
+            &format!("{bad:?} is not an absolute URI without fragment"),
+        );
+    }
+    // RFC 7591 §2: the default method is client_secret_basic.
+    let method_name = metadata
+        .get("token_endpoint_auth_method")
+        .and_then(|v| v.as_str())
+        .unwrap_or("client_secret_basic")
+        .to_string();
+    let Some(method) = AuthMethod::parse(&method_name) else {
+        return invalid(&format!(
+            "token_endpoint_auth_method {method_name:?} is not supported"
+        ));
+    };
+
+    let client_id = random_token("client_");
+    let client_secret = (method != AuthMethod::None).then(|| random_token("secret_"));
+    let now_secs = state.now_ms() / 1000;
+    {
+        let mut inner = state.lock();
+        inner.stats.registrations += 1;
+        if let Some(secret) = &client_secret {
+            inner.secrets.client_secrets.push(secret.clone());
+        }
+        inner.clients.insert(
+            client_id.clone(),
+            Client {
+                client_id: client_id.clone(),
+                client_secret: client_secret.clone(),
+                auth_methods: vec![method],
+                redirect_uris,
+                client_name: metadata
+                    .get("client_name")
+                    .and_then(|v| v.as_str())
+                    .map(String::from),
+            },
+        );
+    }
+    // The response echoes the registered metadata with the server's additions (RFC 7591 §3.2.1).
+    metadata.insert("client_id".into(), client_id.into());
+    metadata.insert("client_id_issued_at".into(), now_secs.into());
+    metadata.insert("token_endpoint_auth_method".into(), method_name.into());
+    metadata.insert("grant_types".into(), grant_types.into());
+    metadata
+        .entry("response_types")
+        .or_insert_with(|| serde_json::json!(["code"]));
+    if let Some(secret) = client_secret {
+        metadata.insert("client_secret".into(), secret.into());
+        metadata.insert("client_secret_expires_at".into(), 0.into());
+    }
+    (
+        StatusCode::CREATED,
+        Json(serde_json::Value::Object(metadata)),
+    )
+        .into_response()
+}

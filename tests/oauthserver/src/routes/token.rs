@@ -1,0 +1,443 @@
+//! `POST /token`: the `authorization_code` and `refresh_token` grants, with client
+//! authentication as registered, single-use codes, PKCE S256 verification, and refresh token
+//! rotation where reuse of a rotated token revokes its whole family (as real servers do).
+
+use std::collections::HashMap;
+
+use axum::Form;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use sha2::{Digest, Sha256};
+
+use super::authorize::check_resource;
+use super::{ConnectionKill, Intercept, intercept, oauth_error};
+use crate::faults::{FaultKind, FaultTarget};
+use crate::jwt::AccessClaims;
+use crate::state::{
+    AppState, AuthMethod, Client, Inner, RefreshRecord, RefreshStatus, random_token,
+};
+
+type Params = HashMap<String, String>;
+
+/// An OAuth error decided while holding the state lock, turned into a response after it.
+pub(super) struct Denied {
+    code: &'static str,
+    description: String,
+}
+
+fn deny(code: &'static str, description: impl Into<String>) -> Denied {
+    Denied {
+        code,
+        description: description.into(),
+    }
+}
+
+pub async fn token(
+    State(state): State<AppState>,
+    Extension(kill): Extension<ConnectionKill>,
+    headers: HeaderMap,
+    Form(form): Form<Params>,
+) -> Response {
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    {
+        let mut inner = state.lock();
+        *inner
+            .stats
+            .token_requests
+            .entry(grant_type.clone())
+            .or_default() += 1;
+        if let Some(resource) = form.get("resource") {
+            inner.stats.resources_received.push(resource.clone());
+        }
+    }
+    let target = if grant_type == "refresh_token" {
+        FaultTarget::Refresh
+    } else {
+        FaultTarget::Token
+    };
+    let shape = match intercept(&state, target, &kill).await {
+        Intercept::Proceed => None,
+        Intercept::Respond(response) => return response,
+        Intercept::Shape(kind) => Some(kind),
+    };
+
+    let mut inner = state.lock();
+    let outcome = authenticate(&inner, &headers, &form).and_then(|client| {
+        if let Some(code) = shape.and_then(FaultKind::oauth_error_code) {
+            return Err(deny(code, "injected fault"));
+        }
+        match grant_type.as_str() {
+            "authorization_code" => {
+                authorization_code_grant(&state, &mut inner, &client, &form, shape)
+            }
+            "refresh_token" => refresh_token_grant(&state, &mut inner, &client, &form, shape),
+            "" => Err(deny("invalid_request", "grant_type is required")),
+            other => Err(deny(
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported"),
+            )),
+        }
+    });
+    match outcome {
+        Ok(body) => {
+            drop(inner);
+            let mut response = axum::Json(body).into_response();
+            let h = response.headers_mut();
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            response
+        }
+        Err(Denied { code, description }) => {
+            inner.count_token_error(code);
+            drop(inner);
+            if code == "invalid_client" {
+                let mut response = oauth_error(StatusCode::UNAUTHORIZED, code, &description);
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"oauth-test-server\""),
+                );
+                response
+            } else {
+                oauth_error(StatusCode::BAD_REQUEST, code, &description)
+            }
+        }
+    }
+}
+
+/// Client authentication (RFC 6749 §2.3): HTTP Basic, secret in the body, or a public client
+/// naming itself. The method used must be one the client registered.
+pub(super) fn authenticate(
+    inner: &Inner,
+    headers: &HeaderMap,
+    form: &Params,
+) -> Result<Client, Denied> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+        .map(|encoded| {
+            parse_basic(encoded.trim())
+                .ok_or_else(|| deny("invalid_client", "malformed Basic credentials"))
+        });
+    let (method, client_id, secret) = match basic {
+        Some(Err(denied)) => return Err(denied),
+        Some(Ok((id, secret))) => {
+            if form.get("client_id").is_some_and(|body_id| *body_id != id) {
+                return Err(deny(
+                    "invalid_request",
+                    "client_id in the body differs from the Basic credentials",
+                ));
+            }
+            (AuthMethod::ClientSecretBasic, id, Some(secret))
+        }
+        None => match (form.get("client_id"), form.get("client_secret")) {
+            (Some(id), Some(secret)) => (
+                AuthMethod::ClientSecretPost,
+                id.clone(),
+                Some(secret.clone()),
+            ),
+            (Some(id), None) => (AuthMethod::None, id.clone(), None),
+            (None, _) => {
+                return Err(deny(
+                    "invalid_client",
+                    "no client authentication and no client_id",
+                ));
+            }
+        },
+    };
+    let Some(client) = inner.clients.get(&client_id) else {
+        return Err(deny(
+            "invalid_client",
+            format!("unknown client {client_id:?}"),
+        ));
+    };
+    if !client.auth_methods.contains(&method) {
+        return Err(deny(
+            "invalid_client",
+            format!(
+                "client authenticated with {method:?} but is registered for {:?}",
+                client.auth_methods
+            ),
+        ));
+    }
+    if client.client_secret.is_some() && client.client_secret != secret {
+        return Err(deny("invalid_client", "client authentication failed"));
+    }
+    Ok(client.clone())
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`, as RFC 6749 §2.3.1 specifies.
+fn parse_basic(encoded: &str) -> Option<(String, String)> {
+    let decoded = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((unescape(id)?, unescape(secret)?))
+}
+
+fn authorization_code_grant(
+    state: &AppState,
+    inner: &mut Inner,
+    client: &Client,
+    form: &Params,
+    shape: Option<FaultKind>,
+) -> Result<serde_json::Value, Denied> {
+    let code = form
+        .get("code")
+        .ok_or_else(|| deny("invalid_request", "code is required"))?;
+    let now = state.now_ms();
+    let grant = inner
+        .codes
+        .get(code)
+        .cloned()
+        .ok_or_else(|| deny("invalid_grant", "unknown authorization code"))?;
+    if let Some(family) = grant.redeemed_family {
+        // RFC 6749 §4.1.2: a code used twice revokes what it was exchanged for.
+        inner.revoke_family(family);
+        return Err(deny(
+            "invalid_grant",
+            "authorization code was already used; its tokens are revoked",
+        ));
+    }
+    if now >= grant.expires_at_ms {
+        return Err(deny("invalid_grant", "authorization code expired"));
+    }
+    let request = &grant.request;
+    if request.client_id != client.client_id {
+        return Err(deny(
+            "invalid_grant",
+            "authorization code was issued to another client",
+        ));
+    }
+    if form.get("redirect_uri") != Some(&request.redirect_uri) {
+        return Err(deny(
+            "invalid_grant",
+            "redirect_uri does not match the authorization request",
+        ));
+    }
+    let verifier = form
+        .get("code_verifier")
+        .ok_or_else(|| deny("invalid_request", "code_verifier is required (PKCE)"))?;
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    if challenge != request.code_challenge {
+        return Err(deny(
+            "invalid_grant",
+            "PKCE verification failed: code_verifier does not match",
+        ));
+    }
+    let resource = form.get("resource").cloned();
+    if let (Some(asked), Some(now_asked)) = (&request.resource, &resource)
+        && asked != now_asked
+    {
+        return Err(deny(
+            "invalid_target",
+            "resource differs from the authorization request",
+        ));
+    }
+    check_resource(state, resource.as_deref()).map_err(|d| deny("invalid_target", d))?;
+    if shape == Some(FaultKind::MissingAccessToken) {
+        return Ok(missing_access_token_body(state));
+    }
+    let family = inner.next_family;
+    inner.next_family += 1;
+    if let Some(g) = inner.codes.get_mut(code) {
+        g.redeemed_family = Some(family);
+    }
+    let resource = resource.or_else(|| request.resource.clone());
+    Ok(issue_tokens(
+        state,
+        inner,
+        family,
+        client,
+        &request.scope.clone(),
+        resource,
+        shape,
+        true,
+    ))
+}
+
+fn refresh_token_grant(
+    state: &AppState,
+    inner: &mut Inner,
+    client: &Client,
+    form: &Params,
+    shape: Option<FaultKind>,
+) -> Result<serde_json::Value, Denied> {
+    let presented = form
+        .get("refresh_token")
+        .ok_or_else(|| deny("invalid_request", "refresh_token is required"))?;
+    let record = inner
+        .refresh_tokens
+        .get(presented)
+        .cloned()
+        .ok_or_else(|| deny("invalid_grant", "unknown refresh token"))?;
+    if record.client_id != client.client_id {
+        return Err(deny(
+            "invalid_grant",
+            "refresh token was issued to another client",
+        ));
+    }
+    match record.status {
+        RefreshStatus::Active => {}
+        RefreshStatus::Rotated => {
+            inner.stats.refresh_token_reuse += 1;
+            inner.revoke_family(record.family);
+            return Err(deny(
+                "invalid_grant",
+                "refresh token was already used; the whole token family is revoked",
+            ));
+        }
+        RefreshStatus::Revoked => return Err(deny("invalid_grant", "refresh token was revoked")),
+    }
+    if state.now_ms() >= record.expires_at_ms {
+        return Err(deny("invalid_grant", "refresh token expired"));
+    }
+    let scope = match form.get("scope") {
+        Some(asked) => {
+            let granted: Vec<&str> = record.scope.split_whitespace().collect();
+            if let Some(extra) = asked.split_whitespace().find(|s| !granted.contains(s)) {
+                return Err(deny(
+                    "invalid_scope",
+                    format!("scope {extra:?} was not granted originally"),
+                ));
+            }
+            asked.clone()
+        }
+        None => record.scope.clone(),
+    };
+    let resource = form.get("resource").cloned();
+    if let (Some(original), Some(asked)) = (&record.resource, &resource)
+        && original != asked
+    {
+        return Err(deny(
+            "invalid_target",
+            "resource differs from the original grant",
+        ));
+    }
+    check_resource(state, resource.as_deref()).map_err(|d| deny("invalid_target", d))?;
+    if shape == Some(FaultKind::MissingAccessToken) {
+        return Ok(missing_access_token_body(state));
+    }
+    let rotate = state.config.rotate_refresh_tokens;
+    if rotate && let Some(r) = inner.refresh_tokens.get_mut(presented) {
+        r.status = RefreshStatus::Rotated;
+    }
+    Ok(issue_tokens(
+        state,
+        inner,
+        record.family,
+        client,
+        &scope,
+        record.resource.clone(),
+        shape,
+        rotate,
+    ))
+}
+
+/// Whole seconds announced as `expires_in`: the configured TTL rounded up (at least 1).
+fn announced_lifetime_secs(state: &AppState) -> u64 {
+    (state.config.access_token_ttl.as_millis() as u64)
+        .div_ceil(1000)
+        .max(1)
+}
+
+fn missing_access_token_body(state: &AppState) -> serde_json::Value {
+    serde_json::json!({"token_type": "Bearer", "expires_in": announced_lifetime_secs(state)})
+}
+
+#[allow(clippy::too_many_arguments)]
+fn issue_tokens(
+    state: &AppState,
+    inner: &mut Inner,
+    family: u64,
+    client: &Client,
+    scope: &str,
+    resource: Option<String>,
+    shape: Option<FaultKind>,
+    new_refresh_token: bool,
+) -> serde_json::Value {
+    let now_ms = state.now_ms();
+    let lifetime = announced_lifetime_secs(state);
+    // exp rounds up: the token is never refused before its announced lifetime has passed.
+    let mut exp = (now_ms as u64 + lifetime * 1000).div_ceil(1000);
+    let mut expires_in = lifetime;
+    match shape {
+        Some(FaultKind::ExpiresInZero) => {
+            exp = now_ms as u64 / 1000;
+            expires_in = 0;
+        }
+        Some(FaultKind::AlreadyExpired) => exp = now_ms as u64 / 1000 - 60,
+        _ => {}
+    }
+    let claims = AccessClaims {
+        iss: state.issuer(),
+        sub: "demo-user".into(),
+        aud: resource.clone().unwrap_or_else(|| state.mcp_resource()),
+        exp,
+        iat: now_ms as u64 / 1000,
+        jti: random_token("jti_"),
+        client_id: client.client_id.clone(),
+        scope: scope.to_string(),
+    };
+    let access_token = state.signer.sign(&claims);
+    inner.secrets.access_tokens.push(access_token.clone());
+    inner
+        .family_access_jtis
+        .entry(family)
+        .or_default()
+        .push(claims.jti);
+
+    let mut body = serde_json::json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+    });
+    if !scope.is_empty() {
+        body["scope"] = scope.into();
+    }
+    if shape == Some(FaultKind::ExpiresInMissing) {
+        body.as_object_mut().map(|o| o.remove("expires_in"));
+    }
+    if state.config.issue_refresh_tokens && new_refresh_token {
+        let refresh_token = random_token("rt_");
+        inner.secrets.refresh_tokens.push(refresh_token.clone());
+        inner.refresh_tokens.insert(
+            refresh_token.clone(),
+            RefreshRecord {
+                family,
+                client_id: client.client_id.clone(),
+                scope: scope.to_string(),
+                resource,
+                expires_at_ms: now_ms + state.config.refresh_token_ttl.as_millis() as i64,
+                status: RefreshStatus::Active,
+            },
+        );
+        body["refresh_token"] = refresh_token.into();
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_basic;
+    use base64::Engine;
+
+    #[test]
+    fn basic_credentials_are_form_urldecoded() {
+        let encoded = base64::engine::general_purpose::STANDARD.encode("my%3Aclient:s%2Bcret");
+        assert_eq!(
+            parse_basic(&encoded),
+            Some(("my:client".into(), "s+cret".into()))
+        );
+        assert_eq!(parse_basic("!!!"), None);
+    }
+}

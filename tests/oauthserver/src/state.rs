@@ -1,0 +1,247 @@
+//! Everything the server remembers: clients, codes, refresh token families, counters, the
+//! secrets it issued, armed faults, and its clock. One `std::sync::Mutex` guards it all; it is
+//! never held across an `.await`, so handlers stay short and the server stays simple.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::faults::FaultBook;
+use crate::jwt::Signer;
+
+/// How a client authenticates at the token and revocation endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    None,
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+impl AuthMethod {
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    /// The methods this client may use: one for a registered client, as registered.
+    pub auth_methods: Vec<AuthMethod>,
+    /// Empty means any loopback redirect URI (a pre-registered native client).
+    pub redirect_uris: Vec<String>,
+    pub client_name: Option<String>,
+}
+
+/// A pending or issued authorization code, or an interactive request awaiting consent.
+#[derive(Debug, Clone)]
+pub struct AuthorizationRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub scope: String,
+    pub resource: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CodeGrant {
+    pub request: AuthorizationRequest,
+    pub expires_at_ms: i64,
+    /// Set when the code is redeemed; a second redemption revokes this family.
+    pub redeemed_family: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshStatus {
+    Active,
+    /// Already exchanged for a newer one; presenting it again is reuse.
+    Rotated,
+    Revoked,
+}
+
+#[derive(Debug, Clone)]
+pub struct RefreshRecord {
+    pub family: u64,
+    pub client_id: String,
+    pub scope: String,
+    pub resource: Option<String>,
+    pub expires_at_ms: i64,
+    pub status: RefreshStatus,
+}
+
+/// Counters a test reads through `GET /control/stats` or `OAuthTestServer::stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub authorize_requests: u64,
+    /// Token requests by `grant_type`.
+    pub token_requests: BTreeMap<String, u64>,
+    /// Error responses of the token endpoint by OAuth error code (injected ones included).
+    pub token_errors: BTreeMap<String, u64>,
+    pub registrations: u64,
+    pub revocations: u64,
+    pub mcp_requests: u64,
+    pub mcp_401: u64,
+    pub mcp_403: u64,
+    /// Every `resource` parameter received, on authorize and token requests, in order.
+    pub resources_received: Vec<String>,
+    /// Faults that fired, by target.
+    pub faults_fired: BTreeMap<String, u64>,
+    /// Presentations of an already rotated refresh token (each revoked a family).
+    pub refresh_token_reuse: u64,
+}
+
+impl Stats {
+    pub fn token_requests_for(&self, grant_type: &str) -> u64 {
+        self.token_requests.get(grant_type).copied().unwrap_or(0)
+    }
+}
+
+/// Every secret the server issued, by kind, so tests can prove none leaks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Secrets {
+    pub access_tokens: Vec<String>,
+    pub refresh_tokens: Vec<String>,
+    pub authorization_codes: Vec<String>,
+    pub client_secrets: Vec<String>,
+}
+
+impl Secrets {
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.access_tokens
+            .iter()
+            .chain(&self.refresh_tokens)
+            .chain(&self.authorization_codes)
+            .chain(&self.client_secrets)
+            .map(String::as_str)
+    }
+}
+
+#[derive(Default)]
+pub struct Inner {
+    pub clients: HashMap<String, Client>,
+    pub codes: HashMap<String, CodeGrant>,
+    pub refresh_tokens: HashMap<String, RefreshRecord>,
+    /// Access token ids issued per family, so revoking a family revokes its access tokens.
+    pub family_access_jtis: HashMap<u64, Vec<String>>,
+    pub revoked_jtis: HashSet<String>,
+    pub interactive_requests: HashMap<String, AuthorizationRequest>,
+    pub next_family: u64,
+    pub stats: Stats,
+    pub secrets: Secrets,
+    pub faults: FaultBook,
+}
+
+impl Inner {
+    /// Revokes every refresh token of a family and every access token issued in it.
+    pub fn revoke_family(&mut self, family: u64) {
+        for record in self.refresh_tokens.values_mut() {
+            if record.family == family {
+                record.status = RefreshStatus::Revoked;
+            }
+        }
+        if let Some(jtis) = self.family_access_jtis.get(&family) {
+            self.revoked_jtis.extend(jtis.iter().cloned());
+        }
+    }
+
+    pub fn count_token_error(&mut self, code: &str) {
+        *self.stats.token_errors.entry(code.to_string()).or_default() += 1;
+    }
+}
+
+/// The state shared by all handlers of one server.
+pub struct Shared {
+    pub config: Config,
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub base_url: String,
+    pub signer: Signer,
+    clock_offset_ms: AtomicI64,
+    inner: Mutex<Inner>,
+}
+
+pub type AppState = Arc<Shared>;
+
+impl Shared {
+    pub fn new(config: Config, base_url: String) -> Self {
+        let mut inner = Inner::default();
+        for fault in &config.faults {
+            inner.faults.arm(fault.clone());
+        }
+        if let Some((client_id, secret)) = &config.preregistered_client {
+            let auth_methods = match secret {
+                Some(_) => vec![AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost],
+                None => vec![AuthMethod::None],
+            };
+            inner.clients.insert(
+                client_id.clone(),
+                Client {
+                    client_id: client_id.clone(),
+                    client_secret: secret.clone(),
+                    auth_methods,
+                    redirect_uris: Vec::new(),
+                    client_name: Some("pre-registered client".into()),
+                },
+            );
+        }
+        Shared {
+            config,
+            base_url,
+            signer: Signer::test_key(),
+            clock_offset_ms: AtomicI64::new(0),
+            inner: Mutex::new(inner),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panicking handler must not wedge every later test request.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The server's notion of now, in unix milliseconds (wall clock plus the test offset).
+    pub fn now_ms(&self) -> i64 {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        wall as i64 + self.clock_offset_ms.load(Ordering::SeqCst)
+    }
+
+    /// Moves the server's clock forward: codes and tokens expire without the test sleeping.
+    pub fn advance_clock(&self, by: Duration) {
+        self.clock_offset_ms
+            .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+    }
+
+    pub fn issuer(&self) -> String {
+        format!("{}{}", self.base_url, self.config.issuer_prefix())
+    }
+
+    /// The protected MCP endpoint, which is also its RFC 8707 resource identifier.
+    pub fn mcp_resource(&self) -> String {
+        format!("{}/mcp", self.base_url)
+    }
+
+    pub fn resource_metadata_url(&self) -> String {
+        format!("{}/.well-known/oauth-protected-resource/mcp", self.base_url)
+    }
+}
+
+/// A fresh unguessable token with a readable prefix (the prefix helps a human reading a log
+/// tell what leaked, should anything ever leak).
+pub fn random_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
