@@ -1,4 +1,9 @@
 //! mcpproxy-oauth: the OAuth subsystem of an MCP proxy.
 //!
-//! The protocol engine, the supervisor and the observability layers land module by module; see
-//! ARCHITECTURE.md for what exists today.
+//! - [`oauth`]: the protocol engine (discovery, registration, PKCE login, token requests).
+//! - [`mcp`]: a minimal MCP Streamable HTTP client that turns 401/403 into typed challenges.
+//!
+//! See ARCHITECTURE.md for how the pieces fit.
+
+pub mod mcp;
+pub mod oauth;

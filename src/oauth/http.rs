@@ -1,0 +1,315 @@
+//! The one HTTP client for all OAuth traffic. It never follows redirects (oauth2's docs warn
+//! that following them on token calls enables SSRF), bounds every request in time and every
+//! response in size, and refuses plain `http` except on loopback. It is also the single place
+//! where OAuth requests and responses can be observed.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::error::{Endpoint, OAuthError};
+
+/// Responses larger than this are refused: no OAuth document comes close.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct OAuthHttp {
+    client: reqwest::Client,
+    timeout: Duration,
+    max_body_bytes: usize,
+}
+
+/// A response read in full (within the size cap).
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn retry_after(&self) -> Option<Duration> {
+        retry_after(&self.headers)
+    }
+
+    /// Parses a JSON body, reporting only the shape problem (never the body itself, which may
+    /// hold secrets).
+    pub fn json<T: DeserializeOwned>(&self, endpoint: Endpoint) -> Result<T, OAuthError> {
+        serde_json::from_slice(&self.body).map_err(|e| OAuthError::Malformed {
+            endpoint,
+            reason: format!(
+                "invalid JSON (line {}, column {}: {})",
+                e.line(),
+                e.column(),
+                classify_json_error(&e)
+            ),
+        })
+    }
+}
+
+fn classify_json_error(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected shape",
+        serde_json::error::Category::Eof => "truncated",
+    }
+}
+
+/// `Retry-After` in delta-seconds (RFC 9110 §10.2.3); HTTP-dates are not used by OAuth servers
+/// we know of and are ignored.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    value.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// OAuth endpoints must be https; plain http is allowed only on loopback (RFC 8252 §8.3).
+pub fn require_secure_url(url: &Url) -> Result<(), OAuthError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(url) => Ok(()),
+        _ => Err(OAuthError::InsecureUrl {
+            url: url.to_string(),
+        }),
+    }
+}
+
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+impl Default for OAuthHttp {
+    fn default() -> Self {
+        Self::new(DEFAULT_TIMEOUT)
+    }
+}
+
+impl OAuthHttp {
+    pub fn new(timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("mcpproxy-oauth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a reqwest client with these settings always builds");
+        OAuthHttp {
+            client,
+            timeout,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub async fn get(&self, endpoint: Endpoint, url: &Url) -> Result<HttpReply, OAuthError> {
+        require_secure_url(url)?;
+        self.send(
+            endpoint,
+            self.client
+                .get(url.clone())
+                .header("accept", "application/json"),
+        )
+        .await
+    }
+
+    pub async fn post_json(
+        &self,
+        endpoint: Endpoint,
+        url: &Url,
+        body: &serde_json::Value,
+    ) -> Result<HttpReply, OAuthError> {
+        require_secure_url(url)?;
+        self.send(
+            endpoint,
+            self.client
+                .post(url.clone())
+                .header("accept", "application/json")
+                .json(body),
+        )
+        .await
+    }
+
+    /// Sends a request and reads its body within the size cap.
+    pub async fn send(
+        &self,
+        endpoint: Endpoint,
+        request: RequestBuilder,
+    ) -> Result<HttpReply, OAuthError> {
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(endpoint, e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if response
+            .content_length()
+            .is_some_and(|len| len > self.max_body_bytes as u64)
+        {
+            return Err(self.too_large(endpoint));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(endpoint, e))?
+        {
+            if body.len() + chunk.len() > self.max_body_bytes {
+                return Err(self.too_large(endpoint));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpReply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn too_large(&self, endpoint: Endpoint) -> OAuthError {
+        OAuthError::Malformed {
+            endpoint,
+            reason: format!("response larger than {} bytes", self.max_body_bytes),
+        }
+    }
+
+    fn transport_error(&self, endpoint: Endpoint, e: reqwest::Error) -> OAuthError {
+        if e.is_timeout() {
+            return OAuthError::Timeout {
+                endpoint,
+                after: self.timeout,
+            };
+        }
+        OAuthError::Transport {
+            endpoint,
+            reason: innermost_reason(&e),
+        }
+    }
+
+    /// An oauth2 HTTP client for one token-endpoint call, remembering the response's status
+    /// and headers (oauth2 keeps neither, and `Retry-After` decides the backoff).
+    pub fn token_call(&self) -> TokenCall<'_> {
+        TokenCall {
+            http: self,
+            last_reply: Mutex::new(None),
+        }
+    }
+}
+
+/// The innermost cause of a transport error ("connection refused", "connection closed before
+/// message completed"), without the URL.
+fn innermost_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = e;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
+pub struct TokenCall<'a> {
+    http: &'a OAuthHttp,
+    last_reply: Mutex<Option<(StatusCode, HeaderMap)>>,
+}
+
+impl TokenCall<'_> {
+    /// Status and `Retry-After` of the response, if one arrived.
+    pub fn reply_status(&self) -> Option<(u16, Option<Duration>)> {
+        let last = self.last_reply.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .map(|(status, headers)| (status.as_u16(), retry_after(headers)))
+    }
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for TokenCall<'_> {
+    type Error = OAuthError;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<oauth2::HttpResponse, OAuthError>> + Send + Sync + 'c>,
+    >;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let url = Url::parse(&request.uri().to_string())
+                .map_err(|e| OAuthError::Discovery(format!("invalid token endpoint URL: {e}")))?;
+            require_secure_url(&url)?;
+            let request =
+                reqwest::Request::try_from(request).map_err(|e| OAuthError::Transport {
+                    endpoint: Endpoint::Token,
+                    reason: format!("cannot build the request: {}", innermost_reason(&e)),
+                })?;
+            let reply = self
+                .http
+                .send(
+                    Endpoint::Token,
+                    RequestBuilder::from_parts(self.http.client.clone(), request),
+                )
+                .await?;
+            *self.last_reply.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((reply.status, reply.headers.clone()));
+            let mut builder = http::Response::builder().status(reply.status);
+            if let Some(headers) = builder.headers_mut() {
+                *headers = reply.headers;
+            }
+            builder.body(reply.body).map_err(|e| OAuthError::Malformed {
+                endpoint: Endpoint::Token,
+                reason: e.to_string(),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        for ok in [
+            "https://as.example/token",
+            "http://127.0.0.1:8080/t",
+            "http://localhost/t",
+            "http://[::1]:9/t",
+            "http://127.8.9.1/t",
+        ] {
+            assert!(require_secure_url(&Url::parse(ok).unwrap()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://as.example/token",
+            "http://10.0.0.1/t",
+            "ftp://127.0.0.1/t",
+            "http://localhost.evil.example/t",
+        ] {
+            assert!(
+                matches!(
+                    require_secure_url(&Url::parse(bad).unwrap()),
+                    Err(OAuthError::InsecureUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+}

@@ -1,0 +1,8 @@
+//! The OAuth protocol engine for one upstream MCP server: discovery, client identity, scope
+//! selection, authorization code + PKCE through a loopback redirect, and token requests. No
+//! actors and no storage here: the supervisor drives these pieces.
+
+pub mod error;
+pub mod http;
+
+pub use error::{Endpoint, ErrorClass, OAuthError};
