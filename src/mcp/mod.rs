@@ -2,5 +2,7 @@
 //! and turn the server's 401/403 into typed OAuth challenges.
 
 pub mod challenge;
+pub mod client;
 
 pub use challenge::{BearerChallenge, Challenge, parse_www_authenticate};
+pub use client::{McpClient, McpError};

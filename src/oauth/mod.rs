@@ -2,7 +2,13 @@
 //! selection, authorization code + PKCE through a loopback redirect, and token requests. No
 //! actors and no storage here: the supervisor drives these pieces.
 
+pub mod browser;
+pub mod callback;
+pub mod client_identity;
+pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod scope;
+pub mod token;
 
 pub use error::{Endpoint, ErrorClass, OAuthError};

@@ -1,0 +1,294 @@
+//! Authorization code + PKCE (S256) and token requests, through the `oauth2` crate and the
+//! project's one HTTP client. Every request carries the RFC 8707 `resource`, refreshes
+//! included.
+//!
+//! Policies on what servers send:
+//! - The expiry is made absolute on receipt (`obtained_at + expires_in`).
+//! - No `expires_in`: the lifetime is unknown (`expires_at = None`); the token is used until the
+//!   resource server refuses it, then refreshed.
+//! - `expires_in: 0`: the token is already expired; that is an error, never a success (the
+//!   rotated refresh token in it is handed back in the error so it is not lost).
+//! - A refresh without a new `refresh_token` keeps the old one (RFC 6749 §6).
+//! - No `scope` in the response: the scope requested was granted (RFC 6749 §5.1).
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenResponse};
+use oauth2::{
+    AccessToken, AuthType, AuthUrl, AuthorizationCode, ClientId, CsrfToken, EndpointNotSet,
+    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
+    Scope, TokenResponse, TokenUrl,
+};
+use url::Url;
+
+use super::client_identity::{ClientCredentials, TokenAuthMethod};
+use super::discovery::AuthorizationServerMetadata;
+use super::error::{Endpoint, OAuthError};
+use super::http::OAuthHttp;
+
+type ConfiguredClient =
+    BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+/// An access token with what is known about it. `Debug` never shows the tokens.
+#[derive(Clone)]
+pub struct TokenSet {
+    pub access_token: AccessToken,
+    pub refresh_token: Option<RefreshToken>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    /// `None` when the server did not say (see the module's policy).
+    pub expires_at: Option<SystemTime>,
+    pub obtained_at: SystemTime,
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("token_type", &self.token_type)
+            .field("scope", &self.scope)
+            .field("expires_at", &self.expires_at)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .finish()
+    }
+}
+
+impl TokenSet {
+    /// Whether the token can still be used for at least `margin` at `now`.
+    pub fn is_valid_for(&self, margin: Duration, now: SystemTime) -> bool {
+        match self.expires_at {
+            Some(expires_at) => now + margin < expires_at,
+            None => true,
+        }
+    }
+
+    /// Lifetime announced by the server, if it announced one.
+    pub fn lifetime(&self) -> Option<Duration> {
+        self.expires_at
+            .and_then(|e| e.duration_since(self.obtained_at).ok())
+    }
+}
+
+/// Where and as whom token requests go.
+#[derive(Debug, Clone)]
+pub struct TokenEndpoint {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub client: ClientCredentials,
+    pub redirect_uri: String,
+    /// RFC 8707 resource, sent on every request.
+    pub resource: String,
+}
+
+impl TokenEndpoint {
+    pub fn new(
+        metadata: &AuthorizationServerMetadata,
+        client: ClientCredentials,
+        redirect_uri: String,
+        resource: String,
+    ) -> Self {
+        TokenEndpoint {
+            authorization_endpoint: metadata.authorization_endpoint.clone(),
+            token_endpoint: metadata.token_endpoint.clone(),
+            client,
+            redirect_uri,
+            resource,
+        }
+    }
+
+    fn oauth2_client(&self) -> Result<ConfiguredClient, OAuthError> {
+        let invalid =
+            |what: &str, value: &str| OAuthError::Discovery(format!("invalid {what} {value:?}"));
+        let mut client = BasicClient::new(ClientId::new(self.client.client_id.clone()))
+            .set_auth_uri(
+                AuthUrl::new(self.authorization_endpoint.clone())
+                    .map_err(|_| invalid("authorization endpoint", &self.authorization_endpoint))?,
+            )
+            .set_token_uri(
+                TokenUrl::new(self.token_endpoint.clone())
+                    .map_err(|_| invalid("token endpoint", &self.token_endpoint))?,
+            )
+            .set_redirect_uri(
+                RedirectUrl::new(self.redirect_uri.clone())
+                    .map_err(|_| invalid("redirect URI", &self.redirect_uri))?,
+            );
+        // oauth2 sends the client_id in the body for RequestBody, with or without a secret.
+        client = match (self.client.auth_method, &self.client.client_secret) {
+            (TokenAuthMethod::ClientSecretBasic, Some(secret)) => client
+                .set_client_secret(secret.clone())
+                .set_auth_type(AuthType::BasicAuth),
+            (TokenAuthMethod::ClientSecretPost, Some(secret)) => client
+                .set_client_secret(secret.clone())
+                .set_auth_type(AuthType::RequestBody),
+            _ => client.set_auth_type(AuthType::RequestBody),
+        };
+        Ok(client)
+    }
+
+    /// Builds an authorization request with a fresh `state` and PKCE S256 pair.
+    pub fn authorization_request(
+        &self,
+        scope: Option<&str>,
+    ) -> Result<PendingAuthorization, OAuthError> {
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let client = self.oauth2_client()?;
+        let mut request = client
+            .authorize_url(CsrfToken::new_random)
+            .set_pkce_challenge(challenge)
+            .add_extra_param("resource", self.resource.clone());
+        for s in scope.into_iter().flat_map(str::split_whitespace) {
+            request = request.add_scope(Scope::new(s.to_string()));
+        }
+        let (url, state) = request.url();
+        Ok(PendingAuthorization {
+            url,
+            state: state.secret().clone(),
+            verifier: verifier.secret().clone(),
+            scope: scope.map(String::from),
+        })
+    }
+
+    /// Exchanges an authorization code (RFC 6749 §4.1.3 with RFC 7636's verifier).
+    pub async fn exchange_code(
+        &self,
+        http: &OAuthHttp,
+        code: &str,
+        pending: &PendingAuthorization,
+        now: SystemTime,
+    ) -> Result<TokenSet, OAuthError> {
+        let client = self.oauth2_client()?;
+        let call = http.token_call();
+        let result = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
+            .add_extra_param("resource", self.resource.clone())
+            .request_async(&call)
+            .await;
+        let response = result.map_err(|e| token_error(e, call.reply_status()))?;
+        token_set(response, None, pending.scope.as_deref(), now)
+    }
+
+    /// Refreshes with a refresh token (RFC 6749 §6), keeping it when no new one comes back.
+    pub async fn refresh(
+        &self,
+        http: &OAuthHttp,
+        refresh_token: &RefreshToken,
+        scope: Option<&str>,
+        now: SystemTime,
+    ) -> Result<TokenSet, OAuthError> {
+        let client = self.oauth2_client()?;
+        let call = http.token_call();
+        let result = client
+            .exchange_refresh_token(refresh_token)
+            .add_extra_param("resource", self.resource.clone())
+            .request_async(&call)
+            .await;
+        let response = result.map_err(|e| token_error(e, call.reply_status()))?;
+        token_set(response, Some(refresh_token.clone()), scope, now)
+    }
+}
+
+/// An authorization request in flight: the URL to open and what checks its answer.
+pub struct PendingAuthorization {
+    pub url: Url,
+    pub state: String,
+    verifier: String,
+    pub scope: Option<String>,
+}
+
+impl fmt::Debug for PendingAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingAuthorization")
+            .field("url", &self.url.as_str())
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+fn token_error(
+    e: RequestTokenError<OAuthError, BasicErrorResponse>,
+    reply: Option<(u16, Option<Duration>)>,
+) -> OAuthError {
+    let (status, retry_after) = match reply {
+        Some((status, retry_after)) => (Some(status), retry_after),
+        None => (None, None),
+    };
+    match e {
+        RequestTokenError::ServerResponse(body) => OAuthError::Server {
+            endpoint: Endpoint::Token,
+            code: body.error().as_ref().to_string(),
+            description: body.error_description().cloned(),
+            status,
+            retry_after,
+        },
+        RequestTokenError::Request(e) => e,
+        RequestTokenError::Parse(e, _body) => match status {
+            // A failing status whose body is no OAuth error: the status is the news.
+            Some(status) if !(200..300).contains(&status) => OAuthError::Http {
+                endpoint: Endpoint::Token,
+                status,
+                retry_after,
+            },
+            // Only the path of the bad field: the body and serde's message may contain tokens.
+            _ => OAuthError::Malformed {
+                endpoint: Endpoint::Token,
+                reason: format!("token response does not parse at `{}`", e.path()),
+            },
+        },
+        RequestTokenError::Other(message) => match status {
+            Some(status) if !(200..300).contains(&status) => OAuthError::Http {
+                endpoint: Endpoint::Token,
+                status,
+                retry_after,
+            },
+            _ => OAuthError::Malformed {
+                endpoint: Endpoint::Token,
+                reason: message,
+            },
+        },
+    }
+}
+
+fn token_set(
+    response: BasicTokenResponse,
+    previous_refresh: Option<RefreshToken>,
+    requested_scope: Option<&str>,
+    now: SystemTime,
+) -> Result<TokenSet, OAuthError> {
+    let token_type = response.token_type().as_ref().to_string();
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err(OAuthError::Malformed {
+            endpoint: Endpoint::Token,
+            reason: format!("token type {token_type:?} is not Bearer"),
+        });
+    }
+    let refresh_token = response.refresh_token().cloned().or(previous_refresh);
+    let expires_at = match response.expires_in() {
+        Some(lifetime) if lifetime.is_zero() => {
+            return Err(OAuthError::TokenAlreadyExpired {
+                endpoint: Endpoint::Token,
+                rotated_refresh_token: response.refresh_token().cloned(),
+            });
+        }
+        Some(lifetime) => Some(now + lifetime),
+        None => None,
+    };
+    let scope = match response.scopes() {
+        Some(scopes) => Some(
+            scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        None => requested_scope.map(String::from),
+    };
+    Ok(TokenSet {
+        access_token: response.access_token().clone(),
+        refresh_token,
+        token_type: "Bearer".into(),
+        scope,
+        expires_at,
+        obtained_at: now,
+    })
+}
