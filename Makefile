@@ -3,15 +3,16 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test test-rust test-interop lint demo-server clean
+.PHONY: all build test test-rust test-interop test-conformance lint demo-server clean
 
 all: build
 
 build:
 	$(CARGO) build --workspace --all-targets --locked
 
-## The whole test suite: every Rust test of the workspace, then third-party clients.
-test: test-rust test-interop
+## The whole test suite: every Rust test of the workspace, third-party clients, and the
+## official MCP conformance suite.
+test: test-rust test-interop test-conformance
 
 test-rust:
 	$(CARGO) test --workspace --locked
@@ -21,6 +22,13 @@ test-interop:
 	$(CARGO) build -p oauth-test-server --locked
 	cd tests/oauthserver/interop && npm ci --no-audit --no-fund --loglevel=error
 	node tests/oauthserver/interop/sdk-client.mjs target/debug/oauth-test-server
+
+## The MCP conformance suite (auth, backcompat, draft resource-mismatch) against `connect`.
+## Needs root or unprivileged user namespaces, for a loopback-only network namespace.
+test-conformance:
+	$(CARGO) build --locked --bin mcpproxy-oauth
+	cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error
+	tests/conformance/run.sh target/debug/mcpproxy-oauth
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -5,5 +5,6 @@
 //!
 //! See ARCHITECTURE.md for how the pieces fit.
 
+pub mod connect;
 pub mod mcp;
 pub mod oauth;

@@ -1,6 +1,164 @@
 //! The `mcpproxy-oauth` command line.
 
-fn main() {
-    eprintln!("mcpproxy-oauth: no commands are available in this build yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mcpproxy_oauth::connect::{ConnectOptions, connect};
+use mcpproxy_oauth::oauth::browser::BrowserLauncher;
+use mcpproxy_oauth::oauth::client_identity::ClientConfig;
+use serde_json::{Value, json};
+use url::Url;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mcpproxy-oauth",
+    version,
+    about = "Keeps OAuth-protected MCP servers authorized."
+)]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(
+        long,
+        global = true,
+        default_value = "warn",
+        env = "MCPPROXY_OAUTH_LOG"
+    )]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connect to one MCP server, authorizing as needed, then initialize and list its tools.
+    Connect(ConnectArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ConnectArgs {
+    /// The MCP server's URL (Streamable HTTP endpoint).
+    server_url: String,
+    /// A pre-registered client ID (else: client ID metadata document or dynamic registration).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// The pre-registered client's secret (prefer the environment variable: the command line is visible to other users).
+    #[arg(long, env = "MCPPROXY_OAUTH_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
+    /// The URL of this client's ID metadata document, used as client ID where the server supports it.
+    #[arg(long)]
+    client_metadata_url: Option<String>,
+    /// Scope to request (else the server's challenge, else the resource's scopes_supported).
+    #[arg(long)]
+    scope: Option<String>,
+    /// Command that opens a URL (`%s` marks the URL, else it is appended). Default: $BROWSER, then xdg-open/open.
+    #[arg(long)]
+    browser_command: Option<String>,
+    /// Print the authorization URL instead of opening a browser.
+    #[arg(long)]
+    no_browser: bool,
+    /// Port of the loopback redirect listener (0 = ephemeral).
+    #[arg(long, default_value_t = 0)]
+    redirect_port: u16,
+    /// Call this tool after listing tools.
+    #[arg(long)]
+    call_tool: Option<String>,
+    /// JSON arguments for --call-tool.
+    #[arg(long, default_value = "{}", requires = "call_tool")]
+    args: String,
+    /// Overall deadline, login included (e.g. 20s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    timeout: Duration,
+}
+
+/// Credentials handed over by the MCP conformance runner, where it runs us.
+fn conformance_context() -> Option<Value> {
+    serde_json::from_str(&std::env::var("MCP_CONFORMANCE_CONTEXT").ok()?).ok()
+}
+
+fn connect_options(args: ConnectArgs) -> Result<ConnectOptions, String> {
+    let server_url = Url::parse(&args.server_url)
+        .map_err(|e| format!("invalid server URL {:?}: {e}", args.server_url))?;
+    let call_tool = match args.call_tool {
+        Some(name) => {
+            let parsed: Value =
+                serde_json::from_str(&args.args).map_err(|e| format!("--args is not JSON: {e}"))?;
+            Some((name, parsed))
+        }
+        None => None,
+    };
+    let context = conformance_context();
+    let from_context = |key: &str| {
+        context
+            .as_ref()
+            .and_then(|c| c.get(key))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let client = ClientConfig {
+        client_id: args.client_id.or_else(|| from_context("client_id")),
+        client_secret: args.client_secret.or_else(|| from_context("client_secret")),
+        client_metadata_url: args.client_metadata_url,
+        client_name: Some("mcpproxy-oauth".into()),
+    };
+    Ok(ConnectOptions {
+        server_url,
+        client,
+        scope: args.scope,
+        browser: BrowserLauncher::from_settings(args.browser_command, args.no_browser),
+        redirect_port: args.redirect_port,
+        call_tool,
+        timeout: args.timeout,
+    })
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match cli.command {
+        Command::Connect(args) => {
+            let options = match connect_options(args) {
+                Ok(options) => options,
+                Err(message) => {
+                    eprintln!("mcpproxy-oauth connect: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            match connect(options).await {
+                Ok(report) => {
+                    let tool_names: Vec<&str> = report.tools["tools"]
+                        .as_array()
+                        .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())
+                        .unwrap_or_default();
+                    let summary = json!({
+                        "server": report.server_info.get("serverInfo"),
+                        "protocol_version": report.server_info.get("protocolVersion"),
+                        "tools": tool_names,
+                        "tool_result": report.tool_result,
+                        "authorizations": report.authorizations,
+                        "refreshes": report.refreshes,
+                    });
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&summary).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcpproxy-oauth connect: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

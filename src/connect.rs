@@ -1,0 +1,298 @@
+//! A one-shot connection to one MCP server: `initialize`, `tools/list` and optionally a
+//! `tools/call`, running whatever OAuth the server demands on the way. A 401 is answered by a
+//! refresh when a refresh token is at hand, else by discovery and a browser login; a 403
+//! `insufficient_scope` by a new login with the union of scopes. At most
+//! [`MAX_AUTHORIZATIONS`] authorization requests are made in one run.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use url::Url;
+
+use crate::mcp::{BearerChallenge, McpClient, McpError};
+use crate::oauth::browser::BrowserLauncher;
+use crate::oauth::callback::{CallbackListener, ExpectedCallback};
+use crate::oauth::client_identity::{ClientConfig, obtain_client};
+use crate::oauth::discovery::{Discovery, discover};
+use crate::oauth::http::OAuthHttp;
+use crate::oauth::scope::{select_scope, union};
+use crate::oauth::token::{TokenEndpoint, TokenSet};
+use crate::oauth::{ErrorClass, OAuthError};
+
+/// Authorization requests allowed in one run (the MCP specification asks clients to bound
+/// step-up retries).
+pub const MAX_AUTHORIZATIONS: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub server_url: Url,
+    pub client: ClientConfig,
+    /// Overrides scope selection for the first authorization.
+    pub scope: Option<String>,
+    pub browser: BrowserLauncher,
+    /// Port of the loopback redirect listener (0 = ephemeral).
+    pub redirect_port: u16,
+    pub call_tool: Option<(String, Value)>,
+    /// The whole run's deadline, login included.
+    pub timeout: Duration,
+}
+
+/// What a successful run saw.
+#[derive(Debug)]
+pub struct ConnectReport {
+    pub server_info: Value,
+    pub tools: Value,
+    pub tool_result: Option<Value>,
+    pub authorizations: u32,
+    pub refreshes: u32,
+    pub token: Option<TokenSet>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+    #[error(transparent)]
+    Mcp(#[from] McpError),
+    #[error("gave up after {0:?} (the --timeout deadline)")]
+    Timeout(Duration),
+}
+
+/// Runs the whole connection within `options.timeout`.
+pub async fn connect(options: ConnectOptions) -> Result<ConnectReport, ConnectError> {
+    let deadline = options.timeout;
+    tokio::time::timeout(deadline, run(options))
+        .await
+        .map_err(|_| ConnectError::Timeout(deadline))?
+}
+
+async fn run(options: ConnectOptions) -> Result<ConnectReport, ConnectError> {
+    let mut mcp = McpClient::new(options.server_url.clone(), options.timeout);
+    let mut auth = Authorizer::new(options.clone());
+
+    let server_info = with_authorization(&mut auth, &mut mcp, Step::Initialize).await?;
+    let tools = with_authorization(&mut auth, &mut mcp, Step::ListTools).await?;
+    let tool_result = match &options.call_tool {
+        Some((name, args)) => {
+            Some(with_authorization(&mut auth, &mut mcp, Step::CallTool(name, args)).await?)
+        }
+        None => None,
+    };
+    Ok(ConnectReport {
+        server_info,
+        tools,
+        tool_result,
+        authorizations: auth.authorizations,
+        refreshes: auth.refreshes,
+        token: auth.token,
+    })
+}
+
+enum Step<'a> {
+    Initialize,
+    ListTools,
+    CallTool(&'a str, &'a Value),
+}
+
+/// Runs one MCP step, answering auth challenges until it succeeds or the bounds are reached.
+async fn with_authorization(
+    auth: &mut Authorizer,
+    mcp: &mut McpClient,
+    step: Step<'_>,
+) -> Result<Value, ConnectError> {
+    let mut refreshed_for_this_step = false;
+    loop {
+        let token = auth.token.as_ref().map(|t| t.access_token.secret().clone());
+        let token = token.as_deref();
+        let result = match &step {
+            Step::Initialize => mcp.initialize(token).await,
+            Step::ListTools => mcp.list_tools(token).await,
+            Step::CallTool(name, args) => mcp.call_tool(token, name, (*args).clone()).await,
+        };
+        match result {
+            Ok(value) => return Ok(value),
+            Err(McpError::Unauthorized(challenge)) => {
+                if !refreshed_for_this_step && auth.try_refresh().await? {
+                    refreshed_for_this_step = true;
+                    continue;
+                }
+                let scope = auth.initial_scope(&challenge).await?;
+                auth.authorize(&challenge, scope).await?;
+            }
+            Err(McpError::Forbidden(challenge)) if challenge.is_insufficient_scope() => {
+                let granted = auth.token.as_ref().and_then(|t| t.scope.clone());
+                let scope = union(granted.as_deref(), challenge.scope.as_deref());
+                tracing::info!(
+                    scope = scope.as_deref().unwrap_or(""),
+                    "insufficient_scope: authorizing again with more scopes"
+                );
+                auth.authorize(&challenge, scope).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The OAuth side of one run: discovery and client identity found once, tokens as they come.
+struct Authorizer {
+    options: ConnectOptions,
+    http: OAuthHttp,
+    discovery: Option<Discovery>,
+    endpoint: Option<TokenEndpoint>,
+    token: Option<TokenSet>,
+    authorizations: u32,
+    refreshes: u32,
+    redirect_port: u16,
+}
+
+impl Authorizer {
+    fn new(options: ConnectOptions) -> Self {
+        let redirect_port = options.redirect_port;
+        Authorizer {
+            options,
+            http: OAuthHttp::default(),
+            discovery: None,
+            endpoint: None,
+            token: None,
+            authorizations: 0,
+            refreshes: 0,
+            redirect_port,
+        }
+    }
+
+    async fn discovery(&mut self, challenge: &BearerChallenge) -> Result<&Discovery, OAuthError> {
+        if self.discovery.is_none() {
+            let found = discover(&self.http, &self.options.server_url, Some(challenge)).await?;
+            tracing::info!(
+                issuer = %found.authorization_server.issuer,
+                resource = %found.resource,
+                source = ?found.source,
+                "discovered the authorization server"
+            );
+            self.discovery = Some(found);
+        }
+        Ok(self.discovery.as_ref().expect("set above"))
+    }
+
+    /// The scope of the first authorization: `--scope`, else the challenge's, else the resource's.
+    async fn initial_scope(
+        &mut self,
+        challenge: &BearerChallenge,
+    ) -> Result<Option<String>, OAuthError> {
+        if let Some(scope) = self.options.scope.clone() {
+            return Ok(Some(scope));
+        }
+        let discovery = self.discovery(challenge).await?;
+        Ok(select_scope(
+            challenge.scope.as_deref(),
+            discovery.resource_scopes(),
+        ))
+    }
+
+    /// Refreshes when a refresh token is at hand. `Ok(false)`: nothing to refresh with, or the
+    /// refresh token is no longer accepted (a login follows).
+    async fn try_refresh(&mut self) -> Result<bool, OAuthError> {
+        let (Some(endpoint), Some(token)) = (&self.endpoint, &self.token) else {
+            return Ok(false);
+        };
+        let Some(refresh_token) = token.refresh_token.clone() else {
+            return Ok(false);
+        };
+        match endpoint
+            .refresh(
+                &self.http,
+                &refresh_token,
+                token.scope.as_deref(),
+                SystemTime::now(),
+            )
+            .await
+        {
+            Ok(fresh) => {
+                self.refreshes += 1;
+                tracing::info!(
+                    rotated = fresh.refresh_token.as_ref().map(|r| r.secret())
+                        != Some(refresh_token.secret()),
+                    "access token refreshed"
+                );
+                self.token = Some(fresh);
+                Ok(true)
+            }
+            Err(e) if e.class() == ErrorClass::Permanent => {
+                tracing::warn!(error = %e, "refresh refused; re-authentication required");
+                if let Some(token) = self.token.as_mut() {
+                    token.refresh_token = None;
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs one browser login for `scope`.
+    async fn authorize(
+        &mut self,
+        challenge: &BearerChallenge,
+        scope: Option<String>,
+    ) -> Result<(), OAuthError> {
+        if self.authorizations >= MAX_AUTHORIZATIONS {
+            return Err(OAuthError::TooManyAuthorizations {
+                attempts: self.authorizations,
+            });
+        }
+        let discovery = self.discovery(challenge).await?.clone();
+        let listener = CallbackListener::bind(self.redirect_port).await?;
+        let redirect_uri = listener.redirect_uri().to_string();
+        // Later logins reuse the port, so a registered redirect URI stays valid.
+        self.redirect_port = Url::parse(&redirect_uri)
+            .ok()
+            .and_then(|u| u.port())
+            .unwrap_or(0);
+        let endpoint = match self.endpoint.take() {
+            Some(endpoint) if endpoint.redirect_uri == redirect_uri => endpoint,
+            _ => {
+                let client = obtain_client(
+                    &self.http,
+                    &self.options.client,
+                    &discovery.authorization_server,
+                    &redirect_uri,
+                    scope.as_deref(),
+                )
+                .await?;
+                tracing::info!(client_id = %client.client_id, source = ?client.source, auth_method = client.auth_method.as_str(), "client identity ready");
+                TokenEndpoint::new(
+                    &discovery.authorization_server,
+                    client,
+                    redirect_uri,
+                    discovery.resource.clone(),
+                )
+            }
+        };
+        let pending = endpoint.authorization_request(scope.as_deref())?;
+        self.authorizations += 1;
+        tracing::info!(
+            scope = scope.as_deref().unwrap_or(""),
+            attempt = self.authorizations,
+            "opening the browser for authorization"
+        );
+        self.options.browser.open(&pending.url)?;
+        let expected = ExpectedCallback {
+            state: pending.state.clone(),
+            issuer: discovery.authorization_server.issuer.clone(),
+            iss_required: discovery
+                .authorization_server
+                .authorization_response_iss_parameter_supported,
+        };
+        let code = listener.wait_for_code(expected).await?;
+        let token = endpoint
+            .exchange_code(&self.http, &code, &pending, SystemTime::now())
+            .await?;
+        tracing::info!(
+            scope = token.scope.as_deref().unwrap_or(""),
+            has_refresh_token = token.refresh_token.is_some(),
+            "authorization complete"
+        );
+        self.token = Some(token);
+        self.endpoint = Some(endpoint);
+        Ok(())
+    }
+}
