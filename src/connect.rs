@@ -11,10 +11,10 @@ use url::Url;
 
 use crate::mcp::{BearerChallenge, McpClient, McpError};
 use crate::oauth::browser::BrowserLauncher;
-use crate::oauth::callback::{CallbackListener, ExpectedCallback};
-use crate::oauth::client_identity::{ClientConfig, obtain_client};
+use crate::oauth::client_identity::ClientConfig;
 use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::http::OAuthHttp;
+use crate::oauth::login::{LoginSettings, browser_login};
 use crate::oauth::scope::{select_scope, union};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
@@ -136,27 +136,31 @@ async fn with_authorization(
 /// The OAuth side of one run: discovery and client identity found once, tokens as they come.
 struct Authorizer {
     options: ConnectOptions,
+    settings: LoginSettings,
     http: OAuthHttp,
     discovery: Option<Discovery>,
     endpoint: Option<TokenEndpoint>,
     token: Option<TokenSet>,
     authorizations: u32,
     refreshes: u32,
-    redirect_port: u16,
 }
 
 impl Authorizer {
     fn new(options: ConnectOptions) -> Self {
-        let redirect_port = options.redirect_port;
+        let settings = LoginSettings {
+            client: options.client.clone(),
+            browser: options.browser.clone(),
+            redirect_port: options.redirect_port,
+        };
         Authorizer {
             options,
+            settings,
             http: OAuthHttp::default(),
             discovery: None,
             endpoint: None,
             token: None,
             authorizations: 0,
             refreshes: 0,
-            redirect_port,
         }
     }
 
@@ -228,7 +232,7 @@ impl Authorizer {
         }
     }
 
-    /// Runs one browser login for `scope`.
+    /// Runs one browser login for `scope`, within the run's authorization bound.
     async fn authorize(
         &mut self,
         challenge: &BearerChallenge,
@@ -240,57 +244,15 @@ impl Authorizer {
             });
         }
         let discovery = self.discovery(challenge).await?.clone();
-        let listener = CallbackListener::bind(self.redirect_port).await?;
-        let redirect_uri = listener.redirect_uri().to_string();
-        // Later logins reuse the port, so a registered redirect URI stays valid.
-        self.redirect_port = Url::parse(&redirect_uri)
-            .ok()
-            .and_then(|u| u.port())
-            .unwrap_or(0);
-        let endpoint = match self.endpoint.take() {
-            Some(endpoint) if endpoint.redirect_uri == redirect_uri => endpoint,
-            _ => {
-                let client = obtain_client(
-                    &self.http,
-                    &self.options.client,
-                    &discovery.authorization_server,
-                    &redirect_uri,
-                    scope.as_deref(),
-                )
-                .await?;
-                tracing::info!(client_id = %client.client_id, source = ?client.source, auth_method = client.auth_method.as_str(), "client identity ready");
-                TokenEndpoint::new(
-                    &discovery.authorization_server,
-                    client,
-                    redirect_uri,
-                    discovery.resource.clone(),
-                )
-            }
-        };
-        let pending = endpoint.authorization_request(scope.as_deref())?;
         self.authorizations += 1;
-        tracing::info!(
-            scope = scope.as_deref().unwrap_or(""),
-            attempt = self.authorizations,
-            "opening the browser for authorization"
-        );
-        self.options.browser.open(&pending.url)?;
-        let expected = ExpectedCallback {
-            state: pending.state.clone(),
-            issuer: discovery.authorization_server.issuer.clone(),
-            iss_required: discovery
-                .authorization_server
-                .authorization_response_iss_parameter_supported,
-        };
-        let code = listener.wait_for_code(expected).await?;
-        let token = endpoint
-            .exchange_code(&self.http, &code, &pending, SystemTime::now())
-            .await?;
-        tracing::info!(
-            scope = token.scope.as_deref().unwrap_or(""),
-            has_refresh_token = token.refresh_token.is_some(),
-            "authorization complete"
-        );
+        let (endpoint, token) = browser_login(
+            &self.http,
+            &discovery,
+            &self.settings,
+            self.endpoint.take(),
+            scope.as_deref(),
+        )
+        .await?;
         self.token = Some(token);
         self.endpoint = Some(endpoint);
         Ok(())

@@ -2,13 +2,31 @@
 //! `%s` marking where it goes) and `--browser-command` win; otherwise the platform's opener;
 //! with `--no-browser` the URL is printed for the user to open.
 
+use std::fmt;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use url::Url;
 
 use super::error::OAuthError;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A function given the authorization URL: how an embedding program (or a test) shows it.
+#[derive(Clone)]
+pub struct UrlHandler(pub Arc<dyn Fn(Url) + Send + Sync>);
+
+impl fmt::Debug for UrlHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UrlHandler")
+    }
+}
+
+impl PartialEq for UrlHandler {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum BrowserLauncher {
     /// A shell command; the URL replaces `%s`, or is appended as the last argument.
     Command(String),
@@ -16,9 +34,15 @@ pub enum BrowserLauncher {
     Platform,
     /// Print the URL on stderr and wait.
     PrintOnly,
+    /// Hand the URL to the embedding program.
+    Handler(UrlHandler),
 }
 
 impl BrowserLauncher {
+    pub fn handler(f: impl Fn(Url) + Send + Sync + 'static) -> Self {
+        BrowserLauncher::Handler(UrlHandler(Arc::new(f)))
+    }
+
     /// `--no-browser`, then `--browser-command`, then `$BROWSER`, then the platform opener.
     pub fn from_settings(command: Option<String>, no_browser: bool) -> Self {
         if no_browser {
@@ -34,6 +58,10 @@ impl BrowserLauncher {
     /// Opens `url` without waiting for the browser to exit.
     pub fn open(&self, url: &Url) -> Result<(), OAuthError> {
         let mut command = match self {
+            BrowserLauncher::Handler(handler) => {
+                (handler.0)(url.clone());
+                return Ok(());
+            }
             BrowserLauncher::PrintOnly => {
                 eprintln!("Open this URL in a browser to authorize:\n  {url}");
                 return Ok(());

@@ -8,6 +8,7 @@ pub mod client_identity;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod login;
 pub mod scope;
 pub mod token;
 

@@ -53,6 +53,9 @@ pub enum FaultKind {
     AlreadyExpired,
     /// Closes the TCP connection without any response.
     DropConnection,
+    /// HTTP 403 `insufficient_scope` naming every known scope, whatever the token holds
+    /// (mcp only): a server whose step-up can never be satisfied.
+    InsufficientScope,
 }
 
 impl FaultKind {
@@ -79,7 +82,7 @@ impl FaultKind {
         })
     }
 
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::InvalidGrant,
         FaultKind::InvalidClient,
         FaultKind::InvalidScope,
@@ -94,6 +97,7 @@ impl FaultKind {
         FaultKind::ExpiresInMissing,
         FaultKind::AlreadyExpired,
         FaultKind::DropConnection,
+        FaultKind::InsufficientScope,
     ];
 }
 
@@ -158,6 +162,9 @@ impl Fault {
                 "fault kind {} only applies to the token and refresh targets",
                 self.kind
             ));
+        }
+        if self.kind == FaultKind::InsufficientScope && self.target != FaultTarget::Mcp {
+            return Err("fault kind insufficient_scope only applies to the mcp target".into());
         }
         if self.count == Some(0) {
             return Err(

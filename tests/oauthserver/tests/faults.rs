@@ -291,6 +291,25 @@ async fn faults_at_other_targets() {
             .status(),
         StatusCode::OK
     );
+
+    srv.inject(Fault::new(FaultTarget::Mcp, FaultKind::InsufficientScope).times(1))
+        .unwrap();
+    let forbidden = mcp(&srv, tokens["access_token"].as_str(), "ping", json!({})).await;
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    let challenge = challenge(&forbidden);
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"")
+            && challenge.contains("scope=\"mcp:read mcp:write\""),
+        "{challenge}"
+    );
+    assert!(
+        srv.inject(Fault::new(
+            FaultTarget::Refresh,
+            FaultKind::InsufficientScope
+        ))
+        .is_err(),
+        "mcp only"
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ConnectionKill, Intercept, intercept};
-use crate::faults::FaultTarget;
+use crate::faults::{FaultKind, FaultTarget};
 use crate::jwt::AccessClaims;
 use crate::state::{AppState, random_token};
 
@@ -26,6 +26,7 @@ pub async fn post(
     let injected_token_error = match intercept(&state, FaultTarget::Mcp, &kill).await {
         Intercept::Proceed => false,
         Intercept::Respond(response) => return response,
+        Intercept::Shape(FaultKind::InsufficientScope) => return never_enough_scope(&state),
         Intercept::Shape(_) => true,
     };
     state.lock().stats.mcp_requests += 1;
@@ -151,6 +152,17 @@ fn missing_tool_scope(state: &AppState, tool: &str, claims: &AccessClaims) -> Op
         granted.join(" ")
     );
     Some(challenge_response(StatusCode::FORBIDDEN, value))
+}
+
+/// The `insufficient_scope` fault: 403 asking for every scope, which no token ever satisfies.
+fn never_enough_scope(state: &AppState) -> Response {
+    state.lock().stats.mcp_403 += 1;
+    let value = format!(
+        "Bearer error=\"insufficient_scope\", error_description=\"injected fault\", resource_metadata=\"{}\", scope=\"{}\"",
+        state.resource_metadata_url(),
+        state.config.all_scopes().join(" ")
+    );
+    challenge_response(StatusCode::FORBIDDEN, value)
 }
 
 /// 401 with the challenge; `error="invalid_token"` only when a token was presented (RFC 6750 §3.1).

@@ -1,0 +1,96 @@
+//! Helpers for the engine's end-to-end tests: a "browser" that follows redirects in-process
+//! (the OAuth test server approves at once) and a login straight through the engine.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use mcpproxy_oauth::oauth::OAuthError;
+use mcpproxy_oauth::oauth::browser::BrowserLauncher;
+use mcpproxy_oauth::oauth::client_identity::ClientConfig;
+use mcpproxy_oauth::oauth::discovery::{Discovery, discover};
+use mcpproxy_oauth::oauth::http::OAuthHttp;
+use mcpproxy_oauth::oauth::login::{LoginSettings, browser_login};
+use mcpproxy_oauth::oauth::scope::select_scope;
+use mcpproxy_oauth::oauth::token::{TokenEndpoint, TokenSet};
+use oauth_test_server::{Config, OAuthTestServer};
+use url::Url;
+
+pub async fn start(config: Config) -> OAuthTestServer {
+    OAuthTestServer::start(config)
+        .await
+        .expect("the OAuth test server starts on loopback")
+}
+
+/// A browser that follows the authorization redirect to the loopback listener, counting launches.
+pub fn following_browser() -> (BrowserLauncher, Arc<AtomicU32>) {
+    let launches = Arc::new(AtomicU32::new(0));
+    let counter = launches.clone();
+    let browser = BrowserLauncher::handler(move |url: Url| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::limited(5))
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            let _ = client.get(url).send().await;
+        });
+    });
+    (browser, launches)
+}
+
+pub struct LoggedIn {
+    pub http: OAuthHttp,
+    pub discovery: Discovery,
+    pub endpoint: TokenEndpoint,
+    pub token: TokenSet,
+}
+
+impl LoggedIn {
+    /// Refreshes with the refresh token the login produced.
+    pub async fn refresh_with_login_token(&self) -> Result<TokenSet, OAuthError> {
+        let refresh_token = self
+            .token
+            .refresh_token
+            .as_ref()
+            .expect("the login produced a refresh token");
+        self.endpoint
+            .refresh(&self.http, refresh_token, None, SystemTime::now())
+            .await
+    }
+}
+
+/// Discovery, dynamic registration and a browser login through the engine's own functions.
+pub async fn login(srv: &OAuthTestServer, http: OAuthHttp) -> LoggedIn {
+    let server_url = Url::parse(&srv.mcp_url()).unwrap();
+    let discovery = discover(&http, &server_url, None).await.expect("discovery");
+    let (browser, _) = following_browser();
+    let settings = LoginSettings {
+        client: ClientConfig::default(),
+        browser,
+        redirect_port: 0,
+    };
+    let scope = select_scope(None, discovery.resource_scopes());
+    let (endpoint, token) = tokio::time::timeout(
+        Duration::from_secs(10),
+        browser_login(&http, &discovery, &settings, None, scope.as_deref()),
+    )
+    .await
+    .expect("the login finishes within 10 s")
+    .expect("login");
+    LoggedIn {
+        http,
+        discovery,
+        endpoint,
+        token,
+    }
+}
+
+/// Fails if any secret the server issued appears in `text`.
+pub fn assert_no_secret(srv: &OAuthTestServer, text: &str) {
+    for secret in srv.secrets().all() {
+        assert!(!text.contains(secret), "a secret leaked into: {text}");
+    }
+}

@@ -1,0 +1,203 @@
+//! `connect` end to end against the OAuth test server over loopback.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use mcpproxy_oauth::connect::{ConnectError, ConnectOptions, connect};
+use mcpproxy_oauth::oauth::OAuthError;
+use mcpproxy_oauth::oauth::browser::BrowserLauncher;
+use mcpproxy_oauth::oauth::client_identity::ClientConfig;
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
+use serde_json::json;
+use url::Url;
+
+fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
+    ConnectOptions {
+        server_url: Url::parse(&srv.mcp_url()).unwrap(),
+        client: ClientConfig::default(),
+        scope: None,
+        browser,
+        redirect_port: 0,
+        call_tool: Some(("echo".into(), json!({"message": "hello"}))),
+        timeout: Duration::from_secs(20),
+    }
+}
+
+#[tokio::test]
+async fn connect_registers_logs_in_once_and_calls_a_tool() {
+    let srv = start(Config::default()).await;
+    let (browser, launches) = following_browser();
+    let report = connect(options(&srv, browser))
+        .await
+        .expect("connect succeeds");
+    assert_eq!(
+        report.server_info["serverInfo"]["name"],
+        "oauth-test-server"
+    );
+    assert_eq!(report.tool_result.unwrap()["content"][0]["text"], "hello");
+    assert_eq!(report.authorizations, 1);
+    assert_eq!(launches.load(Ordering::SeqCst), 1, "one browser launch");
+    let stats = srv.stats();
+    assert_eq!(
+        (stats.registrations, stats.authorize_requests, stats.mcp_401),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn step_up_on_insufficient_scope_asks_for_the_union() {
+    let srv = start(Config {
+        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
+        ..Config::default()
+    })
+    .await;
+    let (browser, launches) = following_browser();
+    let mut opts = options(&srv, browser);
+    opts.call_tool = Some(("get_time".into(), json!({})));
+    let report = connect(opts).await.expect("connect succeeds after step-up");
+    assert_eq!(report.authorizations, 2);
+    assert_eq!(launches.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        report.token.unwrap().scope.as_deref(),
+        Some("mcp:read mcp:write mcp:admin")
+    );
+    assert_eq!(
+        srv.stats().registrations,
+        1,
+        "the second login reuses the registered client"
+    );
+}
+
+#[tokio::test]
+async fn rfc8707_resource_is_sent_where_the_server_requires_it() {
+    let srv = start(Config {
+        require_resource: true,
+        issuer_path: Some("/tenant1".into()),
+        ..Config::default()
+    })
+    .await;
+    let (browser, _) = following_browser();
+    connect(options(&srv, browser))
+        .await
+        .expect("connect with an issuer path and required resource");
+    let stats = srv.stats();
+    assert_eq!(
+        stats.resources_received,
+        vec![srv.mcp_url(), srv.mcp_url()],
+        "authorize and token requests"
+    );
+}
+
+#[tokio::test]
+async fn sse_answers_are_read() {
+    let srv = start(Config {
+        mcp_sse_responses: true,
+        ..Config::default()
+    })
+    .await;
+    let (browser, _) = following_browser();
+    let report = connect(options(&srv, browser))
+        .await
+        .expect("connect over SSE answers");
+    assert_eq!(report.tools["tools"][0]["name"], "echo");
+}
+
+#[tokio::test]
+async fn a_preregistered_confidential_client_needs_no_registration() {
+    let srv = start(Config {
+        dynamic_registration: false,
+        preregistered_client: Some(("pre".into(), Some("pre-secret-value".into()))),
+        ..Config::default()
+    })
+    .await;
+    let (browser, _) = following_browser();
+    let mut opts = options(&srv, browser);
+    opts.client = ClientConfig {
+        client_id: Some("pre".into()),
+        client_secret: Some("pre-secret-value".into()),
+        ..ClientConfig::default()
+    };
+    connect(opts)
+        .await
+        .expect("connect with a pre-registered client");
+    assert_eq!(srv.stats().registrations, 0);
+}
+
+#[tokio::test]
+async fn without_registration_or_client_id_the_error_says_what_to_configure() {
+    let srv = start(Config {
+        dynamic_registration: false,
+        ..Config::default()
+    })
+    .await;
+    let (browser, launches) = following_browser();
+    let e = connect(options(&srv, browser)).await.unwrap_err();
+    assert!(
+        matches!(e, ConnectError::OAuth(OAuthError::NoClientIdentity { .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("--client-id"), "{e}");
+    assert_eq!(
+        launches.load(Ordering::SeqCst),
+        0,
+        "no browser without a client"
+    );
+}
+
+#[tokio::test]
+async fn an_error_redirect_ends_the_run_with_the_servers_error() {
+    let srv = start(Config::default()).await;
+    srv.inject(Fault::new(FaultTarget::Authorize, FaultKind::InvalidScope))
+        .unwrap();
+    let (browser, _) = following_browser();
+    let e = connect(options(&srv, browser)).await.unwrap_err();
+    let ConnectError::OAuth(e) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(e.oauth_code(), Some("invalid_scope"));
+    assert!(
+        e.to_string()
+            .starts_with("authorization endpoint answered invalid_scope"),
+        "{e}"
+    );
+    assert_no_secret(&srv, &format!("{e} {e:?}"));
+}
+
+#[tokio::test]
+async fn a_login_nobody_completes_ends_at_the_deadline() {
+    let srv = start(Config::default()).await;
+    let ignored = BrowserLauncher::handler(|_url| {});
+    let mut opts = options(&srv, ignored);
+    opts.timeout = Duration::from_millis(700);
+    let e = connect(opts).await.unwrap_err();
+    assert!(matches!(e, ConnectError::Timeout(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_step_up_that_never_succeeds_stops_after_three_authorizations() {
+    let srv = start(Config::default()).await;
+    let (browser, launches) = following_browser();
+    let first = connect(options(&srv, browser.clone()))
+        .await
+        .expect("a first run logs in");
+    assert_eq!(first.authorizations, 1);
+    srv.inject(Fault::new(FaultTarget::Mcp, FaultKind::InsufficientScope))
+        .unwrap();
+    let e = connect(options(&srv, browser)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConnectError::OAuth(OAuthError::TooManyAuthorizations { attempts: 3 })
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        launches.load(Ordering::SeqCst),
+        1 + 3,
+        "three logins in the second run, then it stops"
+    );
+    assert_eq!(srv.stats().authorize_requests, 4);
+}
