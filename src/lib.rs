@@ -8,3 +8,5 @@
 pub mod connect;
 pub mod mcp;
 pub mod oauth;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,82 @@
+//! The cross-process flow lock: an OS file lock per server beside the database, held for the
+//! whole flow. The kernel releases it if the process dies, so a crash never wedges a server;
+//! two handles in one process conflict too, which keeps it testable in one test binary.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::db::StoreError;
+
+/// Held while it lives; dropping it releases the lock.
+pub struct FlowLock {
+    _file: File,
+}
+
+/// How often a waiting process looks at the lock again.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Takes the flow lock of `server_key`, waiting at most `wait`.
+pub async fn acquire(
+    lock_dir: &Path,
+    server_key: &str,
+    wait: Duration,
+) -> Result<FlowLock, StoreError> {
+    let unusable = |reason: String| StoreError::Unusable {
+        path: lock_dir.to_path_buf(),
+        reason,
+    };
+    fs::create_dir_all(lock_dir)
+        .map_err(|e| unusable(format!("cannot create the lock folder: {e}")))?;
+    let path = lock_dir.join(format!("{server_key}.lock"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| unusable(format!("cannot open {}: {e}", path.display())))?;
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(FlowLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
+                tokio::time::sleep(POLL).await
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::LockTimeout {
+                    server_key: server_key.into(),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(unusable(format!("cannot lock {}: {e}", path.display())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_lock_blocks_another_holder_until_released() {
+        let dir = std::env::temp_dir().join(format!("mcpproxy-oauth-lock-{}", std::process::id()));
+        let first = acquire(&dir, "srv_1", Duration::from_millis(10))
+            .await
+            .unwrap();
+        let blocked = acquire(&dir, "srv_1", Duration::from_millis(60)).await;
+        assert!(matches!(blocked, Err(StoreError::LockTimeout { .. })));
+        let other_server = acquire(&dir, "srv_2", Duration::from_millis(10)).await;
+        assert!(other_server.is_ok(), "locks are per server");
+        drop(first);
+        assert!(
+            acquire(&dir, "srv_1", Duration::from_millis(10))
+                .await
+                .is_ok()
+        );
+    }
+}

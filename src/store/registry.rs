@@ -1,0 +1,81 @@
+//! The `TokenRegistry` actor: the only owner of the SQLite connection. It runs on its own
+//! `SyncArbiter` thread, so blocking database work never runs on the async threads, and
+//! requests are served one at a time in arrival order (a write is durable before its reply).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use actix::prelude::*;
+
+use super::db::{StoreError, TokenStore};
+
+pub struct RegistryActor {
+    store: TokenStore,
+}
+
+impl Actor for RegistryActor {
+    type Context = SyncContext<Self>;
+}
+
+type Job<R> = Box<dyn FnOnce(&mut TokenStore) -> Result<R, StoreError> + Send>;
+
+/// One unit of work on the store. A closure keeps the registry's surface as small as the
+/// store's own methods, with no message type per query.
+pub struct Exec<R>(Job<R>);
+
+impl<R: 'static> Message for Exec<R> {
+    type Result = Result<R, StoreError>;
+}
+
+impl<R: 'static> Handler<Exec<R>> for RegistryActor {
+    type Result = Result<R, StoreError>;
+    fn handle(&mut self, job: Exec<R>, _: &mut SyncContext<Self>) -> Self::Result {
+        (job.0)(&mut self.store)
+    }
+}
+
+/// A cheap, cloneable way to reach the registry actor.
+#[derive(Clone)]
+pub struct TokenRegistry {
+    addr: Addr<RegistryActor>,
+    path: PathBuf,
+}
+
+impl TokenRegistry {
+    /// Opens the store and starts its actor. Call inside an actix `System`. Returns where a
+    /// corrupt database was moved aside, if it was.
+    pub fn start(path: &Path) -> Result<(Self, Option<PathBuf>), StoreError> {
+        let store = TokenStore::open(path)?;
+        let moved_aside = store.moved_aside.clone();
+        let once = Mutex::new(Some(store));
+        let addr = SyncArbiter::start(1, move || {
+            let store = once.lock().unwrap_or_else(|p| p.into_inner()).take();
+            // One thread is started, and an actor is never rebuilt without a restart request.
+            RegistryActor {
+                store: store.expect("the registry runs on exactly one thread"),
+            }
+        });
+        Ok((
+            TokenRegistry {
+                addr,
+                path: path.to_path_buf(),
+            },
+            moved_aside,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `job` on the registry thread and returns its result.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut TokenStore) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.addr
+            .send(Exec(Box::new(job)))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}

@@ -1,0 +1,3 @@
+//! One upstream server: its pure OAuth state machine and the actor that drives it.
+
+pub mod state;
