@@ -5,8 +5,10 @@
 //!
 //! See ARCHITECTURE.md for how the pieces fit.
 
+pub mod config;
 pub mod connect;
 pub mod mcp;
 pub mod oauth;
 pub mod store;
+pub mod supervisor;
 pub mod upstream;

@@ -188,6 +188,79 @@ impl TokenEndpoint {
     }
 }
 
+impl TokenEndpoint {
+    /// RFC 7009 revocation: the refresh token when there is one (that ends the whole grant),
+    /// else the access token. Sent through `OAuthHttp` rather than oauth2, whose revocation
+    /// refuses plain http even on loopback.
+    pub async fn revoke(
+        &self,
+        http: &OAuthHttp,
+        revocation_endpoint: &str,
+        refresh_token: Option<&str>,
+        access_token: &str,
+    ) -> Result<(), OAuthError> {
+        let url = Url::parse(revocation_endpoint).map_err(|_| {
+            OAuthError::Discovery(format!(
+                "invalid revocation endpoint {revocation_endpoint:?}"
+            ))
+        })?;
+        super::http::require_secure_url(&url)?;
+        let (token, hint) = match refresh_token {
+            Some(r) => (r, "refresh_token"),
+            None => (access_token, "access_token"),
+        };
+        let mut form = vec![
+            ("token", token.to_string()),
+            ("token_type_hint", hint.to_string()),
+        ];
+        let mut request = http.client().post(url);
+        match (self.client.auth_method, &self.client.client_secret) {
+            (TokenAuthMethod::ClientSecretBasic, Some(secret)) => {
+                // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
+                let encode = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                request = request.basic_auth(
+                    encode(&self.client.client_id),
+                    Some(encode(secret.secret())),
+                );
+            }
+            (TokenAuthMethod::ClientSecretPost, Some(secret)) => {
+                form.push(("client_id", self.client.client_id.clone()));
+                form.push(("client_secret", secret.secret().clone()));
+            }
+            _ => form.push(("client_id", self.client.client_id.clone())),
+        }
+        let reply = http.send(Endpoint::Revocation, request.form(&form)).await?;
+        if reply.status.is_success() {
+            return Ok(());
+        }
+        let body: Option<serde_json::Value> = serde_json::from_slice(&reply.body).ok();
+        match body
+            .as_ref()
+            .and_then(|b| b.get("error"))
+            .and_then(|e| e.as_str())
+        {
+            Some(code) => Err(OAuthError::Server {
+                endpoint: Endpoint::Revocation,
+                code: code.to_string(),
+                description: body
+                    .as_ref()
+                    .and_then(|b| b.get("error_description"))
+                    .and_then(|d| d.as_str())
+                    .map(String::from),
+                status: Some(reply.status.as_u16()),
+                retry_after: reply.retry_after(),
+            }),
+            None => Err(OAuthError::Http {
+                endpoint: Endpoint::Revocation,
+                status: reply.status.as_u16(),
+                retry_after: reply.retry_after(),
+            }),
+        }
+    }
+}
+
 /// An authorization request in flight: the URL to open and what checks its answer.
 pub struct PendingAuthorization {
     pub url: Url,

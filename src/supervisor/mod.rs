@@ -1,0 +1,385 @@
+//! The supervisor and the library API. `SupervisorHandle::start` runs an actix `System` on its
+//! own thread (the embedding runtime need not run actix), opens the token registry, and starts
+//! one `UpstreamActor` per server under `actix::Supervisor`, which restarts an actor that
+//! stops. The handle routes calls by server name straight to the actors; `access_token()` first
+//! reads the server's published snapshot without touching any mailbox.
+//!
+//! ```no_run
+//! # async fn embed() -> Result<(), Box<dyn std::error::Error>> {
+//! use mcpproxy_oauth::config::UpstreamConfig;
+//! use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
+//! let server = UpstreamConfig::new("github", "https://api.example/mcp".parse()?);
+//! let oauth = SupervisorHandle::start(SupervisorConfig::new(vec![server], "/var/lib/mcpproxy".into())).await?;
+//! oauth.reconnect("github").await?;                 // loads, refreshes or logs in
+//! let token = oauth.access_token("github").await?;  // lock-free while valid
+//! // ... call the MCP server with `token.secret()`; on a 401:
+//! let fresh = oauth.report_unauthorized("github", token.secret(), None).await?;
+//! oauth.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use arc_swap::ArcSwapOption;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::config::UpstreamConfig;
+use crate::mcp::BearerChallenge;
+use crate::oauth::browser::BrowserLauncher;
+use crate::oauth::http::OAuthHttp;
+use crate::store::db::now_ms;
+use crate::store::{StoreError, TokenRegistry, TokenStatusRow};
+use crate::upstream::actor::{
+    self, Grant, ServerStatus, Snapshot, StateChange, UpstreamActor, UpstreamError,
+};
+use crate::upstream::flows::Runtime;
+use crate::upstream::state::Policy;
+
+/// Everything the supervisor needs.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub servers: Vec<UpstreamConfig>,
+    /// Holds `tokens.db` and the `locks/` folder.
+    pub data_dir: PathBuf,
+    pub browser: BrowserLauncher,
+    pub policy: Policy,
+    /// How long a browser login may take.
+    pub login_timeout: Duration,
+    /// Bound of every OAuth HTTP request.
+    pub http_timeout: Duration,
+}
+
+impl SupervisorConfig {
+    pub fn new(servers: Vec<UpstreamConfig>, data_dir: PathBuf) -> Self {
+        SupervisorConfig {
+            servers,
+            data_dir,
+            browser: BrowserLauncher::from_settings(None, false),
+            policy: Policy::default(),
+            login_timeout: Duration::from_secs(300),
+            http_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/mcpproxy-oauth`, else `~/.local/share/mcpproxy-oauth`.
+pub fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("mcpproxy-oauth")
+}
+
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tokens.db")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("unknown server {name:?}; configured servers: {configured}")]
+    UnknownServer { name: String, configured: String },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the OAuth supervisor has stopped")]
+    Stopped,
+}
+
+/// Answers for all servers at once.
+pub struct SupervisorActor {
+    upstreams: Vec<Addr<UpstreamActor>>,
+}
+
+impl Actor for SupervisorActor {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<ServerStatus>")]
+pub struct AllStatus;
+
+impl Handler<AllStatus> for SupervisorActor {
+    type Result = ResponseFuture<Vec<ServerStatus>>;
+    fn handle(&mut self, _: AllStatus, _: &mut Context<Self>) -> Self::Result {
+        let upstreams = self.upstreams.clone();
+        Box::pin(async move {
+            let mut statuses = Vec::with_capacity(upstreams.len());
+            for addr in upstreams {
+                if let Ok(status) = addr.send(actor::GetStatus).await {
+                    statuses.push(status);
+                }
+            }
+            statuses
+        })
+    }
+}
+
+struct Upstream {
+    addr: Addr<UpstreamActor>,
+    snapshot: Snapshot,
+}
+
+struct Parts {
+    upstreams: HashMap<String, Upstream>,
+    supervisor: Addr<SupervisorActor>,
+    registry: TokenRegistry,
+    moved_aside: Option<PathBuf>,
+}
+
+struct Inner {
+    upstreams: HashMap<String, Upstream>,
+    names: Vec<String>,
+    supervisor: Addr<SupervisorActor>,
+    registry: TokenRegistry,
+    events: broadcast::Sender<StateChange>,
+    moved_aside: Option<PathBuf>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    stopped: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// The library API: `Send + Sync + Clone`, usable from any tokio runtime.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    inner: Arc<Inner>,
+}
+
+fn build(
+    config: SupervisorConfig,
+    events: broadcast::Sender<StateChange>,
+) -> Result<Parts, SupervisorError> {
+    let (registry, moved_aside) = TokenRegistry::start(&database_path(&config.data_dir))?;
+    let runtime = Arc::new(Runtime {
+        registry: registry.clone(),
+        http: OAuthHttp::new(config.http_timeout),
+        lock_dir: config.data_dir.join("locks"),
+        browser: config.browser.clone(),
+        owner: format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4()),
+        login_timeout: config.login_timeout,
+    });
+    let mut upstreams = HashMap::new();
+    for server in config.servers {
+        let server = Arc::new(server);
+        let snapshot: Snapshot = Arc::new(ArcSwapOption::empty());
+        let (rt, policy, snap, events) = (
+            runtime.clone(),
+            config.policy,
+            snapshot.clone(),
+            events.clone(),
+        );
+        let name = server.name.clone();
+        let addr = actix::Supervisor::start(move |_| {
+            UpstreamActor::new(
+                server.clone(),
+                rt.clone(),
+                policy,
+                snap.clone(),
+                events.clone(),
+            )
+        });
+        upstreams.insert(name, Upstream { addr, snapshot });
+    }
+    let supervisor = SupervisorActor {
+        upstreams: upstreams.values().map(|u| u.addr.clone()).collect(),
+    }
+    .start();
+    Ok(Parts {
+        upstreams,
+        supervisor,
+        registry,
+        moved_aside,
+    })
+}
+
+impl SupervisorHandle {
+    /// Opens the token store and starts one actor per server on a dedicated thread.
+    pub async fn start(config: SupervisorConfig) -> Result<Self, SupervisorError> {
+        let mut names: Vec<String> = config.servers.iter().map(|s| s.name.clone()).collect();
+        names.sort();
+        let (events, _) = broadcast::channel(256);
+        let thread_events = events.clone();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("mcpproxy-oauth-actors".into())
+            .spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    match build(config, thread_events) {
+                        Ok(parts) => {
+                            let registry = parts.registry.clone();
+                            let _ = ready_tx.send(Ok(parts));
+                            let _ = stop_rx.await;
+                            // Queued store writes finish before the system goes away.
+                            let _ = registry.call(|_| Ok(())).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+                let _ = stopped_tx.send(());
+            })
+            .map_err(|_| SupervisorError::Stopped)?;
+        let parts = ready_rx.await.map_err(|_| SupervisorError::Stopped)??;
+        if let Some(aside) = &parts.moved_aside {
+            tracing::error!(moved_to = %aside.display(), "the token database was corrupt and was moved aside; servers will log in again");
+        }
+        Ok(SupervisorHandle {
+            inner: Arc::new(Inner {
+                upstreams: parts.upstreams,
+                names,
+                supervisor: parts.supervisor,
+                registry: parts.registry,
+                events,
+                moved_aside: parts.moved_aside,
+                stop: Mutex::new(Some(stop_tx)),
+                stopped: Mutex::new(Some(stopped_rx)),
+            }),
+        })
+    }
+
+    fn upstream(&self, name: &str) -> Result<&Upstream, SupervisorError> {
+        self.inner
+            .upstreams
+            .get(name)
+            .ok_or_else(|| SupervisorError::UnknownServer {
+                name: name.into(),
+                configured: self.inner.names.join(", "),
+            })
+    }
+
+    async fn ask<M>(&self, name: &str, message: M) -> Result<Grant, SupervisorError>
+    where
+        M: Message<Result = Result<Grant, UpstreamError>> + Send + 'static,
+        UpstreamActor: Handler<M>,
+    {
+        let addr = &self.upstream(name)?.addr;
+        Ok(addr
+            .send(message)
+            .await
+            .map_err(|_| SupervisorError::Stopped)??)
+    }
+
+    /// The configured server names, sorted.
+    pub fn servers(&self) -> &[String] {
+        &self.inner.names
+    }
+
+    /// Makes the server usable: loads the persisted token, refreshes it, or logs in.
+    pub async fn reconnect(&self, name: &str) -> Result<Grant, SupervisorError> {
+        self.ask(name, actor::Reconnect).await
+    }
+
+    /// A token valid for at least its safety margin. Lock-free while the current one is.
+    pub async fn access_token(&self, name: &str) -> Result<oauth2::AccessToken, SupervisorError> {
+        if let Some(token) = self.cached_access_token(name)? {
+            return Ok(token);
+        }
+        Ok(self.ask(name, actor::AccessToken).await?.access_token)
+    }
+
+    /// The hot path alone: the published token if it is still usable, without any message.
+    pub fn cached_access_token(
+        &self,
+        name: &str,
+    ) -> Result<Option<oauth2::AccessToken>, SupervisorError> {
+        let upstream = self.upstream(name)?;
+        let snapshot = upstream.snapshot.load();
+        Ok(snapshot
+            .as_ref()
+            .filter(|s| s.usable(now_ms()))
+            .map(|s| s.access_token.clone()))
+    }
+
+    /// The upstream answered 401 to `access_token`: refresh once for everyone, or hand back the
+    /// newer token if this one was already replaced.
+    pub async fn report_unauthorized(
+        &self,
+        name: &str,
+        access_token: &str,
+        challenge: Option<BearerChallenge>,
+    ) -> Result<Grant, SupervisorError> {
+        self.ask(
+            name,
+            actor::ReportUnauthorized {
+                access_token: access_token.into(),
+                challenge,
+            },
+        )
+        .await
+    }
+
+    /// Runs a browser login now, whatever the browser rate limit says.
+    pub async fn login(&self, name: &str) -> Result<Grant, SupervisorError> {
+        self.ask(name, actor::Login).await
+    }
+
+    pub async fn refresh(&self, name: &str) -> Result<Grant, SupervisorError> {
+        self.ask(name, actor::Refresh).await
+    }
+
+    /// Forgets the server's token here and revokes it at the server where it offers RFC 7009.
+    pub async fn logout(&self, name: &str) -> Result<(), SupervisorError> {
+        let addr = &self.upstream(name)?.addr;
+        Ok(addr
+            .send(actor::Logout)
+            .await
+            .map_err(|_| SupervisorError::Stopped)??)
+    }
+
+    /// Every server's state; never waits for a flow.
+    pub async fn status(&self) -> Result<Vec<ServerStatus>, SupervisorError> {
+        let mut statuses = self
+            .inner
+            .supervisor
+            .send(AllStatus)
+            .await
+            .map_err(|_| SupervisorError::Stopped)?;
+        statuses.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(statuses)
+    }
+
+    /// The `oauth_token_status` view of the database.
+    pub async fn token_status(&self) -> Result<Vec<TokenStatusRow>, SupervisorError> {
+        Ok(self.inner.registry.call(|s| s.token_status()).await?)
+    }
+
+    /// Phase changes of every server, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
+        self.inner.events.subscribe()
+    }
+
+    /// Where a corrupt database was moved at start, if it was.
+    pub fn database_moved_aside(&self) -> Option<&Path> {
+        self.inner.moved_aside.as_deref()
+    }
+
+    /// Stops every actor after queued store writes finish. Other clones stop working too.
+    pub async fn shutdown(&self) {
+        let stop = self
+            .inner
+            .stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        let stopped = self
+            .inner
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(stopped) = stopped {
+            let _ = stopped.await;
+        }
+    }
+}

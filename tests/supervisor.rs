@@ -1,0 +1,602 @@
+//! The supervisor against the OAuth test server over loopback, with real SQLite files: the
+//! spec's scenarios 1, 2, 5 and 6, both tokens expired, two supervisors on one database, a
+//! corrupt database, and no secret in any log line.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mcpproxy_oauth::config::UpstreamConfig;
+use mcpproxy_oauth::mcp::{McpClient, McpError};
+use mcpproxy_oauth::oauth::browser::BrowserLauncher;
+use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::upstream::state::Policy;
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
+use url::Url;
+
+/// Every log line of this test binary, at trace level, for the secret scan and message checks.
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .json()
+            .with_writer(move || LogWriter(writer.clone()))
+            .init();
+        buffer
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+impl Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-sup-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn server_config(name: &str, srv: &OAuthTestServer) -> UpstreamConfig {
+    UpstreamConfig::new(name, Url::parse(&srv.mcp_url()).unwrap())
+}
+
+fn config(servers: Vec<UpstreamConfig>, dir: &Path, browser: BrowserLauncher) -> SupervisorConfig {
+    SupervisorConfig {
+        browser,
+        policy: Policy {
+            backoff_base: 100,
+            backoff_cap: 2_000,
+            ..Policy::default()
+        },
+        login_timeout: Duration::from_secs(20),
+        http_timeout: Duration::from_secs(2),
+        ..SupervisorConfig::new(servers, dir.to_path_buf())
+    }
+}
+
+async fn start_supervisor(config: SupervisorConfig) -> SupervisorHandle {
+    logs();
+    SupervisorHandle::start(config)
+        .await
+        .expect("the supervisor starts")
+}
+
+/// Waits (bounded) until `name` reaches `phase`.
+async fn wait_for_phase(handle: &SupervisorHandle, name: &str, phase: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = handle.status().await.unwrap();
+        let current = status.iter().find(|s| s.name == name).unwrap();
+        if current.phase == phase {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not reach {phase} within {within:?}; it is {} ({:?})",
+            current.phase,
+            current.detail
+        );
+        let mut changes = handle.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(200), changes.recv()).await;
+    }
+}
+
+/// Makes the stored access token of every server expired (the supervisor must be stopped).
+fn expire_stored_tokens(dir: &Path) {
+    let conn = rusqlite::Connection::open(database_path(dir)).unwrap();
+    conn.execute("UPDATE oauth_tokens SET expires_at = obtained_at + 1", [])
+        .unwrap();
+}
+
+async fn mcp_ping(srv: &OAuthTestServer, token: &str) -> Result<(), McpError> {
+    let mut client = McpClient::new(Url::parse(&srv.mcp_url()).unwrap(), Duration::from_secs(5));
+    client.ping(Some(token)).await.map(drop)
+}
+
+fn assert_logs_free_of_secrets(srv: &OAuthTestServer) {
+    assert_no_secret(srv, &log_text());
+}
+
+/// Logs in once through a first supervisor, stops it, and expires the stored access token.
+async fn persisted_expired_token(srv: &OAuthTestServer, dir: &Path) {
+    let (browser, _) = following_browser();
+    let first = start_supervisor(config(vec![server_config("srv", srv)], dir, browser)).await;
+    first.reconnect("srv").await.expect("the first login");
+    first.shutdown().await;
+    expire_stored_tokens(dir);
+}
+
+#[tokio::test]
+async fn scenario_1_stays_connected_through_ten_refreshes_with_one_login() {
+    let srv = start(Config {
+        access_token_ttl: Duration::from_secs(2),
+        ..Config::default()
+    })
+    .await;
+    let dir = data_dir("s1");
+    let (browser, launches) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    handle.reconnect("srv").await.expect("connected");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut calls = 0;
+    while srv.stats().token_requests_for("refresh_token") < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 10 refreshes in 40 s: {:?}",
+            srv.stats().token_requests
+        );
+        let token = handle.access_token("srv").await.expect("a token");
+        mcp_ping(&srv, token.secret())
+            .await
+            .expect("no MCP call fails between refreshes");
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await; // pacing of the calls, not synchronisation
+    }
+    let stats = srv.stats();
+    assert_eq!(
+        (
+            stats.authorize_requests,
+            stats.token_requests_for("authorization_code")
+        ),
+        (1, 1),
+        "exactly one authorization"
+    );
+    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.mcp_401, 0, "{calls} calls, none refused");
+    assert_eq!(stats.refresh_token_reuse, 0);
+    handle.shutdown().await;
+    assert_logs_free_of_secrets(&srv);
+}
+
+#[tokio::test]
+async fn scenario_2_a_restart_refreshes_the_persisted_token_without_a_login() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("s2");
+    persisted_expired_token(&srv, &dir).await;
+    let (browser, launches) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let grant = handle
+        .reconnect("srv")
+        .await
+        .expect("connected after restart");
+    mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
+    let stats = srv.stats();
+    assert_eq!(stats.token_requests_for("refresh_token"), 1);
+    assert_eq!(
+        stats.authorize_requests, 1,
+        "only the first process's login"
+    );
+    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    assert!(
+        grant.flow_id.is_some(),
+        "the caller learns the flow's correlation ID"
+    );
+    handle.shutdown().await;
+    assert_logs_free_of_secrets(&srv);
+}
+
+#[tokio::test]
+async fn both_tokens_expired_open_the_browser_once_with_a_clear_message() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("both");
+    persisted_expired_token(&srv, &dir).await;
+    reqwest::Client::new()
+        .post(format!("{}/control/revoke-all", srv.url()))
+        .send()
+        .await
+        .unwrap();
+    let (browser, launches) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let grant = handle
+        .reconnect("srv")
+        .await
+        .expect("connected after a new login");
+    mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
+    assert_eq!(
+        launches.load(Ordering::SeqCst),
+        1,
+        "exactly one browser launch"
+    );
+    assert_eq!(srv.stats().authorize_requests, 2);
+    assert!(log_text().contains("re-authentication required for srv: the refresh token was rejected (token endpoint answered invalid_grant"), "the clear message is logged");
+    handle.shutdown().await;
+    assert_logs_free_of_secrets(&srv);
+}
+
+#[tokio::test]
+async fn scenario_5_a_hundred_concurrent_callers_cause_one_refresh() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("s5");
+    persisted_expired_token(&srv, &dir).await;
+    let (browser, _) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let mut callers = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let handle = handle.clone();
+        callers.spawn(async move {
+            if i % 2 == 0 {
+                handle.reconnect("srv").await.map(|g| g.access_token)
+            } else {
+                handle.access_token("srv").await
+            }
+        });
+    }
+    let tokens: Vec<String> = callers
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.expect("every caller gets a token").secret().clone())
+        .collect();
+    assert!(
+        tokens.iter().all(|t| *t == tokens[0]),
+        "all 100 callers get the same new token"
+    );
+    assert_eq!(
+        srv.stats().token_requests_for("refresh_token"),
+        1,
+        "one refresh for 100 callers"
+    );
+    mcp_ping(&srv, &tokens[0]).await.unwrap();
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn scenario_5_a_hundred_401_reports_for_one_token_cause_one_refresh() {
+    let srv = start(Config {
+        access_token_ttl: Duration::from_secs(600),
+        ..Config::default()
+    })
+    .await;
+    let dir = data_dir("s5-401");
+    let (browser, _) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let old = handle
+        .reconnect("srv")
+        .await
+        .unwrap()
+        .access_token
+        .secret()
+        .clone();
+    srv.advance_clock(Duration::from_secs(601)); // the server now refuses it; the supervisor cannot know
+    let refused = mcp_ping(&srv, &old).await.unwrap_err();
+    let McpError::Unauthorized(challenge) = refused else {
+        panic!("{refused:?}")
+    };
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (handle, old, challenge) = (handle.clone(), old.clone(), challenge.clone());
+        callers.spawn(async move {
+            handle
+                .report_unauthorized("srv", &old, Some(challenge))
+                .await
+        });
+    }
+    let tokens: Vec<String> = callers
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.expect("a new token").access_token.secret().clone())
+        .collect();
+    assert!(tokens.iter().all(|t| *t == tokens[0] && *t != old));
+    let stats = srv.stats();
+    assert_eq!(
+        stats.token_requests_for("refresh_token"),
+        1,
+        "one refresh for 100 reports of the same token"
+    );
+    assert_eq!(
+        stats.refresh_token_reuse, 0,
+        "no rotated refresh token was presented again"
+    );
+    // A late report about the old token returns the new one without refreshing again.
+    let late = handle.report_unauthorized("srv", &old, None).await.unwrap();
+    assert_eq!(late.access_token.secret(), &tokens[0]);
+    assert_eq!(srv.stats().token_requests_for("refresh_token"), 1);
+    mcp_ping(&srv, &tokens[0]).await.unwrap();
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn scenario_5_five_servers_refresh_concurrently() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("five");
+    let names: Vec<String> = (1..=5).map(|i| format!("srv{i}")).collect();
+    let servers: Vec<UpstreamConfig> = names.iter().map(|n| server_config(n, &srv)).collect();
+    let (browser, launches) = following_browser();
+    let first = start_supervisor(config(servers.clone(), &dir, browser.clone())).await;
+    for name in &names {
+        first.reconnect(name).await.unwrap();
+    }
+    first.shutdown().await;
+    expire_stored_tokens(&dir);
+    // Every refresh hangs until its 2 s timeout: five flows must be in flight at once.
+    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::Hang).times(5))
+        .unwrap();
+    let handle = start_supervisor(config(servers, &dir, browser)).await;
+    let mut callers = tokio::task::JoinSet::new();
+    for name in names.clone() {
+        let handle = handle.clone();
+        callers.spawn(async move { handle.reconnect(&name).await });
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while srv.stats().token_requests_for("refresh_token") < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "not all 5 refreshes started: {:?}",
+            srv.stats().token_requests
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refreshing = handle
+        .status()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|s| s.phase == "refreshing" && s.running_flow.is_some())
+        .count();
+    assert_eq!(
+        refreshing, 5,
+        "five flows run at the same time, and status answers meanwhile"
+    );
+    let _ = callers.join_all().await; // they time out (transient) and back off
+    for name in &names {
+        wait_for_phase(&handle, name, "connected", Duration::from_secs(10)).await;
+    }
+    assert_eq!(
+        launches.load(Ordering::SeqCst),
+        5,
+        "only the first supervisor's logins"
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_supervisors_on_one_database_run_one_login() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("two");
+    let (browser, launches) = following_browser();
+    let a = start_supervisor(config(
+        vec![server_config("srv", &srv)],
+        &dir,
+        browser.clone(),
+    ))
+    .await;
+    let b = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let (ga, gb) = tokio::join!(a.login("srv"), b.login("srv"));
+    let (ga, gb) = (ga.expect("a"), gb.expect("b"));
+    assert_eq!(
+        ga.access_token.secret(),
+        gb.access_token.secret(),
+        "the second adopted the first's token"
+    );
+    assert_eq!(
+        srv.stats().authorize_requests,
+        1,
+        "one flow for two processes"
+    );
+    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Spec scenario 6: transient faults back off and recover with the same refresh token.
+#[tokio::test]
+async fn scenario_6_transient_refresh_faults_back_off_and_recover_without_a_login() {
+    let cases = [
+        (FaultKind::ServerError, None),
+        (FaultKind::TemporarilyUnavailable, None),
+        (FaultKind::RateLimited, Some(1_000)),
+        (FaultKind::Hang, None),
+        (FaultKind::DropConnection, None),
+        (FaultKind::ExpiresInZero, None),
+    ];
+    for (kind, delay_ms) in cases {
+        let srv = start(Config::default()).await;
+        let dir = data_dir("s6");
+        persisted_expired_token(&srv, &dir).await;
+        let mut fault = Fault::new(FaultTarget::Refresh, kind).times(1);
+        fault.delay_ms = delay_ms;
+        srv.inject(fault).unwrap();
+        let (browser, launches) = following_browser();
+        let handle =
+            start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+        let started = Instant::now();
+        let first = handle.reconnect("srv").await;
+        assert!(
+            first.is_err(),
+            "{kind}: the waiters hear of the failure: {first:?}"
+        );
+        wait_for_phase(&handle, "srv", "connected", Duration::from_secs(10)).await;
+        if kind == FaultKind::RateLimited {
+            assert!(
+                started.elapsed() >= Duration::from_secs(1),
+                "Retry-After is honoured"
+            );
+        }
+        let token = handle.access_token("srv").await.unwrap();
+        mcp_ping(&srv, token.secret())
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let stats = srv.stats();
+        assert_eq!(
+            stats.token_requests_for("refresh_token"),
+            2,
+            "{kind}: one failed, one good refresh"
+        );
+        assert_eq!(stats.authorize_requests, 1, "{kind}: no login");
+        assert_eq!(
+            stats.refresh_token_reuse, 0,
+            "{kind}: the refresh token survived (rotated ones were kept)"
+        );
+        assert_eq!(launches.load(Ordering::SeqCst), 0);
+        handle.shutdown().await;
+        assert_logs_free_of_secrets(&srv);
+    }
+}
+
+#[tokio::test]
+async fn scenario_6_invalid_grant_on_refresh_leads_to_one_login() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("s6-ig");
+    persisted_expired_token(&srv, &dir).await;
+    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidGrant).times(1))
+        .unwrap();
+    let (browser, launches) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let grant = handle
+        .reconnect("srv")
+        .await
+        .expect("connected through one login");
+    mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
+    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_eq!(srv.stats().authorize_requests, 2);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn scenario_6_an_already_expired_token_is_refused_once_and_refreshed_again() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("s6-ae");
+    persisted_expired_token(&srv, &dir).await;
+    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::AlreadyExpired).times(1))
+        .unwrap();
+    let (browser, launches) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let bad = handle
+        .reconnect("srv")
+        .await
+        .unwrap()
+        .access_token
+        .secret()
+        .clone();
+    let McpError::Unauthorized(challenge) = mcp_ping(&srv, &bad).await.unwrap_err() else {
+        panic!()
+    };
+    let good = handle
+        .report_unauthorized("srv", &bad, Some(challenge))
+        .await
+        .unwrap();
+    mcp_ping(&srv, good.access_token.secret()).await.unwrap();
+    assert_eq!(srv.stats().token_requests_for("refresh_token"), 2);
+    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_database_is_moved_aside_and_the_daemon_starts_fresh() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("corrupt");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(database_path(&dir), b"garbage, not a database").unwrap();
+    let (browser, _) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let aside = handle
+        .database_moved_aside()
+        .expect("moved aside")
+        .to_path_buf();
+    assert_eq!(std::fs::read(&aside).unwrap(), b"garbage, not a database");
+    handle.reconnect("srv").await.expect("a fresh store works");
+    assert!(log_text().contains("the token database is corrupt"));
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_database_stops_the_start_with_the_file_and_the_fix() {
+    let dir = data_dir("unreadable");
+    std::fs::create_dir_all(database_path(&dir)).unwrap(); // a folder where the file belongs
+    let e = SupervisorHandle::start(config(vec![], &dir, BrowserLauncher::PrintOnly))
+        .await
+        .err()
+        .expect("refused");
+    let message = e.to_string();
+    assert!(
+        message.contains("tokens.db") && message.contains("--data-dir"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_servers_get_a_clear_error_and_status_lists_every_server() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("unknown");
+    let handle = start_supervisor(config(
+        vec![server_config("a", &srv), server_config("b", &srv)],
+        &dir,
+        BrowserLauncher::PrintOnly,
+    ))
+    .await;
+    let e = handle.reconnect("nope").await.unwrap_err().to_string();
+    assert_eq!(e, "unknown server \"nope\"; configured servers: a, b");
+    let status = handle.status().await.unwrap();
+    assert_eq!(
+        status
+            .iter()
+            .map(|s| (s.name.as_str(), s.phase.as_str()))
+            .collect::<Vec<_>>(),
+        [("a", "idle"), ("b", "idle")]
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn logout_revokes_at_the_server_and_forgets_the_token() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("logout");
+    let (browser, _) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let grant = handle.reconnect("srv").await.unwrap();
+    handle.logout("srv").await.unwrap();
+    assert_eq!(srv.stats().revocations, 1);
+    assert!(
+        handle.token_status().await.unwrap().is_empty(),
+        "the token row is gone"
+    );
+    assert!(handle.cached_access_token("srv").unwrap().is_none());
+    assert!(
+        mcp_ping(&srv, grant.access_token.secret()).await.is_err(),
+        "the revoked family's access token is dead"
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("noninteractive");
+    let launches = Arc::new(AtomicU32::new(0));
+    let counter = launches.clone();
+    let browser = BrowserLauncher::handler(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut cfg = config(vec![server_config("srv", &srv)], &dir, browser);
+    cfg.policy.interactive = false;
+    let handle = start_supervisor(cfg).await;
+    let e = handle.reconnect("srv").await.unwrap_err().to_string();
+    assert!(e.contains("re-authentication required"), "{e}");
+    assert_eq!(handle.status().await.unwrap()[0].phase, "needs_login");
+    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    handle.shutdown().await;
+}
