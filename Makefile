@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test test-rust test-interop test-conformance lint demo-server clean
+.PHONY: all build test test-rust test-interop test-conformance lint demo demo-server bench clean
 
 all: build
 
@@ -33,6 +33,14 @@ test-conformance:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## The quick-start demo: `serve` keeping the OAuth test server (30 s tokens) authorized.
+demo:
+	examples/demo.sh
+
+## Benchmarks (criterion): the access_token() hot path against a bare RwLock read.
+bench:
+	$(CARGO) bench --locked --bench access_token
 
 ## The OAuth test server with short TTLs, for trying things by hand.
 demo-server:

@@ -1,5 +1,7 @@
 //! The `mcpproxy-oauth` command line.
 
+mod commands;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,14 +19,10 @@ use url::Url;
     about = "Keeps OAuth-protected MCP servers authorized."
 )]
 struct Cli {
-    /// Log level: error, warn, info, debug, trace (or a tracing filter).
-    #[arg(
-        long,
-        global = true,
-        default_value = "warn",
-        env = "MCPPROXY_OAUTH_LOG"
-    )]
-    log_level: String,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter). Default: info for
+    /// serve, warn otherwise.
+    #[arg(long, global = true, env = "MCPPROXY_OAUTH_LOG")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,6 +31,11 @@ struct Cli {
 enum Command {
     /// Connect to one MCP server, authorizing as needed, then initialize and list its tools.
     Connect(ConnectArgs),
+    /// Keep every configured OAuth server authorized until Ctrl-C.
+    Serve(commands::ServeArgs),
+    /// Log in, out, refresh, or show token status, on the same database as a running daemon.
+    #[command(subcommand)]
+    Auth(commands::AuthCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,8 +127,15 @@ fn init_logging(level: &str) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
     match cli.command {
+        Command::Serve(args) => commands::serve(args).await,
+        Command::Auth(command) => commands::auth(command).await,
         Command::Connect(args) => {
             let options = match connect_options(args) {
                 Ok(options) => options,

@@ -124,3 +124,213 @@ async fn no_browser_prints_the_authorization_url_and_waits() {
     assert!(stderr.contains("code_challenge_method=S256"));
     assert!(stderr.contains("gave up after 1s"), "{stderr}");
 }
+
+/// A config file naming the test server, and a fresh data directory.
+fn daemon_files(
+    srv: &oauth_test_server::OAuthTestServer,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-cli-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("mcp_config.json");
+    let body =
+        serde_json::json!({"mcpServers": [{"name": "srv", "url": srv.mcp_url(), "oauth": {}}]});
+    std::fs::write(&config, body.to_string()).unwrap();
+    (config, dir.join("data"))
+}
+
+#[tokio::test]
+async fn two_processes_logging_in_at_once_run_one_flow() {
+    let srv = start(Config::default()).await;
+    let (config, data) = daemon_files(&srv, "two");
+    let (config, data) = (
+        config.to_str().unwrap().to_string(),
+        data.to_str().unwrap().to_string(),
+    );
+    let args = [
+        "auth",
+        "login",
+        "srv",
+        "--config",
+        &config,
+        "--data-dir",
+        &data,
+        "--browser-command",
+        CURL_BROWSER,
+    ];
+    let (a, b) = tokio::join!(run(&args, &[]), run(&args, &[]));
+    for out in [&a, &b] {
+        assert!(
+            out.status.success(),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("srv: logged in"));
+    }
+    assert_eq!(
+        srv.stats().authorize_requests,
+        1,
+        "one login for two processes"
+    );
+
+    let status = run(&["auth", "status", "--json", "--data-dir", &data], &[]).await;
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    let rows: serde_json::Value = serde_json::from_str(&stdout).expect("JSON status");
+    assert_eq!(rows[0]["server_name"], "srv");
+    assert_eq!(rows[0]["status"], "valid");
+    assert_eq!(rows[0]["has_refresh_token"], true);
+    assert_no_secret(&srv, &stdout);
+
+    let refreshed = run(
+        &[
+            "auth",
+            "refresh",
+            "srv",
+            "--config",
+            &config,
+            "--data-dir",
+            &data,
+        ],
+        &[],
+    )
+    .await;
+    assert!(
+        refreshed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&refreshed.stderr)
+    );
+    assert_eq!(srv.stats().token_requests_for("refresh_token"), 1);
+    let logout = run(
+        &[
+            "auth",
+            "logout",
+            "srv",
+            "--config",
+            &config,
+            "--data-dir",
+            &data,
+        ],
+        &[],
+    )
+    .await;
+    assert!(logout.status.success());
+    assert_eq!(srv.stats().revocations, 1);
+    let after = run(
+        &[
+            "auth",
+            "status",
+            "--json",
+            "--data-dir",
+            &data,
+            "--config",
+            &config,
+        ],
+        &[],
+    )
+    .await;
+    let rows: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(rows[0]["status"], "missing");
+}
+
+#[tokio::test]
+async fn serve_authorizes_every_server_and_stops_cleanly_on_interrupt() {
+    let srv = start(Config::default()).await;
+    let (config, data) = daemon_files(&srv, "serve");
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--browser-command",
+            CURL_BROWSER,
+        ])
+        .env_remove("BROWSER")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while srv.stats().token_requests_for("authorization_code") < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not log in within 15 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The login's token is stored before the daemon answers anyone; wait for the row.
+    let db = data.join("tokens.db");
+    while rusqlite::Connection::open(&db)
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM oauth_token_status WHERE status = 'valid'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no valid token row within 15 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("serve stops within 10 s")
+        .unwrap();
+    assert!(status.success());
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        stderr.contains("authorized") && stderr.contains("stopping"),
+        "{stderr}"
+    );
+    assert_no_secret(&srv, &stderr);
+}
+
+#[tokio::test]
+async fn a_bad_config_names_the_server_and_field() {
+    let dir = std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-cli-badcfg-{}",
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("c.json");
+    std::fs::write(
+        &config,
+        r#"{"mcpServers": [{"name": "gh", "url": "ftp://x", "oauth": {}}]}"#,
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.join("d").to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("server gh: field url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -207,30 +207,32 @@ impl TokenStore {
         })
     }
 
+    /// Applies pending migrations, one transaction each. The version is read inside the
+    /// write transaction, so processes opening the same new file at once migrate it once.
     fn migrate(&mut self) -> Result<(), StoreError> {
         let known = MIGRATIONS.len() as i64;
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > known {
-            return Err(StoreError::TooNew {
-                path: self.path.clone(),
-                found: version,
-                known,
-            });
-        }
-        for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        loop {
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version > known {
+                return Err(StoreError::TooNew {
+                    path: self.path.clone(),
+                    found: version,
+                    known,
+                });
+            }
+            let Some((name, sql)) = MIGRATIONS.get(version as usize) else {
+                return Ok(());
+            };
             tx.execute_batch(sql).map_err(|e| StoreError::Unusable {
                 path: self.path.clone(),
                 reason: format!("migration {name} failed: {e}"),
             })?;
-            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+            tx.pragma_update(None, "user_version", version + 1)?;
             tx.commit()?;
         }
-        Ok(())
     }
 
     pub fn path(&self) -> &Path {

@@ -511,30 +511,29 @@ impl Handler<Refresh> for UpstreamActor {
 impl Handler<Logout> for UpstreamActor {
     type Result = ResponseFuture<Result<(), UpstreamError>>;
     fn handle(&mut self, _: Logout, ctx: &mut Context<Self>) -> Self::Result {
-        let token = self.current.clone();
-        let endpoint = self.endpoint.clone();
         self.apply(Event::Logout, ctx);
         let registry = self.rt.registry.clone();
         let http = self.rt.http.clone();
         let key = self.config.server_key.clone();
         let server = self.config.name.clone();
         Box::pin(async move {
-            let revocation = {
+            // The store, not this actor's memory, says what to revoke: the token may have been
+            // obtained by another process.
+            let stored = {
                 let key = key.clone();
                 registry
-                    .call(move |s| Ok(s.load_client(&key)?.and_then(|c| c.revocation_endpoint)))
+                    .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
                     .await
-                    .ok()
-                    .flatten()
             };
-            if let (Some(token), Some(endpoint), Some(revocation)) =
-                (token.as_ref(), endpoint, revocation)
+            if let Ok((Some(token), Some(client))) = &stored
+                && let Some(revocation) = &client.revocation_endpoint
             {
                 // Best effort: the local forget below happens whatever the server says.
+                let endpoint = endpoint_from_stored(client);
                 if let Err(e) = endpoint
                     .revoke(
                         &http,
-                        &revocation,
+                        revocation,
                         token.refresh_token.as_deref(),
                         &token.access_token,
                     )

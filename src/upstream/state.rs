@@ -135,6 +135,8 @@ pub struct State {
     /// This server's fixed jitter in 0..1, drawn once by the actor.
     pub jitter: f64,
     pub policy: Policy,
+    /// An explicit refresh arrived before the token was loaded: refresh once it is.
+    pub refresh_after_load: bool,
 }
 
 impl State {
@@ -146,6 +148,7 @@ impl State {
             last_browser_launch: None,
             jitter,
             policy,
+            refresh_after_load: false,
         }
     }
 }
@@ -228,13 +231,18 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
         (Loading | Refreshing, Login) => {}
         (Authorizing, Login) => {}
         (_, Login) => start_login(&mut next, &mut effects, now, true, "login requested".into()),
-        (Idle, Reconnect | Refresh | Unauthorized) => {
+        (Idle, event @ (Reconnect | Refresh | Unauthorized)) => {
             next.phase = Loading;
+            next.refresh_after_load = event == Refresh;
             effects.push(Effect::LoadToken);
         }
         (Loading, Loaded(token)) => {
             next.token = token;
+            let refresh_requested = std::mem::take(&mut next.refresh_after_load);
             match token {
+                Some(_) if refresh_requested => {
+                    refresh_or_login(&mut next, &mut effects, now, "refresh requested")
+                }
                 Some(t) => decide(&mut next, &mut effects, t, now),
                 None => needs_login(&mut next, &mut effects, now, "no stored token".into()),
             }
@@ -527,6 +535,7 @@ mod tests {
         let rows: Vec<(State, Event, &str, Vec<Effect>)> = vec![
             (state(Phase::Idle, None), Event::Reconnect, "loading", vec![LoadToken]),
             (state(Phase::Idle, None), Event::Unauthorized, "loading", vec![LoadToken]),
+            (State { refresh_after_load: true, ..state(Phase::Loading, None) }, Event::Loaded(Some(valid)), "refreshing", vec![StartRefresh]),
             (state(Phase::Loading, None), Event::Loaded(Some(valid)), "connected", vec![ready.clone(), arm_for_valid.clone()]),
             (state(Phase::Loading, None), Event::Loaded(Some(expired)), "refreshing", vec![StartRefresh]),
             (state(Phase::Loading, None), Event::Loaded(Some(expired_no_rt)), "authorizing", vec![reauth("the access token expired and there is no refresh token"), StartLogin]),

@@ -1,0 +1,275 @@
+//! The daemon and operator commands: `serve` and `auth login|status|logout|refresh`. They work
+//! on the same database as a running daemon; the per-server flow lock keeps their flows from
+//! colliding with the daemon's.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use mcpproxy_oauth::config::{self, UpstreamConfig};
+use mcpproxy_oauth::oauth::browser::BrowserLauncher;
+use mcpproxy_oauth::store::TokenStore;
+use mcpproxy_oauth::store::db::now_ms;
+use mcpproxy_oauth::supervisor::{
+    SupervisorConfig, SupervisorHandle, database_path, default_data_dir,
+};
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// mcpproxy's mcp_config.json (servers with an "oauth" object are managed).
+    #[arg(long)]
+    config: PathBuf,
+    /// Where tokens.db and the flow locks live (default: $XDG_DATA_HOME/mcpproxy-oauth).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Command that opens a URL (`%s` marks it, else it is appended). Default: $BROWSER, then xdg-open/open.
+    #[arg(long)]
+    browser_command: Option<String>,
+    /// Print authorization URLs instead of opening a browser.
+    #[arg(long)]
+    no_browser: bool,
+    /// How long a browser login may take.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    login_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Never open a browser by itself: servers needing a login wait for `auth login`.
+    #[arg(long)]
+    non_interactive: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Log in to a server (or all), opening the browser.
+    Login {
+        /// The server's name in the config.
+        server: Option<String>,
+        #[arg(long, conflicts_with = "server")]
+        all: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Token status of every server, from the database (no secrets).
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Also list configured servers that have no token yet.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Forget a server's token (revoking it at the server where possible).
+    Logout {
+        server: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Refresh a server's token now.
+    Refresh {
+        server: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("mcpproxy-oauth: {message}");
+    ExitCode::FAILURE
+}
+
+async fn start(
+    common: &Common,
+    interactive: bool,
+) -> Result<(SupervisorHandle, Vec<UpstreamConfig>), String> {
+    let servers = config::load(&common.config).map_err(|e| e.to_string())?;
+    let data_dir = common.data_dir.clone().unwrap_or_else(default_data_dir);
+    let mut supervisor = SupervisorConfig::new(servers.clone(), data_dir);
+    supervisor.browser =
+        BrowserLauncher::from_settings(common.browser_command.clone(), common.no_browser);
+    supervisor.login_timeout = common.login_timeout;
+    supervisor.policy.interactive = interactive;
+    let handle = SupervisorHandle::start(supervisor)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((handle, servers))
+}
+
+pub async fn serve(args: ServeArgs) -> ExitCode {
+    let (handle, servers) = match start(&args.common, !args.non_interactive).await {
+        Ok(started) => started,
+        Err(e) => return fail(e),
+    };
+    if servers.is_empty() {
+        tracing::warn!(config = %args.common.config.display(), "no server in the config has an \"oauth\" object; nothing to keep authorized");
+    }
+    tracing::info!(
+        servers = servers.len(),
+        "mcpproxy-oauth is keeping servers authorized; Ctrl-C stops"
+    );
+    for server in &servers {
+        let (handle, name) = (handle.clone(), server.name.clone());
+        tokio::spawn(async move {
+            match handle.reconnect(&name).await {
+                Ok(grant) => {
+                    tracing::info!(server = %name, correlation_id = grant.flow_id.as_deref().unwrap_or(""), expires_at = grant.expires_at, "authorized")
+                }
+                Err(e) => tracing::warn!(server = %name, error = %e, "not authorized yet"),
+            }
+        });
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("stopping: letting store writes finish");
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+pub async fn auth(command: AuthCommand) -> ExitCode {
+    match command {
+        AuthCommand::Status {
+            json,
+            config,
+            data_dir,
+        } => status(json, config, data_dir),
+        AuthCommand::Login {
+            server,
+            all,
+            common,
+        } => {
+            let (handle, servers) = match start(&common, true).await {
+                Ok(started) => started,
+                Err(e) => return fail(e),
+            };
+            let names: Vec<String> = match (server, all) {
+                (Some(name), _) => vec![name],
+                (None, true) => servers.iter().map(|s| s.name.clone()).collect(),
+                (None, false) => return fail("name a server, or pass --all"),
+            };
+            let mut failed = false;
+            for name in names {
+                match handle.login(&name).await {
+                    Ok(grant) => println!(
+                        "{name}: logged in (flow {})",
+                        grant.flow_id.unwrap_or_default()
+                    ),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("mcpproxy-oauth: {e}");
+                    }
+                }
+            }
+            handle.shutdown().await;
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        AuthCommand::Logout { server, common } => {
+            let (handle, _) = match start(&common, false).await {
+                Ok(started) => started,
+                Err(e) => return fail(e),
+            };
+            let result = handle.logout(&server).await;
+            handle.shutdown().await;
+            match result {
+                Ok(()) => {
+                    println!("{server}: logged out");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        AuthCommand::Refresh { server, common } => {
+            let (handle, _) = match start(&common, false).await {
+                Ok(started) => started,
+                Err(e) => return fail(e),
+            };
+            let result = handle.refresh(&server).await;
+            handle.shutdown().await;
+            match result {
+                Ok(grant) => {
+                    println!(
+                        "{server}: refreshed (flow {}), valid for {}",
+                        grant.flow_id.unwrap_or_default(),
+                        remaining(grant.expires_at)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn remaining(expires_at: Option<i64>) -> String {
+    match expires_at {
+        None => "an unknown time".into(),
+        Some(at) if at <= now_ms() => "no time (expired)".into(),
+        Some(at) => {
+            humantime::format_duration(Duration::from_secs(((at - now_ms()) / 1000) as u64))
+                .to_string()
+        }
+    }
+}
+
+fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let store = match TokenStore::open(&database_path(&data_dir)) {
+        Ok(store) => store,
+        Err(e) => return fail(e),
+    };
+    let mut rows: Vec<serde_json::Value> = match store.token_status() {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .collect(),
+        Err(e) => return fail(e),
+    };
+    if let Some(path) = config_path {
+        match config::load(&path) {
+            Ok(servers) => {
+                for server in servers {
+                    if !rows
+                        .iter()
+                        .any(|r| r["server_key"] == server.server_key.as_str())
+                    {
+                        rows.push(serde_json::json!({"server_key": server.server_key, "server_name": server.name, "server_url": server.url.as_str(), "status": "missing", "has_refresh_token": false}));
+                    }
+                }
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{:<20} {:<9} {:<22} {:<8} SCOPE",
+            "SERVER", "STATUS", "EXPIRES IN", "REFRESH"
+        );
+        for row in &rows {
+            println!(
+                "{:<20} {:<9} {:<22} {:<8} {}",
+                row["server_name"].as_str().unwrap_or(""),
+                row["status"].as_str().unwrap_or(""),
+                remaining(row["expires_at"].as_i64()),
+                if row["has_refresh_token"].as_bool().unwrap_or(false) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                row["scope"].as_str().unwrap_or("")
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
