@@ -16,6 +16,7 @@ test: test-rust test-interop test-conformance
 
 test-rust:
 	$(CARGO) test --workspace --locked
+	$(CARGO) test --locked --bench access_token
 
 ## A client nobody here wrote (the MCP TypeScript SDK) against the OAuth test server.
 test-interop:

@@ -25,7 +25,7 @@ pub struct UpstreamConfig {
     pub scope: Option<String>,
     /// Fixed loopback redirect port (0 = ephemeral).
     pub redirect_port: u16,
-    /// Extra authorization request parameters (kept for the login; see ARCHITECTURE.md).
+    /// Extra authorization request parameters (e.g. a provider's `audience`).
     pub extra_params: BTreeMap<String, String>,
 }
 

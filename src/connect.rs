@@ -151,6 +151,7 @@ impl Authorizer {
             client: options.client.clone(),
             browser: options.browser.clone(),
             redirect_port: options.redirect_port,
+            extra_params: Vec::new(),
         };
         Authorizer {
             options,

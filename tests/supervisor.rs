@@ -600,3 +600,46 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
     assert_eq!(launches.load(Ordering::SeqCst), 0);
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn configured_extra_params_reach_the_authorization_request_but_never_override_it() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("extra");
+    let seen: Arc<Mutex<Option<Url>>> = Arc::new(Mutex::new(None));
+    let (follow, _) = following_browser();
+    let record = seen.clone();
+    let browser = BrowserLauncher::handler(move |url: Url| {
+        *record.lock().unwrap() = Some(url.clone());
+        if let BrowserLauncher::Handler(inner) = &follow {
+            (inner.0)(url);
+        }
+    });
+    let mut server = server_config("srv", &srv);
+    server
+        .extra_params
+        .insert("audience".into(), "https://api.example".into());
+    server.extra_params.insert("state".into(), "forged".into());
+    let handle = start_supervisor(config(vec![server], &dir, browser)).await;
+    handle
+        .reconnect("srv")
+        .await
+        .expect("the login works with extra parameters");
+    let url = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the browser was given a URL");
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    assert!(
+        pairs.contains(&("audience".into(), "https://api.example".into())),
+        "{url}"
+    );
+    let states: Vec<&String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "state")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(states.len(), 1);
+    assert_ne!(states[0], "forged");
+    handle.shutdown().await;
+}

@@ -21,6 +21,8 @@ pub struct LoginSettings {
     pub browser: BrowserLauncher,
     /// Port of the redirect listener (0 = ephemeral).
     pub redirect_port: u16,
+    /// Extra authorization request parameters (e.g. a provider's `audience`).
+    pub extra_params: Vec<(String, String)>,
 }
 
 /// Runs a browser login. `previous` is the endpoint (client identity included) of an earlier
@@ -59,7 +61,7 @@ pub async fn browser_login(
             )
         }
     };
-    let pending = endpoint.authorization_request(scope)?;
+    let pending = endpoint.authorization_request(scope, &settings.extra_params)?;
     tracing::info!(
         scope = scope.unwrap_or(""),
         "opening the browser for authorization"

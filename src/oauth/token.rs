@@ -126,9 +126,11 @@ impl TokenEndpoint {
     }
 
     /// Builds an authorization request with a fresh `state` and PKCE S256 pair.
+    /// `extra_params` are added, except any that would override the protocol's own.
     pub fn authorization_request(
         &self,
         scope: Option<&str>,
+        extra_params: &[(String, String)],
     ) -> Result<PendingAuthorization, OAuthError> {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let client = self.oauth2_client()?;
@@ -138,6 +140,23 @@ impl TokenEndpoint {
             .add_extra_param("resource", self.resource.clone());
         for s in scope.into_iter().flat_map(str::split_whitespace) {
             request = request.add_scope(Scope::new(s.to_string()));
+        }
+        // The protocol's own parameters cannot be overridden this way.
+        const RESERVED: &[&str] = &[
+            "response_type",
+            "client_id",
+            "redirect_uri",
+            "scope",
+            "state",
+            "code_challenge",
+            "code_challenge_method",
+            "resource",
+        ];
+        for (name, value) in extra_params
+            .iter()
+            .filter(|(name, _)| !RESERVED.contains(&name.as_str()))
+        {
+            request = request.add_extra_param(name.clone(), value.clone());
         }
         let (url, state) = request.url();
         Ok(PendingAuthorization {

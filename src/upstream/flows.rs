@@ -346,6 +346,7 @@ async fn run_login(
         client: config.client.clone(),
         browser: rt.browser.clone(),
         redirect_port: config.redirect_port,
+        extra_params: config.extra_params.clone().into_iter().collect(),
     };
     // A stored client is reused only at the authorization server it was registered with.
     let previous =

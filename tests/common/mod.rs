@@ -71,6 +71,7 @@ pub async fn login(srv: &OAuthTestServer, http: OAuthHttp) -> LoggedIn {
         client: ClientConfig::default(),
         browser,
         redirect_port: 0,
+        extra_params: Vec::new(),
     };
     let scope = select_scope(None, discovery.resource_scopes());
     let (endpoint, token) = tokio::time::timeout(
