@@ -7,6 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
+use tracing::Instrument;
 use url::Url;
 
 use crate::mcp::{BearerChallenge, McpClient, McpError};
@@ -203,15 +204,17 @@ impl Authorizer {
         let Some(refresh_token) = token.refresh_token.clone() else {
             return Ok(false);
         };
-        match endpoint
+        let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "refresh");
+        let refreshed = endpoint
             .refresh(
                 &self.http,
                 &refresh_token,
                 token.scope.as_deref(),
                 SystemTime::now(),
             )
-            .await
-        {
+            .instrument(span)
+            .await;
+        match refreshed {
             Ok(fresh) => {
                 self.refreshes += 1;
                 tracing::info!(
@@ -244,6 +247,15 @@ impl Authorizer {
                 attempts: self.authorizations,
             });
         }
+        let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "login");
+        self.authorize_in(challenge, scope).instrument(span).await
+    }
+
+    async fn authorize_in(
+        &mut self,
+        challenge: &BearerChallenge,
+        scope: Option<String>,
+    ) -> Result<(), OAuthError> {
         let discovery = self.discovery(challenge).await?.clone();
         self.authorizations += 1;
         let (endpoint, token) = browser_login(

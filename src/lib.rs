@@ -11,4 +11,5 @@ pub mod mcp;
 pub mod oauth;
 pub mod store;
 pub mod supervisor;
+pub mod telemetry;
 pub mod upstream;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use mcpproxy_oauth::connect::{ConnectOptions, connect};
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::oauth::client_identity::ClientConfig;
+use mcpproxy_oauth::telemetry::logging::{self, LogFormat};
 use serde_json::{Value, json};
 use url::Url;
 
@@ -23,6 +24,12 @@ struct Cli {
     /// serve, warn otherwise.
     #[arg(long, global = true, env = "MCPPROXY_OAUTH_LOG")]
     log_level: Option<String>,
+    /// json: one JSON object per line, with the flow's correlation_id at the top level.
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    /// Append log lines to this file (created 0600) instead of stderr.
+    #[arg(long, global = true)]
+    log_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,15 +122,6 @@ fn connect_options(args: ConnectArgs) -> Result<ConnectOptions, String> {
     })
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -132,7 +130,14 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
+    if let Err(e) = logging::init(
+        cli.log_format,
+        cli.log_level.as_deref().unwrap_or(default_level),
+        cli.log_file.as_ref(),
+    ) {
+        eprintln!("mcpproxy-oauth: {e}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Serve(args) => commands::serve(args).await,
         Command::Auth(command) => commands::auth(command).await,

@@ -191,6 +191,16 @@ impl McpClient {
                 .filter_map(|v| v.to_str().ok())
                 .collect();
             let challenge = BearerChallenge::from_headers(values).unwrap_or_default();
+            tracing::debug!(
+                target: "mcpproxy_oauth::http",
+                endpoint = "MCP server",
+                status = status.as_u16(),
+                error = challenge.error.as_deref().unwrap_or(""),
+                error_description = challenge.error_description.as_deref().unwrap_or(""),
+                scope = challenge.scope.as_deref().unwrap_or(""),
+                resource_metadata = challenge.resource_metadata.as_deref().unwrap_or(""),
+                "the MCP server challenged the request"
+            );
             return Err(if status == StatusCode::UNAUTHORIZED {
                 McpError::Unauthorized(challenge)
             } else {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::discovery::same_issuer;
 use super::error::{Endpoint, OAuthError};
@@ -63,11 +64,15 @@ impl CallbackListener {
                 accepted = self.listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let (expected, outcomes) = (expected.clone(), outcomes.clone());
-                    tokio::spawn(async move {
-                        if let Some(outcome) = handle_connection(stream, &expected).await {
-                            let _ = outcomes.send(outcome).await;
+                    // The flow's span goes along: these lines keep its correlation_id.
+                    tokio::spawn(
+                        async move {
+                            if let Some(outcome) = handle_connection(stream, &expected).await {
+                                let _ = outcomes.send(outcome).await;
+                            }
                         }
-                    });
+                        .instrument(tracing::Span::current()),
+                    );
                 }
                 Some(outcome) = received.recv() => return outcome,
             }

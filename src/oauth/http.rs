@@ -4,14 +4,15 @@
 //! where OAuth requests and responses can be observed.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::error::{Endpoint, OAuthError};
+use crate::telemetry::redact;
 
 /// Responses larger than this are refused: no OAuth document comes close.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -142,14 +143,57 @@ impl OAuthHttp {
         .await
     }
 
-    /// Sends a request and reads its body within the size cap.
+    /// Sends a request and reads its body within the size cap. At debug level both directions
+    /// are logged (target `mcpproxy_oauth::http`), redacted: method, URL, headers, body shape,
+    /// status and duration.
     pub async fn send(
         &self,
         endpoint: Endpoint,
         request: RequestBuilder,
     ) -> Result<HttpReply, OAuthError> {
-        let mut response = request
-            .send()
+        let request = request.build().map_err(|e| OAuthError::Transport {
+            endpoint,
+            reason: format!("cannot build the request: {}", innermost_reason(&e)),
+        })?;
+        let method = request.method().to_string();
+        let url = redact::url(request.url().as_str());
+        if tracing::enabled!(target: "mcpproxy_oauth::http", tracing::Level::DEBUG) {
+            let content_type = request
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let body = request
+                .body()
+                .and_then(|b| b.as_bytes())
+                .map(|b| redact::body(content_type, b))
+                .unwrap_or(serde_json::Value::Null);
+            tracing::debug!(target: "mcpproxy_oauth::http", endpoint = %endpoint, method, url, request_headers = %headers_json(request.headers()), request_body = %body, "oauth request");
+        }
+        let started = Instant::now();
+        let outcome = self.exchange(endpoint, request).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match &outcome {
+            Ok(reply) => tracing::debug!(
+                target: "mcpproxy_oauth::http", endpoint = %endpoint, method, url, status = reply.status.as_u16(), duration_ms,
+                response_headers = %headers_json(&reply.headers),
+                response_body = %redact::body(reply.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()), &reply.body),
+                "oauth response"
+            ),
+            Err(e) => {
+                tracing::debug!(target: "mcpproxy_oauth::http", endpoint = %endpoint, method, url, duration_ms, error = %e, "oauth request failed")
+            }
+        }
+        outcome
+    }
+
+    async fn exchange(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::Request,
+    ) -> Result<HttpReply, OAuthError> {
+        let mut response = self
+            .client
+            .execute(request)
             .await
             .map_err(|e| self.transport_error(endpoint, e))?;
         let status = response.status();
@@ -206,6 +250,16 @@ impl OAuthHttp {
             last_reply: Mutex::new(None),
         }
     }
+}
+
+/// Headers as a JSON object, secret values redacted.
+pub fn headers_json(headers: &HeaderMap) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in headers {
+        let shown = redact::header_value(name.as_str(), value.to_str().unwrap_or("[binary]"));
+        map.insert(name.as_str().to_string(), serde_json::Value::String(shown));
+    }
+    serde_json::Value::Object(map)
 }
 
 /// The innermost cause of a transport error ("connection refused", "connection closed before

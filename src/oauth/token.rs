@@ -184,7 +184,9 @@ impl TokenEndpoint {
             .request_async(&call)
             .await;
         let response = result.map_err(|e| token_error(e, call.reply_status()))?;
-        token_set(response, None, pending.scope.as_deref(), now)
+        let set = token_set(response, None, pending.scope.as_deref(), now)?;
+        log_token_metadata("authorization_code", &set, false);
+        Ok(set)
     }
 
     /// Refreshes with a refresh token (RFC 6749 §6), keeping it when no new one comes back.
@@ -203,7 +205,13 @@ impl TokenEndpoint {
             .request_async(&call)
             .await;
         let response = result.map_err(|e| token_error(e, call.reply_status()))?;
-        token_set(response, Some(refresh_token.clone()), scope, now)
+        let set = token_set(response, Some(refresh_token.clone()), scope, now)?;
+        let rotated = set
+            .refresh_token
+            .as_ref()
+            .is_some_and(|r| r.secret() != refresh_token.secret());
+        log_token_metadata("refresh_token", &set, rotated);
+        Ok(set)
     }
 }
 
@@ -295,6 +303,25 @@ impl fmt::Debug for PendingAuthorization {
             .field("scope", &self.scope)
             .finish()
     }
+}
+
+/// What a token is, never what it says: type, scope, lifetime, absolute expiry, refresh token.
+fn log_token_metadata(grant_type: &str, set: &TokenSet, rotated: bool) {
+    let unix_ms = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    };
+    tracing::info!(
+        grant_type,
+        token_type = %set.token_type,
+        scope = set.scope.as_deref().unwrap_or(""),
+        expires_in = set.lifetime().map(|d| d.as_secs()),
+        expires_at = set.expires_at.map(unix_ms),
+        has_refresh_token = set.refresh_token.is_some(),
+        rotated,
+        "token obtained"
+    );
 }
 
 fn token_error(

@@ -94,6 +94,7 @@ pub struct UpstreamActor {
     last_challenge: Option<BearerChallenge>,
     waiters: Vec<oneshot::Sender<Reply>>,
     running_flow: Option<String>,
+    running_flow_kind: &'static str,
     last_flow: Option<String>,
     timer: Option<SpawnHandle>,
 }
@@ -119,6 +120,7 @@ impl UpstreamActor {
             last_challenge: None,
             waiters: Vec::new(),
             running_flow: None,
+            running_flow_kind: "",
             last_flow: None,
             timer: None,
         }
@@ -187,7 +189,7 @@ impl UpstreamActor {
                     );
                     return;
                 };
-                let flow_id = self.begin_flow();
+                let flow_id = self.begin_flow("refresh");
                 let flow = flows::refresh(
                     self.rt.clone(),
                     self.config.clone(),
@@ -201,7 +203,7 @@ impl UpstreamActor {
                 );
             }
             Effect::StartLogin => {
-                let flow_id = self.begin_flow();
+                let flow_id = self.begin_flow("login");
                 let ours = self.current.as_ref().map(|t| t.access_token.clone());
                 let flow = flows::login(
                     self.rt.clone(),
@@ -255,13 +257,18 @@ impl UpstreamActor {
         }
     }
 
-    fn begin_flow(&mut self) -> String {
+    fn begin_flow(&mut self, kind: &'static str) -> String {
         let flow_id = uuid::Uuid::new_v4().to_string();
         self.running_flow = Some(flow_id.clone());
+        self.running_flow_kind = kind;
         flow_id
     }
 
     fn flow_done(&mut self, flow_id: String, outcome: FlowOutcome, ctx: &mut Context<Self>) {
+        // The decision taken on this outcome (connected, retry at T, re-login, give up) is
+        // logged inside the flow's span, so the flow's trace ends with it.
+        let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %self.config.name, flow_kind = self.running_flow_kind);
+        let _entered = span.enter();
         self.last_flow = Some(flow_id);
         let event = match outcome {
             FlowOutcome::Token { token, endpoint } => {

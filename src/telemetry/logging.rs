@@ -1,0 +1,255 @@
+//! Log output for every command: `--log-format json|pretty`, `--log-level`, `--log-file`.
+//!
+//! JSON lines carry `timestamp level target message` plus the fields of every enclosing span
+//! (a flow's `correlation_id`, `server`, `flow_kind`) and of the event, all at the top level,
+//! so `grep`/`jq` on `correlation_id` finds a whole flow. Fields named `*_headers` or `*_body`
+//! that hold JSON text are embedded as JSON. Any field named like a secret (`access_token`,
+//! `code`, ...) is replaced by its redaction marker here too, as a last line of defence.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use super::redact;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Where log lines go.
+pub type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// Collects fields as JSON values, redacting secret-named ones.
+#[derive(Default)]
+pub struct JsonFields(pub Map<String, Value>);
+
+impl JsonFields {
+    fn put(&mut self, field: &Field, value: Value) {
+        let name = field.name();
+        let value = match value {
+            Value::String(s) if redact::is_secret_field(name) => Value::String(redact::marker(&s)),
+            Value::String(s)
+                if (name.ends_with("_headers") || name.ends_with("_body"))
+                    && (s.starts_with('{') || s.starts_with('[')) =>
+            {
+                serde_json::from_str(&s).unwrap_or(Value::String(s))
+            }
+            other => other,
+        };
+        self.0.insert(name.to_string(), value);
+    }
+}
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        self.put(field, Value::String(text));
+    }
+}
+
+/// Writes each event as one JSON line.
+pub struct JsonLayer {
+    writer: SharedWriter,
+}
+
+impl JsonLayer {
+    pub fn new(writer: SharedWriter) -> Self {
+        JsonLayer { writer }
+    }
+}
+
+impl<S> Layer<S> for JsonLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = JsonFields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<JsonFields>()
+        {
+            values.record(fields);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::String(humantime::format_rfc3339_micros(SystemTime::now()).to_string()),
+        );
+        line.insert(
+            "level".into(),
+            Value::String(event.metadata().level().to_string()),
+        );
+        line.insert(
+            "target".into(),
+            Value::String(event.metadata().target().to_string()),
+        );
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(fields) = span.extensions().get::<JsonFields>() {
+                    line.extend(fields.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
+        let mut fields = JsonFields::default();
+        event.record(&mut fields);
+        line.extend(fields.0);
+        let mut text = Value::Object(line).to_string();
+        text.push('\n');
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writer.write_all(text.as_bytes());
+        let _ = writer.flush();
+    }
+}
+
+/// Opens a log file for appending, created 0600.
+pub fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Installs the process-wide subscriber. An invalid `level` falls back to `warn`, with a note.
+pub fn init(format: LogFormat, level: &str, file: Option<&PathBuf>) -> Result<(), String> {
+    let (filter, bad_level) = match EnvFilter::try_new(level) {
+        Ok(filter) => (filter, false),
+        Err(_) => (EnvFilter::new("warn"), true),
+    };
+    let writer: Box<dyn Write + Send> = match file {
+        Some(path) => Box::new(
+            open_log_file(path)
+                .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let writer: SharedWriter = Arc::new(Mutex::new(writer));
+    match format {
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(JsonLayer::new(writer))
+            .init(),
+        LogFormat::Pretty => {
+            let make_writer = move || SharedLineWriter(writer.clone());
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(file.is_none())
+                .with_writer(make_writer)
+                .init()
+        }
+    }
+    if bad_level {
+        tracing::warn!(level, "invalid --log-level; using warn");
+    }
+    Ok(())
+}
+
+struct SharedLineWriter(SharedWriter);
+
+impl Write for SharedLineWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(bytes)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn span_fields_are_flattened_and_secret_fields_redacted() {
+        let buffer = Buffer::default();
+        let writer: SharedWriter = Arc::new(Mutex::new(Box::new(buffer.clone())));
+        let subscriber = tracing_subscriber::registry().with(JsonLayer::new(writer));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "oauth_flow",
+                correlation_id = "c-1",
+                server = "srv",
+                flow_kind = "refresh"
+            );
+            let _entered = span.enter();
+            tracing::info!(
+                status = 200u64,
+                access_token = "eyJsecret",
+                response_body = r#"{"token_type":"Bearer"}"#,
+                "token obtained"
+            );
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["correlation_id"], "c-1");
+        assert_eq!(line["server"], "srv");
+        assert_eq!(line["flow_kind"], "refresh");
+        assert_eq!(line["message"], "token obtained");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["access_token"], "[redacted:9]");
+        assert_eq!(
+            line["response_body"]["token_type"], "Bearer",
+            "JSON bodies are embedded"
+        );
+        assert!(!text.contains("eyJsecret"));
+    }
+}
