@@ -14,6 +14,7 @@ use mcpproxy_oauth::store::db::now_ms;
 use mcpproxy_oauth::supervisor::{
     SupervisorConfig, SupervisorHandle, database_path, default_data_dir,
 };
+use mcpproxy_oauth::telemetry::trace;
 
 #[derive(Args, Debug)]
 pub struct Common {
@@ -272,4 +273,97 @@ fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -
         }
     }
     ExitCode::SUCCESS
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LogsCommand {
+    /// One flow's events in order, from a JSON log (`--log-format json`), as a timeline.
+    Trace {
+        correlation_id: String,
+        /// The log file (default: standard input).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Recent flows from the database: server, kind, outcome, duration.
+    Flows {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn logs(command: LogsCommand) -> ExitCode {
+    match command {
+        LogsCommand::Trace {
+            correlation_id,
+            file,
+        } => {
+            let text = match &file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display())),
+                None => std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| format!("cannot read standard input: {e}")),
+            };
+            let text = match text {
+                Ok(text) => text,
+                Err(e) => return fail(e),
+            };
+            let lines = trace::flow_lines(&correlation_id, text.lines());
+            match trace::render(&correlation_id, &lines) {
+                Some(timeline) => {
+                    print!("{timeline}");
+                    ExitCode::SUCCESS
+                }
+                None => fail(format!(
+                    "no line with correlation_id {correlation_id} (was the log written with --log-format json?)"
+                )),
+            }
+        }
+        LogsCommand::Flows {
+            data_dir,
+            limit,
+            json,
+        } => {
+            let data_dir = data_dir.unwrap_or_else(default_data_dir);
+            let flows = match TokenStore::open(&database_path(&data_dir))
+                .and_then(|s| s.recent_flows(limit))
+            {
+                Ok(flows) => flows,
+                Err(e) => return fail(e),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&flows).unwrap_or_default()
+                );
+                return ExitCode::SUCCESS;
+            }
+            println!(
+                "{:<26} {:<16} {:<8} {:<10} {:>9}  {:<36} ERROR",
+                "STARTED", "SERVER", "KIND", "OUTCOME", "DURATION", "CORRELATION ID"
+            );
+            for flow in flows {
+                let started =
+                    std::time::UNIX_EPOCH + Duration::from_millis(flow.started_at.max(0) as u64);
+                let duration = flow
+                    .finished_at
+                    .map(|f| format!("{} ms", f - flow.started_at))
+                    .unwrap_or_else(|| "running".into());
+                println!(
+                    "{:<26} {:<16} {:<8} {:<10} {:>9}  {:<36} {}",
+                    humantime::format_rfc3339_millis(started).to_string(),
+                    flow.server_name,
+                    flow.kind,
+                    flow.state,
+                    duration,
+                    flow.flow_id,
+                    flow.error.unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+    }
 }

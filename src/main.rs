@@ -43,6 +43,9 @@ enum Command {
     /// Log in, out, refresh, or show token status, on the same database as a running daemon.
     #[command(subcommand)]
     Auth(commands::AuthCommand),
+    /// Read flows back: one flow's timeline from a JSON log, or recent flows from the database.
+    #[command(subcommand)]
+    Logs(commands::LogsCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,6 +144,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => commands::serve(args).await,
         Command::Auth(command) => commands::auth(command).await,
+        Command::Logs(command) => commands::logs(command),
         Command::Connect(args) => {
             let options = match connect_options(args) {
                 Ok(options) => options,

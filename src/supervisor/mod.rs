@@ -33,6 +33,7 @@ use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::http::OAuthHttp;
 use crate::store::db::now_ms;
 use crate::store::{StoreError, TokenRegistry, TokenStatusRow};
+use crate::telemetry::flow_logger::{FlowLogger, GetTrace, TraceEntry};
 use crate::upstream::actor::{
     self, Grant, ServerStatus, Snapshot, StateChange, UpstreamActor, UpstreamError,
 };
@@ -92,6 +93,16 @@ pub enum SupervisorError {
     Stopped,
 }
 
+impl SupervisorError {
+    /// The correlation ID of the flow that failed, where a flow failed.
+    pub fn flow_id(&self) -> Option<&str> {
+        match self {
+            SupervisorError::Upstream(e) => e.flow_id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// Answers for all servers at once.
 pub struct SupervisorActor {
     upstreams: Vec<Addr<UpstreamActor>>,
@@ -131,6 +142,7 @@ struct Parts {
     supervisor: Addr<SupervisorActor>,
     registry: TokenRegistry,
     moved_aside: Option<PathBuf>,
+    flow_log: Addr<FlowLogger>,
 }
 
 struct Inner {
@@ -140,6 +152,7 @@ struct Inner {
     registry: TokenRegistry,
     events: broadcast::Sender<StateChange>,
     moved_aside: Option<PathBuf>,
+    flow_log: Addr<FlowLogger>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -155,6 +168,7 @@ fn build(
     events: broadcast::Sender<StateChange>,
 ) -> Result<Parts, SupervisorError> {
     let (registry, moved_aside) = TokenRegistry::start(&database_path(&config.data_dir))?;
+    let flow_log = FlowLogger::default().start();
     let runtime = Arc::new(Runtime {
         registry: registry.clone(),
         http: OAuthHttp::new(config.http_timeout),
@@ -162,6 +176,7 @@ fn build(
         browser: config.browser.clone(),
         owner: format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4()),
         login_timeout: config.login_timeout,
+        flow_log: flow_log.clone(),
     });
     let mut upstreams = HashMap::new();
     for server in config.servers {
@@ -194,6 +209,7 @@ fn build(
         supervisor,
         registry,
         moved_aside,
+        flow_log,
     })
 }
 
@@ -239,6 +255,7 @@ impl SupervisorHandle {
                 registry: parts.registry,
                 events,
                 moved_aside: parts.moved_aside,
+                flow_log: parts.flow_log,
                 stop: Mutex::new(Some(stop_tx)),
                 stopped: Mutex::new(Some(stopped_rx)),
             }),
@@ -349,6 +366,18 @@ impl SupervisorHandle {
     /// The `oauth_token_status` view of the database.
     pub async fn token_status(&self) -> Result<Vec<TokenStatusRow>, SupervisorError> {
         Ok(self.inner.registry.call(|s| s.token_status()).await?)
+    }
+
+    /// The last events of a recent flow (bounded), in order.
+    pub async fn flow_trace(
+        &self,
+        correlation_id: &str,
+    ) -> Result<Vec<TraceEntry>, SupervisorError> {
+        self.inner
+            .flow_log
+            .send(GetTrace(correlation_id.into()))
+            .await
+            .map_err(|_| SupervisorError::Stopped)
     }
 
     /// Phase changes of every server, from now on.

@@ -2,7 +2,7 @@
 //!
 //! JSON lines carry `timestamp level target message` plus the fields of every enclosing span
 //! (a flow's `correlation_id`, `server`, `flow_kind`) and of the event, all at the top level,
-//! so `grep`/`jq` on `correlation_id` finds a whole flow. Fields named `*_headers` or `*_body`
+//! so `grep`/`jq` on `correlation_id` finds a whole flow. Fields named `*_headers`, `*_body` or `details`
 //! that hold JSON text are embedded as JSON. Any field named like a secret (`access_token`,
 //! `code`, ...) is replaced by its redaction marker here too, as a last line of defence.
 
@@ -44,7 +44,7 @@ impl JsonFields {
         let value = match value {
             Value::String(s) if redact::is_secret_field(name) => Value::String(redact::marker(&s)),
             Value::String(s)
-                if (name.ends_with("_headers") || name.ends_with("_body"))
+                if (name.ends_with("_headers") || name.ends_with("_body") || name == "details")
                     && (s.starts_with('{') || s.starts_with('[')) =>
             {
                 serde_json::from_str(&s).unwrap_or(Value::String(s))

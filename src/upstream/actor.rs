@@ -269,7 +269,10 @@ impl UpstreamActor {
         // logged inside the flow's span, so the flow's trace ends with it.
         let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %self.config.name, flow_kind = self.running_flow_kind);
         let _entered = span.enter();
-        self.last_flow = Some(flow_id);
+        let kind = self.running_flow_kind;
+        // This flow is over before the machine reacts: the reaction may start the next one.
+        self.last_flow = Some(flow_id.clone());
+        self.running_flow = None;
         let event = match outcome {
             FlowOutcome::Token { token, endpoint } => {
                 if let Some(endpoint) = endpoint {
@@ -300,7 +303,36 @@ impl UpstreamActor {
             FlowOutcome::LoginFailed { error } => Event::LoginFailed { error },
         };
         self.apply(event, ctx);
-        self.running_flow = None;
+        self.announce_decision(&flow_id, kind);
+    }
+
+    /// The flow's last trace event: what the machine decided on its outcome.
+    fn announce_decision(&self, flow_id: &str, kind: &'static str) {
+        let decision = match &self.state.phase {
+            Phase::Connected => {
+                serde_json::json!({"decision": "use the new token", "next_refresh_at": self.state.token.and_then(|t| t.refresh_at(self.state.jitter))})
+            }
+            Phase::Backoff {
+                attempt,
+                retry_at,
+                last_error,
+            } => {
+                serde_json::json!({"decision": format!("retry at {retry_at}"), "retry_at": retry_at, "attempt": attempt, "error": last_error})
+            }
+            Phase::Authorizing => {
+                serde_json::json!({"decision": "re-login: a browser login started"})
+            }
+            Phase::NeedsLogin { reason } => {
+                serde_json::json!({"decision": "wait for a login", "reason": reason})
+            }
+            Phase::Failed { error } => {
+                serde_json::json!({"decision": "give up until the next reconnect", "error": error})
+            }
+            other => serde_json::json!({"decision": other.name()}),
+        };
+        tracing::info!(decision = %decision["decision"].as_str().unwrap_or(""), "decision taken");
+        self.rt
+            .flow_event(flow_id, &self.config.name, kind, "decision", decision);
     }
 
     /// Replaces the current token and publishes its snapshot (or its absence).

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use actix::Addr;
 use oauth2::RefreshToken;
+use serde_json::json;
 use tracing::Instrument;
 
 use super::state::{Millis, TokenFacts};
@@ -23,6 +25,7 @@ use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
 use crate::store::db::now_ms;
 use crate::store::{StoredClient, StoredToken, TokenRegistry, lock};
+use crate::telemetry::flow_logger::{FlowEvent, FlowLogger};
 
 /// What every flow of every server shares.
 pub struct Runtime {
@@ -33,6 +36,23 @@ pub struct Runtime {
     /// Who runs flows here, as recorded in `oauth_flows.owner`.
     pub owner: String,
     pub login_timeout: Duration,
+    /// Where flow events go (sequence numbers, elapsed time, the bounded trace buffer).
+    pub flow_log: Addr<FlowLogger>,
+}
+
+impl Runtime {
+    /// Records one event of a flow. Details must already be free of secrets.
+    pub fn flow_event(
+        &self,
+        flow_id: &str,
+        server: &str,
+        kind: &'static str,
+        step: &'static str,
+        details: serde_json::Value,
+    ) {
+        self.flow_log
+            .do_send(FlowEvent::new(flow_id, server, kind, step, details));
+    }
 }
 
 /// How a flow ended.
@@ -52,6 +72,29 @@ pub enum FlowOutcome {
     LoginFailed {
         error: String,
     },
+}
+
+/// What a failure says, for the flow's trace: endpoint, HTTP status, OAuth error code, class.
+fn failure_details(e: &OAuthError, permanent: bool, elapsed: Duration) -> serde_json::Value {
+    let (endpoint, status, code) = match e {
+        OAuthError::Server {
+            endpoint,
+            status,
+            code,
+            ..
+        } => (Some(endpoint.to_string()), *status, Some(code.clone())),
+        OAuthError::Http {
+            endpoint, status, ..
+        } => (Some(endpoint.to_string()), Some(*status), None),
+        OAuthError::Timeout { endpoint, .. }
+        | OAuthError::Transport { endpoint, .. }
+        | OAuthError::Malformed { endpoint, .. }
+        | OAuthError::TokenAlreadyExpired { endpoint, .. } => {
+            (Some(endpoint.to_string()), None, None)
+        }
+        _ => (None, None, None),
+    };
+    json!({"endpoint": endpoint, "status": status, "error_code": code, "error": e.to_string(), "class": if permanent { "permanent" } else { "transient" }, "flow_ms": elapsed.as_millis() as u64})
 }
 
 /// The facts the state machine needs about a stored token.
@@ -214,6 +257,8 @@ pub async fn refresh(
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "refresh");
     async move {
         let wait = rt.http_timeout_hint();
+        let event = |step: &'static str, details: serde_json::Value| rt.flow_event(&flow_id, &config.name, "refresh", step, details);
+        event("started", json!({"token_endpoint": endpoint.token_endpoint}));
         let _lock = match lock::acquire(&rt.lock_dir, &config.server_key, wait).await {
             Ok(lock) => lock,
             Err(e) => return FlowOutcome::RefreshFailed { permanent: false, retry_after: None, error: e.to_string(), rotated_refresh_token: None },
@@ -226,6 +271,7 @@ pub async fn refresh(
             && facts(stored).usable(now_ms())
         {
             tracing::info!("another process refreshed meanwhile; using its token");
+            event("adopted", json!({"reason": "another process refreshed meanwhile", "expires_at": stored.expires_at}));
             finish(&rt, &flow_id, None).await;
             return FlowOutcome::Token { token: stored.clone(), endpoint: None };
         }
@@ -248,6 +294,7 @@ pub async fn refresh(
                     tracing::error!(error = %e, "the refreshed token could not be persisted; it is kept in memory");
                 }
                 tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, rotated, expires_at = token.expires_at, "token refreshed");
+                event("token obtained", json!({"endpoint": "token endpoint", "rotated": rotated, "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "flow_ms": started.elapsed().as_millis() as u64}));
                 finish(&rt, &flow_id, None).await;
                 FlowOutcome::Token { token, endpoint: None }
             }
@@ -268,6 +315,7 @@ pub async fn refresh(
                     }
                 }
                 tracing::warn!(error = %e, permanent, retry_after_ms = retry_after, "refresh failed");
+                event("failed", failure_details(&e, permanent, started.elapsed()));
                 finish(&rt, &flow_id, Some(e.to_string())).await;
                 FlowOutcome::RefreshFailed { permanent, retry_after, error: e.to_string(), rotated_refresh_token: rotated }
             }
@@ -287,17 +335,20 @@ pub async fn login(
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "login");
     async move {
+        let event = |step: &'static str, details: serde_json::Value| rt.flow_event(&flow_id, &config.name, "login", step, details);
+        event("started", json!({"server_url": config.url.as_str()}));
+        let started = std::time::Instant::now();
         let _lock = match lock::acquire(&rt.lock_dir, &config.server_key, rt.login_timeout).await {
             Ok(lock) => lock,
             Err(e) => {
-                return FlowOutcome::LoginFailed {
-                    error: e.to_string(),
-                };
+                event("failed", json!({"error": e.to_string()}));
+                return FlowOutcome::LoginFailed { error: e.to_string() };
             }
         };
         begin(&rt, &config, &flow_id, "login", rt.login_timeout).await;
         if let Some(stored) = newer_stored_token(&rt, &config.server_key, ours.as_deref()).await {
             tracing::info!("another process logged in meanwhile; using its token");
+            event("adopted", json!({"reason": "another process logged in meanwhile", "expires_at": stored.expires_at}));
             finish(&rt, &flow_id, None).await;
             return FlowOutcome::Token {
                 token: stored,
@@ -311,14 +362,22 @@ pub async fn login(
         .await;
         let outcome = match result {
             Ok(Ok((token, endpoint))) => {
+                event("token obtained", json!({"endpoint": "token endpoint", "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "flow_ms": started.elapsed().as_millis() as u64}));
                 finish(&rt, &flow_id, None).await;
                 return FlowOutcome::Token {
                     token,
                     endpoint: Some(endpoint),
                 };
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("the login was not completed within {:?}", rt.login_timeout),
+            Ok(Err(e)) => {
+                event("failed", failure_details(&e, e.class() == ErrorClass::Permanent, started.elapsed()));
+                e.to_string()
+            }
+            Err(_) => {
+                let error = format!("the login was not completed within {:?}", rt.login_timeout);
+                event("failed", json!({"error": error}));
+                error
+            }
         };
         tracing::warn!(error = %outcome, "login failed");
         finish(&rt, &flow_id, Some(outcome.clone())).await;

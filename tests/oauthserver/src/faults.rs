@@ -56,6 +56,9 @@ pub enum FaultKind {
     /// HTTP 403 `insufficient_scope` naming every known scope, whatever the token holds
     /// (mcp only): a server whose step-up can never be satisfied.
     InsufficientScope,
+    /// (metadata only) The authorization server metadata names another issuer than the one it
+    /// is served for (RFC 8414 §3.3 says clients must refuse it).
+    WrongIssuer,
 }
 
 impl FaultKind {
@@ -82,7 +85,7 @@ impl FaultKind {
         })
     }
 
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::InvalidGrant,
         FaultKind::InvalidClient,
         FaultKind::InvalidScope,
@@ -98,6 +101,7 @@ impl FaultKind {
         FaultKind::AlreadyExpired,
         FaultKind::DropConnection,
         FaultKind::InsufficientScope,
+        FaultKind::WrongIssuer,
     ];
 }
 
@@ -166,6 +170,9 @@ impl Fault {
         if self.kind == FaultKind::InsufficientScope && self.target != FaultTarget::Mcp {
             return Err("fault kind insufficient_scope only applies to the mcp target".into());
         }
+        if self.kind == FaultKind::WrongIssuer && self.target != FaultTarget::Metadata {
+            return Err("fault kind wrong_issuer only applies to the metadata target".into());
+        }
         if self.count == Some(0) {
             return Err(
                 "count must be at least 1 (omit it to keep the fault until cleared)".into(),
@@ -195,8 +202,18 @@ impl FaultBook {
     }
 
     /// Takes one firing of the fault armed for `target`, if any, disarming it when used up.
+    #[cfg(test)]
     pub fn fire(&mut self, target: FaultTarget) -> Option<Fault> {
-        let fault = self.armed.get_mut(&target)?;
+        self.fire_if(target, |_| true)
+    }
+
+    /// Like `fire`, but only for a fault whose kind `applies` (it stays armed otherwise).
+    pub fn fire_if(
+        &mut self,
+        target: FaultTarget,
+        applies: impl Fn(FaultKind) -> bool,
+    ) -> Option<Fault> {
+        let fault = self.armed.get_mut(&target).filter(|f| applies(f.kind))?;
         let fired = fault.clone();
         if let Some(count) = fault.count.as_mut() {
             *count -= 1;

@@ -5,12 +5,13 @@ use axum::Json;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 
-use super::{ConnectionKill, Intercept, intercept, oauth_error};
-use crate::faults::FaultTarget;
+use super::{ConnectionKill, Intercept, intercept_if, oauth_error};
+use crate::faults::{FaultKind, FaultTarget};
 use crate::state::AppState;
 
 async fn faulted(state: &AppState, target: FaultTarget, kill: &ConnectionKill) -> Option<Response> {
-    match intercept(state, target, kill).await {
+    // wrong_issuer concerns the authorization server metadata only.
+    match intercept_if(state, target, kill, |k| k != FaultKind::WrongIssuer).await {
         Intercept::Proceed => None,
         Intercept::Respond(r) => Some(r),
         Intercept::Shape(kind) => Some(oauth_error(
@@ -25,6 +26,12 @@ pub async fn authorization_server_metadata(
     State(state): State<AppState>,
     Extension(kill): Extension<ConnectionKill>,
 ) -> Response {
+    let wrong_issuer = matches!(
+        intercept_if(&state, FaultTarget::Metadata, &kill, |k| k
+            == FaultKind::WrongIssuer)
+        .await,
+        Intercept::Shape(FaultKind::WrongIssuer)
+    );
     if let Some(r) = faulted(&state, FaultTarget::Metadata, &kill).await {
         return r;
     }
@@ -49,6 +56,9 @@ pub async fn authorization_server_metadata(
     });
     if state.config.dynamic_registration {
         doc["registration_endpoint"] = format!("{issuer}/register").into();
+    }
+    if wrong_issuer {
+        doc["issuer"] = format!("{issuer}/impostor").into();
     }
     Json(doc).into_response()
 }

@@ -102,9 +102,19 @@ pub enum Intercept {
 
 /// Fires the fault armed for `target`, if any, performing the generic kinds itself.
 pub async fn intercept(state: &AppState, target: FaultTarget, kill: &ConnectionKill) -> Intercept {
+    intercept_if(state, target, kill, |_| true).await
+}
+
+/// Like `intercept`, for an endpoint that some kinds of its target's faults do not concern.
+pub async fn intercept_if(
+    state: &AppState,
+    target: FaultTarget,
+    kill: &ConnectionKill,
+    applies: fn(FaultKind) -> bool,
+) -> Intercept {
     let fault = {
         let mut inner = state.lock();
-        let fault = inner.faults.fire(target);
+        let fault = inner.faults.fire_if(target, applies);
         if fault.is_some() {
             let key = serde_json::to_value(target)
                 .ok()

@@ -1,0 +1,195 @@
+//! The `FlowLogger` actor: every event of a flow (started, lock taken, token obtained, failed,
+//! the decision taken) goes through it. It adds the flow's sequence number and elapsed time,
+//! emits the event through `tracing` (target `mcpproxy_oauth::flow`, inside the flow's span
+//! fields), and keeps the last events of recent flows in a bounded buffer, so the daemon can
+//! show a flow's trace later.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Flows whose traces are kept, and events kept per flow.
+const FLOWS_KEPT: usize = 256;
+const EVENTS_PER_FLOW: usize = 64;
+
+/// One event of one flow, as sent by the flow.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct FlowEvent {
+    pub correlation_id: String,
+    pub server: String,
+    pub flow_kind: &'static str,
+    /// What happened: `started`, `token obtained`, `failed`, `decision`, ...
+    pub step: &'static str,
+    /// Already redacted details (no secrets are ever put here).
+    pub details: Map<String, Value>,
+    pub at: Instant,
+}
+
+impl FlowEvent {
+    pub fn new(
+        correlation_id: &str,
+        server: &str,
+        flow_kind: &'static str,
+        step: &'static str,
+        details: Value,
+    ) -> Self {
+        let details = match details {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            other => Map::from_iter([("value".to_string(), other)]),
+        };
+        FlowEvent {
+            correlation_id: correlation_id.into(),
+            server: server.into(),
+            flow_kind,
+            step,
+            details,
+            at: Instant::now(),
+        }
+    }
+}
+
+/// An event as kept in the trace buffer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceEntry {
+    pub seq: u64,
+    pub elapsed_ms: u64,
+    pub step: String,
+    pub details: Map<String, Value>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<TraceEntry>")]
+pub struct GetTrace(pub String);
+
+struct FlowTrace {
+    started: Instant,
+    next_seq: u64,
+    events: VecDeque<TraceEntry>,
+}
+
+#[derive(Default)]
+pub struct FlowLogger {
+    flows: HashMap<String, FlowTrace>,
+    /// Oldest first, for eviction.
+    order: VecDeque<String>,
+}
+
+impl Actor for FlowLogger {
+    type Context = Context<Self>;
+}
+
+impl Handler<FlowEvent> for FlowLogger {
+    type Result = ();
+    fn handle(&mut self, event: FlowEvent, _: &mut Context<Self>) {
+        if !self.flows.contains_key(&event.correlation_id) {
+            if self.order.len() == FLOWS_KEPT
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.flows.remove(&oldest);
+            }
+            self.order.push_back(event.correlation_id.clone());
+            self.flows.insert(
+                event.correlation_id.clone(),
+                FlowTrace {
+                    started: event.at,
+                    next_seq: 1,
+                    events: VecDeque::new(),
+                },
+            );
+        }
+        let trace = self
+            .flows
+            .get_mut(&event.correlation_id)
+            .expect("inserted above");
+        let entry = TraceEntry {
+            seq: trace.next_seq,
+            elapsed_ms: event
+                .at
+                .saturating_duration_since(trace.started)
+                .as_millis() as u64,
+            step: event.step.to_string(),
+            details: event.details,
+        };
+        trace.next_seq += 1;
+        let details = Value::Object(entry.details.clone()).to_string();
+        tracing::info!(
+            target: "mcpproxy_oauth::flow",
+            correlation_id = %event.correlation_id,
+            server = %event.server,
+            flow_kind = event.flow_kind,
+            seq = entry.seq,
+            elapsed_ms = entry.elapsed_ms,
+            step = event.step,
+            details = %details,
+            "flow {}", event.step
+        );
+        if trace.events.len() == EVENTS_PER_FLOW {
+            trace.events.pop_front();
+        }
+        trace.events.push_back(entry);
+    }
+}
+
+impl Handler<GetTrace> for FlowLogger {
+    type Result = MessageResult<GetTrace>;
+    fn handle(&mut self, GetTrace(id): GetTrace, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.flows
+                .get(&id)
+                .map(|t| t.events.iter().cloned().collect())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[actix::test]
+    async fn events_get_sequence_numbers_and_buffers_stay_bounded() {
+        let logger = FlowLogger::default().start();
+        for i in 0..(EVENTS_PER_FLOW + 5) {
+            logger.do_send(FlowEvent::new(
+                "f1",
+                "srv",
+                "refresh",
+                "step",
+                json!({"i": i}),
+            ));
+        }
+        logger.do_send(FlowEvent::new("f2", "srv", "login", "started", Value::Null));
+        let trace = logger.send(GetTrace("f1".into())).await.unwrap();
+        assert_eq!(trace.len(), EVENTS_PER_FLOW, "bounded per flow");
+        assert_eq!(
+            trace.first().unwrap().seq,
+            6,
+            "the oldest events are dropped"
+        );
+        assert_eq!(trace.last().unwrap().seq, (EVENTS_PER_FLOW + 5) as u64);
+        assert!(trace.windows(2).all(|w| w[0].elapsed_ms <= w[1].elapsed_ms));
+        assert_eq!(
+            logger.send(GetTrace("f2".into())).await.unwrap()[0].step,
+            "started"
+        );
+        for i in 0..FLOWS_KEPT {
+            logger.do_send(FlowEvent::new(
+                &format!("g{i}"),
+                "srv",
+                "refresh",
+                "started",
+                Value::Null,
+            ));
+        }
+        assert!(
+            logger.send(GetTrace("f1".into())).await.unwrap().is_empty(),
+            "old flows are evicted"
+        );
+    }
+}
