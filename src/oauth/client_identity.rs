@@ -196,29 +196,7 @@ async fn register(
         .post_json(Endpoint::Registration, &url, &request)
         .await?;
     if !reply.status.is_success() {
-        let body: Option<Value> = serde_json::from_slice(&reply.body).ok();
-        let code = body
-            .as_ref()
-            .and_then(|b| b.get("error"))
-            .and_then(Value::as_str);
-        return Err(match code {
-            Some(code) => OAuthError::Server {
-                endpoint: Endpoint::Registration,
-                code: code.to_string(),
-                description: body
-                    .as_ref()
-                    .and_then(|b| b.get("error_description"))
-                    .and_then(Value::as_str)
-                    .map(String::from),
-                status: Some(reply.status.as_u16()),
-                retry_after: reply.retry_after(),
-            },
-            None => OAuthError::Http {
-                endpoint: Endpoint::Registration,
-                status: reply.status.as_u16(),
-                retry_after: reply.retry_after(),
-            },
-        });
+        return Err(reply.error(Endpoint::Registration));
     }
     let mut response: Map<String, Value> = reply.json(Endpoint::Registration)?;
     let client_id = response

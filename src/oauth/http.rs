@@ -38,6 +38,32 @@ impl HttpReply {
         retry_after(&self.headers)
     }
 
+    /// The error a failed reply means: the OAuth error its body names (RFC 6749 §5.2), else
+    /// its HTTP status; with `Retry-After` either way.
+    pub fn error(&self, endpoint: Endpoint) -> OAuthError {
+        let body: Option<serde_json::Value> = serde_json::from_slice(&self.body).ok();
+        let field = |name: &str| {
+            body.as_ref()
+                .and_then(|b| b.get(name))
+                .and_then(|v| v.as_str())
+                .map(String::from)
+        };
+        match field("error") {
+            Some(code) => OAuthError::Server {
+                endpoint,
+                code,
+                description: field("error_description"),
+                status: Some(self.status.as_u16()),
+                retry_after: self.retry_after(),
+            },
+            None => OAuthError::Http {
+                endpoint,
+                status: self.status.as_u16(),
+                retry_after: self.retry_after(),
+            },
+        }
+    }
+
     /// Parses a JSON body, reporting only the shape problem (never the body itself, which may
     /// hold secrets).
     pub fn json<T: DeserializeOwned>(&self, endpoint: Endpoint) -> Result<T, OAuthError> {

@@ -262,29 +262,7 @@ impl TokenEndpoint {
         if reply.status.is_success() {
             return Ok(());
         }
-        let body: Option<serde_json::Value> = serde_json::from_slice(&reply.body).ok();
-        match body
-            .as_ref()
-            .and_then(|b| b.get("error"))
-            .and_then(|e| e.as_str())
-        {
-            Some(code) => Err(OAuthError::Server {
-                endpoint: Endpoint::Revocation,
-                code: code.to_string(),
-                description: body
-                    .as_ref()
-                    .and_then(|b| b.get("error_description"))
-                    .and_then(|d| d.as_str())
-                    .map(String::from),
-                status: Some(reply.status.as_u16()),
-                retry_after: reply.retry_after(),
-            }),
-            None => Err(OAuthError::Http {
-                endpoint: Endpoint::Revocation,
-                status: reply.status.as_u16(),
-                retry_after: reply.retry_after(),
-            }),
-        }
+        Err(reply.error(Endpoint::Revocation))
     }
 }
 
