@@ -478,6 +478,8 @@ async fn scenario_6_invalid_grant_on_refresh_leads_to_one_login() {
 
 #[tokio::test]
 async fn scenario_6_an_already_expired_token_is_refused_once_and_refreshed_again() {
+    // The state machine's tests prove the other half: when the refreshed token is refused
+    // fresh again, the supervisor backs off instead of looping, and gives up at its bound.
     let srv = start(Config::default()).await;
     let dir = data_dir("s6-ae");
     persisted_expired_token(&srv, &dir).await;
@@ -498,7 +500,8 @@ async fn scenario_6_an_already_expired_token_is_refused_once_and_refreshed_again
     let good = handle
         .report_unauthorized("srv", &bad, Some(challenge))
         .await
-        .unwrap();
+        .expect("one reactive refresh");
+    assert_ne!(good.access_token.secret(), &bad);
     mcp_ping(&srv, good.access_token.secret()).await.unwrap();
     assert_eq!(srv.stats().token_requests_for("refresh_token"), 2);
     assert_eq!(launches.load(Ordering::SeqCst), 0);

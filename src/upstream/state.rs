@@ -49,6 +49,14 @@ impl TokenFacts {
                 .is_none_or(|e| e - now > self.safety_margin())
     }
 
+    /// Refused this early (within half its lifetime, at most 5 s, after issue), a token was
+    /// bad from the start: the server is issuing unusable tokens, and refreshing at once would
+    /// loop.
+    pub fn refused_when_fresh(&self, now: Millis) -> bool {
+        let window = self.lifetime().map(|l| (l / 2).min(5_000)).unwrap_or(5_000);
+        now - self.obtained_at < window
+    }
+
     /// When to refresh ahead of expiry: 75% of the lifetime, minus `jitter` (0..1) of 5% of it.
     pub fn refresh_at(&self, jitter: f64) -> Option<Millis> {
         let lifetime = self.lifetime()?;
@@ -137,6 +145,11 @@ pub struct State {
     pub policy: Policy,
     /// An explicit refresh arrived before the token was loaded: refresh once it is.
     pub refresh_after_load: bool,
+    /// The last refresh was started because the upstream refused a token.
+    pub refresh_after_refusal: bool,
+    /// A token from such a refresh was refused while fresh too: new tokens do not clear the
+    /// failure count until one lives to its proactive refresh.
+    pub suspect_tokens: bool,
 }
 
 impl State {
@@ -149,6 +162,8 @@ impl State {
             jitter,
             policy,
             refresh_after_load: false,
+            refresh_after_refusal: false,
+            suspect_tokens: false,
         }
     }
 }
@@ -258,27 +273,56 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
             None => needs_login(&mut next, &mut effects, now, "no token".into()),
         },
         (Connected | Backoff { .. }, Unauthorized) => {
+            let fresh = next.token.is_some_and(|t| t.refused_when_fresh(now));
             if let Some(t) = next.token.as_mut() {
                 t.refused = true;
             }
-            refresh_or_login(
-                &mut next,
-                &mut effects,
-                now,
-                "the server refused the access token",
-            );
+            if matches!(state.phase, Backoff { .. }) {
+                // Backing off already: the timer brings the next attempt; callers hear why.
+                effects.push(Effect::ResolveWaiters(Resolution::Failed(
+                    "refreshing is backing off after failures".into(),
+                )));
+            } else if fresh && state.refresh_after_refusal {
+                // Refused again, fresh from a refresh that answered a refusal: the server issues
+                // unusable tokens. Refreshing at once would loop; back off instead.
+                next.suspect_tokens = true;
+                transient_failure(
+                    &mut next,
+                    &mut effects,
+                    now,
+                    None,
+                    "the server refused a token it had just issued".into(),
+                );
+            } else {
+                next.refresh_after_refusal = true;
+                refresh_or_login(
+                    &mut next,
+                    &mut effects,
+                    now,
+                    "the server refused the access token",
+                );
+            }
         }
         (Connected | NeedsLogin { .. } | Backoff { .. } | Failed { .. }, Refresh) => {
             next.transient_failures = 0;
             refresh_or_login(&mut next, &mut effects, now, "refresh requested");
         }
-        (Connected | Backoff { .. }, Timer) => {
+        (Connected, Timer) => {
+            // This token lived to its proactive refresh: the server's tokens work again.
+            next.suspect_tokens = false;
+            next.refresh_after_refusal = false;
+            next.transient_failures = 0;
+            refresh_or_login(&mut next, &mut effects, now, "the access token is expiring");
+        }
+        (Backoff { .. }, Timer) => {
             refresh_or_login(&mut next, &mut effects, now, "the access token is expiring")
         }
         (Refreshing | Authorizing, TokenObtained(t)) => {
             if t.usable(now) {
                 next.token = Some(t);
-                next.transient_failures = 0;
+                if !next.suspect_tokens {
+                    next.transient_failures = 0;
+                }
                 connected(&mut next, &mut effects, t);
             } else {
                 // A "successful" flow whose token is already unusable is a failure, never a
@@ -545,6 +589,9 @@ mod tests {
             (state(Phase::Connected, Some(valid)), Event::Reconnect, "connected", vec![ready.clone(), arm_for_valid.clone()]),
             (state(Phase::Connected, Some(expired)), Event::Reconnect, "refreshing", vec![StartRefresh]),
             (state(Phase::Connected, Some(valid)), Event::Unauthorized, "refreshing", vec![StartRefresh]),
+            (state(Phase::Connected, Some(TokenFacts { obtained_at: NOW - 1_000, ..valid })), Event::Unauthorized, "refreshing", vec![StartRefresh]),
+            (State { refresh_after_refusal: true, ..state(Phase::Connected, Some(TokenFacts { obtained_at: NOW - 1_000, ..valid })) }, Event::Unauthorized, "backoff", vec![ArmTimer { at: NOW + 800 }, ResolveWaiters(Resolution::Failed("refresh failed, retrying in 800 ms: the server refused a token it had just issued".into()))]),
+            (state(backoff(), Some(valid)), Event::Unauthorized, "backoff", vec![ResolveWaiters(Resolution::Failed("refreshing is backing off after failures".into()))]),
             (state(Phase::Connected, Some(valid)), Event::Timer, "refreshing", vec![StartRefresh]),
             (state(Phase::Connected, Some(valid)), Event::Refresh, "refreshing", vec![StartRefresh]),
             (state(Phase::Refreshing, Some(expired)), Event::Reconnect, "refreshing", vec![]),
@@ -654,6 +701,62 @@ mod tests {
             step(&after, Event::Timer, NOW).1,
             vec![],
             "a failed server does not spin"
+        );
+    }
+
+    #[test]
+    fn a_server_issuing_refused_tokens_is_backed_off_and_given_up_on() {
+        let fresh = || TokenFacts {
+            obtained_at: NOW,
+            ..token(3_600_000, true)
+        };
+        // A first refusal refreshes at once (reactive refresh)...
+        let (refreshing, effects) = step(
+            &state(Phase::Connected, Some(fresh())),
+            Event::Unauthorized,
+            NOW,
+        );
+        assert_eq!(effects, vec![StartRefresh]);
+        let (mut s, _) = step(&refreshing, Event::TokenObtained(fresh()), NOW);
+        // ...but when that refresh's fresh token is refused too, the server issues unusable
+        // tokens: every further refusal backs off, exponentially, until the bound.
+        let mut delays = Vec::new();
+        for _ in 0..s.policy.max_transient_failures {
+            let (after, effects) = step(&s, Event::Unauthorized, NOW);
+            let Some(ArmTimer { at }) = effects.first() else {
+                panic!("{:?}: {effects:?}", after.phase)
+            };
+            delays.push(at - NOW);
+            let (refreshing, _) = step(&after, Event::Timer, NOW);
+            // The refresh "succeeds" with another token the server will refuse.
+            let (connected, _) = step(
+                &refreshing,
+                Event::TokenObtained(TokenFacts {
+                    obtained_at: NOW,
+                    ..token(3_600_000, true)
+                }),
+                NOW,
+            );
+            assert_eq!(connected.phase.name(), "connected");
+            s = connected;
+        }
+        assert_eq!(
+            delays,
+            [800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400],
+            "paced, never at once"
+        );
+        let (after, _) = step(&s, Event::Unauthorized, NOW);
+        assert_eq!(after.phase.name(), "failed", "bounded");
+        let healthy = State {
+            suspect_tokens: true,
+            transient_failures: 3,
+            ..state(Phase::Connected, Some(token(3_600_000, true)))
+        };
+        let (after, _) = step(&healthy, Event::Timer, NOW);
+        assert_eq!(
+            (after.transient_failures, after.suspect_tokens),
+            (0, false),
+            "a token that lives to its refresh clears suspicion"
         );
     }
 
