@@ -7,27 +7,27 @@ CARGO ?= cargo
 
 all: build
 
+## One build of libraries, binaries and tests, with one feature set, that every test step
+## reuses (building a single package would unify features differently and rebuild).
 build:
-	$(CARGO) build --workspace --all-targets --locked
+	$(CARGO) build --workspace --lib --bins --tests --locked
 
 ## The whole test suite: every Rust test of the workspace, third-party clients, and the
 ## official MCP conformance suite.
 test: test-rust test-interop test-conformance
 
-test-rust:
+test-rust: build
 	$(CARGO) test --workspace --locked
 	$(CARGO) test --locked --bench access_token
 
 ## A client nobody here wrote (the MCP TypeScript SDK) against the OAuth test server.
-test-interop:
-	$(CARGO) build -p oauth-test-server --locked
+test-interop: build
 	cd tests/oauthserver/interop && npm ci --no-audit --no-fund --loglevel=error
 	node tests/oauthserver/interop/sdk-client.mjs target/debug/oauth-test-server
 
 ## The MCP conformance suite (auth, backcompat, draft resource-mismatch) against `connect`.
 ## Needs root or unprivileged user namespaces, for a loopback-only network namespace.
-test-conformance:
-	$(CARGO) build --locked --bin mcpproxy-oauth
+test-conformance: build
 	cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error
 	tests/conformance/run.sh target/debug/mcpproxy-oauth
 
