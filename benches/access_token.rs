@@ -64,7 +64,16 @@ fn access_token(c: &mut Criterion) {
         .expect("a usable token");
     let rwlock = RwLock::new(Some(token));
 
+    let server = handle.server_tokens("srv").unwrap();
     let mut group = c.benchmark_group("access_token");
+    group.bench_function("server handle, 1 thread", |b| {
+        b.iter(|| black_box(server.cached_access_token()))
+    });
+    group.bench_function("server handle, 8 threads", |b| {
+        b.iter_custom(|iters| {
+            contended(8, iters, &|| drop(black_box(server.cached_access_token())))
+        })
+    });
     group.bench_function("snapshot, 1 thread", |b| {
         b.iter(|| black_box(handle.cached_access_token("srv").unwrap()))
     });

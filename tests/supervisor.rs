@@ -579,6 +579,13 @@ async fn logout_revokes_at_the_server_and_forgets_the_token() {
     );
     assert!(handle.cached_access_token("srv").unwrap().is_none());
     assert!(
+        handle
+            .server_tokens("srv")
+            .unwrap()
+            .cached_access_token()
+            .is_none()
+    );
+    assert!(
         mcp_ping(&srv, grant.access_token.secret()).await.is_err(),
         "the revoked family's access token is dead"
     );

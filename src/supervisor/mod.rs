@@ -137,6 +137,42 @@ struct Upstream {
     snapshot: Snapshot,
 }
 
+fn usable_token(snapshot: &Snapshot) -> Option<oauth2::AccessToken> {
+    let snapshot = snapshot.load();
+    snapshot
+        .as_ref()
+        .filter(|s| s.usable(now_ms()))
+        .map(|s| s.access_token.clone())
+}
+
+/// A handle on one server's tokens (`Send + Sync + Clone`), from `SupervisorHandle::server_tokens`.
+#[derive(Clone)]
+pub struct ServerTokens {
+    snapshot: Snapshot,
+    addr: Addr<UpstreamActor>,
+}
+
+impl ServerTokens {
+    /// The published token if it is still usable: a lock-free read, no message.
+    pub fn cached_access_token(&self) -> Option<oauth2::AccessToken> {
+        usable_token(&self.snapshot)
+    }
+
+    /// A token valid for at least its safety margin, asking the server's actor only when the
+    /// published one is not.
+    pub async fn access_token(&self) -> Result<oauth2::AccessToken, SupervisorError> {
+        if let Some(token) = self.cached_access_token() {
+            return Ok(token);
+        }
+        Ok(self
+            .addr
+            .send(actor::AccessToken)
+            .await
+            .map_err(|_| SupervisorError::Stopped)??
+            .access_token)
+    }
+}
+
 struct Parts {
     upstreams: HashMap<String, Upstream>,
     supervisor: Addr<SupervisorActor>,
@@ -307,12 +343,16 @@ impl SupervisorHandle {
         &self,
         name: &str,
     ) -> Result<Option<oauth2::AccessToken>, SupervisorError> {
+        Ok(usable_token(&self.upstream(name)?.snapshot))
+    }
+
+    /// One server's tokens, for callers that ask often: no lookup by name on each call.
+    pub fn server_tokens(&self, name: &str) -> Result<ServerTokens, SupervisorError> {
         let upstream = self.upstream(name)?;
-        let snapshot = upstream.snapshot.load();
-        Ok(snapshot
-            .as_ref()
-            .filter(|s| s.usable(now_ms()))
-            .map(|s| s.access_token.clone()))
+        Ok(ServerTokens {
+            snapshot: upstream.snapshot.clone(),
+            addr: upstream.addr.clone(),
+        })
     }
 
     /// The upstream answered 401 to `access_token`: refresh once for everyone, or hand back the
