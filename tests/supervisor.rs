@@ -129,6 +129,32 @@ async fn persisted_expired_token(srv: &OAuthTestServer, dir: &Path) {
     expire_stored_tokens(dir);
 }
 
+/// The scene of every restart scenario: a first supervisor logged in and stopped, its stored
+/// access token expired, `while_down` applied to the server (e.g. arming a fault), and a second
+/// supervisor started on the same database.
+struct Restarted {
+    srv: OAuthTestServer,
+    handle: SupervisorHandle,
+    launches: Arc<AtomicU32>,
+}
+
+async fn restarted_with_expired_token(
+    name: &str,
+    while_down: impl FnOnce(&OAuthTestServer),
+) -> Restarted {
+    let srv = start(Config::default()).await;
+    let dir = data_dir(name);
+    persisted_expired_token(&srv, &dir).await;
+    while_down(&srv);
+    let (browser, launches) = following_browser();
+    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    Restarted {
+        srv,
+        handle,
+        launches,
+    }
+}
+
 #[tokio::test]
 async fn scenario_1_stays_connected_through_ten_refreshes_with_one_login() {
     let srv = start(Config {
@@ -173,11 +199,11 @@ async fn scenario_1_stays_connected_through_ten_refreshes_with_one_login() {
 
 #[tokio::test]
 async fn scenario_2_a_restart_refreshes_the_persisted_token_without_a_login() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("s2");
-    persisted_expired_token(&srv, &dir).await;
-    let (browser, launches) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let Restarted {
+        srv,
+        handle,
+        launches,
+    } = restarted_with_expired_token("s2", |_| {}).await;
     let grant = handle
         .reconnect("srv")
         .await
@@ -228,11 +254,7 @@ async fn both_tokens_expired_open_the_browser_once_with_a_clear_message() {
 
 #[tokio::test]
 async fn scenario_5_a_hundred_concurrent_callers_cause_one_refresh() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("s5");
-    persisted_expired_token(&srv, &dir).await;
-    let (browser, _) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let Restarted { srv, handle, .. } = restarted_with_expired_token("s5", |_| {}).await;
     let mut callers = tokio::task::JoinSet::new();
     for i in 0..100 {
         let handle = handle.clone();
@@ -414,15 +436,13 @@ async fn scenario_6_transient_refresh_faults_back_off_and_recover_without_a_logi
         (FaultKind::ExpiresInZero, None),
     ];
     for (kind, delay_ms) in cases {
-        let srv = start(Config::default()).await;
-        let dir = data_dir("s6");
-        persisted_expired_token(&srv, &dir).await;
         let mut fault = Fault::new(FaultTarget::Refresh, kind).times(1);
         fault.delay_ms = delay_ms;
-        srv.inject(fault).unwrap();
-        let (browser, launches) = following_browser();
-        let handle =
-            start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+        let Restarted {
+            srv,
+            handle,
+            launches,
+        } = restarted_with_expired_token("s6", |srv| srv.inject(fault).unwrap()).await;
         let started = Instant::now();
         let first = handle.reconnect("srv").await;
         assert!(
@@ -459,13 +479,15 @@ async fn scenario_6_transient_refresh_faults_back_off_and_recover_without_a_logi
 
 #[tokio::test]
 async fn scenario_6_invalid_grant_on_refresh_leads_to_one_login() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("s6-ig");
-    persisted_expired_token(&srv, &dir).await;
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidGrant).times(1))
-        .unwrap();
-    let (browser, launches) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let Restarted {
+        srv,
+        handle,
+        launches,
+    } = restarted_with_expired_token("s6-ig", |srv| {
+        srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidGrant).times(1))
+            .unwrap()
+    })
+    .await;
     let grant = handle
         .reconnect("srv")
         .await
@@ -480,13 +502,15 @@ async fn scenario_6_invalid_grant_on_refresh_leads_to_one_login() {
 async fn scenario_6_an_already_expired_token_is_refused_once_and_refreshed_again() {
     // The state machine's tests prove the other half: when the refreshed token is refused
     // fresh again, the supervisor backs off instead of looping, and gives up at its bound.
-    let srv = start(Config::default()).await;
-    let dir = data_dir("s6-ae");
-    persisted_expired_token(&srv, &dir).await;
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::AlreadyExpired).times(1))
-        .unwrap();
-    let (browser, launches) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let Restarted {
+        srv,
+        handle,
+        launches,
+    } = restarted_with_expired_token("s6-ae", |srv| {
+        srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::AlreadyExpired).times(1))
+            .unwrap()
+    })
+    .await;
     let bad = handle
         .reconnect("srv")
         .await
