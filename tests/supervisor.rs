@@ -632,6 +632,21 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
     assert!(e.contains("re-authentication required"), "{e}");
     assert_eq!(handle.status().await.unwrap()[0].phase, "needs_login");
     assert_eq!(launches.load(Ordering::SeqCst), 0);
+    // A login from another process (as `auth login` does) is found on the next reconnect.
+    let (browser, _) = following_browser();
+    let other = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let stored = other.login("srv").await.expect("the other process logs in");
+    other.shutdown().await;
+    let found = handle
+        .reconnect("srv")
+        .await
+        .expect("the daemon picks the stored token up");
+    assert_eq!(found.access_token.secret(), stored.access_token.secret());
+    assert_eq!(
+        launches.load(Ordering::SeqCst),
+        0,
+        "still no browser of its own"
+    );
     handle.shutdown().await;
 }
 

@@ -394,9 +394,11 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
                 ))));
             }
         },
-        (NeedsLogin { reason }, Reconnect | Unauthorized) => {
-            let reason = reason.clone();
-            needs_login(&mut next, &mut effects, now, reason);
+        // Another process (`auth login`, another daemon) may have stored a token meanwhile:
+        // read the store again before deciding; the browser rate limit still applies after.
+        (NeedsLogin { .. }, Reconnect | Unauthorized) => {
+            next.phase = Loading;
+            effects.push(Effect::LoadToken);
         }
         (Failed { .. }, Reconnect | Unauthorized) => {
             next.transient_failures = 0;
@@ -611,6 +613,7 @@ mod tests {
             (state(Phase::Authorizing, None), Event::TokenObtained(valid), "connected", vec![ready.clone(), arm_for_valid.clone()]),
             (state(Phase::Authorizing, None), Event::LoginFailed { error: "access_denied".into() }, "needs_login", vec![ResolveWaiters(Resolution::Failed("login failed: access_denied".into()))]),
             (state(Phase::NeedsLogin { reason: "r".into() }, None), Event::Login, "authorizing", vec![StartLogin]),
+            (state(Phase::NeedsLogin { reason: "r".into() }, None), Event::Reconnect, "loading", vec![LoadToken]),
             (state(Phase::Failed { error: "x".into() }, Some(expired)), Event::Reconnect, "loading", vec![LoadToken]),
             (state(Phase::Connected, Some(valid)), Event::Logout, "idle", vec![ForgetToken, ResolveWaiters(Resolution::Failed("logged out".into()))]),
             (state(Phase::Idle, None), Event::Timer, "idle", vec![]),
@@ -643,13 +646,26 @@ mod tests {
             ("authorizing", vec![StartLogin])
         );
         let later = NOW - 1_000 + Policy::default().browser_window;
-        let (after, effects) = step(
-            &state(Phase::NeedsLogin { reason: "r".into() }, None),
-            Event::Reconnect,
-            later,
+        let waiting = State {
+            last_browser_launch: Some(NOW - 1_000),
+            ..state(Phase::NeedsLogin { reason: "r".into() }, None)
+        };
+        let (reloading, effects) = step(&waiting, Event::Reconnect, later);
+        assert_eq!(
+            (reloading.phase.name(), effects),
+            ("loading", vec![LoadToken]),
+            "the store is read again first"
         );
-        assert_eq!(after.phase.name(), "authorizing");
+        let (after, effects) = step(&reloading, Event::Loaded(None), later);
+        assert_eq!(after.phase.name(), "authorizing", "the window has passed");
         assert!(effects.contains(&StartLogin));
+        let (found, effects) = step(&reloading, Event::Loaded(Some(token(3_600_000, true))), NOW);
+        assert_eq!(
+            found.phase.name(),
+            "connected",
+            "a token another process stored is used"
+        );
+        assert!(effects.contains(&ResolveWaiters(Resolution::Ready)));
     }
 
     #[test]
