@@ -27,6 +27,10 @@ use crate::store::db::now_ms;
 use crate::store::{StoredClient, StoredToken, TokenRegistry, lock};
 use crate::telemetry::flow_logger::{FlowEvent, FlowLogger};
 
+/// How long a refresh waits for another process's flow of the same server: a refresh is one
+/// HTTP exchange, so a longer wait means that flow is stuck (its lease shows whose it is).
+const REFRESH_LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// What every flow of every server shares.
 pub struct Runtime {
     pub registry: TokenRegistry,
@@ -256,7 +260,7 @@ pub async fn refresh(
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "refresh");
     async move {
-        let wait = rt.http_timeout_hint();
+        let wait = REFRESH_LOCK_WAIT;
         let event = |step: &'static str, details: serde_json::Value| rt.flow_event(&flow_id, &config.name, "refresh", step, details);
         event("started", json!({"token_endpoint": endpoint.token_endpoint}));
         let _lock = match lock::acquire(&rt.lock_dir, &config.server_key, wait).await {
@@ -429,11 +433,4 @@ async fn run_login(
         .await
         .map_err(|e| OAuthError::Callback(format!("the new token could not be stored: {e}")))?;
     Ok((token, endpoint))
-}
-
-impl Runtime {
-    /// How long a refresh may wait for another process's flow: a refresh is one HTTP exchange.
-    fn http_timeout_hint(&self) -> Duration {
-        Duration::from_secs(30)
-    }
 }
