@@ -90,13 +90,13 @@ async fn wait_for_phase(handle: &SupervisorHandle, name: &str, phase: &str, with
     loop {
         let status = handle.status().await.unwrap();
         let current = status.iter().find(|s| s.name == name).unwrap();
-        if current.phase == phase {
+        if current.phase.name() == phase {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "{name} did not reach {phase} within {within:?}; it is {} ({:?})",
-            current.phase,
+            current.phase.name(),
             current.detail
         );
         let mut changes = handle.subscribe();
@@ -377,7 +377,7 @@ async fn scenario_5_five_servers_refresh_concurrently() {
         .await
         .unwrap()
         .iter()
-        .filter(|s| s.phase == "refreshing" && s.running_flow.is_some())
+        .filter(|s| s.phase.name() == "refreshing" && s.running_flow.is_some())
         .count();
     assert_eq!(
         refreshing, 5,
@@ -581,7 +581,7 @@ async fn unknown_servers_get_a_clear_error_and_status_lists_every_server() {
     assert_eq!(
         status
             .iter()
-            .map(|s| (s.name.as_str(), s.phase.as_str()))
+            .map(|s| (s.name.as_str(), s.phase.name()))
             .collect::<Vec<_>>(),
         [("a", "idle"), ("b", "idle")]
     );
@@ -630,7 +630,10 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
     let handle = start_supervisor(cfg).await;
     let e = handle.reconnect("srv").await.unwrap_err().to_string();
     assert!(e.contains("re-authentication required"), "{e}");
-    assert_eq!(handle.status().await.unwrap()[0].phase, "needs_login");
+    assert_eq!(
+        handle.status().await.unwrap()[0].phase.name(),
+        "needs_login"
+    );
     assert_eq!(launches.load(Ordering::SeqCst), 0);
     // A login from another process (as `auth login` does) is found on the next reconnect.
     let (browser, _) = following_browser();

@@ -239,6 +239,26 @@ impl TokenStore {
         &self.path
     }
 
+    /// Changes whenever another connection commits to the database (SQLite's
+    /// `PRAGMA data_version`): the cheap way to notice another process's writes.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
+    /// The kind (`refresh` or `login`) of a recorded flow.
+    pub fn flow_kind(&self, flow_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT kind FROM oauth_flows WHERE flow_id = ?1",
+                [flow_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn

@@ -52,6 +52,9 @@ pub struct SupervisorConfig {
     pub login_timeout: Duration,
     /// Bound of every OAuth HTTP request.
     pub http_timeout: Duration,
+    /// How often the store is checked for tokens stored or deleted by another process
+    /// (`auth login`, `auth logout`, another daemon).
+    pub store_poll_interval: Duration,
 }
 
 impl SupervisorConfig {
@@ -63,6 +66,7 @@ impl SupervisorConfig {
             policy: Policy::default(),
             login_timeout: Duration::from_secs(300),
             http_timeout: Duration::from_secs(15),
+            store_poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -81,6 +85,8 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join("tokens.db")
 }
 
+/// What the library's calls can fail with. Match on the variants (and on
+/// `UpstreamError::failure`), or use [`SupervisorError::code`]: never on the message.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     #[error("unknown server {name:?}; configured servers: {configured}")]
@@ -94,6 +100,36 @@ pub enum SupervisorError {
 }
 
 impl SupervisorError {
+    /// A stable name for the error: `unknown_server`, `stopped`, `store`, or the upstream
+    /// failure's kind (`needs_login`, `backing_off`, `retrying`, `client_rejected`,
+    /// `login_failed`, `logged_out`, `store`, `stopped`).
+    pub fn code(&self) -> &'static str {
+        use crate::upstream::state::Failure;
+        match self {
+            SupervisorError::UnknownServer { .. } => "unknown_server",
+            SupervisorError::Store(_) => "store",
+            SupervisorError::Stopped => "stopped",
+            SupervisorError::Upstream(e) => match e.failure {
+                Failure::NeedsLogin { .. } => "needs_login",
+                Failure::BackingOff { .. } => "backing_off",
+                Failure::Retrying { .. } => "retrying",
+                Failure::ClientRejected { .. } => "client_rejected",
+                Failure::LoginFailed { .. } => "login_failed",
+                Failure::LoggedOut => "logged_out",
+                Failure::Store { .. } => "store",
+                Failure::Stopped => "stopped",
+            },
+        }
+    }
+
+    /// The typed failure of the server, where the server answered.
+    pub fn failure(&self) -> Option<&crate::upstream::state::Failure> {
+        match self {
+            SupervisorError::Upstream(e) => Some(&e.failure),
+            _ => None,
+        }
+    }
+
     /// The correlation ID of the flow that failed, where a flow failed.
     pub fn flow_id(&self) -> Option<&str> {
         match self {
@@ -103,13 +139,36 @@ impl SupervisorError {
     }
 }
 
-/// Answers for all servers at once.
+/// Answers for all servers at once, and watches the store for other processes' writes.
 pub struct SupervisorActor {
     upstreams: Vec<Addr<UpstreamActor>>,
+    registry: TokenRegistry,
+    store_poll_interval: Duration,
+    /// `PRAGMA data_version` at the last look: it changes only when another connection (another
+    /// process) commits, so polling it costs one pragma, not a query per server.
+    data_version: Option<i64>,
 }
 
 impl Actor for SupervisorActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.store_poll_interval, |act, ctx| {
+            let registry = act.registry.clone();
+            let look = async move { registry.call(|s| s.data_version()).await };
+            ctx.spawn(look.into_actor(act).map(|version, act, _| {
+                let Ok(version) = version else { return };
+                let changed = act.data_version.is_some_and(|v| v != version);
+                act.data_version = Some(version);
+                if changed {
+                    tracing::debug!("the token store was changed by another process");
+                    for upstream in &act.upstreams {
+                        upstream.do_send(actor::CheckStore);
+                    }
+                }
+            }));
+        });
+    }
 }
 
 #[derive(Message)]
@@ -238,6 +297,9 @@ fn build(
     }
     let supervisor = SupervisorActor {
         upstreams: upstreams.values().map(|u| u.addr.clone()).collect(),
+        registry: registry.clone(),
+        store_poll_interval: config.store_poll_interval,
+        data_version: None,
     }
     .start();
     Ok(Parts {

@@ -8,6 +8,7 @@
 //! reaches this mailbox.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -15,13 +16,22 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
-use super::flows::{self, FlowOutcome, Runtime, endpoint_from_stored, facts};
-use super::state::{Effect, Event, Millis, Phase, Policy, Resolution, State, step};
+use super::flows::{
+    self, Fence, FlowOutcome, LoginRequest, RefreshRequest, Runtime, endpoint_from_stored, facts,
+};
+use super::state::{
+    Effect, Event, Failure, LoginReason, Millis, Phase, Policy, RefreshFailure, Resolution, State,
+    step,
+};
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
+use crate::oauth::client_identity::ClientSource;
 use crate::oauth::token::TokenEndpoint;
-use crate::store::StoredToken;
 use crate::store::db::now_ms;
+use crate::store::{StoredClient, StoredToken, lock};
+
+/// How long a logout waits for a running flow of another process before deleting anyway.
+const LOGOUT_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// What callers may read without asking the actor.
 pub struct TokenSnapshot {
@@ -47,11 +57,13 @@ pub struct Grant {
     pub flow_id: Option<String>,
 }
 
+/// Why a server gave a caller no token: `failure` is the typed reason (match on it, not on
+/// the message).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{server}: {message}")]
+#[error("{server}: {failure}")]
 pub struct UpstreamError {
     pub server: String,
-    pub message: String,
+    pub failure: Failure,
     pub flow_id: Option<String>,
 }
 
@@ -59,7 +71,8 @@ pub struct UpstreamError {
 #[derive(Debug, Clone, Serialize)]
 pub struct StateChange {
     pub server: String,
-    pub phase: String,
+    #[serde(flatten)]
+    pub phase: Phase,
     pub detail: Option<String>,
     pub at: Millis,
 }
@@ -69,11 +82,22 @@ pub struct ServerStatus {
     pub name: String,
     pub url: String,
     pub server_key: String,
-    pub phase: String,
+    /// The phase with its fields (`phase` is its stable name when serialized).
+    #[serde(flatten)]
+    pub phase: Phase,
+    /// The phase in words, for people.
     pub detail: Option<String>,
     pub expires_at: Option<Millis>,
     pub has_refresh_token: bool,
     pub scope: Option<String>,
+    /// When the machine acts next by itself (a retry, the browser, a refresh), if it waits.
+    pub next_attempt_at: Option<Millis>,
+    /// The proactive refresh time of the current token.
+    pub next_refresh_at: Option<Millis>,
+    /// Failed refreshes in a row.
+    pub refresh_failures: u32,
+    /// The current token is not in the store yet (its save failed; it is retried).
+    pub unsaved_token: bool,
     pub running_flow: Option<String>,
     pub last_flow: Option<String>,
 }
@@ -87,16 +111,26 @@ pub struct UpstreamActor {
     snapshot: Snapshot,
     events: broadcast::Sender<StateChange>,
     state: State,
+    /// The newest token this process holds (the machine has its facts, this has its secrets).
     current: Option<StoredToken>,
+    /// `current` is in the store; `false` after a failed save, until a later save succeeds.
+    current_durable: bool,
     endpoint: Option<TokenEndpoint>,
+    /// The last browser login with a registered client failed: the next one registers anew
+    /// (the authorization server may have forgotten the client).
+    fresh_client: bool,
     /// The access token the upstream refused, so a reload does not trust it again.
     refused: Option<String>,
     last_challenge: Option<BearerChallenge>,
     waiters: Vec<oneshot::Sender<Reply>>,
     running_flow: Option<String>,
     running_flow_kind: &'static str,
+    /// The running load or flow, so a logout can cancel it.
+    flow_handle: Option<SpawnHandle>,
     last_flow: Option<String>,
     timer: Option<SpawnHandle>,
+    /// The machine's generation, shared with running flows, which check it before each write.
+    generation: Arc<AtomicU64>,
 }
 
 impl UpstreamActor {
@@ -115,14 +149,18 @@ impl UpstreamActor {
             snapshot,
             events,
             current: None,
+            current_durable: true,
             endpoint: None,
+            fresh_client: false,
             refused: None,
             last_challenge: None,
             waiters: Vec::new(),
             running_flow: None,
             running_flow_kind: "",
+            flow_handle: None,
             last_flow: None,
             timer: None,
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -130,12 +168,15 @@ impl UpstreamActor {
         let before = self.state.phase.clone();
         let (next, effects) = step(&self.state, event, now_ms());
         self.state = next;
+        // Before any effect: a flow overtaken by this step must not write any more.
+        self.generation
+            .store(self.state.generation, Ordering::SeqCst);
         if self.state.phase != before {
             let detail = phase_detail(&self.state.phase);
             tracing::info!(server = %self.config.name, from = before.name(), to = self.state.phase.name(), detail = detail.as_deref().unwrap_or(""), "state changed");
             let _ = self.events.send(StateChange {
                 server: self.config.name.clone(),
-                phase: self.state.phase.name().into(),
+                phase: self.state.phase.clone(),
                 detail,
                 at: now_ms(),
             });
@@ -145,78 +186,112 @@ impl UpstreamActor {
         }
     }
 
+    fn fence(&self) -> Fence {
+        Fence::new(self.generation.clone(), self.state.generation)
+    }
+
     fn perform(&mut self, effect: Effect, ctx: &mut Context<Self>) {
         match effect {
             Effect::LoadToken => {
                 let key = self.config.server_key.clone();
                 let registry = self.rt.registry.clone();
+                let generation = self.state.generation;
                 let load = async move {
                     registry
                         .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
                         .await
                 };
-                ctx.spawn(load.into_actor(self).map(|result, act, ctx| match result {
-                    Ok((token, client)) => {
-                        act.endpoint = client.as_ref().map(endpoint_from_stored);
-                        let token_facts = token.as_ref().map(|t| {
-                            let mut f = facts(t);
-                            f.refused = act.refused.as_deref() == Some(t.access_token.as_str());
-                            f
-                        });
-                        act.set_current(token);
-                        act.apply(Event::Loaded(token_facts), ctx);
+                let handle = ctx.spawn(load.into_actor(self).map(move |result, act, ctx| {
+                    act.flow_handle = None;
+                    match result {
+                        Ok((token, client)) => {
+                            if generation != act.state.generation {
+                                return;
+                            }
+                            act.adopt_client(client.as_ref());
+                            let token_facts = token.as_ref().map(|t| act.facts_of(t));
+                            act.set_current(token, true);
+                            act.apply(
+                                Event::Loaded {
+                                    generation,
+                                    token: token_facts,
+                                },
+                                ctx,
+                            );
+                        }
+                        Err(e) => act.apply(
+                            Event::LoadFailed {
+                                generation,
+                                error: format!("cannot read the token store: {e}"),
+                            },
+                            ctx,
+                        ),
                     }
-                    Err(e) => act.apply(
-                        Event::LoadFailed {
-                            error: format!("cannot read the token store: {e}"),
-                        },
-                        ctx,
-                    ),
                 }));
+                self.flow_handle = Some(handle);
             }
-            Effect::StartRefresh => {
-                let (Some(endpoint), Some(current)) = (self.endpoint.clone(), self.current.clone())
-                else {
-                    // No client identity or token to refresh with: the machine must log in.
-                    let error = "no stored client identity to refresh with".to_string();
+            Effect::StartRefresh(plan) => {
+                let generation = self.state.generation;
+                let Some(current) = self.current.clone() else {
+                    // The machine only refreshes a token it knows; nothing to present.
                     self.apply(
                         Event::RefreshFailed {
-                            permanent: true,
-                            retry_after: None,
-                            error,
+                            generation,
+                            failure: RefreshFailure::RefreshTokenDead,
+                            error: "no token to refresh".into(),
                         },
                         ctx,
                     );
                     return;
                 };
                 let flow_id = self.begin_flow("refresh");
+                let request = RefreshRequest {
+                    current,
+                    current_durable: self.current_durable,
+                    endpoint: self.endpoint.clone(),
+                    plan,
+                };
                 let flow = flows::refresh(
                     self.rt.clone(),
                     self.config.clone(),
                     flow_id.clone(),
-                    endpoint,
-                    current,
+                    self.fence(),
+                    request,
                 );
-                ctx.spawn(
-                    flow.into_actor(self)
-                        .map(move |outcome, act, ctx| act.flow_done(flow_id, outcome, ctx)),
-                );
+                let handle = ctx.spawn(flow.into_actor(self).map(move |outcome, act, ctx| {
+                    act.flow_done(flow_id, generation, outcome, ctx)
+                }));
+                self.flow_handle = Some(handle);
             }
             Effect::StartLogin => {
+                let generation = self.state.generation;
                 let flow_id = self.begin_flow("login");
-                let ours = self.current.as_ref().map(|t| t.access_token.clone());
+                let request = LoginRequest {
+                    previous: self.endpoint.clone(),
+                    fresh_client: self.fresh_client,
+                    challenge: self.last_challenge.clone(),
+                    requested_at: now_ms(),
+                };
                 let flow = flows::login(
                     self.rt.clone(),
                     self.config.clone(),
                     flow_id.clone(),
-                    self.endpoint.clone(),
-                    self.last_challenge.clone(),
-                    ours,
+                    self.fence(),
+                    request,
                 );
-                ctx.spawn(
-                    flow.into_actor(self)
-                        .map(move |outcome, act, ctx| act.flow_done(flow_id, outcome, ctx)),
-                );
+                let handle = ctx.spawn(flow.into_actor(self).map(move |outcome, act, ctx| {
+                    act.flow_done(flow_id, generation, outcome, ctx)
+                }));
+                self.flow_handle = Some(handle);
+            }
+            Effect::CancelFlow => {
+                if let Some(handle) = self.flow_handle.take() {
+                    ctx.cancel_future(handle);
+                }
+                if let Some(flow) = self.running_flow.take() {
+                    tracing::info!(server = %self.config.name, correlation_id = %flow, "the running flow was cancelled");
+                    self.last_flow = Some(flow);
+                }
             }
             Effect::ArmTimer { at } => {
                 if let Some(previous) = self.timer.take() {
@@ -228,6 +303,11 @@ impl UpstreamActor {
                     act.apply(Event::Timer, ctx);
                 }));
             }
+            Effect::CancelTimer => {
+                if let Some(previous) = self.timer.take() {
+                    ctx.cancel_future(previous);
+                }
+            }
             Effect::ResolveWaiters(resolution) => self.resolve(resolution),
             Effect::DropRefreshToken => {
                 if let Some(t) = self.current.as_mut() {
@@ -235,9 +315,18 @@ impl UpstreamActor {
                 }
                 let key = self.config.server_key.clone();
                 let registry = self.rt.registry.clone();
+                let fence = self.fence();
                 ctx.spawn(
                     async move {
-                        if let Err(e) = registry.call(move |s| s.drop_refresh_token(&key)).await {
+                        let result = registry
+                            .call(move |s| {
+                                if fence.is_current() {
+                                    s.drop_refresh_token(&key)?;
+                                }
+                                Ok(())
+                            })
+                            .await;
+                        if let Err(e) = result {
                             tracing::error!(error = %e, "could not forget the refused refresh token");
                         }
                     }
@@ -245,15 +334,25 @@ impl UpstreamActor {
                 );
             }
             Effect::ForgetToken => {
-                self.set_current(None);
-                self.endpoint = None;
-                if let Some(timer) = self.timer.take() {
-                    ctx.cancel_future(timer);
-                }
+                self.set_current(None, true);
+                self.refused = None;
             }
             Effect::AnnounceReauthentication { reason } => {
-                tracing::warn!(server = %self.config.name, "re-authentication required for {}: {reason}", self.config.name);
+                tracing::warn!(server = %self.config.name, reason = ?reason, "re-authentication required for {}: {reason}", self.config.name);
             }
+        }
+    }
+
+    /// The machine's facts about a stored token, remembering a refusal of the same token.
+    fn facts_of(&self, token: &StoredToken) -> super::state::TokenFacts {
+        let mut f = facts(token);
+        f.refused = self.refused.as_deref() == Some(token.access_token.as_str());
+        f
+    }
+
+    fn adopt_client(&mut self, client: Option<&StoredClient>) {
+        if let Some(client) = client {
+            self.endpoint = Some(endpoint_from_stored(client));
         }
     }
 
@@ -264,28 +363,50 @@ impl UpstreamActor {
         flow_id
     }
 
-    fn flow_done(&mut self, flow_id: String, outcome: FlowOutcome, ctx: &mut Context<Self>) {
-        // The decision taken on this outcome (connected, retry at T, re-login, give up) is
+    fn flow_done(
+        &mut self,
+        flow_id: String,
+        generation: u64,
+        outcome: FlowOutcome,
+        ctx: &mut Context<Self>,
+    ) {
+        // The decision taken on this outcome (connected, retry at T, re-login, wait) is
         // logged inside the flow's span, so the flow's trace ends with it.
         let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %self.config.name, flow_kind = self.running_flow_kind);
         let _entered = span.enter();
         let kind = self.running_flow_kind;
+        self.flow_handle = None;
+        if generation != self.state.generation {
+            tracing::info!(
+                "the flow was overtaken (logout or a newer login); its result is ignored"
+            );
+            return;
+        }
         // This flow is over before the machine reacts: the reaction may start the next one.
         self.last_flow = Some(flow_id.clone());
         self.running_flow = None;
         let event = match outcome {
-            FlowOutcome::Token { token, endpoint } => {
+            FlowOutcome::Token {
+                token,
+                endpoint,
+                durable,
+            } => {
                 if let Some(endpoint) = endpoint {
                     self.endpoint = Some(endpoint);
                 }
+                if kind == "login" {
+                    self.fresh_client = false;
+                }
                 let token_facts = facts(&token);
                 self.refused = None;
-                self.set_current(Some(token));
-                Event::TokenObtained(token_facts)
+                self.set_current(Some(token), durable);
+                Event::TokenObtained {
+                    generation,
+                    token: token_facts,
+                }
             }
             FlowOutcome::RefreshFailed {
-                permanent,
-                retry_after,
+                failure,
                 error,
                 rotated_refresh_token,
             } => {
@@ -295,12 +416,23 @@ impl UpstreamActor {
                     current.refresh_token = Some(rotated);
                 }
                 Event::RefreshFailed {
-                    permanent,
-                    retry_after,
+                    generation,
+                    failure,
                     error,
                 }
             }
-            FlowOutcome::LoginFailed { error } => Event::LoginFailed { error },
+            FlowOutcome::LoginFailed { error } => {
+                // A dynamically registered client may be unknown to the authorization server
+                // now (it forgot it, or never had it): the next login registers again.
+                let registered = self
+                    .endpoint
+                    .as_ref()
+                    .is_none_or(|e| e.client.source == ClientSource::Registered);
+                if registered && self.config.client.client_id.is_none() {
+                    self.fresh_client = true;
+                }
+                Event::LoginFailed { generation, error }
+            }
         };
         self.apply(event, ctx);
         self.announce_decision(&flow_id, kind);
@@ -308,35 +440,40 @@ impl UpstreamActor {
 
     /// The flow's last trace event: what the machine decided on its outcome.
     fn announce_decision(&self, flow_id: &str, kind: &'static str) {
-        let decision = match &self.state.phase {
-            Phase::Connected => {
-                serde_json::json!({"decision": "use the new token", "next_refresh_at": self.state.token.and_then(|t| t.refresh_at(self.state.jitter))})
-            }
-            Phase::Backoff {
-                attempt,
-                retry_at,
-                last_error,
+        let phase = &self.state.phase;
+        let decision = match phase {
+            Phase::Connected => "use the new token".to_string(),
+            Phase::BackingOff { retry_at, .. } => format!("retry at {retry_at}"),
+            Phase::Retrying {
+                retry_at, until, ..
             } => {
-                serde_json::json!({"decision": format!("retry at {retry_at}"), "retry_at": retry_at, "attempt": attempt, "error": last_error})
+                format!("retry slowly: next at {retry_at}, until {until}")
             }
-            Phase::Authorizing => {
-                serde_json::json!({"decision": "re-login: a browser login started"})
+            Phase::Authorizing => "re-login: a browser login started".into(),
+            Phase::Refreshing => "refresh again".into(),
+            Phase::NeedsLogin { .. } => "wait for a login".into(),
+            Phase::ClientRejected { retry_at, .. } => {
+                format!("fix the configured client; retry at {retry_at}")
             }
-            Phase::NeedsLogin { reason } => {
-                serde_json::json!({"decision": "wait for a login", "reason": reason})
-            }
-            Phase::Failed { error } => {
-                serde_json::json!({"decision": "give up until the next reconnect", "error": error})
-            }
-            other => serde_json::json!({"decision": other.name()}),
+            Phase::LoggedOut => "logged out".into(),
+            other => other.name().to_string(),
         };
-        tracing::info!(decision = %decision["decision"].as_str().unwrap_or(""), "decision taken");
+        let mut details = serde_json::to_value(phase).unwrap_or_default();
+        details["decision"] = decision.clone().into();
+        if let Phase::Connected = phase {
+            details["next_refresh_at"] = self
+                .state
+                .token
+                .and_then(|t| t.refresh_at(self.state.jitter))
+                .into();
+        }
+        tracing::info!(decision = %decision, "decision taken");
         self.rt
-            .flow_event(flow_id, &self.config.name, kind, "decision", decision);
+            .flow_event(flow_id, &self.config.name, kind, "decision", details);
     }
 
     /// Replaces the current token and publishes its snapshot (or its absence).
-    fn set_current(&mut self, token: Option<StoredToken>) {
+    fn set_current(&mut self, token: Option<StoredToken>, durable: bool) {
         let snapshot = token
             .as_ref()
             .filter(|t| self.refused.as_deref() != Some(t.access_token.as_str()))
@@ -349,33 +486,37 @@ impl UpstreamActor {
             });
         self.snapshot.store(snapshot);
         self.current = token;
+        self.current_durable = durable;
     }
 
     fn resolve(&mut self, resolution: Resolution) {
         let flow_id = self.running_flow.clone().or_else(|| self.last_flow.clone());
-        let reply: Reply = match (&resolution, &self.current) {
+        let reply: Reply = match (resolution, &self.current) {
             (Resolution::Ready, Some(token)) => Ok(Grant {
                 access_token: oauth2::AccessToken::new(token.access_token.clone()),
                 expires_at: token.expires_at,
                 flow_id: flow_id.clone(),
             }),
-            (Resolution::Ready, None) => {
-                Err(self.error("no token after all".into(), flow_id.clone()))
-            }
-            (Resolution::Failed(message), _) => Err(self.error(message.clone(), flow_id.clone())),
+            (Resolution::Ready, None) => Err(self.error(
+                Failure::NeedsLogin {
+                    reason: LoginReason::NoStoredToken,
+                },
+                flow_id.clone(),
+            )),
+            (Resolution::Failed(failure), _) => Err(self.error(failure, flow_id.clone())),
         };
         if let Err(e) = &reply {
-            tracing::debug!(server = %self.config.name, waiters = self.waiters.len(), error = %e.message, "answering waiters with a failure");
+            tracing::debug!(server = %self.config.name, waiters = self.waiters.len(), error = %e.failure, "answering waiters with a failure");
         }
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send(reply.clone());
         }
     }
 
-    fn error(&self, message: String, flow_id: Option<String>) -> UpstreamError {
+    fn error(&self, failure: Failure, flow_id: Option<String>) -> UpstreamError {
         UpstreamError {
             server: self.config.name.clone(),
-            message,
+            failure,
             flow_id,
         }
     }
@@ -390,13 +531,11 @@ impl UpstreamActor {
         self.apply(event, ctx);
         let server = self.config.name.clone();
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(UpstreamError {
-                    server,
-                    message: "the server's actor stopped".into(),
-                    flow_id: None,
-                })
-            })
+            rx.await.unwrap_or(Err(UpstreamError {
+                server,
+                failure: Failure::Stopped,
+                flow_id: None,
+            }))
         })
     }
 
@@ -408,19 +547,83 @@ impl UpstreamActor {
             flow_id: None,
         })
     }
+
+    /// Another process may have changed the store: compare with what this actor holds and
+    /// feed `StoreChanged` when it differs. Skipped while a flow runs: flows re-read the store
+    /// under the lock.
+    fn check_store(&mut self, ctx: &mut Context<Self>) {
+        if self.state.phase.flow_running() || matches!(self.state.phase, Phase::Idle) {
+            return;
+        }
+        if !self.current_durable {
+            // The store is behind us (a failed save): what it holds is older, not newer.
+            return;
+        }
+        let key = self.config.server_key.clone();
+        let registry = self.rt.registry.clone();
+        let generation = self.state.generation;
+        let load = async move {
+            registry
+                .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
+                .await
+        };
+        ctx.spawn(load.into_actor(self).map(move |result, act, ctx| {
+            let Ok((stored, client)) = result else { return };
+            if generation != act.state.generation || act.state.phase.flow_running() {
+                return;
+            }
+            let same = match (&stored, &act.current) {
+                (Some(s), Some(c)) => {
+                    s.access_token == c.access_token && s.refresh_token == c.refresh_token
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                return;
+            }
+            tracing::info!(server = %act.config.name, stored = stored.is_some(), "another process changed the stored token");
+            act.adopt_client(client.as_ref());
+            let token_facts = stored.as_ref().map(|t| act.facts_of(t));
+            if stored.is_some() {
+                act.refused = None;
+                act.set_current(stored, true);
+            }
+            act.apply(Event::StoreChanged(token_facts), ctx);
+        }));
+    }
 }
 
 fn phase_detail(phase: &Phase) -> Option<String> {
     match phase {
-        Phase::NeedsLogin { reason } => Some(reason.clone()),
-        Phase::Backoff {
+        Phase::NeedsLogin {
+            reason, browser_at, ..
+        } => Some(match browser_at {
+            Some(at) => format!("{reason}; the browser opens by itself at {at}, or run a login"),
+            None => format!("{reason}; run a login"),
+        }),
+        Phase::BackingOff {
             attempt,
             retry_at,
             last_error,
         } => Some(format!(
             "attempt {attempt} failed ({last_error}); retry at {retry_at}"
         )),
-        Phase::Failed { error } => Some(error.clone()),
+        Phase::Retrying {
+            attempt,
+            retry_at,
+            until,
+            last_error,
+        } => Some(format!(
+            "attempt {attempt} failed ({last_error}); retrying slowly, next at {retry_at}, a login is needed after {until}"
+        )),
+        Phase::ClientRejected { error, .. } => Some(format!(
+            "the authorization server rejected the configured client ({error}); fix oauth.client_id / oauth.client_secret"
+        )),
+        Phase::StoreUnavailable {
+            error, retry_at, ..
+        } => Some(format!("{error}; retry at {retry_at}")),
+        Phase::LoggedOut => Some("logged out; run a login".into()),
         _ => None,
     }
 }
@@ -440,14 +643,22 @@ impl Supervised for UpstreamActor {
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send(Err(UpstreamError {
                 server: self.config.name.clone(),
-                message: "the server's actor restarted".into(),
+                failure: Failure::Stopped,
                 flow_id: None,
             }));
         }
-        self.state = State::new(self.policy, self.state.jitter);
+        // A new generation: nothing a flow of the old actor still holds may be written.
+        let generation = self.state.generation + 1;
+        self.state = State {
+            generation,
+            ..State::new(self.policy, self.state.jitter)
+        };
+        self.generation.store(generation, Ordering::SeqCst);
         self.current = None;
+        self.current_durable = true;
         self.endpoint = None;
         self.running_flow = None;
+        self.flow_handle = None;
         self.timer = None;
         self.snapshot.store(None);
     }
@@ -550,12 +761,23 @@ impl Handler<Refresh> for UpstreamActor {
 impl Handler<Logout> for UpstreamActor {
     type Result = ResponseFuture<Result<(), UpstreamError>>;
     fn handle(&mut self, _: Logout, ctx: &mut Context<Self>) -> Self::Result {
+        // The machine cancels the running flow and fences it before anything is deleted.
         self.apply(Event::Logout, ctx);
         let registry = self.rt.registry.clone();
         let http = self.rt.http.clone();
+        let lock_dir = self.rt.lock_dir.clone();
         let key = self.config.server_key.clone();
         let server = self.config.name.clone();
         Box::pin(async move {
+            // Under the flow lock, so another process's refresh cannot write the token back
+            // after the delete; a flow stuck for longer does not stop the logout.
+            let _lock = match lock::acquire(&lock_dir, &key, LOGOUT_LOCK_WAIT).await {
+                Ok(lock) => Some(lock),
+                Err(e) => {
+                    tracing::warn!(server = %server, error = %e, "logging out without the flow lock");
+                    None
+                }
+            };
             // The store, not this actor's memory, says what to revoke: the token may have been
             // obtained by another process.
             let stored = {
@@ -586,10 +808,24 @@ impl Handler<Logout> for UpstreamActor {
                 .await
                 .map_err(|e| UpstreamError {
                     server,
-                    message: e.to_string(),
+                    failure: Failure::Store {
+                        error: e.to_string(),
+                    },
                     flow_id: None,
                 })
         })
+    }
+}
+
+/// The store may have been changed by another process (sent by the supervisor's watch).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckStore;
+
+impl Handler<CheckStore> for UpstreamActor {
+    type Result = ();
+    fn handle(&mut self, _: CheckStore, ctx: &mut Context<Self>) {
+        self.check_store(ctx);
     }
 }
 
@@ -597,15 +833,24 @@ impl Handler<GetStatus> for UpstreamActor {
     type Result = MessageResult<GetStatus>;
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         let token = self.current.as_ref();
+        let connected = matches!(self.state.phase, Phase::Connected);
         MessageResult(ServerStatus {
             name: self.config.name.clone(),
             url: self.config.url.to_string(),
             server_key: self.config.server_key.clone(),
-            phase: self.state.phase.name().into(),
+            phase: self.state.phase.clone(),
             detail: phase_detail(&self.state.phase),
             expires_at: token.and_then(|t| t.expires_at),
             has_refresh_token: token.is_some_and(|t| t.refresh_token.is_some()),
             scope: token.and_then(|t| t.scope.clone()),
+            next_attempt_at: self.state.phase.next_attempt_at(),
+            next_refresh_at: self
+                .state
+                .token
+                .filter(|t| connected && t.has_refresh_token)
+                .and_then(|t| t.refresh_at(self.state.jitter)),
+            refresh_failures: self.state.transient_failures,
+            unsaved_token: token.is_some() && !self.current_durable,
             running_flow: self.running_flow.clone(),
             last_flow: self.last_flow.clone(),
         })

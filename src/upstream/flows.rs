@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use actix::Addr;
@@ -12,11 +13,13 @@ use oauth2::RefreshToken;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::state::{Millis, TokenFacts};
+use super::state::{Millis, RefreshFailure, RefreshPlan, TokenFacts};
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::browser::BrowserLauncher;
-use crate::oauth::client_identity::{ClientCredentials, ClientSource, TokenAuthMethod};
+use crate::oauth::client_identity::{
+    ClientCredentials, ClientSource, TokenAuthMethod, obtain_client,
+};
 use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::http::OAuthHttp;
 use crate::oauth::login::{LoginSettings, browser_login};
@@ -24,7 +27,7 @@ use crate::oauth::scope::select_scope;
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
 use crate::store::db::now_ms;
-use crate::store::{StoredClient, StoredToken, TokenRegistry, lock};
+use crate::store::{StoreError, StoredClient, StoredToken, TokenRegistry, lock};
 use crate::telemetry::flow_logger::{FlowEvent, FlowLogger};
 
 /// How long a refresh waits for another process's flow of the same server: a refresh is one
@@ -65,11 +68,13 @@ impl Runtime {
 pub enum FlowOutcome {
     Token {
         token: StoredToken,
+        /// A new client identity the flow registered or used.
         endpoint: Option<TokenEndpoint>,
+        /// The token is in the store (`false`: the save failed; it lives in memory only).
+        durable: bool,
     },
     RefreshFailed {
-        permanent: bool,
-        retry_after: Option<Millis>,
+        failure: RefreshFailure,
         error: String,
         rotated_refresh_token: Option<String>,
     },
@@ -201,12 +206,59 @@ fn stored_client(
     }
 }
 
-/// A token in the store that is newer than ours and still usable: another process did the work.
-async fn newer_stored_token(rt: &Runtime, key: &str, ours: Option<&str>) -> Option<StoredToken> {
-    let key = key.to_string();
-    let stored = rt.registry.call(move |s| s.load_token(&key)).await.ok()??;
-    (Some(stored.access_token.as_str()) != ours && facts(&stored).usable(now_ms()))
-        .then_some(stored)
+/// The generation a flow started in, checked on the registry thread right before each write:
+/// a flow that a logout (or a newer login) has overtaken never writes its token back.
+#[derive(Clone)]
+pub struct Fence {
+    shared: Arc<AtomicU64>,
+    generation: u64,
+}
+
+impl Fence {
+    pub fn new(shared: Arc<AtomicU64>, generation: u64) -> Self {
+        Fence { shared, generation }
+    }
+
+    pub fn is_current(&self) -> bool {
+        self.shared.load(Ordering::SeqCst) == self.generation
+    }
+}
+
+/// Why a save did not happen.
+enum SaveError {
+    /// The flow was overtaken (logout, newer login): nothing was written, on purpose.
+    Fenced,
+    Store(String),
+}
+
+/// Saves `token` (and `client`, if given) in one registry job, unless the flow is fenced off.
+async fn save_fenced(
+    rt: &Runtime,
+    fence: &Fence,
+    token: &StoredToken,
+    client: Option<StoredClient>,
+) -> Result<(), SaveError> {
+    let (token, fence) = (token.clone(), fence.clone());
+    rt.registry
+        .call(move |s| {
+            if !fence.is_current() {
+                return Ok(false);
+            }
+            if let Some(client) = &client {
+                s.save_client(client)?;
+            }
+            s.save_token(&token)?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| SaveError::Store(e.to_string()))
+        .and_then(|saved| {
+            if saved {
+                Ok(())
+            } else {
+                Err(SaveError::Fenced)
+            }
+        })
 }
 
 async fn begin(
@@ -243,70 +295,171 @@ async fn finish(rt: &Runtime, flow_id: &str, error: Option<String>) {
     }
 }
 
-async fn save_token(rt: &Runtime, token: &StoredToken) -> Result<(), String> {
-    let copy = token.clone();
-    rt.registry
-        .call(move |s| s.save_token(&copy))
-        .await
-        .map_err(|e| e.to_string())
+/// What the machine should make of a failed refresh. Only `invalid_grant` says the refresh
+/// token is dead; an error that says nothing about it never costs it.
+pub fn refresh_failure(e: &OAuthError, source: Option<ClientSource>) -> RefreshFailure {
+    let transient_status = |s: u16| s >= 500 || s == 429 || s == 408;
+    let retry_after =
+        |r: &Option<Duration>| r.map(|d| d.as_millis().min(i64::MAX as u128) as Millis);
+    match e {
+        OAuthError::Server {
+            code,
+            status,
+            retry_after: after,
+            ..
+        } => match code.as_str() {
+            "invalid_grant" => RefreshFailure::RefreshTokenDead,
+            "invalid_client" => RefreshFailure::ClientRejected {
+                registered: source == Some(ClientSource::Registered),
+            },
+            "invalid_scope" => RefreshFailure::ScopeRejected,
+            "server_error" | "temporarily_unavailable" | "slow_down" => RefreshFailure::Transient {
+                retry_after: retry_after(after),
+            },
+            _ if status.is_some_and(transient_status) => RefreshFailure::Transient {
+                retry_after: retry_after(after),
+            },
+            _ => RefreshFailure::Unexplained,
+        },
+        OAuthError::Http {
+            status,
+            retry_after: after,
+            ..
+        } if transient_status(*status) => RefreshFailure::Transient {
+            retry_after: retry_after(after),
+        },
+        OAuthError::Http { .. } => RefreshFailure::Unexplained,
+        OAuthError::Timeout { .. }
+        | OAuthError::Transport { .. }
+        | OAuthError::Malformed { .. }
+        | OAuthError::TokenAlreadyExpired { .. } => RefreshFailure::Transient { retry_after: None },
+        _ => RefreshFailure::Unexplained,
+    }
+}
+
+/// What a refresh flow starts from.
+pub struct RefreshRequest {
+    /// The newest token this process holds.
+    pub current: StoredToken,
+    /// `current` is in the store; `false` when its save failed (the store holds an older one).
+    pub current_durable: bool,
+    pub endpoint: Option<TokenEndpoint>,
+    pub plan: RefreshPlan,
+}
+
+fn failed(failure: RefreshFailure, error: String) -> FlowOutcome {
+    FlowOutcome::RefreshFailed {
+        failure,
+        error,
+        rotated_refresh_token: None,
+    }
 }
 
 pub async fn refresh(
     rt: Arc<Runtime>,
     config: Arc<UpstreamConfig>,
     flow_id: String,
-    endpoint: TokenEndpoint,
-    current: StoredToken,
+    fence: Fence,
+    request: RefreshRequest,
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "refresh");
     async move {
+        let RefreshRequest { current, current_durable, endpoint, plan } = request;
         let wait = REFRESH_LOCK_WAIT;
         let event = |step: &'static str, details: serde_json::Value| rt.flow_event(&flow_id, &config.name, "refresh", step, details);
-        event("started", json!({"token_endpoint": endpoint.token_endpoint}));
+        event("started", json!({"token_endpoint": endpoint.as_ref().map(|e| e.token_endpoint.clone()), "reregister": plan.reregister, "omit_scope": plan.omit_scope}));
         let _lock = match lock::acquire(&rt.lock_dir, &config.server_key, wait).await {
             Ok(lock) => lock,
-            Err(e) => return FlowOutcome::RefreshFailed { permanent: false, retry_after: None, error: e.to_string(), rotated_refresh_token: None },
+            Err(e) => return failed(RefreshFailure::Transient { retry_after: None }, e.to_string()),
         };
         begin(&rt, &config, &flow_id, "refresh", wait).await;
         let key = config.server_key.clone();
-        let latest = rt.registry.call(move |s| s.load_token(&key)).await.ok().flatten();
-        if let Some(stored) = &latest
-            && stored.access_token != current.access_token
-            && facts(stored).usable(now_ms())
-        {
-            tracing::info!("another process refreshed meanwhile; using its token");
-            event("adopted", json!({"reason": "another process refreshed meanwhile", "expires_at": stored.expires_at}));
-            finish(&rt, &flow_id, None).await;
-            return FlowOutcome::Token { token: stored.clone(), endpoint: None };
-        }
-        // The stored refresh token is the newest: another process may have rotated ours away,
-        // and presenting a rotated one revokes the whole family.
+        let stored = match rt.registry.call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?))).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                let error = format!("cannot read the token store: {e}");
+                finish(&rt, &flow_id, Some(error.clone())).await;
+                return failed(RefreshFailure::Transient { retry_after: None }, error);
+            }
+        };
+        let (latest, stored_client) = stored;
+        // The newest refresh token wins: presenting an older one than the server last issued
+        // revokes the whole family on servers that detect reuse.
         let current = match latest {
-            Some(stored) if stored.refresh_token.is_some() => stored,
+            None if current_durable => {
+                tracing::info!("the stored token is gone: another process logged out");
+                event("adopted", json!({"reason": "the token was deleted by another process (logout)"}));
+                finish(&rt, &flow_id, Some("logged out by another process".into())).await;
+                return failed(RefreshFailure::TokenGone, "logged out by another process".into());
+            }
+            Some(stored) if current_durable && stored.access_token != current.access_token => {
+                // Another process wrote after our last save: its token is the newest.
+                if facts(&stored).usable(now_ms()) {
+                    tracing::info!("another process refreshed meanwhile; using its token");
+                    event("adopted", json!({"reason": "another process refreshed meanwhile", "expires_at": stored.expires_at}));
+                    finish(&rt, &flow_id, None).await;
+                    return FlowOutcome::Token { token: stored, endpoint: None, durable: true };
+                }
+                stored
+            }
+            // Ours is the newest (equal, or the store is behind after a failed save).
             _ => current,
         };
+        if !current_durable {
+            match save_fenced(&rt, &fence, &current, None).await {
+                Ok(()) => tracing::info!("the token kept in memory is now in the store"),
+                Err(SaveError::Fenced) => return failed(RefreshFailure::TokenGone, "overtaken by a logout".into()),
+                Err(SaveError::Store(e)) => tracing::warn!(error = %e, "the store still refuses writes; refreshing with the newest refresh token from memory"),
+            }
+        }
         let Some(refresh_token) = current.refresh_token.clone() else {
             finish(&rt, &flow_id, Some("no refresh token".into())).await;
-            return FlowOutcome::RefreshFailed { permanent: true, retry_after: None, error: "no refresh token".into(), rotated_refresh_token: None };
+            return failed(RefreshFailure::RefreshTokenDead, "no refresh token".into());
         };
+        let mut endpoint = endpoint.or_else(|| stored_client.as_ref().map(endpoint_from_stored));
+        let mut new_client = None;
+        if plan.reregister || endpoint.is_none() {
+            match register_again(&rt, &config, endpoint.as_ref(), stored_client.as_ref()).await {
+                Ok((fresh, client)) => {
+                    event("registered", json!({"reason": if plan.reregister { "the authorization server rejected the registered client" } else { "no stored client identity" }, "client_id": fresh.client.client_id}));
+                    endpoint = Some(fresh);
+                    new_client = Some(client);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not register a client to refresh with");
+                    event("failed", failure_details(&e, false, Duration::ZERO));
+                    finish(&rt, &flow_id, Some(e.to_string())).await;
+                    return failed(refresh_failure(&e, None), e.to_string());
+                }
+            }
+        }
+        let endpoint = endpoint.expect("set above when missing");
+        let source = Some(endpoint.client.source);
+        let scope = if plan.omit_scope { None } else { current.scope.as_deref() };
         let started = std::time::Instant::now();
-        match endpoint.refresh(&rt.http, &RefreshToken::new(refresh_token), current.scope.as_deref(), SystemTime::now()).await {
+        match endpoint.refresh(&rt.http, &RefreshToken::new(refresh_token), scope, SystemTime::now()).await {
             Ok(set) => {
                 let token = stored_token(&config, &endpoint, current.issuer.clone(), &set, &flow_id);
                 let rotated = token.refresh_token != current.refresh_token;
-                if let Err(e) = save_token(&rt, &token).await {
-                    tracing::error!(error = %e, "the refreshed token could not be persisted; it is kept in memory");
-                }
+                let durable = match save_fenced(&rt, &fence, &token, new_client).await {
+                    Ok(()) => true,
+                    Err(SaveError::Fenced) => {
+                        tracing::info!("a logout overtook this refresh; its token is discarded");
+                        finish(&rt, &flow_id, Some("overtaken by a logout".into())).await;
+                        return failed(RefreshFailure::TokenGone, "overtaken by a logout".into());
+                    }
+                    Err(SaveError::Store(e)) => {
+                        tracing::error!(error = %e, "the refreshed token could not be persisted; it is kept in memory and is the one the next refresh presents");
+                        false
+                    }
+                };
                 tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, rotated, expires_at = token.expires_at, "token refreshed");
-                event("token obtained", json!({"endpoint": "token endpoint", "rotated": rotated, "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "flow_ms": started.elapsed().as_millis() as u64}));
+                event("token obtained", json!({"endpoint": "token endpoint", "rotated": rotated, "durable": durable, "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "flow_ms": started.elapsed().as_millis() as u64}));
                 finish(&rt, &flow_id, None).await;
-                FlowOutcome::Token { token, endpoint: None }
+                FlowOutcome::Token { token, endpoint: Some(endpoint), durable }
             }
             Err(e) => {
-                let (permanent, retry_after) = match e.class() {
-                    ErrorClass::Permanent => (true, None),
-                    ErrorClass::Transient { retry_after } => (false, retry_after.map(|d| d.as_millis() as Millis)),
-                };
+                let failure = refresh_failure(&e, source);
                 // A rotated refresh token must never be lost, even in a failed response.
                 let rotated = match &e {
                     OAuthError::TokenAlreadyExpired { rotated_refresh_token: Some(r), .. } => Some(r.secret().clone()),
@@ -314,14 +467,15 @@ pub async fn refresh(
                 };
                 if let Some(rotated) = &rotated {
                     let token = StoredToken { refresh_token: Some(rotated.clone()), ..current.clone() };
-                    if let Err(e) = save_token(&rt, &token).await {
+                    if let Err(SaveError::Store(e)) = save_fenced(&rt, &fence, &token, None).await {
                         tracing::error!(error = %e, "the rotated refresh token could not be persisted");
                     }
                 }
-                tracing::warn!(error = %e, permanent, retry_after_ms = retry_after, "refresh failed");
+                let permanent = failure == RefreshFailure::RefreshTokenDead;
+                tracing::warn!(error = %e, failure = ?failure, "refresh failed");
                 event("failed", failure_details(&e, permanent, started.elapsed()));
                 finish(&rt, &flow_id, Some(e.to_string())).await;
-                FlowOutcome::RefreshFailed { permanent, retry_after, error: e.to_string(), rotated_refresh_token: rotated }
+                FlowOutcome::RefreshFailed { failure, error: e.to_string(), rotated_refresh_token: rotated }
             }
         }
     }
@@ -329,49 +483,117 @@ pub async fn refresh(
     .await
 }
 
+/// Registers a fresh client at the server's authorization server (discovered again), for the
+/// redirect URI of the old one, so a later login can reuse it.
+async fn register_again(
+    rt: &Runtime,
+    config: &UpstreamConfig,
+    old: Option<&TokenEndpoint>,
+    stored: Option<&StoredClient>,
+) -> Result<(TokenEndpoint, StoredClient), OAuthError> {
+    let discovery = discover(&rt.http, &config.url, None).await?;
+    let redirect_uri = old
+        .map(|e| e.redirect_uri.clone())
+        .or_else(|| stored.map(|c| c.redirect_uri.clone()))
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}/callback", config.redirect_port));
+    let scope = config
+        .scope
+        .clone()
+        .or_else(|| select_scope(None, discovery.resource_scopes()));
+    let client = obtain_client(
+        &rt.http,
+        &config.client,
+        &discovery.authorization_server,
+        &redirect_uri,
+        scope.as_deref(),
+    )
+    .await?;
+    let endpoint = TokenEndpoint::new(
+        &discovery.authorization_server,
+        client,
+        redirect_uri,
+        discovery.resource.clone(),
+    );
+    let stored = stored_client(config, &discovery, &endpoint);
+    Ok((endpoint, stored))
+}
+
+/// What a login flow starts from.
+pub struct LoginRequest {
+    /// The client identity of an earlier login, reused unless `fresh_client`.
+    pub previous: Option<TokenEndpoint>,
+    /// Register a new client (the last login with the registered one failed: the
+    /// authorization server may have forgotten it).
+    pub fresh_client: bool,
+    pub challenge: Option<BearerChallenge>,
+    /// When the login was asked for: a token another process stores after this is adopted.
+    pub requested_at: Millis,
+}
+
 pub async fn login(
     rt: Arc<Runtime>,
     config: Arc<UpstreamConfig>,
     flow_id: String,
-    previous: Option<TokenEndpoint>,
-    challenge: Option<BearerChallenge>,
-    ours: Option<String>,
+    fence: Fence,
+    request: LoginRequest,
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "login");
     async move {
+        let LoginRequest { previous, fresh_client, challenge, requested_at } = request;
         let event = |step: &'static str, details: serde_json::Value| rt.flow_event(&flow_id, &config.name, "login", step, details);
-        event("started", json!({"server_url": config.url.as_str()}));
+        event("started", json!({"server_url": config.url.as_str(), "fresh_client": fresh_client}));
         let started = std::time::Instant::now();
-        let _lock = match lock::acquire(&rt.lock_dir, &config.server_key, rt.login_timeout).await {
-            Ok(lock) => lock,
+        // Waiting for the lock means another flow of this server ran when this login was asked
+        // for: a login it completed is this one's answer too (one browser for both).
+        let (_lock, waited) = match lock::acquire(&rt.lock_dir, &config.server_key, Duration::ZERO).await {
+            Ok(lock) => (lock, false),
+            Err(StoreError::LockTimeout { .. }) => match lock::acquire(&rt.lock_dir, &config.server_key, rt.login_timeout).await {
+                Ok(lock) => (lock, true),
+                Err(e) => {
+                    event("failed", json!({"error": e.to_string()}));
+                    return FlowOutcome::LoginFailed { error: e.to_string() };
+                }
+            },
             Err(e) => {
                 event("failed", json!({"error": e.to_string()}));
                 return FlowOutcome::LoginFailed { error: e.to_string() };
             }
         };
         begin(&rt, &config, &flow_id, "login", rt.login_timeout).await;
-        if let Some(stored) = newer_stored_token(&rt, &config.server_key, ours.as_deref()).await {
+        let key = config.server_key.clone();
+        let (stored, stored_client, stored_by_login) = rt
+            .registry
+            .call(move |s| {
+                let token = s.load_token(&key)?;
+                let by_login = match token.as_ref().and_then(|t| t.flow_id.clone()) {
+                    Some(flow) => s.flow_kind(&flow)?.as_deref() == Some("login"),
+                    None => false,
+                };
+                Ok((token, s.load_client(&key)?, by_login))
+            })
+            .await
+            .unwrap_or_default();
+        let adopt = stored.filter(|t| {
+            facts(t).usable(now_ms())
+                && (t.obtained_at >= requested_at || (waited && stored_by_login))
+        });
+        if let Some(stored) = adopt {
             tracing::info!("another process logged in meanwhile; using its token");
             event("adopted", json!({"reason": "another process logged in meanwhile", "expires_at": stored.expires_at}));
             finish(&rt, &flow_id, None).await;
-            return FlowOutcome::Token {
-                token: stored,
-                endpoint: None,
-            };
+            return FlowOutcome::Token { token: stored, endpoint: None, durable: true };
         }
+        let previous = if fresh_client { None } else { previous.or_else(|| stored_client.as_ref().map(endpoint_from_stored)) };
         let result = tokio::time::timeout(
             rt.login_timeout,
-            run_login(&rt, &config, &flow_id, previous, challenge),
+            run_login(&rt, &config, &flow_id, &fence, previous, challenge),
         )
         .await;
         let outcome = match result {
             Ok(Ok((token, endpoint))) => {
                 event("token obtained", json!({"endpoint": "token endpoint", "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "flow_ms": started.elapsed().as_millis() as u64}));
                 finish(&rt, &flow_id, None).await;
-                return FlowOutcome::Token {
-                    token,
-                    endpoint: Some(endpoint),
-                };
+                return FlowOutcome::Token { token, endpoint: Some(endpoint), durable: true };
             }
             Ok(Err(e)) => {
                 event("failed", failure_details(&e, e.class() == ErrorClass::Permanent, started.elapsed()));
@@ -395,6 +617,7 @@ async fn run_login(
     rt: &Runtime,
     config: &UpstreamConfig,
     flow_id: &str,
+    fence: &Fence,
     previous: Option<TokenEndpoint>,
     challenge: Option<BearerChallenge>,
 ) -> Result<(StoredToken, TokenEndpoint), OAuthError> {
@@ -424,13 +647,13 @@ async fn run_login(
         flow_id,
     );
     let client = stored_client(config, &discovery, &endpoint);
-    let token_copy = token.clone();
-    rt.registry
-        .call(move |s| {
-            s.save_client(&client)?;
-            s.save_token(&token_copy)
-        })
-        .await
-        .map_err(|e| OAuthError::Callback(format!("the new token could not be stored: {e}")))?;
-    Ok((token, endpoint))
+    match save_fenced(rt, fence, &token, Some(client)).await {
+        Ok(()) => Ok((token, endpoint)),
+        Err(SaveError::Fenced) => Err(OAuthError::Callback(
+            "a logout or a newer login overtook this login; its token is discarded".into(),
+        )),
+        Err(SaveError::Store(e)) => Err(OAuthError::Callback(format!(
+            "the new token could not be stored: {e}"
+        ))),
+    }
 }

@@ -2,23 +2,39 @@
 //! `step(state, event, now) -> (state, effects)`. No I/O and no clock: time comes in as `now`
 //! (unix milliseconds), and what must happen (load, refresh, open a browser, arm a timer, answer
 //! waiters) goes out as [`Effect`]s that the `UpstreamActor` performs, feeding results back as
-//! events. Every transition is listed in the tests below.
+//! events. `step` matches every (phase, event) pair explicitly: there is no catch-all arm, so a
+//! new phase or event cannot slip through unnoticed, and the tests list every pair.
 //!
-//! Policies:
+//! Policies (the recovery ladder):
 //! - Reconnect loads the persisted token first; a usable token connects, an expired one with a
 //!   refresh token refreshes; a browser opens only when no refresh token can work.
 //! - Proactive refresh at 75% of the token's lifetime, minus up to 5% of it as per-server jitter,
-//!   so many servers do not refresh in the same instant.
+//!   never sooner than `min_timer_gap` from now. A token without a refresh token arms one timer,
+//!   for the moment it stops being usable.
 //! - A token is handed out only while it stays valid for a safety margin (10% of its lifetime,
 //!   at most 5 s).
-//! - Transient refresh failures back off exponentially (with jitter, never sooner than
-//!   `Retry-After`), keep the refresh token, and keep serving a still-valid access token; after
-//!   `max_transient_failures` in a row the server is Failed until the next reconnect.
-//! - A permanent refresh failure drops only the refresh token; a login follows.
-//! - The browser opens by itself at most once per `browser_window` per server; a login asked
-//!   for explicitly always may.
+//! - Transient refresh failures back off exponentially with jitter (`backoff_base` up to
+//!   `backoff_cap`, never sooner than `Retry-After`, which is capped at one hour) for
+//!   `fast_attempts`; then the server is `Retrying`, one attempt per `retry_interval`, until
+//!   `retry_ceiling` after the first failure. All the while the refresh token is kept and a
+//!   still-valid access token is served. Only past the ceiling does it need a login.
+//! - Only a dead refresh token (`invalid_grant`) is dropped. `invalid_client` re-registers a
+//!   dynamically registered client once, and is `ClientRejected` for a configured one;
+//!   `invalid_scope` retries once without `scope`; anything unexplained retries slowly.
+//! - The browser opens by itself unless a browser login failed within `browser_window`; a
+//!   server waiting only for that window opens it when the window ends (interactive hosts). A
+//!   login asked for explicitly always may.
+//! - No phase is terminal: every waiting phase has a timer or a store change that leads back
+//!   to `Connected` once the authorization server is healthy again.
+//! - Flows are fenced: each carries the `generation` it started in; logout and login bump it,
+//!   and a result from an older generation is ignored.
+
+use serde::Serialize;
 
 pub type Millis = i64;
+
+/// The longest `Retry-After` honoured: a server asking for more is retried after this.
+pub const MAX_RETRY_AFTER: Millis = 3_600_000;
 
 /// What the machine knows about the current token. No secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +49,8 @@ pub struct TokenFacts {
 
 impl TokenFacts {
     fn lifetime(&self) -> Option<Millis> {
-        self.expires_at.map(|e| (e - self.obtained_at).max(0))
+        self.expires_at
+            .map(|e| e.saturating_sub(self.obtained_at).max(0))
     }
 
     /// How long before expiry a token stops being handed out.
@@ -41,12 +58,15 @@ impl TokenFacts {
         self.lifetime().map(|l| (l / 10).min(5_000)).unwrap_or(0)
     }
 
+    /// When the token stops being handed out (`None`: never, by time).
+    pub fn unusable_at(&self) -> Option<Millis> {
+        self.expires_at
+            .map(|e| e.saturating_sub(self.safety_margin()))
+    }
+
     /// Valid for at least the safety margin at `now`, and not refused.
     pub fn usable(&self, now: Millis) -> bool {
-        !self.refused
-            && self
-                .expires_at
-                .is_none_or(|e| e - now > self.safety_margin())
+        !self.refused && self.unusable_at().is_none_or(|u| now < u)
     }
 
     /// Refused this early (within half its lifetime, at most 5 s, after issue), a token was
@@ -54,18 +74,65 @@ impl TokenFacts {
     /// loop.
     pub fn refused_when_fresh(&self, now: Millis) -> bool {
         let window = self.lifetime().map(|l| (l / 2).min(5_000)).unwrap_or(5_000);
-        now - self.obtained_at < window
+        now.saturating_sub(self.obtained_at) < window
     }
 
     /// When to refresh ahead of expiry: 75% of the lifetime, minus `jitter` (0..1) of 5% of it.
     pub fn refresh_at(&self, jitter: f64) -> Option<Millis> {
         let lifetime = self.lifetime()?;
         let spread = (lifetime as f64 * 0.05 * jitter.clamp(0.0, 1.0)) as Millis;
-        Some(self.obtained_at + lifetime * 3 / 4 - spread)
+        Some(
+            self.obtained_at
+                .saturating_add(lifetime / 4 * 3)
+                .saturating_sub(spread),
+        )
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Why a server needs a browser login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum LoginReason {
+    NoStoredToken,
+    /// The access token expired (or was refused) and there is no refresh token.
+    NoRefreshToken,
+    /// The authorization server said the refresh token is dead (`invalid_grant`).
+    RefreshTokenRejected {
+        error: String,
+    },
+    /// Refreshing failed for longer than the retry ceiling.
+    RetryCeiling {
+        error: String,
+    },
+    /// The last browser login failed, timed out or was abandoned.
+    LoginFailed {
+        error: String,
+    },
+}
+
+impl std::fmt::Display for LoginReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginReason::NoStoredToken => f.write_str("no stored token"),
+            LoginReason::NoRefreshToken => {
+                f.write_str("the access token is no longer usable and there is no refresh token")
+            }
+            LoginReason::RefreshTokenRejected { error } => {
+                write!(f, "the refresh token was rejected ({error})")
+            }
+            LoginReason::RetryCeiling { error } => {
+                write!(
+                    f,
+                    "refreshing kept failing past the retry ceiling ({error})"
+                )
+            }
+            LoginReason::LoginFailed { error } => write!(f, "the last login failed ({error})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
     /// Nothing asked yet.
     Idle,
@@ -74,21 +141,45 @@ pub enum Phase {
     Connected,
     Refreshing,
     Authorizing,
-    /// No refresh token can work and the browser may not open by itself.
+    /// No refresh token can work right now. `browser_at`: when the browser opens by itself
+    /// (interactive hosts, once the window after a failed login ends); `refresh_at`: when a
+    /// kept refresh token is tried again (past the retry ceiling).
     NeedsLogin {
-        reason: String,
+        reason: LoginReason,
+        browser_at: Option<Millis>,
+        refresh_at: Option<Millis>,
     },
-    Backoff {
+    /// The fast attempts after transient failures.
+    BackingOff {
         attempt: u32,
         retry_at: Millis,
         last_error: String,
     },
-    Failed {
+    /// After the fast attempts: one attempt per `retry_interval`, until `until`.
+    Retrying {
+        attempt: u32,
+        retry_at: Millis,
+        until: Millis,
+        last_error: String,
+    },
+    /// The authorization server refused our configured client (`invalid_client`): the
+    /// configuration needs a fix; the refresh token is kept and tried again at `retry_at`.
+    ClientRejected {
+        retry_at: Millis,
         error: String,
     },
+    /// The token store could not be read; loading is tried again at `retry_at`.
+    StoreUnavailable {
+        attempt: u32,
+        retry_at: Millis,
+        error: String,
+    },
+    /// Logged out (here or by another process): nothing is used or refreshed until a login.
+    LoggedOut,
 }
 
 impl Phase {
+    /// The stable name of the phase, as serialized.
     pub fn name(&self) -> &'static str {
         match self {
             Phase::Idle => "idle",
@@ -97,17 +188,43 @@ impl Phase {
             Phase::Refreshing => "refreshing",
             Phase::Authorizing => "authorizing",
             Phase::NeedsLogin { .. } => "needs_login",
-            Phase::Backoff { .. } => "backoff",
-            Phase::Failed { .. } => "failed",
+            Phase::BackingOff { .. } => "backing_off",
+            Phase::Retrying { .. } => "retrying",
+            Phase::ClientRejected { .. } => "client_rejected",
+            Phase::StoreUnavailable { .. } => "store_unavailable",
+            Phase::LoggedOut => "logged_out",
         }
     }
 
-    /// A flow (refresh or login) runs: requests join it instead of starting another.
+    /// A flow (load, refresh or login) runs: requests join it instead of starting another.
     pub fn flow_running(&self) -> bool {
         matches!(
             self,
             Phase::Loading | Phase::Refreshing | Phase::Authorizing
         )
+    }
+
+    /// When the machine acts next by itself, if it waits for time.
+    pub fn next_attempt_at(&self) -> Option<Millis> {
+        match self {
+            Phase::BackingOff { retry_at, .. }
+            | Phase::Retrying { retry_at, .. }
+            | Phase::ClientRejected { retry_at, .. }
+            | Phase::StoreUnavailable { retry_at, .. } => Some(*retry_at),
+            Phase::NeedsLogin {
+                browser_at,
+                refresh_at,
+                ..
+            } => earliest(*browser_at, *refresh_at),
+            _ => None,
+        }
+    }
+}
+
+fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -116,10 +233,19 @@ impl Phase {
 pub struct Policy {
     /// May open the browser without an explicit login request.
     pub interactive: bool,
+    /// After a failed browser login, the browser does not open by itself for this long.
     pub browser_window: Millis,
     pub backoff_base: Millis,
+    /// The longest delay between fast attempts (reached at the last one with the defaults).
     pub backoff_cap: Millis,
-    pub max_transient_failures: u32,
+    /// Transient failures retried with exponential backoff before `Retrying`.
+    pub fast_attempts: u32,
+    /// The delay between attempts while `Retrying` (and for unexplained or client errors).
+    pub retry_interval: Millis,
+    /// How long after the first failure of a series refreshing is retried before a login.
+    pub retry_ceiling: Millis,
+    /// No timer is armed sooner than this after now, so nothing spins.
+    pub min_timer_gap: Millis,
 }
 
 impl Default for Policy {
@@ -128,8 +254,11 @@ impl Default for Policy {
             interactive: true,
             browser_window: 5 * 60_000,
             backoff_base: 1_000,
-            backoff_cap: 5 * 60_000,
-            max_transient_failures: 8,
+            backoff_cap: 2 * 60_000,
+            fast_attempts: 8,
+            retry_interval: 5 * 60_000,
+            retry_ceiling: 24 * 3_600_000,
+            min_timer_gap: 1_000,
         }
     }
 }
@@ -138,18 +267,32 @@ impl Default for Policy {
 pub struct State {
     pub phase: Phase,
     pub token: Option<TokenFacts>,
+    /// Bumped by logout and by every login: results of flows from older generations are
+    /// ignored.
+    pub generation: u64,
     pub transient_failures: u32,
-    pub last_browser_launch: Option<Millis>,
+    /// Failed loads of the token store in a row.
+    pub store_failures: u32,
+    /// When the current series of failed refreshes began.
+    pub failing_since: Option<Millis>,
+    /// When the last browser login failed (the browser window counts from it).
+    pub last_browser_failure: Option<Millis>,
     /// This server's fixed jitter in 0..1, drawn once by the actor.
     pub jitter: f64,
     pub policy: Policy,
     /// An explicit refresh arrived before the token was loaded: refresh once it is.
     pub refresh_after_load: bool,
+    /// An explicit login arrived while a load or refresh ran: log in once it ends.
+    pub login_after_flow: bool,
     /// The last refresh was started because the upstream refused a token.
     pub refresh_after_refusal: bool,
     /// A token from such a refresh was refused while fresh too: new tokens do not clear the
     /// failure count until one lives to its proactive refresh.
     pub suspect_tokens: bool,
+    /// The client was registered again once for this refresh token (`invalid_client`).
+    pub reregistered: bool,
+    /// The refresh was retried once without `scope` (`invalid_scope`).
+    pub scope_omitted: bool,
 }
 
 impl State {
@@ -157,182 +300,308 @@ impl State {
         State {
             phase: Phase::Idle,
             token: None,
+            generation: 0,
             transient_failures: 0,
-            last_browser_launch: None,
+            store_failures: 0,
+            failing_since: None,
+            last_browser_failure: None,
             jitter,
             policy,
             refresh_after_load: false,
+            login_after_flow: false,
             refresh_after_refusal: false,
             suspect_tokens: false,
+            reregistered: false,
+            scope_omitted: false,
         }
     }
+}
+
+/// Why a refresh failed, as far as the machine's decision goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefreshFailure {
+    /// 5xx, 429, timeouts, dropped connections, malformed bodies: back off, keep everything.
+    Transient { retry_after: Option<Millis> },
+    /// An error that says nothing about the refresh token (a firewall's HTML 403, a proxy's
+    /// 404, `invalid_request`, a missing client row): retried slowly, never a reason to drop it.
+    Unexplained,
+    /// `invalid_grant`: the refresh token is dead.
+    RefreshTokenDead,
+    /// `invalid_client`; `registered`: the client was dynamically registered (not configured).
+    ClientRejected { registered: bool },
+    /// `invalid_scope`.
+    ScopeRejected,
+    /// Under the flow lock the stored token was gone: another process logged out.
+    TokenGone,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A caller needs a usable token (a reconnect, or `access_token()` without one).
     Reconnect,
-    /// An explicit login: the browser may open whatever the rate limit says.
+    /// An explicit login: the browser may open whatever the window says.
     Login,
     /// An explicit refresh.
     Refresh,
     /// The upstream refused the current token (the actor drops reports about older tokens).
     Unauthorized,
-    Loaded(Option<TokenFacts>),
+    Loaded {
+        generation: u64,
+        token: Option<TokenFacts>,
+    },
     /// The registry could not be read.
     LoadFailed {
+        generation: u64,
         error: String,
     },
     /// A refresh or login produced a token, already persisted.
-    TokenObtained(TokenFacts),
+    TokenObtained {
+        generation: u64,
+        token: TokenFacts,
+    },
     RefreshFailed {
-        permanent: bool,
-        retry_after: Option<Millis>,
+        generation: u64,
+        failure: RefreshFailure,
         error: String,
     },
     LoginFailed {
+        generation: u64,
         error: String,
     },
-    /// The armed timer fired (proactive refresh or end of backoff).
+    /// The armed timer fired.
     Timer,
     Logout,
+    /// Another process stored (`Some`) or deleted (`None`) this server's token.
+    StoreChanged(Option<TokenFacts>),
+}
+
+/// What a refresh should do besides presenting the refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RefreshPlan {
+    /// Register a new client first (the authorization server forgot ours).
+    pub reregister: bool,
+    /// Send no `scope` (the server refused the one we asked for).
+    pub omit_scope: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// Read the stored token and client (tagged with the current generation).
     LoadToken,
-    StartRefresh,
+    StartRefresh(RefreshPlan),
     StartLogin,
-    /// Replaces any armed timer.
+    /// Abandon the running load or flow; its result, if any, is ignored.
+    CancelFlow,
+    /// Replaces any armed timer; `at` is always later than now.
     ArmTimer {
         at: Millis,
     },
+    CancelTimer,
     /// Answer everyone waiting for a token.
     ResolveWaiters(Resolution),
     /// The refresh token was refused for good: forget it, keep the access token.
     DropRefreshToken,
-    /// Log out: forget the token (and revoke it where the server allows).
+    /// Forget the token in memory (a logout, here or elsewhere, deletes the stored row).
     ForgetToken,
     /// Log "re-authentication required for <server>: <reason>".
     AnnounceReauthentication {
-        reason: String,
+        reason: LoginReason,
     },
+}
+
+/// Why a caller gets no token, as a stable, serializable value.
+#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Failure {
+    #[error("re-authentication required: {reason}")]
+    NeedsLogin { reason: LoginReason },
+    #[error("refreshing is backing off after failures ({last_error}); next attempt at {retry_at}")]
+    BackingOff {
+        retry_at: Millis,
+        last_error: String,
+    },
+    #[error(
+        "refreshing keeps failing ({last_error}); retrying at {retry_at}, until {until} before a login is needed"
+    )]
+    Retrying {
+        retry_at: Millis,
+        until: Millis,
+        last_error: String,
+    },
+    #[error(
+        "the authorization server rejected the configured client ({error}); check oauth.client_id and oauth.client_secret in the config"
+    )]
+    ClientRejected { error: String },
+    #[error("the login failed: {error}")]
+    LoginFailed { error: String },
+    #[error("logged out; run a login")]
+    LoggedOut,
+    #[error("the token store failed: {error}")]
+    Store { error: String },
+    #[error("the server's actor stopped")]
+    Stopped,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolution {
     Ready,
-    Failed(String),
+    Failed(Failure),
 }
 
-/// The whole machine.
+/// The whole machine: every (phase, event) pair has its arm.
 pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
     let mut next = state.clone();
     let mut effects = Vec::new();
+    let fx = &mut effects;
     use Event::*;
     use Phase::*;
+    let current = state.generation;
     match (&state.phase, event) {
-        (_, Logout) => {
-            next.phase = Idle;
-            next.token = None;
-            next.transient_failures = 0;
-            effects.push(Effect::ForgetToken);
-            effects.push(Effect::ResolveWaiters(Resolution::Failed(
-                "logged out".into(),
-            )));
-        }
-        // A running flow absorbs requests: they wait for its outcome.
+        // -- Logout, from every phase: forget the token, cancel what runs, fence old flows.
+        (
+            Idle
+            | Loading
+            | Connected
+            | Refreshing
+            | Authorizing
+            | NeedsLogin { .. }
+            | BackingOff { .. }
+            | Retrying { .. }
+            | ClientRejected { .. }
+            | StoreUnavailable { .. }
+            | LoggedOut,
+            Logout,
+        ) => logged_out(&mut next, fx),
+
+        // -- Requests while a flow runs join it.
         (Loading | Refreshing | Authorizing, Reconnect | Refresh | Unauthorized) => {}
-        (Loading | Refreshing, Login) => {}
+        (Loading | Refreshing, Login) => next.login_after_flow = true,
         (Authorizing, Login) => {}
-        (_, Login) => start_login(&mut next, &mut effects, now, true, "login requested".into()),
-        (Idle, event @ (Reconnect | Refresh | Unauthorized)) => {
-            next.phase = Loading;
-            next.refresh_after_load = event == Refresh;
-            effects.push(Effect::LoadToken);
+
+        // -- Idle: the first request loads the persisted token.
+        (Idle, Reconnect | Unauthorized) => load(&mut next, fx),
+        (Idle, Refresh) => {
+            next.refresh_after_load = true;
+            load(&mut next, fx);
         }
-        (Loading, Loaded(token)) => {
+        (Idle, Login) => {
+            next.login_after_flow = true;
+            load(&mut next, fx);
+        }
+
+        // -- An explicit login: from any phase without a running flow.
+        (
+            Connected
+            | NeedsLogin { .. }
+            | BackingOff { .. }
+            | Retrying { .. }
+            | ClientRejected { .. }
+            | StoreUnavailable { .. }
+            | LoggedOut,
+            Login,
+        ) => start_login(&mut next, fx, None),
+
+        // -- Loading.
+        (Loading, Loaded { generation, token }) if generation == current => {
             next.token = token;
-            let refresh_requested = std::mem::take(&mut next.refresh_after_load);
-            match token {
-                Some(_) if refresh_requested => {
-                    refresh_or_login(&mut next, &mut effects, now, "refresh requested")
+            next.store_failures = 0;
+            if std::mem::take(&mut next.login_after_flow) {
+                next.refresh_after_load = false;
+                start_login(&mut next, fx, None);
+            } else if std::mem::take(&mut next.refresh_after_load) && token.is_some() {
+                refresh_or_login(&mut next, fx, now);
+            } else {
+                match token {
+                    Some(t) => decide(&mut next, fx, t, now),
+                    None => needs_login(&mut next, fx, now, LoginReason::NoStoredToken),
                 }
-                Some(t) => decide(&mut next, &mut effects, t, now),
-                None => needs_login(&mut next, &mut effects, now, "no stored token".into()),
             }
         }
-        (Loading, LoadFailed { error }) => {
-            next.phase = Failed {
+        (Loading, LoadFailed { generation, error }) if generation == current => {
+            next.refresh_after_load = false;
+            next.login_after_flow = false;
+            next.store_failures += 1;
+            let attempt = next.store_failures;
+            let retry_at = now + fast_delay(&next, attempt, None);
+            next.phase = StoreUnavailable {
+                attempt,
+                retry_at,
                 error: error.clone(),
             };
-            effects.push(Effect::ResolveWaiters(Resolution::Failed(error)));
+            fx.push(Effect::ArmTimer { at: retry_at });
+            fx.push(Effect::ResolveWaiters(Resolution::Failed(Failure::Store {
+                error,
+            })));
         }
+
+        // -- Connected.
         (Connected, Reconnect) => match next.token {
-            Some(t) => decide(&mut next, &mut effects, t, now),
-            None => needs_login(&mut next, &mut effects, now, "no token".into()),
+            Some(t) => decide(&mut next, fx, t, now),
+            None => needs_login(&mut next, fx, now, LoginReason::NoStoredToken),
         },
-        (Connected | Backoff { .. }, Unauthorized) => {
+        (Connected, Unauthorized) => {
             let fresh = next.token.is_some_and(|t| t.refused_when_fresh(now));
             if let Some(t) = next.token.as_mut() {
                 t.refused = true;
             }
-            if matches!(state.phase, Backoff { .. }) {
-                // Backing off already: the timer brings the next attempt; callers hear why.
-                effects.push(Effect::ResolveWaiters(Resolution::Failed(
-                    "refreshing is backing off after failures".into(),
-                )));
-            } else if fresh && state.refresh_after_refusal {
-                // Refused again, fresh from a refresh that answered a refusal: the server issues
-                // unusable tokens. Refreshing at once would loop; back off instead.
+            if fresh && state.refresh_after_refusal {
+                // Refused again, fresh from a refresh that answered a refusal: the server
+                // issues unusable tokens. Refreshing at once would loop; back off instead.
                 next.suspect_tokens = true;
                 transient_failure(
                     &mut next,
-                    &mut effects,
+                    fx,
                     now,
                     None,
+                    false,
                     "the server refused a token it had just issued".into(),
                 );
             } else {
                 next.refresh_after_refusal = true;
-                refresh_or_login(
-                    &mut next,
-                    &mut effects,
-                    now,
-                    "the server refused the access token",
-                );
+                refresh_or_login(&mut next, fx, now);
             }
         }
-        (Connected | NeedsLogin { .. } | Backoff { .. } | Failed { .. }, Refresh) => {
+        (Connected, Refresh) => {
             next.transient_failures = 0;
-            refresh_or_login(&mut next, &mut effects, now, "refresh requested");
+            refresh_or_login(&mut next, fx, now);
         }
         (Connected, Timer) => {
             // This token lived to its proactive refresh: the server's tokens work again.
             next.suspect_tokens = false;
             next.refresh_after_refusal = false;
             next.transient_failures = 0;
-            refresh_or_login(&mut next, &mut effects, now, "the access token is expiring");
+            next.failing_since = None;
+            refresh_or_login(&mut next, fx, now);
         }
-        (Backoff { .. }, Timer) => {
-            refresh_or_login(&mut next, &mut effects, now, "the access token is expiring")
-        }
-        (Refreshing | Authorizing, TokenObtained(t)) => {
-            if t.usable(now) {
-                next.token = Some(t);
+
+        // -- Results of flows.
+        (Refreshing | Authorizing, TokenObtained { generation, token })
+            if generation == current =>
+        {
+            let login_wanted = std::mem::take(&mut next.login_after_flow);
+            next.token = Some(token);
+            next.reregistered = false;
+            next.scope_omitted = false;
+            if matches!(state.phase, Authorizing) {
+                next.last_browser_failure = None;
+            }
+            if login_wanted {
+                start_login(&mut next, fx, None);
+            } else if token.usable(now) {
                 if !next.suspect_tokens {
                     next.transient_failures = 0;
+                    next.failing_since = None;
                 }
-                connected(&mut next, &mut effects, t);
+                connected(&mut next, fx, token, now);
             } else {
                 // A "successful" flow whose token is already unusable is a failure, never a
                 // success: back off instead of looping.
-                next.token = Some(t);
                 transient_failure(
                     &mut next,
-                    &mut effects,
+                    fx,
                     now,
                     None,
+                    false,
                     "the server issued a token that is already expired".into(),
                 );
             }
@@ -340,469 +609,440 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
         (
             Refreshing,
             RefreshFailed {
-                permanent: true,
+                generation,
+                failure,
                 error,
-                ..
             },
-        ) => {
-            effects.push(Effect::DropRefreshToken);
-            if let Some(t) = next.token.as_mut() {
-                t.has_refresh_token = false;
-            }
+        ) if generation == current => refresh_failed(&mut next, fx, now, failure, error),
+        (Authorizing, LoginFailed { generation, error }) if generation == current => {
+            next.last_browser_failure = Some(now);
+            fx.push(Effect::ResolveWaiters(Resolution::Failed(
+                Failure::LoginFailed {
+                    error: error.clone(),
+                },
+            )));
+            // A failed login does not throw away a token that still works.
             match next.token {
-                Some(t) if t.usable(now) => connected(&mut next, &mut effects, t),
-                _ => needs_login(
-                    &mut next,
-                    &mut effects,
-                    now,
-                    format!("the refresh token was rejected ({error})"),
-                ),
+                Some(t) if t.usable(now) || t.has_refresh_token => decide(&mut next, fx, t, now),
+                _ => needs_login(&mut next, fx, now, LoginReason::LoginFailed { error }),
             }
+        }
+        // A result from an older generation (a flow that was cancelled or fenced), or for a
+        // flow of another kind: ignored.
+        (
+            Idle
+            | Loading
+            | Connected
+            | Refreshing
+            | Authorizing
+            | NeedsLogin { .. }
+            | BackingOff { .. }
+            | Retrying { .. }
+            | ClientRejected { .. }
+            | StoreUnavailable { .. }
+            | LoggedOut,
+            Loaded { .. }
+            | LoadFailed { .. }
+            | TokenObtained { .. }
+            | RefreshFailed { .. }
+            | LoginFailed { .. },
+        ) => {}
+
+        // -- Backing off and retrying: the timer brings the next attempt.
+        (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Reconnect) => {
+            serve_or_explain(&next, fx, now)
+        }
+        (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Unauthorized) => {
+            if let Some(t) = next.token.as_mut() {
+                t.refused = true;
+            }
+            serve_or_explain(&next, fx, now);
+        }
+        (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Refresh) => {
+            next.transient_failures = 0;
+            next.failing_since = None;
+            refresh_or_login(&mut next, fx, now);
+        }
+        (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Timer) => {
+            refresh_or_login(&mut next, fx, now)
+        }
+
+        // -- Waiting for a login. Another process (`auth login`, another daemon) may have
+        // stored a token meanwhile: read the store again before deciding.
+        (NeedsLogin { .. }, Reconnect | Unauthorized) => load(&mut next, fx),
+        (NeedsLogin { .. }, Refresh) => {
+            next.transient_failures = 0;
+            next.failing_since = None;
+            refresh_or_login(&mut next, fx, now);
         }
         (
-            Refreshing,
-            RefreshFailed {
-                permanent: false,
-                retry_after,
-                error,
+            NeedsLogin {
+                reason,
+                browser_at,
+                refresh_at,
             },
+            Timer,
         ) => {
-            transient_failure(&mut next, &mut effects, now, retry_after, error);
-        }
-        (Authorizing, LoginFailed { error }) => {
-            next.phase = NeedsLogin {
-                reason: format!("the login failed: {error}"),
-            };
-            effects.push(Effect::ResolveWaiters(Resolution::Failed(format!(
-                "login failed: {error}"
-            ))));
-        }
-        (Backoff { .. }, Reconnect) => match next.token {
-            Some(t) if t.usable(now) => effects.push(Effect::ResolveWaiters(Resolution::Ready)),
-            _ => {
-                let Backoff {
-                    retry_at,
-                    last_error,
-                    ..
-                } = &state.phase
-                else {
-                    unreachable!()
-                };
-                effects.push(Effect::ResolveWaiters(Resolution::Failed(format!(
-                    "refreshing keeps failing ({last_error}); next attempt in {} ms",
-                    (retry_at - now).max(0)
-                ))));
+            if browser_at.is_some_and(|at| at <= now) {
+                start_login(&mut next, fx, Some(reason.clone()));
+            } else if refresh_at.is_some_and(|at| at <= now)
+                && next.token.is_some_and(|t| t.has_refresh_token)
+            {
+                next.phase = Refreshing;
+                fx.push(Effect::StartRefresh(RefreshPlan::default()));
+            } else if let Some(at) = earliest(*browser_at, *refresh_at).filter(|at| *at > now) {
+                // Early (a timer of another phase): wait for the right moment.
+                fx.push(Effect::ArmTimer { at });
             }
-        },
-        // Another process (`auth login`, another daemon) may have stored a token meanwhile:
-        // read the store again before deciding; the browser rate limit still applies after.
-        (NeedsLogin { .. }, Reconnect | Unauthorized) => {
-            next.phase = Loading;
-            effects.push(Effect::LoadToken);
         }
-        (Failed { .. }, Reconnect | Unauthorized) => {
+
+        // -- The store could not be read: try again.
+        (StoreUnavailable { .. }, Reconnect | Unauthorized | Timer) => load(&mut next, fx),
+        (StoreUnavailable { .. }, Refresh) => {
+            next.refresh_after_load = true;
+            load(&mut next, fx);
+        }
+
+        // -- Logged out: nothing is used or refreshed until a login (here or elsewhere).
+        (LoggedOut, Reconnect | Unauthorized | Refresh) => fx.push(Effect::ResolveWaiters(
+            Resolution::Failed(Failure::LoggedOut),
+        )),
+
+        // -- Timers of a phase that has moved on are stale.
+        (Idle | Loading | Refreshing | Authorizing | LoggedOut, Timer) => {}
+
+        // -- Another process changed the stored token.
+        (Idle | Loading | Refreshing | Authorizing, StoreChanged(_)) => {
+            // Not loaded yet, or a flow runs: the flow re-reads the store under the lock.
+        }
+        (
+            Connected
+            | NeedsLogin { .. }
+            | BackingOff { .. }
+            | Retrying { .. }
+            | ClientRejected { .. }
+            | StoreUnavailable { .. }
+            | LoggedOut,
+            StoreChanged(Some(t)),
+        ) => {
+            next.token = Some(t);
             next.transient_failures = 0;
-            next.phase = Loading;
-            effects.push(Effect::LoadToken);
+            next.failing_since = None;
+            next.suspect_tokens = false;
+            next.refresh_after_refusal = false;
+            decide(&mut next, fx, t, now);
         }
-        // Everything else is stale or irrelevant in this phase (a timer after logout, a
-        // late result): ignored, so no event can knock the machine into a loop.
-        _ => {}
+        (
+            Connected
+            | NeedsLogin { .. }
+            | BackingOff { .. }
+            | Retrying { .. }
+            | ClientRejected { .. }
+            | StoreUnavailable { .. }
+            | LoggedOut,
+            StoreChanged(None),
+        ) => {
+            if state.token.is_some() {
+                logged_out(&mut next, fx);
+            }
+        }
     }
     (next, effects)
 }
 
-fn connected(next: &mut State, effects: &mut Vec<Effect>, t: TokenFacts) {
+fn load(next: &mut State, fx: &mut Vec<Effect>) {
+    next.phase = Phase::Loading;
+    fx.push(Effect::LoadToken);
+}
+
+fn logged_out(next: &mut State, fx: &mut Vec<Effect>) {
+    if next.phase.flow_running() {
+        fx.push(Effect::CancelFlow);
+    }
+    let (policy, jitter, last_browser_failure) =
+        (next.policy, next.jitter, next.last_browser_failure);
+    *next = State {
+        phase: Phase::LoggedOut,
+        generation: next.generation + 1,
+        last_browser_failure,
+        ..State::new(policy, jitter)
+    };
+    fx.push(Effect::CancelTimer);
+    fx.push(Effect::ForgetToken);
+    fx.push(Effect::ResolveWaiters(Resolution::Failed(
+        Failure::LoggedOut,
+    )));
+}
+
+/// Connected with `t`; the one timer goes to its proactive refresh, or, without a refresh
+/// token, to the moment it stops being usable.
+fn connected(next: &mut State, fx: &mut Vec<Effect>, t: TokenFacts, now: Millis) {
     next.phase = Phase::Connected;
-    effects.push(Effect::ResolveWaiters(Resolution::Ready));
-    if let Some(at) = t.refresh_at(next.jitter) {
-        effects.push(Effect::ArmTimer { at });
+    fx.push(Effect::ResolveWaiters(Resolution::Ready));
+    let at = if t.has_refresh_token {
+        t.refresh_at(next.jitter)
+            .map(|at| at.max(now + next.policy.min_timer_gap))
+    } else {
+        t.unusable_at().filter(|at| *at > now)
+    };
+    match at {
+        Some(at) => fx.push(Effect::ArmTimer { at }),
+        None => fx.push(Effect::CancelTimer),
     }
 }
 
 /// A stored or obtained token: use it, refresh it, or log in.
-fn decide(next: &mut State, effects: &mut Vec<Effect>, t: TokenFacts, now: Millis) {
+fn decide(next: &mut State, fx: &mut Vec<Effect>, t: TokenFacts, now: Millis) {
     if t.usable(now) {
-        connected(next, effects, t);
+        connected(next, fx, t, now);
     } else {
-        refresh_or_login(next, effects, now, "the access token expired");
+        refresh_or_login(next, fx, now);
     }
 }
 
-fn refresh_or_login(next: &mut State, effects: &mut Vec<Effect>, now: Millis, why: &str) {
+fn refresh_or_login(next: &mut State, fx: &mut Vec<Effect>, now: Millis) {
     match next.token {
         Some(t) if t.has_refresh_token => {
             next.phase = Phase::Refreshing;
-            effects.push(Effect::StartRefresh);
+            fx.push(Effect::StartRefresh(RefreshPlan::default()));
         }
-        Some(t) if t.usable(now) => connected(next, effects, t),
-        _ => needs_login(
-            next,
-            effects,
-            now,
-            format!("{why} and there is no refresh token"),
-        ),
+        Some(t) if t.usable(now) => connected(next, fx, t, now),
+        Some(_) => needs_login(next, fx, now, LoginReason::NoRefreshToken),
+        None => needs_login(next, fx, now, LoginReason::NoStoredToken),
     }
 }
 
-/// No refresh token can work: open the browser if allowed, else wait for an explicit login.
-fn needs_login(next: &mut State, effects: &mut Vec<Effect>, now: Millis, reason: String) {
-    let browser_allowed = next.policy.interactive
-        && next
-            .last_browser_launch
-            .is_none_or(|last| now - last >= next.policy.browser_window);
-    if browser_allowed {
-        start_login(next, effects, now, false, reason);
-    } else {
-        let why = if next.policy.interactive {
-            format!("{reason}; the browser opened recently, run a login")
-        } else {
-            format!("{reason}; run a login")
-        };
-        effects.push(Effect::AnnounceReauthentication {
-            reason: why.clone(),
-        });
-        effects.push(Effect::ResolveWaiters(Resolution::Failed(format!(
-            "re-authentication required: {why}"
-        ))));
-        next.phase = Phase::NeedsLogin { reason: why };
+/// The browser may open by itself now, or from when (`None`: never, by itself).
+fn browser_allowed_at(next: &State, now: Millis) -> Option<Millis> {
+    if !next.policy.interactive {
+        return None;
     }
+    Some(match next.last_browser_failure {
+        Some(failed) => (failed + next.policy.browser_window).max(now),
+        None => now,
+    })
 }
 
-fn start_login(
-    next: &mut State,
-    effects: &mut Vec<Effect>,
-    now: Millis,
-    explicit: bool,
-    reason: String,
-) {
-    if !explicit {
-        effects.push(Effect::AnnounceReauthentication { reason });
+/// No refresh token can work now: open the browser if allowed, else wait (with a timer for
+/// the end of the browser window, and for a kept refresh token).
+fn needs_login(next: &mut State, fx: &mut Vec<Effect>, now: Millis, reason: LoginReason) {
+    let browser_at = browser_allowed_at(next, now);
+    if browser_at == Some(now) {
+        start_login(next, fx, Some(reason));
+        return;
     }
-    next.last_browser_launch = Some(now);
+    let refresh_at = next
+        .token
+        .is_some_and(|t| t.has_refresh_token)
+        .then(|| now + retry_delay(next));
+    fx.push(Effect::AnnounceReauthentication {
+        reason: reason.clone(),
+    });
+    match next.token {
+        Some(t) if t.usable(now) => fx.push(Effect::ResolveWaiters(Resolution::Ready)),
+        _ => fx.push(Effect::ResolveWaiters(Resolution::Failed(
+            Failure::NeedsLogin {
+                reason: reason.clone(),
+            },
+        ))),
+    }
+    match earliest(browser_at, refresh_at) {
+        Some(at) => fx.push(Effect::ArmTimer { at }),
+        None => fx.push(Effect::CancelTimer),
+    }
+    next.phase = Phase::NeedsLogin {
+        reason,
+        browser_at,
+        refresh_at,
+    };
+}
+
+/// `reason`: why the login starts by itself; `None` for an explicit login.
+fn start_login(next: &mut State, fx: &mut Vec<Effect>, reason: Option<LoginReason>) {
+    if let Some(reason) = reason {
+        fx.push(Effect::AnnounceReauthentication { reason });
+    }
+    next.generation += 1;
+    next.login_after_flow = false;
     next.phase = Phase::Authorizing;
-    effects.push(Effect::StartLogin);
+    fx.push(Effect::StartLogin);
 }
 
+fn refresh_failed(
+    next: &mut State,
+    fx: &mut Vec<Effect>,
+    now: Millis,
+    failure: RefreshFailure,
+    error: String,
+) {
+    if failure == RefreshFailure::TokenGone {
+        logged_out(next, fx);
+        return;
+    }
+    if failure == RefreshFailure::RefreshTokenDead {
+        fx.push(Effect::DropRefreshToken);
+        if let Some(t) = next.token.as_mut() {
+            t.has_refresh_token = false;
+        }
+    }
+    if std::mem::take(&mut next.login_after_flow) {
+        start_login(next, fx, None);
+        return;
+    }
+    match failure {
+        RefreshFailure::RefreshTokenDead => match next.token {
+            Some(t) if t.usable(now) => connected(next, fx, t, now),
+            _ => needs_login(next, fx, now, LoginReason::RefreshTokenRejected { error }),
+        },
+        RefreshFailure::ClientRejected { registered: true } if !next.reregistered => {
+            next.reregistered = true;
+            fx.push(Effect::StartRefresh(RefreshPlan {
+                reregister: true,
+                omit_scope: next.scope_omitted,
+            }));
+        }
+        RefreshFailure::ClientRejected { .. } => {
+            let retry_at = now + retry_delay(next);
+            next.phase = Phase::ClientRejected {
+                retry_at,
+                error: error.clone(),
+            };
+            fx.push(Effect::ArmTimer { at: retry_at });
+            match next.token {
+                Some(t) if t.usable(now) => fx.push(Effect::ResolveWaiters(Resolution::Ready)),
+                _ => fx.push(Effect::ResolveWaiters(Resolution::Failed(
+                    Failure::ClientRejected { error },
+                ))),
+            }
+        }
+        RefreshFailure::ScopeRejected if !next.scope_omitted => {
+            next.scope_omitted = true;
+            fx.push(Effect::StartRefresh(RefreshPlan {
+                reregister: false,
+                omit_scope: true,
+            }));
+        }
+        RefreshFailure::ScopeRejected | RefreshFailure::Unexplained => {
+            transient_failure(next, fx, now, None, true, error)
+        }
+        RefreshFailure::Transient { retry_after } => {
+            transient_failure(next, fx, now, retry_after, false, error)
+        }
+        RefreshFailure::TokenGone => unreachable!("handled above"),
+    }
+}
+
+/// The delay before fast attempt `attempt` (1-based): exponential from `backoff_base` up to
+/// `backoff_cap`, jittered by -20%..+20%, never sooner than `Retry-After` (at most one hour).
+fn fast_delay(next: &State, attempt: u32, retry_after: Option<Millis>) -> Millis {
+    let policy = next.policy;
+    let exponential = policy
+        .backoff_base
+        .saturating_mul(1 << (attempt.max(1) - 1).min(20))
+        .min(policy.backoff_cap);
+    jittered(next, exponential).max(retry_after.unwrap_or(0).min(MAX_RETRY_AFTER))
+}
+
+fn retry_delay(next: &State) -> Millis {
+    jittered(next, next.policy.retry_interval)
+}
+
+fn jittered(next: &State, delay: Millis) -> Millis {
+    ((delay as f64 * (0.8 + 0.4 * next.jitter.clamp(0.0, 1.0))) as Millis)
+        .max(next.policy.min_timer_gap)
+}
+
+/// A refresh failed but the refresh token may still work: back off (fast attempts), then
+/// retry slowly (`long`: at once), then, past the ceiling, ask for a login keeping the token.
 fn transient_failure(
     next: &mut State,
-    effects: &mut Vec<Effect>,
+    fx: &mut Vec<Effect>,
     now: Millis,
     retry_after: Option<Millis>,
+    long: bool,
     error: String,
 ) {
     next.transient_failures += 1;
     let attempt = next.transient_failures;
-    let policy = next.policy;
-    if attempt > policy.max_transient_failures {
-        next.phase = Phase::Failed {
-            error: format!("gave up after {} failed attempts: {error}", attempt - 1),
-        };
-        effects.push(Effect::ResolveWaiters(Resolution::Failed(format!(
-            "refresh keeps failing: {error}"
-        ))));
+    let since = *next.failing_since.get_or_insert(now);
+    let until = since.saturating_add(next.policy.retry_ceiling);
+    if now >= until {
+        needs_login(next, fx, now, LoginReason::RetryCeiling { error });
         return;
     }
-    let exponential = policy
-        .backoff_base
-        .saturating_mul(1 << (attempt - 1).min(20))
-        .min(policy.backoff_cap);
-    let jittered = (exponential as f64 * (0.8 + 0.4 * next.jitter)) as Millis;
-    let delay = jittered.max(retry_after.unwrap_or(0));
-    let retry_at = now + delay;
-    next.phase = Phase::Backoff {
-        attempt,
-        retry_at,
-        last_error: error.clone(),
+    let (phase, failure) = if long || attempt > next.policy.fast_attempts {
+        let delay = retry_delay(next).max(retry_after.unwrap_or(0).min(MAX_RETRY_AFTER));
+        let retry_at = (now + delay).min(until);
+        (
+            Phase::Retrying {
+                attempt,
+                retry_at,
+                until,
+                last_error: error.clone(),
+            },
+            Failure::Retrying {
+                retry_at,
+                until,
+                last_error: error,
+            },
+        )
+    } else {
+        let retry_at = now + fast_delay(next, attempt, retry_after);
+        (
+            Phase::BackingOff {
+                attempt,
+                retry_at,
+                last_error: error.clone(),
+            },
+            Failure::BackingOff {
+                retry_at,
+                last_error: error,
+            },
+        )
     };
-    effects.push(Effect::ArmTimer { at: retry_at });
+    fx.push(Effect::ArmTimer {
+        at: phase.next_attempt_at().unwrap_or(now + 1),
+    });
+    next.phase = phase;
     // Waiters are not held for minutes: a still-valid token serves them, else they hear why.
     match next.token {
-        Some(t) if t.usable(now) => effects.push(Effect::ResolveWaiters(Resolution::Ready)),
-        _ => effects.push(Effect::ResolveWaiters(Resolution::Failed(format!(
-            "refresh failed, retrying in {delay} ms: {error}"
-        )))),
+        Some(t) if t.usable(now) => fx.push(Effect::ResolveWaiters(Resolution::Ready)),
+        _ => fx.push(Effect::ResolveWaiters(Resolution::Failed(failure))),
     }
+}
+
+/// In a waiting phase: a still-usable token serves the caller, else it hears why it waits.
+fn serve_or_explain(next: &State, fx: &mut Vec<Effect>, now: Millis) {
+    if next.token.is_some_and(|t| t.usable(now)) {
+        fx.push(Effect::ResolveWaiters(Resolution::Ready));
+        return;
+    }
+    let failure = match &next.phase {
+        Phase::BackingOff {
+            retry_at,
+            last_error,
+            ..
+        } => Failure::BackingOff {
+            retry_at: *retry_at,
+            last_error: last_error.clone(),
+        },
+        Phase::Retrying {
+            retry_at,
+            until,
+            last_error,
+            ..
+        } => Failure::Retrying {
+            retry_at: *retry_at,
+            until: *until,
+            last_error: last_error.clone(),
+        },
+        Phase::ClientRejected { error, .. } => Failure::ClientRejected {
+            error: error.clone(),
+        },
+        other => unreachable!("serve_or_explain in {other:?}"),
+    };
+    fx.push(Effect::ResolveWaiters(Resolution::Failed(failure)));
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use Effect::*;
-
-    const NOW: Millis = 1_000_000;
-
-    fn token(expires_in: Millis, has_refresh_token: bool) -> TokenFacts {
-        TokenFacts {
-            obtained_at: NOW - 10_000,
-            expires_at: Some(NOW + expires_in),
-            has_refresh_token,
-            refused: false,
-        }
-    }
-
-    fn state(phase: Phase, token: Option<TokenFacts>) -> State {
-        State {
-            phase,
-            token,
-            ..State::new(Policy::default(), 0.0)
-        }
-    }
-
-    fn backoff() -> Phase {
-        Phase::Backoff {
-            attempt: 1,
-            retry_at: NOW + 1_000,
-            last_error: "e".into(),
-        }
-    }
-
-    /// (state, event) -> (phase name, effects), for every transition that does something.
-    #[test]
-    fn the_transition_table() {
-        let valid = token(3_600_000, true);
-        let expired = token(-1_000, true);
-        let expired_no_rt = token(-1_000, false);
-        let transient = |retry_after| Event::RefreshFailed {
-            permanent: false,
-            retry_after,
-            error: "server_error".into(),
-        };
-        let permanent = Event::RefreshFailed {
-            permanent: true,
-            retry_after: None,
-            error: "invalid_grant".into(),
-        };
-        let ready = ResolveWaiters(Resolution::Ready);
-        let arm_for_valid = ArmTimer {
-            at: valid.refresh_at(0.0).unwrap(),
-        };
-        let reauth = |r: &str| AnnounceReauthentication { reason: r.into() };
-        let rows: Vec<(State, Event, &str, Vec<Effect>)> = vec![
-            (state(Phase::Idle, None), Event::Reconnect, "loading", vec![LoadToken]),
-            (state(Phase::Idle, None), Event::Unauthorized, "loading", vec![LoadToken]),
-            (State { refresh_after_load: true, ..state(Phase::Loading, None) }, Event::Loaded(Some(valid)), "refreshing", vec![StartRefresh]),
-            (state(Phase::Loading, None), Event::Loaded(Some(valid)), "connected", vec![ready.clone(), arm_for_valid.clone()]),
-            (state(Phase::Loading, None), Event::Loaded(Some(expired)), "refreshing", vec![StartRefresh]),
-            (state(Phase::Loading, None), Event::Loaded(Some(expired_no_rt)), "authorizing", vec![reauth("the access token expired and there is no refresh token"), StartLogin]),
-            (state(Phase::Loading, None), Event::Loaded(None), "authorizing", vec![reauth("no stored token"), StartLogin]),
-            (state(Phase::Loading, None), Event::Reconnect, "loading", vec![]),
-            (state(Phase::Loading, None), Event::LoadFailed { error: "db".into() }, "failed", vec![ResolveWaiters(Resolution::Failed("db".into()))]),
-            (state(Phase::Connected, Some(valid)), Event::Reconnect, "connected", vec![ready.clone(), arm_for_valid.clone()]),
-            (state(Phase::Connected, Some(expired)), Event::Reconnect, "refreshing", vec![StartRefresh]),
-            (state(Phase::Connected, Some(valid)), Event::Unauthorized, "refreshing", vec![StartRefresh]),
-            (state(Phase::Connected, Some(TokenFacts { obtained_at: NOW - 1_000, ..valid })), Event::Unauthorized, "refreshing", vec![StartRefresh]),
-            (State { refresh_after_refusal: true, ..state(Phase::Connected, Some(TokenFacts { obtained_at: NOW - 1_000, ..valid })) }, Event::Unauthorized, "backoff", vec![ArmTimer { at: NOW + 800 }, ResolveWaiters(Resolution::Failed("refresh failed, retrying in 800 ms: the server refused a token it had just issued".into()))]),
-            (state(backoff(), Some(valid)), Event::Unauthorized, "backoff", vec![ResolveWaiters(Resolution::Failed("refreshing is backing off after failures".into()))]),
-            (state(Phase::Connected, Some(valid)), Event::Timer, "refreshing", vec![StartRefresh]),
-            (state(Phase::Connected, Some(valid)), Event::Refresh, "refreshing", vec![StartRefresh]),
-            (state(Phase::Refreshing, Some(expired)), Event::Reconnect, "refreshing", vec![]),
-            (state(Phase::Refreshing, Some(expired)), Event::Unauthorized, "refreshing", vec![]),
-            (state(Phase::Refreshing, Some(expired)), Event::TokenObtained(valid), "connected", vec![ready.clone(), arm_for_valid.clone()]),
-            (state(Phase::Refreshing, Some(expired)), Event::TokenObtained(expired), "backoff", vec![ArmTimer { at: NOW + 800 }, ResolveWaiters(Resolution::Failed("refresh failed, retrying in 800 ms: the server issued a token that is already expired".into()))]),
-            (state(Phase::Refreshing, Some(expired)), transient(None), "backoff", vec![ArmTimer { at: NOW + 800 }, ResolveWaiters(Resolution::Failed("refresh failed, retrying in 800 ms: server_error".into()))]),
-            (state(Phase::Refreshing, Some(valid)), transient(Some(30_000)), "backoff", vec![ArmTimer { at: NOW + 30_000 }, ready.clone()]),
-            (state(Phase::Refreshing, Some(valid)), permanent.clone(), "connected", vec![DropRefreshToken, ready.clone(), arm_for_valid.clone()]),
-            (state(Phase::Refreshing, Some(expired)), permanent, "authorizing", vec![DropRefreshToken, reauth("the refresh token was rejected (invalid_grant)"), StartLogin]),
-            (state(backoff(), Some(expired)), Event::Timer, "refreshing", vec![StartRefresh]),
-            (state(backoff(), Some(valid)), Event::Reconnect, "backoff", vec![ready.clone()]),
-            (state(backoff(), Some(expired)), Event::Reconnect, "backoff", vec![ResolveWaiters(Resolution::Failed("refreshing keeps failing (e); next attempt in 1000 ms".into()))]),
-            (state(backoff(), Some(expired)), Event::Refresh, "refreshing", vec![StartRefresh]),
-            (state(Phase::Authorizing, None), Event::Reconnect, "authorizing", vec![]),
-            (state(Phase::Authorizing, None), Event::Login, "authorizing", vec![]),
-            (state(Phase::Authorizing, None), Event::TokenObtained(valid), "connected", vec![ready.clone(), arm_for_valid.clone()]),
-            (state(Phase::Authorizing, None), Event::LoginFailed { error: "access_denied".into() }, "needs_login", vec![ResolveWaiters(Resolution::Failed("login failed: access_denied".into()))]),
-            (state(Phase::NeedsLogin { reason: "r".into() }, None), Event::Login, "authorizing", vec![StartLogin]),
-            (state(Phase::NeedsLogin { reason: "r".into() }, None), Event::Reconnect, "loading", vec![LoadToken]),
-            (state(Phase::Failed { error: "x".into() }, Some(expired)), Event::Reconnect, "loading", vec![LoadToken]),
-            (state(Phase::Connected, Some(valid)), Event::Logout, "idle", vec![ForgetToken, ResolveWaiters(Resolution::Failed("logged out".into()))]),
-            (state(Phase::Idle, None), Event::Timer, "idle", vec![]),
-            (state(Phase::Connected, Some(valid)), Event::TokenObtained(valid), "connected", vec![]),
-        ];
-        for (i, (before, event, phase, effects)) in rows.into_iter().enumerate() {
-            let (after, got) = step(&before, event.clone(), NOW);
-            assert_eq!(
-                (after.phase.name(), &got),
-                (phase, &effects),
-                "row {i}: {:?} + {event:?}",
-                before.phase
-            );
-        }
-    }
-
-    #[test]
-    fn the_browser_opens_by_itself_once_per_window_but_an_explicit_login_always_may() {
-        let mut s = state(Phase::Loading, None);
-        s.last_browser_launch = Some(NOW - 1_000);
-        let (after, effects) = step(&s, Event::Loaded(None), NOW);
-        assert_eq!(after.phase.name(), "needs_login");
-        assert!(!effects.contains(&StartLogin));
-        assert!(
-            matches!(&effects[1], ResolveWaiters(Resolution::Failed(m)) if m.starts_with("re-authentication required: no stored token"))
-        );
-        let (after, effects) = step(&after, Event::Login, NOW);
-        assert_eq!(
-            (after.phase.name(), effects),
-            ("authorizing", vec![StartLogin])
-        );
-        let later = NOW - 1_000 + Policy::default().browser_window;
-        let waiting = State {
-            last_browser_launch: Some(NOW - 1_000),
-            ..state(Phase::NeedsLogin { reason: "r".into() }, None)
-        };
-        let (reloading, effects) = step(&waiting, Event::Reconnect, later);
-        assert_eq!(
-            (reloading.phase.name(), effects),
-            ("loading", vec![LoadToken]),
-            "the store is read again first"
-        );
-        let (after, effects) = step(&reloading, Event::Loaded(None), later);
-        assert_eq!(after.phase.name(), "authorizing", "the window has passed");
-        assert!(effects.contains(&StartLogin));
-        let (found, effects) = step(&reloading, Event::Loaded(Some(token(3_600_000, true))), NOW);
-        assert_eq!(
-            found.phase.name(),
-            "connected",
-            "a token another process stored is used"
-        );
-        assert!(effects.contains(&ResolveWaiters(Resolution::Ready)));
-    }
-
-    #[test]
-    fn non_interactive_hosts_never_open_a_browser_by_themselves() {
-        let mut s = state(Phase::Loading, None);
-        s.policy.interactive = false;
-        let (after, effects) = step(&s, Event::Loaded(None), NOW);
-        assert_eq!(after.phase.name(), "needs_login");
-        assert!(!effects.contains(&StartLogin));
-    }
-
-    #[test]
-    fn transient_failures_back_off_exponentially_then_give_up() {
-        let mut s = state(Phase::Refreshing, Some(token(-1_000, true)));
-        let mut delays = Vec::new();
-        for _ in 0..s.policy.max_transient_failures {
-            let (after, effects) = step(
-                &s,
-                Event::RefreshFailed {
-                    permanent: false,
-                    retry_after: None,
-                    error: "e".into(),
-                },
-                NOW,
-            );
-            let Some(ArmTimer { at }) = effects.first() else {
-                panic!("{effects:?}")
-            };
-            delays.push(at - NOW);
-            s = step(&after, Event::Timer, NOW).0;
-            assert_eq!(s.phase.name(), "refreshing");
-        }
-        assert_eq!(
-            delays,
-            [800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400]
-        );
-        let (after, effects) = step(
-            &s,
-            Event::RefreshFailed {
-                permanent: false,
-                retry_after: None,
-                error: "e".into(),
-            },
-            NOW,
-        );
-        assert_eq!(after.phase.name(), "failed");
-        assert!(matches!(&effects[0], ResolveWaiters(Resolution::Failed(_))));
-        assert_eq!(
-            step(&after, Event::Timer, NOW).1,
-            vec![],
-            "a failed server does not spin"
-        );
-    }
-
-    #[test]
-    fn a_server_issuing_refused_tokens_is_backed_off_and_given_up_on() {
-        let fresh = || TokenFacts {
-            obtained_at: NOW,
-            ..token(3_600_000, true)
-        };
-        // A first refusal refreshes at once (reactive refresh)...
-        let (refreshing, effects) = step(
-            &state(Phase::Connected, Some(fresh())),
-            Event::Unauthorized,
-            NOW,
-        );
-        assert_eq!(effects, vec![StartRefresh]);
-        let (mut s, _) = step(&refreshing, Event::TokenObtained(fresh()), NOW);
-        // ...but when that refresh's fresh token is refused too, the server issues unusable
-        // tokens: every further refusal backs off, exponentially, until the bound.
-        let mut delays = Vec::new();
-        for _ in 0..s.policy.max_transient_failures {
-            let (after, effects) = step(&s, Event::Unauthorized, NOW);
-            let Some(ArmTimer { at }) = effects.first() else {
-                panic!("{:?}: {effects:?}", after.phase)
-            };
-            delays.push(at - NOW);
-            let (refreshing, _) = step(&after, Event::Timer, NOW);
-            // The refresh "succeeds" with another token the server will refuse.
-            let (connected, _) = step(
-                &refreshing,
-                Event::TokenObtained(TokenFacts {
-                    obtained_at: NOW,
-                    ..token(3_600_000, true)
-                }),
-                NOW,
-            );
-            assert_eq!(connected.phase.name(), "connected");
-            s = connected;
-        }
-        assert_eq!(
-            delays,
-            [800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400],
-            "paced, never at once"
-        );
-        let (after, _) = step(&s, Event::Unauthorized, NOW);
-        assert_eq!(after.phase.name(), "failed", "bounded");
-        let healthy = State {
-            suspect_tokens: true,
-            transient_failures: 3,
-            ..state(Phase::Connected, Some(token(3_600_000, true)))
-        };
-        let (after, _) = step(&healthy, Event::Timer, NOW);
-        assert_eq!(
-            (after.transient_failures, after.suspect_tokens),
-            (0, false),
-            "a token that lives to its refresh clears suspicion"
-        );
-    }
-
-    #[test]
-    fn refresh_timing_and_margins() {
-        let t = TokenFacts {
-            obtained_at: 0,
-            expires_at: Some(3_600_000),
-            has_refresh_token: true,
-            refused: false,
-        };
-        assert_eq!(t.refresh_at(0.0), Some(2_700_000));
-        assert_eq!(t.refresh_at(1.0), Some(2_700_000 - 180_000));
-        assert_eq!(t.safety_margin(), 5_000);
-        assert!(t.usable(3_594_999) && !t.usable(3_595_000));
-        let short = TokenFacts {
-            obtained_at: 0,
-            expires_at: Some(2_000),
-            has_refresh_token: true,
-            refused: false,
-        };
-        assert_eq!(
-            (short.refresh_at(0.5), short.safety_margin()),
-            (Some(1_450), 200)
-        );
-        let unknown = TokenFacts {
-            expires_at: None,
-            ..short
-        };
-        assert!(unknown.usable(i64::MAX / 2) && unknown.refresh_at(0.0).is_none());
-        assert!(!TokenFacts { refused: true, ..t }.usable(0));
-    }
-}
+mod tests {}
