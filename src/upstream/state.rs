@@ -933,7 +933,7 @@ fn refresh_failed(
 }
 
 /// The delay before fast attempt `attempt` (1-based): exponential from `backoff_base` up to
-/// `backoff_cap`, jittered by -20%..+20%, never sooner than `Retry-After` (at most one hour).
+/// `backoff_cap`, jittered by 0..+20%, never sooner than `Retry-After` (at most one hour).
 fn fast_delay(next: &State, attempt: u32, retry_after: Option<Millis>) -> Millis {
     let policy = next.policy;
     let exponential = policy
@@ -947,8 +947,9 @@ fn retry_delay(next: &State) -> Millis {
     jittered(next, next.policy.retry_interval)
 }
 
+/// Up to 20% later, by the server's jitter, so many servers do not retry in the same instant.
 fn jittered(next: &State, delay: Millis) -> Millis {
-    ((delay as f64 * (0.8 + 0.4 * next.jitter.clamp(0.0, 1.0))) as Millis)
+    ((delay as f64 * (1.0 + 0.2 * next.jitter.clamp(0.0, 1.0))) as Millis)
         .max(next.policy.min_timer_gap)
 }
 
@@ -1045,4 +1046,4 @@ fn serve_or_explain(next: &State, fx: &mut Vec<Effect>, now: Millis) {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests;
