@@ -1594,7 +1594,7 @@ fn result_of(op: Op, kind: u8, lifetime: Millis, now: Millis) -> Event {
             },
             _ => Event::TokenObtained {
                 generation,
-                token: issued(now, lifetime, kind % 2 == 0),
+                token: issued(now, lifetime, kind.is_multiple_of(2)),
             },
         },
         Op::Refresh(generation) => {
