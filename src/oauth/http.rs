@@ -88,11 +88,33 @@ fn classify_json_error(e: &serde_json::Error) -> &'static str {
     }
 }
 
-/// `Retry-After` in delta-seconds (RFC 9110 §10.2.3); HTTP-dates are not used by OAuth servers
-/// we know of and are ignored.
+/// The longest `Retry-After` honoured: a server asking for longer is retried after an hour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
+
+/// `Retry-After` (RFC 9110 §10.2.3), in delta-seconds or as an HTTP-date, capped at
+/// [`MAX_RETRY_AFTER`] (a cap is logged). A date in the past means "now".
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    value.parse::<u64>().ok().map(Duration::from_secs)
+    let asked = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    if asked > MAX_RETRY_AFTER {
+        tracing::warn!(
+            retry_after = value,
+            capped_to_s = MAX_RETRY_AFTER.as_secs(),
+            "the server asked to wait longer than the cap; retrying after the cap"
+        );
+        return Some(MAX_RETRY_AFTER);
+    }
+    Some(asked)
 }
 
 /// OAuth endpoints must be https; plain http is allowed only on loopback (RFC 8252 §8.3).
@@ -386,10 +408,38 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
         headers.insert(RETRY_AFTER, "7".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(RETRY_AFTER, "86400".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER), "capped");
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let mut headers = HeaderMap::new();
         headers.insert(
             RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+            "Wed, 21 Oct 2015 07:28:30 GMT".parse().unwrap(),
         );
-        assert_eq!(retry_after(&headers), None);
+        assert_eq!(retry_after_at(&headers, now), Some(Duration::from_secs(30)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:00:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after_at(&headers, now),
+            Some(Duration::ZERO),
+            "past: now"
+        );
+        headers.insert(
+            RETRY_AFTER,
+            "Thu, 22 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after_at(&headers, now),
+            Some(MAX_RETRY_AFTER),
+            "capped"
+        );
     }
 }

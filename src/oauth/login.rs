@@ -39,7 +39,25 @@ pub async fn browser_login(
         .and_then(|e| Url::parse(&e.redirect_uri).ok())
         .and_then(|u| u.port())
         .unwrap_or(settings.redirect_port);
-    let listener = CallbackListener::bind(port).await?;
+    // The registered client's port may be taken (another program, another login): another
+    // loopback port works, at the cost of registering again for its redirect URI.
+    let listener = match CallbackListener::bind(port).await {
+        Ok(listener) => listener,
+        Err(e) if port != settings.redirect_port || port != 0 => {
+            let fallback = if port != settings.redirect_port {
+                settings.redirect_port
+            } else {
+                0
+            };
+            tracing::warn!(port, fallback, error = %e, "the redirect port is busy; using another loopback port");
+            match CallbackListener::bind(fallback).await {
+                Ok(listener) => listener,
+                Err(_) if fallback != 0 => CallbackListener::bind(0).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let redirect_uri = listener.redirect_uri().to_string();
     let endpoint = match previous {
         Some(endpoint) if endpoint.redirect_uri == redirect_uri => endpoint,

@@ -98,6 +98,8 @@ pub struct ServerStatus {
     pub refresh_failures: u32,
     /// The current token is not in the store yet (its save failed; it is retried).
     pub unsaved_token: bool,
+    /// How often this server's timer fired since start (refreshes, retries, browser window).
+    pub timers_fired: u64,
     pub running_flow: Option<String>,
     pub last_flow: Option<String>,
 }
@@ -131,6 +133,8 @@ pub struct UpstreamActor {
     timer: Option<SpawnHandle>,
     /// The machine's generation, shared with running flows, which check it before each write.
     generation: Arc<AtomicU64>,
+    /// How often the timer fired, for status: a spinning machine shows here first.
+    timers_fired: u64,
 }
 
 impl UpstreamActor {
@@ -161,6 +165,7 @@ impl UpstreamActor {
             last_flow: None,
             timer: None,
             generation: Arc::new(AtomicU64::new(0)),
+            timers_fired: 0,
         }
     }
 
@@ -300,6 +305,7 @@ impl UpstreamActor {
                 let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
                 self.timer = Some(ctx.run_later(delay, |act, ctx| {
                     act.timer = None;
+                    act.timers_fired += 1;
                     act.apply(Event::Timer, ctx);
                 }));
             }
@@ -409,7 +415,11 @@ impl UpstreamActor {
                 failure,
                 error,
                 rotated_refresh_token,
+                endpoint,
             } => {
+                if let Some(endpoint) = endpoint {
+                    self.endpoint = Some(endpoint);
+                }
                 if let (Some(rotated), Some(current)) =
                     (rotated_refresh_token, self.current.as_mut())
                 {
@@ -851,6 +861,7 @@ impl Handler<GetStatus> for UpstreamActor {
                 .and_then(|t| t.refresh_at(self.state.jitter)),
             refresh_failures: self.state.transient_failures,
             unsaved_token: token.is_some() && !self.current_durable,
+            timers_fired: self.timers_fired,
             running_flow: self.running_flow.clone(),
             last_flow: self.last_flow.clone(),
         })

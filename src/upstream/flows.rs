@@ -77,6 +77,8 @@ pub enum FlowOutcome {
         failure: RefreshFailure,
         error: String,
         rotated_refresh_token: Option<String>,
+        /// A client the flow registered (and stored) before failing: a login reuses it.
+        endpoint: Option<TokenEndpoint>,
     },
     LoginFailed {
         error: String,
@@ -352,6 +354,7 @@ fn failed(failure: RefreshFailure, error: String) -> FlowOutcome {
         failure,
         error,
         rotated_refresh_token: None,
+        endpoint: None,
     }
 }
 
@@ -417,13 +420,19 @@ pub async fn refresh(
             return failed(RefreshFailure::RefreshTokenDead, "no refresh token".into());
         };
         let mut endpoint = endpoint.or_else(|| stored_client.as_ref().map(endpoint_from_stored));
-        let mut new_client = None;
+        let mut registered = false;
         if plan.reregister || endpoint.is_none() {
             match register_again(&rt, &config, endpoint.as_ref(), stored_client.as_ref()).await {
                 Ok((fresh, client)) => {
                     event("registered", json!({"reason": if plan.reregister { "the authorization server rejected the registered client" } else { "no stored client identity" }, "client_id": fresh.client.client_id}));
+                    // Stored at once: whatever the refresh says, a later login uses this client.
+                    let fence_copy = fence.clone();
+                    let stored = rt.registry.call(move |s| if fence_copy.is_current() { s.save_client(&client) } else { Ok(()) }).await;
+                    if let Err(e) = stored {
+                        tracing::warn!(error = %e, "the new client identity could not be stored");
+                    }
                     endpoint = Some(fresh);
-                    new_client = Some(client);
+                    registered = true;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not register a client to refresh with");
@@ -441,7 +450,7 @@ pub async fn refresh(
             Ok(set) => {
                 let token = stored_token(&config, &endpoint, current.issuer.clone(), &set, &flow_id);
                 let rotated = token.refresh_token != current.refresh_token;
-                let durable = match save_fenced(&rt, &fence, &token, new_client).await {
+                let durable = match save_fenced(&rt, &fence, &token, None).await {
                     Ok(()) => true,
                     Err(SaveError::Fenced) => {
                         tracing::info!("a logout overtook this refresh; its token is discarded");
@@ -475,7 +484,7 @@ pub async fn refresh(
                 tracing::warn!(error = %e, failure = ?failure, "refresh failed");
                 event("failed", failure_details(&e, permanent, started.elapsed()));
                 finish(&rt, &flow_id, Some(e.to_string())).await;
-                FlowOutcome::RefreshFailed { failure, error: e.to_string(), rotated_refresh_token: rotated }
+                FlowOutcome::RefreshFailed { failure, error: e.to_string(), rotated_refresh_token: rotated, endpoint: registered.then_some(endpoint) }
             }
         }
     }

@@ -59,6 +59,8 @@ pub enum FaultKind {
     /// (metadata only) The authorization server metadata names another issuer than the one it
     /// is served for (RFC 8414 §3.3 says clients must refuse it).
     WrongIssuer,
+    /// HTTP 403 with an HTML page and no OAuth error (a firewall or proxy in the way).
+    HtmlForbidden,
 }
 
 impl FaultKind {
@@ -85,7 +87,7 @@ impl FaultKind {
         })
     }
 
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::InvalidGrant,
         FaultKind::InvalidClient,
         FaultKind::InvalidScope,
@@ -102,6 +104,7 @@ impl FaultKind {
         FaultKind::DropConnection,
         FaultKind::InsufficientScope,
         FaultKind::WrongIssuer,
+        FaultKind::HtmlForbidden,
     ];
 }
 

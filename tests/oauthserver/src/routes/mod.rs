@@ -174,6 +174,14 @@ pub async fn intercept_if(
                 "injected fault",
             ))
         }
+        FaultKind::HtmlForbidden => Intercept::Respond(
+            (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                "<html><head><title>403 Forbidden</title></head><body><h1>Access denied</h1><p>Request blocked by the firewall (injected fault).</p></body></html>",
+            )
+                .into_response(),
+        ),
         kind => Intercept::Shape(kind),
     }
 }

@@ -1,0 +1,491 @@
+//! The recovery model end to end: the supervisor against the OAuth test server over loopback,
+//! with real SQLite files. Failure paths that must never cost a login or a refresh token, and
+//! the ones that must cost exactly one login.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mcpproxy_oauth::config::UpstreamConfig;
+use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::upstream::actor::ServerStatus;
+use mcpproxy_oauth::upstream::state::Policy;
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
+use url::Url;
+
+fn data_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-recovery-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ))
+}
+
+/// The ladder compressed: fast attempts from 50 ms, then one attempt every 300 ms.
+fn fast_policy() -> Policy {
+    Policy {
+        backoff_base: 50,
+        backoff_cap: 200,
+        fast_attempts: 3,
+        retry_interval: 300,
+        retry_ceiling: 120_000,
+        min_timer_gap: 20,
+        ..Policy::default()
+    }
+}
+
+async fn supervisor(
+    srv: &OAuthTestServer,
+    dir: &Path,
+    policy: Policy,
+) -> (SupervisorHandle, Arc<AtomicU32>) {
+    let (browser, launches) = following_browser();
+    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    let config = SupervisorConfig {
+        browser,
+        policy,
+        login_timeout: Duration::from_secs(10),
+        http_timeout: Duration::from_secs(2),
+        store_poll_interval: Duration::from_millis(200),
+        ..SupervisorConfig::new(vec![server], dir.to_path_buf())
+    };
+    let handle = SupervisorHandle::start(config)
+        .await
+        .expect("the supervisor starts");
+    (handle, launches)
+}
+
+async fn status(handle: &SupervisorHandle) -> ServerStatus {
+    handle.status().await.unwrap().remove(0)
+}
+
+/// Waits (bounded) until `check` holds for the server's status; returns that status.
+async fn wait_until(
+    handle: &SupervisorHandle,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&ServerStatus) -> bool,
+) -> ServerStatus {
+    let deadline = Instant::now() + within;
+    let mut changes = handle.subscribe();
+    loop {
+        let s = status(handle).await;
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; the server is {} ({:?})",
+            s.phase.name(),
+            s.detail
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), changes.recv()).await;
+    }
+}
+
+fn stored_refresh_token(dir: &Path) -> Option<String> {
+    let conn = rusqlite::Connection::open(database_path(dir)).unwrap();
+    conn.query_row("SELECT refresh_token FROM oauth_tokens", [], |r| r.get(0))
+        .unwrap_or(None)
+}
+
+fn short_ttl(seconds: u64) -> Config {
+    Config {
+        access_token_ttl: Duration::from_secs(seconds),
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn invalid_grant_after_a_successful_login_opens_the_browser_exactly_once_more() {
+    let srv = start(short_ttl(2)).await;
+    let dir = data_dir("invalid-grant");
+    let (handle, launches) = supervisor(&srv, &dir, Policy::default()).await;
+    handle.reconnect("srv").await.expect("the first login");
+    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    // The next refresh hears that the refresh token is dead. The login that just succeeded
+    // must not hold back the browser (the window counts from failed logins only).
+    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidGrant).times(1))
+        .unwrap();
+    wait_until(&handle, "a second login", Duration::from_secs(15), |s| {
+        s.phase.name() == "connected" && launches.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let stats = srv.stats();
+    assert_eq!(stats.authorize_requests, 2, "exactly one new browser login");
+    assert_eq!(stats.token_errors.get("invalid_grant"), Some(&1));
+    // And the new token keeps being refreshed silently.
+    let refreshed = stats.token_requests_for("refresh_token");
+    wait_until(&handle, "a silent refresh", Duration::from_secs(10), |_| {
+        srv.stats().token_requests_for("refresh_token") > refreshed
+    })
+    .await;
+    assert_eq!(launches.load(Ordering::SeqCst), 2);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_no_login() {
+    let srv = start(short_ttl(2)).await;
+    let dir = data_dir("outage");
+    let (handle, launches) = supervisor(&srv, &dir, fast_policy()).await;
+    handle.reconnect("srv").await.expect("the first login");
+    let mut changes = handle.subscribe();
+    // 3 fast attempts and then the slow ones: the access token expires during the outage.
+    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::TemporarilyUnavailable).times(14))
+        .unwrap();
+    let retrying = wait_until(
+        &handle,
+        "the retrying phase",
+        Duration::from_secs(10),
+        |s| s.phase.name() == "retrying",
+    )
+    .await;
+    assert!(retrying.has_refresh_token, "the refresh token is kept");
+    assert!(retrying.next_attempt_at.is_some());
+    let expired = wait_until(
+        &handle,
+        "the access token to expire",
+        Duration::from_secs(10),
+        |s| {
+            s.expires_at
+                .is_some_and(|e| e < mcpproxy_oauth::store::db::now_ms())
+        },
+    )
+    .await;
+    let failure = handle
+        .access_token("srv")
+        .await
+        .expect_err("no usable token meanwhile");
+    assert!(
+        matches!(failure.code(), "retrying" | "backing_off"),
+        "callers hear the typed reason: {failure}"
+    );
+    assert!(expired.has_refresh_token);
+    wait_until(&handle, "recovery", Duration::from_secs(20), |s| {
+        s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&14)
+    })
+    .await;
+    let stats = srv.stats();
+    assert_eq!(stats.authorize_requests, 1, "no login");
+    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.refresh_token_reuse, 0);
+    assert_eq!(
+        stats.token_errors.get("invalid_grant"),
+        None,
+        "the same grant throughout"
+    );
+    let token = handle.access_token("srv").await.expect("a token again");
+    assert!(
+        srv.secrets()
+            .access_tokens
+            .contains(&token.secret().to_string())
+    );
+    let mut seen = Vec::new();
+    while let Ok(change) = changes.try_recv() {
+        seen.push(change.phase.name());
+    }
+    assert!(
+        seen.contains(&"backing_off") && seen.contains(&"retrying"),
+        "the ladder was climbed: {seen:?}"
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_client_on_a_registered_client_registers_again_once() {
+    let srv = start(short_ttl(3)).await;
+    let dir = data_dir("invalid-client");
+    let (handle, launches) = supervisor(&srv, &dir, fast_policy()).await;
+    handle.reconnect("srv").await.expect("the first login");
+    assert_eq!(srv.stats().registrations, 1);
+    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidClient).times(1))
+        .unwrap();
+    // The refresh is rejected for the client: a fresh client is registered and the refresh
+    // token tried with it. The test server binds refresh tokens to their client, so that
+    // refresh answers invalid_grant, and one login follows, with the new client.
+    wait_until(
+        &handle,
+        "a login with the new client",
+        Duration::from_secs(15),
+        |s| s.phase.name() == "connected" && launches.load(Ordering::SeqCst) == 2,
+    )
+    .await;
+    let stats = srv.stats();
+    assert_eq!(stats.registrations, 2, "registered again exactly once");
+    assert_eq!(stats.authorize_requests, 2);
+    assert_eq!(stats.token_errors.get("invalid_client"), Some(&1));
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_configured_client_that_is_rejected_keeps_its_refresh_token() {
+    let srv = start(Config {
+        preregistered_client: Some(("configured-client".into(), None)),
+        ..short_ttl(2)
+    })
+    .await;
+    let dir = data_dir("client-rejected");
+    let (browser, launches) = following_browser();
+    let mut server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    server.client.client_id = Some("configured-client".into());
+    let handle = SupervisorHandle::start(SupervisorConfig {
+        browser,
+        policy: fast_policy(),
+        login_timeout: Duration::from_secs(10),
+        http_timeout: Duration::from_secs(2),
+        ..SupervisorConfig::new(vec![server], dir.clone())
+    })
+    .await
+    .unwrap();
+    handle.reconnect("srv").await.expect("the first login");
+    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidClient).times(2))
+        .unwrap();
+    let rejected = wait_until(&handle, "client_rejected", Duration::from_secs(10), |s| {
+        s.phase.name() == "client_rejected"
+    })
+    .await;
+    assert!(rejected.has_refresh_token);
+    assert!(stored_refresh_token(&dir).is_some(), "kept in the store");
+    assert!(
+        rejected.detail.unwrap().contains("oauth.client_id"),
+        "says what to fix"
+    );
+    wait_until(&handle, "recovery", Duration::from_secs(15), |s| {
+        s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&2)
+    })
+    .await;
+    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login");
+    assert_eq!(
+        srv.stats().registrations,
+        0,
+        "a configured client is never registered"
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_firewall_html_403_on_the_token_endpoint_keeps_the_refresh_token() {
+    let srv = start(short_ttl(2)).await;
+    let dir = data_dir("html-403");
+    let (handle, launches) = supervisor(&srv, &dir, fast_policy()).await;
+    handle.reconnect("srv").await.expect("the first login");
+    let before = stored_refresh_token(&dir).expect("a refresh token");
+    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::HtmlForbidden).times(3))
+        .unwrap();
+    let retrying = wait_until(&handle, "slow retries", Duration::from_secs(10), |s| {
+        s.phase.name() == "retrying"
+    })
+    .await;
+    assert!(retrying.has_refresh_token);
+    assert_eq!(
+        stored_refresh_token(&dir),
+        Some(before),
+        "the stored refresh token is kept"
+    );
+    wait_until(&handle, "recovery", Duration::from_secs(15), |s| {
+        s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&3)
+    })
+    .await;
+    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login");
+    assert_eq!(srv.stats().refresh_token_reuse, 0);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_without_refresh_tokens_fires_one_timer_per_token_lifetime() {
+    let srv = start(Config {
+        issue_refresh_tokens: false,
+        ..short_ttl(1)
+    })
+    .await;
+    let dir = data_dir("no-refresh-token");
+    let (handle, launches) = supervisor(&srv, &dir, Policy::default()).await;
+    handle.reconnect("srv").await.expect("the first login");
+    // Each token is used until it stops being usable, then a login gets the next one: one
+    // timer event per lifetime, never a spin until the safety margin.
+    let s = wait_until(
+        &handle,
+        "three more lifetimes",
+        Duration::from_secs(20),
+        |_| launches.load(Ordering::SeqCst) >= 4,
+    )
+    .await;
+    let logins = launches.load(Ordering::SeqCst) as u64;
+    assert!(
+        s.timers_fired <= logins,
+        "{} timer events for {logins} token lifetimes",
+        s.timers_fired
+    );
+    assert!(
+        s.timers_fired >= 3,
+        "the timer drove the logins: {}",
+        s.timers_fired
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_non_interactive_server_needing_a_login_connects_when_another_process_stores_one() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("store-watch");
+    let (daemon, _) = supervisor(
+        &srv,
+        &dir,
+        Policy {
+            interactive: false,
+            ..Policy::default()
+        },
+    )
+    .await;
+    let failure = daemon.reconnect("srv").await.expect_err("no token yet");
+    assert_eq!(failure.code(), "needs_login");
+    // Another process (a second supervisor on the same files, as `auth login` is) logs in.
+    let (other, _) = supervisor(&srv, &dir, Policy::default()).await;
+    other.login("srv").await.expect("the other process logs in");
+    other.shutdown().await;
+    let connected = wait_until(
+        &daemon,
+        "the daemon sees the login",
+        Duration::from_secs(5),
+        |s| s.phase.name() == "connected",
+    )
+    .await;
+    assert!(connected.has_refresh_token);
+    let token = daemon
+        .access_token("srv")
+        .await
+        .expect("the daemon uses the new token");
+    assert!(
+        srv.secrets()
+            .access_tokens
+            .contains(&token.secret().to_string())
+    );
+    assert_eq!(srv.stats().authorize_requests, 1);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_logout_by_another_process_stops_the_daemon_and_the_row_stays_deleted() {
+    let srv = start(short_ttl(2)).await;
+    let dir = data_dir("logout-elsewhere");
+    let (daemon, _) = supervisor(&srv, &dir, Policy::default()).await;
+    daemon.reconnect("srv").await.expect("the daemon logs in");
+    let (other, _) = supervisor(&srv, &dir, Policy::default()).await;
+    other
+        .logout("srv")
+        .await
+        .expect("the other process logs out");
+    other.shutdown().await;
+    wait_until(
+        &daemon,
+        "the daemon sees the logout",
+        Duration::from_secs(5),
+        |s| s.phase.name() == "logged_out",
+    )
+    .await;
+    let failure = daemon
+        .access_token("srv")
+        .await
+        .expect_err("no token after logout");
+    assert_eq!(failure.code(), "logged_out");
+    // Over more than a token lifetime (the old token would have been refreshed at 1.5 s),
+    // nothing is refreshed and nothing is written back.
+    let refreshes = srv.stats().token_requests_for("refresh_token");
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(stored_refresh_token(&dir), None, "the row stays deleted");
+        let _ = tokio::time::timeout(Duration::from_millis(200), daemon.subscribe().recv()).await;
+    }
+    assert_eq!(srv.stats().token_requests_for("refresh_token"), refreshes);
+    assert_eq!(status(&daemon).await.phase.name(), "logged_out");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_logout_during_a_refresh_discards_the_refresh_and_never_writes_it_back() {
+    let srv = start(short_ttl(2)).await;
+    let dir = data_dir("logout-fence");
+    let (handle, _) = supervisor(&srv, &dir, fast_policy()).await;
+    handle.reconnect("srv").await.expect("login");
+    // The next refresh answers only after 1 s: log out while it is in flight.
+    srv.inject(
+        Fault::new(FaultTarget::Refresh, FaultKind::Slow)
+            .times(1)
+            .delay_ms(1_000),
+    )
+    .unwrap();
+    wait_until(
+        &handle,
+        "the refresh to start",
+        Duration::from_secs(5),
+        |s| s.phase.name() == "refreshing",
+    )
+    .await;
+    handle.logout("srv").await.expect("logout");
+    assert_eq!(status(&handle).await.phase.name(), "logged_out");
+    // Bounded wait for the slow answer to have arrived at the server side and beyond.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(
+            stored_refresh_token(&dir),
+            None,
+            "the refresh is never written back"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), handle.subscribe().recv()).await;
+    }
+    let s = status(&handle).await;
+    assert_eq!(s.phase.name(), "logged_out");
+    assert!(handle.cached_access_token("srv").unwrap().is_none());
+    // A login after the logout runs exactly one flow and works.
+    handle.login("srv").await.expect("a new login");
+    assert_eq!(status(&handle).await.phase.name(), "connected");
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_login_with_a_forgotten_client_registers_again_before_the_next() {
+    // The authorization server restarts and forgets its clients (as the demo's does).
+    let first = start(Config::default()).await;
+    let port = Url::parse(first.url()).unwrap().port().unwrap();
+    let dir = data_dir("forgotten-client");
+    {
+        let (handle, _) = supervisor(&first, &dir, Policy::default()).await;
+        handle.login("srv").await.expect("the first login");
+        handle.shutdown().await;
+    }
+    first.shutdown().await;
+    let srv = start(Config {
+        port,
+        ..Config::default()
+    })
+    .await;
+    let (browser, _) = following_browser();
+    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    let handle = SupervisorHandle::start(SupervisorConfig {
+        browser,
+        login_timeout: Duration::from_secs(2),
+        http_timeout: Duration::from_secs(2),
+        ..SupervisorConfig::new(vec![server], dir.clone())
+    })
+    .await
+    .unwrap();
+    // The stored client is unknown now: the browser sees an error page, no callback comes.
+    let failure = handle
+        .login("srv")
+        .await
+        .expect_err("the stale client fails");
+    assert_eq!(failure.code(), "login_failed");
+    assert_eq!(srv.stats().registrations, 0);
+    handle
+        .login("srv")
+        .await
+        .expect("the next login registers again");
+    assert_eq!(srv.stats().registrations, 1);
+    assert_eq!(status(&handle).await.phase.name(), "connected");
+    handle.shutdown().await;
+}
