@@ -158,7 +158,9 @@ impl Actor for SupervisorActor {
             let look = async move { registry.call(|s| s.data_version()).await };
             ctx.spawn(look.into_actor(act).map(|version, act, _| {
                 let Ok(version) = version else { return };
-                let changed = act.data_version.is_some_and(|v| v != version);
+                // The first look checks too: another process may have written between the
+                // actors' first loads and this baseline.
+                let changed = act.data_version != Some(version);
                 act.data_version = Some(version);
                 if changed {
                     tracing::debug!("the token store was changed by another process");

@@ -1,0 +1,181 @@
+//! Credentials changed by another process reach a running daemon: real `serve` and `auth`
+//! processes on one data directory, against the OAuth test server over loopback.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use oauth_test_server::Config;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
+/// A "browser" that follows the redirect to the loopback listener.
+const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
+
+struct Files {
+    config: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+fn files(srv: &oauth_test_server::OAuthTestServer, name: &str) -> Files {
+    let dir = std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-live-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("mcp_config.json");
+    let body =
+        serde_json::json!({"mcpServers": [{"name": "srv", "url": srv.mcp_url(), "oauth": {}}]});
+    std::fs::write(&config, body.to_string()).unwrap();
+    Files {
+        config,
+        data: dir.join("data"),
+        log: dir.join("serve.log"),
+    }
+}
+
+async fn auth(files: &Files, command: &str) -> std::process::Output {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(BIN)
+            .args([
+                "auth",
+                command,
+                "srv",
+                "--config",
+                files.config.to_str().unwrap(),
+                "--data-dir",
+                files.data.to_str().unwrap(),
+                "--browser-command",
+                CURL_BROWSER,
+            ])
+            .env_remove("BROWSER")
+            .output(),
+    )
+    .await
+    .expect("the command ends within 30 s")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "auth {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The daemon's phase changes so far, from its JSON log.
+fn phases(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "state changed")
+        .filter_map(|l| l["to"].as_str().map(String::from))
+        .collect()
+}
+
+/// Waits (bounded) until the daemon's log shows `count` changes to `phase`.
+async fn wait_for_phase(log: &Path, phase: &str, count: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = phases(log);
+        if seen.iter().filter(|p| *p == phase).count() >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not reach {phase} (x{count}) within {within:?}; its phases: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn stored_rows(data: &Path) -> i64 {
+    rusqlite::Connection::open(data.join("tokens.db"))
+        .and_then(|c| c.query_row("SELECT count(*) FROM oauth_tokens", [], |r| r.get(0)))
+        .unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn auth_login_and_logout_in_another_terminal_reach_a_non_interactive_daemon() {
+    let srv = start(Config {
+        access_token_ttl: Duration::from_secs(2),
+        ..Config::default()
+    })
+    .await;
+    let files = files(&srv, "daemon");
+    let mut daemon = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--non-interactive",
+            "--config",
+            files.config.to_str().unwrap(),
+            "--data-dir",
+            files.data.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--log-file",
+            files.log.to_str().unwrap(),
+        ])
+        .env_remove("BROWSER")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_phase(&files.log, "needs_login", 1, Duration::from_secs(15)).await;
+    assert_eq!(
+        srv.stats().authorize_requests,
+        0,
+        "a non-interactive daemon opens no browser"
+    );
+
+    let login = auth(&files, "login").await;
+    assert!(String::from_utf8_lossy(&login.stdout).starts_with("srv: logged in"));
+    wait_for_phase(&files.log, "connected", 1, Duration::from_secs(5)).await;
+    // The daemon now keeps the token fresh on its own (2 s tokens).
+    let refreshes = srv.stats().token_requests_for("refresh_token");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while srv.stats().token_requests_for("refresh_token") == refreshes {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not refresh the token it adopted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // `auth login` with a valid stored token still runs a real browser login.
+    auth(&files, "login").await;
+    assert_eq!(srv.stats().authorize_requests, 2, "a real login every time");
+
+    auth(&files, "logout").await;
+    wait_for_phase(&files.log, "logged_out", 1, Duration::from_secs(5)).await;
+    let refreshes = srv.stats().token_requests_for("refresh_token");
+    // For longer than a token lifetime: nothing refreshed, the row stays deleted.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(
+            stored_rows(&files.data),
+            0,
+            "the daemon wrote the token back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(srv.stats().token_requests_for("refresh_token"), refreshes);
+
+    let pid = daemon.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), daemon.wait())
+        .await
+        .expect("serve stops within 10 s")
+        .unwrap();
+    assert!(status.success());
+    let log = std::fs::read_to_string(&files.log).unwrap();
+    assert_no_secret(&srv, &log);
+}
