@@ -375,6 +375,20 @@ impl TokenStore {
         Ok(())
     }
 
+    /// Runs `job` with a short busy timeout: flow history must not stall the registry (and
+    /// every server behind it) while another process holds the write lock; tokens wait the
+    /// full timeout.
+    pub fn with_short_busy_timeout<R>(
+        &mut self,
+        job: impl FnOnce(&mut Self) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.conn
+            .busy_timeout(std::time::Duration::from_millis(200))?;
+        let result = job(self);
+        self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        result
+    }
+
     /// Records a flow as running, with a lease that shows which process owns it until when.
     pub fn begin_flow(
         &mut self,

@@ -37,6 +37,7 @@ use crate::telemetry::flow_logger::{FlowLogger, GetTrace, TraceEntry};
 use crate::upstream::actor::{
     self, Grant, ServerStatus, Snapshot, StateChange, UpstreamActor, UpstreamError,
 };
+pub use crate::upstream::flows::FlowHook;
 use crate::upstream::flows::Runtime;
 use crate::upstream::state::Policy;
 
@@ -50,8 +51,17 @@ pub struct SupervisorConfig {
     pub policy: Policy,
     /// How long a browser login may take.
     pub login_timeout: Duration,
-    /// Bound of every OAuth HTTP request.
+    /// Bound of every OAuth HTTP request but refreshes.
     pub http_timeout: Duration,
+    /// Bound of a refresh request: generous, because abandoning a refresh the server has
+    /// already processed costs the refresh token on servers that rotate it.
+    pub refresh_timeout: Duration,
+    /// How long `shutdown` waits for running refreshes and their saves.
+    pub shutdown_grace: Duration,
+    /// Test-only: called at the start of every flow with the server's name and the flow's
+    /// kind (tests inject panics with it).
+    #[doc(hidden)]
+    pub flow_hook: Option<FlowHook>,
     /// How often the store is checked for tokens stored or deleted by another process
     /// (`auth login`, `auth logout`, another daemon).
     pub store_poll_interval: Duration,
@@ -66,6 +76,9 @@ impl SupervisorConfig {
             policy: Policy::default(),
             login_timeout: Duration::from_secs(300),
             http_timeout: Duration::from_secs(15),
+            refresh_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            flow_hook: None,
             store_poll_interval: Duration::from_secs(1),
         }
     }
@@ -252,6 +265,7 @@ struct Inner {
     flow_log: Addr<FlowLogger>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
+    shutdown_grace: Duration,
 }
 
 /// The library API: `Send + Sync + Clone`, usable from any tokio runtime.
@@ -269,11 +283,13 @@ fn build(
     let runtime = Arc::new(Runtime {
         registry: registry.clone(),
         http: OAuthHttp::new(config.http_timeout),
+        refresh_http: OAuthHttp::new(config.refresh_timeout),
         lock_dir: config.data_dir.join("locks"),
         browser: config.browser.clone(),
         owner: format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4()),
         login_timeout: config.login_timeout,
         flow_log: flow_log.clone(),
+        flow_hook: config.flow_hook.clone(),
     });
     let mut upstreams = HashMap::new();
     for server in config.servers {
@@ -319,6 +335,7 @@ impl SupervisorHandle {
         let mut names: Vec<String> = config.servers.iter().map(|s| s.name.clone()).collect();
         names.sort();
         let (events, _) = broadcast::channel(256);
+        let shutdown_grace = config.shutdown_grace;
         let thread_events = events.clone();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -358,6 +375,7 @@ impl SupervisorHandle {
                 flow_log: parts.flow_log,
                 stop: Mutex::new(Some(stop_tx)),
                 stopped: Mutex::new(Some(stopped_rx)),
+                shutdown_grace,
             }),
         })
     }
@@ -494,8 +512,24 @@ impl SupervisorHandle {
         self.inner.moved_aside.as_deref()
     }
 
-    /// Stops every actor after queued store writes finish. Other clones stop working too.
+    /// Stops every actor: nothing new starts, running refreshes and unsaved tokens get up to
+    /// `shutdown_grace` to reach the store, then queued store writes finish. Other clones stop
+    /// working too.
     pub async fn shutdown(&self) {
+        let drains = self
+            .inner
+            .upstreams
+            .values()
+            .map(|u| u.addr.send(actor::Drain));
+        if tokio::time::timeout(
+            self.inner.shutdown_grace,
+            futures_util::future::join_all(drains),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!(grace = ?self.inner.shutdown_grace, "stopping with flows still running");
+        }
         let stop = self
             .inner
             .stop

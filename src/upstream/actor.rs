@@ -135,6 +135,13 @@ pub struct UpstreamActor {
     generation: Arc<AtomicU64>,
     /// How often the timer fired, for status: a spinning machine shows here first.
     timers_fired: u64,
+    /// The pending retry of a failed token save.
+    save_retry: Option<SpawnHandle>,
+    /// Shutting down: no new flow starts; `drained` hears when the running one is over.
+    draining: bool,
+    drained: Vec<oneshot::Sender<()>>,
+    /// Restarted after a panic: reload from the store as soon as the actor runs again.
+    reload_on_start: bool,
 }
 
 impl UpstreamActor {
@@ -166,6 +173,10 @@ impl UpstreamActor {
             timer: None,
             generation: Arc::new(AtomicU64::new(0)),
             timers_fired: 0,
+            save_retry: None,
+            draining: false,
+            drained: Vec::new(),
+            reload_on_start: false,
         }
     }
 
@@ -196,6 +207,19 @@ impl UpstreamActor {
     }
 
     fn perform(&mut self, effect: Effect, ctx: &mut Context<Self>) {
+        if self.draining
+            && matches!(
+                effect,
+                Effect::LoadToken
+                    | Effect::StartRefresh(_)
+                    | Effect::StartLogin
+                    | Effect::ArmTimer { .. }
+            )
+        {
+            // Shutting down: nothing new starts; whoever waits for it hears why.
+            self.resolve(Resolution::Failed(Failure::Stopped));
+            return;
+        }
         match effect {
             Effect::LoadToken => {
                 let key = self.config.server_key.clone();
@@ -263,10 +287,7 @@ impl UpstreamActor {
                     self.fence(),
                     request,
                 );
-                let handle = ctx.spawn(flow.into_actor(self).map(move |outcome, act, ctx| {
-                    act.flow_done(flow_id, generation, outcome, ctx)
-                }));
-                self.flow_handle = Some(handle);
+                self.spawn_flow(flow_id, generation, flow, ctx);
             }
             Effect::StartLogin => {
                 let generation = self.state.generation;
@@ -284,10 +305,7 @@ impl UpstreamActor {
                     self.fence(),
                     request,
                 );
-                let handle = ctx.spawn(flow.into_actor(self).map(move |outcome, act, ctx| {
-                    act.flow_done(flow_id, generation, outcome, ctx)
-                }));
-                self.flow_handle = Some(handle);
+                self.spawn_flow(flow_id, generation, flow, ctx);
             }
             Effect::CancelFlow => {
                 if let Some(handle) = self.flow_handle.take() {
@@ -359,6 +377,81 @@ impl UpstreamActor {
     fn adopt_client(&mut self, client: Option<&StoredClient>) {
         if let Some(client) = client {
             self.endpoint = Some(endpoint_from_stored(client));
+        }
+    }
+
+    /// Runs a flow as this actor's one flow. A panic inside it is caught: the actor stops, and
+    /// its supervisor restarts it with its state reloaded from the store (other servers, on
+    /// the same thread, go on).
+    fn spawn_flow(
+        &mut self,
+        flow_id: String,
+        generation: u64,
+        flow: impl std::future::Future<Output = FlowOutcome> + 'static,
+        ctx: &mut Context<Self>,
+    ) {
+        use futures_util::FutureExt;
+        let flow = std::panic::AssertUnwindSafe(flow).catch_unwind();
+        let handle = ctx.spawn(flow.into_actor(self).map(move |outcome, act, ctx| {
+            match outcome {
+                Ok(outcome) => act.flow_done(flow_id, generation, outcome, ctx),
+                Err(_) => {
+                    tracing::error!(server = %act.config.name, correlation_id = %flow_id, "the flow panicked; restarting the server's actor, which reloads its state from the store");
+                    act.reload_on_start = true;
+                    ctx.stop();
+                }
+            }
+        }));
+        self.flow_handle = Some(handle);
+    }
+
+    /// A token whose save failed lives in memory (and is the one the next refresh presents);
+    /// its save is retried with backoff until the store takes it.
+    fn retry_save(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        if self.save_retry.is_some() {
+            return;
+        }
+        self.save_retry = Some(ctx.run_later(delay, move |act, ctx| {
+            act.save_retry = None;
+            let Some(token) = act.current.clone().filter(|_| !act.current_durable) else {
+                return;
+            };
+            let (registry, fence, saved) = (act.rt.registry.clone(), act.fence(), token.access_token.clone());
+            let save = async move {
+                registry
+                    .call(move |s| {
+                        if fence.is_current() {
+                            s.save_token(&token)?;
+                        }
+                        Ok(())
+                    })
+                    .await
+            };
+            ctx.spawn(save.into_actor(act).map(move |result, act, ctx| match result {
+                Ok(()) => {
+                    if act.current.as_ref().is_some_and(|t| t.access_token == saved) {
+                        act.current_durable = true;
+                        tracing::info!(server = %act.config.name, "the token kept in memory is now in the store");
+                    }
+                    act.notify_drained();
+                }
+                Err(e) => {
+                    tracing::warn!(server = %act.config.name, error = %e, "the token still cannot be saved; it stays in memory and is retried");
+                    act.retry_save((delay * 2).min(Duration::from_secs(30)), ctx);
+                }
+            }));
+        }));
+    }
+
+    fn busy(&self) -> bool {
+        self.flow_handle.is_some() || (self.current.is_some() && !self.current_durable)
+    }
+
+    fn notify_drained(&mut self) {
+        if self.draining && !self.busy() {
+            for done in self.drained.drain(..) {
+                let _ = done.send(());
+            }
         }
     }
 
@@ -446,6 +539,10 @@ impl UpstreamActor {
         };
         self.apply(event, ctx);
         self.announce_decision(&flow_id, kind);
+        if self.current.is_some() && !self.current_durable {
+            self.retry_save(Duration::from_secs(1), ctx);
+        }
+        self.notify_drained();
     }
 
     /// The flow's last trace event: what the machine decided on its outcome.
@@ -644,6 +741,9 @@ impl Actor for UpstreamActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Waiting callers must not block behind a full mailbox for long.
         ctx.set_mailbox_capacity(1024);
+        if std::mem::take(&mut self.reload_on_start) {
+            self.apply(Event::Reconnect, ctx);
+        }
     }
 }
 
@@ -670,6 +770,7 @@ impl Supervised for UpstreamActor {
         self.running_flow = None;
         self.flow_handle = None;
         self.timer = None;
+        self.save_retry = None;
         self.snapshot.store(None);
     }
 }
@@ -823,6 +924,34 @@ impl Handler<Logout> for UpstreamActor {
                     },
                     flow_id: None,
                 })
+        })
+    }
+}
+
+/// Shutdown: start nothing new, cancel a login (it only waits for a person), and answer once
+/// a running refresh and any unsaved token are in the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+impl Handler<Drain> for UpstreamActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
+        if self.running_flow_kind == "login"
+            && let Some(handle) = self.flow_handle.take()
+        {
+            ctx.cancel_future(handle);
+            self.resolve(Resolution::Failed(Failure::Stopped));
+        }
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.drained.push(tx);
+        self.notify_drained();
+        Box::pin(async move {
+            let _ = rx.await;
         })
     }
 }

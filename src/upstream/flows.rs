@@ -38,6 +38,8 @@ const REFRESH_LOCK_WAIT: Duration = Duration::from_secs(30);
 pub struct Runtime {
     pub registry: TokenRegistry,
     pub http: OAuthHttp,
+    /// The same client with the longer refresh deadline.
+    pub refresh_http: OAuthHttp,
     pub lock_dir: PathBuf,
     pub browser: BrowserLauncher,
     /// Who runs flows here, as recorded in `oauth_flows.owner`.
@@ -45,6 +47,19 @@ pub struct Runtime {
     pub login_timeout: Duration,
     /// Where flow events go (sequence numbers, elapsed time, the bounded trace buffer).
     pub flow_log: Addr<FlowLogger>,
+    pub flow_hook: Option<FlowHook>,
+}
+
+/// A test-only hook run at the start of every flow with `(server, kind)`.
+#[derive(Clone)]
+pub struct FlowHook(pub Arc<FlowHookFn>);
+
+pub type FlowHookFn = dyn Fn(&str, &str) + Send + Sync;
+
+impl std::fmt::Debug for FlowHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlowHook")
+    }
 }
 
 impl Runtime {
@@ -279,7 +294,9 @@ async fn begin(
     let lease_ms = lease.as_millis() as i64;
     if let Err(e) = rt
         .registry
-        .call(move |s| s.begin_flow(&flow, &key, &name, kind, &owner, lease_ms))
+        .call(move |s| {
+            s.with_short_busy_timeout(|s| s.begin_flow(&flow, &key, &name, kind, &owner, lease_ms))
+        })
         .await
     {
         tracing::warn!(error = %e, "could not record the flow start");
@@ -290,7 +307,7 @@ async fn finish(rt: &Runtime, flow_id: &str, error: Option<String>) {
     let flow = flow_id.to_string();
     if let Err(e) = rt
         .registry
-        .call(move |s| s.finish_flow(&flow, error.as_deref()))
+        .call(move |s| s.with_short_busy_timeout(|s| s.finish_flow(&flow, error.as_deref())))
         .await
     {
         tracing::warn!(error = %e, "could not record the flow end");
@@ -368,6 +385,9 @@ pub async fn refresh(
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "refresh");
     async move {
         let RefreshRequest { current, current_durable, endpoint, plan } = request;
+        if let Some(hook) = &rt.flow_hook {
+            (hook.0)(&config.name, "refresh");
+        }
         let wait = REFRESH_LOCK_WAIT;
         let event = |step: &'static str, details: serde_json::Value| rt.flow_event(&flow_id, &config.name, "refresh", step, details);
         event("started", json!({"token_endpoint": endpoint.as_ref().map(|e| e.token_endpoint.clone()), "reregister": plan.reregister, "omit_scope": plan.omit_scope}));
@@ -446,7 +466,7 @@ pub async fn refresh(
         let source = Some(endpoint.client.source);
         let scope = if plan.omit_scope { None } else { current.scope.as_deref() };
         let started = std::time::Instant::now();
-        match endpoint.refresh(&rt.http, &RefreshToken::new(refresh_token), scope, SystemTime::now()).await {
+        match endpoint.refresh(&rt.refresh_http, &RefreshToken::new(refresh_token), scope, SystemTime::now()).await {
             Ok(set) => {
                 let token = stored_token(&config, &endpoint, current.issuer.clone(), &set, &flow_id);
                 let rotated = token.refresh_token != current.refresh_token;
@@ -481,10 +501,16 @@ pub async fn refresh(
                     }
                 }
                 let permanent = failure == RefreshFailure::RefreshTokenDead;
-                tracing::warn!(error = %e, failure = ?failure, "refresh failed");
+                // An abandoned refresh may have been processed: the next attempt (after the
+                // backoff) presents the same refresh token, which a rotating server refuses.
+                let error = match &e {
+                    OAuthError::Timeout { .. } => format!("{e}; the server may have consumed the refresh token (a rotating server then refuses it and a login follows)"),
+                    _ => e.to_string(),
+                };
+                tracing::warn!(error = %error, failure = ?failure, "refresh failed");
                 event("failed", failure_details(&e, permanent, started.elapsed()));
-                finish(&rt, &flow_id, Some(e.to_string())).await;
-                FlowOutcome::RefreshFailed { failure, error: e.to_string(), rotated_refresh_token: rotated, endpoint: registered.then_some(endpoint) }
+                finish(&rt, &flow_id, Some(error.clone())).await;
+                FlowOutcome::RefreshFailed { failure, error, rotated_refresh_token: rotated, endpoint: registered.then_some(endpoint) }
             }
         }
     }
@@ -549,6 +575,9 @@ pub async fn login(
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "login");
     async move {
         let LoginRequest { previous, fresh_client, challenge, requested_at } = request;
+        if let Some(hook) = &rt.flow_hook {
+            (hook.0)(&config.name, "login");
+        }
         let event = |step: &'static str, details: serde_json::Value| rt.flow_event(&flow_id, &config.name, "login", step, details);
         event("started", json!({"server_url": config.url.as_str(), "fresh_client": fresh_client}));
         let started = std::time::Instant::now();

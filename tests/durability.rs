@@ -1,0 +1,263 @@
+//! Nothing lost when the store, the network or the process misbehave: a locked database, a
+//! shutdown during a refresh, a slow token endpoint, a panicking flow. The supervisor against
+//! the OAuth test server over loopback, with real SQLite files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mcpproxy_oauth::config::UpstreamConfig;
+use mcpproxy_oauth::supervisor::{FlowHook, SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::upstream::actor::ServerStatus;
+use mcpproxy_oauth::upstream::state::Policy;
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
+use url::Url;
+
+fn data_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-durability-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ))
+}
+
+fn supervisor_config(
+    srv: &OAuthTestServer,
+    names: &[&str],
+    dir: &Path,
+) -> (SupervisorConfig, Arc<AtomicU32>) {
+    let (browser, launches) = following_browser();
+    let servers = names
+        .iter()
+        .map(|n| UpstreamConfig::new(n, Url::parse(&srv.mcp_url()).unwrap()))
+        .collect();
+    let config = SupervisorConfig {
+        browser,
+        policy: Policy {
+            backoff_base: 200,
+            backoff_cap: 1_000,
+            ..Policy::default()
+        },
+        login_timeout: Duration::from_secs(10),
+        http_timeout: Duration::from_secs(2),
+        ..SupervisorConfig::new(servers, dir.to_path_buf())
+    };
+    (config, launches)
+}
+
+async fn status_of(handle: &SupervisorHandle, name: &str) -> ServerStatus {
+    handle
+        .status()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap()
+}
+
+async fn wait_until<F: Fn() -> bool>(what: &str, within: Duration, check: F) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn stored_refresh_token(dir: &Path) -> Option<String> {
+    rusqlite::Connection::open(database_path(dir))
+        .and_then(|c| c.query_row("SELECT refresh_token FROM oauth_tokens", [], |r| r.get(0)))
+        .unwrap_or(None)
+}
+
+fn newest_issued_refresh_token(srv: &OAuthTestServer) -> String {
+    srv.secrets()
+        .refresh_tokens
+        .last()
+        .cloned()
+        .expect("a refresh token was issued")
+}
+
+fn short_ttl(seconds: u64) -> Config {
+    Config {
+        access_token_ttl: Duration::from_secs(seconds),
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn a_locked_database_never_costs_the_newest_refresh_token() {
+    let srv = start(short_ttl(2)).await;
+    let dir = data_dir("locked");
+    let (config, launches) = supervisor_config(&srv, &["srv"], &dir);
+    let handle = SupervisorHandle::start(config).await.unwrap();
+    handle.reconnect("srv").await.expect("login");
+    // Another connection holds the write lock for longer than the 5 s busy timeout, across
+    // more than one refresh (2 s tokens refresh every 1.5 s).
+    let db = database_path(&dir);
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let _ = released.recv_timeout(Duration::from_secs(30));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    let refreshes = srv.stats().token_requests_for("refresh_token");
+    wait_until(
+        "a save to fail and the token to live in memory",
+        Duration::from_secs(40),
+        || srv.stats().token_requests_for("refresh_token") >= refreshes + 2,
+    )
+    .await;
+    let s = status_of(&handle, "srv").await;
+    assert!(s.unsaved_token, "status shows the unsaved token: {s:?}");
+    assert_ne!(
+        stored_refresh_token(&dir),
+        Some(newest_issued_refresh_token(&srv)),
+        "the store is behind while locked"
+    );
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    wait_until(
+        "the newest token reaches the store",
+        Duration::from_secs(20),
+        || stored_refresh_token(&dir) == Some(newest_issued_refresh_token(&srv)),
+    )
+    .await;
+    // Refreshing goes on with the newest refresh token: no reuse, no revoked family, no login.
+    let after = srv.stats().token_requests_for("refresh_token");
+    wait_until("another refresh", Duration::from_secs(10), || {
+        srv.stats().token_requests_for("refresh_token") > after
+    })
+    .await;
+    let stats = srv.stats();
+    assert_eq!(
+        stats.refresh_token_reuse, 0,
+        "an old refresh token was presented"
+    );
+    assert_eq!(stats.token_errors.get("invalid_grant"), None);
+    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login");
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_shutdown_during_a_slow_refresh_keeps_the_rotated_refresh_token() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("shutdown");
+    let (config, _) = supervisor_config(&srv, &["srv"], &dir);
+    let handle = SupervisorHandle::start(config).await.unwrap();
+    handle.reconnect("srv").await.expect("login");
+    srv.inject(
+        Fault::new(FaultTarget::Refresh, FaultKind::Slow)
+            .times(1)
+            .delay_ms(1_500),
+    )
+    .unwrap();
+    let refreshing = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.refresh("srv").await })
+    };
+    wait_until(
+        "the refresh to reach the server",
+        Duration::from_secs(5),
+        || srv.stats().faults_fired.get("refresh") == Some(&1),
+    )
+    .await;
+    handle.shutdown().await;
+    let _ = refreshing.await;
+    assert_eq!(srv.stats().token_requests_for("refresh_token"), 1);
+    assert_eq!(
+        stored_refresh_token(&dir),
+        Some(newest_issued_refresh_token(&srv)),
+        "shutdown waited for the refresh and its save"
+    );
+    // The next start refreshes with it.
+    let (config, launches) = supervisor_config(&srv, &["srv"], &dir);
+    let again = SupervisorHandle::start(config).await.unwrap();
+    again.reconnect("srv").await.unwrap();
+    again
+        .refresh("srv")
+        .await
+        .expect("the rotated refresh token works");
+    assert_eq!(srv.stats().token_errors.get("invalid_grant"), None);
+    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_token_endpoint_gets_the_longer_refresh_deadline_and_costs_no_grant() {
+    let srv = start(short_ttl(3)).await;
+    let dir = data_dir("slow");
+    let (mut config, launches) = supervisor_config(&srv, &["srv"], &dir);
+    // Every other call gives up after 1 s; a refresh waits up to 5 s.
+    config.http_timeout = Duration::from_secs(1);
+    config.refresh_timeout = Duration::from_secs(5);
+    let handle = SupervisorHandle::start(config).await.unwrap();
+    handle.reconnect("srv").await.expect("login");
+    srv.inject(
+        Fault::new(FaultTarget::Refresh, FaultKind::Slow)
+            .times(2)
+            .delay_ms(2_000),
+    )
+    .unwrap();
+    wait_until(
+        "two slow refreshes and one more",
+        Duration::from_secs(20),
+        || srv.stats().token_requests_for("refresh_token") >= 3,
+    )
+    .await;
+    let stats = srv.stats();
+    assert_eq!(stats.faults_fired.get("refresh"), Some(&2));
+    assert_eq!(stats.refresh_token_reuse, 0);
+    assert_eq!(stats.token_errors.get("invalid_grant"), None);
+    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login");
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panicking_flow_restarts_only_its_server_which_reloads_from_the_store() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("panic");
+    let (mut config, _) = supervisor_config(&srv, &["a", "b"], &dir);
+    let armed = Arc::new(AtomicBool::new(false));
+    let trigger = armed.clone();
+    config.flow_hook = Some(FlowHook(Arc::new(move |server: &str, kind: &str| {
+        if server == "a" && kind == "refresh" && trigger.swap(false, Ordering::SeqCst) {
+            panic!("injected panic in a's refresh");
+        }
+    })));
+    let handle = SupervisorHandle::start(config).await.unwrap();
+    handle.reconnect("a").await.expect("a logs in");
+    handle.reconnect("b").await.expect("b logs in");
+    armed.store(true, Ordering::SeqCst);
+    let failure = handle
+        .refresh("a")
+        .await
+        .expect_err("the panicking flow fails");
+    assert_eq!(
+        failure.code(),
+        "stopped",
+        "its waiter hears at once: {failure}"
+    );
+    // b is untouched and works.
+    handle.refresh("b").await.expect("b refreshes");
+    // a was restarted and reloaded its token from the store by itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_of(&handle, "a").await.phase.name() != "connected" {
+        assert!(
+            Instant::now() < deadline,
+            "a did not reconnect from the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.refresh("a").await.expect("a refreshes again");
+    assert_eq!(
+        srv.stats().authorize_requests,
+        2,
+        "no login after the restart"
+    );
+    handle.shutdown().await;
+}
