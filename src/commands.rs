@@ -15,6 +15,7 @@ use mcpproxy_oauth::supervisor::{
     SupervisorConfig, SupervisorHandle, database_path, default_data_dir,
 };
 use mcpproxy_oauth::telemetry::trace;
+use mcpproxy_oauth::upstream::state::Policy;
 
 #[derive(Args, Debug)]
 pub struct Common {
@@ -33,6 +34,10 @@ pub struct Common {
     /// How long a browser login may take.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     login_timeout: Duration,
+    /// How long a refresh request may take (abandoning one the server processed costs the
+    /// refresh token on servers that rotate it).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    refresh_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -42,6 +47,12 @@ pub struct ServeArgs {
     /// Never open a browser by itself: servers needing a login wait for `auth login`.
     #[arg(long)]
     non_interactive: bool,
+    /// How long refreshing is retried after the first failure before a login is needed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    retry_ceiling: Duration,
+    /// The delay between slow retries, after the fast ones.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    retry_interval: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,13 +99,28 @@ async fn start(
     common: &Common,
     interactive: bool,
 ) -> Result<(SupervisorHandle, Vec<UpstreamConfig>), String> {
+    start_with(
+        common,
+        Policy {
+            interactive,
+            ..Policy::default()
+        },
+    )
+    .await
+}
+
+async fn start_with(
+    common: &Common,
+    policy: Policy,
+) -> Result<(SupervisorHandle, Vec<UpstreamConfig>), String> {
     let servers = config::load(&common.config).map_err(|e| e.to_string())?;
     let data_dir = common.data_dir.clone().unwrap_or_else(default_data_dir);
     let mut supervisor = SupervisorConfig::new(servers.clone(), data_dir);
     supervisor.browser =
         BrowserLauncher::from_settings(common.browser_command.clone(), common.no_browser);
     supervisor.login_timeout = common.login_timeout;
-    supervisor.policy.interactive = interactive;
+    supervisor.refresh_timeout = common.refresh_timeout;
+    supervisor.policy = policy;
     let handle = SupervisorHandle::start(supervisor)
         .await
         .map_err(|e| e.to_string())?;
@@ -102,7 +128,14 @@ async fn start(
 }
 
 pub async fn serve(args: ServeArgs) -> ExitCode {
-    let (handle, servers) = match start(&args.common, !args.non_interactive).await {
+    let millis = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+    let policy = Policy {
+        interactive: !args.non_interactive,
+        retry_ceiling: millis(args.retry_ceiling),
+        retry_interval: millis(args.retry_interval).max(1_000),
+        ..Policy::default()
+    };
+    let (handle, servers) = match start_with(&args.common, policy).await {
         Ok(started) => started,
         Err(e) => return fail(e),
     };
