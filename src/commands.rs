@@ -221,11 +221,13 @@ fn remaining(expires_at: Option<i64>) -> String {
 
 fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
-    let store = match TokenStore::open(&database_path(&data_dir)) {
-        Ok(store) => store,
+    // Read-only: no migration, nothing created; no database yet means no token yet.
+    let rows = match TokenStore::open_read_only(&database_path(&data_dir)) {
+        Ok(Some(store)) => store.token_status(),
+        Ok(None) => Ok(Vec::new()),
         Err(e) => return fail(e),
     };
-    let mut rows: Vec<serde_json::Value> = match store.token_status() {
+    let mut rows: Vec<serde_json::Value> = match rows {
         Ok(rows) => rows
             .into_iter()
             .map(|r| serde_json::to_value(r).unwrap_or_default())
@@ -328,8 +330,8 @@ pub fn logs(command: LogsCommand) -> ExitCode {
             json,
         } => {
             let data_dir = data_dir.unwrap_or_else(default_data_dir);
-            let flows = match TokenStore::open(&database_path(&data_dir))
-                .and_then(|s| s.recent_flows(limit))
+            let flows = match TokenStore::open_read_only(&database_path(&data_dir))
+                .and_then(|s| s.map_or(Ok(Vec::new()), |s| s.recent_flows(limit)))
             {
                 Ok(flows) => flows,
                 Err(e) => return fail(e),

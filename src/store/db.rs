@@ -8,11 +8,13 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+use super::perms;
 
 /// Migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[(&str, &str)] =
@@ -30,6 +32,14 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "the file {path} is not an mcpproxy-oauth token database ({detail}); nothing was changed: choose another --data-dir, or move the file away"
+    )]
+    Foreign { path: PathBuf, detail: String },
+    #[error(
+        "the token database {path} has the mcpproxy-oauth tables but schema version 0 (a migration ran outside mcpproxy-oauth, or the version was reset); nothing was changed: restore a backup, or move it aside (servers then log in again)"
+    )]
+    HalfMigrated { path: PathBuf },
     #[error("token database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("the token registry has stopped")]
@@ -134,71 +144,110 @@ pub struct TokenStore {
 }
 
 impl TokenStore {
-    /// Opens (creating if needed) the database at `path`, with its folder 0700 and file 0600.
+    /// Opens (creating if needed) the database at `path` for reading and writing: modes
+    /// enforced (folder 0700, files 0600, refused when they cannot be), real corruption moved
+    /// aside, every other failure an error naming the file, the cause and the fix, with
+    /// nothing moved; then pending migrations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let unusable = |reason: String| StoreError::Unusable {
             path: path.to_path_buf(),
             reason,
         };
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        {
-            fs::create_dir_all(dir)
-                .map_err(|e| unusable(format!("cannot create its folder: {e}")))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                .map_err(|e| unusable(format!("cannot restrict its folder: {e}")))?;
+        let private = |r: Result<(), perms::ModeError>| r.map_err(|e| unusable(e.to_string()));
+        private(perms::private_dir(folder_of(path)))?;
+        for file in with_companions(path) {
+            private(perms::private_file(&file))?;
         }
-        // Create it 0600 before SQLite does; the -wal and -shm files inherit the mode.
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                unusable(format!(
-                    "{e}; make it readable and writable by this user, or choose another --data-dir"
-                ))
-            })?;
-        match Self::open_checked(path) {
-            Ok(store) => Ok(store),
-            Err(Corruption(detail)) => {
-                let aside = move_aside(path).map_err(|e| unusable(format!("it is corrupt ({detail}) and could not be moved aside: {e}")))?;
+        create_private(path).map_err(unusable)?;
+        let mut store = match Self::open_checked(path, Access::ReadWrite) {
+            Ok(store) => store,
+            Err(OpenFailure::Corrupt(detail)) => {
+                let aside = move_aside(path).map_err(|e| {
+                    unusable(format!(
+                        "it is corrupt ({detail}) and could not be moved aside: {e}; move it away by hand (servers then log in again)"
+                    ))
+                })?;
                 tracing::error!(
                     path = %path.display(), moved_to = %aside.display(), detail = %detail,
                     "the token database is corrupt; it was moved aside and an empty one started: servers need to log in again"
                 );
-                let mut store = Self::open_checked(path).map_err(|Corruption(d)| unusable(d))?;
+                create_private(path).map_err(unusable)?;
+                let mut store = Self::open_checked(path, Access::ReadWrite)
+                    .map_err(|f| unusable(f.explain(path)))?;
                 store.moved_aside = Some(aside);
-                Ok(store)
+                store
             }
+            Err(failure) => return Err(unusable(failure.explain(path))),
+        };
+        store.migrate()?;
+        // SQLite created -wal and -shm with the database's mode; make sure of it.
+        for file in with_companions(path) {
+            private(perms::private_file(&file))?;
         }
-        .and_then(|mut store| {
-            store.migrate()?;
-            Ok(store)
-        })
+        Ok(store)
     }
 
-    fn open_checked(path: &Path) -> Result<Self, Corruption> {
-        let corrupt = |e: rusqlite::Error| Corruption(e.to_string());
-        let conn = Connection::open(path).map_err(corrupt)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(corrupt)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(corrupt)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Corruption(format!("journal mode {mode} instead of wal")));
+    /// Opens an existing database read-only, for commands that only look (`auth status`,
+    /// `logs flows`): no migration, nothing created or moved (a corrupt file is reported, and
+    /// moved aside by the next read-write open). `None` when there is no database yet. A mode
+    /// that cannot be tightened is a warning here: reading does not expose anything new.
+    pub fn open_read_only(path: &Path) -> Result<Option<Self>, StoreError> {
+        let unusable = |reason: String| StoreError::Unusable {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.exists() {
+            return Ok(None);
         }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-            .map_err(corrupt)?;
+        let warn = |r: Result<(), perms::ModeError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a token file keeps a loose mode");
+            }
+        };
+        warn(perms::private_dir(folder_of(path)));
+        for file in with_companions(path) {
+            warn(perms::private_file(&file));
+        }
+        let store = match Self::open_checked(path, Access::ReadOnly) {
+            Ok(store) => store,
+            Err(OpenFailure::Corrupt(detail)) => {
+                return Err(unusable(format!(
+                    "it is corrupt ({detail}); nothing was moved: the next `serve` or `auth login` moves it aside (servers then log in again)"
+                )));
+            }
+            Err(failure) => return Err(unusable(failure.explain(path))),
+        };
+        store.check_schema(store.schema_version()?)?;
+        for file in with_companions(path) {
+            warn(perms::private_file(&file));
+        }
+        Ok(Some(store))
+    }
+
+    fn open_checked(path: &Path, access: Access) -> Result<Self, OpenFailure> {
+        use rusqlite::OpenFlags;
+        let flags = match access {
+            Access::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
+            Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let step = |step: &'static str| move |e| OpenFailure::classify(step, e);
+        let conn = Connection::open_with_flags(path, flags).map_err(step("open"))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(step("open"))?;
+        if access == Access::ReadWrite {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(step("switch to WAL"))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(OpenFailure::NoWal(mode));
+            }
+            conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+                .map_err(step("set pragmas"))?;
+        }
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(corrupt)?;
+            .map_err(step("check integrity"))?;
         if check != "ok" {
-            return Err(Corruption(check));
+            return Err(OpenFailure::Corrupt(check));
         }
         Ok(TokenStore {
             conn,
@@ -207,14 +256,88 @@ impl TokenStore {
         })
     }
 
+    /// Refuses a file that is not ours (or not all ours) before anything writes to it: a
+    /// foreign SQLite database, our tables under `user_version` 0 (a migration that ran
+    /// outside this code, or a reset version), a version newer than this build.
+    fn check_schema(&self, version: i64) -> Result<(), StoreError> {
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        let mut statement = self.conn.prepare(
+            "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?;
+        let names: Vec<String> = statement
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let ours = |n: &String| OUR_OBJECTS.contains(&n.as_str());
+        let foreign: Vec<&String> = names.iter().filter(|n| !ours(n)).collect();
+        let list = |v: &[&String]| {
+            let shown: Vec<&str> = v.iter().take(5).map(|s| s.as_str()).collect();
+            let more = v.len().saturating_sub(5);
+            format!(
+                "{}{}",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        };
+        if version == 0 {
+            return match (names.iter().any(ours), foreign.is_empty()) {
+                (_, false) => Err(StoreError::Foreign {
+                    path: self.path.clone(),
+                    detail: format!("it has other tables: {}", list(&foreign)),
+                }),
+                (true, true) => Err(StoreError::HalfMigrated {
+                    path: self.path.clone(),
+                }),
+                (false, true) => Ok(()),
+            };
+        }
+        let missing: Vec<&str> = OUR_OBJECTS
+            .iter()
+            .copied()
+            .filter(|o| !names.iter().any(|n| n == o))
+            .collect();
+        if !missing.is_empty() {
+            return Err(StoreError::Foreign {
+                path: self.path.clone(),
+                detail: format!("schema version {version}, but no {}", missing.join(", ")),
+            });
+        }
+        Ok(())
+    }
+
     /// Applies pending migrations, one transaction each. The version is read inside the
-    /// write transaction, so processes opening the same new file at once migrate it once.
+    /// write transaction, so processes opening the same new file at once migrate it once;
+    /// an up-to-date file needs no write at all (so a held write lock does not stop a start).
     fn migrate(&mut self) -> Result<(), StoreError> {
         let known = MIGRATIONS.len() as i64;
+        let version = self.schema_version()?;
+        self.check_schema(version)?;
+        if version == known {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let failed = |step: &'static str| {
+            let path = path.clone();
+            move |e| StoreError::Unusable {
+                reason: OpenFailure::classify(step, e).explain(&path),
+                path,
+            }
+        };
         loop {
             let tx = self
                 .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(failed("migrate"))?;
             let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
             if version > known {
                 return Err(StoreError::TooNew {
@@ -228,10 +351,13 @@ impl TokenStore {
             };
             tx.execute_batch(sql).map_err(|e| StoreError::Unusable {
                 path: self.path.clone(),
-                reason: format!("migration {name} failed: {e}"),
+                reason: format!(
+                    "migration {name} failed ({}); nothing was changed",
+                    short_cause(&e)
+                ),
             })?;
             tx.pragma_update(None, "user_version", version + 1)?;
-            tx.commit()?;
+            tx.commit().map_err(failed("migrate"))?;
         }
     }
 
@@ -425,7 +551,135 @@ impl TokenStore {
     }
 }
 
-struct Corruption(String);
+/// How long a statement waits for another connection's lock before it is an error.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The tables and views of our schema; a file with none of them and other tables is foreign.
+const OUR_OBJECTS: &[&str] = &[
+    "oauth_clients",
+    "oauth_flows",
+    "oauth_token_status",
+    "oauth_tokens",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// Why an open failed. Only `Corrupt` lets the file be moved aside: any other failure says
+/// nothing about the file's content, and moving a healthy database would cost every login.
+enum OpenFailure {
+    /// SQLITE_NOTADB, SQLITE_CORRUPT, or a failed `quick_check`.
+    Corrupt(String),
+    /// SQLite kept another journal mode (WAL needs shared memory beside the file).
+    NoWal(String),
+    /// Anything else: busy, full, I/O, read-only, cannot open a companion file.
+    Other {
+        step: &'static str,
+        error: rusqlite::Error,
+    },
+}
+
+impl OpenFailure {
+    fn classify(step: &'static str, error: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        match error.sqlite_error_code() {
+            Some(NotADatabase | DatabaseCorrupt) => OpenFailure::Corrupt(short_cause(&error)),
+            _ => OpenFailure::Other { step, error },
+        }
+    }
+
+    /// The cause and the fix, for an error that names the file; nothing was moved.
+    fn explain(&self, path: &Path) -> String {
+        use rusqlite::ErrorCode as C;
+        let (step, error) = match self {
+            OpenFailure::Corrupt(detail) => {
+                return format!(
+                    "it is corrupt ({detail}) even after a fresh start; check the disk"
+                );
+            }
+            OpenFailure::NoWal(mode) => {
+                return format!(
+                    "SQLite kept journal mode {mode} instead of wal (the folder must allow shared memory files: not a network or read-only file system); nothing was moved: choose another --data-dir"
+                );
+            }
+            OpenFailure::Other { step, error } => (step, error),
+        };
+        let p = path.display();
+        let dir = folder_of(path).display();
+        let fix = match error.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => format!(
+                "another process holds a lock on it (waited {} s); stop that process or wait for it (`fuser {p}` shows it), then retry",
+                BUSY_TIMEOUT.as_secs()
+            ),
+            Some(C::DiskFull) => {
+                format!("the disk is full; free space where {dir} lives, then retry")
+            }
+            Some(C::ReadOnly) => format!(
+                "the database or its folder is read-only (an immutable file or folder, a read-only mount, another owner); make {dir} and its files writable (`lsattr -d {dir}`, `chattr -i`, remount) or choose another --data-dir"
+            ),
+            Some(C::CannotOpen) | Some(C::PermissionDenied) => format!(
+                "SQLite cannot open it or its companion files {p}-wal and {p}-shm; they must be regular files this user can read and write, in a folder this user can write (not read-only or immutable: `lsattr -d {dir}`, `chattr -i`, remount), or choose another --data-dir"
+            ),
+            Some(C::SystemIoFailure) => format!(
+                "an I/O error: check that {p}-wal and {p}-shm are regular files this user can read and write, and that the disk is healthy"
+            ),
+            _ => "see the cause; fix it or choose another --data-dir".to_string(),
+        };
+        format!(
+            "{step} failed ({}): {fix}; nothing was moved",
+            short_cause(error)
+        )
+    }
+}
+
+/// SQLite's own words for an error, without any SQL text the error may carry.
+fn short_cause(error: &rusqlite::Error) -> String {
+    match error {
+        rusqlite::Error::SqliteFailure(code, message) => match message {
+            Some(message) => format!("{message}, code {}", code.extended_code),
+            None => format!("{code}"),
+        },
+        rusqlite::Error::SqlInputError { error, msg, .. } => {
+            format!("{msg}, code {}", error.extended_code)
+        }
+        other => other.to_string(),
+    }
+}
+
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// The database and the files SQLite keeps beside it.
+fn with_companions(path: &Path) -> [PathBuf; 3] {
+    [
+        path.to_path_buf(),
+        PathBuf::from(format!("{}-wal", path.display())),
+        PathBuf::from(format!("{}-shm", path.display())),
+    ]
+}
+
+/// Creates the database file 0600 before SQLite does (SQLite gives -wal and -shm the mode of
+/// the database), and checks that an existing one can be opened for reading and writing.
+fn create_private(path: &Path) -> Result<(), String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(perms::FILE_MODE)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            format!("{e}; make it readable and writable by this user, or choose another --data-dir")
+        })
+}
 
 /// Renames the database (and its -wal/-shm files) to `<name>.corrupt-<ms>`; nothing is deleted.
 fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
@@ -443,6 +697,251 @@ fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Every file in the folder, to show that a refusal moved nothing.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A healthy store with one token, closed again.
+    fn healthy(name: &str) -> PathBuf {
+        let path = temp_dir(name).join("tokens.db");
+        let mut store = TokenStore::open(&path).unwrap();
+        store.save_token(&token("k1")).unwrap();
+        drop(store);
+        path
+    }
+
+    fn refused(path: &Path) -> String {
+        match TokenStore::open(path) {
+            Ok(_) => panic!("{} opened", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn loose_existing_modes_are_tightened_and_a_quarantine_starts_private() {
+        let path = healthy("loose");
+        let dir = path.parent().unwrap().to_path_buf();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert_eq!((mode(&dir), mode(&path)), (0o700, 0o600));
+        for companion in ["-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{companion}", path.display()));
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        drop(store);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(&path, vec![0x5a; 8192]).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert!(store.moved_aside.is_some(), "random bytes are quarantined");
+        assert_eq!(
+            (mode(&dir), mode(&path)),
+            (0o700, 0o600),
+            "after a quarantine"
+        );
+        for companion in ["-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{companion}", path.display()));
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+    }
+
+    #[test]
+    fn a_truncated_database_is_quarantined() {
+        let path = healthy("truncated");
+        // Checkpointed on close: the content is in the main file; keep its first page only.
+        let bytes = fs::read(&path).unwrap();
+        assert!(bytes.len() > 4096, "the database has more than one page");
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        let aside = store.moved_aside.clone().expect("moved aside");
+        assert_eq!(fs::read(&aside).unwrap(), &bytes[..bytes.len() / 2]);
+        assert!(store.load_token("k1").unwrap().is_none(), "a fresh store");
+    }
+
+    #[test]
+    fn a_wal_that_is_a_directory_is_an_error_and_nothing_moves() {
+        let path = healthy("waldir");
+        let dir = path.parent().unwrap().to_path_buf();
+        fs::create_dir(format!("{}-wal", path.display())).unwrap();
+        let before = listing(&dir);
+        let message = refused(&path);
+        assert!(
+            message.contains(&path.display().to_string())
+                && message.contains("-wal")
+                && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert_eq!(listing(&dir), before, "nothing moved");
+        let read_only = TokenStore::open_read_only(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(read_only.contains("nothing was moved"), "{read_only}");
+        assert_eq!(listing(&dir), before, "nothing moved");
+        fs::remove_dir(format!("{}-wal", path.display())).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert!(
+            store.load_token("k1").unwrap().is_some(),
+            "the token survived"
+        );
+    }
+
+    #[test]
+    fn an_immutable_data_dir_is_an_error_and_nothing_moves() {
+        let path = healthy("immutable");
+        let dir = path.parent().unwrap().to_path_buf();
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .args([flag, dir.to_str().unwrap()])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !chattr("+i") {
+            eprintln!(
+                "SKIPPED: `chattr +i` does not work on {} (no chattr, or a file system without attributes)",
+                dir.display()
+            );
+            return;
+        }
+        let before = listing(&dir);
+        let message = refused(&path);
+        let read_only = TokenStore::open_read_only(&path).map(|s| s.is_some());
+        let after = listing(&dir);
+        assert!(chattr("-i"), "chattr -i");
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert!(
+            message.contains("read-only") || message.contains("chattr"),
+            "{message}"
+        );
+        assert_eq!(after, before, "nothing moved");
+        // Reading needs the -shm file, which an immutable folder cannot get; either way
+        // nothing is moved and the message is clear.
+        if let Err(e) = read_only {
+            assert!(e.to_string().contains("nothing was moved"), "{e}");
+        }
+        assert!(
+            TokenStore::open(&path)
+                .unwrap()
+                .load_token("k1")
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_database_locked_by_another_connection_is_an_error_and_nothing_moves() {
+        let path = temp_dir("locked").join("tokens.db");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let before = listing(path.parent().unwrap());
+        let message = refused(&path);
+        assert!(
+            message.contains(&path.display().to_string())
+                && message.contains("another process holds a lock")
+                && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert_eq!(listing(path.parent().unwrap()), before, "nothing moved");
+        other.execute_batch("ROLLBACK").unwrap();
+        drop(other);
+        assert_eq!(
+            TokenStore::open(&path).unwrap().schema_version().unwrap(),
+            MIGRATIONS.len() as i64
+        );
+    }
+
+    #[test]
+    fn a_foreign_or_half_migrated_schema_is_refused_briefly() {
+        let path = temp_dir("foreign").join("tokens.db");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE recipes (id INTEGER PRIMARY KEY); PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        let message = refused(&path);
+        assert!(
+            message.contains("is not an mcpproxy-oauth token database")
+                && message.contains("no oauth_clients"),
+            "{message}"
+        );
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 0)
+            .unwrap();
+        let message = refused(&path);
+        assert!(message.contains("other tables: recipes"), "{message}");
+        let read_only = TokenStore::open_read_only(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            read_only.contains("not an mcpproxy-oauth token database"),
+            "{read_only}"
+        );
+
+        let half = healthy("half");
+        Connection::open(&half)
+            .unwrap()
+            .pragma_update(None, "user_version", 0)
+            .unwrap();
+        let message = refused(&half);
+        assert!(message.contains("schema version 0"), "{message}");
+        assert!(
+            !message.contains("CREATE"),
+            "no SQL in the message: {message}"
+        );
+        assert!(message.len() < 400, "short: {message}");
+        assert_eq!(
+            Connection::open(&half)
+                .unwrap()
+                .query_row("SELECT count(*) FROM oauth_tokens", [], |r| r
+                    .get::<_, i64>(0))
+                .unwrap(),
+            1,
+            "nothing changed"
+        );
+    }
+
+    #[test]
+    fn read_only_opens_create_nothing_and_report_corruption_without_moving() {
+        let path = temp_dir("readonly").join("tokens.db");
+        assert!(TokenStore::open_read_only(&path).unwrap().is_none());
+        assert!(!path.exists(), "nothing created");
+        let path = healthy("readonly-ok");
+        let store = TokenStore::open_read_only(&path).unwrap().expect("opens");
+        assert_eq!(store.token_status().unwrap().len(), 1);
+        drop(store);
+        fs::write(&path, b"garbage garbage garbage garbage").unwrap();
+        let before = listing(path.parent().unwrap());
+        let message = TokenStore::open_read_only(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            message.contains("corrupt") && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert_eq!(listing(path.parent().unwrap()), before);
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

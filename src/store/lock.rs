@@ -1,6 +1,7 @@
 //! The cross-process flow lock: an OS file lock per server beside the database, held for the
 //! whole flow. The kernel releases it if the process dies, so a crash never wedges a server;
 //! two handles in one process conflict too, which keeps it testable in one test binary.
+//! The folder is kept 0700 and the files 0600 (see `perms`).
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::db::StoreError;
+use super::perms;
 
 /// Held while it lives; dropping it releases the lock.
 pub struct FlowLock {
@@ -27,8 +29,7 @@ pub async fn acquire(
         path: lock_dir.to_path_buf(),
         reason,
     };
-    fs::create_dir_all(lock_dir)
-        .map_err(|e| unusable(format!("cannot create the lock folder: {e}")))?;
+    perms::private_dir(lock_dir).map_err(|e| unusable(e.to_string()))?;
     let path = lock_dir.join(format!("{server_key}.lock"));
     let file = OpenOptions::new()
         .read(true)
@@ -38,6 +39,7 @@ pub async fn acquire(
         .mode(0o600)
         .open(&path)
         .map_err(|e| unusable(format!("cannot open {}: {e}", path.display())))?;
+    perms::private_file(&path).map_err(|e| unusable(e.to_string()))?;
     let started = Instant::now();
     loop {
         match file.try_lock() {

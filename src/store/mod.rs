@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod lock;
+pub mod perms;
 pub mod registry;
 
 pub use db::{StoreError, StoredClient, StoredToken, TokenStatusRow, TokenStore};

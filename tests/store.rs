@@ -1,0 +1,219 @@
+//! The token store as the CLI uses it, against the OAuth test server: file modes under any
+//! umask, server names that are not file names, stale flow rows.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use oauth_test_server::{Config, OAuthTestServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
+/// A "browser" that follows the redirect to the loopback listener.
+const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-store-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A config naming the test server under each of `names`.
+fn write_config(dir: &Path, srv: &OAuthTestServer, names: &[&str]) -> PathBuf {
+    let servers: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| serde_json::json!({"name": name, "url": srv.mcp_url(), "oauth": {}}))
+        .collect();
+    let config = dir.join("mcp_config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "mcpServers": servers }).to_string(),
+    )
+    .unwrap();
+    config
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The CLI under `umask`, through `sh` (the umask is process-wide, so it is set in the child).
+fn command_with_umask(umask: &str, args: &[&str]) -> tokio::process::Command {
+    let line = std::iter::once(BIN)
+        .chain(args.iter().copied())
+        .map(shell_quote)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .args(["-c", &format!("umask {umask}; exec {line}")])
+        .env_remove("BROWSER")
+        .kill_on_drop(true);
+    command
+}
+
+/// Valid tokens in the database, read without creating anything.
+fn valid_tokens(db: &Path) -> i64 {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM oauth_token_status WHERE status = 'valid'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `serve` under `umask` until every server has a valid token, checks the modes of every
+/// file while it runs (the -wal and -shm files exist only then), stops it, returns its stderr.
+async fn serve_and_check_modes(umask: &str, config: &Path, data: &Path, servers: i64) -> String {
+    let mut child = command_with_umask(
+        umask,
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--browser-command",
+            CURL_BROWSER,
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let db = data.join("tokens.db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while valid_tokens(&db) < servers {
+        assert!(
+            Instant::now() < deadline,
+            "serve (umask {umask}) did not store {servers} valid token(s) within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut checked = vec![
+        (data.to_path_buf(), 0o700),
+        (db.clone(), 0o600),
+        (data.join("tokens.db-wal"), 0o600),
+        (data.join("tokens.db-shm"), 0o600),
+        (data.join("locks"), 0o700),
+    ];
+    for lock in std::fs::read_dir(data.join("locks")).unwrap() {
+        checked.push((lock.unwrap().path(), 0o600));
+    }
+    assert!(checked.len() > 5, "a lock file exists");
+    let modes: Vec<(PathBuf, u32, u32)> = checked
+        .into_iter()
+        .map(|(path, want)| {
+            let got = mode(&path);
+            (path, got, want)
+        })
+        .collect();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("serve stops within 10 s")
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "serve failed: {stderr}");
+    for (path, got, want) in modes {
+        assert_eq!(
+            got,
+            want,
+            "umask {umask}: {} is {got:04o}, not {want:04o}",
+            path.display()
+        );
+    }
+    stderr
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// No data dir yet.
+    First,
+    /// A data dir, locks/ and an (empty) database that are readable by everyone.
+    Loose,
+    /// A world-readable data dir with a corrupt database in it.
+    Corrupt,
+}
+
+async fn modes_scenario(umask: &'static str, start: Start) {
+    let srv = start_server().await;
+    let dir = temp_dir(&format!("modes-{umask}-{start:?}"));
+    let config = write_config(&dir, &srv, &["srv"]);
+    let data = dir.join("data");
+    let loosen = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    match start {
+        Start::First => {}
+        Start::Loose => {
+            std::fs::create_dir_all(data.join("locks")).unwrap();
+            std::fs::write(data.join("tokens.db"), b"").unwrap();
+            loosen(&data, 0o777);
+            loosen(&data.join("locks"), 0o777);
+            loosen(&data.join("tokens.db"), 0o666);
+        }
+        Start::Corrupt => {
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::write(data.join("tokens.db"), vec![0x5au8; 8192]).unwrap();
+            loosen(&data, 0o755);
+            loosen(&data.join("tokens.db"), 0o644);
+        }
+    }
+    let stderr = serve_and_check_modes(umask, &config, &data, 1).await;
+    assert_no_secret(&srv, &stderr);
+    match start {
+        Start::First => {}
+        Start::Loose => assert!(stderr.contains("tightened"), "a warning: {stderr}"),
+        Start::Corrupt => {
+            assert!(stderr.contains("moved aside"), "{stderr}");
+            let aside: Vec<PathBuf> = std::fs::read_dir(&data)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().contains("tokens.db.corrupt-"))
+                .collect();
+            assert_eq!(aside.len(), 1, "the corrupt file was kept: {aside:?}");
+            assert_eq!(mode(&aside[0]), 0o600, "the corrupt file holds tokens too");
+        }
+    }
+}
+
+async fn start_server() -> OAuthTestServer {
+    start(Config::default()).await
+}
+
+#[tokio::test]
+async fn modes_are_private_under_umask_022_and_000_first_loose_and_after_a_quarantine() {
+    let mut runs = Vec::new();
+    for umask in ["022", "000"] {
+        for start in [Start::First, Start::Loose, Start::Corrupt] {
+            runs.push(tokio::spawn(modes_scenario(umask, start)));
+        }
+    }
+    for run in runs {
+        run.await.expect("scenario passes");
+    }
+}
