@@ -217,3 +217,90 @@ async fn modes_are_private_under_umask_022_and_000_first_loose_and_after_a_quara
         run.await.expect("scenario passes");
     }
 }
+
+/// Runs the CLI (umask 022) to completion, within 60 s.
+async fn run(args: &[&str]) -> std::process::Output {
+    let command = command_with_umask("022", args).output();
+    tokio::time::timeout(Duration::from_secs(60), command)
+        .await
+        .expect("the command ends within 60 s")
+        .expect("the binary runs")
+}
+
+#[tokio::test]
+async fn server_names_that_are_not_file_names_log_in_with_their_locks_inside_locks() {
+    let srv = start_server().await;
+    let dir = temp_dir("names");
+    let names = ["../../x", "/abs", "org/server"];
+    let config = write_config(&dir, &srv, &names);
+    let data = dir.join("data");
+    let out = run(&[
+        "auth",
+        "login",
+        "--all",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--browser-command",
+        CURL_BROWSER,
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    for name in names {
+        assert!(
+            stdout.contains(&format!("{name}: logged in")),
+            "{name}: {stdout}"
+        );
+    }
+    assert_eq!(srv.stats().token_requests_for("authorization_code"), 3);
+    let locks: Vec<String> = std::fs::read_dir(data.join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        locks.len(),
+        3,
+        "one lock file per server in locks/: {locks:?}"
+    );
+    for lock in &locks {
+        assert!(
+            lock.len() == 37 && lock.ends_with(".lock"),
+            "named from a hash: {lock}"
+        );
+    }
+    for name in names {
+        let key = mcpproxy_oauth::config::server_key(name, &srv.mcp_url());
+        let raw = data.join("locks").join(format!("{key}.lock"));
+        assert!(
+            !raw.exists(),
+            "no lock file from the raw name: {}",
+            raw.display()
+        );
+    }
+    // The database keeps mcpproxy's key (name + hash) for each server.
+    let status = run(&[
+        "auth",
+        "status",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON status");
+    let mut keys: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["server_key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    let mut expected: Vec<String> = names
+        .iter()
+        .map(|n| mcpproxy_oauth::config::server_key(n, &srv.mcp_url()))
+        .collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+}

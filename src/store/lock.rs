@@ -5,7 +5,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
 use super::db::StoreError;
@@ -19,6 +21,15 @@ pub struct FlowLock {
 /// How often a waiting process looks at the lock again.
 const POLL: Duration = Duration::from_millis(25);
 
+/// The lock file of a server: named from a hash of its `server_key` only. The key starts with
+/// the server's name as written in the config, which may hold `/`, `..` or anything else a
+/// file name cannot; the hash keeps every lock file inside `lock_dir`, for any name.
+pub fn lock_path(lock_dir: &Path, server_key: &str) -> PathBuf {
+    let digest = Sha256::digest(server_key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    lock_dir.join(format!("{hex}.lock"))
+}
+
 /// Takes the flow lock of `server_key`, waiting at most `wait`.
 pub async fn acquire(
     lock_dir: &Path,
@@ -30,7 +41,7 @@ pub async fn acquire(
         reason,
     };
     perms::private_dir(lock_dir).map_err(|e| unusable(e.to_string()))?;
-    let path = lock_dir.join(format!("{server_key}.lock"));
+    let path = lock_path(lock_dir, server_key);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -63,6 +74,28 @@ pub async fn acquire(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_files_stay_in_the_lock_folder_for_any_name() {
+        let dir = Path::new("/data/locks");
+        for key in [
+            "../../x_0123456789abcdef",
+            "/abs_0123456789abcdef",
+            "org/server_01",
+            "srv_1",
+        ] {
+            let path = lock_path(dir, key);
+            assert_eq!(path.parent(), Some(dir), "{key} -> {}", path.display());
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(name.len() == 37 && name.ends_with(".lock"), "{name}");
+            assert!(name[..32].bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
+        }
+        assert_ne!(
+            lock_path(dir, "a_1"),
+            lock_path(dir, "a_2"),
+            "one file per server"
+        );
+    }
 
     #[tokio::test]
     async fn a_held_lock_blocks_another_holder_until_released() {
