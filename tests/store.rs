@@ -15,16 +15,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
 /// A "browser" that follows the redirect to the loopback listener.
 const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-store-{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A config naming the test server under each of `names`.
 fn write_config(dir: &Path, srv: &OAuthTestServer, names: &[&str]) -> PathBuf {
     let servers: Vec<serde_json::Value> = names
@@ -161,7 +151,7 @@ enum Start {
 
 async fn modes_scenario(umask: &'static str, start: Start) {
     let srv = start_server().await;
-    let dir = temp_dir(&format!("modes-{umask}-{start:?}"));
+    let dir = temp_dir(&format!("store-modes-{umask}-{start:?}"));
     let config = write_config(&dir, &srv, &["srv"]);
     let data = dir.join("data");
     let loosen = |path: &Path, mode: u32| {
@@ -230,7 +220,7 @@ async fn run(args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn server_names_that_are_not_file_names_log_in_with_their_locks_inside_locks() {
     let srv = start_server().await;
-    let dir = temp_dir("names");
+    let dir = temp_dir("store-names");
     let names = ["../../x", "/abs", "org/server"];
     let config = write_config(&dir, &srv, &names);
     let data = dir.join("data");

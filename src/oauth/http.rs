@@ -88,11 +88,18 @@ fn classify_json_error(e: &serde_json::Error) -> &'static str {
     }
 }
 
-/// `Retry-After` in delta-seconds (RFC 9110 §10.2.3); HTTP-dates are not used by OAuth servers
-/// we know of and are ignored.
+/// The longest `Retry-After` believed (one hour): a larger one is clamped, so a backoff is
+/// never armed beyond any time type's range or for longer than an operator would wait.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` in delta-seconds (RFC 9110 §10.2.3), at most `MAX_RETRY_AFTER`; HTTP-dates
+/// are not used by OAuth servers we know of and are ignored.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    value.parse::<u64>().ok().map(Duration::from_secs)
+    value
+        .parse::<u64>()
+        .ok()
+        .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// OAuth endpoints must be https; plain http is allowed only on loopback (RFC 8252 §8.3).
@@ -386,6 +393,8 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
         headers.insert(RETRY_AFTER, "7".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(RETRY_AFTER, u64::MAX.to_string().parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER), "clamped");
         headers.insert(
             RETRY_AFTER,
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),

@@ -371,7 +371,12 @@ impl TokenStore {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
+    /// Reads a server's token. Its times come from a file other processes write too, so they
+    /// are made sane here, once, for every reader: `obtained_at` not before 1970 nor after now,
+    /// `expires_at` at most `MAX_LIFETIME` from now.
     pub fn load_token(&self, server_key: &str) -> Result<Option<StoredToken>, StoreError> {
+        let now = now_ms();
+        let latest = now.saturating_add(crate::oauth::token::MAX_LIFETIME.as_millis() as i64);
         Ok(self
             .conn
             .query_row(
@@ -389,8 +394,8 @@ impl TokenStore {
                         refresh_token: r.get(6)?,
                         token_type: r.get(7)?,
                         scope: r.get(8)?,
-                        expires_at: r.get(9)?,
-                        obtained_at: r.get(10)?,
+                        expires_at: r.get::<_, Option<i64>>(9)?.map(|e| e.min(latest)),
+                        obtained_at: r.get::<_, i64>(10)?.clamp(0, now),
                         flow_id: r.get(11)?,
                     })
                 },
@@ -1003,6 +1008,27 @@ mod tests {
         let reopened = TokenStore::open(&path).unwrap();
         assert_eq!(reopened.schema_version().unwrap(), 1, "migrations run once");
         assert!(reopened.load_token("k1").unwrap().is_some());
+    }
+
+    #[test]
+    fn absurd_stored_times_are_read_back_sane() {
+        let path = temp_dir("absurd").join("tokens.db");
+        let mut store = TokenStore::open(&path).unwrap();
+        store
+            .save_token(&StoredToken {
+                expires_at: Some(i64::MAX),
+                obtained_at: i64::MIN,
+                ..token("k")
+            })
+            .unwrap();
+        let read = store.load_token("k").unwrap().unwrap();
+        let year = crate::oauth::token::MAX_LIFETIME.as_millis() as i64;
+        assert_eq!(read.obtained_at, 0);
+        let expires_at = read.expires_at.unwrap();
+        assert!(
+            expires_at <= now_ms() + year && expires_at > now_ms(),
+            "{expires_at}"
+        );
     }
 
     #[test]
