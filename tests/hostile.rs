@@ -171,3 +171,72 @@ async fn an_absurd_retry_after_is_clamped_to_an_hour() {
         }
     );
 }
+
+/// Runs the binary to completion within `within`.
+async fn run_bin(args: &[&str], within: Duration) -> std::process::Output {
+    tokio::time::timeout(
+        within,
+        tokio::process::Command::new(BIN)
+            .args(args)
+            .env_remove("BROWSER")
+            .env_remove("MCP_CONFORMANCE_CONTEXT")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{args:?} did not end within {within:?}"))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn config_errors_are_bounded_and_say_what_is_wrong() {
+    let dir = temp_dir("hostile-config");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let out = run_bin(
+        &["serve", "--config", "/dev/zero", "--data-dir", data],
+        Duration::from_secs(10),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero") && stderr.contains("larger than 4 MiB"),
+        "{stderr}"
+    );
+    let cases = [
+        (
+            r#"{"mcpServers": {"gh": {"url": "https://gh.example/mcp", "oauth": {}}}}"#,
+            r#"valid JSON of the wrong shape: "mcpServers" is an object"#,
+        ),
+        (
+            r#"{"mcpServers": [{"name": "gh", "url": "https://gh.example/mcp", "oauth": {"redirect_port": "high"}}]}"#,
+            "server gh: field oauth.redirect_port:",
+        ),
+        (
+            r#"{"mcpServers": [{"name": "gh", "url": "https://bob:pw-hunter2@gh.example/mcp", "oauth": {}}]}"#,
+            "server gh: field url: it holds a user name or password",
+        ),
+    ];
+    for (text, says) in cases {
+        let config = dir.join("mcp_config.json");
+        std::fs::write(&config, text).unwrap();
+        let out = run_bin(
+            &[
+                "auth",
+                "login",
+                "--all",
+                "--config",
+                config.to_str().unwrap(),
+                "--data-dir",
+                data,
+            ],
+            Duration::from_secs(10),
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{says}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+}
