@@ -240,3 +240,88 @@ async fn config_errors_are_bounded_and_say_what_is_wrong() {
         assert!(!stderr.contains("hunter2"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_failing_browser_command_prints_the_url_and_the_login_completes_by_hand() {
+    use tokio::io::AsyncBufReadExt;
+    let srv = start(Config::default()).await;
+    let dir = temp_dir("hostile-browser");
+    let config = dir.join("mcp_config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"mcpServers": [{"name": "srv", "url": srv.mcp_url(), "oauth": {}}]})
+            .to_string(),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "auth",
+            "login",
+            "srv",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.join("data").to_str().unwrap(),
+            "--browser-command",
+            "/nonexistent/browser",
+            "--login-timeout",
+            "30s",
+            "--log-level",
+            "info",
+        ])
+        .env_remove("BROWSER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let prefix = format!("  {}/authorize?", srv.issuer());
+    let mut seen = Vec::new();
+    let url = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if let Some(url) = line
+                .strip_prefix("  ")
+                .filter(|_| line.starts_with(&prefix))
+            {
+                return url.to_string();
+            }
+        }
+        panic!("stderr ended without the URL: {seen:#?}")
+    })
+    .await
+    .expect("the URL is printed within 20 s");
+    let stderr_so_far = seen.join("\n");
+    assert!(
+        stderr_so_far.contains("The browser could not be opened (it exited with exit status: 127)"),
+        "{stderr_so_far}"
+    );
+    assert!(
+        stderr_so_far.contains("the browser command failed"),
+        "logged too: {stderr_so_far}"
+    );
+    // Play the user's browser: the test server approves at once and redirects to the callback.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    browser
+        .get(&url)
+        .send()
+        .await
+        .expect("the callback answers");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the login ends within 20 s of the callback")
+        .unwrap();
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+    assert!(status.success(), "{stdout} {stderr_so_far}");
+    assert!(stdout.starts_with("srv: logged in"), "{stdout}");
+    assert_eq!(srv.stats().token_requests_for("authorization_code"), 1);
+    assert_no_secret(&srv, &stderr_so_far);
+}
