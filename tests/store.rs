@@ -294,3 +294,60 @@ async fn server_names_that_are_not_file_names_log_in_with_their_locks_inside_loc
     expected.sort();
     assert_eq!(keys, expected);
 }
+
+#[test]
+fn the_sqlite3_shell_reads_the_status_view_right_whatever_its_version() {
+    let version = match std::process::Command::new("sqlite3")
+        .arg("--version")
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        _ => {
+            eprintln!("SKIPPED: no sqlite3 shell on PATH (.ci/run installs Debian's sqlite3)");
+            return;
+        }
+    };
+    let path = temp_dir("store-sqlite3").join("tokens.db");
+    let mut store = mcpproxy_oauth::store::TokenStore::open(&path).unwrap();
+    let now = mcpproxy_oauth::store::db::now_ms();
+    for (name, expires_at) in [
+        ("a-expired", Some(now - 1_000)),
+        ("b-expiring", Some(now + 60_000)),
+        ("c-valid", Some(now + 3_600_000)),
+        ("d-unknown", None),
+    ] {
+        store
+            .save_token(&mcpproxy_oauth::store::StoredToken {
+                server_key: format!("{name}_0"),
+                server_name: name.into(),
+                server_url: "http://127.0.0.1:1/mcp".into(),
+                resource: None,
+                issuer: None,
+                access_token: "at".into(),
+                refresh_token: None,
+                token_type: "Bearer".into(),
+                scope: None,
+                expires_at,
+                obtained_at: now,
+                flow_id: None,
+            })
+            .unwrap();
+    }
+    drop(store);
+    // The README's query, through the shell the reader has (Debian 12: 3.40).
+    let out = std::process::Command::new("sqlite3")
+        .arg(&path)
+        .arg("select server_name, status from oauth_token_status order by server_name")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a-expired|expired\nb-expiring|expiring\nc-valid|valid\nd-unknown|valid\n",
+        "sqlite3 {version}"
+    );
+}

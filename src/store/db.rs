@@ -17,8 +17,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::perms;
 
 /// Migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../migrations/0001_init.sql")),
+    (
+        "0002_portable_status_view",
+        include_str!("../../migrations/0002_portable_status_view.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -872,6 +877,63 @@ mod tests {
         );
     }
 
+    /// A store as a build that knew only migration 0001 left it, with one token.
+    fn version_1_store(name: &str) -> PathBuf {
+        let path = temp_dir(name).join("tokens.db");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        conn.execute_batch(MIGRATIONS[0].1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO oauth_tokens (server_key, server_name, server_url, access_token, obtained_at, updated_at, expires_at) VALUES ('k1', 'srv', 'u', 'at-secret', 1, 1, 2)",
+            [],
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_version_1_store_migrates_and_keeps_its_tokens() {
+        let path = version_1_store("v1");
+        let store = TokenStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(store.token_status().unwrap()[0].status, "expired");
+        assert!(store.load_token("k1").unwrap().is_some());
+        let view: String = store
+            .conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'oauth_token_status'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            !view.contains("unixepoch"),
+            "no function newer than SQLite 3.40: {view}"
+        );
+    }
+
+    #[test]
+    fn a_held_write_lock_stops_a_migration_clearly_but_not_an_up_to_date_open() {
+        let path = version_1_store("locked-migration");
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let before = listing(path.parent().unwrap());
+        let message = refused(&path);
+        assert!(
+            message.contains("another process holds a lock")
+                && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert_eq!(listing(path.parent().unwrap()), before, "nothing moved");
+        other.execute_batch("ROLLBACK").unwrap();
+        drop(TokenStore::open(&path).unwrap());
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let store = TokenStore::open(&path).expect("an up-to-date store opens under a held lock");
+        assert!(store.load_token("k1").unwrap().is_some(), "and reads");
+    }
+
     #[test]
     fn a_foreign_or_half_migrated_schema_is_refused_briefly() {
         let path = temp_dir("foreign").join("tokens.db");
@@ -988,7 +1050,7 @@ mod tests {
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let t = token("k1");
         store.save_token(&t).unwrap();
         assert_eq!(store.load_token("k1").unwrap(), Some(t.clone()));
@@ -1006,7 +1068,11 @@ mod tests {
         );
         drop(store);
         let reopened = TokenStore::open(&path).unwrap();
-        assert_eq!(reopened.schema_version().unwrap(), 1, "migrations run once");
+        assert_eq!(
+            reopened.schema_version().unwrap(),
+            MIGRATIONS.len() as i64,
+            "migrations run once"
+        );
         assert!(reopened.load_token("k1").unwrap().is_some());
     }
 
@@ -1078,7 +1144,7 @@ mod tests {
             b"this is not a SQLite database, it is garbage that once was tokens",
             "nothing lost"
         );
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
     }
 
     #[test]
