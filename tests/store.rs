@@ -351,3 +351,102 @@ fn the_sqlite3_shell_reads_the_status_view_right_whatever_its_version() {
         "sqlite3 {version}"
     );
 }
+
+/// `logs flows --json` of a data dir.
+async fn flows(data: &Path) -> Vec<serde_json::Value> {
+    let out = run(&[
+        "logs",
+        "flows",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("JSON flows")
+}
+
+#[tokio::test]
+async fn a_flow_left_running_by_a_killed_process_is_closed_as_abandoned_at_the_next_start() {
+    let srv = start_server().await;
+    let dir = temp_dir("store-abandoned");
+    let config = write_config(&dir, &srv, &["srv"]);
+    let data = dir.join("data");
+    let (config, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
+    // A login that waits for a browser nobody opens; it is killed mid-flow.
+    let mut waiting = command_with_umask(
+        "022",
+        &[
+            "auth",
+            "login",
+            "srv",
+            "--config",
+            config,
+            "--data-dir",
+            data_str,
+            "--no-browser",
+            "--login-timeout",
+            "60s",
+        ],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let killed_flow = loop {
+        let rows = if data.join("tokens.db").exists() {
+            flows(&data).await
+        } else {
+            Vec::new()
+        };
+        if let Some(row) = rows.iter().find(|r| r["state"] == "running") {
+            break row["flow_id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running login flow within 20 s: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    waiting.start_kill().unwrap(); // SIGKILL: no cleanup runs
+    waiting.wait().await.unwrap();
+    let rows = flows(&data).await;
+    assert_eq!(
+        rows[0]["state"], "running",
+        "read-only logs flows changes nothing: {rows:?}"
+    );
+
+    let out = run(&[
+        "auth",
+        "login",
+        "srv",
+        "--config",
+        config,
+        "--data-dir",
+        data_str,
+        "--browser-command",
+        CURL_BROWSER,
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("closed as abandoned"), "{stderr}");
+    let rows = flows(&data).await;
+    let killed = rows
+        .iter()
+        .find(|r| r["flow_id"] == killed_flow.as_str())
+        .expect("the killed flow's row");
+    assert_eq!(killed["state"], "abandoned", "{rows:?}");
+    assert!(killed["finished_at"].is_i64(), "{killed}");
+    assert!(
+        rows.iter()
+            .any(|r| r["state"] == "succeeded" && r["kind"] == "login"),
+        "{rows:?}"
+    );
+    let table = run(&["logs", "flows", "--data-dir", data_str]).await;
+    assert!(String::from_utf8_lossy(&table.stdout).contains("abandoned"));
+}

@@ -23,6 +23,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_portable_status_view",
         include_str!("../../migrations/0002_portable_status_view.sql"),
     ),
+    (
+        "0003_abandoned_flows",
+        include_str!("../../migrations/0003_abandoned_flows.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -222,11 +226,13 @@ impl TokenStore {
             }
             Err(failure) => return Err(unusable(failure.explain(path))),
         };
-        store.check_schema(store.schema_version()?)?;
+        let version = store.schema_version()?;
+        store.check_schema(version)?;
         for file in with_companions(path) {
             warn(perms::private_file(&file));
         }
-        Ok(Some(store))
+        // An empty file (being created by a start right now) holds no token yet.
+        Ok((version > 0).then_some(store))
     }
 
     fn open_checked(path: &Path, access: Access) -> Result<Self, OpenFailure> {
@@ -520,6 +526,42 @@ impl TokenStore {
             params![flow_id, state, now_ms(), error],
         )?;
         Ok(())
+    }
+
+    /// Closes, as `abandoned`, every `running` flow whose server's flow lock is free: the lock
+    /// is held for a flow's whole life and the kernel releases it when its process dies, so a
+    /// free lock means the owner is gone. The lock is held while the rows are closed, so a
+    /// flow starting meanwhile cannot be taken for a stale one. Returns the flows closed.
+    pub fn close_abandoned_flows(&mut self, lock_dir: &Path) -> Result<Vec<String>, StoreError> {
+        let mut statement = self.conn.prepare(
+            "SELECT DISTINCT server_key FROM oauth_flows WHERE state = 'running' ORDER BY server_key",
+        )?;
+        let keys: Vec<String> = statement
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        drop(statement);
+        let mut closed = Vec::new();
+        for key in keys {
+            let Some(_lock) = super::lock::try_acquire(lock_dir, &key)? else {
+                continue; // a live process runs this server's flow
+            };
+            let tx = self.conn.transaction()?;
+            let ids: Vec<String> = tx
+                .prepare(
+                    "SELECT flow_id FROM oauth_flows WHERE state = 'running' AND server_key = ?1",
+                )?
+                .query_map([&key], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.execute(
+                "UPDATE oauth_flows SET state = 'abandoned', finished_at = ?2, lease_expires_at = NULL,
+                   error = 'its process ended before the flow finished (found at the next start)'
+                 WHERE state = 'running' AND server_key = ?1",
+                params![key, now_ms()],
+            )?;
+            tx.commit()?;
+            closed.extend(ids);
+        }
+        Ok(closed)
     }
 
     pub fn token_status(&self) -> Result<Vec<TokenStatusRow>, StoreError> {
@@ -932,6 +974,47 @@ mod tests {
         other.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let store = TokenStore::open(&path).expect("an up-to-date store opens under a held lock");
         assert!(store.load_token("k1").unwrap().is_some(), "and reads");
+    }
+
+    #[tokio::test]
+    async fn running_flows_with_a_free_lock_are_closed_as_abandoned() {
+        let path = temp_dir("abandoned").join("tokens.db");
+        let locks = crate::store::lock::lock_dir_beside(&path);
+        let mut store = TokenStore::open(&path).unwrap();
+        store
+            .begin_flow("dead", "a_1", "a", "login", "pid 1", 60_000)
+            .unwrap();
+        store
+            .begin_flow("alive", "b_1", "b", "refresh", "pid 2", 60_000)
+            .unwrap();
+        store
+            .begin_flow("done", "a_1", "a", "refresh", "pid 1", 60_000)
+            .unwrap();
+        store.finish_flow("done", None).unwrap();
+        let held = crate::store::lock::acquire(&locks, "b_1", std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(store.close_abandoned_flows(&locks).unwrap(), ["dead"]);
+        let states: Vec<(String, String)> = store
+            .recent_flows(10)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.flow_id, f.state))
+            .collect();
+        assert!(
+            states.contains(&("dead".into(), "abandoned".into())),
+            "{states:?}"
+        );
+        assert!(
+            states.contains(&("alive".into(), "running".into())),
+            "its lock is held: {states:?}"
+        );
+        assert!(
+            states.contains(&("done".into(), "succeeded".into())),
+            "{states:?}"
+        );
+        drop(held);
+        assert_eq!(store.close_abandoned_flows(&locks).unwrap(), ["alive"]);
     }
 
     #[test]

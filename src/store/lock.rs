@@ -30,12 +30,8 @@ pub fn lock_path(lock_dir: &Path, server_key: &str) -> PathBuf {
     lock_dir.join(format!("{hex}.lock"))
 }
 
-/// Takes the flow lock of `server_key`, waiting at most `wait`.
-pub async fn acquire(
-    lock_dir: &Path,
-    server_key: &str,
-    wait: Duration,
-) -> Result<FlowLock, StoreError> {
+/// The lock file of `server_key`, opened (created 0600 in a 0700 folder), not locked yet.
+fn open_lock_file(lock_dir: &Path, server_key: &str) -> Result<(File, PathBuf), StoreError> {
     let unusable = |reason: String| StoreError::Unusable {
         path: lock_dir.to_path_buf(),
         reason,
@@ -47,10 +43,47 @@ pub async fn acquire(
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
+        .mode(perms::FILE_MODE)
         .open(&path)
         .map_err(|e| unusable(format!("cannot open {}: {e}", path.display())))?;
     perms::private_file(&path).map_err(|e| unusable(e.to_string()))?;
+    Ok((file, path))
+}
+
+/// Takes the flow lock of `server_key` if it is free right now; `None` if another holds it.
+pub fn try_acquire(lock_dir: &Path, server_key: &str) -> Result<Option<FlowLock>, StoreError> {
+    let (file, path) = open_lock_file(lock_dir, server_key)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(FlowLock { _file: file })),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(StoreError::Unusable {
+            path: lock_dir.to_path_buf(),
+            reason: format!("cannot lock {}: {e}", path.display()),
+        }),
+    }
+}
+
+/// The lock folder beside a database: `DATA_DIR/locks` for `DATA_DIR/tokens.db`. The
+/// supervisor builds the same path from its data dir; both must name one folder.
+pub fn lock_dir_beside(database: &Path) -> PathBuf {
+    database
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("locks")
+}
+
+/// Takes the flow lock of `server_key`, waiting at most `wait`.
+pub async fn acquire(
+    lock_dir: &Path,
+    server_key: &str,
+    wait: Duration,
+) -> Result<FlowLock, StoreError> {
+    let (file, path) = open_lock_file(lock_dir, server_key)?;
+    let unusable = |reason: String| StoreError::Unusable {
+        path: lock_dir.to_path_buf(),
+        reason,
+    };
     let started = Instant::now();
     loop {
         match file.try_lock() {

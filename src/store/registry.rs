@@ -42,11 +42,19 @@ pub struct TokenRegistry {
 }
 
 impl TokenRegistry {
-    /// Opens the store and starts its actor. Call inside an actix `System`. Returns where a
-    /// corrupt database was moved aside, if it was.
+    /// Opens the store, closes flows abandoned by dead processes, and starts its actor. Call
+    /// inside an actix `System`. Returns where a corrupt database was moved aside, if it was.
     pub fn start(path: &Path) -> Result<(Self, Option<PathBuf>), StoreError> {
-        let store = TokenStore::open(path)?;
+        let mut store = TokenStore::open(path)?;
         let moved_aside = store.moved_aside.clone();
+        // Flows left `running` by a process that died are closed before any flow starts.
+        let closed = store.close_abandoned_flows(&super::lock::lock_dir_beside(path))?;
+        if !closed.is_empty() {
+            tracing::warn!(
+                flows = ?closed,
+                "flows left running by a process that ended were closed as abandoned"
+            );
+        }
         let once = Mutex::new(Some(store));
         let addr = SyncArbiter::start(1, move || {
             let store = once.lock().unwrap_or_else(|p| p.into_inner()).take();
