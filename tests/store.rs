@@ -450,3 +450,75 @@ async fn a_flow_left_running_by_a_killed_process_is_closed_as_abandoned_at_the_n
     let table = run(&["logs", "flows", "--data-dir", data_str]).await;
     assert!(String::from_utf8_lossy(&table.stdout).contains("abandoned"));
 }
+
+#[tokio::test]
+async fn a_foreign_or_half_migrated_database_gets_a_short_refusal_from_every_command() {
+    let srv = start_server().await;
+    let dir = temp_dir("store-foreign");
+    let config = write_config(&dir, &srv, &["srv"]);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let db = data.join("tokens.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE recipes (id INTEGER PRIMARY KEY); PRAGMA user_version = 1;")
+        .unwrap();
+    let (config, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
+    let login = [
+        "auth",
+        "login",
+        "srv",
+        "--config",
+        config,
+        "--data-dir",
+        data_str,
+        "--browser-command",
+        CURL_BROWSER,
+    ];
+    for args in [
+        &["auth", "status", "--data-dir", data_str][..],
+        &["logs", "flows", "--data-dir", data_str],
+        &login,
+    ] {
+        let out = run(args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the file {} is not an mcpproxy-oauth token database",
+                db.display()
+            )) && stderr.contains("choose another --data-dir"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("no such table"), "{stderr}");
+    }
+    assert_eq!(
+        srv.stats().authorize_requests,
+        0,
+        "no login into a foreign file"
+    );
+
+    // Our tables under user_version 0: a short refusal, no migration SQL.
+    std::fs::remove_file(&db).unwrap();
+    let ok = run(&login).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", 0)
+        .unwrap();
+    let out = run(&login).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("has the mcpproxy-oauth tables but schema version 0"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("CREATE") && stderr.lines().count() <= 3,
+        "short: {stderr}"
+    );
+}

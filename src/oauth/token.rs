@@ -334,9 +334,15 @@ fn token_error(
                 retry_after,
             },
             // Only the path of the bad field: the body and serde's message may contain tokens.
+            // A missing field is named (the name comes from our own types, not the body).
             _ => OAuthError::Malformed {
                 endpoint: Endpoint::Token,
-                reason: format!("token response does not parse at `{}`", e.path()),
+                reason: match missing_field(&e.inner().to_string()) {
+                    Some(field) => format!(
+                        "token response has no `{field}` field, which RFC 6749 §5.1 requires; the server's answer is not a token response"
+                    ),
+                    None => format!("token response does not parse at `{}`", e.path()),
+                },
             },
         },
         RequestTokenError::Other(message) => match status {
@@ -351,6 +357,12 @@ fn token_error(
             },
         },
     }
+}
+
+/// The field named by serde's "missing field `name`" message, if that is the error.
+fn missing_field(message: &str) -> Option<&str> {
+    let (field, _) = message.strip_prefix("missing field `")?.split_once('`')?;
+    Some(field).filter(|f| f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
 fn token_set(
