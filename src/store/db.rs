@@ -217,7 +217,7 @@ impl TokenStore {
         for file in with_companions(path) {
             warn(perms::private_file(&file));
         }
-        let store = match Self::open_checked(path, Access::ReadOnly) {
+        let mut store = match Self::open_checked(path, Access::ReadOnly) {
             Ok(store) => store,
             Err(OpenFailure::Corrupt(detail)) => {
                 return Err(unusable(format!(
@@ -226,8 +226,7 @@ impl TokenStore {
             }
             Err(failure) => return Err(unusable(failure.explain(path))),
         };
-        let version = store.schema_version()?;
-        store.check_schema(version)?;
+        let version = store.checked_version()?;
         for file in with_companions(path) {
             warn(perms::private_file(&file));
         }
@@ -267,63 +266,15 @@ impl TokenStore {
         })
     }
 
-    /// Refuses a file that is not ours (or not all ours) before anything writes to it: a
-    /// foreign SQLite database, our tables under `user_version` 0 (a migration that ran
-    /// outside this code, or a reset version), a version newer than this build.
-    fn check_schema(&self, version: i64) -> Result<(), StoreError> {
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                path: self.path.clone(),
-                found: version,
-                known,
-            });
-        }
-        let mut statement = self.conn.prepare(
-            "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
-        )?;
-        let names: Vec<String> = statement
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let ours = |n: &String| OUR_OBJECTS.contains(&n.as_str());
-        let foreign: Vec<&String> = names.iter().filter(|n| !ours(n)).collect();
-        let list = |v: &[&String]| {
-            let shown: Vec<&str> = v.iter().take(5).map(|s| s.as_str()).collect();
-            let more = v.len().saturating_sub(5);
-            format!(
-                "{}{}",
-                shown.join(", "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
-            )
-        };
-        if version == 0 {
-            return match (names.iter().any(ours), foreign.is_empty()) {
-                (_, false) => Err(StoreError::Foreign {
-                    path: self.path.clone(),
-                    detail: format!("it has other tables: {}", list(&foreign)),
-                }),
-                (true, true) => Err(StoreError::HalfMigrated {
-                    path: self.path.clone(),
-                }),
-                (false, true) => Ok(()),
-            };
-        }
-        let missing: Vec<&str> = OUR_OBJECTS
-            .iter()
-            .copied()
-            .filter(|o| !names.iter().any(|n| n == o))
-            .collect();
-        if !missing.is_empty() {
-            return Err(StoreError::Foreign {
-                path: self.path.clone(),
-                detail: format!("schema version {version}, but no {}", missing.join(", ")),
-            });
-        }
-        Ok(())
+    /// Returns the schema version. Version and tables are read in one read transaction, so
+    /// a process migrating the same new file at this moment is seen before or after, never
+    /// halfway (which would look like our tables under version 0).
+    fn checked_version(&mut self) -> Result<i64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        check_schema(&tx, &self.path, version)?;
+        tx.commit()?;
+        Ok(version)
     }
 
     /// Applies pending migrations, one transaction each. The version is read inside the
@@ -331,8 +282,7 @@ impl TokenStore {
     /// an up-to-date file needs no write at all (so a held write lock does not stop a start).
     fn migrate(&mut self) -> Result<(), StoreError> {
         let known = MIGRATIONS.len() as i64;
-        let version = self.schema_version()?;
-        self.check_schema(version)?;
+        let version = self.checked_version()?;
         if version == known {
             return Ok(());
         }
@@ -601,6 +551,65 @@ impl TokenStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Refuses a file that is not ours (or not all ours) before anything writes to it: a
+/// foreign SQLite database, our tables under `user_version` 0 (a migration that ran
+/// outside this code, or a reset version), a version newer than this build.
+fn check_schema(conn: &Connection, path: &Path, version: i64) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known,
+        });
+    }
+    let mut statement = conn.prepare(
+        "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
+    let names: Vec<String> = statement
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let ours = |n: &String| OUR_OBJECTS.contains(&n.as_str());
+    let foreign: Vec<&String> = names.iter().filter(|n| !ours(n)).collect();
+    let list = |v: &[&String]| {
+        let shown: Vec<&str> = v.iter().take(5).map(|s| s.as_str()).collect();
+        let more = v.len().saturating_sub(5);
+        format!(
+            "{}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    };
+    if version == 0 {
+        return match (names.iter().any(ours), foreign.is_empty()) {
+            (_, false) => Err(StoreError::Foreign {
+                path: path.to_path_buf(),
+                detail: format!("it has other tables: {}", list(&foreign)),
+            }),
+            (true, true) => Err(StoreError::HalfMigrated {
+                path: path.to_path_buf(),
+            }),
+            (false, true) => Ok(()),
+        };
+    }
+    let missing: Vec<&str> = OUR_OBJECTS
+        .iter()
+        .copied()
+        .filter(|o| !names.iter().any(|n| n == o))
+        .collect();
+    if !missing.is_empty() {
+        return Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            detail: format!("schema version {version}, but no {}", missing.join(", ")),
+        });
+    }
+    Ok(())
 }
 
 /// How long a statement waits for another connection's lock before it is an error.

@@ -48,12 +48,18 @@ impl TokenRegistry {
         let mut store = TokenStore::open(path)?;
         let moved_aside = store.moved_aside.clone();
         // Flows left `running` by a process that died are closed before any flow starts.
-        let closed = store.close_abandoned_flows(&super::lock::lock_dir_beside(path))?;
-        if !closed.is_empty() {
-            tracing::warn!(
+        // Only history is at stake: a failure (another process holds the write lock) is a
+        // warning, and the next start tries again.
+        match store.close_abandoned_flows(&super::lock::lock_dir_beside(path)) {
+            Ok(closed) if closed.is_empty() => {}
+            Ok(closed) => tracing::warn!(
                 flows = ?closed,
                 "flows left running by a process that ended were closed as abandoned"
-            );
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "flows left running by ended processes could not be closed now; the next start tries again"
+            ),
         }
         let once = Mutex::new(Some(store));
         let addr = SyncArbiter::start(1, move || {
