@@ -906,6 +906,40 @@ mod tests {
     }
 
     #[test]
+    fn a_loose_mode_that_cannot_be_tightened_is_refused_with_the_fix() {
+        let path = healthy("untightenable");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .args([flag, path.to_str().unwrap()])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !chattr("+i") {
+            eprintln!("SKIPPED: `chattr +i` does not work on {}", path.display());
+            return;
+        }
+        let message = match TokenStore::open(&path) {
+            Ok(_) => "opened".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let read_only = TokenStore::open_read_only(&path).map(|s| s.is_some());
+        assert!(chattr("-i"), "chattr -i");
+        assert!(
+            message.contains(&format!("{} is mode 0644", path.display()))
+                && message.contains("cannot be restricted to 0600")
+                && message.contains("chmod 600"),
+            "{message}"
+        );
+        assert!(
+            matches!(read_only, Ok(true)),
+            "reading goes on with a warning: {read_only:?}"
+        );
+        drop(TokenStore::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600, "tightened once it can be");
+    }
+
+    #[test]
     fn a_database_locked_by_another_connection_is_an_error_and_nothing_moves() {
         let path = temp_dir("locked").join("tokens.db");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
