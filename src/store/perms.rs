@@ -71,7 +71,7 @@ fn tighten(path: &Path, meta: &fs::Metadata, want: u32, chmod: &str) -> Result<(
     }
     fs::set_permissions(path, fs::Permissions::from_mode(want)).map_err(|e| {
         ModeError(format!(
-            "{} is mode {mode:04o}, readable by others, and cannot be restricted to {want:04o}: {e}; \
+            "{} is mode {mode:04o}, open to other users, and cannot be restricted to {want:04o}: {e}; \
              run `chmod {chmod} {}` as its owner (and `chattr -i` if it is immutable), or choose another --data-dir",
             path.display(),
             path.display()
@@ -81,7 +81,7 @@ fn tighten(path: &Path, meta: &fs::Metadata, want: u32, chmod: &str) -> Result<(
         path = %path.display(),
         was = format!("{mode:04o}"),
         now = format!("{want:04o}"),
-        "a token file had a looser mode than it should; it was tightened"
+        "a file or folder holding tokens was open to other users; its mode was tightened"
     );
     Ok(())
 }
