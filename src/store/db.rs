@@ -685,7 +685,7 @@ impl OpenFailure {
                 "SQLite cannot open it or its companion files {p}-wal and {p}-shm; they must be regular files this user can read and write, in a folder this user can write (not read-only or immutable: `lsattr -d {dir}`, `chattr -i`, remount), or choose another --data-dir"
             ),
             Some(C::SystemIoFailure) => format!(
-                "an I/O error: check that {p}-wal and {p}-shm are regular files this user can read and write, and that the disk is healthy"
+                "an I/O error: the disk may be full (`df {dir}`: a full disk shows up as an I/O error on {p}-shm), or {p}-wal and {p}-shm are not regular files this user can read and write, or the disk is failing"
             ),
             _ => "see the cause; fix it or choose another --data-dir".to_string(),
         };
@@ -1058,6 +1058,73 @@ mod tests {
         );
         drop(held);
         assert_eq!(store.close_abandoned_flows(&locks).unwrap(), ["alive"]);
+    }
+
+    /// A small tmpfs mounted for one test, unmounted when dropped (needs root).
+    struct SmallDisk(PathBuf);
+
+    impl SmallDisk {
+        fn mount(name: &str) -> Option<SmallDisk> {
+            let dir = temp_dir(name);
+            fs::create_dir_all(&dir).unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "size=512k",
+                    "tmpfs",
+                    dir.to_str().unwrap(),
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+            mounted.then_some(SmallDisk(dir))
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_an_error_and_nothing_moves() {
+        let Some(disk) = SmallDisk::mount("full") else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root, or no mount permission)");
+            return;
+        };
+        let path = disk.0.join("data").join("tokens.db");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // A store one migration behind, so opening it must write.
+        let v1 = version_1_store("full-source");
+        fs::copy(&v1, &path).unwrap();
+        let filler = disk.0.join("filler");
+        {
+            use std::io::Write;
+            let mut file = fs::File::create(&filler).unwrap();
+            while file.write_all(&[0u8; 4096]).is_ok() {}
+        }
+        let bytes = fs::read(&path).unwrap();
+        let message = refused(&path);
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert!(
+            message.contains("disk is full") || message.contains("disk may be full"),
+            "{message}"
+        );
+        // SQLite may have created empty -wal/-shm files; nothing was moved or changed.
+        let names = listing(path.parent().unwrap());
+        assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "the database is untouched");
+        fs::remove_file(&filler).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert!(
+            store.load_token("k1").unwrap().is_some(),
+            "the token survived"
+        );
     }
 
     #[test]
