@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod lock;
+mod open;
 pub mod perms;
 pub mod registry;
 
