@@ -522,3 +522,106 @@ async fn a_foreign_or_half_migrated_database_gets_a_short_refusal_from_every_com
         "short: {stderr}"
     );
 }
+
+/// Runs the CLI as user `nobody` (65534), for files owned by another user; `None` when this
+/// test process cannot switch users (not root, or no `setpriv`).
+async fn run_as_nobody(args: &[&str]) -> Option<std::process::Output> {
+    let probe = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    let command = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(args)
+        .env_remove("BROWSER")
+        .kill_on_drop(true)
+        .output();
+    Some(
+        tokio::time::timeout(Duration::from_secs(30), command)
+            .await
+            .expect("ends within 30 s")
+            .unwrap(),
+    )
+}
+
+fn chown_nobody(path: &Path) {
+    std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+}
+
+#[tokio::test]
+async fn files_of_another_user_are_refused_with_the_fix_and_nothing_moves() {
+    let srv = start_server().await;
+    let dir = temp_dir("store-owner");
+    chown_nobody(&dir);
+    let config = write_config(&dir, &srv, &["srv"]);
+    let data = dir.join("data");
+    // A healthy database of user nobody, with a -wal that belongs to root.
+    drop(mcpproxy_oauth::store::TokenStore::open(&data.join("tokens.db")).unwrap());
+    for path in [&data, &data.join("tokens.db")] {
+        chown_nobody(path);
+    }
+    let wal = data.join("tokens.db-wal");
+    std::fs::write(&wal, b"").unwrap();
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (config, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
+    let login = [
+        "auth",
+        "login",
+        "srv",
+        "--config",
+        config,
+        "--data-dir",
+        data_str,
+        "--browser-command",
+        CURL_BROWSER,
+    ];
+    let Some(out) = run_as_nobody(&login).await else {
+        eprintln!("SKIPPED: cannot run as user nobody here (needs root and setpriv)");
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}-wal", data.join("tokens.db").display()))
+            && stderr.contains("nothing was moved"),
+        "{stderr}"
+    );
+    let status = run_as_nobody(&["auth", "status", "--data-dir", data_str])
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("nothing was moved"),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("corrupt")),
+        "nothing moved: {names:?}"
+    );
+    assert_eq!(srv.stats().authorize_requests, 0);
+
+    // A loose data dir that belongs to root: user nobody cannot tighten it, so it is refused.
+    std::fs::remove_file(&wal).unwrap();
+    std::os::unix::fs::chown(&data, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run_as_nobody(&login).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{data_str} is mode 0777, open to other users, and cannot be restricted to 0700"
+        )) && stderr.contains("as its owner"),
+        "{stderr}"
+    );
+    assert_eq!(
+        srv.stats().authorize_requests,
+        0,
+        "no login into a folder others can read"
+    );
+}
