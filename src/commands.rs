@@ -348,11 +348,14 @@ pub fn logs(command: LogsCommand) -> ExitCode {
                 "STARTED", "SERVER", "KIND", "OUTCOME", "DURATION", "CORRELATION ID"
             );
             for flow in flows {
-                let started =
-                    std::time::UNIX_EPOCH + Duration::from_millis(flow.started_at.max(0) as u64);
+                // Rows come from a file others write too: times outside 1970..9999 (which
+                // RFC 3339 cannot show) are clamped, never a panic.
+                const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
+                let started = std::time::UNIX_EPOCH
+                    + Duration::from_millis(flow.started_at.clamp(0, LAST_RFC3339_MS) as u64);
                 let duration = flow
                     .finished_at
-                    .map(|f| format!("{} ms", f - flow.started_at))
+                    .map(|f| format!("{} ms", f.saturating_sub(flow.started_at)))
                     .unwrap_or_else(|| "running".into());
                 println!(
                     "{:<26} {:<16} {:<8} {:<10} {:>9}  {:<36} {}",

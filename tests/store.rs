@@ -625,3 +625,27 @@ async fn files_of_another_user_are_refused_with_the_fix_and_nothing_moves() {
         "no login into a folder others can read"
     );
 }
+
+#[tokio::test]
+async fn logs_flows_shows_absurd_stored_times_without_a_panic() {
+    let data = temp_dir("store-absurd-flows");
+    let db = data.join("tokens.db");
+    let mut store = mcpproxy_oauth::store::TokenStore::open(&db).unwrap();
+    store
+        .begin_flow("f-far", "srv_1", "srv", "login", "pid 1", 1)
+        .unwrap();
+    store.finish_flow("f-far", None).unwrap();
+    drop(store);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE oauth_flows SET started_at = ?1, finished_at = ?2",
+            [i64::MAX, i64::MIN],
+        )
+        .unwrap();
+    let out = run(&["logs", "flows", "--data-dir", data.to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("f-far"));
+}
