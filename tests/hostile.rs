@@ -243,6 +243,32 @@ async fn config_errors_are_bounded_and_say_what_is_wrong() {
 
 #[tokio::test]
 async fn a_failing_browser_command_prints_the_url_and_the_login_completes_by_hand() {
+    login_by_hand_after_a_failed_launch(
+        &["--browser-command", "/nonexistent/browser"],
+        None,
+        "The browser could not be opened (it exited with exit status: 127)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_browser_that_cannot_start_prints_the_url_and_the_login_completes_by_hand() {
+    // No --browser-command and no BROWSER: the platform opener, which this PATH cannot find.
+    login_by_hand_after_a_failed_launch(
+        &[],
+        Some("/nonexistent-bin"),
+        "The browser could not be opened (it cannot start:",
+    )
+    .await;
+}
+
+/// `auth login` with a browser launch that fails: the URL must be printed, and fetching it
+/// (playing the browser the user opens by hand) must complete the login.
+async fn login_by_hand_after_a_failed_launch(
+    browser_args: &[&str],
+    path_env: Option<&str>,
+    reason: &str,
+) {
     use tokio::io::AsyncBufReadExt;
     let srv = start(Config::default()).await;
     let dir = temp_dir("hostile-browser");
@@ -253,7 +279,8 @@ async fn a_failing_browser_command_prints_the_url_and_the_login_completes_by_han
             .to_string(),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(BIN)
+    let mut command = tokio::process::Command::new(BIN);
+    command
         .args([
             "auth",
             "login",
@@ -262,19 +289,20 @@ async fn a_failing_browser_command_prints_the_url_and_the_login_completes_by_han
             config.to_str().unwrap(),
             "--data-dir",
             dir.join("data").to_str().unwrap(),
-            "--browser-command",
-            "/nonexistent/browser",
             "--login-timeout",
             "30s",
             "--log-level",
             "info",
         ])
+        .args(browser_args)
         .env_remove("BROWSER")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    if let Some(path) = path_env {
+        command.env("PATH", path);
+    }
+    let mut child = command.spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let prefix = format!("  {}/authorize?", srv.issuer());
     let mut seen = Vec::new();
@@ -293,10 +321,7 @@ async fn a_failing_browser_command_prints_the_url_and_the_login_completes_by_han
     .await
     .expect("the URL is printed within 20 s");
     let stderr_so_far = seen.join("\n");
-    assert!(
-        stderr_so_far.contains("The browser could not be opened (it exited with exit status: 127)"),
-        "{stderr_so_far}"
-    );
+    assert!(stderr_so_far.contains(reason), "{stderr_so_far}");
     assert!(
         stderr_so_far.contains("the browser command failed"),
         "logged too: {stderr_so_far}"
