@@ -254,11 +254,13 @@ fn remaining(expires_at: Option<i64>) -> String {
 
 fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
-    let store = match TokenStore::open(&database_path(&data_dir)) {
-        Ok(store) => store,
+    // Read-only: no migration, nothing created; no database yet means no token yet.
+    let rows = match TokenStore::open_read_only(&database_path(&data_dir)) {
+        Ok(Some(store)) => store.token_status(),
+        Ok(None) => Ok(Vec::new()),
         Err(e) => return fail(e),
     };
-    let mut rows: Vec<serde_json::Value> = match store.token_status() {
+    let mut rows: Vec<serde_json::Value> = match rows {
         Ok(rows) => rows
             .into_iter()
             .map(|r| serde_json::to_value(r).unwrap_or_default())
@@ -361,8 +363,8 @@ pub fn logs(command: LogsCommand) -> ExitCode {
             json,
         } => {
             let data_dir = data_dir.unwrap_or_else(default_data_dir);
-            let flows = match TokenStore::open(&database_path(&data_dir))
-                .and_then(|s| s.recent_flows(limit))
+            let flows = match TokenStore::open_read_only(&database_path(&data_dir))
+                .and_then(|s| s.map_or(Ok(Vec::new()), |s| s.recent_flows(limit)))
             {
                 Ok(flows) => flows,
                 Err(e) => return fail(e),
@@ -379,11 +381,14 @@ pub fn logs(command: LogsCommand) -> ExitCode {
                 "STARTED", "SERVER", "KIND", "OUTCOME", "DURATION", "CORRELATION ID"
             );
             for flow in flows {
-                let started =
-                    std::time::UNIX_EPOCH + Duration::from_millis(flow.started_at.max(0) as u64);
+                // Rows come from a file others write too: times outside 1970..9999 (which
+                // RFC 3339 cannot show) are clamped, never a panic.
+                const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
+                let started = std::time::UNIX_EPOCH
+                    + Duration::from_millis(flow.started_at.clamp(0, LAST_RFC3339_MS) as u64);
                 let duration = flow
                     .finished_at
-                    .map(|f| format!("{} ms", f - flow.started_at))
+                    .map(|f| format!("{} ms", f.saturating_sub(flow.started_at)))
                     .unwrap_or_else(|| "running".into());
                 println!(
                     "{:<26} {:<16} {:<8} {:<10} {:>9}  {:<36} {}",

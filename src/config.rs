@@ -2,13 +2,15 @@
 //! `{"mcpServers": [{"name", "url", "oauth": {"client_id", "client_secret", "scopes",
 //! "redirect_port", "extra_params"}}]}`. Servers with an `oauth` object (it may be empty) are
 //! the ones this subsystem keeps authorized. Unknown fields are ignored; a bad field is an
-//! error naming the server and the field.
+//! error naming the server and the exact sub-field, with the type expected and never the
+//! value (it may be a secret); valid JSON of another shape is a "wrong shape" error. The read
+//! is bounded (`MAX_CONFIG_BYTES`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::io::Read;
 use url::Url;
 
 use crate::oauth::client_identity::ClientConfig;
@@ -54,12 +56,18 @@ pub fn server_key(name: &str, url: &str) -> String {
     format!("{name}_{hex}")
 }
 
+/// The largest config read (4 MiB): mcpproxy configs are kilobytes; a bigger file (or
+/// `/dev/zero`) is the wrong file, and reading it whole would cost memory without bound.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the config {path}: {reason}")]
     Read { path: String, reason: String },
     #[error("the config {path} is not valid JSON: {reason}")]
     Syntax { path: String, reason: String },
+    #[error("the config {path} is valid JSON of the wrong shape: {reason}")]
+    Shape { path: String, reason: String },
     #[error("server {server}: field {field}: {reason}")]
     Field {
         server: String,
@@ -68,45 +76,104 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Deserialize)]
-struct RawConfig {
-    #[serde(rename = "mcpServers", default)]
-    mcp_servers: Vec<serde_json::Value>,
-}
-
-#[derive(Deserialize, Default)]
-struct RawOAuth {
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    #[serde(default)]
-    scopes: Vec<String>,
-    redirect_port: Option<u16>,
-    #[serde(default)]
-    extra_params: BTreeMap<String, String>,
-    client_metadata_url: Option<String>,
-}
+/// What the config should look like, for "wrong shape" messages.
+const EXPECTED: &str =
+    r#"expected {"mcpServers": [{"name": "...", "url": "https://...", "oauth": {...}}, ...]}"#;
 
 pub fn load(path: &Path) -> Result<Vec<UpstreamConfig>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+    let shown = path.display().to_string();
+    let read = |reason: String| ConfigError::Read {
+        path: shown.clone(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| read(e.to_string()))?;
+    let mut bytes = Vec::new();
+    // One byte more than allowed tells a file at the limit from a bigger one.
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| read(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(read(format!(
+            "it is larger than {} MiB, far more than any mcp_config.json; is it the right file?",
+            MAX_CONFIG_BYTES / (1024 * 1024)
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read(format!(
+            "it is not UTF-8 text (invalid byte at offset {}); is it the right file?",
+            e.utf8_error().valid_up_to()
+        ))
     })?;
     parse(&text).map_err(|e| match e {
         ConfigError::Syntax { reason, .. } => ConfigError::Syntax {
-            path: path.display().to_string(),
+            path: shown.clone(),
+            reason,
+        },
+        ConfigError::Shape { reason, .. } => ConfigError::Shape {
+            path: shown.clone(),
             reason,
         },
         other => other,
     })
 }
 
+/// The `oauth` object of a server, read field by field by `parse_oauth`.
+#[derive(Default)]
+struct RawOAuth {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scopes: Vec<String>,
+    redirect_port: Option<u16>,
+    extra_params: BTreeMap<String, String>,
+    client_metadata_url: Option<String>,
+}
+
+/// The JSON type of a value, for messages that must not echo the value (it may be a secret).
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
-    let raw: RawConfig = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+    let root: serde_json::Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
         path: String::new(),
         reason: e.to_string(),
     })?;
+    let shape = |reason: String| ConfigError::Shape {
+        path: String::new(),
+        reason,
+    };
+    let Some(root) = root.as_object() else {
+        return Err(shape(format!(
+            "the top level is {}; {EXPECTED}",
+            json_type(&root)
+        )));
+    };
+    let entries: &[serde_json::Value] = match root.get("mcpServers") {
+        None | Some(serde_json::Value::Null) => &[],
+        Some(serde_json::Value::Array(entries)) => entries,
+        Some(other) => {
+            return Err(shape(format!(
+                "\"mcpServers\" is {}, not an array of servers; {EXPECTED}",
+                json_type(other)
+            )));
+        }
+    };
     let mut servers: Vec<UpstreamConfig> = Vec::new();
-    for (index, entry) in raw.mcp_servers.iter().enumerate() {
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(entry) = entry.as_object() else {
+            return Err(shape(format!(
+                "server #{} in \"mcpServers\" is {}, not an object; {EXPECTED}",
+                index + 1,
+                json_type(entry)
+            )));
+        };
         let name = match entry.get("name") {
             Some(serde_json::Value::String(n)) if !n.trim().is_empty() => n.clone(),
             _ => {
@@ -125,23 +192,14 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         let Some(oauth) = entry.get("oauth") else {
             continue;
         };
-        let oauth: RawOAuth = match oauth {
-            serde_json::Value::Null => RawOAuth::default(),
-            value => {
-                serde_json::from_value(value.clone()).map_err(|e| field("oauth", e.to_string()))?
-            }
-        };
+        let oauth = parse_oauth(oauth).map_err(|(sub, reason)| field(&sub, reason))?;
         let url = entry.get("url").and_then(|u| u.as_str()).ok_or_else(|| {
             field(
                 "url",
                 "an http(s) URL is required for an OAuth server".into(),
             )
         })?;
-        let url =
-            Url::parse(url).map_err(|e| field("url", format!("{url:?} is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(field("url", format!("{url} is not http(s)")));
-        }
+        let url = parse_url(url).map_err(|reason| field("url", reason))?;
         if servers.iter().any(|s| s.name == name) {
             return Err(field("name", "another server has the same name".into()));
         }
@@ -161,6 +219,113 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         servers.push(server);
     }
     Ok(servers)
+}
+
+/// A server URL: http(s), and no user name or password in it (they would be logged, stored
+/// and sent as Basic auth). Messages never echo a URL that may hold a password.
+fn parse_url(text: &str) -> Result<Url, String> {
+    let userinfo = "it holds a user name or password (`user:password@`), which would be logged, stored and sent to the server; remove them (a pre-registered client goes in oauth.client_id and oauth.client_secret)";
+    let url = Url::parse(text).map_err(|e| {
+        if text.contains('@') {
+            format!("it is not a URL ({e}); {userinfo}")
+        } else {
+            format!("{text:?} is not a URL: {e}")
+        }
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(userinfo.into());
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{url} is not http(s)"));
+    }
+    Ok(url)
+}
+
+/// The `oauth` object, field by field, so an error names the exact sub-field
+/// (`oauth.redirect_port`) and the type it wanted, without echoing the value.
+fn parse_oauth(value: &serde_json::Value) -> Result<RawOAuth, (String, String)> {
+    let object = match value {
+        serde_json::Value::Null => return Ok(RawOAuth::default()),
+        serde_json::Value::Object(object) => object,
+        other => {
+            return Err((
+                "oauth".into(),
+                format!(
+                    "an object is expected (it may be empty: {{}}), not {}",
+                    json_type(other)
+                ),
+            ));
+        }
+    };
+    let bad = |name: &str, wanted: &str, got: &serde_json::Value| {
+        (
+            format!("oauth.{name}"),
+            format!("{wanted} is expected, not {}", json_type(got)),
+        )
+    };
+    let string = |name: &str| -> Result<Option<String>, (String, String)> {
+        match object.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(bad(name, "a string", other)),
+        }
+    };
+    let scopes = match object.get("scopes") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|s| s.as_str().map(String::from))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                (
+                    "oauth.scopes".to_string(),
+                    "an array of strings is expected, and an item is not a string".to_string(),
+                )
+            })?,
+        Some(other) => return Err(bad("scopes", "an array of strings", other)),
+    };
+    let redirect_port = match object.get("redirect_port") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => {
+            match n.as_u64().and_then(|p| u16::try_from(p).ok()) {
+                Some(port) => Some(port),
+                None => {
+                    return Err((
+                        "oauth.redirect_port".into(),
+                        format!(
+                            "{n} is not a port: a whole number from 0 to 65535 is expected (0: any free port)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Some(other) => {
+            return Err(bad(
+                "redirect_port",
+                "a whole number from 0 to 65535 (a TCP port)",
+                other,
+            ));
+        }
+    };
+    let extra_params = match object.get("extra_params") {
+        None | Some(serde_json::Value::Null) => BTreeMap::new(),
+        Some(serde_json::Value::Object(params)) => params
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(v) => Ok((k.clone(), v.clone())),
+                other => Err(bad(&format!("extra_params.{k}"), "a string", other)),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(bad("extra_params", "an object of strings", other)),
+    };
+    Ok(RawOAuth {
+        client_id: string("client_id")?,
+        client_secret: string("client_secret")?,
+        scopes,
+        redirect_port,
+        extra_params,
+        client_metadata_url: string("client_metadata_url")?,
+    })
 }
 
 #[cfg(test)]
@@ -224,7 +389,23 @@ mod tests {
             ),
             (
                 r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": {"redirect_port": "high"}}]}"#,
-                "server a: field oauth",
+                "server a: field oauth.redirect_port: a whole number from 0 to 65535 (a TCP port) is expected, not a string",
+            ),
+            (
+                r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": {"redirect_port": 70000}}]}"#,
+                "server a: field oauth.redirect_port: 70000 is not a port",
+            ),
+            (
+                r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": {"scopes": "repo"}}]}"#,
+                "server a: field oauth.scopes: an array of strings is expected, not a string",
+            ),
+            (
+                r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": {"extra_params": {"audience": 1}}}]}"#,
+                "server a: field oauth.extra_params.audience: a string is expected, not a number",
+            ),
+            (
+                r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": true}]}"#,
+                "server a: field oauth: an object is expected",
             ),
             (
                 r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": {"client_secret": "s"}}]}"#,
@@ -247,5 +428,76 @@ mod tests {
             parse("{not json"),
             Err(ConfigError::Syntax { .. })
         ));
+    }
+
+    #[test]
+    fn valid_json_of_the_wrong_shape_says_so_and_what_was_expected() {
+        for (text, says) in [
+            (
+                r#"{"mcpServers": {"gh": {"url": "https://x", "oauth": {}}}}"#,
+                r#""mcpServers" is an object, not an array of servers"#,
+            ),
+            (r#"[1, 2]"#, "the top level is an array"),
+            (
+                r#"{"mcpServers": ["gh"]}"#,
+                "server #1 in \"mcpServers\" is a string",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(matches!(e, ConfigError::Shape { .. }), "{e}");
+            let message = e.to_string();
+            assert!(
+                message.contains("valid JSON of the wrong shape")
+                    && message.contains(says)
+                    && message.contains(r#"expected {"mcpServers": [{"name""#),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_url_with_a_user_or_password_is_refused_without_echoing_it() {
+        for url in [
+            "https://alice:hunter2-secret@gh.example/mcp",
+            "https://alice@gh.example/mcp",
+            "ftp://alice:hunter2-secret@gh.example/mcp",
+            "https://alice:hunter2-secret@[bad/mcp",
+        ] {
+            let text = serde_json::json!({"mcpServers": [{"name": "gh", "url": url, "oauth": {}}]});
+            let message = parse(&text.to_string()).unwrap_err().to_string();
+            assert!(
+                message.starts_with("server gh: field url:")
+                    && message.contains("user name or password"),
+                "{message}"
+            );
+            assert!(
+                !message.contains("hunter2"),
+                "the password is not echoed: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_read_is_bounded_and_names_the_file() {
+        let started = std::time::Instant::now();
+        let message = load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(
+            message.contains("/dev/zero") && message.contains("larger than 4 MiB"),
+            "{message}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "fast: {:?}",
+            started.elapsed()
+        );
+        let dir = std::env::temp_dir().join(format!("mcpproxy-oauth-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shape = dir.join("shape.json");
+        std::fs::write(&shape, r#"{"mcpServers": {}}"#).unwrap();
+        let message = load(&shape).unwrap_err().to_string();
+        assert!(
+            message.contains(&shape.display().to_string()) && message.contains("wrong shape"),
+            "{message}"
+        );
     }
 }

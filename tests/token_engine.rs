@@ -236,6 +236,8 @@ async fn every_transient_fault_class_is_reported_as_transient() {
         }),
         (FaultKind::MissingAccessToken, None, |e| {
             matches!(e, OAuthError::Malformed { .. })
+                && e.to_string()
+                    .contains("token response has no `access_token` field")
         }),
         (FaultKind::ExpiresInZero, None, |e| {
             matches!(

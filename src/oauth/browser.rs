@@ -1,6 +1,7 @@
 //! Opening the authorization URL. The `BROWSER` environment variable (a command given the URL,
 //! `%s` marking where it goes) and `--browser-command` win; otherwise the platform's opener;
-//! with `--no-browser` the URL is printed for the user to open.
+//! with `--no-browser` the URL is printed for the user to open. A browser that cannot be
+//! opened falls back to printing the URL.
 
 use std::fmt;
 use std::process::Stdio;
@@ -55,7 +56,10 @@ impl BrowserLauncher {
             .unwrap_or(BrowserLauncher::Platform)
     }
 
-    /// Opens `url` without waiting for the browser to exit.
+    /// Opens `url` without waiting for the browser to exit. A command that cannot start, or
+    /// exits non-zero, is a failed launch, not a failed login: the URL is printed and logged
+    /// (it holds no secret: the PKCE verifier never leaves this process) so the user can open
+    /// it by hand, and the login keeps waiting for the callback.
     pub fn open(&self, url: &Url) -> Result<(), OAuthError> {
         let mut command = match self {
             BrowserLauncher::Handler(handler) => {
@@ -91,15 +95,39 @@ impl BrowserLauncher {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(false);
-        let mut child = command.spawn().map_err(|e| {
-            OAuthError::Browser(format!("{e}; set BROWSER, pass --browser-command, or use --no-browser and open the URL yourself"))
-        })?;
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                failed_launch(url, &format!("it cannot start: {e}"));
+                return Ok(());
+            }
+        };
         // Reap the child whenever it exits; a real browser may outlive the flow.
+        let url = url.clone();
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            match child.wait().await {
+                Ok(status) if !status.success() => {
+                    failed_launch(&url, &format!("it exited with {status}"))
+                }
+                Ok(_) => {}
+                Err(e) => failed_launch(&url, &format!("waiting for it failed: {e}")),
+            }
         });
         Ok(())
     }
+}
+
+/// Tells the user, on stderr and in the log, to open the URL by hand.
+fn failed_launch(url: &Url, reason: &str) {
+    tracing::warn!(
+        %url,
+        reason,
+        "the browser command failed; open the authorization URL by hand: the login keeps waiting"
+    );
+    eprintln!(
+        "The browser could not be opened ({reason}); set BROWSER or pass --browser-command to fix that.\n\
+         Open this URL in a browser to authorize (the login keeps waiting):\n  {url}"
+    );
 }
 
 #[cfg(test)]

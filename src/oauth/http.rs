@@ -410,6 +410,8 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
         headers.insert(RETRY_AFTER, "86400".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER), "capped");
+        headers.insert(RETRY_AFTER, u64::MAX.to_string().parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER), "clamped");
         headers.insert(RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
     }

@@ -3,7 +3,9 @@
 //! included.
 //!
 //! Policies on what servers send:
-//! - The expiry is made absolute on receipt (`obtained_at + expires_in`).
+//! - The expiry is made absolute on receipt (`obtained_at + expires_in`), with the lifetime
+//!   clamped to `MAX_LIFETIME` (one year): a server announcing `i64::MAX` or `u64::MAX`
+//!   seconds gets a token that is refreshed ahead of a year's end, never an overflow.
 //! - No `expires_in`: the lifetime is unknown (`expires_at = None`); the token is used until the
 //!   resource server refuses it, then refreshed.
 //! - `expires_in: 0`: the token is already expired; that is an error, never a success (the
@@ -26,6 +28,11 @@ use super::client_identity::{ClientCredentials, TokenAuthMethod};
 use super::discovery::AuthorizationServerMetadata;
 use super::error::{Endpoint, OAuthError};
 use super::http::OAuthHttp;
+
+/// The longest lifetime believed from a server (one year). Longer ones are clamped, so every
+/// expiry is a few years from now at most: it fits any time type and arithmetic on it
+/// (milliseconds since 1970 as i64, 75% refresh points) cannot overflow.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 type ConfiguredClient =
     BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
@@ -57,7 +64,7 @@ impl TokenSet {
     /// Whether the token can still be used for at least `margin` at `now`.
     pub fn is_valid_for(&self, margin: Duration, now: SystemTime) -> bool {
         match self.expires_at {
-            Some(expires_at) => now + margin < expires_at,
+            Some(expires_at) => now.checked_add(margin).is_some_and(|t| t < expires_at),
             None => true,
         }
     }
@@ -327,9 +334,15 @@ fn token_error(
                 retry_after,
             },
             // Only the path of the bad field: the body and serde's message may contain tokens.
+            // A missing field is named (the name comes from our own types, not the body).
             _ => OAuthError::Malformed {
                 endpoint: Endpoint::Token,
-                reason: format!("token response does not parse at `{}`", e.path()),
+                reason: match missing_field(&e.inner().to_string()) {
+                    Some(field) => format!(
+                        "token response has no `{field}` field, which RFC 6749 §5.1 requires; the server's answer is not a token response"
+                    ),
+                    None => format!("token response does not parse at `{}`", e.path()),
+                },
             },
         },
         RequestTokenError::Other(message) => match status {
@@ -344,6 +357,12 @@ fn token_error(
             },
         },
     }
+}
+
+/// The field named by serde's "missing field `name`" message, if that is the error.
+fn missing_field(message: &str) -> Option<&str> {
+    let (field, _) = message.strip_prefix("missing field `")?.split_once('`')?;
+    Some(field).filter(|f| f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
 fn token_set(
@@ -367,7 +386,17 @@ fn token_set(
                 rotated_refresh_token: response.refresh_token().cloned(),
             });
         }
-        Some(lifetime) => Some(now + lifetime),
+        Some(lifetime) => {
+            if lifetime > MAX_LIFETIME {
+                tracing::warn!(
+                    expires_in = lifetime.as_secs(),
+                    clamped_to = MAX_LIFETIME.as_secs(),
+                    "the token endpoint announced an absurd lifetime; it is clamped to one year"
+                );
+            }
+            // `now` is a clock reading, far from SystemTime's limits; checked all the same.
+            now.checked_add(lifetime.min(MAX_LIFETIME))
+        }
         None => None,
     };
     let scope = match response.scopes() {

@@ -1,22 +1,36 @@
-//! The SQLite token store: opening (permissions, pragmas, integrity), migrations, and the
-//! queries. Only the `TokenRegistry` actor's thread touches a `TokenStore`.
+//! The SQLite token store: the open sequence (modes, pragmas, integrity, schema check: the
+//! steps live in `open` and `perms`), migrations, and the queries. Only the `TokenRegistry`
+//! actor's thread touches a `TokenStore`.
 //!
 //! Durability: WAL with `synchronous=FULL`, so a token (and a rotated refresh token) is on disk
-//! when `save_token` returns; a lost rotated refresh token would force a login. A corrupt file
-//! is moved aside (nothing is deleted) and the store starts empty; an unreadable one is an
-//! error naming the file and the fix.
+//! when `save_token` returns; a lost rotated refresh token would force a login. Only a corrupt
+//! file is moved aside (nothing is deleted) and the store starts empty; any other failure is an
+//! error naming the file, the cause and the fix, with nothing moved.
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::open::{
+    Access, BUSY_TIMEOUT, OpenFailure, check_schema, create_private, folder_of, move_aside,
+    short_cause, with_companions,
+};
+use super::perms;
+
 /// Migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+pub(super) const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../migrations/0001_init.sql")),
+    (
+        "0002_portable_status_view",
+        include_str!("../../migrations/0002_portable_status_view.sql"),
+    ),
+    (
+        "0003_abandoned_flows",
+        include_str!("../../migrations/0003_abandoned_flows.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,6 +44,14 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    #[error(
+        "the file {path} is not an mcpproxy-oauth token database ({detail}); nothing was changed: choose another --data-dir, or move the file away"
+    )]
+    Foreign { path: PathBuf, detail: String },
+    #[error(
+        "the token database {path} has the mcpproxy-oauth tables but schema version 0 (a migration ran outside mcpproxy-oauth, or the version was reset); nothing was changed: restore a backup, or move it aside (servers then log in again)"
+    )]
+    HalfMigrated { path: PathBuf },
     #[error("token database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("the token registry has stopped")]
@@ -134,71 +156,111 @@ pub struct TokenStore {
 }
 
 impl TokenStore {
-    /// Opens (creating if needed) the database at `path`, with its folder 0700 and file 0600.
+    /// Opens (creating if needed) the database at `path` for reading and writing: modes
+    /// enforced (folder 0700, files 0600, refused when they cannot be), real corruption moved
+    /// aside, every other failure an error naming the file, the cause and the fix, with
+    /// nothing moved; then pending migrations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let unusable = |reason: String| StoreError::Unusable {
             path: path.to_path_buf(),
             reason,
         };
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        {
-            fs::create_dir_all(dir)
-                .map_err(|e| unusable(format!("cannot create its folder: {e}")))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                .map_err(|e| unusable(format!("cannot restrict its folder: {e}")))?;
+        let private = |r: Result<(), perms::ModeError>| r.map_err(|e| unusable(e.to_string()));
+        private(perms::private_dir(folder_of(path)))?;
+        for file in with_companions(path) {
+            private(perms::private_file(&file))?;
         }
-        // Create it 0600 before SQLite does; the -wal and -shm files inherit the mode.
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                unusable(format!(
-                    "{e}; make it readable and writable by this user, or choose another --data-dir"
-                ))
-            })?;
-        match Self::open_checked(path) {
-            Ok(store) => Ok(store),
-            Err(Corruption(detail)) => {
-                let aside = move_aside(path).map_err(|e| unusable(format!("it is corrupt ({detail}) and could not be moved aside: {e}")))?;
+        create_private(path).map_err(unusable)?;
+        let mut store = match Self::open_checked(path, Access::ReadWrite) {
+            Ok(store) => store,
+            Err(OpenFailure::Corrupt(detail)) => {
+                let aside = move_aside(path).map_err(|e| {
+                    unusable(format!(
+                        "it is corrupt ({detail}) and could not be moved aside: {e}; move it away by hand (servers then log in again)"
+                    ))
+                })?;
                 tracing::error!(
                     path = %path.display(), moved_to = %aside.display(), detail = %detail,
                     "the token database is corrupt; it was moved aside and an empty one started: servers need to log in again"
                 );
-                let mut store = Self::open_checked(path).map_err(|Corruption(d)| unusable(d))?;
+                create_private(path).map_err(unusable)?;
+                let mut store = Self::open_checked(path, Access::ReadWrite)
+                    .map_err(|f| unusable(f.explain(path)))?;
                 store.moved_aside = Some(aside);
-                Ok(store)
+                store
             }
+            Err(failure) => return Err(unusable(failure.explain(path))),
+        };
+        store.migrate()?;
+        // SQLite created -wal and -shm with the database's mode; make sure of it.
+        for file in with_companions(path) {
+            private(perms::private_file(&file))?;
         }
-        .and_then(|mut store| {
-            store.migrate()?;
-            Ok(store)
-        })
+        Ok(store)
     }
 
-    fn open_checked(path: &Path) -> Result<Self, Corruption> {
-        let corrupt = |e: rusqlite::Error| Corruption(e.to_string());
-        let conn = Connection::open(path).map_err(corrupt)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(corrupt)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(corrupt)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Corruption(format!("journal mode {mode} instead of wal")));
+    /// Opens an existing database read-only, for commands that only look (`auth status`,
+    /// `logs flows`): no migration, nothing created or moved (a corrupt file is reported, and
+    /// moved aside by the next read-write open). `None` when there is no database yet. A mode
+    /// that cannot be tightened is a warning here: reading does not expose anything new.
+    pub fn open_read_only(path: &Path) -> Result<Option<Self>, StoreError> {
+        let unusable = |reason: String| StoreError::Unusable {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.exists() {
+            return Ok(None);
         }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-            .map_err(corrupt)?;
+        let warn = |r: Result<(), perms::ModeError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a token file keeps a loose mode");
+            }
+        };
+        warn(perms::private_dir(folder_of(path)));
+        for file in with_companions(path) {
+            warn(perms::private_file(&file));
+        }
+        let mut store = match Self::open_checked(path, Access::ReadOnly) {
+            Ok(store) => store,
+            Err(OpenFailure::Corrupt(detail)) => {
+                return Err(unusable(format!(
+                    "it is corrupt ({detail}); nothing was moved: the next `serve` or `auth login` moves it aside (servers then log in again)"
+                )));
+            }
+            Err(failure) => return Err(unusable(failure.explain(path))),
+        };
+        let version = store.checked_version()?;
+        for file in with_companions(path) {
+            warn(perms::private_file(&file));
+        }
+        // An empty file (being created by a start right now) holds no token yet.
+        Ok((version > 0).then_some(store))
+    }
+
+    fn open_checked(path: &Path, access: Access) -> Result<Self, OpenFailure> {
+        use rusqlite::OpenFlags;
+        let flags = match access {
+            Access::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
+            Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let step = |step: &'static str| move |e| OpenFailure::classify(step, e);
+        let conn = Connection::open_with_flags(path, flags).map_err(step("open"))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(step("open"))?;
+        if access == Access::ReadWrite {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(step("switch to WAL"))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(OpenFailure::NoWal(mode));
+            }
+            conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+                .map_err(step("set pragmas"))?;
+        }
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(corrupt)?;
+            .map_err(step("check integrity"))?;
         if check != "ok" {
-            return Err(Corruption(check));
+            return Err(OpenFailure::Corrupt(check));
         }
         Ok(TokenStore {
             conn,
@@ -207,14 +269,39 @@ impl TokenStore {
         })
     }
 
+    /// Returns the schema version. Version and tables are read in one read transaction, so
+    /// a process migrating the same new file at this moment is seen before or after, never
+    /// halfway (which would look like our tables under version 0).
+    fn checked_version(&mut self) -> Result<i64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        check_schema(&tx, &self.path, version)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
     /// Applies pending migrations, one transaction each. The version is read inside the
-    /// write transaction, so processes opening the same new file at once migrate it once.
+    /// write transaction, so processes opening the same new file at once migrate it once;
+    /// an up-to-date file needs no write at all (so a held write lock does not stop a start).
     fn migrate(&mut self) -> Result<(), StoreError> {
         let known = MIGRATIONS.len() as i64;
+        let version = self.checked_version()?;
+        if version == known {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let failed = |step: &'static str| {
+            let path = path.clone();
+            move |e| StoreError::Unusable {
+                reason: OpenFailure::classify(step, e).explain(&path),
+                path,
+            }
+        };
         loop {
             let tx = self
                 .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(failed("migrate"))?;
             let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
             if version > known {
                 return Err(StoreError::TooNew {
@@ -228,10 +315,13 @@ impl TokenStore {
             };
             tx.execute_batch(sql).map_err(|e| StoreError::Unusable {
                 path: self.path.clone(),
-                reason: format!("migration {name} failed: {e}"),
+                reason: format!(
+                    "migration {name} failed ({}); nothing was changed",
+                    short_cause(&e)
+                ),
             })?;
             tx.pragma_update(None, "user_version", version + 1)?;
-            tx.commit()?;
+            tx.commit().map_err(failed("migrate"))?;
         }
     }
 
@@ -265,7 +355,12 @@ impl TokenStore {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
+    /// Reads a server's token. Its times come from a file other processes write too, so they
+    /// are made sane here, once, for every reader: `obtained_at` not before 1970 nor after now,
+    /// `expires_at` at most `MAX_LIFETIME` from now.
     pub fn load_token(&self, server_key: &str) -> Result<Option<StoredToken>, StoreError> {
+        let now = now_ms();
+        let latest = now.saturating_add(crate::oauth::token::MAX_LIFETIME.as_millis() as i64);
         Ok(self
             .conn
             .query_row(
@@ -283,8 +378,8 @@ impl TokenStore {
                         refresh_token: r.get(6)?,
                         token_type: r.get(7)?,
                         scope: r.get(8)?,
-                        expires_at: r.get(9)?,
-                        obtained_at: r.get(10)?,
+                        expires_at: r.get::<_, Option<i64>>(9)?.map(|e| e.min(latest)),
+                        obtained_at: r.get::<_, i64>(10)?.clamp(0, now),
                         flow_id: r.get(11)?,
                     })
                 },
@@ -420,6 +515,42 @@ impl TokenStore {
         Ok(())
     }
 
+    /// Closes, as `abandoned`, every `running` flow whose server's flow lock is free: the lock
+    /// is held for a flow's whole life and the kernel releases it when its process dies, so a
+    /// free lock means the owner is gone. The lock is held while the rows are closed, so a
+    /// flow starting meanwhile cannot be taken for a stale one. Returns the flows closed.
+    pub fn close_abandoned_flows(&mut self, lock_dir: &Path) -> Result<Vec<String>, StoreError> {
+        let mut statement = self.conn.prepare(
+            "SELECT DISTINCT server_key FROM oauth_flows WHERE state = 'running' ORDER BY server_key",
+        )?;
+        let keys: Vec<String> = statement
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        drop(statement);
+        let mut closed = Vec::new();
+        for key in keys {
+            let Some(_lock) = super::lock::try_acquire(lock_dir, &key)? else {
+                continue; // a live process runs this server's flow
+            };
+            let tx = self.conn.transaction()?;
+            let ids: Vec<String> = tx
+                .prepare(
+                    "SELECT flow_id FROM oauth_flows WHERE state = 'running' AND server_key = ?1",
+                )?
+                .query_map([&key], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.execute(
+                "UPDATE oauth_flows SET state = 'abandoned', finished_at = ?2, lease_expires_at = NULL,
+                   error = 'its process ended before the flow finished (found at the next start)'
+                 WHERE state = 'running' AND server_key = ?1",
+                params![key, now_ms()],
+            )?;
+            tx.commit()?;
+            closed.extend(ids);
+        }
+        Ok(closed)
+    }
+
     pub fn token_status(&self) -> Result<Vec<TokenStatusRow>, StoreError> {
         let mut statement = self.conn.prepare(
             "SELECT server_key, server_name, server_url, status, expires_at, has_refresh_token, scope, updated_at FROM oauth_token_status ORDER BY server_name",
@@ -459,24 +590,454 @@ impl TokenStore {
     }
 }
 
-struct Corruption(String);
-
-/// Renames the database (and its -wal/-shm files) to `<name>.corrupt-<ms>`; nothing is deleted.
-fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
-    let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), now_ms()));
-    fs::rename(path, &aside)?;
-    for suffix in ["-wal", "-shm"] {
-        let companion = PathBuf::from(format!("{}{suffix}", path.display()));
-        if companion.exists() {
-            fs::rename(&companion, format!("{}{suffix}", aside.display()))?;
-        }
-    }
-    Ok(aside)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Every file in the folder, to show that a refusal moved nothing.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A healthy store with one token, closed again.
+    fn healthy(name: &str) -> PathBuf {
+        let path = temp_dir(name).join("tokens.db");
+        let mut store = TokenStore::open(&path).unwrap();
+        store.save_token(&token("k1")).unwrap();
+        drop(store);
+        path
+    }
+
+    fn refused(path: &Path) -> String {
+        match TokenStore::open(path) {
+            Ok(_) => panic!("{} opened", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn loose_existing_modes_are_tightened_and_a_quarantine_starts_private() {
+        let path = healthy("loose");
+        let dir = path.parent().unwrap().to_path_buf();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert_eq!((mode(&dir), mode(&path)), (0o700, 0o600));
+        for companion in ["-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{companion}", path.display()));
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        drop(store);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(&path, vec![0x5a; 8192]).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert!(store.moved_aside.is_some(), "random bytes are quarantined");
+        assert_eq!(
+            (mode(&dir), mode(&path)),
+            (0o700, 0o600),
+            "after a quarantine"
+        );
+        for companion in ["-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{companion}", path.display()));
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+    }
+
+    #[test]
+    fn a_truncated_database_is_quarantined() {
+        let path = healthy("truncated");
+        // Checkpointed on close: the content is in the main file; keep its first page only.
+        let bytes = fs::read(&path).unwrap();
+        assert!(bytes.len() > 4096, "the database has more than one page");
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        let aside = store.moved_aside.clone().expect("moved aside");
+        assert_eq!(fs::read(&aside).unwrap(), &bytes[..bytes.len() / 2]);
+        assert!(store.load_token("k1").unwrap().is_none(), "a fresh store");
+    }
+
+    #[test]
+    fn a_wal_that_is_a_directory_is_an_error_and_nothing_moves() {
+        let path = healthy("waldir");
+        let dir = path.parent().unwrap().to_path_buf();
+        fs::create_dir(format!("{}-wal", path.display())).unwrap();
+        let before = listing(&dir);
+        let message = refused(&path);
+        assert!(
+            message.contains(&path.display().to_string())
+                && message.contains("-wal")
+                && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert_eq!(listing(&dir), before, "nothing moved");
+        let read_only = TokenStore::open_read_only(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(read_only.contains("nothing was moved"), "{read_only}");
+        assert_eq!(listing(&dir), before, "nothing moved");
+        fs::remove_dir(format!("{}-wal", path.display())).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert!(
+            store.load_token("k1").unwrap().is_some(),
+            "the token survived"
+        );
+    }
+
+    #[test]
+    fn an_immutable_data_dir_is_an_error_and_nothing_moves() {
+        let path = healthy("immutable");
+        let dir = path.parent().unwrap().to_path_buf();
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .args([flag, dir.to_str().unwrap()])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !chattr("+i") {
+            eprintln!(
+                "SKIPPED: `chattr +i` does not work on {} (no chattr, or a file system without attributes)",
+                dir.display()
+            );
+            return;
+        }
+        let before = listing(&dir);
+        let message = refused(&path);
+        let read_only = TokenStore::open_read_only(&path).map(|s| s.is_some());
+        let after = listing(&dir);
+        assert!(chattr("-i"), "chattr -i");
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert!(
+            message.contains("read-only") || message.contains("chattr"),
+            "{message}"
+        );
+        assert_eq!(after, before, "nothing moved");
+        // Reading needs the -shm file, which an immutable folder cannot get; either way
+        // nothing is moved and the message is clear.
+        if let Err(e) = read_only {
+            assert!(e.to_string().contains("nothing was moved"), "{e}");
+        }
+        assert!(
+            TokenStore::open(&path)
+                .unwrap()
+                .load_token("k1")
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_loose_mode_that_cannot_be_tightened_is_refused_with_the_fix() {
+        let path = healthy("untightenable");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .args([flag, path.to_str().unwrap()])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !chattr("+i") {
+            eprintln!("SKIPPED: `chattr +i` does not work on {}", path.display());
+            return;
+        }
+        let message = match TokenStore::open(&path) {
+            Ok(_) => "opened".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let read_only = TokenStore::open_read_only(&path).map(|s| s.is_some());
+        assert!(chattr("-i"), "chattr -i");
+        assert!(
+            message.contains(&format!("{} is mode 0644", path.display()))
+                && message.contains("cannot be restricted to 0600")
+                && message.contains("chmod 600"),
+            "{message}"
+        );
+        assert!(
+            matches!(read_only, Ok(true)),
+            "reading goes on with a warning: {read_only:?}"
+        );
+        drop(TokenStore::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600, "tightened once it can be");
+    }
+
+    #[test]
+    fn a_database_locked_by_another_connection_is_an_error_and_nothing_moves() {
+        let path = temp_dir("locked").join("tokens.db");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let before = listing(path.parent().unwrap());
+        let message = refused(&path);
+        assert!(
+            message.contains(&path.display().to_string())
+                && message.contains("another process holds a lock")
+                && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert_eq!(listing(path.parent().unwrap()), before, "nothing moved");
+        other.execute_batch("ROLLBACK").unwrap();
+        drop(other);
+        assert_eq!(
+            TokenStore::open(&path).unwrap().schema_version().unwrap(),
+            MIGRATIONS.len() as i64
+        );
+    }
+
+    /// A store as a build that knew only migration 0001 left it, with one token.
+    fn version_1_store(name: &str) -> PathBuf {
+        let path = temp_dir(name).join("tokens.db");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        conn.execute_batch(MIGRATIONS[0].1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO oauth_tokens (server_key, server_name, server_url, access_token, obtained_at, updated_at, expires_at) VALUES ('k1', 'srv', 'u', 'at-secret', 1, 1, 2)",
+            [],
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_version_1_store_migrates_and_keeps_its_tokens() {
+        let path = version_1_store("v1");
+        let store = TokenStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(store.token_status().unwrap()[0].status, "expired");
+        assert!(store.load_token("k1").unwrap().is_some());
+        let view: String = store
+            .conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'oauth_token_status'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            !view.contains("unixepoch"),
+            "no function newer than SQLite 3.40: {view}"
+        );
+    }
+
+    #[test]
+    fn a_held_write_lock_stops_a_migration_clearly_but_not_an_up_to_date_open() {
+        let path = version_1_store("locked-migration");
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let before = listing(path.parent().unwrap());
+        let message = refused(&path);
+        assert!(
+            message.contains("another process holds a lock")
+                && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert_eq!(listing(path.parent().unwrap()), before, "nothing moved");
+        other.execute_batch("ROLLBACK").unwrap();
+        drop(TokenStore::open(&path).unwrap());
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let store = TokenStore::open(&path).expect("an up-to-date store opens under a held lock");
+        assert!(store.load_token("k1").unwrap().is_some(), "and reads");
+    }
+
+    #[tokio::test]
+    async fn running_flows_with_a_free_lock_are_closed_as_abandoned() {
+        let path = temp_dir("abandoned").join("tokens.db");
+        let locks = crate::store::lock::lock_dir_beside(&path);
+        let mut store = TokenStore::open(&path).unwrap();
+        store
+            .begin_flow("dead", "a_1", "a", "login", "pid 1", 60_000)
+            .unwrap();
+        store
+            .begin_flow("alive", "b_1", "b", "refresh", "pid 2", 60_000)
+            .unwrap();
+        store
+            .begin_flow("done", "a_1", "a", "refresh", "pid 1", 60_000)
+            .unwrap();
+        store.finish_flow("done", None).unwrap();
+        let held = crate::store::lock::acquire(&locks, "b_1", std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(store.close_abandoned_flows(&locks).unwrap(), ["dead"]);
+        let states: Vec<(String, String)> = store
+            .recent_flows(10)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.flow_id, f.state))
+            .collect();
+        assert!(
+            states.contains(&("dead".into(), "abandoned".into())),
+            "{states:?}"
+        );
+        assert!(
+            states.contains(&("alive".into(), "running".into())),
+            "its lock is held: {states:?}"
+        );
+        assert!(
+            states.contains(&("done".into(), "succeeded".into())),
+            "{states:?}"
+        );
+        drop(held);
+        assert_eq!(store.close_abandoned_flows(&locks).unwrap(), ["alive"]);
+    }
+
+    /// A small tmpfs mounted for one test, unmounted when dropped (needs root).
+    struct SmallDisk(PathBuf);
+
+    impl SmallDisk {
+        fn mount(name: &str) -> Option<SmallDisk> {
+            let dir = temp_dir(name);
+            fs::create_dir_all(&dir).unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "size=512k",
+                    "tmpfs",
+                    dir.to_str().unwrap(),
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+            mounted.then_some(SmallDisk(dir))
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_an_error_and_nothing_moves() {
+        let Some(disk) = SmallDisk::mount("full") else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root, or no mount permission)");
+            return;
+        };
+        let path = disk.0.join("data").join("tokens.db");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // A store one migration behind, so opening it must write.
+        let v1 = version_1_store("full-source");
+        fs::copy(&v1, &path).unwrap();
+        let filler = disk.0.join("filler");
+        {
+            use std::io::Write;
+            let mut file = fs::File::create(&filler).unwrap();
+            while file.write_all(&[0u8; 4096]).is_ok() {}
+        }
+        let bytes = fs::read(&path).unwrap();
+        let message = refused(&path);
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert!(
+            message.contains("disk is full") || message.contains("disk may be full"),
+            "{message}"
+        );
+        // SQLite may have created empty -wal/-shm files; nothing was moved or changed.
+        let names = listing(path.parent().unwrap());
+        assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "the database is untouched");
+        fs::remove_file(&filler).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert!(
+            store.load_token("k1").unwrap().is_some(),
+            "the token survived"
+        );
+    }
+
+    #[test]
+    fn a_foreign_or_half_migrated_schema_is_refused_briefly() {
+        let path = temp_dir("foreign").join("tokens.db");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE recipes (id INTEGER PRIMARY KEY); PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        let message = refused(&path);
+        assert!(
+            message.contains("is not an mcpproxy-oauth token database")
+                && message.contains("no oauth_clients"),
+            "{message}"
+        );
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 0)
+            .unwrap();
+        let message = refused(&path);
+        assert!(message.contains("other tables: recipes"), "{message}");
+        let read_only = TokenStore::open_read_only(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            read_only.contains("not an mcpproxy-oauth token database"),
+            "{read_only}"
+        );
+
+        let half = healthy("half");
+        Connection::open(&half)
+            .unwrap()
+            .pragma_update(None, "user_version", 0)
+            .unwrap();
+        let message = refused(&half);
+        assert!(message.contains("schema version 0"), "{message}");
+        assert!(
+            !message.contains("CREATE"),
+            "no SQL in the message: {message}"
+        );
+        assert!(message.len() < 400, "short: {message}");
+        assert_eq!(
+            Connection::open(&half)
+                .unwrap()
+                .query_row("SELECT count(*) FROM oauth_tokens", [], |r| r
+                    .get::<_, i64>(0))
+                .unwrap(),
+            1,
+            "nothing changed"
+        );
+    }
+
+    #[test]
+    fn read_only_opens_create_nothing_and_report_corruption_without_moving() {
+        let path = temp_dir("readonly").join("tokens.db");
+        assert!(TokenStore::open_read_only(&path).unwrap().is_none());
+        assert!(!path.exists(), "nothing created");
+        let path = healthy("readonly-ok");
+        let store = TokenStore::open_read_only(&path).unwrap().expect("opens");
+        assert_eq!(store.token_status().unwrap().len(), 1);
+        drop(store);
+        fs::write(&path, b"garbage garbage garbage garbage").unwrap();
+        let before = listing(path.parent().unwrap());
+        let message = TokenStore::open_read_only(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            message.contains("corrupt") && message.contains("nothing was moved"),
+            "{message}"
+        );
+        assert_eq!(listing(path.parent().unwrap()), before);
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -518,7 +1079,7 @@ mod tests {
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let t = token("k1");
         store.save_token(&t).unwrap();
         assert_eq!(store.load_token("k1").unwrap(), Some(t.clone()));
@@ -536,8 +1097,33 @@ mod tests {
         );
         drop(store);
         let reopened = TokenStore::open(&path).unwrap();
-        assert_eq!(reopened.schema_version().unwrap(), 1, "migrations run once");
+        assert_eq!(
+            reopened.schema_version().unwrap(),
+            MIGRATIONS.len() as i64,
+            "migrations run once"
+        );
         assert!(reopened.load_token("k1").unwrap().is_some());
+    }
+
+    #[test]
+    fn absurd_stored_times_are_read_back_sane() {
+        let path = temp_dir("absurd").join("tokens.db");
+        let mut store = TokenStore::open(&path).unwrap();
+        store
+            .save_token(&StoredToken {
+                expires_at: Some(i64::MAX),
+                obtained_at: i64::MIN,
+                ..token("k")
+            })
+            .unwrap();
+        let read = store.load_token("k").unwrap().unwrap();
+        let year = crate::oauth::token::MAX_LIFETIME.as_millis() as i64;
+        assert_eq!(read.obtained_at, 0);
+        let expires_at = read.expires_at.unwrap();
+        assert!(
+            expires_at <= now_ms() + year && expires_at > now_ms(),
+            "{expires_at}"
+        );
     }
 
     #[test]
@@ -587,7 +1173,7 @@ mod tests {
             b"this is not a SQLite database, it is garbage that once was tokens",
             "nothing lost"
         );
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 pub mod db;
 pub mod lock;
+mod open;
+pub mod perms;
 pub mod registry;
 
 pub use db::{StoreError, StoredClient, StoredToken, TokenStatusRow, TokenStore};

@@ -42,11 +42,25 @@ pub struct TokenRegistry {
 }
 
 impl TokenRegistry {
-    /// Opens the store and starts its actor. Call inside an actix `System`. Returns where a
-    /// corrupt database was moved aside, if it was.
+    /// Opens the store, closes flows abandoned by dead processes, and starts its actor. Call
+    /// inside an actix `System`. Returns where a corrupt database was moved aside, if it was.
     pub fn start(path: &Path) -> Result<(Self, Option<PathBuf>), StoreError> {
-        let store = TokenStore::open(path)?;
+        let mut store = TokenStore::open(path)?;
         let moved_aside = store.moved_aside.clone();
+        // Flows left `running` by a process that died are closed before any flow starts.
+        // Only history is at stake: a failure (another process holds the write lock) is a
+        // warning, and the next start tries again.
+        match store.close_abandoned_flows(&super::lock::lock_dir_beside(path)) {
+            Ok(closed) if closed.is_empty() => {}
+            Ok(closed) => tracing::warn!(
+                flows = ?closed,
+                "flows left running by a process that ended were closed as abandoned"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "flows left running by ended processes could not be closed now; the next start tries again"
+            ),
+        }
         let once = Mutex::new(Some(store));
         let addr = SyncArbiter::start(1, move || {
             let store = once.lock().unwrap_or_else(|p| p.into_inner()).take();

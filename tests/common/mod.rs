@@ -95,3 +95,14 @@ pub fn assert_no_secret(srv: &OAuthTestServer, text: &str) {
         assert!(!text.contains(secret), "a secret leaked into: {text}");
     }
 }
+
+/// A fresh, empty folder under the system temp dir, unique to this call.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -37,6 +37,9 @@ pub struct Config {
     pub tool_scopes: Vec<(String, String)>,
     /// Answer MCP requests as `text/event-stream` instead of JSON.
     pub mcp_sse_responses: bool,
+    /// Announce this `expires_in` (seconds) in every token response instead of the TTL; the
+    /// JWT keeps the real TTL. A server sending absurd lifetimes (`i64::MAX`, `u64::MAX`).
+    pub announced_expires_in: Option<u64>,
     /// Faults armed at start (the `--token-error`/`--refresh-error` flags).
     pub faults: Vec<Fault>,
 }
@@ -58,6 +61,7 @@ impl Default for Config {
             preregistered_client: None,
             tool_scopes: Vec::new(),
             mcp_sse_responses: false,
+            announced_expires_in: None,
             faults: Vec::new(),
         }
     }

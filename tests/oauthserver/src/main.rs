@@ -53,6 +53,9 @@ struct Args {
     /// Answer MCP requests as text/event-stream.
     #[arg(long)]
     mcp_sse: bool,
+    /// Announce this expires_in (seconds) instead of the TTL; the JWT keeps the TTL.
+    #[arg(long)]
+    announced_expires_in: Option<u64>,
     /// Inject this fault on authorization_code token requests.
     #[arg(long)]
     token_error: Option<FaultKind>,
@@ -108,6 +111,7 @@ impl Args {
             preregistered_client: self.client_id.map(|id| (id, self.client_secret)),
             tool_scopes: self.tool_scopes,
             mcp_sse_responses: self.mcp_sse,
+            announced_expires_in: self.announced_expires_in,
             faults,
         }
     }

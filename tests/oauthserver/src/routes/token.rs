@@ -369,7 +369,7 @@ fn issue_tokens(
     let lifetime = announced_lifetime_secs(state);
     // exp rounds up: the token is never refused before its announced lifetime has passed.
     let mut exp = (now_ms as u64 + lifetime * 1000).div_ceil(1000);
-    let mut expires_in = lifetime;
+    let mut expires_in = state.config.announced_expires_in.unwrap_or(lifetime);
     match shape {
         Some(FaultKind::ExpiresInZero) => {
             exp = now_ms as u64 / 1000;

@@ -1,0 +1,651 @@
+//! The token store as the CLI uses it, against the OAuth test server: file modes under any
+//! umask, server names that are not file names, stale flow rows.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use oauth_test_server::{Config, OAuthTestServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
+/// A "browser" that follows the redirect to the loopback listener.
+const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
+
+/// A config naming the test server under each of `names`.
+fn write_config(dir: &Path, srv: &OAuthTestServer, names: &[&str]) -> PathBuf {
+    let servers: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| serde_json::json!({"name": name, "url": srv.mcp_url(), "oauth": {}}))
+        .collect();
+    let config = dir.join("mcp_config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "mcpServers": servers }).to_string(),
+    )
+    .unwrap();
+    config
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The CLI under `umask`, through `sh` (the umask is process-wide, so it is set in the child).
+fn command_with_umask(umask: &str, args: &[&str]) -> tokio::process::Command {
+    let line = std::iter::once(BIN)
+        .chain(args.iter().copied())
+        .map(shell_quote)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .args(["-c", &format!("umask {umask}; exec {line}")])
+        .env_remove("BROWSER")
+        .kill_on_drop(true);
+    command
+}
+
+/// Valid tokens in the database, read without creating anything.
+fn valid_tokens(db: &Path) -> i64 {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM oauth_token_status WHERE status = 'valid'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `serve` under `umask` until every server has a valid token, checks the modes of every
+/// file while it runs (the -wal and -shm files exist only then), stops it, returns its stderr.
+async fn serve_and_check_modes(umask: &str, config: &Path, data: &Path, servers: i64) -> String {
+    let mut child = command_with_umask(
+        umask,
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--browser-command",
+            CURL_BROWSER,
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let db = data.join("tokens.db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while valid_tokens(&db) < servers {
+        assert!(
+            Instant::now() < deadline,
+            "serve (umask {umask}) did not store {servers} valid token(s) within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut checked = vec![
+        (data.to_path_buf(), 0o700),
+        (db.clone(), 0o600),
+        (data.join("tokens.db-wal"), 0o600),
+        (data.join("tokens.db-shm"), 0o600),
+        (data.join("locks"), 0o700),
+    ];
+    for lock in std::fs::read_dir(data.join("locks")).unwrap() {
+        checked.push((lock.unwrap().path(), 0o600));
+    }
+    assert!(checked.len() > 5, "a lock file exists");
+    let modes: Vec<(PathBuf, u32, u32)> = checked
+        .into_iter()
+        .map(|(path, want)| {
+            let got = mode(&path);
+            (path, got, want)
+        })
+        .collect();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("serve stops within 10 s")
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "serve failed: {stderr}");
+    for (path, got, want) in modes {
+        assert_eq!(
+            got,
+            want,
+            "umask {umask}: {} is {got:04o}, not {want:04o}",
+            path.display()
+        );
+    }
+    stderr
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// No data dir yet.
+    First,
+    /// A data dir, locks/ and an (empty) database that are readable by everyone.
+    Loose,
+    /// A world-readable data dir with a corrupt database in it.
+    Corrupt,
+}
+
+async fn modes_scenario(umask: &'static str, start: Start) {
+    let srv = start_server().await;
+    let dir = temp_dir(&format!("store-modes-{umask}-{start:?}"));
+    let config = write_config(&dir, &srv, &["srv"]);
+    let data = dir.join("data");
+    let loosen = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    match start {
+        Start::First => {}
+        Start::Loose => {
+            std::fs::create_dir_all(data.join("locks")).unwrap();
+            std::fs::write(data.join("tokens.db"), b"").unwrap();
+            loosen(&data, 0o777);
+            loosen(&data.join("locks"), 0o777);
+            loosen(&data.join("tokens.db"), 0o666);
+        }
+        Start::Corrupt => {
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::write(data.join("tokens.db"), vec![0x5au8; 8192]).unwrap();
+            loosen(&data, 0o755);
+            loosen(&data.join("tokens.db"), 0o644);
+        }
+    }
+    let stderr = serve_and_check_modes(umask, &config, &data, 1).await;
+    assert_no_secret(&srv, &stderr);
+    match start {
+        Start::First => {}
+        Start::Loose => assert!(stderr.contains("tightened"), "a warning: {stderr}"),
+        Start::Corrupt => {
+            assert!(stderr.contains("moved aside"), "{stderr}");
+            let aside: Vec<PathBuf> = std::fs::read_dir(&data)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().contains("tokens.db.corrupt-"))
+                .collect();
+            assert_eq!(aside.len(), 1, "the corrupt file was kept: {aside:?}");
+            assert_eq!(mode(&aside[0]), 0o600, "the corrupt file holds tokens too");
+        }
+    }
+}
+
+async fn start_server() -> OAuthTestServer {
+    start(Config::default()).await
+}
+
+#[tokio::test]
+async fn modes_are_private_under_umask_022_and_000_first_loose_and_after_a_quarantine() {
+    let mut runs = Vec::new();
+    for umask in ["022", "000"] {
+        for start in [Start::First, Start::Loose, Start::Corrupt] {
+            runs.push(tokio::spawn(modes_scenario(umask, start)));
+        }
+    }
+    for run in runs {
+        run.await.expect("scenario passes");
+    }
+}
+
+/// Runs the CLI (umask 022) to completion, within 60 s.
+async fn run(args: &[&str]) -> std::process::Output {
+    let command = command_with_umask("022", args).output();
+    tokio::time::timeout(Duration::from_secs(60), command)
+        .await
+        .expect("the command ends within 60 s")
+        .expect("the binary runs")
+}
+
+#[tokio::test]
+async fn server_names_that_are_not_file_names_log_in_with_their_locks_inside_locks() {
+    let srv = start_server().await;
+    let dir = temp_dir("store-names");
+    let names = ["../../x", "/abs", "org/server"];
+    let config = write_config(&dir, &srv, &names);
+    let data = dir.join("data");
+    let out = run(&[
+        "auth",
+        "login",
+        "--all",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--browser-command",
+        CURL_BROWSER,
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    for name in names {
+        assert!(
+            stdout.contains(&format!("{name}: logged in")),
+            "{name}: {stdout}"
+        );
+    }
+    assert_eq!(srv.stats().token_requests_for("authorization_code"), 3);
+    let locks: Vec<String> = std::fs::read_dir(data.join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        locks.len(),
+        3,
+        "one lock file per server in locks/: {locks:?}"
+    );
+    for lock in &locks {
+        assert!(
+            lock.len() == 37 && lock.ends_with(".lock"),
+            "named from a hash: {lock}"
+        );
+    }
+    for name in names {
+        let key = mcpproxy_oauth::config::server_key(name, &srv.mcp_url());
+        let raw = data.join("locks").join(format!("{key}.lock"));
+        assert!(
+            !raw.exists(),
+            "no lock file from the raw name: {}",
+            raw.display()
+        );
+    }
+    // The database keeps mcpproxy's key (name + hash) for each server.
+    let status = run(&[
+        "auth",
+        "status",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON status");
+    let mut keys: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["server_key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    let mut expected: Vec<String> = names
+        .iter()
+        .map(|n| mcpproxy_oauth::config::server_key(n, &srv.mcp_url()))
+        .collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
+#[test]
+fn the_sqlite3_shell_reads_the_status_view_right_whatever_its_version() {
+    let version = match std::process::Command::new("sqlite3")
+        .arg("--version")
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        _ => {
+            eprintln!("SKIPPED: no sqlite3 shell on PATH (.ci/run installs Debian's sqlite3)");
+            return;
+        }
+    };
+    let path = temp_dir("store-sqlite3").join("tokens.db");
+    let mut store = mcpproxy_oauth::store::TokenStore::open(&path).unwrap();
+    let now = mcpproxy_oauth::store::db::now_ms();
+    for (name, expires_at) in [
+        ("a-expired", Some(now - 1_000)),
+        ("b-expiring", Some(now + 60_000)),
+        ("c-valid", Some(now + 3_600_000)),
+        ("d-unknown", None),
+    ] {
+        store
+            .save_token(&mcpproxy_oauth::store::StoredToken {
+                server_key: format!("{name}_0"),
+                server_name: name.into(),
+                server_url: "http://127.0.0.1:1/mcp".into(),
+                resource: None,
+                issuer: None,
+                access_token: "at".into(),
+                refresh_token: None,
+                token_type: "Bearer".into(),
+                scope: None,
+                expires_at,
+                obtained_at: now,
+                flow_id: None,
+            })
+            .unwrap();
+    }
+    drop(store);
+    // The README's query, through the shell the reader has (Debian 12: 3.40).
+    let out = std::process::Command::new("sqlite3")
+        .arg(&path)
+        .arg("select server_name, status from oauth_token_status order by server_name")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a-expired|expired\nb-expiring|expiring\nc-valid|valid\nd-unknown|valid\n",
+        "sqlite3 {version}"
+    );
+}
+
+/// `logs flows --json` of a data dir.
+async fn flows(data: &Path) -> Vec<serde_json::Value> {
+    let out = run(&[
+        "logs",
+        "flows",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("JSON flows")
+}
+
+#[tokio::test]
+async fn a_flow_left_running_by_a_killed_process_is_closed_as_abandoned_at_the_next_start() {
+    let srv = start_server().await;
+    let dir = temp_dir("store-abandoned");
+    let config = write_config(&dir, &srv, &["srv"]);
+    let data = dir.join("data");
+    let (config, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
+    // A login that waits for a browser nobody opens; it is killed mid-flow.
+    let mut waiting = command_with_umask(
+        "022",
+        &[
+            "auth",
+            "login",
+            "srv",
+            "--config",
+            config,
+            "--data-dir",
+            data_str,
+            "--no-browser",
+            "--login-timeout",
+            "60s",
+        ],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let killed_flow = loop {
+        let rows = if data.join("tokens.db").exists() {
+            flows(&data).await
+        } else {
+            Vec::new()
+        };
+        if let Some(row) = rows.iter().find(|r| r["state"] == "running") {
+            break row["flow_id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running login flow within 20 s: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    waiting.start_kill().unwrap(); // SIGKILL: no cleanup runs
+    waiting.wait().await.unwrap();
+    let rows = flows(&data).await;
+    assert_eq!(
+        rows[0]["state"], "running",
+        "read-only logs flows changes nothing: {rows:?}"
+    );
+
+    let out = run(&[
+        "auth",
+        "login",
+        "srv",
+        "--config",
+        config,
+        "--data-dir",
+        data_str,
+        "--browser-command",
+        CURL_BROWSER,
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("closed as abandoned"), "{stderr}");
+    let rows = flows(&data).await;
+    let killed = rows
+        .iter()
+        .find(|r| r["flow_id"] == killed_flow.as_str())
+        .expect("the killed flow's row");
+    assert_eq!(killed["state"], "abandoned", "{rows:?}");
+    assert!(killed["finished_at"].is_i64(), "{killed}");
+    assert!(
+        rows.iter()
+            .any(|r| r["state"] == "succeeded" && r["kind"] == "login"),
+        "{rows:?}"
+    );
+    let table = run(&["logs", "flows", "--data-dir", data_str]).await;
+    assert!(String::from_utf8_lossy(&table.stdout).contains("abandoned"));
+}
+
+#[tokio::test]
+async fn a_foreign_or_half_migrated_database_gets_a_short_refusal_from_every_command() {
+    let srv = start_server().await;
+    let dir = temp_dir("store-foreign");
+    let config = write_config(&dir, &srv, &["srv"]);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let db = data.join("tokens.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE recipes (id INTEGER PRIMARY KEY); PRAGMA user_version = 1;")
+        .unwrap();
+    let (config, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
+    let login = [
+        "auth",
+        "login",
+        "srv",
+        "--config",
+        config,
+        "--data-dir",
+        data_str,
+        "--browser-command",
+        CURL_BROWSER,
+    ];
+    for args in [
+        &["auth", "status", "--data-dir", data_str][..],
+        &["logs", "flows", "--data-dir", data_str],
+        &login,
+    ] {
+        let out = run(args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the file {} is not an mcpproxy-oauth token database",
+                db.display()
+            )) && stderr.contains("choose another --data-dir"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("no such table"), "{stderr}");
+    }
+    assert_eq!(
+        srv.stats().authorize_requests,
+        0,
+        "no login into a foreign file"
+    );
+
+    // Our tables under user_version 0: a short refusal, no migration SQL.
+    std::fs::remove_file(&db).unwrap();
+    let ok = run(&login).await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", 0)
+        .unwrap();
+    let out = run(&login).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("has the mcpproxy-oauth tables but schema version 0"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("CREATE") && stderr.lines().count() <= 3,
+        "short: {stderr}"
+    );
+}
+
+/// Runs the CLI as user `nobody` (65534), for files owned by another user; `None` when this
+/// test process cannot switch users (not root, or no `setpriv`).
+async fn run_as_nobody(args: &[&str]) -> Option<std::process::Output> {
+    let probe = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    let command = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(args)
+        .env_remove("BROWSER")
+        .kill_on_drop(true)
+        .output();
+    Some(
+        tokio::time::timeout(Duration::from_secs(30), command)
+            .await
+            .expect("ends within 30 s")
+            .unwrap(),
+    )
+}
+
+fn chown_nobody(path: &Path) {
+    std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+}
+
+#[tokio::test]
+async fn files_of_another_user_are_refused_with_the_fix_and_nothing_moves() {
+    let srv = start_server().await;
+    let dir = temp_dir("store-owner");
+    chown_nobody(&dir);
+    let config = write_config(&dir, &srv, &["srv"]);
+    let data = dir.join("data");
+    // A healthy database of user nobody, with a -wal that belongs to root.
+    drop(mcpproxy_oauth::store::TokenStore::open(&data.join("tokens.db")).unwrap());
+    for path in [&data, &data.join("tokens.db")] {
+        chown_nobody(path);
+    }
+    let wal = data.join("tokens.db-wal");
+    std::fs::write(&wal, b"").unwrap();
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (config, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
+    let login = [
+        "auth",
+        "login",
+        "srv",
+        "--config",
+        config,
+        "--data-dir",
+        data_str,
+        "--browser-command",
+        CURL_BROWSER,
+    ];
+    let Some(out) = run_as_nobody(&login).await else {
+        eprintln!("SKIPPED: cannot run as user nobody here (needs root and setpriv)");
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}-wal", data.join("tokens.db").display()))
+            && stderr.contains("nothing was moved"),
+        "{stderr}"
+    );
+    let status = run_as_nobody(&["auth", "status", "--data-dir", data_str])
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("nothing was moved"),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("corrupt")),
+        "nothing moved: {names:?}"
+    );
+    assert_eq!(srv.stats().authorize_requests, 0);
+
+    // A loose data dir that belongs to root: user nobody cannot tighten it, so it is refused.
+    std::fs::remove_file(&wal).unwrap();
+    std::os::unix::fs::chown(&data, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run_as_nobody(&login).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{data_str} is mode 0777, open to other users, and cannot be restricted to 0700"
+        )) && stderr.contains("as its owner"),
+        "{stderr}"
+    );
+    assert_eq!(
+        srv.stats().authorize_requests,
+        0,
+        "no login into a folder others can read"
+    );
+}
+
+#[tokio::test]
+async fn logs_flows_shows_absurd_stored_times_without_a_panic() {
+    let data = temp_dir("store-absurd-flows");
+    let db = data.join("tokens.db");
+    let mut store = mcpproxy_oauth::store::TokenStore::open(&db).unwrap();
+    store
+        .begin_flow("f-far", "srv_1", "srv", "login", "pid 1", 1)
+        .unwrap();
+    store.finish_flow("f-far", None).unwrap();
+    drop(store);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE oauth_flows SET started_at = ?1, finished_at = ?2",
+            [i64::MAX, i64::MIN],
+        )
+        .unwrap();
+    let out = run(&["logs", "flows", "--data-dir", data.to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("f-far"));
+}
