@@ -151,6 +151,9 @@ async fn two_processes_logging_in_at_once_run_one_flow() {
         config.to_str().unwrap().to_string(),
         data.to_str().unwrap().to_string(),
     );
+    // The "person" takes a second to approve, so the two logins surely overlap: the second
+    // waits for the first one's flow lock and uses its token (one browser for both).
+    let slow_browser = format!("sleep 1; {CURL_BROWSER}");
     let args = [
         "auth",
         "login",
@@ -160,7 +163,7 @@ async fn two_processes_logging_in_at_once_run_one_flow() {
         "--data-dir",
         &data,
         "--browser-command",
-        CURL_BROWSER,
+        &slow_browser,
     ];
     let (a, b) = tokio::join!(run(&args, &[]), run(&args, &[]));
     for out in [&a, &b] {

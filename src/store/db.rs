@@ -247,9 +247,22 @@ impl TokenStore {
         let conn = Connection::open_with_flags(path, flags).map_err(step("open"))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(step("open"))?;
         if access == Access::ReadWrite {
-            let mode: String = conn
-                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-                .map_err(step("switch to WAL"))?;
+            // Switching the journal mode needs a lock that SQLite does not wait for with the
+            // busy handler (two processes creating the file at once): retry, bounded.
+            let started = std::time::Instant::now();
+            let mode: String = loop {
+                match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if matches!(
+                            e.code,
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        ) && started.elapsed() < BUSY_TIMEOUT =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => break other.map_err(step("switch to WAL"))?,
+                }
+            };
             if !mode.eq_ignore_ascii_case("wal") {
                 return Err(OpenFailure::NoWal(mode));
             }

@@ -100,6 +100,9 @@ pub struct ServerStatus {
     pub unsaved_token: bool,
     /// How often this server's timer fired since start (refreshes, retries, browser window).
     pub timers_fired: u64,
+    /// While a browser login waits: its authorization URL (open it by hand if no browser
+    /// opened). It holds no secret.
+    pub auth_url: Option<String>,
     pub running_flow: Option<String>,
     pub last_flow: Option<String>,
 }
@@ -142,6 +145,8 @@ pub struct UpstreamActor {
     drained: Vec<oneshot::Sender<()>>,
     /// Restarted after a panic: reload from the store as soon as the actor runs again.
     reload_on_start: bool,
+    /// The running login's authorization URL, published by its launcher.
+    auth_url: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl UpstreamActor {
@@ -177,6 +182,7 @@ impl UpstreamActor {
             draining: false,
             drained: Vec::new(),
             reload_on_start: false,
+            auth_url: Arc::default(),
         }
     }
 
@@ -297,6 +303,7 @@ impl UpstreamActor {
                     fresh_client: self.fresh_client,
                     challenge: self.last_challenge.clone(),
                     requested_at: now_ms(),
+                    auth_url: self.auth_url.clone(),
                 };
                 let flow = flows::login(
                     self.rt.clone(),
@@ -456,6 +463,7 @@ impl UpstreamActor {
     }
 
     fn begin_flow(&mut self, kind: &'static str) -> String {
+        *self.auth_url.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let flow_id = uuid::Uuid::new_v4().to_string();
         self.running_flow = Some(flow_id.clone());
         self.running_flow_kind = kind;
@@ -991,6 +999,14 @@ impl Handler<GetStatus> for UpstreamActor {
             refresh_failures: self.state.transient_failures,
             unsaved_token: token.is_some() && !self.current_durable,
             timers_fired: self.timers_fired,
+            auth_url: matches!(self.state.phase, Phase::Authorizing)
+                .then(|| {
+                    self.auth_url
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                })
+                .flatten(),
             running_flow: self.running_flow.clone(),
             last_flow: self.last_flow.clone(),
         })

@@ -553,6 +553,19 @@ async fn register_again(
     Ok((endpoint, stored))
 }
 
+/// A launcher that publishes the URL before handing it to `browser`.
+fn publishing(
+    browser: BrowserLauncher,
+    auth_url: Arc<std::sync::Mutex<Option<String>>>,
+) -> BrowserLauncher {
+    BrowserLauncher::handler(move |url: url::Url| {
+        *auth_url.lock().unwrap_or_else(|p| p.into_inner()) = Some(url.to_string());
+        if let Err(e) = browser.open(&url) {
+            tracing::warn!(error = %e, "the browser could not be opened; the authorization URL is in the status");
+        }
+    })
+}
+
 /// What a login flow starts from.
 pub struct LoginRequest {
     /// The client identity of an earlier login, reused unless `fresh_client`.
@@ -563,6 +576,9 @@ pub struct LoginRequest {
     pub challenge: Option<BearerChallenge>,
     /// When the login was asked for: a token another process stores after this is adopted.
     pub requested_at: Millis,
+    /// Where the authorization URL is published for status while the login waits (so a user
+    /// whose browser did not open can use it). Not a secret: the PKCE verifier stays here.
+    pub auth_url: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 pub async fn login(
@@ -574,7 +590,7 @@ pub async fn login(
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "login");
     async move {
-        let LoginRequest { previous, fresh_client, challenge, requested_at } = request;
+        let LoginRequest { previous, fresh_client, challenge, requested_at, auth_url } = request;
         if let Some(hook) = &rt.flow_hook {
             (hook.0)(&config.name, "login");
         }
@@ -624,7 +640,7 @@ pub async fn login(
         let previous = if fresh_client { None } else { previous.or_else(|| stored_client.as_ref().map(endpoint_from_stored)) };
         let result = tokio::time::timeout(
             rt.login_timeout,
-            run_login(&rt, &config, &flow_id, &fence, previous, challenge),
+            run_login(&rt, &config, &flow_id, &fence, previous, challenge, auth_url),
         )
         .await;
         let outcome = match result {
@@ -658,6 +674,7 @@ async fn run_login(
     fence: &Fence,
     previous: Option<TokenEndpoint>,
     challenge: Option<BearerChallenge>,
+    auth_url: Arc<std::sync::Mutex<Option<String>>>,
 ) -> Result<(StoredToken, TokenEndpoint), OAuthError> {
     let discovery = discover(&rt.http, &config.url, challenge.as_ref()).await?;
     let scope = config.scope.clone().or_else(|| {
@@ -668,7 +685,7 @@ async fn run_login(
     });
     let settings = LoginSettings {
         client: config.client.clone(),
-        browser: rt.browser.clone(),
+        browser: publishing(rt.browser.clone(), auth_url),
         redirect_port: config.redirect_port,
         extra_params: config.extra_params.clone().into_iter().collect(),
     };
