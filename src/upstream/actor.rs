@@ -565,6 +565,10 @@ impl UpstreamActor {
                 format!("retry slowly: next at {retry_at}, until {until}")
             }
             Phase::Authorizing => "re-login: a browser login started".into(),
+            Phase::Refreshing if self.state.reregistered => {
+                "register a new client and refresh again".into()
+            }
+            Phase::Refreshing if self.state.scope_omitted => "refresh again without scope".into(),
             Phase::Refreshing => "refresh again".into(),
             Phase::NeedsLogin { .. } => "wait for a login".into(),
             Phase::ClientRejected { retry_at, .. } => {
