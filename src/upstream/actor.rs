@@ -228,41 +228,36 @@ impl UpstreamActor {
         }
         match effect {
             Effect::LoadToken => {
-                let key = self.config.server_key.clone();
-                let registry = self.rt.registry.clone();
                 let generation = self.state.generation;
-                let load = async move {
-                    registry
-                        .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
-                        .await
-                };
-                let handle = ctx.spawn(load.into_actor(self).map(move |result, act, ctx| {
-                    act.flow_handle = None;
-                    match result {
-                        Ok((token, client)) => {
-                            if generation != act.state.generation {
-                                return;
+                let handle = ctx.spawn(self.load_stored().into_actor(self).map(
+                    move |result, act, ctx| {
+                        act.flow_handle = None;
+                        match result {
+                            Ok((token, client)) => {
+                                if generation != act.state.generation {
+                                    return;
+                                }
+                                act.adopt_client(client.as_ref());
+                                let token_facts = token.as_ref().map(|t| act.facts_of(t));
+                                act.set_current(token, true);
+                                act.apply(
+                                    Event::Loaded {
+                                        generation,
+                                        token: token_facts,
+                                    },
+                                    ctx,
+                                );
                             }
-                            act.adopt_client(client.as_ref());
-                            let token_facts = token.as_ref().map(|t| act.facts_of(t));
-                            act.set_current(token, true);
-                            act.apply(
-                                Event::Loaded {
+                            Err(e) => act.apply(
+                                Event::LoadFailed {
                                     generation,
-                                    token: token_facts,
+                                    error: format!("cannot read the token store: {e}"),
                                 },
                                 ctx,
-                            );
+                            ),
                         }
-                        Err(e) => act.apply(
-                            Event::LoadFailed {
-                                generation,
-                                error: format!("cannot read the token store: {e}"),
-                            },
-                            ctx,
-                        ),
-                    }
-                }));
+                    },
+                ));
                 self.flow_handle = Some(handle);
             }
             Effect::StartRefresh(plan) => {
@@ -371,6 +366,21 @@ impl UpstreamActor {
             Effect::AnnounceReauthentication { reason } => {
                 tracing::warn!(server = %self.config.name, reason = ?reason, "re-authentication required for {}: {reason}", self.config.name);
             }
+        }
+    }
+
+    /// Reads the server's stored token and client.
+    fn load_stored(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<(Option<StoredToken>, Option<StoredClient>), crate::store::StoreError>,
+    > + 'static {
+        let key = self.config.server_key.clone();
+        let registry = self.rt.registry.clone();
+        async move {
+            registry
+                .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
+                .await
         }
     }
 
@@ -678,15 +688,8 @@ impl UpstreamActor {
             // The store is behind us (a failed save): what it holds is older, not newer.
             return;
         }
-        let key = self.config.server_key.clone();
-        let registry = self.rt.registry.clone();
         let generation = self.state.generation;
-        let load = async move {
-            registry
-                .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
-                .await
-        };
-        ctx.spawn(load.into_actor(self).map(move |result, act, ctx| {
+        ctx.spawn(self.load_stored().into_actor(self).map(move |result, act, ctx| {
             let Ok((stored, client)) = result else { return };
             if generation != act.state.generation || act.state.phase.flow_running() {
                 return;
