@@ -21,7 +21,7 @@ use super::flows::{
 };
 use super::state::{
     Effect, Event, Failure, LoginReason, Millis, Phase, Policy, RefreshFailure, Resolution, State,
-    step,
+    clock, step,
 };
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
@@ -721,7 +721,10 @@ fn phase_detail(phase: &Phase) -> Option<String> {
         Phase::NeedsLogin {
             reason, browser_at, ..
         } => Some(match browser_at {
-            Some(at) => format!("{reason}; the browser opens by itself at {at}, or run a login"),
+            Some(at) => format!(
+                "{reason}; the browser opens by itself at {}, or run a login",
+                clock(*at)
+            ),
             None => format!("{reason}; run a login"),
         }),
         Phase::BackingOff {
@@ -729,7 +732,8 @@ fn phase_detail(phase: &Phase) -> Option<String> {
             retry_at,
             last_error,
         } => Some(format!(
-            "attempt {attempt} failed ({last_error}); retry at {retry_at}"
+            "attempt {attempt} failed ({last_error}); retry at {}",
+            clock(*retry_at)
         )),
         Phase::Retrying {
             attempt,
@@ -737,14 +741,16 @@ fn phase_detail(phase: &Phase) -> Option<String> {
             until,
             last_error,
         } => Some(format!(
-            "attempt {attempt} failed ({last_error}); retrying slowly, next at {retry_at}, a login is needed after {until}"
+            "attempt {attempt} failed ({last_error}); retrying slowly, next at {}, a login is needed after {}",
+            clock(*retry_at),
+            clock(*until)
         )),
         Phase::ClientRejected { error, .. } => Some(format!(
             "the authorization server rejected the configured client ({error}); fix oauth.client_id / oauth.client_secret"
         )),
         Phase::StoreUnavailable {
             error, retry_at, ..
-        } => Some(format!("{error}; retry at {retry_at}")),
+        } => Some(format!("{error}; retry at {}", clock(*retry_at))),
         Phase::LoggedOut => Some("logged out; run a login".into()),
         _ => None,
     }
