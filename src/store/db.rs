@@ -406,10 +406,20 @@ impl TokenStore {
     }
 
     pub fn recent_flows(&self, limit: u32) -> Result<Vec<FlowRow>, StoreError> {
+        self.flows(None, None, limit)
+    }
+
+    /// The newest flows first, of one server and/or one flow ID when given.
+    pub fn flows(
+        &self,
+        server_name: Option<&str>,
+        flow_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FlowRow>, StoreError> {
         let mut statement = self.conn.prepare(
-            "SELECT flow_id, server_name, kind, state, owner, started_at, finished_at, error FROM oauth_flows ORDER BY started_at DESC LIMIT ?1",
+            "SELECT flow_id, server_name, kind, state, owner, started_at, finished_at, error FROM oauth_flows WHERE (?1 IS NULL OR server_name = ?1) AND (?2 IS NULL OR flow_id = ?2) ORDER BY started_at DESC LIMIT ?3",
         )?;
-        let rows = statement.query_map([limit], |r| {
+        let rows = statement.query_map(params![server_name, flow_id, limit], |r| {
             Ok(FlowRow {
                 flow_id: r.get(0)?,
                 server_name: r.get(1)?,

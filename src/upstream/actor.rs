@@ -72,10 +72,19 @@ pub struct ServerStatus {
     pub phase: String,
     pub detail: Option<String>,
     pub expires_at: Option<Millis>,
+    /// A token (usable or not) is held.
+    pub has_token: bool,
     pub has_refresh_token: bool,
     pub scope: Option<String>,
     pub running_flow: Option<String>,
+    /// Kind (`refresh` / `login`) and start (unix ms) of the running flow.
+    pub running_flow_kind: Option<String>,
+    pub running_flow_started_at: Option<Millis>,
     pub last_flow: Option<String>,
+    /// When the armed timer fires: the proactive refresh, or the retry in backoff.
+    pub timer_at: Option<Millis>,
+    /// Transient failures in a row.
+    pub transient_failures: u32,
 }
 
 type Reply = Result<Grant, UpstreamError>;
@@ -95,8 +104,10 @@ pub struct UpstreamActor {
     waiters: Vec<oneshot::Sender<Reply>>,
     running_flow: Option<String>,
     running_flow_kind: &'static str,
+    running_flow_started_at: Millis,
     last_flow: Option<String>,
     timer: Option<SpawnHandle>,
+    timer_at: Option<Millis>,
 }
 
 impl UpstreamActor {
@@ -121,8 +132,10 @@ impl UpstreamActor {
             waiters: Vec::new(),
             running_flow: None,
             running_flow_kind: "",
+            running_flow_started_at: 0,
             last_flow: None,
             timer: None,
+            timer_at: None,
         }
     }
 
@@ -223,8 +236,10 @@ impl UpstreamActor {
                     ctx.cancel_future(previous);
                 }
                 let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
+                self.timer_at = Some(at);
                 self.timer = Some(ctx.run_later(delay, |act, ctx| {
                     act.timer = None;
+                    act.timer_at = None;
                     act.apply(Event::Timer, ctx);
                 }));
             }
@@ -261,6 +276,7 @@ impl UpstreamActor {
         let flow_id = uuid::Uuid::new_v4().to_string();
         self.running_flow = Some(flow_id.clone());
         self.running_flow_kind = kind;
+        self.running_flow_started_at = now_ms();
         flow_id
     }
 
@@ -604,10 +620,21 @@ impl Handler<GetStatus> for UpstreamActor {
             phase: self.state.phase.name().into(),
             detail: phase_detail(&self.state.phase),
             expires_at: token.and_then(|t| t.expires_at),
+            has_token: token.is_some(),
             has_refresh_token: token.is_some_and(|t| t.refresh_token.is_some()),
             scope: token.and_then(|t| t.scope.clone()),
             running_flow: self.running_flow.clone(),
+            running_flow_kind: self
+                .running_flow
+                .as_ref()
+                .map(|_| self.running_flow_kind.into()),
+            running_flow_started_at: self
+                .running_flow
+                .as_ref()
+                .map(|_| self.running_flow_started_at),
             last_flow: self.last_flow.clone(),
+            timer_at: self.timer.as_ref().and(self.timer_at),
+            transient_failures: self.state.transient_failures,
         })
     }
 }
