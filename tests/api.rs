@@ -674,3 +674,71 @@ async fn a_set_api_key_is_required_and_never_echoed() {
     handle.shutdown().await;
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes() {
+    let srv = start(Config::default()).await;
+    let (browser, _) = following_browser();
+    let d = daemon(&srv, &["zeta"], browser, None).await;
+    let doc = d.get("/api/v1/openapi.json").await;
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().unwrap() {
+            documented.push((
+                path.clone(),
+                method.to_uppercase(),
+                operation["responses"].clone(),
+            ));
+        }
+    }
+    let mut served: Vec<(String, String)> = mcpproxy_oauth::api::routes::ROUTES
+        .iter()
+        .map(|(p, m)| (p.to_string(), m.to_string()))
+        .collect();
+    let mut listed: Vec<(String, String)> = documented
+        .iter()
+        .map(|(p, m, _)| (p.clone(), m.clone()))
+        .collect();
+    served.sort();
+    listed.sort();
+    assert_eq!(listed, served, "every route is documented, and only those");
+    // Every documented operation answers, with a status it documents. POSTs name an unknown
+    // server (no flow runs), path parameters an unknown one.
+    for (path, method, responses) in documented {
+        let concrete = path
+            .replace(
+                "{name}",
+                if method == "POST" {
+                    "no-such-server"
+                } else {
+                    "zeta"
+                },
+            )
+            .replace("{correlation_id}", "no-such-flow");
+        let (status, body) = if concrete == "/api/v1/events" {
+            // An endless stream: its status and type are the answer.
+            let response = d
+                .http
+                .get(format!("{}{concrete}", d.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            (response.status().as_u16(), Value::Null)
+        } else {
+            d.call(&method, &concrete, None).await
+        };
+        assert!(
+            responses.get(status.to_string()).is_some(),
+            "{method} {concrete} answered {status}, not documented: {body}"
+        );
+        if status >= 400 {
+            assert!(
+                body["error"]["code"].is_string(),
+                "{method} {concrete}: {body}"
+            );
+        }
+    }
+    d.stop().await;
+    srv.shutdown().await;
+}
