@@ -162,10 +162,11 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
             } else {
                 "unhealthy"
             },
-            summary: format!(
-                "refreshing fails; retrying automatically ({})",
-                detail.as_deref().unwrap_or("transient error")
-            ),
+            summary: if authenticated {
+                "refreshing fails; retrying automatically while the current token lasts".into()
+            } else {
+                "refreshing fails and the token has expired; retrying automatically".into()
+            },
             action: "wait",
         },
         "failed" => Health {
