@@ -1,7 +1,8 @@
 //! `GET /metrics`: Prometheus text format through the `prometheus` crate, on a registry of
 //! the API's own (two daemons in one test process do not share counters). Counters move with
 //! the flow events the `FlowLogger` publishes; the per-server gauges (phase, seconds to expiry,
-//! failures in a row) are set from the supervisor's status at each scrape.
+//! failures in a row) are set from the supervisor's status at each scrape. The store's call
+//! latency is the process-wide histogram of `store::registry`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -176,9 +177,13 @@ impl Metrics {
                 .with_label_values(&[s.name.as_str()])
                 .set(i64::from(s.transient_failures));
         }
+        let mut families = self.registry.gather();
+        families.extend(prometheus::core::Collector::collect(
+            &*crate::store::registry::STORE_CALL_SECONDS,
+        ));
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&families, &mut out)
             .expect("text encoding into memory");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
