@@ -80,12 +80,66 @@ pub enum AuthCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Walk what a login needs (MCP endpoint, discovery, client identity, token endpoint)
+    /// without a browser or side effects, and name the first failing step.
+    Doctor {
+        server: String,
+        /// mcpproxy's mcp_config.json.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Refresh a server's token now.
     Refresh {
         server: String,
         #[command(flatten)]
         common: Common,
     },
+}
+
+async fn doctor(name: &str, path: &std::path::Path, json: bool) -> ExitCode {
+    let servers = match config::load(path) {
+        Ok(servers) => servers,
+        Err(e) => return fail(e),
+    };
+    let Some(server) = servers.iter().find(|s| s.name == name) else {
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        return fail(format!(
+            "unknown server {name:?}; configured servers: {}",
+            names.join(", ")
+        ));
+    };
+    let timeout = Duration::from_secs(10);
+    let http = mcpproxy_oauth::oauth::http::OAuthHttp::new(timeout);
+    let report = mcpproxy_oauth::oauth::diagnose::diagnose(&http, server, timeout).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        for step in &report.steps {
+            let mark = if step.ok { "ok  " } else { "FAIL" };
+            let status = step
+                .status
+                .map(|s| format!(" (HTTP {s})"))
+                .unwrap_or_default();
+            println!("{mark} {}: {}{status}", step.step, step.detail);
+            if let Some(action) = &step.action {
+                println!("     what to do: {action}");
+            }
+        }
+        match report.failed_step {
+            Some(step) => println!("{name}: the {step} step fails"),
+            None => println!("{name}: every step passes"),
+        }
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -148,6 +202,10 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     let api = match args.listen {
         Some(listen) => {
             let mut api = ApiConfig::new(listen);
+            api.servers = match config::load(&args.common.config) {
+                Ok(servers) => servers,
+                Err(e) => return fail(e),
+            };
             api.api_key = match api_key(args.api_key_file.as_deref()) {
                 Ok(key) => key,
                 Err(e) => return fail(e),
@@ -270,6 +328,11 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        AuthCommand::Doctor {
+            server,
+            config: path,
+            json,
+        } => doctor(&server, &path, json).await,
         AuthCommand::Refresh { server, common } => {
             let (handle, _) = match start(&common, false, None).await {
                 Ok(started) => started,

@@ -742,3 +742,87 @@ async fn the_openapi_document_matches_the_routes() {
     d.stop().await;
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_walks_the_steps_and_names_the_first_failure() {
+    let srv = start(Config::default()).await;
+    let (browser, _) = following_browser();
+    let mut d = daemon(&srv, &["eta"], browser, None).await;
+    // The daemon helper does not pass the configs on; a second API with them does.
+    d.api.stop().await;
+    let servers = vec![UpstreamConfig::new(
+        "eta",
+        Url::parse(&srv.mcp_url()).unwrap(),
+    )];
+    let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap());
+    config.servers = servers.clone();
+    d.api = ApiServer::start(d.handle.clone(), AuthLinks::new(&servers), config)
+        .await
+        .unwrap();
+    d.base = format!("http://{}", d.api.addr());
+
+    let report = d.get("/api/v1/servers/eta/diagnose").await;
+    assert_eq!(report["ok"], true, "{report}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "mcp endpoint",
+            "discovery",
+            "client identity",
+            "token endpoint"
+        ]
+    );
+    // A made-up client and token: the server answers with an OAuth error, as it should.
+    assert!(
+        report["steps"][3]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("answers OAuth: invalid_"),
+        "{report}"
+    );
+    let stats = srv.stats();
+    assert_eq!(stats.registrations, 0, "diagnose registers no client");
+    assert_eq!(stats.authorize_requests, 0, "and opens no authorization");
+
+    // The token endpoint failing: named, with its status and what to do.
+    srv.inject(Fault::new(
+        FaultTarget::Refresh,
+        FaultKind::TemporarilyUnavailable,
+    ))
+    .unwrap();
+    let report = d.get("/api/v1/servers/eta/diagnose").await;
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["failed_step"], "token endpoint", "{report}");
+    assert_eq!(report["steps"][3]["status"], 503, "{report}");
+    assert!(
+        report["steps"][3]["action"]
+            .as_str()
+            .unwrap()
+            .contains("retry later"),
+        "{report}"
+    );
+    srv.clear_faults();
+
+    // Metadata failing: discovery is the first failing step, and nothing after it runs.
+    srv.inject(Fault::new(FaultTarget::Metadata, FaultKind::ServerError))
+        .unwrap();
+    let report = d.get("/api/v1/servers/eta/diagnose").await;
+    assert_eq!(report["failed_step"], "discovery", "{report}");
+    assert_eq!(report["steps"].as_array().unwrap().len(), 2, "{report}");
+    srv.clear_faults();
+
+    let (status, body) = d.call("GET", "/api/v1/servers/nope/diagnose", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_server"))
+    );
+    d.assert_no_secret(&srv);
+    d.stop().await;
+    srv.shutdown().await;
+}

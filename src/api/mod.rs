@@ -48,6 +48,8 @@ pub struct ApiConfig {
     /// How long a POST action waits for its flow (or its authorization link) before
     /// answering 202 with the running flow's correlation ID.
     pub action_wait: Duration,
+    /// The configured servers, for `diagnose` (which needs their client settings).
+    pub servers: Vec<crate::config::UpstreamConfig>,
 }
 
 impl ApiConfig {
@@ -58,6 +60,7 @@ impl ApiConfig {
             heartbeat: Duration::from_secs(15),
             subscriber_queue: 256,
             action_wait: Duration::from_secs(20),
+            servers: Vec::new(),
         }
     }
 }

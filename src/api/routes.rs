@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/servers/{name}/logout", "POST"),
     ("/api/v1/servers/{name}/refresh", "POST"),
     ("/api/v1/servers/{name}/reconnect", "POST"),
+    ("/api/v1/servers/{name}/diagnose", "GET"),
     ("/api/v1/flows", "GET"),
     ("/api/v1/flows/{correlation_id}", "GET"),
     ("/api/v1/events", "GET"),
@@ -142,6 +143,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 },
             )))
         })
+        .service(resource("/api/v1/servers/{name}/diagnose").route(web::get().to(diagnose)))
         .service(resource("/api/v1/flows").route(web::get().to(list_flows)))
         .service(resource("/api/v1/flows/{correlation_id}").route(web::get().to(one_flow)))
         .service(resource("/api/v1/events").route(web::get().to(events)))
@@ -280,6 +282,16 @@ async fn run_action(state: Data<AppState>, name: String, action: &'static str) -
             }))
         }
     }
+}
+
+/// Walks discovery, client identity and the token endpoint (no browser, no side effects).
+async fn diagnose(state: Data<AppState>, name: web::Path<String>) -> HttpResponse {
+    let Some(server) = state.config.servers.iter().find(|s| s.name == *name) else {
+        return unknown_server(&state, &name);
+    };
+    let timeout = Duration::from_secs(10);
+    let http = crate::oauth::http::OAuthHttp::new(timeout);
+    HttpResponse::Ok().json(crate::oauth::diagnose::diagnose(&http, server, timeout).await)
 }
 
 fn flow_json(row: &FlowRow) -> Value {
