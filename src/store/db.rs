@@ -15,8 +15,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../migrations/0001_init.sql")),
+    (
+        "0002_status_view_any_sqlite",
+        include_str!("../../migrations/0002_status_view_any_sqlite.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -494,7 +499,7 @@ mod tests {
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let t = token("k1");
         store.save_token(&t).unwrap();
         assert_eq!(store.load_token("k1").unwrap(), Some(t.clone()));
@@ -512,7 +517,11 @@ mod tests {
         );
         drop(store);
         let reopened = TokenStore::open(&path).unwrap();
-        assert_eq!(reopened.schema_version().unwrap(), 1, "migrations run once");
+        assert_eq!(
+            reopened.schema_version().unwrap(),
+            MIGRATIONS.len() as i64,
+            "migrations run once"
+        );
         assert!(reopened.load_token("k1").unwrap().is_some());
     }
 
@@ -546,6 +555,42 @@ mod tests {
         );
     }
 
+    /// The README's query through the sqlite3 a user has (Debian 12: 3.40, without
+    /// `unixepoch('subsec')`), not only through the bundled library.
+    #[test]
+    fn the_status_view_reads_the_same_with_the_system_sqlite3() {
+        let path = temp_dir("cli-view").join("tokens.db");
+        let mut store = TokenStore::open(&path).unwrap();
+        for (name, expires_at) in [
+            ("a", now_ms() - 1_000),
+            ("b", now_ms() + 60_000),
+            ("c", now_ms() + 3_600_000),
+        ] {
+            store
+                .save_token(&StoredToken {
+                    server_key: format!("{name}_key"),
+                    server_name: name.into(),
+                    expires_at: Some(expires_at),
+                    ..token(name)
+                })
+                .unwrap();
+        }
+        let out = std::process::Command::new("sqlite3")
+            .arg(&path)
+            .arg("select server_name, status from oauth_token_status order by server_name")
+            .output()
+            .expect("the sqlite3 command (Debian package sqlite3; .ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "a|expired\nb|expiring\nc|valid\n"
+        );
+    }
+
     #[test]
     fn a_corrupt_database_is_moved_aside_and_a_fresh_one_starts() {
         let path = temp_dir("corrupt").join("tokens.db");
@@ -563,7 +608,7 @@ mod tests {
             b"this is not a SQLite database, it is garbage that once was tokens",
             "nothing lost"
         );
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
     }
 
     #[test]
