@@ -600,6 +600,39 @@ async fn errors_have_one_documented_shape() {
             "{body}"
         );
     }
+    // Another web site's page, or a rebound DNS name, cannot drive the API.
+    let response = d
+        .http
+        .post(format!("{}/api/v1/servers/delta/logout", d.base))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_origin", "{body}");
+    let response = d
+        .http
+        .get(format!("{}/api/v1/servers", d.base))
+        .header("Host", "rebound.example:80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_host", "{body}");
+    let same_origin = d
+        .http
+        .get(format!("{}/api/v1/servers", d.base))
+        .header("Origin", d.base.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        same_origin.status(),
+        200,
+        "the page's own origin is welcome"
+    );
     let (_, body) = d.call("GET", "/api/v1/servers/nope", None).await;
     assert!(
         body["error"]["message"].as_str().unwrap().contains("delta"),

@@ -57,9 +57,17 @@ impl AuthLinks {
     /// A launcher that records every URL, then hands it to `inner`.
     pub fn wrap(&self, inner: BrowserLauncher) -> BrowserLauncher {
         let links = self.clone();
+        // `--no-browser` prints the link on stderr: for the page, nothing was opened.
+        let print_only = matches!(inner, BrowserLauncher::PrintOnly);
         BrowserLauncher::handler(move |url: Url| {
             let outcome = inner.open(&url);
-            let error = outcome.err().map(|e| e.to_string());
+            let error = match outcome {
+                Err(e) => Some(e.to_string()),
+                Ok(()) if print_only => {
+                    Some("--no-browser: the link is printed, not opened".to_string())
+                }
+                Ok(()) => None,
+            };
             match &error {
                 Some(e) => {
                     tracing::warn!(error = %e, "the browser could not be opened; the authorization link is on the web page and in GET /api/v1/servers/NAME/login's answer")
@@ -173,6 +181,11 @@ mod tests {
             "the inner launcher got it"
         );
         assert!(links.get("a").is_none(), "recorded for b only");
+        let print_only = links.wrap(BrowserLauncher::PrintOnly);
+        print_only.open(&url).unwrap();
+        let link = links.get("b").unwrap();
+        assert!(!link.browser_opened, "a printed link was not opened");
+        assert!(link.browser_error.unwrap().contains("--no-browser"));
         links.record(url.clone(), Some("no browser".into()));
         let link = links.get("b").unwrap();
         assert!(!link.browser_opened);

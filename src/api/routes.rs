@@ -1,7 +1,8 @@
 //! The HTTP surface. Every error answers the one shape
 //! `{"error": {"code": "...", "message": "...", "correlation_id": "..."?}}`: unknown server or
-//! path 404, wrong method 405 (with `Allow`), bad query 400, missing or wrong API key 401, a
-//! failed flow 502, the supervisor gone 503.
+//! path 404, wrong method 405 (with `Allow`), bad query 400, missing or wrong API key 401,
+//! another web origin or a non-loopback Host on a loopback listener 403, a failed flow 502,
+//! the supervisor gone 503.
 
 use std::time::Duration;
 
@@ -167,6 +168,9 @@ async fn require_key(
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
     let state = req.app_data::<Data<AppState>>().cloned();
+    if let Some(refusal) = foreign_request(&req, state.as_ref().map(|s| s.get_ref())) {
+        return Ok(req.into_response(refusal).map_into_right_body());
+    }
     let key = state.as_ref().and_then(|s| s.config.api_key.clone());
     let open = req.path() == "/" && req.method() == Method::GET;
     if let Some(key) = key
@@ -181,6 +185,46 @@ async fn require_key(
         return Ok(req.into_response(response).map_into_right_body());
     }
     Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// Another web site's page in the user's browser must not drive the API (a cross-site POST
+/// needs no preflight), nor a DNS name rebound to loopback: a request whose `Origin` is not
+/// this server, or, on a loopback listener, whose `Host` is not a loopback name, is refused.
+fn foreign_request(req: &ServiceRequest, state: Option<&AppState>) -> Option<HttpResponse> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        if !same {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                "requests from another web origin are refused; use the page this daemon serves, or a client without an Origin header",
+            ));
+        }
+    }
+    let loopback_listener = state.is_some_and(|s| s.config.listen.ip().is_loopback());
+    let hostname = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(name, _)| name);
+    let loopback_name =
+        matches!(hostname, "127.0.0.1" | "localhost" | "[::1]") || hostname.starts_with("127.");
+    if loopback_listener && !loopback_name {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            format!("Host {hostname:?} is not a loopback name; use http://127.0.0.1:PORT/"),
+        ));
+    }
+    None
 }
 
 async fn page() -> HttpResponse {

@@ -22,7 +22,7 @@ function waitForLine(child, stream, pattern, what, ms = 30_000) {
   });
 }
 
-export async function startDaemon() {
+export async function startDaemon({ noBrowser = false } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mcpproxy-oauth-e2e-"));
   const oauth = spawn(bin("oauth-test-server"), ["--port", "0", "--access-token-ttl", "8s"], { stdio: ["ignore", "pipe", "pipe"] });
   const [, oauthUrl] = await waitForLine(oauth, "stdout", /listening on (http:\/\/\S+)/, "the OAuth test server");
@@ -32,7 +32,9 @@ export async function startDaemon() {
   const serve = spawn(bin("mcpproxy-oauth"), [
     "serve", "--config", config, "--data-dir", path.join(dir, "data"), "--listen", "127.0.0.1:0", "--non-interactive",
     // The test server approves at once: following its redirect is the whole "browser" login.
-    "--browser-command", "curl -s -o /dev/null -L", "--log-format", "json",
+    // With noBrowser the link is only printed: a person opens it from the page's banner.
+    ...(noBrowser ? ["--no-browser"] : ["--browser-command", "curl -s -o /dev/null -L"]),
+    "--log-format", "json",
   ], { stdio: ["ignore", "pipe", "pipe"] });
   serve.stderr.on("data", (chunk) => fs.writeSync(log, chunk));
   const [, apiUrl] = await waitForLine(serve, "stderr", /operator API and web page on (http:\/\/127\.0\.0\.1:\d+)\//, "mcpproxy-oauth serve");
