@@ -22,7 +22,7 @@ function waitForLine(child, stream, pattern, what, ms = 30_000) {
   });
 }
 
-export async function startDaemon({ noBrowser = false } = {}) {
+export async function startDaemon({ noBrowser = false, apiKey = null } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mcpproxy-oauth-e2e-"));
   const oauth = spawn(bin("oauth-test-server"), ["--port", "0", "--access-token-ttl", "8s"], { stdio: ["ignore", "pipe", "pipe"] });
   const [, oauthUrl] = await waitForLine(oauth, "stdout", /listening on (http:\/\/\S+)/, "the OAuth test server");
@@ -35,7 +35,7 @@ export async function startDaemon({ noBrowser = false } = {}) {
     // With noBrowser the link is only printed: a person opens it from the page's banner.
     ...(noBrowser ? ["--no-browser"] : ["--browser-command", "curl -s -o /dev/null -L"]),
     "--log-format", "json",
-  ], { stdio: ["ignore", "pipe", "pipe"] });
+  ], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...(apiKey ? { MCPPROXY_OAUTH_API_KEY: apiKey } : {}) } });
   serve.stderr.on("data", (chunk) => fs.writeSync(log, chunk));
   const [, apiUrl] = await waitForLine(serve, "stderr", /operator API and web page on (http:\/\/127\.0\.0\.1:\d+)\//, "mcpproxy-oauth serve");
   return {
@@ -46,7 +46,7 @@ export async function startDaemon({ noBrowser = false } = {}) {
       return r.status === 204 ? null : r.json().catch(() => null);
     },
     async api(route, method = "GET") {
-      const r = await fetch(`${apiUrl}${route}`, { method });
+      const r = await fetch(`${apiUrl}${route}`, { method, headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {} });
       return r.json();
     },
     async stop() {

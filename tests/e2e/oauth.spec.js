@@ -125,3 +125,21 @@ test("without a browser, the banner carries the authorization link and the login
   await shot(page, "8-logged-in-from-link");
   await popup.close();
 });
+
+test("with an API key, the page asks for it and then works; the key never shows", async ({ page }) => {
+  const key = "e2e-api-key-0123456789abcdef";
+  daemon = await startDaemon({ apiKey: key });
+  const refused = await fetch(daemon.apiUrl + "/api/v1/servers");
+  expect(refused.status).toBe(401);
+  await page.goto(daemon.apiUrl + "/");
+  await expect(page.getByTestId("keybox")).toBeVisible();
+  await expect(page.getByTestId("card-demo")).toHaveCount(0);
+  await page.locator("#key").fill(key);
+  await page.locator("#key-save").click();
+  await expect(page.getByTestId("keybox")).toBeHidden();
+  await expect(page.getByTestId("card-demo")).toBeVisible();
+  await expect(page.getByTestId("live")).toContainText("live");
+  expect(await page.content()).not.toContain(key);
+  const log = fs.readFileSync(path.join(daemon.dir, "serve.log"), "utf8");
+  expect(log).not.toContain(key);
+});
