@@ -149,19 +149,39 @@ async fn on_change(handle: &SupervisorHandle, links: &AuthLinks, hub: &EventHub,
     publish_view(handle, links, hub, &c.server).await;
 }
 
+/// The pump's inputs, subscribed before the API answers anything, so no early flow is missed.
+pub struct Sources {
+    pub changes: broadcast::Receiver<StateChange>,
+    pub notices: broadcast::Receiver<FlowNotice>,
+    pub links: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Sources {
+    pub async fn subscribe(
+        handle: &SupervisorHandle,
+        links: &AuthLinks,
+    ) -> Result<Self, crate::supervisor::SupervisorError> {
+        Ok(Sources {
+            changes: handle.subscribe(),
+            notices: handle.flow_notices().await?,
+            links: links.watch(),
+        })
+    }
+}
+
 /// Runs until the supervisor stops.
 pub async fn pump(
     handle: SupervisorHandle,
     links: AuthLinks,
     hub: Arc<EventHub>,
     metrics: Arc<Metrics>,
+    sources: Sources,
 ) {
-    let mut changes = handle.subscribe();
-    let mut notices = match handle.flow_notices().await {
-        Ok(n) => n,
-        Err(_) => return,
-    };
-    let mut link_changes = links.watch();
+    let Sources {
+        mut changes,
+        mut notices,
+        links: mut link_changes,
+    } = sources;
     let mut links_seen: HashMap<String, i64> = HashMap::new();
     loop {
         tokio::select! {

@@ -81,6 +81,8 @@ pub enum ApiError {
     KeyFile { path: String, reason: String },
     #[error("the API server thread could not start")]
     Thread,
+    #[error("the OAuth supervisor has stopped; start the API on a running one")]
+    SupervisorStopped,
 }
 
 /// What every handler shares.
@@ -117,6 +119,9 @@ impl ApiServer {
             addr: config.listen,
             source,
         })?;
+        let sources = events::Sources::subscribe(&handle, &links)
+            .await
+            .map_err(|_| ApiError::SupervisorStopped)?;
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stopped_tx, stopped_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -130,6 +135,7 @@ impl ApiServer {
                         links.clone(),
                         hub.clone(),
                         metrics.clone(),
+                        sources,
                     ));
                     let state = actix_web::web::Data::new(AppState {
                         handle,
