@@ -530,6 +530,15 @@ async fn a_login_waiting_for_a_person_shows_its_link_and_flow() {
     assert!(
         parse_rfc3339(gamma["active_flow"]["started_at"].as_str().unwrap()).unwrap() <= now_ms()
     );
+    // Asking again while the login waits answers at once with the same flow.
+    let asked = Instant::now();
+    let (status, again) = d.post("/api/v1/servers/gamma/login").await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["correlation_id"], flow.as_str(), "the same login");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "no wait for action_wait"
+    );
     let link = gamma["login_link"]["url"]
         .as_str()
         .expect("the pending link")

@@ -281,6 +281,20 @@ async fn run_action(state: Data<AppState>, name: String, action: &'static str) -
             Err(e) => supervisor_error(&e),
         };
     }
+    // A login already waiting for a person: answer with its link rather than wait again.
+    if action != "refresh"
+        && let Ok(all) = handle.status().await
+        && let Some(status) = all.iter().find(|s| s.name == name)
+        && status.running_flow_kind.as_deref() == Some("login")
+        && let Some(link) = state.links.get(&name)
+    {
+        return HttpResponse::Accepted().json(json!({
+            "correlation_id": status.running_flow,
+            "auth_url": (!link.browser_opened).then(|| link.url.as_str()),
+            "browser_opened": link.browser_opened,
+            "browser_error": link.browser_error,
+        }));
+    }
     let since = now_ms();
     let flow_name = name.clone();
     let flow = actix_web::rt::spawn(async move {
