@@ -31,9 +31,12 @@ use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::http::OAuthHttp;
+use crate::store::db::FlowRow;
 use crate::store::db::now_ms;
 use crate::store::{StoreError, TokenRegistry, TokenStatusRow};
-use crate::telemetry::flow_logger::{FlowLogger, GetTrace, TraceEntry};
+use crate::telemetry::flow_logger::{
+    FlowLogger, FlowNotice, GetTrace, SubscribeNotices, TraceEntry,
+};
 use crate::upstream::actor::{
     self, Grant, ServerStatus, Snapshot, StateChange, UpstreamActor, UpstreamError,
 };
@@ -498,6 +501,29 @@ impl SupervisorHandle {
         self.inner
             .flow_log
             .send(GetTrace(correlation_id.into()))
+            .await
+            .map_err(|_| SupervisorError::Stopped)
+    }
+
+    /// Recent flows from the database (any process's), newest first, of one server or all.
+    pub async fn flows(
+        &self,
+        server: Option<String>,
+        flow_id: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<FlowRow>, SupervisorError> {
+        Ok(self
+            .inner
+            .registry
+            .call(move |s| s.flows(server.as_deref(), flow_id.as_deref(), limit))
+            .await?)
+    }
+
+    /// Every flow event of this process (the steps of `flow_trace`), from now on.
+    pub async fn flow_notices(&self) -> Result<broadcast::Receiver<FlowNotice>, SupervisorError> {
+        self.inner
+            .flow_log
+            .send(SubscribeNotices)
             .await
             .map_err(|_| SupervisorError::Stopped)
     }

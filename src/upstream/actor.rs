@@ -88,6 +88,8 @@ pub struct ServerStatus {
     /// The phase in words, for people.
     pub detail: Option<String>,
     pub expires_at: Option<Millis>,
+    /// A token (usable or not) is held.
+    pub has_token: bool,
     pub has_refresh_token: bool,
     pub scope: Option<String>,
     /// When the machine acts next by itself (a retry, the browser, a refresh), if it waits.
@@ -104,7 +106,12 @@ pub struct ServerStatus {
     /// opened). It holds no secret.
     pub auth_url: Option<String>,
     pub running_flow: Option<String>,
+    /// Kind (`refresh` / `login`) and start (unix ms) of the running flow.
+    pub running_flow_kind: Option<String>,
+    pub running_flow_started_at: Option<Millis>,
     pub last_flow: Option<String>,
+    /// When the armed timer fires: the proactive refresh, or the retry in backoff.
+    pub timer_at: Option<Millis>,
 }
 
 type Reply = Result<Grant, UpstreamError>;
@@ -147,6 +154,8 @@ pub struct UpstreamActor {
     reload_on_start: bool,
     /// The running login's authorization URL, published by its launcher.
     auth_url: Arc<std::sync::Mutex<Option<String>>>,
+    running_flow_started_at: Millis,
+    timer_at: Option<Millis>,
 }
 
 impl UpstreamActor {
@@ -183,6 +192,8 @@ impl UpstreamActor {
             drained: Vec::new(),
             reload_on_start: false,
             auth_url: Arc::default(),
+            running_flow_started_at: 0,
+            timer_at: None,
         }
     }
 
@@ -323,9 +334,11 @@ impl UpstreamActor {
                     ctx.cancel_future(previous);
                 }
                 let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
+                self.timer_at = Some(at);
                 self.timer = Some(ctx.run_later(delay, |act, ctx| {
                     act.timer = None;
                     act.timers_fired += 1;
+                    act.timer_at = None;
                     act.apply(Event::Timer, ctx);
                 }));
             }
@@ -477,6 +490,7 @@ impl UpstreamActor {
         let flow_id = uuid::Uuid::new_v4().to_string();
         self.running_flow = Some(flow_id.clone());
         self.running_flow_kind = kind;
+        self.running_flow_started_at = now_ms();
         flow_id
     }
 
@@ -1001,6 +1015,7 @@ impl Handler<GetStatus> for UpstreamActor {
             phase: self.state.phase.clone(),
             detail: phase_detail(&self.state.phase),
             expires_at: token.and_then(|t| t.expires_at),
+            has_token: token.is_some(),
             has_refresh_token: token.is_some_and(|t| t.refresh_token.is_some()),
             scope: token.and_then(|t| t.scope.clone()),
             next_attempt_at: self.state.phase.next_attempt_at(),
@@ -1021,7 +1036,16 @@ impl Handler<GetStatus> for UpstreamActor {
                 })
                 .flatten(),
             running_flow: self.running_flow.clone(),
+            running_flow_kind: self
+                .running_flow
+                .as_ref()
+                .map(|_| self.running_flow_kind.into()),
+            running_flow_started_at: self
+                .running_flow
+                .as_ref()
+                .map(|_| self.running_flow_started_at),
             last_flow: self.last_flow.clone(),
+            timer_at: self.timer.as_ref().and(self.timer_at),
         })
     }
 }
