@@ -41,7 +41,7 @@ use crate::upstream::actor::{
     self, Grant, ServerStatus, Snapshot, StateChange, UpstreamActor, UpstreamError,
 };
 pub use crate::upstream::flows::FlowHook;
-use crate::upstream::flows::Runtime;
+use crate::upstream::flows::{FlowLimit, Runtime};
 use crate::upstream::state::Policy;
 
 /// Everything the supervisor needs.
@@ -61,6 +61,8 @@ pub struct SupervisorConfig {
     pub refresh_timeout: Duration,
     /// How long `shutdown` waits for running refreshes and their saves.
     pub shutdown_grace: Duration,
+    /// At most this many refreshes run at once, over all servers.
+    pub max_concurrent_refreshes: usize,
     /// Test-only: called at the start of every flow with the server's name and the flow's
     /// kind (tests inject panics with it).
     #[doc(hidden)]
@@ -82,9 +84,16 @@ impl SupervisorConfig {
             refresh_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             flow_hook: None,
+            max_concurrent_refreshes: default_refresh_limit(),
             store_poll_interval: Duration::from_secs(1),
         }
     }
+}
+
+/// 16 refreshes per core, between 8 and 256: each holds a connection and a lock file.
+pub fn default_refresh_limit() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 16).clamp(8, 256)
 }
 
 /// `$XDG_DATA_HOME/mcpproxy-oauth`, else `~/.local/share/mcpproxy-oauth`.
@@ -251,6 +260,7 @@ impl ServerTokens {
 }
 
 struct Parts {
+    runtime: Arc<Runtime>,
     upstreams: HashMap<String, Upstream>,
     supervisor: Addr<SupervisorActor>,
     registry: TokenRegistry,
@@ -259,6 +269,7 @@ struct Parts {
 }
 
 struct Inner {
+    runtime: Arc<Runtime>,
     upstreams: HashMap<String, Upstream>,
     names: Vec<String>,
     supervisor: Addr<SupervisorActor>,
@@ -293,6 +304,7 @@ fn build(
         login_timeout: config.login_timeout,
         flow_log: flow_log.clone(),
         flow_hook: config.flow_hook.clone(),
+        refresh_limit: FlowLimit::new(config.max_concurrent_refreshes),
     });
     let mut upstreams = HashMap::new();
     for server in config.servers {
@@ -324,6 +336,7 @@ fn build(
     }
     .start();
     Ok(Parts {
+        runtime,
         upstreams,
         supervisor,
         registry,
@@ -369,6 +382,7 @@ impl SupervisorHandle {
         }
         Ok(SupervisorHandle {
             inner: Arc::new(Inner {
+                runtime: parts.runtime,
                 upstreams: parts.upstreams,
                 names,
                 supervisor: parts.supervisor,
@@ -526,6 +540,12 @@ impl SupervisorHandle {
             .send(SubscribeNotices)
             .await
             .map_err(|_| SupervisorError::Stopped)
+    }
+
+    /// Refreshes running now and the most that ran at once (bounded by
+    /// `max_concurrent_refreshes`).
+    pub fn refresh_concurrency(&self) -> (usize, usize) {
+        self.inner.runtime.refresh_limit.counts()
     }
 
     /// Phase changes of every server, from now on.
