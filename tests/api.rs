@@ -448,7 +448,7 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
             .contains("temporarily_unavailable"),
         "{alpha}"
     );
-    assert_eq!(alpha["phase"], "backoff");
+    assert_eq!(alpha["phase"], "backing_off");
     assert!(alpha["refresh_failures"].as_u64().unwrap() >= 1);
     assert!(alpha["retry_at"].is_string());
     assert_eq!(

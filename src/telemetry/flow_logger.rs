@@ -147,7 +147,9 @@ impl Handler<FlowEvent> for FlowLogger {
         };
         trace.next_seq += 1;
         let details = Value::Object(entry.details.clone()).to_string();
-        tracing::info!(
+        // The flow's steps are detail (debug); the one info line of a refresh is "token
+        // refreshed", and failures are warnings of their own.
+        tracing::debug!(
             target: "mcpproxy_oauth::flow",
             correlation_id = %event.correlation_id,
             server = %event.server,

@@ -206,7 +206,20 @@ impl UpstreamActor {
             .store(self.state.generation, Ordering::SeqCst);
         if self.state.phase != before {
             let detail = phase_detail(&self.state.phase);
-            tracing::info!(server = %self.config.name, from = before.name(), to = self.state.phase.name(), detail = detail.as_deref().unwrap_or(""), "state changed");
+            // A routine refresh is one line at info ("token refreshed"); its phase changes are
+            // detail. Every other change is news.
+            let routine = matches!(
+                (before.name(), self.state.phase.name()),
+                ("connected", "refreshing")
+                    | ("refreshing", "connected")
+                    | ("idle", "loading")
+                    | ("loading", "connected")
+            );
+            if routine {
+                tracing::debug!(server = %self.config.name, from = before.name(), to = self.state.phase.name(), "state changed");
+            } else {
+                tracing::info!(server = %self.config.name, from = before.name(), to = self.state.phase.name(), detail = detail.as_deref().unwrap_or(""), "state changed");
+            }
             let _ = self.events.send(StateChange {
                 server: self.config.name.clone(),
                 phase: self.state.phase.clone(),
@@ -610,7 +623,11 @@ impl UpstreamActor {
                 .and_then(|t| t.refresh_at(self.state.jitter))
                 .into();
         }
-        tracing::info!(decision = %decision, "decision taken");
+        if matches!(phase, Phase::Connected) {
+            tracing::debug!(decision = %decision, "decision taken");
+        } else {
+            tracing::info!(decision = %decision, "decision taken");
+        }
         self.rt
             .flow_event(flow_id, &self.config.name, kind, "decision", details);
     }
