@@ -38,7 +38,7 @@ use crate::telemetry::flow_logger::{
     FlowLogger, FlowNotice, GetTrace, SubscribeNotices, TraceEntry,
 };
 use crate::upstream::actor::{
-    self, Grant, ServerStatus, Snapshot, StateChange, UpstreamActor, UpstreamError,
+    self, Grant, ServerStatus, Snapshot, StateChange, TokenSnapshot, UpstreamActor, UpstreamError,
 };
 pub use crate::upstream::flows::FlowHook;
 use crate::upstream::flows::{FlowLimit, Runtime};
@@ -223,12 +223,49 @@ struct Upstream {
     snapshot: Snapshot,
 }
 
-fn usable_token(snapshot: &Snapshot) -> Option<oauth2::AccessToken> {
-    let snapshot = snapshot.load();
-    snapshot
+/// A usable access token as handed out: a shared, immutable value (cloning it is a reference
+/// count, not a copy of the secret). `Debug` shows no secret and there is no `Display`.
+#[derive(Clone)]
+pub struct SharedAccessToken(Arc<TokenSnapshot>);
+
+impl SharedAccessToken {
+    /// The token itself, for the `Authorization` header.
+    pub fn secret(&self) -> &String {
+        self.0.access_token.secret()
+    }
+
+    /// When it expires (unix ms), if the server said.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.0.expires_at
+    }
+}
+
+impl std::fmt::Debug for SharedAccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedAccessToken")
+            .field("expires_at", &self.0.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<Grant> for SharedAccessToken {
+    fn from(grant: Grant) -> Self {
+        SharedAccessToken(Arc::new(TokenSnapshot {
+            access_token: grant.access_token,
+            expires_at: grant.expires_at,
+            safety_margin: 0,
+        }))
+    }
+}
+
+/// The hot path: the published snapshot if it is still usable. No lock, no message, no
+/// allocation (the snapshot's `Arc` is shared).
+fn usable_token(snapshot: &Snapshot) -> Option<SharedAccessToken> {
+    let guard = snapshot.load();
+    guard
         .as_ref()
         .filter(|s| s.usable(now_ms()))
-        .map(|s| s.access_token.clone())
+        .map(|s| SharedAccessToken(Arc::clone(s)))
 }
 
 /// A handle on one server's tokens (`Send + Sync + Clone`), from `SupervisorHandle::server_tokens`.
@@ -240,13 +277,13 @@ pub struct ServerTokens {
 
 impl ServerTokens {
     /// The published token if it is still usable: a lock-free read, no message.
-    pub fn cached_access_token(&self) -> Option<oauth2::AccessToken> {
+    pub fn cached_access_token(&self) -> Option<SharedAccessToken> {
         usable_token(&self.snapshot)
     }
 
     /// A token valid for at least its safety margin, asking the server's actor only when the
     /// published one is not.
-    pub async fn access_token(&self) -> Result<oauth2::AccessToken, SupervisorError> {
+    pub async fn access_token(&self) -> Result<SharedAccessToken, SupervisorError> {
         if let Some(token) = self.cached_access_token() {
             return Ok(token);
         }
@@ -255,7 +292,7 @@ impl ServerTokens {
             .send(actor::AccessToken)
             .await
             .map_err(|_| SupervisorError::Stopped)??
-            .access_token)
+            .into())
     }
 }
 
@@ -430,18 +467,18 @@ impl SupervisorHandle {
     }
 
     /// A token valid for at least its safety margin. Lock-free while the current one is.
-    pub async fn access_token(&self, name: &str) -> Result<oauth2::AccessToken, SupervisorError> {
+    pub async fn access_token(&self, name: &str) -> Result<SharedAccessToken, SupervisorError> {
         if let Some(token) = self.cached_access_token(name)? {
             return Ok(token);
         }
-        Ok(self.ask(name, actor::AccessToken).await?.access_token)
+        Ok(self.ask(name, actor::AccessToken).await?.into())
     }
 
     /// The hot path alone: the published token if it is still usable, without any message.
     pub fn cached_access_token(
         &self,
         name: &str,
-    ) -> Result<Option<oauth2::AccessToken>, SupervisorError> {
+    ) -> Result<Option<SharedAccessToken>, SupervisorError> {
         Ok(usable_token(&self.upstream(name)?.snapshot))
     }
 

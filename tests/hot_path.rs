@@ -1,0 +1,89 @@
+//! The token hot path allocates nothing: a still-valid token is handed out as a shared value,
+//! read lock-free from the published snapshot. Counted by a global allocator that counts only
+//! the allocations of the measuring thread.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::*;
+use mcpproxy_oauth::config::UpstreamConfig;
+use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
+use oauth_test_server::Config;
+use url::Url;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if MEASURING.with(Cell::get) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by this thread while `f` runs.
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    MEASURING.with(|m| m.set(true));
+    f();
+    MEASURING.with(|m| m.set(false));
+    ALLOCATIONS.load(Ordering::SeqCst) - before
+}
+
+#[tokio::test]
+async fn a_valid_token_is_handed_out_without_any_allocation() {
+    let srv = start(Config::default()).await;
+    let (browser, _) = following_browser();
+    let dir = std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-hot-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    let handle = SupervisorHandle::start(SupervisorConfig {
+        browser,
+        ..SupervisorConfig::new(vec![server], dir)
+    })
+    .await
+    .unwrap();
+    handle.reconnect("srv").await.expect("login");
+    let tokens = handle.server_tokens("srv").unwrap();
+    // The counter itself works.
+    assert!(allocations_in(|| drop(std::hint::black_box(vec![1u8; 16]))) >= 1);
+    // The first read on a thread registers it with arc-swap (one allocation, once per thread).
+    let mut lengths = tokens.cached_access_token().unwrap().secret().len();
+    let per_server = allocations_in(|| {
+        for _ in 0..1_000 {
+            let token = tokens.cached_access_token().expect("a valid token");
+            lengths += token.secret().len();
+        }
+    });
+    assert_eq!(per_server, 0, "the per-server handle allocated");
+    let by_name = allocations_in(|| {
+        for _ in 0..1_000 {
+            let token = handle.cached_access_token("srv").unwrap().expect("a valid token");
+            lengths += token.secret().len();
+        }
+    });
+    assert_eq!(by_name, 0, "the lookup by name allocated");
+    assert!(lengths > 0);
+    // And the async path on a valid token does not reach the actor.
+    let token = handle.access_token("srv").await.unwrap();
+    assert!(srv.secrets().access_tokens.contains(token.secret()));
+    handle.shutdown().await;
+}
