@@ -88,6 +88,8 @@ pub struct Stats {
     /// Error responses of the token endpoint by OAuth error code (injected ones included).
     pub token_errors: BTreeMap<String, u64>,
     pub registrations: u64,
+    /// The `application_type` of each registration, in order (`None`: omitted).
+    pub registered_application_types: Vec<Option<String>>,
     pub revocations: u64,
     pub mcp_requests: u64,
     pub mcp_401: u64,
