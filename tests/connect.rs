@@ -45,6 +45,45 @@ async fn connect_registers_logs_in_once_and_calls_a_tool() {
         (stats.registrations, stats.authorize_requests, stats.mcp_401),
         (1, 1, 1)
     );
+    assert_eq!(
+        stats.registered_application_types,
+        [Some("native".to_string())],
+        "a loopback CLI registers as a native application (SEP-837)"
+    );
+    assert_eq!(
+        report.protocol_version.as_deref(),
+        Some("2025-11-25"),
+        "a server without the 2026-07-28 wire gets a 2025-11-25 session"
+    );
+    let token = report.token.unwrap();
+    assert!(
+        !token
+            .scope
+            .as_deref()
+            .unwrap_or("")
+            .contains("offline_access"),
+        "offline_access is not asked for where the server does not list it"
+    );
+}
+
+#[tokio::test]
+async fn offline_access_is_requested_where_the_authorization_server_lists_it() {
+    let srv = start(Config {
+        offline_access: true,
+        ..Config::default()
+    })
+    .await;
+    let (browser, _) = following_browser();
+    let report = connect(options(&srv, browser))
+        .await
+        .expect("connect succeeds");
+    let token = report.token.expect("a token");
+    assert_eq!(
+        token.scope.as_deref(),
+        Some("mcp:read mcp:write offline_access"),
+        "the challenge's scopes plus offline_access (SEP-2207)"
+    );
+    assert!(token.refresh_token.is_some());
 }
 
 #[tokio::test]

@@ -33,6 +33,9 @@ pub struct Config {
     pub scopes_supported: Vec<String>,
     /// A pre-registered client: (client_id, client_secret). No secret makes it public.
     pub preregistered_client: Option<(String, Option<String>)>,
+    /// List `offline_access` in the authorization server's metadata (not the resource's) and
+    /// accept it, as a server that issues refresh tokens only on request does (SEP-2207).
+    pub offline_access: bool,
     /// Tools that need an extra scope: (tool name, scope). Missing it yields 403 insufficient_scope.
     pub tool_scopes: Vec<(String, String)>,
     /// Answer MCP requests as `text/event-stream` instead of JSON.
@@ -59,6 +62,7 @@ impl Default for Config {
             issuer_path: None,
             scopes_supported: vec!["mcp:read".into(), "mcp:write".into()],
             preregistered_client: None,
+            offline_access: false,
             tool_scopes: Vec::new(),
             mcp_sse_responses: false,
             announced_expires_in: None,
@@ -83,6 +87,16 @@ impl Config {
             if !scopes.contains(scope) {
                 scopes.push(scope.clone());
             }
+        }
+        scopes
+    }
+
+    /// What the authorization server lists and accepts: every scope, and `offline_access`
+    /// when configured.
+    pub(crate) fn authorization_server_scopes(&self) -> Vec<String> {
+        let mut scopes = self.all_scopes();
+        if self.offline_access && !scopes.iter().any(|s| s == "offline_access") {
+            scopes.push("offline_access".into());
         }
         scopes
     }
