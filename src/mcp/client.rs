@@ -142,13 +142,26 @@ impl McpClient {
     /// discover result or the initialize result); [`server_info`] reads either.
     pub async fn initialize(&mut self, token: Option<&str>) -> Result<Value, McpError> {
         let mut offer = SESSION_PROTOCOL_VERSIONS[0];
-        if self.wire != Wire::Session {
+        // A -32022 that lists 2026-07-28 itself (a server that refused the first try for
+        // its own reasons) is answered by one more try: at most two discover requests.
+        let mut retried = false;
+        while self.wire != Wire::Session {
             self.wire = Wire::Stateless;
             self.protocol_version = Some(LATEST_PROTOCOL_VERSION.into());
             match self.request(token, "server/discover", json!({})).await {
                 Ok(result) => return Ok(result),
                 Err(e) if e.means_unsupported_wire() => {
-                    if let Some(supported) = e.supported_versions() {
+                    let supported = e.supported_versions();
+                    if !retried
+                        && supported
+                            .as_ref()
+                            .is_some_and(|s| s.iter().any(|v| v == LATEST_PROTOCOL_VERSION))
+                    {
+                        retried = true;
+                        tracing::info!(error = %e, "the MCP server lists {LATEST_PROTOCOL_VERSION} as supported; asking once more");
+                        continue;
+                    }
+                    if let Some(supported) = supported {
                         offer = SESSION_PROTOCOL_VERSIONS
                             .into_iter()
                             .find(|v| supported.iter().any(|s| s == v))
