@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use mcpproxy_oauth::connect::{ConnectError, ConnectOptions, connect};
+use mcpproxy_oauth::connect::{ConnectError, ConnectOptions, ConnectReport, connect};
 use mcpproxy_oauth::oauth::OAuthError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::oauth::client_identity::ClientConfig;
@@ -66,17 +66,24 @@ async fn connect_registers_logs_in_once_and_calls_a_tool() {
     );
 }
 
-#[tokio::test]
-async fn offline_access_is_requested_where_the_authorization_server_lists_it() {
-    let srv = start(Config {
-        offline_access: true,
-        ..Config::default()
-    })
-    .await;
+/// One `connect` run, with a browser that follows redirects, against a server started with
+/// `config`.
+async fn connect_once(config: Config) -> (OAuthTestServer, ConnectReport) {
+    let srv = start(config).await;
     let (browser, _) = following_browser();
     let report = connect(options(&srv, browser))
         .await
         .expect("connect succeeds");
+    (srv, report)
+}
+
+#[tokio::test]
+async fn offline_access_is_requested_where_the_authorization_server_lists_it() {
+    let (_srv, report) = connect_once(Config {
+        offline_access: true,
+        ..Config::default()
+    })
+    .await;
     let token = report.token.expect("a token");
     assert_eq!(
         token.scope.as_deref(),
@@ -239,4 +246,58 @@ async fn a_step_up_that_never_succeeds_stops_after_three_authorizations() {
         "three logins in the second run, then it stops"
     );
     assert_eq!(srv.stats().authorize_requests, 4);
+}
+
+#[tokio::test]
+async fn a_2026_07_28_server_is_spoken_to_statelessly() {
+    let (_srv, report) = connect_once(Config {
+        mcp_stateless: true,
+        ..Config::default()
+    })
+    .await;
+    assert_eq!(report.protocol_version.as_deref(), Some("2026-07-28"));
+    assert_eq!(
+        mcpproxy_oauth::mcp::client::server_info(&report.server_info).unwrap()["name"],
+        "oauth-test-server"
+    );
+    assert_eq!(report.tool_result.unwrap()["content"][0]["text"], "hello");
+    assert_eq!(report.tools["tools"][0]["name"], "echo");
+    assert_eq!(report.authorizations, 1);
+}
+
+#[tokio::test]
+async fn the_json_rpc_body_of_an_http_error_is_reported() {
+    let (srv, report) = connect_once(Config {
+        mcp_stateless: true,
+        ..Config::default()
+    })
+    .await;
+    let token = report.token.unwrap();
+    // A request without negotiation carries no version header: the server refuses it with
+    // HTTP 400 and a JSON-RPC error saying why.
+    let mut mcp = mcpproxy_oauth::mcp::McpClient::new(
+        Url::parse(&srv.mcp_url()).unwrap(),
+        Duration::from_secs(10),
+    );
+    let refused = mcp
+        .list_tools(Some(token.access_token.secret()))
+        .await
+        .unwrap_err();
+    let shown = refused.to_string();
+    assert!(
+        matches!(
+            refused,
+            mcpproxy_oauth::mcp::McpError::Rpc {
+                status: Some(400),
+                code: -32020,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        shown.contains("HTTP 400") && shown.contains("MCP-Protocol-Version"),
+        "{shown}"
+    );
+    assert!(!shown.contains(token.access_token.secret()));
 }

@@ -38,6 +38,10 @@ pub struct Config {
     pub offline_access: bool,
     /// Tools that need an extra scope: (tool name, scope). Missing it yields 403 insufficient_scope.
     pub tool_scopes: Vec<(String, String)>,
+    /// Speak only the stateless MCP 2026-07-28 wire: `server/discover` instead of `initialize`,
+    /// and every request must carry the `MCP-Protocol-Version` header and the same version in
+    /// `params._meta` (else HTTP 400 with a JSON-RPC error, -32022 for another version).
+    pub mcp_stateless: bool,
     /// Answer MCP requests as `text/event-stream` instead of JSON.
     pub mcp_sse_responses: bool,
     /// Announce this `expires_in` (seconds) in every token response instead of the TTL; the
@@ -64,6 +68,7 @@ impl Default for Config {
             preregistered_client: None,
             offline_access: false,
             tool_scopes: Vec::new(),
+            mcp_stateless: false,
             mcp_sse_responses: false,
             announced_expires_in: None,
             faults: Vec::new(),

@@ -70,9 +70,20 @@ pub async fn post(
         return StatusCode::ACCEPTED.into_response();
     };
     let params = message.get("params").cloned().unwrap_or(Value::Null);
+    if state.config.mcp_stateless {
+        if let Err(refused) = check_stateless(&headers, &params, &id) {
+            return refused;
+        }
+    }
     let mut session = None;
     let outcome: Result<Value, (i64, String)> = match method {
-        "initialize" => {
+        "server/discover" if state.config.mcp_stateless => Ok(json!({
+            "supportedVersions": [STATELESS_VERSION],
+            "capabilities": {"tools": {"listChanged": false}},
+            "_meta": {"io.modelcontextprotocol/serverInfo":
+                {"name": "oauth-test-server", "version": env!("CARGO_PKG_VERSION")}},
+        })),
+        "initialize" if !state.config.mcp_stateless => {
             session = Some(random_token("session_"));
             let version = params
                 .get("protocolVersion")
@@ -122,6 +133,53 @@ pub async fn post(
         }
     };
     rpc_response(&state, reply, session)
+}
+
+const STATELESS_VERSION: &str = "2026-07-28";
+
+/// The 2026-07-28 request checks: the version header, the same version in `_meta`, and the
+/// client capabilities beside it. A refusal is HTTP 400 with a JSON-RPC error body.
+fn check_stateless(headers: &HeaderMap, params: &Value, id: &Value) -> Result<(), Response> {
+    let refuse = |code: i64, message: &str, data: Option<Value>| {
+        let mut error = json!({"code": code, "message": message});
+        if let Some(data) = data {
+            error["data"] = data;
+        }
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": error})),
+        )
+            .into_response()
+    };
+    let Some(header) = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(refuse(-32020, "missing MCP-Protocol-Version header", None));
+    };
+    if header != STATELESS_VERSION {
+        return Err(refuse(
+            -32022,
+            "Unsupported protocol version",
+            Some(json!({"supported": [STATELESS_VERSION], "requested": header})),
+        ));
+    }
+    let meta = params.get("_meta");
+    if meta
+        .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+        .and_then(Value::as_str)
+        != Some(header)
+        || meta
+            .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
+            .is_none()
+    {
+        return Err(refuse(
+            -32602,
+            "params._meta must carry the header's protocol version and the client capabilities",
+            None,
+        ));
+    }
+    Ok(())
 }
 
 fn validate(state: &AppState, token: &str) -> Result<AccessClaims, String> {
