@@ -70,10 +70,10 @@ pub async fn post(
         return StatusCode::ACCEPTED.into_response();
     };
     let params = message.get("params").cloned().unwrap_or(Value::Null);
-    if state.config.mcp_stateless {
-        if let Err(refused) = check_stateless(&headers, &params, &id) {
-            return refused;
-        }
+    if state.config.mcp_stateless
+        && let Some(refused) = refuse_stateless(&headers, &params, &id)
+    {
+        return refused;
     }
     let mut session = None;
     let outcome: Result<Value, (i64, String)> = match method {
@@ -139,7 +139,7 @@ const STATELESS_VERSION: &str = "2026-07-28";
 
 /// The 2026-07-28 request checks: the version header, the same version in `_meta`, and the
 /// client capabilities beside it. A refusal is HTTP 400 with a JSON-RPC error body.
-fn check_stateless(headers: &HeaderMap, params: &Value, id: &Value) -> Result<(), Response> {
+fn refuse_stateless(headers: &HeaderMap, params: &Value, id: &Value) -> Option<Response> {
     let refuse = |code: i64, message: &str, data: Option<Value>| {
         let mut error = json!({"code": code, "message": message});
         if let Some(data) = data {
@@ -155,10 +155,10 @@ fn check_stateless(headers: &HeaderMap, params: &Value, id: &Value) -> Result<()
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
     else {
-        return Err(refuse(-32020, "missing MCP-Protocol-Version header", None));
+        return Some(refuse(-32020, "missing MCP-Protocol-Version header", None));
     };
     if header != STATELESS_VERSION {
-        return Err(refuse(
+        return Some(refuse(
             -32022,
             "Unsupported protocol version",
             Some(json!({"supported": [STATELESS_VERSION], "requested": header})),
@@ -173,13 +173,13 @@ fn check_stateless(headers: &HeaderMap, params: &Value, id: &Value) -> Result<()
             .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
             .is_none()
     {
-        return Err(refuse(
+        return Some(refuse(
             -32602,
             "params._meta must carry the header's protocol version and the client capabilities",
             None,
         ));
     }
-    Ok(())
+    None
 }
 
 fn validate(state: &AppState, token: &str) -> Result<AccessClaims, String> {
