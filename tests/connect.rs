@@ -301,3 +301,37 @@ async fn the_json_rpc_body_of_an_http_error_is_reported() {
     );
     assert!(!shown.contains(token.access_token.secret()));
 }
+
+#[tokio::test]
+async fn a_moved_authorization_server_gets_its_own_registration_and_login() {
+    let new_as = start(Config::default()).await;
+    // After two accepted requests (discover and initialize) the resource trusts only `new_as`.
+    let srv = start(Config {
+        authorization_server_moves: Some((new_as.issuer(), 2)),
+        ..Config::default()
+    })
+    .await;
+    let (browser, launches) = following_browser();
+    let report = connect(options(&srv, browser))
+        .await
+        .expect("connect follows the authorization server to its new place");
+    assert_eq!(report.tool_result.unwrap()["content"][0]["text"], "hello");
+    assert_eq!(report.authorizations, 2, "one login at each server");
+    assert_eq!(launches.load(Ordering::SeqCst), 2);
+    let (old, new) = (srv.stats(), new_as.stats());
+    assert_eq!(
+        (old.registrations, old.authorize_requests),
+        (1, 1),
+        "the old server saw one registration and one login, not repeated logins"
+    );
+    assert_eq!(
+        (new.registrations, new.authorize_requests),
+        (1, 1),
+        "the new server got its own registration (an old client ID would be refused there)"
+    );
+    assert_eq!(
+        old.token_requests_for("refresh_token"),
+        0,
+        "the old server's refresh token is not used once the resource has moved"
+    );
+}

@@ -38,6 +38,11 @@ pub struct Config {
     pub offline_access: bool,
     /// Tools that need an extra scope: (tool name, scope). Missing it yields 403 insufficient_scope.
     pub tool_scopes: Vec<(String, String)>,
+    /// `(issuer, n)`: after `n` MCP requests with a valid token, the resource moves to the
+    /// authorization server `issuer` (another test server: they share the signing key). Its
+    /// metadata then names that server, and tokens of this one are refused with 401 "the
+    /// authorization server has changed" (SEP-2352).
+    pub authorization_server_moves: Option<(String, u64)>,
     /// Speak only the stateless MCP 2026-07-28 wire: `server/discover` instead of `initialize`,
     /// and every request must carry the `MCP-Protocol-Version` header and the same version in
     /// `params._meta` (else HTTP 400 with a JSON-RPC error, -32022 for another version).
@@ -68,6 +73,7 @@ impl Default for Config {
             preregistered_client: None,
             offline_access: false,
             tool_scopes: Vec::new(),
+            authorization_server_moves: None,
             mcp_stateless: false,
             mcp_sse_responses: false,
             announced_expires_in: None,

@@ -141,6 +141,8 @@ pub struct Inner {
     pub stats: Stats,
     pub secrets: Secrets,
     pub faults: FaultBook,
+    /// MCP requests that presented a valid token (for `authorization_server_moves`).
+    pub accepted_mcp_requests: u64,
 }
 
 impl Inner {
@@ -233,6 +235,16 @@ impl Shared {
     /// The protected MCP endpoint, which is also its RFC 8707 resource identifier.
     pub fn mcp_resource(&self) -> String {
         format!("{}/mcp", self.base_url)
+    }
+
+    /// The authorization server the MCP endpoint trusts now: this server, or the one it moved
+    /// to (`Config::authorization_server_moves`).
+    pub fn resource_issuer(&self) -> String {
+        let accepted = self.lock().accepted_mcp_requests;
+        match &self.config.authorization_server_moves {
+            Some((issuer, after)) if accepted >= *after => issuer.clone(),
+            _ => self.issuer(),
+        }
     }
 
     pub fn resource_metadata_url(&self) -> String {

@@ -183,15 +183,25 @@ fn refuse_stateless(headers: &HeaderMap, params: &Value, id: &Value) -> Option<R
 }
 
 fn validate(state: &AppState, token: &str) -> Result<AccessClaims, String> {
+    let issuer = state.resource_issuer();
     let claims = state
         .signer
-        .verify(token, &state.issuer(), &state.mcp_resource())?;
+        .verify(token, &issuer, &state.mcp_resource())
+        .map_err(|e| {
+            if issuer == state.issuer() {
+                e
+            } else {
+                "the authorization server has changed".into()
+            }
+        })?;
     if state.now_ms() >= claims.exp as i64 * 1000 {
         return Err("the access token expired".into());
     }
-    if state.lock().revoked_jtis.contains(&claims.jti) {
+    let mut inner = state.lock();
+    if inner.revoked_jtis.contains(&claims.jti) {
         return Err("the access token was revoked".into());
     }
+    inner.accepted_mcp_requests += 1;
     Ok(claims)
 }
 

@@ -72,7 +72,7 @@ pub async fn protected_resource_metadata(
     }
     Json(serde_json::json!({
         "resource": state.mcp_resource(),
-        "authorization_servers": [state.issuer()],
+        "authorization_servers": [state.resource_issuer()],
         "scopes_supported": state.config.all_scopes(),
         "bearer_methods_supported": ["header"],
         "resource_name": "OAuth test server MCP endpoint",
