@@ -522,7 +522,72 @@ pub fn sse_data_fields(events: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::sse_data_fields;
+    use super::*;
+
+    fn rpc(status: Option<u16>, code: i64, data: Option<Value>) -> McpError {
+        McpError::Rpc {
+            status,
+            code,
+            message: "m".into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn which_answers_to_a_2026_07_28_request_mean_another_wire() {
+        assert!(McpError::Http { status: 400 }.means_unsupported_wire());
+        assert!(McpError::Http { status: 404 }.means_unsupported_wire());
+        assert!(rpc(Some(400), -32000, None).means_unsupported_wire());
+        assert!(
+            rpc(None, -32601, None).means_unsupported_wire(),
+            "method not found"
+        );
+        assert!(!McpError::Http { status: 500 }.means_unsupported_wire());
+        assert!(!rpc(Some(503), -32603, None).means_unsupported_wire());
+        assert!(!McpError::Transport("refused".into()).means_unsupported_wire());
+        assert!(!McpError::Unauthorized(BearerChallenge::default()).means_unsupported_wire());
+    }
+
+    #[test]
+    fn an_unsupported_version_error_lists_what_the_server_speaks() {
+        let listed = rpc(
+            Some(400),
+            UNSUPPORTED_PROTOCOL_VERSION,
+            Some(json!({"supported": ["2025-11-25", 7, "2025-03-26"], "requested": "2026-07-28"})),
+        );
+        assert_eq!(
+            listed.supported_versions(),
+            Some(vec!["2025-11-25".to_string(), "2025-03-26".to_string()])
+        );
+        assert_eq!(
+            rpc(Some(400), -32000, Some(json!({"supported": ["x"]}))).supported_versions(),
+            None,
+            "only -32022 carries the list"
+        );
+        assert_eq!(
+            rpc(Some(400), UNSUPPORTED_PROTOCOL_VERSION, None).supported_versions(),
+            None
+        );
+    }
+
+    #[test]
+    fn server_info_of_either_wire() {
+        let session = json!({"protocolVersion": "2025-11-25", "serverInfo": {"name": "a"}});
+        let stateless = json!({"supportedVersions": ["2026-07-28"],
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "b"}}});
+        assert_eq!(server_info(&session).unwrap()["name"], "a");
+        assert_eq!(server_info(&stateless).unwrap()["name"], "b");
+        assert_eq!(server_info(&json!({})), None);
+    }
+
+    #[test]
+    fn a_long_error_message_is_cut() {
+        let reply = json!({"error": {"code": 1, "message": "x".repeat(10_000)}});
+        let Some(McpError::Rpc { message, .. }) = rpc_error(&reply, Some(400)) else {
+            panic!("an Rpc error");
+        };
+        assert_eq!(message.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1);
+    }
 
     #[test]
     fn sse_events_are_split_and_multiline_data_joined() {
