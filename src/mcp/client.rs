@@ -265,7 +265,7 @@ impl McpClient {
         } else {
             read_json_reply(response).await?
         };
-        if let Some(error) = rpc_error(&reply, None) {
+        if let Some(error) = rpc_error(&reply, None, token) {
             return Err(error);
         }
         reply
@@ -382,7 +382,7 @@ impl McpClient {
             let body = read_capped(response).await.unwrap_or_default();
             let error = serde_json::from_slice::<Value>(&body)
                 .ok()
-                .and_then(|reply| rpc_error(&reply, Some(status)));
+                .and_then(|reply| rpc_error(&reply, Some(status), token));
             return Err(error.unwrap_or(McpError::Http { status }));
         }
         Ok(response)
@@ -408,14 +408,23 @@ pub fn server_info(opened: &Value) -> Option<&Value> {
         .or_else(|| opened.pointer("/_meta/io.modelcontextprotocol~1serverInfo"))
 }
 
-/// The JSON-RPC error of a reply, if it is one; `status` is the HTTP status it came with.
-fn rpc_error(reply: &Value, status: Option<u16>) -> Option<McpError> {
+/// The JSON-RPC error of a reply, if it is one; `status` is the HTTP status it came with. A
+/// server that echoes the request's bearer token in its message does not get it into our
+/// errors and logs: `token` is cut out of the message.
+fn rpc_error(reply: &Value, status: Option<u16>, token: Option<&str>) -> Option<McpError> {
     let error = reply.get("error")?;
     let mut message = error
         .get("message")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    let mut data = error.get("data").cloned();
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        message = message.replace(token, "[redacted]");
+        if data.as_ref().is_some_and(|d| d.to_string().contains(token)) {
+            data = None;
+        }
+    }
     if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
         message.truncate(cut);
         message.push('…');
@@ -427,7 +436,7 @@ fn rpc_error(reply: &Value, status: Option<u16>) -> Option<McpError> {
             .and_then(Value::as_i64)
             .unwrap_or_default(),
         message,
-        data: error.get("data").cloned(),
+        data,
     })
 }
 
@@ -583,10 +592,20 @@ mod tests {
     #[test]
     fn a_long_error_message_is_cut() {
         let reply = json!({"error": {"code": 1, "message": "x".repeat(10_000)}});
-        let Some(McpError::Rpc { message, .. }) = rpc_error(&reply, Some(400)) else {
+        let Some(McpError::Rpc { message, .. }) = rpc_error(&reply, Some(400), None) else {
             panic!("an Rpc error");
         };
         assert_eq!(message.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1);
+    }
+
+    #[test]
+    fn an_echoed_bearer_token_is_cut_out_of_the_error() {
+        let reply = json!({"error": {"code": -32600, "message": "bad token eyJsecret.part, go away",
+            "data": {"seen": "Bearer eyJsecret.part"}}});
+        let error = rpc_error(&reply, Some(400), Some("eyJsecret.part")).unwrap();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("eyJsecret.part"), "{shown}");
+        assert!(shown.contains("bad token [redacted], go away"), "{shown}");
     }
 
     #[test]
