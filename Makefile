@@ -25,11 +25,14 @@ test-interop: build
 	cd tests/oauthserver/interop && npm ci --no-audit --no-fund --loglevel=error
 	node tests/oauthserver/interop/sdk-client.mjs target/debug/oauth-test-server
 
-## The MCP conformance suite (auth, backcompat, draft resource-mismatch) against `connect`.
+## The MCP conformance suites against `connect`: 0.1.16 (auth, backcompat, draft
+## resource-mismatch) and the prerelease 0.2.0-alpha.12 at the 2025-11-25 and 2026-07-28 wires.
 ## Needs root or unprivileged user namespaces, for a loopback-only network namespace.
 test-conformance: build
 	cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error
 	tests/conformance/run.sh target/debug/mcpproxy-oauth
+	cd tests/conformance-next && npm ci --no-audit --no-fund --loglevel=error
+	tests/conformance-next/run.sh target/debug/mcpproxy-oauth
 
 ## The web page in a real Chromium (Debian's /usr/bin/chromium; CHROMIUM overrides), against
 ## the real daemon and OAuth test server binaries. Screenshots: tests/e2e/artifacts/.

@@ -3,7 +3,13 @@
 //! refresh when a refresh token is at hand, else by discovery and a browser login; a 403
 //! `insufficient_scope` by a new login with the union of scopes. At most
 //! [`MAX_AUTHORIZATIONS`] authorization requests are made in one run.
+//!
+//! A 401 after a token was accepted re-reads the protected resource metadata: when it names
+//! another authorization server (SEP-2352), the client and tokens of the old one are set aside
+//! and the login happens at the new one, with its own registration. Client identities are kept
+//! by issuer, so one server's client is never presented at another.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -16,7 +22,7 @@ use crate::oauth::client_identity::ClientConfig;
 use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::http::OAuthHttp;
 use crate::oauth::login::{LoginSettings, browser_login};
-use crate::oauth::scope::{select_scope, union};
+use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
 
@@ -41,7 +47,11 @@ pub struct ConnectOptions {
 /// What a successful run saw.
 #[derive(Debug)]
 pub struct ConnectReport {
+    /// The server's answer to the opening request (a 2026-07-28 discover result or an
+    /// initialize result; [`crate::mcp::client::server_info`] reads either).
     pub server_info: Value,
+    /// The MCP protocol version spoken.
+    pub protocol_version: Option<String>,
     pub tools: Value,
     pub tool_result: Option<Value>,
     pub authorizations: u32,
@@ -81,6 +91,7 @@ async fn run(options: ConnectOptions) -> Result<ConnectReport, ConnectError> {
     };
     Ok(ConnectReport {
         server_info,
+        protocol_version: mcp.protocol_version().map(String::from),
         tools,
         tool_result,
         authorizations: auth.authorizations,
@@ -113,6 +124,9 @@ async fn with_authorization(
         match result {
             Ok(value) => return Ok(value),
             Err(McpError::Unauthorized(challenge)) => {
+                if auth.token.is_some() {
+                    auth.rediscover(&challenge).await?;
+                }
                 if !refreshed_for_this_step && auth.try_refresh().await? {
                     refreshed_for_this_step = true;
                     continue;
@@ -122,7 +136,8 @@ async fn with_authorization(
             }
             Err(McpError::Forbidden(challenge)) if challenge.is_insufficient_scope() => {
                 let granted = auth.token.as_ref().and_then(|t| t.scope.clone());
-                let scope = union(granted.as_deref(), challenge.scope.as_deref());
+                let scope =
+                    auth.for_refresh_tokens(union(granted.as_deref(), challenge.scope.as_deref()));
                 tracing::info!(
                     scope = scope.as_deref().unwrap_or(""),
                     "insufficient_scope: authorizing again with more scopes"
@@ -140,7 +155,10 @@ struct Authorizer {
     settings: LoginSettings,
     http: OAuthHttp,
     discovery: Option<Discovery>,
+    /// The client identity (and token endpoint) at the current authorization server.
     endpoint: Option<TokenEndpoint>,
+    /// Client identities at authorization servers this run used before, by issuer.
+    other_clients: HashMap<String, TokenEndpoint>,
     token: Option<TokenSet>,
     authorizations: u32,
     refreshes: u32,
@@ -160,6 +178,7 @@ impl Authorizer {
             http: OAuthHttp::default(),
             discovery: None,
             endpoint: None,
+            other_clients: HashMap::new(),
             token: None,
             authorizations: 0,
             refreshes: 0,
@@ -180,7 +199,46 @@ impl Authorizer {
         Ok(self.discovery.as_ref().expect("set above"))
     }
 
-    /// The scope of the first authorization: `--scope`, else the challenge's, else the resource's.
+    /// Reads the protected resource metadata again after a token was refused. When it names
+    /// another authorization server, the old server's client identity is set aside (by issuer)
+    /// and its tokens dropped: the next login registers at, and only talks to, the new one.
+    async fn rediscover(&mut self, challenge: &BearerChallenge) -> Result<(), OAuthError> {
+        let Some(previous) = self.discovery.take() else {
+            return Ok(());
+        };
+        let found = discover(&self.http, &self.options.server_url, Some(challenge)).await?;
+        let (old, new) = (
+            &previous.authorization_server.issuer,
+            &found.authorization_server.issuer,
+        );
+        if old != new {
+            tracing::warn!(
+                previous_issuer = %old,
+                issuer = %new,
+                "the protected resource names another authorization server; signing in there"
+            );
+            if let Some(endpoint) = self.endpoint.take() {
+                self.other_clients.insert(old.clone(), endpoint);
+            }
+            self.endpoint = self.other_clients.remove(new);
+            self.token = None;
+        }
+        self.discovery = Some(found);
+        Ok(())
+    }
+
+    /// `scope` as requested from the current authorization server by a client that wants
+    /// refresh tokens (`offline_access` where listed, SEP-2207).
+    fn for_refresh_tokens(&self, scope: Option<String>) -> Option<String> {
+        let listed = self
+            .discovery
+            .as_ref()
+            .and_then(|d| d.authorization_server.scopes_supported.as_deref());
+        with_offline_access(scope, listed)
+    }
+
+    /// The scope of the first authorization: `--scope` as given, else the challenge's, else
+    /// the resource's, with `offline_access` where the authorization server lists it.
     async fn initial_scope(
         &mut self,
         challenge: &BearerChallenge,
@@ -189,10 +247,8 @@ impl Authorizer {
             return Ok(Some(scope));
         }
         let discovery = self.discovery(challenge).await?;
-        Ok(select_scope(
-            challenge.scope.as_deref(),
-            discovery.resource_scopes(),
-        ))
+        let scope = select_scope(challenge.scope.as_deref(), discovery.resource_scopes());
+        Ok(self.for_refresh_tokens(scope))
     }
 
     /// Refreshes when a refresh token is at hand. `Ok(false)`: nothing to refresh with, or the

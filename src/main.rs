@@ -160,8 +160,8 @@ async fn main() -> ExitCode {
                         .map(|tools| tools.iter().filter_map(|t| t["name"].as_str()).collect())
                         .unwrap_or_default();
                     let summary = json!({
-                        "server": report.server_info.get("serverInfo"),
-                        "protocol_version": report.server_info.get("protocolVersion"),
+                        "server": mcpproxy_oauth::mcp::client::server_info(&report.server_info),
+                        "protocol_version": report.protocol_version,
                         "tools": tool_names,
                         "tool_result": report.tool_result,
                         "authorizations": report.authorizations,

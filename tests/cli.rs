@@ -56,6 +56,11 @@ async fn connect_prints_a_summary_and_exits_zero() {
     assert_eq!(summary["tools"], serde_json::json!(["echo", "get_time"]));
     assert_eq!(summary["tool_result"]["content"][0]["text"], "cli");
     assert_eq!(summary["authorizations"], 1);
+    assert_eq!(
+        summary["protocol_version"], "2025-11-25",
+        "the version spoken is in the summary"
+    );
+    assert_eq!(summary["server"]["name"], "oauth-test-server");
     assert_no_secret(&srv, &stdout);
     assert_no_secret(&srv, &stderr);
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use mcpproxy_oauth::connect::{ConnectError, ConnectOptions, connect};
+use mcpproxy_oauth::connect::{ConnectError, ConnectOptions, ConnectReport, connect};
 use mcpproxy_oauth::oauth::OAuthError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::oauth::client_identity::ClientConfig;
@@ -45,6 +45,52 @@ async fn connect_registers_logs_in_once_and_calls_a_tool() {
         (stats.registrations, stats.authorize_requests, stats.mcp_401),
         (1, 1, 1)
     );
+    assert_eq!(
+        stats.registered_application_types,
+        [Some("native".to_string())],
+        "a loopback CLI registers as a native application (SEP-837)"
+    );
+    assert_eq!(
+        report.protocol_version.as_deref(),
+        Some("2025-11-25"),
+        "a server without the 2026-07-28 wire gets a 2025-11-25 session"
+    );
+    let token = report.token.unwrap();
+    assert!(
+        !token
+            .scope
+            .as_deref()
+            .unwrap_or("")
+            .contains("offline_access"),
+        "offline_access is not asked for where the server does not list it"
+    );
+}
+
+/// One `connect` run, with a browser that follows redirects, against a server started with
+/// `config`.
+async fn connect_once(config: Config) -> (OAuthTestServer, ConnectReport) {
+    let srv = start(config).await;
+    let (browser, _) = following_browser();
+    let report = connect(options(&srv, browser))
+        .await
+        .expect("connect succeeds");
+    (srv, report)
+}
+
+#[tokio::test]
+async fn offline_access_is_requested_where_the_authorization_server_lists_it() {
+    let (_srv, report) = connect_once(Config {
+        offline_access: true,
+        ..Config::default()
+    })
+    .await;
+    let token = report.token.expect("a token");
+    assert_eq!(
+        token.scope.as_deref(),
+        Some("mcp:read mcp:write offline_access"),
+        "the challenge's scopes plus offline_access (SEP-2207)"
+    );
+    assert!(token.refresh_token.is_some());
 }
 
 #[tokio::test]
@@ -200,4 +246,92 @@ async fn a_step_up_that_never_succeeds_stops_after_three_authorizations() {
         "three logins in the second run, then it stops"
     );
     assert_eq!(srv.stats().authorize_requests, 4);
+}
+
+#[tokio::test]
+async fn a_2026_07_28_server_is_spoken_to_statelessly() {
+    let (_srv, report) = connect_once(Config {
+        mcp_stateless: true,
+        ..Config::default()
+    })
+    .await;
+    assert_eq!(report.protocol_version.as_deref(), Some("2026-07-28"));
+    assert_eq!(
+        mcpproxy_oauth::mcp::client::server_info(&report.server_info).unwrap()["name"],
+        "oauth-test-server"
+    );
+    assert_eq!(report.tool_result.unwrap()["content"][0]["text"], "hello");
+    assert_eq!(report.tools["tools"][0]["name"], "echo");
+    assert_eq!(report.authorizations, 1);
+}
+
+#[tokio::test]
+async fn the_json_rpc_body_of_an_http_error_is_reported() {
+    let (srv, report) = connect_once(Config {
+        mcp_stateless: true,
+        ..Config::default()
+    })
+    .await;
+    let token = report.token.unwrap();
+    // A request without negotiation carries no version header: the server refuses it with
+    // HTTP 400 and a JSON-RPC error saying why.
+    let mut mcp = mcpproxy_oauth::mcp::McpClient::new(
+        Url::parse(&srv.mcp_url()).unwrap(),
+        Duration::from_secs(10),
+    );
+    let refused = mcp
+        .list_tools(Some(token.access_token.secret()))
+        .await
+        .unwrap_err();
+    let shown = refused.to_string();
+    assert!(
+        matches!(
+            refused,
+            mcpproxy_oauth::mcp::McpError::Rpc {
+                status: Some(400),
+                code: -32020,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        shown.contains("HTTP 400") && shown.contains("MCP-Protocol-Version"),
+        "{shown}"
+    );
+    assert!(!shown.contains(token.access_token.secret()));
+}
+
+#[tokio::test]
+async fn a_moved_authorization_server_gets_its_own_registration_and_login() {
+    let new_as = start(Config::default()).await;
+    // After two accepted requests (discover and initialize) the resource trusts only `new_as`.
+    let srv = start(Config {
+        authorization_server_moves: Some((new_as.issuer(), 2)),
+        ..Config::default()
+    })
+    .await;
+    let (browser, launches) = following_browser();
+    let report = connect(options(&srv, browser))
+        .await
+        .expect("connect follows the authorization server to its new place");
+    assert_eq!(report.tool_result.unwrap()["content"][0]["text"], "hello");
+    assert_eq!(report.authorizations, 2, "one login at each server");
+    assert_eq!(launches.load(Ordering::SeqCst), 2);
+    let (old, new) = (srv.stats(), new_as.stats());
+    assert_eq!(
+        (old.registrations, old.authorize_requests),
+        (1, 1),
+        "the old server saw one registration and one login, not repeated logins"
+    );
+    assert_eq!(
+        (new.registrations, new.authorize_requests),
+        (1, 1),
+        "the new server got its own registration (an old client ID would be refused there)"
+    );
+    assert_eq!(
+        old.token_requests_for("refresh_token"),
+        0,
+        "the old server's refresh token is not used once the resource has moved"
+    );
 }

@@ -76,7 +76,10 @@ async fn a_valid_token_is_handed_out_without_any_allocation() {
     assert_eq!(per_server, 0, "the per-server handle allocated");
     let by_name = allocations_in(|| {
         for _ in 0..1_000 {
-            let token = handle.cached_access_token("srv").unwrap().expect("a valid token");
+            let token = handle
+                .cached_access_token("srv")
+                .unwrap()
+                .expect("a valid token");
             lengths += token.secret().len();
         }
     });

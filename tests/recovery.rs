@@ -565,3 +565,23 @@ async fn a_login_whose_registered_port_is_busy_uses_another_port_and_registers_a
     assert_eq!(srv.stats().authorize_requests, 3);
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_daemon_login_asks_for_offline_access_where_the_authorization_server_lists_it() {
+    let srv = start(Config {
+        offline_access: true,
+        ..Config::default()
+    })
+    .await;
+    let dir = data_dir("offline-access");
+    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
+    handle.login("srv").await.expect("login");
+    let s = status(&handle).await;
+    let scope = s.scope.expect("a scope");
+    assert!(
+        scope.split(' ').any(|s| s == "offline_access"),
+        "offline_access requested (SEP-2207): {scope}"
+    );
+    assert!(s.has_refresh_token);
+    handle.shutdown().await;
+}

@@ -265,10 +265,7 @@ async fn scenario_5_a_hundred_concurrent_callers_cause_one_refresh() {
                     .await
                     .map(|g| g.access_token.secret().clone())
             } else {
-                handle
-                    .access_token("srv")
-                    .await
-                    .map(|t| t.secret().clone())
+                handle.access_token("srv").await.map(|t| t.secret().clone())
             }
         });
     }

@@ -13,7 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::discovery::same_issuer;
 use super::error::{Endpoint, OAuthError};
 
 const CALLBACK_PATH: &str = "/callback";
@@ -125,7 +124,9 @@ fn judge(
         return (400, "Sign-in response rejected", "This response does not belong to the sign-in in progress (state mismatch), so it was ignored. If you started a new sign-in, finish that one.".into(), None);
     }
     match params.get("iss") {
-        Some(iss) if !same_issuer(iss, &expected.issuer) => {
+        // RFC 9207 §2.4: simple string comparison, no URL normalization of any kind (a
+        // trailing slash, case or default port that differs is a different issuer).
+        Some(iss) if *iss != expected.issuer => {
             let e = OAuthError::IssuerMismatch {
                 expected: expected.issuer.clone(),
                 found: iss.clone(),
@@ -266,11 +267,27 @@ mod tests {
             &params(&[
                 ("state", "st"),
                 ("code", "c"),
-                ("iss", "https://as.example/"),
+                ("iss", "https://as.example"),
             ]),
             &expected(true),
         );
         assert!(matches!(o, Some(Ok(_))));
+        for normalized in [
+            "https://as.example/",
+            "HTTPS://as.example",
+            "https://AS.example",
+            "https://as.example:443",
+            "https://as.exampl%65",
+        ] {
+            let (status, _, _, o) = judge(
+                &params(&[("state", "st"), ("code", "c"), ("iss", normalized)]),
+                &expected(true),
+            );
+            assert!(
+                matches!(o, Some(Err(OAuthError::IssuerMismatch { .. }))) && status == 400,
+                "{normalized} only matches after normalization and must be refused"
+            );
+        }
         let (_, _, _, o) = judge(
             &params(&[
                 ("state", "st"),

@@ -182,7 +182,10 @@ async fn register(
             "invalid registration endpoint {registration_endpoint:?}"
         ))
     })?;
+    // A loopback-redirect CLI is a native application (OpenID Connect Registration
+    // `application_type`, required by the MCP 2026-07-28 registration rules, SEP-837).
     let mut request = json!({
+        "application_type": "native",
         "client_name": config.client_name.as_deref().unwrap_or("mcpproxy-oauth"),
         "redirect_uris": [redirect_uri],
         "grant_types": ["authorization_code", "refresh_token"],

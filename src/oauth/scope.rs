@@ -1,6 +1,8 @@
 //! Which scope to ask for (MCP authorization, "scope selection strategy"): the challenge's
 //! `scope` first, else everything the protected resource advertises, else no scope parameter.
 //! A 403 `insufficient_scope` asks again with the union of what was granted and what is needed.
+//! Where the authorization server lists `offline_access`, it is added so that a refresh token is
+//! issued (SEP-2207); where it does not, it is never asked for.
 
 /// The scope for an authorization request, or `None` to omit the parameter.
 pub fn select_scope(
@@ -29,6 +31,26 @@ pub fn union(current: Option<&str>, needed: Option<&str>) -> Option<String> {
     }
     (!scopes.is_empty()).then(|| scopes.join(" "))
 }
+
+/// The scope to request from an authorization server whose metadata lists `as_scopes_supported`,
+/// for a client that wants refresh tokens: `offline_access` is added when the server lists it
+/// (SEP-2207, OpenID Connect Core §11) and removed when it does not (a server that does not know
+/// it may refuse the whole request). An omitted scope stays omitted: asking for `offline_access`
+/// alone would replace the server's default scope with one that grants no access.
+pub fn with_offline_access(
+    scope: Option<String>,
+    as_scopes_supported: Option<&[String]>,
+) -> Option<String> {
+    let scope = scope?;
+    let advertised = as_scopes_supported.is_some_and(|s| s.iter().any(|s| s == OFFLINE_ACCESS));
+    let kept: Vec<&str> = scope
+        .split_whitespace()
+        .filter(|s| advertised || *s != OFFLINE_ACCESS)
+        .collect();
+    union(Some(&kept.join(" ")), advertised.then_some(OFFLINE_ACCESS))
+}
+
+const OFFLINE_ACCESS: &str = "offline_access";
 
 fn normalize(scope: &str) -> String {
     union(Some(scope), None).unwrap_or_default()
@@ -62,5 +84,43 @@ mod tests {
         );
         assert_eq!(union(None, Some("admin")).as_deref(), Some("admin"));
         assert_eq!(union(None, None), None);
+    }
+
+    #[test]
+    fn offline_access_only_where_the_authorization_server_lists_it() {
+        let with = vec!["mcp:basic".to_string(), "offline_access".to_string()];
+        let without = vec!["mcp:basic".to_string(), "mcp:read".to_string()];
+        assert_eq!(
+            with_offline_access(Some("mcp:basic".into()), Some(&with)).as_deref(),
+            Some("mcp:basic offline_access")
+        );
+        assert_eq!(
+            with_offline_access(Some("mcp:basic offline_access".into()), Some(&with)).as_deref(),
+            Some("mcp:basic offline_access"),
+            "not twice"
+        );
+        assert_eq!(
+            with_offline_access(Some("mcp:basic mcp:read".into()), Some(&without)).as_deref(),
+            Some("mcp:basic mcp:read")
+        );
+        assert_eq!(
+            with_offline_access(Some("mcp:basic offline_access".into()), Some(&without)).as_deref(),
+            Some("mcp:basic"),
+            "never asked for where not listed"
+        );
+        assert_eq!(
+            with_offline_access(Some("mcp:basic".into()), None).as_deref(),
+            Some("mcp:basic")
+        );
+        assert_eq!(
+            with_offline_access(None, Some(&with)),
+            None,
+            "omitted stays omitted"
+        );
+        assert_eq!(
+            with_offline_access(Some("offline_access".into()), Some(&without)),
+            None,
+            "nothing left to ask for"
+        );
     }
 }

@@ -23,7 +23,7 @@ use crate::oauth::client_identity::{
 use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::http::OAuthHttp;
 use crate::oauth::login::{LoginSettings, browser_login};
-use crate::oauth::scope::select_scope;
+use crate::oauth::scope::{select_scope, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
 use crate::store::db::now_ms;
@@ -739,6 +739,11 @@ async fn run_login(
             discovery.resource_scopes(),
         )
     });
+    // A daemon wants refresh tokens: `offline_access` where the server lists it (SEP-2207).
+    let scope = with_offline_access(
+        scope,
+        discovery.authorization_server.scopes_supported.as_deref(),
+    );
     let settings = LoginSettings {
         client: config.client.clone(),
         browser: publishing(rt.browser.clone(), auth_url),

@@ -6,12 +6,19 @@ import { join } from "node:path";
 
 const [dir, ...expected] = process.argv.slice(2);
 const found = new Map(); // scenario -> checks of its newest run
-for (const group of readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory())) {
-  for (const run of readdirSync(join(dir, group.name)).sort()) {
-    const file = join(dir, group.name, run, "checks.json");
+const scenarioOf = (run) => run.replace(/-\d{4}-\d{2}-\d{2}T.*$/, "");
+// Scenarios with a group (`auth/iss-supported`) are saved as DIR/auth/<name>-<time>/, those
+// without one (`request-metadata`) as DIR/<name>-<time>/.
+for (const entry of readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory()).sort((a, b) => a.name.localeCompare(b.name))) {
+  const direct = join(dir, entry.name, "checks.json");
+  if (existsSync(direct)) {
+    found.set(scenarioOf(entry.name), JSON.parse(readFileSync(direct, "utf8")));
+    continue;
+  }
+  for (const run of readdirSync(join(dir, entry.name)).sort()) {
+    const file = join(dir, entry.name, run, "checks.json");
     if (!existsSync(file)) continue;
-    const scenario = `${group.name}/${run.replace(/-\d{4}-\d{2}-\d{2}T.*$/, "")}`;
-    found.set(scenario, JSON.parse(readFileSync(file, "utf8")));
+    found.set(`${entry.name}/${scenarioOf(run)}`, JSON.parse(readFileSync(file, "utf8")));
   }
 }
 let failed = 0;

@@ -33,8 +33,20 @@ pub struct Config {
     pub scopes_supported: Vec<String>,
     /// A pre-registered client: (client_id, client_secret). No secret makes it public.
     pub preregistered_client: Option<(String, Option<String>)>,
+    /// List `offline_access` in the authorization server's metadata (not the resource's) and
+    /// accept it, as a server that issues refresh tokens only on request does (SEP-2207).
+    pub offline_access: bool,
     /// Tools that need an extra scope: (tool name, scope). Missing it yields 403 insufficient_scope.
     pub tool_scopes: Vec<(String, String)>,
+    /// `(issuer, n)`: after `n` MCP requests with a valid token, the resource moves to the
+    /// authorization server `issuer` (another test server: they share the signing key). Its
+    /// metadata then names that server, and tokens of this one are refused with 401 "the
+    /// authorization server has changed" (SEP-2352).
+    pub authorization_server_moves: Option<(String, u64)>,
+    /// Speak only the stateless MCP 2026-07-28 wire: `server/discover` instead of `initialize`,
+    /// and every request must carry the `MCP-Protocol-Version` header and the same version in
+    /// `params._meta` (else HTTP 400 with a JSON-RPC error, -32022 for another version).
+    pub mcp_stateless: bool,
     /// Answer MCP requests as `text/event-stream` instead of JSON.
     pub mcp_sse_responses: bool,
     /// Announce this `expires_in` (seconds) in every token response instead of the TTL; the
@@ -59,7 +71,10 @@ impl Default for Config {
             issuer_path: None,
             scopes_supported: vec!["mcp:read".into(), "mcp:write".into()],
             preregistered_client: None,
+            offline_access: false,
             tool_scopes: Vec::new(),
+            authorization_server_moves: None,
+            mcp_stateless: false,
             mcp_sse_responses: false,
             announced_expires_in: None,
             faults: Vec::new(),
@@ -83,6 +98,16 @@ impl Config {
             if !scopes.contains(scope) {
                 scopes.push(scope.clone());
             }
+        }
+        scopes
+    }
+
+    /// What the authorization server lists and accepts: every scope, and `offline_access`
+    /// when configured.
+    pub(crate) fn authorization_server_scopes(&self) -> Vec<String> {
+        let mut scopes = self.all_scopes();
+        if self.offline_access && !scopes.iter().any(|s| s == "offline_access") {
+            scopes.push("offline_access".into());
         }
         scopes
     }

@@ -109,7 +109,10 @@ impl Args {
                 .map(String::from)
                 .collect(),
             preregistered_client: self.client_id.map(|id| (id, self.client_secret)),
+            offline_access: false,
             tool_scopes: self.tool_scopes,
+            authorization_server_moves: None,
+            mcp_stateless: false,
             mcp_sse_responses: self.mcp_sse,
             announced_expires_in: self.announced_expires_in,
             faults,

@@ -88,6 +88,8 @@ pub struct Stats {
     /// Error responses of the token endpoint by OAuth error code (injected ones included).
     pub token_errors: BTreeMap<String, u64>,
     pub registrations: u64,
+    /// The `application_type` of each registration, in order (`None`: omitted).
+    pub registered_application_types: Vec<Option<String>>,
     pub revocations: u64,
     pub mcp_requests: u64,
     pub mcp_401: u64,
@@ -139,6 +141,8 @@ pub struct Inner {
     pub stats: Stats,
     pub secrets: Secrets,
     pub faults: FaultBook,
+    /// MCP requests that presented a valid token (for `authorization_server_moves`).
+    pub accepted_mcp_requests: u64,
 }
 
 impl Inner {
@@ -231,6 +235,16 @@ impl Shared {
     /// The protected MCP endpoint, which is also its RFC 8707 resource identifier.
     pub fn mcp_resource(&self) -> String {
         format!("{}/mcp", self.base_url)
+    }
+
+    /// The authorization server the MCP endpoint trusts now: this server, or the one it moved
+    /// to (`Config::authorization_server_moves`).
+    pub fn resource_issuer(&self) -> String {
+        let accepted = self.lock().accepted_mcp_requests;
+        match &self.config.authorization_server_moves {
+            Some((issuer, after)) if accepted >= *after => issuer.clone(),
+            _ => self.issuer(),
+        }
     }
 
     pub fn resource_metadata_url(&self) -> String {

@@ -88,7 +88,7 @@ pub async fn start(
         return reject("invalid_request", "code_challenge_method must be S256");
     }
     let scope = param("scope").unwrap_or("").to_string();
-    let known = state.config.all_scopes();
+    let known = state.config.authorization_server_scopes();
     if let Some(unknown) = scope
         .split_whitespace()
         .find(|s| !known.iter().any(|k| k == s))

@@ -70,9 +70,20 @@ pub async fn post(
         return StatusCode::ACCEPTED.into_response();
     };
     let params = message.get("params").cloned().unwrap_or(Value::Null);
+    if state.config.mcp_stateless
+        && let Some(refused) = refuse_stateless(&headers, &params, &id)
+    {
+        return refused;
+    }
     let mut session = None;
     let outcome: Result<Value, (i64, String)> = match method {
-        "initialize" => {
+        "server/discover" if state.config.mcp_stateless => Ok(json!({
+            "supportedVersions": [STATELESS_VERSION],
+            "capabilities": {"tools": {"listChanged": false}},
+            "_meta": {"io.modelcontextprotocol/serverInfo":
+                {"name": "oauth-test-server", "version": env!("CARGO_PKG_VERSION")}},
+        })),
+        "initialize" if !state.config.mcp_stateless => {
             session = Some(random_token("session_"));
             let version = params
                 .get("protocolVersion")
@@ -124,16 +135,73 @@ pub async fn post(
     rpc_response(&state, reply, session)
 }
 
+const STATELESS_VERSION: &str = "2026-07-28";
+
+/// The 2026-07-28 request checks: the version header, the same version in `_meta`, and the
+/// client capabilities beside it. A refusal is HTTP 400 with a JSON-RPC error body.
+fn refuse_stateless(headers: &HeaderMap, params: &Value, id: &Value) -> Option<Response> {
+    let refuse = |code: i64, message: &str, data: Option<Value>| {
+        let mut error = json!({"code": code, "message": message});
+        if let Some(data) = data {
+            error["data"] = data;
+        }
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"jsonrpc": "2.0", "id": id, "error": error})),
+        )
+            .into_response()
+    };
+    let Some(header) = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Some(refuse(-32020, "missing MCP-Protocol-Version header", None));
+    };
+    if header != STATELESS_VERSION {
+        return Some(refuse(
+            -32022,
+            "Unsupported protocol version",
+            Some(json!({"supported": [STATELESS_VERSION], "requested": header})),
+        ));
+    }
+    let meta = params.get("_meta");
+    if meta
+        .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+        .and_then(Value::as_str)
+        != Some(header)
+        || meta
+            .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
+            .is_none()
+    {
+        return Some(refuse(
+            -32602,
+            "params._meta must carry the header's protocol version and the client capabilities",
+            None,
+        ));
+    }
+    None
+}
+
 fn validate(state: &AppState, token: &str) -> Result<AccessClaims, String> {
+    let issuer = state.resource_issuer();
     let claims = state
         .signer
-        .verify(token, &state.issuer(), &state.mcp_resource())?;
+        .verify(token, &issuer, &state.mcp_resource())
+        .map_err(|e| {
+            if issuer == state.issuer() {
+                e
+            } else {
+                "the authorization server has changed".into()
+            }
+        })?;
     if state.now_ms() >= claims.exp as i64 * 1000 {
         return Err("the access token expired".into());
     }
-    if state.lock().revoked_jtis.contains(&claims.jti) {
+    let mut inner = state.lock();
+    if inner.revoked_jtis.contains(&claims.jti) {
         return Err("the access token was revoked".into());
     }
+    inner.accepted_mcp_requests += 1;
     Ok(claims)
 }
 

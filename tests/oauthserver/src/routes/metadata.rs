@@ -49,7 +49,7 @@ pub async fn authorization_server_metadata(
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
-        "scopes_supported": state.config.all_scopes(),
+        "scopes_supported": state.config.authorization_server_scopes(),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "authorization_response_iss_parameter_supported": true,
@@ -72,7 +72,7 @@ pub async fn protected_resource_metadata(
     }
     Json(serde_json::json!({
         "resource": state.mcp_resource(),
-        "authorization_servers": [state.issuer()],
+        "authorization_servers": [state.resource_issuer()],
         "scopes_supported": state.config.all_scopes(),
         "bearer_methods_supported": ["header"],
         "resource_name": "OAuth test server MCP endpoint",

@@ -78,6 +78,12 @@ pub async fn register(
     {
         let mut inner = state.lock();
         inner.stats.registrations += 1;
+        inner.stats.registered_application_types.push(
+            metadata
+                .get("application_type")
+                .and_then(|v| v.as_str())
+                .map(String::from),
+        );
         if let Some(secret) = &client_secret {
             inner.secrets.client_secrets.push(secret.clone());
         }
