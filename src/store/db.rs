@@ -916,7 +916,17 @@ mod tests {
             "{states:?}"
         );
         drop(held);
-        assert_eq!(store.close_abandoned_flows(&locks).unwrap(), ["alive"]);
+        // A process forked by a concurrent test holds a duplicate of every open descriptor,
+        // the lock's too, until its exec closes them: wait for that (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let closed = loop {
+            let closed = store.close_abandoned_flows(&locks).unwrap();
+            if !closed.is_empty() || std::time::Instant::now() > deadline {
+                break closed;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(closed, ["alive"]);
     }
 
     /// A small tmpfs mounted for one test, unmounted when dropped (needs root).
