@@ -654,6 +654,13 @@ async fn errors_have_one_documented_shape() {
         .await
         .unwrap();
     assert_eq!(response.headers()["allow"], "GET");
+    // A failed flow carries the server's typed failure.
+    let (status, _) = d.post("/api/v1/servers/delta/logout").await;
+    assert_eq!(status, 200);
+    let (status, body) = d.post("/api/v1/servers/delta/refresh").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "flow_failed", "{body}");
+    assert_eq!(body["error"]["failure"]["kind"], "logged_out", "{body}");
     d.stop().await;
     srv.shutdown().await;
 }

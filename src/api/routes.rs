@@ -48,9 +48,15 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Http
     HttpResponse::build(status).json(json!({"error": {"code": code, "message": message.into()}}))
 }
 
-fn flow_error(status: StatusCode, code: &str, message: String, flow: Option<&str>) -> HttpResponse {
-    HttpResponse::build(status)
-        .json(json!({"error": {"code": code, "message": message, "correlation_id": flow}}))
+/// A failed flow, with the server's typed failure (`needs_login`, `backing_off`, ...) beside
+/// the message, so clients decide on `failure.kind`, never on the text.
+fn upstream_error(e: &SupervisorError) -> HttpResponse {
+    HttpResponse::build(StatusCode::BAD_GATEWAY).json(json!({"error": {
+        "code": "flow_failed",
+        "message": e.to_string(),
+        "correlation_id": e.flow_id(),
+        "failure": e.failure(),
+    }}))
 }
 
 fn supervisor_error(e: &SupervisorError) -> HttpResponse {
@@ -58,12 +64,7 @@ fn supervisor_error(e: &SupervisorError) -> HttpResponse {
         SupervisorError::UnknownServer { .. } => {
             error(StatusCode::NOT_FOUND, "unknown_server", e.to_string())
         }
-        SupervisorError::Upstream(_) => flow_error(
-            StatusCode::BAD_GATEWAY,
-            "flow_failed",
-            e.to_string(),
-            e.flow_id(),
-        ),
+        SupervisorError::Upstream(_) => upstream_error(e),
         SupervisorError::Store(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "store_error",
