@@ -14,6 +14,7 @@ use mcpproxy_oauth::store::db::now_ms;
 use mcpproxy_oauth::supervisor::{
     SupervisorConfig, SupervisorHandle, database_path, default_data_dir,
 };
+use mcpproxy_oauth::telemetry::inert::safe;
 use mcpproxy_oauth::telemetry::trace;
 use mcpproxy_oauth::upstream::state::Policy;
 
@@ -90,8 +91,10 @@ pub enum AuthCommand {
     },
 }
 
+/// Prints an error: known secrets scrubbed and control characters escaped, since an error
+/// can quote a server's text.
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("mcpproxy-oauth: {message}");
+    eprintln!("mcpproxy-oauth: {}", safe(&message.to_string()));
     ExitCode::FAILURE
 }
 
@@ -188,12 +191,13 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             for name in names {
                 match handle.login(&name).await {
                     Ok(grant) => println!(
-                        "{name}: logged in (flow {})",
+                        "{}: logged in (flow {})",
+                        safe(&name),
                         grant.flow_id.unwrap_or_default()
                     ),
                     Err(e) => {
                         failed = true;
-                        eprintln!("mcpproxy-oauth: {e}");
+                        eprintln!("mcpproxy-oauth: {}", safe(&e.to_string()));
                     }
                 }
             }
@@ -213,7 +217,7 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             handle.shutdown().await;
             match result {
                 Ok(()) => {
-                    println!("{server}: logged out");
+                    println!("{}: logged out", safe(&server));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -229,7 +233,8 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             match result {
                 Ok(grant) => {
                     println!(
-                        "{server}: refreshed (flow {}), valid for {}",
+                        "{}: refreshed (flow {}), valid for {}",
+                        safe(&server),
                         grant.flow_id.unwrap_or_default(),
                         remaining(grant.expires_at)
                     );
@@ -295,15 +300,15 @@ fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -
         for row in &rows {
             println!(
                 "{:<20} {:<9} {:<22} {:<8} {}",
-                row["server_name"].as_str().unwrap_or(""),
-                row["status"].as_str().unwrap_or(""),
+                safe(row["server_name"].as_str().unwrap_or("")),
+                safe(row["status"].as_str().unwrap_or("")),
                 remaining(row["expires_at"].as_i64()),
                 if row["has_refresh_token"].as_bool().unwrap_or(false) {
                     "yes"
                 } else {
                     "no"
                 },
-                row["scope"].as_str().unwrap_or("")
+                safe(row["scope"].as_str().unwrap_or(""))
             );
         }
     }
@@ -393,12 +398,12 @@ pub fn logs(command: LogsCommand) -> ExitCode {
                 println!(
                     "{:<26} {:<16} {:<8} {:<10} {:>9}  {:<36} {}",
                     humantime::format_rfc3339_millis(started).to_string(),
-                    flow.server_name,
-                    flow.kind,
-                    flow.state,
+                    safe(&flow.server_name),
+                    safe(&flow.kind),
+                    safe(&flow.state),
                     duration,
-                    flow.flow_id,
-                    flow.error.unwrap_or_default()
+                    safe(&flow.flow_id),
+                    safe(&flow.error.unwrap_or_default())
                 );
             }
             ExitCode::SUCCESS

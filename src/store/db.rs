@@ -521,6 +521,8 @@ impl TokenStore {
         } else {
             "succeeded"
         };
+        // The error may quote a server's text: known secrets never reach the table.
+        let error = error.map(|e| crate::telemetry::secrets::scrub(e).into_owned());
         self.conn.execute(
             "UPDATE oauth_flows SET state = ?2, finished_at = ?3, lease_expires_at = NULL, error = ?4 WHERE flow_id = ?1",
             params![flow_id, state, now_ms(), error],
