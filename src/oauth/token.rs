@@ -166,6 +166,10 @@ impl TokenEndpoint {
             request = request.add_extra_param(name.clone(), value.clone());
         }
         let (url, state) = request.url();
+        crate::telemetry::secrets::register_all([
+            Some(state.secret().as_str()),
+            Some(verifier.secret().as_str()),
+        ]);
         Ok(PendingAuthorization {
             url,
             state: state.secret().clone(),
@@ -182,6 +186,7 @@ impl TokenEndpoint {
         pending: &PendingAuthorization,
         now: SystemTime,
     ) -> Result<TokenSet, OAuthError> {
+        crate::telemetry::secrets::register(code);
         let client = self.oauth2_client()?;
         let call = http.token_call();
         let result = client
@@ -204,6 +209,7 @@ impl TokenEndpoint {
         scope: Option<&str>,
         now: SystemTime,
     ) -> Result<TokenSet, OAuthError> {
+        crate::telemetry::secrets::register(refresh_token.secret());
         let client = self.oauth2_client()?;
         let call = http.token_call();
         let result = client
@@ -284,7 +290,7 @@ pub struct PendingAuthorization {
 impl fmt::Debug for PendingAuthorization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingAuthorization")
-            .field("url", &self.url.as_str())
+            .field("url", &crate::telemetry::redact::url(self.url.as_str()))
             .field("scope", &self.scope)
             .finish()
     }
@@ -371,6 +377,10 @@ fn token_set(
     requested_scope: Option<&str>,
     now: SystemTime,
 ) -> Result<TokenSet, OAuthError> {
+    crate::telemetry::secrets::register_all([
+        Some(response.access_token().secret().as_str()),
+        response.refresh_token().map(|r| r.secret().as_str()),
+    ]);
     let token_type = response.token_type().as_ref().to_string();
     if !token_type.eq_ignore_ascii_case("bearer") {
         return Err(OAuthError::Malformed {
