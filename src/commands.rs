@@ -9,8 +9,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use mcpproxy_oauth::config::{self, UpstreamConfig};
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
-use mcpproxy_oauth::store::TokenStore;
+use mcpproxy_oauth::store::cipher::StoreKey;
 use mcpproxy_oauth::store::db::now_ms;
+use mcpproxy_oauth::store::keys::{self, KeySource};
+use mcpproxy_oauth::store::{KeySpec, Sealing, TokenStore};
 use mcpproxy_oauth::supervisor::{
     SupervisorConfig, SupervisorHandle, database_path, default_data_dir,
 };
@@ -39,6 +41,110 @@ pub struct Common {
     /// refresh token on servers that rotate it).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     refresh_timeout: Duration,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+/// How the token database's secrets are protected.
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// The store key file (base64 of 32 bytes; created 0600 when absent). Default: the
+    /// MCPPROXY_OAUTH_KEY environment variable, else `key` beside tokens.db.
+    #[arg(long, conflicts_with = "insecure_plaintext")]
+    key_file: Option<PathBuf>,
+    /// Store tokens and client secrets in clear (the old format): anyone who can read
+    /// tokens.db or a backup of it can use them.
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
+impl KeyArgs {
+    fn sealing(&self) -> Sealing {
+        if self.insecure_plaintext {
+            Sealing::Plaintext
+        } else {
+            Sealing::Encrypted(KeySpec {
+                key_file: self.key_file.clone(),
+            })
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Re-encrypt every stored secret with a new random key (stop running daemons first:
+    /// they hold the old key).
+    Rekey {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The current key file (default: MCPPROXY_OAUTH_KEY, else `key` beside tokens.db).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Where the new key goes (must not exist). Default: replaces the current key file.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
+}
+
+pub fn tokens(command: TokensCommand) -> ExitCode {
+    let TokensCommand::Rekey {
+        data_dir,
+        key_file,
+        new_key_file,
+    } = command;
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let database = database_path(&data_dir);
+    if !database.exists() {
+        return fail(format!(
+            "no token database at {}; nothing to rekey (pass --data-dir)",
+            database.display()
+        ));
+    }
+    let spec = KeySpec { key_file };
+    let mut store = match TokenStore::open_with(&database, &Sealing::Encrypted(spec)) {
+        Ok(store) => store,
+        Err(e) => return fail(e),
+    };
+    let current = match store.key_source() {
+        Some(KeySource::File(path)) => Some(path.clone()),
+        _ => None,
+    };
+    let (target, staged) = match (new_key_file, current) {
+        (Some(new), _) => (new.clone(), new),
+        (None, Some(current)) => (current.clone(), current.with_extension("new")),
+        (None, None) => {
+            return fail(format!(
+                "the key comes from {}: pass --new-key-file for the new key, then set {} to it",
+                keys::KEY_ENV,
+                keys::KEY_ENV
+            ));
+        }
+    };
+    let key = StoreKey::generate();
+    if let Err(e) = keys::write_new_key_file(&staged, &key) {
+        return fail(format!(
+            "cannot write the new key to {}: {e}; nothing was changed (a file left there by an interrupted rekey: check which key opens the database, then remove the other)",
+            staged.display()
+        ));
+    }
+    if let Err(e) = store.rekey(key, KeySource::File(target.clone())) {
+        let _ = std::fs::remove_file(&staged);
+        return fail(e);
+    }
+    if staged != target
+        && let Err(e) = std::fs::rename(&staged, &target)
+    {
+        return fail(format!(
+            "the database now uses the key in {}, but it could not replace {}: {e}; move it there by hand",
+            staged.display(),
+            target.display()
+        ));
+    }
+    println!(
+        "re-encrypted every stored secret; the key is now in {}",
+        safe(&target.display().to_string())
+    );
+    ExitCode::SUCCESS
 }
 
 #[derive(Args, Debug)]
@@ -124,6 +230,7 @@ async fn start_with(
     supervisor.login_timeout = common.login_timeout;
     supervisor.refresh_timeout = common.refresh_timeout;
     supervisor.policy = policy;
+    supervisor.sealing = common.key.sealing();
     let handle = SupervisorHandle::start(supervisor)
         .await
         .map_err(|e| e.to_string())?;

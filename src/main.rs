@@ -47,6 +47,9 @@ enum Command {
     /// Read flows back: one flow's timeline from a JSON log, or recent flows from the database.
     #[command(subcommand)]
     Logs(commands::LogsCommand),
+    /// Manage the stored secrets: `tokens rekey` re-encrypts them with a new key.
+    #[command(subcommand)]
+    Tokens(commands::TokensCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +153,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => commands::serve(args).await,
         Command::Auth(command) => commands::auth(command).await,
         Command::Logs(command) => commands::logs(command),
+        Command::Tokens(command) => commands::tokens(command),
         Command::Connect(args) => {
             let options = match connect_options(args) {
                 Ok(options) => options,

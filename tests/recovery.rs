@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mcpproxy_oauth::config::UpstreamConfig;
-use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
 use mcpproxy_oauth::upstream::actor::ServerStatus;
 use mcpproxy_oauth::upstream::state::Policy;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
@@ -85,12 +85,6 @@ async fn wait_until(
         );
         let _ = tokio::time::timeout(Duration::from_millis(100), changes.recv()).await;
     }
-}
-
-fn stored_refresh_token(dir: &Path) -> Option<String> {
-    let conn = rusqlite::Connection::open(database_path(dir)).unwrap();
-    conn.query_row("SELECT refresh_token FROM oauth_tokens", [], |r| r.get(0))
-        .unwrap_or(None)
 }
 
 fn short_ttl(seconds: u64) -> Config {

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use actix::prelude::*;
 
 use super::db::{StoreError, TokenStore};
+use super::keys::Sealing;
 
 pub struct RegistryActor {
     store: TokenStore,
@@ -45,7 +46,15 @@ impl TokenRegistry {
     /// Opens the store, closes flows abandoned by dead processes, and starts its actor. Call
     /// inside an actix `System`. Returns where a corrupt database was moved aside, if it was.
     pub fn start(path: &Path) -> Result<(Self, Option<PathBuf>), StoreError> {
-        let mut store = TokenStore::open(path)?;
+        Self::start_with(path, &Sealing::default())
+    }
+
+    /// `start`, with the secret columns protected as `sealing` says.
+    pub fn start_with(
+        path: &Path,
+        sealing: &Sealing,
+    ) -> Result<(Self, Option<PathBuf>), StoreError> {
+        let mut store = TokenStore::open_with(path, sealing)?;
         let moved_aside = store.moved_aside.clone();
         // Flows left `running` by a process that died are closed before any flow starts.
         // Only history is at stake: a failure (another process holds the write lock) is a
