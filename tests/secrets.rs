@@ -1,7 +1,14 @@
 //! Secrets stay secret: `Debug` of every public config and credential type, and the redaction
 //! net of the log formats, checked against every secret a run holds.
 
+mod common;
+
+use std::process::Output;
 use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use common::{start, temp_dir};
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget};
 
 use mcpproxy_oauth::config;
 use mcpproxy_oauth::connect::ConnectOptions;
@@ -156,4 +163,253 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
     assert!(shown[1].1.contains("ClientSecret"), "{}", shown[1].1);
     assert!(shown[7].1.contains("body_bytes"), "{}", shown[7].1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
+/// A "browser" that follows the redirect to the loopback listener.
+const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
+const HOSTILE_CLIENT: &str = "cid-hostile";
+const HOSTILE_SECRET: &str = "configured-secret-of-the-hostile-run";
+
+fn as_refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+async fn run(args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("BROWSER")
+        .env_remove("MCP_CONFORMANCE_CONTEXT")
+        .env_remove("MCPPROXY_OAUTH_KEY")
+        .env_remove("MCPPROXY_OAUTH_CLIENT_SECRET");
+    tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("the command ends within 60 s")
+        .expect("the binary runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// A login, two refreshes against a server that echoes every secret it receives (pretty and
+/// JSON logs at trace level), a good refresh, and a `connect` whose code exchange is echoed;
+/// then every log, every CLI output, `logs flows`, `logs trace` and the database file with
+/// its WAL are scanned for every secret of the run.
+#[tokio::test]
+async fn a_hostile_server_echoing_secrets_leaks_them_nowhere_and_the_store_holds_none_in_clear() {
+    let srv = start(Config {
+        dynamic_registration: false,
+        preregistered_client: Some((HOSTILE_CLIENT.into(), Some(HOSTILE_SECRET.into()))),
+        ..Config::default()
+    })
+    .await;
+    let dir = temp_dir("hostile-secrets");
+    let config = dir.join("mcp_config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"mcpServers": [{{"name": "srv", "url": "{}", "oauth": {{"client_id": "{HOSTILE_CLIENT}", "client_secret": "{HOSTILE_SECRET}"}}}}]}}"#,
+            srv.mcp_url()
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let (config_arg, data_arg) = (config.display().to_string(), data.display().to_string());
+    let log = |name: &str| dir.join(name).display().to_string();
+    let common = |command: &[&'static str], format: &'static str, log_file: String| {
+        let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        args.extend(
+            [
+                "--config",
+                &config_arg,
+                "--data-dir",
+                &data_arg,
+                "--browser-command",
+                CURL_BROWSER,
+                "--log-level",
+                "trace",
+                "--log-format",
+                format,
+                "--log-file",
+                &log_file,
+            ]
+            .map(String::from),
+        );
+        args
+    };
+    let mut outputs = Vec::new();
+
+    let args = common(&["auth", "login", "srv"], "json", log("login.log"));
+    let login = run(&as_refs(&args)).await;
+    assert!(login.status.success(), "the login works: {}", text(&login));
+    outputs.push(text(&login));
+
+    for (format, file) in [("pretty", "pretty.log"), ("json", "json.log")] {
+        srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::EchoSecrets).times(1))
+            .unwrap();
+        let args = common(&["auth", "refresh", "srv"], format, log(file));
+        let out = run(&as_refs(&args)).await;
+        outputs.push(text(&out));
+    }
+    let args = common(&["auth", "refresh", "srv"], "json", log("good.log"));
+    let good = run(&as_refs(&args)).await;
+    assert!(
+        good.status.success() && text(&good).contains("refreshed"),
+        "after the hostile answers the stored token still refreshes: {}",
+        text(&good)
+    );
+    outputs.push(text(&good));
+
+    srv.inject(Fault::new(FaultTarget::Token, FaultKind::EchoSecrets).times(1))
+        .unwrap();
+    let connect_log = log("connect.log");
+    let connect = run(&[
+        "connect",
+        "--client-id",
+        HOSTILE_CLIENT,
+        "--browser-command",
+        CURL_BROWSER,
+        "--timeout",
+        "20s",
+        "--log-level",
+        "trace",
+        "--log-format",
+        "pretty",
+        "--log-file",
+        &connect_log,
+        &srv.mcp_url(),
+    ])
+    .await;
+    outputs.push(text(&connect));
+
+    let flows = run(&["logs", "flows", "--data-dir", &data_arg]).await;
+    let flows_json = run(&["logs", "flows", "--json", "--data-dir", &data_arg]).await;
+    assert!(flows.status.success() && flows_json.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&flows_json.stdout).unwrap();
+    let failed: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "failed")
+        .filter_map(|r| r["flow_id"].as_str().map(String::from))
+        .collect();
+    assert!(!failed.is_empty(), "the hostile refreshes failed: {rows}");
+    let failed_error = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["state"] == "failed")
+        .map(|r| r["error"].to_string())
+        .unwrap_or_default();
+    outputs.push(text(&flows));
+    outputs.push(text(&flows_json));
+    for id in &failed {
+        let trace = run(&["logs", "trace", id, "--file", &log("json.log")]).await;
+        outputs.push(text(&trace));
+    }
+
+    // Every secret of the run.
+    let issued = srv.secrets();
+    assert!(
+        !issued.refresh_tokens.is_empty()
+            && !issued.code_verifiers.is_empty()
+            && !issued.states.is_empty()
+            && !issued.authorization_codes.is_empty(),
+        "the run issued and received secrets"
+    );
+    let key = std::fs::read_to_string(data.join("key")).expect("the default key file exists");
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{HOSTILE_CLIENT}:{HOSTILE_SECRET}"));
+    let mut secrets: Vec<String> = issued.all().map(String::from).collect();
+    secrets.extend([HOSTILE_SECRET.to_string(), basic, key.trim().to_string()]);
+
+    let mut texts: Vec<(String, Vec<u8>)> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("CLI output {i}"), t.clone().into_bytes()))
+        .collect();
+    for file in [
+        "login.log",
+        "pretty.log",
+        "json.log",
+        "good.log",
+        "connect.log",
+    ] {
+        texts.push((
+            file.into(),
+            std::fs::read(dir.join(file)).unwrap_or_default(),
+        ));
+    }
+    let db = data.join("tokens.db");
+    for file in [db.clone(), data.join("tokens.db-wal")] {
+        texts.push((
+            file.display().to_string(),
+            std::fs::read(&file).unwrap_or_default(),
+        ));
+    }
+    for (what, bytes) in &texts {
+        for secret in &secrets {
+            assert!(
+                !contains(bytes, secret),
+                "{what} holds a secret of the run ({} bytes)",
+                secret.len()
+            );
+        }
+    }
+    // The echo arrived, and was scrubbed rather than dropped.
+    let json_log = String::from_utf8_lossy(&texts.iter().find(|(w, _)| w == "json.log").unwrap().1)
+        .into_owned();
+    assert!(
+        json_log.contains("could not refresh [redacted:"),
+        "the echoed description is logged, scrubbed"
+    );
+    assert!(
+        failed_error.contains("[redacted:") || !failed_error.contains("could not refresh"),
+        "{failed_error}"
+    );
+    // ESC and newlines from the server are inert wherever a person reads them.
+    let pretty_log =
+        String::from_utf8_lossy(&std::fs::read(dir.join("pretty.log")).unwrap()).into_owned();
+    for (what, t) in [
+        ("pretty.log", pretty_log.as_str()),
+        ("logs flows", &text(&flows)),
+    ] {
+        assert!(!t.contains('\u{1b}'), "{what} holds a raw ESC");
+        assert!(
+            !t.lines().any(|l| l.starts_with("INFO forged")),
+            "{what} has a forged line"
+        );
+    }
+    assert!(
+        pretty_log.contains("\\u{1b}[2J"),
+        "the pretty log shows the escape escaped"
+    );
+    // The store: no token in clear, the status view works for an outside reader, and the
+    // daemon's store opens again with its key (each command above was a restart).
+    let outside = rusqlite::Connection::open(&db).unwrap();
+    let status: String = outside
+        .query_row("SELECT status FROM oauth_token_status", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "valid");
+    let sealed: String = outside
+        .query_row("SELECT access_token FROM oauth_tokens", [], |r| r.get(0))
+        .unwrap();
+    assert!(sealed.starts_with("enc1:"));
+    if std::env::var_os("KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("KEPT {}", dir.display());
+    }
 }

@@ -120,6 +120,12 @@ impl TokenEndpoint {
                     .map_err(|_| invalid("redirect URI", &self.redirect_uri))?,
             );
         // oauth2 sends the client_id in the body for RequestBody, with or without a secret.
+        if let (TokenAuthMethod::ClientSecretBasic, Some(secret)) =
+            (self.client.auth_method, &self.client.client_secret)
+        {
+            // The Basic credentials oauth2 sends (RFC 6749 §2.3.1): a server may echo them.
+            register_basic_credentials(&self.client.client_id, secret.secret());
+        }
         client = match (self.client.auth_method, &self.client.client_secret) {
             (TokenAuthMethod::ClientSecretBasic, Some(secret)) => client
                 .set_client_secret(secret.clone())
@@ -277,6 +283,20 @@ impl TokenEndpoint {
         }
         Err(reply.error(Endpoint::Revocation))
     }
+}
+
+/// Registers `base64(urlencode(id):urlencode(secret))`, the Authorization header's
+/// credentials, with the log scrubber.
+fn register_basic_credentials(client_id: &str, secret: &str) {
+    use base64::Engine as _;
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    crate::telemetry::secrets::register(
+        &base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            encode(client_id),
+            encode(secret)
+        )),
+    );
 }
 
 /// An authorization request in flight: the URL to open and what checks its answer.
