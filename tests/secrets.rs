@@ -176,6 +176,10 @@ fn as_refs(args: &[String]) -> Vec<&str> {
 }
 
 async fn run(args: &[&str]) -> Output {
+    run_env(args, &[]).await
+}
+
+async fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = tokio::process::Command::new(BIN);
     command
         .args(args)
@@ -183,6 +187,9 @@ async fn run(args: &[&str]) -> Output {
         .env_remove("MCP_CONFORMANCE_CONTEXT")
         .env_remove("MCPPROXY_OAUTH_KEY")
         .env_remove("MCPPROXY_OAUTH_CLIENT_SECRET");
+    for (k, v) in env {
+        command.env(k, v);
+    }
     tokio::time::timeout(Duration::from_secs(60), command.output())
         .await
         .expect("the command ends within 60 s")
@@ -412,4 +419,104 @@ async fn a_hostile_server_echoing_secrets_leaks_them_nowhere_and_the_store_holds
     } else {
         eprintln!("KEPT {}", dir.display());
     }
+}
+
+/// `tokens rekey` replaces the key file and the daemon's commands go on with the new key; the
+/// environment variable is a key source; a wrong key and `--insecure-plaintext` on an
+/// encrypted database stop with the fix and a failure exit.
+#[tokio::test]
+async fn rekey_the_environment_key_and_refusals_from_the_command_line() {
+    let srv = start(Config::default()).await;
+    let dir = temp_dir("rekey-cli");
+    let config = dir.join("mcp_config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"mcpServers": [{{"name": "srv", "url": "{}", "oauth": {{}}}}]}}"#,
+            srv.mcp_url()
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let (c, d) = (config.display().to_string(), data.display().to_string());
+    let refresh = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "auth".to_string(),
+            "refresh".into(),
+            "srv".into(),
+            "--config".into(),
+            c.clone(),
+            "--data-dir".into(),
+            d.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let login = run(&[
+        "auth",
+        "login",
+        "srv",
+        "--config",
+        &c,
+        "--data-dir",
+        &d,
+        "--browser-command",
+        CURL_BROWSER,
+    ])
+    .await;
+    assert!(login.status.success(), "{}", text(&login));
+    let key_file = data.join("key");
+    let old_key = std::fs::read_to_string(&key_file).unwrap();
+
+    let rekey = run(&["tokens", "rekey", "--data-dir", &d]).await;
+    assert!(rekey.status.success(), "{}", text(&rekey));
+    let new_key = std::fs::read_to_string(&key_file).unwrap();
+    assert_ne!(old_key, new_key, "the key file holds a new key");
+    assert!(
+        !text(&rekey).contains(new_key.trim()),
+        "the key is never printed"
+    );
+    assert!(!data.join("key.new").exists());
+    let after = run(&as_refs(&refresh(&[]))).await;
+    assert!(
+        after.status.success(),
+        "the new key opens the store: {}",
+        text(&after)
+    );
+
+    // The environment variable is a source; a wrong one is refused with the fix.
+    let with_env = run_env(
+        &as_refs(&refresh(&[])),
+        &[("MCPPROXY_OAUTH_KEY", new_key.trim())],
+    )
+    .await;
+    assert!(with_env.status.success(), "{}", text(&with_env));
+    let wrong = run_env(
+        &as_refs(&refresh(&[])),
+        &[("MCPPROXY_OAUTH_KEY", old_key.trim())],
+    )
+    .await;
+    assert!(!wrong.status.success());
+    let message = text(&wrong);
+    assert!(
+        message.contains("another key") && message.contains("MCPPROXY_OAUTH_KEY"),
+        "{message}"
+    );
+    assert!(!message.contains(old_key.trim()) && !message.contains(new_key.trim()));
+    let plain = run(&as_refs(&refresh(&["--insecure-plaintext"]))).await;
+    assert!(!plain.status.success());
+    assert!(
+        text(&plain).contains("drop --insecure-plaintext"),
+        "{}",
+        text(&plain)
+    );
+    // A key file elsewhere that does not exist is not invented for an encrypted store.
+    let missing = dir.join("nowhere.key").display().to_string();
+    let mut args = refresh(&[]);
+    args.extend(["--key-file".to_string(), missing.clone()]);
+    let gone = run(&as_refs(&args)).await;
+    assert!(!gone.status.success());
+    assert!(text(&gone).contains("nowhere.key"), "{}", text(&gone));
+    assert!(!std::path::Path::new(&missing).exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
