@@ -520,3 +520,37 @@ async fn rekey_the_environment_key_and_refusals_from_the_command_line() {
     assert!(!std::path::Path::new(&missing).exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A config name holding ESC and a newline reaches the terminal escaped (`auth status` lists
+/// configured servers without a token by name).
+#[tokio::test]
+async fn control_characters_in_config_names_are_escaped_in_cli_tables() {
+    let dir = temp_dir("inert-names");
+    let config = dir.join("mcp_config.json");
+    std::fs::write(
+        &config,
+        r#"{"mcpServers": [{"name": "evil\u001b[2J\nINFO forged", "url": "http://127.0.0.1:9/mcp", "oauth": {}}]}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "auth",
+        "status",
+        "--config",
+        &config.display().to_string(),
+        "--data-dir",
+        &dir.join("data").display().to_string(),
+    ])
+    .await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        !shown.contains('\u{1b}'),
+        "a raw ESC reached the terminal: {shown:?}"
+    );
+    assert!(
+        shown.contains("evil\\u{1b}[2J\\nINFO forged"),
+        "the name is shown, escaped: {shown}"
+    );
+    assert!(!shown.lines().any(|l| l.starts_with("INFO forged")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
