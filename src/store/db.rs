@@ -129,6 +129,36 @@ fn read_key_check(conn: &Connection) -> Result<Option<String>, StoreError> {
         .optional()?)
 }
 
+/// Refuses a write of secrets sealed with a key the file no longer uses (a `tokens rekey` by
+/// another process since this one opened it), or in clear into a file encrypted since: such a
+/// value could never be read back. Checked inside the write transaction, so a rekey cannot
+/// slip in between; costs one small query and one AEAD open of the key check per save.
+fn still_our_key(
+    conn: &Connection,
+    key: &Option<(StoreKey, KeySource)>,
+    path: &Path,
+) -> Result<(), StoreError> {
+    match (key, read_key_check(conn)?) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(StoreError::EncryptedNeedsKey {
+            path: path.to_path_buf(),
+        }),
+        (Some((key, source)), check) => {
+            let ours = check
+                .and_then(|c| cipher::open(key, &key_check_place(), &c).ok())
+                .is_some_and(|text| text == KEY_CHECK);
+            if ours {
+                Ok(())
+            } else {
+                Err(StoreError::WrongKey {
+                    path: path.to_path_buf(),
+                    source_: source.clone(),
+                })
+            }
+        }
+    }
+}
+
 /// A registration response without RFC 7592's management token (older builds stored it).
 fn without_management_token(json: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(json) {
@@ -704,6 +734,7 @@ impl TokenStore {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        still_our_key(&tx, &self.key, &self.path)?;
         tx.execute(
             "INSERT INTO oauth_tokens (server_key, server_name, server_url, resource, issuer, access_token, refresh_token, token_type, scope, expires_at, obtained_at, updated_at, flow_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -776,7 +807,12 @@ impl TokenStore {
 
     pub fn save_client(&mut self, c: &StoredClient) -> Result<(), StoreError> {
         let now = now_ms();
-        self.conn.execute(
+        let secret = self.hide("client_secret", &c.server_key, c.client_secret.as_deref());
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        still_our_key(&tx, &self.key, &self.path)?;
+        tx.execute(
             "INSERT INTO oauth_clients (server_key, issuer, client_id, client_secret, token_endpoint_auth_method, source, redirect_uri,
                authorization_endpoint, token_endpoint, revocation_endpoint, resource, iss_parameter_supported, registration_json, registered_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
@@ -787,10 +823,11 @@ impl TokenStore {
                iss_parameter_supported = excluded.iss_parameter_supported, registration_json = excluded.registration_json,
                updated_at = excluded.updated_at",
             params![c.server_key, c.issuer, c.client_id,
-                    self.hide("client_secret", &c.server_key, c.client_secret.as_deref()), c.token_endpoint_auth_method, c.source, c.redirect_uri,
+                    secret, c.token_endpoint_auth_method, c.source, c.redirect_uri,
                     c.authorization_endpoint, c.token_endpoint, c.revocation_endpoint, c.resource, c.iss_parameter_supported,
                     c.registration_json.as_deref().map(without_management_token), now],
         )?;
+        tx.commit()?;
         Ok(())
     }
 

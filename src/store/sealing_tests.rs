@@ -347,6 +347,31 @@ fn a_corrupted_or_moved_ciphertext_is_a_clear_error_and_nothing_is_overwritten()
 }
 
 #[test]
+fn a_process_still_on_the_old_key_after_a_rekey_cannot_write_and_loses_nothing() {
+    let (dir, db, key_file) = encrypted_store("stale-key");
+    let mut stale = TokenStore::open_with(&db, &with_key_file(&key_file)).unwrap();
+    let mut rekeyed = TokenStore::open_with(&db, &with_key_file(&key_file)).unwrap();
+    let new_file = dir.join("new.key");
+    let new = StoreKey::generate();
+    keys::write_new_key_file(&new_file, &new).unwrap();
+    rekeyed.rekey(new, KeySource::File(new_file)).unwrap();
+    let mut newer = token("k1");
+    newer.access_token = "at-written-with-the-old-key".into();
+    let refused = stale.save_token(&newer).err().unwrap();
+    assert!(matches!(refused, StoreError::WrongKey { .. }), "{refused}");
+    assert!(matches!(
+        stale.save_client(&client("k1")),
+        Err(StoreError::WrongKey { .. })
+    ));
+    assert_eq!(
+        rekeyed.load_token("k1").unwrap().unwrap().access_token,
+        format!("{ACCESS}-k1"),
+        "the stored token is intact"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn rekey_reseals_everything_and_the_old_key_no_longer_opens() {
     let (dir, db, key_file) = encrypted_store("rekey");
     let mut store = TokenStore::open_with(&db, &with_key_file(&key_file)).unwrap();
