@@ -181,8 +181,12 @@ impl PrettyVisitor {
         if !self.out.is_empty() {
             self.out.push(' ');
         }
+        let quoted = shown.len() >= 2 && shown.starts_with('"') && shown.ends_with('"');
         if name == "message" {
             self.out.push_str(&shown);
+        } else if quoted {
+            // Already a Debug string (`?field`): quoted and escaped.
+            let _ = write!(self.out, "{name}={shown}");
         } else if shown.is_empty() || shown.contains([' ', '"', '=']) {
             let _ = write!(self.out, "{name}=\"{}\"", shown.replace('"', "\\\""));
         } else {
