@@ -1,8 +1,9 @@
 //! Where the store key comes from, in order: an explicit key file (`--key-file`, created 0600
 //! when absent), the `MCPPROXY_OAUTH_KEY` environment variable (base64 of 32 bytes), else a
 //! `key` file beside the database (created 0600 when absent, which is logged). The OS keyring
-//! is not a source: the `keyring` crate needs a running Secret Service (D-Bus) on Linux, which
-//! a headless daemon does not have; that is a documented gap.
+//! is not a source (a documented gap): the `keyring` crate's persistent Linux backend needs a
+//! Secret Service on a D-Bus session, which a headless daemon does not have, and its keyutils
+//! backend forgets keys at reboot.
 //!
 //! A key is only ever created for a database that is not encrypted yet: for an encrypted one,
 //! a missing key is an error (a new key could not open it, and nothing may be overwritten).
