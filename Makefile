@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test test-rust test-interop test-conformance lint demo demo-server bench clean
+.PHONY: all build test test-rust test-interop test-conformance test-e2e lint demo demo-server bench clean
 
 all: build
 
@@ -14,7 +14,7 @@ build:
 
 ## The whole test suite: every Rust test of the workspace, third-party clients, and the
 ## official MCP conformance suite.
-test: test-rust test-interop test-conformance
+test: test-rust test-interop test-conformance test-e2e
 
 test-rust: build
 	$(CARGO) test --workspace --locked
@@ -31,6 +31,12 @@ test-interop: build
 test-conformance: build
 	cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error
 	tests/conformance/run.sh target/debug/mcpproxy-oauth
+
+## The web page in a real Chromium (Debian's /usr/bin/chromium; CHROMIUM overrides), against
+## the real daemon and OAuth test server binaries. Screenshots: tests/e2e/artifacts/.
+test-e2e: build
+	cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/e2e && npx playwright test
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use mcpproxy_oauth::api::{ApiConfig, ApiKey, ApiServer, AuthLinks};
 use mcpproxy_oauth::config::{self, UpstreamConfig};
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::store::cipher::StoreKey;
@@ -160,6 +161,14 @@ pub struct ServeArgs {
     /// The delay between slow retries, after the fast ones.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     retry_interval: Duration,
+    /// Serve the operator API, live events, /metrics and the web page on this address
+    /// (e.g. 127.0.0.1:8080). A non-loopback address requires an API key.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// File holding the API key (at least 16 characters); also read from the environment
+    /// variable MCPPROXY_OAUTH_API_KEY. Checked on every request but the page itself.
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,12 +198,67 @@ pub enum AuthCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Walk what a login needs (MCP endpoint, discovery, client identity, token endpoint)
+    /// without a browser or side effects, and name the first failing step.
+    Doctor {
+        server: String,
+        /// mcpproxy's mcp_config.json.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Refresh a server's token now.
     Refresh {
         server: String,
         #[command(flatten)]
         common: Common,
     },
+}
+
+async fn doctor(name: &str, path: &std::path::Path, json: bool) -> ExitCode {
+    let servers = match config::load(path) {
+        Ok(servers) => servers,
+        Err(e) => return fail(e),
+    };
+    let Some(server) = servers.iter().find(|s| s.name == name) else {
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        return fail(format!(
+            "unknown server {name:?}; configured servers: {}",
+            names.join(", ")
+        ));
+    };
+    let timeout = Duration::from_secs(10);
+    let http = mcpproxy_oauth::oauth::http::OAuthHttp::new(timeout);
+    let report = mcpproxy_oauth::oauth::diagnose::diagnose(&http, server, timeout).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        for step in &report.steps {
+            let mark = if step.ok { "ok  " } else { "FAIL" };
+            let status = step
+                .status
+                .map(|s| format!(" (HTTP {s})"))
+                .unwrap_or_default();
+            // A step's detail and action can quote a server: made inert.
+            println!("{mark} {}: {}{status}", step.step, safe(&step.detail));
+            if let Some(action) = &step.action {
+                println!("     what to do: {}", safe(action));
+            }
+        }
+        match report.failed_step {
+            Some(step) => println!("{}: the {step} step fails", safe(name)),
+            None => println!("{}: every step passes", safe(name)),
+        }
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Prints an error: known secrets scrubbed and control characters escaped, since an error
@@ -207,26 +271,29 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 async fn start(
     common: &Common,
     interactive: bool,
+    links: Option<&AuthLinks>,
 ) -> Result<(SupervisorHandle, Vec<UpstreamConfig>), String> {
-    start_with(
-        common,
-        Policy {
-            interactive,
-            ..Policy::default()
-        },
-    )
-    .await
+    let policy = Policy {
+        interactive,
+        ..Policy::default()
+    };
+    start_with(common, policy, links).await
 }
 
 async fn start_with(
     common: &Common,
     policy: Policy,
+    links: Option<&AuthLinks>,
 ) -> Result<(SupervisorHandle, Vec<UpstreamConfig>), String> {
     let servers = config::load(&common.config).map_err(|e| e.to_string())?;
     let data_dir = common.data_dir.clone().unwrap_or_else(default_data_dir);
     let mut supervisor = SupervisorConfig::new(servers.clone(), data_dir);
-    supervisor.browser =
-        BrowserLauncher::from_settings(common.browser_command.clone(), common.no_browser);
+    let browser = BrowserLauncher::from_settings(common.browser_command.clone(), common.no_browser);
+    // With the API, authorization links are remembered for the page and the login answer.
+    supervisor.browser = match links {
+        Some(links) => links.wrap(browser),
+        None => browser,
+    };
     supervisor.login_timeout = common.login_timeout;
     supervisor.refresh_timeout = common.refresh_timeout;
     supervisor.policy = policy;
@@ -237,6 +304,35 @@ async fn start_with(
     Ok((handle, servers))
 }
 
+/// The API key from `--api-key-file`, else the environment, else none.
+fn api_key(file: Option<&std::path::Path>) -> Result<Option<ApiKey>, String> {
+    if let Some(path) = file {
+        return ApiKey::from_file(path).map(Some).map_err(|e| e.to_string());
+    }
+    match std::env::var(mcpproxy_oauth::api::auth::API_KEY_ENV) {
+        Ok(key) if !key.trim().is_empty() => ApiKey::new(&key)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", mcpproxy_oauth::api::auth::API_KEY_ENV)),
+        _ => Ok(None),
+    }
+}
+
+/// Ctrl-C or SIGTERM, whichever comes first: both get the same clean shutdown.
+async fn stop_signal() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> ExitCode {
     let millis = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
     let policy = Policy {
@@ -245,16 +341,52 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         retry_interval: millis(args.retry_interval).max(1_000),
         ..Policy::default()
     };
-    let (handle, servers) = match start_with(&args.common, policy).await {
-        Ok(started) => started,
+    let api = match args.listen {
+        Some(listen) => {
+            let mut api = ApiConfig::new(listen);
+            api.servers = match config::load(&args.common.config) {
+                Ok(servers) => servers,
+                Err(e) => return fail(e),
+            };
+            api.api_key = match api_key(args.api_key_file.as_deref()) {
+                Ok(key) => key,
+                Err(e) => return fail(e),
+            };
+            if let Err(e) = mcpproxy_oauth::api::auth::check_listen(listen, api.api_key.as_ref()) {
+                return fail(e);
+            }
+            Some(api)
+        }
+        None if args.api_key_file.is_some() => {
+            return fail("--api-key-file needs --listen ADDRESS (the API it protects)");
+        }
+        None => None,
+    };
+    let links = match config::load(&args.common.config) {
+        Ok(servers) => AuthLinks::new(&servers),
         Err(e) => return fail(e),
+    };
+    let (handle, servers) =
+        match start_with(&args.common, policy, api.as_ref().map(|_| &links)).await {
+            Ok(started) => started,
+            Err(e) => return fail(e),
+        };
+    let api = match api {
+        Some(config) => match ApiServer::start(handle.clone(), links, config).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                handle.shutdown().await;
+                return fail(e);
+            }
+        },
+        None => None,
     };
     if servers.is_empty() {
         tracing::warn!(config = %args.common.config.display(), "no server in the config has an \"oauth\" object; nothing to keep authorized");
     }
     tracing::info!(
         servers = servers.len(),
-        "mcpproxy-oauth is keeping servers authorized; Ctrl-C stops"
+        "mcpproxy-oauth is keeping servers authorized; Ctrl-C or SIGTERM stops"
     );
     for server in &servers {
         let (handle, name) = (handle.clone(), server.name.clone());
@@ -267,9 +399,13 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             }
         });
     }
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("stopping: letting store writes finish");
+    let signal = stop_signal().await;
+    tracing::info!(signal, "stopping: letting store writes finish");
+    if let Some(api) = api {
+        api.stop().await;
+    }
     handle.shutdown().await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
@@ -285,7 +421,7 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             all,
             common,
         } => {
-            let (handle, servers) = match start(&common, true).await {
+            let (handle, servers) = match start(&common, true, None).await {
                 Ok(started) => started,
                 Err(e) => return fail(e),
             };
@@ -316,7 +452,7 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             }
         }
         AuthCommand::Logout { server, common } => {
-            let (handle, _) = match start(&common, false).await {
+            let (handle, _) = match start(&common, false, None).await {
                 Ok(started) => started,
                 Err(e) => return fail(e),
             };
@@ -330,8 +466,13 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        AuthCommand::Doctor {
+            server,
+            config: path,
+            json,
+        } => doctor(&server, &path, json).await,
         AuthCommand::Refresh { server, common } => {
-            let (handle, _) = match start(&common, false).await {
+            let (handle, _) = match start(&common, false, None).await {
                 Ok(started) => started,
                 Err(e) => return fail(e),
             };

@@ -5,6 +5,7 @@
 //!
 //! See ARCHITECTURE.md for how the pieces fit.
 
+pub mod api;
 pub mod config;
 pub mod connect;
 pub mod mcp;

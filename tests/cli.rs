@@ -337,3 +337,35 @@ async fn a_bad_config_names_the_server_and_field() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn auth_doctor_passes_on_a_healthy_server_and_names_a_failing_step() {
+    let srv = start(Config::default()).await;
+    let (config, _) = daemon_files(&srv, "doctor");
+    let config = config.to_str().unwrap();
+    let out = run(&["auth", "doctor", "srv", "--config", config], &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("srv: every step passes"), "{stdout}");
+    srv.inject(oauth_test_server::Fault::new(
+        oauth_test_server::FaultTarget::Refresh,
+        oauth_test_server::FaultKind::ServerError,
+    ))
+    .unwrap();
+    let out = run(&["auth", "doctor", "srv", "--config", config], &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL token endpoint"), "{stdout}");
+    assert!(
+        stdout.contains("(HTTP 500)") && stdout.contains("what to do:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("srv: the token endpoint step fails"),
+        "{stdout}"
+    );
+    let out = run(&["auth", "doctor", "nope", "--config", config], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("configured servers: srv"));
+    srv.shutdown().await;
+}

@@ -150,6 +150,11 @@ async fn auth_login_and_logout_in_another_terminal_reach_a_non_interactive_daemo
     // `auth login` with a valid stored token still runs a real browser login.
     auth(&files, "login").await;
     assert_eq!(srv.stats().authorize_requests, 2, "a real login every time");
+    assert_eq!(
+        srv.stats().registrations,
+        1,
+        "it reuses the registered client"
+    );
 
     auth(&files, "logout").await;
     wait_for_phase(&files.log, "logged_out", 1, Duration::from_secs(5)).await;

@@ -243,7 +243,7 @@ async fn sc_003_each_injected_fault_is_diagnosable_from_its_flow_alone() {
             None,
             Some(401),
             Some("invalid_client"),
-            "re-login",
+            "register a new client",
         ),
         case(
             FaultKind::ServerError,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mcpproxy_oauth::config::UpstreamConfig;
-use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
+use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
 use mcpproxy_oauth::upstream::actor::ServerStatus;
 use mcpproxy_oauth::upstream::state::Policy;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
@@ -481,5 +481,81 @@ async fn a_failed_login_with_a_forgotten_client_registers_again_before_the_next(
         .expect("the next login registers again");
     assert_eq!(srv.stats().registrations, 1);
     assert_eq!(status(&handle).await.phase.name(), "connected");
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_waiting_login_shows_its_authorization_url_and_completes_when_it_is_opened_by_hand() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("auth-url");
+    // A browser that never opens anything.
+    let browser = mcpproxy_oauth::oauth::browser::BrowserLauncher::handler(|_| {});
+    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    let handle = SupervisorHandle::start(SupervisorConfig {
+        browser,
+        login_timeout: Duration::from_secs(20),
+        http_timeout: Duration::from_secs(2),
+        ..SupervisorConfig::new(vec![server], dir)
+    })
+    .await
+    .unwrap();
+    let login = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.login("srv").await })
+    };
+    let waiting = wait_until(
+        &handle,
+        "the authorization URL in status",
+        Duration::from_secs(10),
+        |s| s.auth_url.is_some(),
+    )
+    .await;
+    assert_eq!(waiting.phase.name(), "authorizing");
+    let url = waiting.auth_url.unwrap();
+    assert!(
+        url.starts_with(&srv.url().to_string()) && url.contains("code_challenge_method=S256"),
+        "{url}"
+    );
+    // The person opens it by hand; the login completes.
+    let person = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .build()
+        .unwrap();
+    let _ = person.get(&url).send().await;
+    login.await.unwrap().expect("the login completes");
+    let s = status(&handle).await;
+    assert_eq!(s.phase.name(), "connected");
+    assert_eq!(s.auth_url, None, "shown only while a login waits");
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_login_whose_registered_port_is_busy_uses_another_port_and_registers_again() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("busy-port");
+    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
+    handle.login("srv").await.expect("the first login");
+    assert_eq!(srv.stats().registrations, 1);
+    // A second login reuses the registered client...
+    handle.login("srv").await.expect("the second login");
+    assert_eq!(
+        srv.stats().registrations,
+        1,
+        "the registered client is reused"
+    );
+    // ...unless its redirect port is taken by someone else.
+    let redirect_uri: String = rusqlite::Connection::open(database_path(&dir))
+        .unwrap()
+        .query_row("SELECT redirect_uri FROM oauth_clients", [], |r| r.get(0))
+        .unwrap();
+    let port = Url::parse(&redirect_uri).unwrap().port().unwrap();
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+    handle.login("srv").await.expect("a login on another port");
+    assert_eq!(
+        srv.stats().registrations,
+        2,
+        "registered again for the new redirect URI"
+    );
+    assert_eq!(srv.stats().authorize_requests, 3);
     handle.shutdown().await;
 }

@@ -323,7 +323,7 @@ fn log_token_metadata(grant_type: &str, set: &TokenSet, rotated: bool) {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
     };
-    tracing::info!(
+    tracing::debug!(
         grant_type,
         token_type = %set.token_type,
         scope = set.scope.as_deref().unwrap_or(""),

@@ -934,10 +934,20 @@ impl TokenStore {
     }
 
     pub fn recent_flows(&self, limit: u32) -> Result<Vec<FlowRow>, StoreError> {
+        self.flows(None, None, limit)
+    }
+
+    /// The newest flows first, of one server and/or one flow ID when given.
+    pub fn flows(
+        &self,
+        server_name: Option<&str>,
+        flow_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FlowRow>, StoreError> {
         let mut statement = self.conn.prepare(
-            "SELECT flow_id, server_name, kind, state, owner, started_at, finished_at, error FROM oauth_flows ORDER BY started_at DESC LIMIT ?1",
+            "SELECT flow_id, server_name, kind, state, owner, started_at, finished_at, error FROM oauth_flows WHERE (?1 IS NULL OR server_name = ?1) AND (?2 IS NULL OR flow_id = ?2) ORDER BY started_at DESC LIMIT ?3",
         )?;
-        let rows = statement.query_map([limit], |r| {
+        let rows = statement.query_map(params![server_name, flow_id, limit], |r| {
             Ok(FlowRow {
                 flow_id: r.get(0)?,
                 server_name: r.get(1)?,
@@ -1516,6 +1526,42 @@ mod tests {
             status,
             ["expiring", "expired"],
             "ordered by server name: b, srv"
+        );
+    }
+
+    /// The README's query through the sqlite3 a user has (Debian 12: 3.40, without
+    /// `unixepoch('subsec')`), not only through the bundled library.
+    #[test]
+    fn the_status_view_reads_the_same_with_the_system_sqlite3() {
+        let path = temp_dir("cli-view").join("tokens.db");
+        let mut store = TokenStore::open(&path).unwrap();
+        for (name, expires_at) in [
+            ("a", now_ms() - 1_000),
+            ("b", now_ms() + 60_000),
+            ("c", now_ms() + 3_600_000),
+        ] {
+            store
+                .save_token(&StoredToken {
+                    server_key: format!("{name}_key"),
+                    server_name: name.into(),
+                    expires_at: Some(expires_at),
+                    ..token(name)
+                })
+                .unwrap();
+        }
+        let out = std::process::Command::new("sqlite3")
+            .arg(&path)
+            .arg("select server_name, status from oauth_token_status order by server_name")
+            .output()
+            .expect("the sqlite3 command (Debian package sqlite3; .ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "a|expired\nb|expiring\nc|valid\n"
         );
     }
 

@@ -3,12 +3,26 @@
 //! requests are served one at a time in arrival order (a write is durable before its reply).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
+use std::time::Instant;
 
 use actix::prelude::*;
 
 use super::db::{StoreError, TokenStore};
 use super::keys::Sealing;
+
+/// Time of every store job (reads and writes alike: a job is a closure), queueing included,
+/// for `/metrics`. Process-wide: every registry of the process counts into it.
+pub static STORE_CALL_SECONDS: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    prometheus::Histogram::with_opts(
+        prometheus::HistogramOpts::new(
+            "mcpproxy_oauth_store_call_seconds",
+            "Time of each token-store job (reads and writes, durable writes included), queueing included.",
+        )
+        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+    )
+    .expect("a valid histogram")
+});
 
 pub struct RegistryActor {
     store: TokenStore,
@@ -96,9 +110,13 @@ impl TokenRegistry {
         &self,
         job: impl FnOnce(&mut TokenStore) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.addr
+        let started = Instant::now();
+        let result = self
+            .addr
             .send(Exec(Box::new(job)))
             .await
-            .map_err(|_| StoreError::Closed)?
+            .map_err(|_| StoreError::Closed)?;
+        STORE_CALL_SECONDS.observe(started.elapsed().as_secs_f64());
+        result
     }
 }

@@ -31,14 +31,17 @@ use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::http::OAuthHttp;
+use crate::store::db::FlowRow;
 use crate::store::db::now_ms;
 use crate::store::{StoreError, TokenRegistry, TokenStatusRow};
-use crate::telemetry::flow_logger::{FlowLogger, GetTrace, TraceEntry};
+use crate::telemetry::flow_logger::{
+    FlowLogger, FlowNotice, GetTrace, SubscribeNotices, TraceEntry,
+};
 use crate::upstream::actor::{
     self, Grant, ServerStatus, Snapshot, StateChange, UpstreamActor, UpstreamError,
 };
 pub use crate::upstream::flows::FlowHook;
-use crate::upstream::flows::Runtime;
+use crate::upstream::flows::{FlowLimit, Runtime};
 use crate::upstream::state::Policy;
 
 /// Everything the supervisor needs.
@@ -58,6 +61,8 @@ pub struct SupervisorConfig {
     pub refresh_timeout: Duration,
     /// How long `shutdown` waits for running refreshes and their saves.
     pub shutdown_grace: Duration,
+    /// At most this many refreshes run at once, over all servers.
+    pub max_concurrent_refreshes: usize,
     /// Test-only: called at the start of every flow with the server's name and the flow's
     /// kind (tests inject panics with it).
     #[doc(hidden)]
@@ -81,10 +86,17 @@ impl SupervisorConfig {
             refresh_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             flow_hook: None,
+            max_concurrent_refreshes: default_refresh_limit(),
             store_poll_interval: Duration::from_secs(1),
             sealing: crate::store::Sealing::default(),
         }
     }
+}
+
+/// 16 refreshes per core, between 8 and 256: each holds a connection and a lock file.
+pub fn default_refresh_limit() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 16).clamp(8, 256)
 }
 
 /// `$XDG_DATA_HOME/mcpproxy-oauth`, else `~/.local/share/mcpproxy-oauth`.
@@ -251,6 +263,7 @@ impl ServerTokens {
 }
 
 struct Parts {
+    runtime: Arc<Runtime>,
     upstreams: HashMap<String, Upstream>,
     supervisor: Addr<SupervisorActor>,
     registry: TokenRegistry,
@@ -259,6 +272,7 @@ struct Parts {
 }
 
 struct Inner {
+    runtime: Arc<Runtime>,
     upstreams: HashMap<String, Upstream>,
     names: Vec<String>,
     supervisor: Addr<SupervisorActor>,
@@ -294,6 +308,7 @@ fn build(
         login_timeout: config.login_timeout,
         flow_log: flow_log.clone(),
         flow_hook: config.flow_hook.clone(),
+        refresh_limit: FlowLimit::new(config.max_concurrent_refreshes),
     });
     let mut upstreams = HashMap::new();
     for server in config.servers {
@@ -325,6 +340,7 @@ fn build(
     }
     .start();
     Ok(Parts {
+        runtime,
         upstreams,
         supervisor,
         registry,
@@ -370,6 +386,7 @@ impl SupervisorHandle {
         }
         Ok(SupervisorHandle {
             inner: Arc::new(Inner {
+                runtime: parts.runtime,
                 upstreams: parts.upstreams,
                 names,
                 supervisor: parts.supervisor,
@@ -504,6 +521,35 @@ impl SupervisorHandle {
             .send(GetTrace(correlation_id.into()))
             .await
             .map_err(|_| SupervisorError::Stopped)
+    }
+
+    /// Recent flows from the database (any process's), newest first, of one server or all.
+    pub async fn flows(
+        &self,
+        server: Option<String>,
+        flow_id: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<FlowRow>, SupervisorError> {
+        Ok(self
+            .inner
+            .registry
+            .call(move |s| s.flows(server.as_deref(), flow_id.as_deref(), limit))
+            .await?)
+    }
+
+    /// Every flow event of this process (the steps of `flow_trace`), from now on.
+    pub async fn flow_notices(&self) -> Result<broadcast::Receiver<FlowNotice>, SupervisorError> {
+        self.inner
+            .flow_log
+            .send(SubscribeNotices)
+            .await
+            .map_err(|_| SupervisorError::Stopped)
+    }
+
+    /// Refreshes running now and the most that ran at once (bounded by
+    /// `max_concurrent_refreshes`).
+    pub fn refresh_concurrency(&self) -> (usize, usize) {
+        self.inner.runtime.refresh_limit.counts()
     }
 
     /// Phase changes of every server, from now on.

@@ -2,7 +2,9 @@
 //! the decision taken) goes through it. It adds the flow's sequence number and elapsed time,
 //! emits the event through `tracing` (target `mcpproxy_oauth::flow`, inside the flow's span
 //! fields), and keeps the last events of recent flows in a bounded buffer, so the daemon can
-//! show a flow's trace later.
+//! show a flow's trace later. Observers (the operator API's metrics and live events) get
+//! every event as a `FlowNotice` through a bounded broadcast channel: a slow observer loses
+//! old notices, it never slows a flow.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -10,10 +12,13 @@ use std::time::Instant;
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio::sync::broadcast;
 
 /// Flows whose traces are kept, and events kept per flow.
 const FLOWS_KEPT: usize = 256;
 const EVENTS_PER_FLOW: usize = 64;
+/// Notices an observer may fall behind by before it loses the oldest.
+const NOTICES_BUFFERED: usize = 1024;
 
 /// One event of one flow, as sent by the flow.
 #[derive(Message, Debug, Clone)]
@@ -66,17 +71,42 @@ pub struct TraceEntry {
 #[rtype(result = "Vec<TraceEntry>")]
 pub struct GetTrace(pub String);
 
+/// One flow event as observers see it: the trace entry with the flow it belongs to.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FlowNotice {
+    pub correlation_id: String,
+    pub server: String,
+    pub flow_kind: &'static str,
+    #[serde(flatten)]
+    pub entry: TraceEntry,
+}
+
+/// Subscribes to every flow event from now on.
+#[derive(Message)]
+#[rtype(result = "broadcast::Receiver<FlowNotice>")]
+pub struct SubscribeNotices;
+
 struct FlowTrace {
     started: Instant,
     next_seq: u64,
     events: VecDeque<TraceEntry>,
 }
 
-#[derive(Default)]
 pub struct FlowLogger {
     flows: HashMap<String, FlowTrace>,
     /// Oldest first, for eviction.
     order: VecDeque<String>,
+    notices: broadcast::Sender<FlowNotice>,
+}
+
+impl Default for FlowLogger {
+    fn default() -> Self {
+        FlowLogger {
+            flows: HashMap::new(),
+            order: VecDeque::new(),
+            notices: broadcast::channel(NOTICES_BUFFERED).0,
+        }
+    }
 }
 
 impl Actor for FlowLogger {
@@ -117,7 +147,9 @@ impl Handler<FlowEvent> for FlowLogger {
         };
         trace.next_seq += 1;
         let details = Value::Object(entry.details.clone()).to_string();
-        tracing::info!(
+        // The flow's steps are detail (debug); the one info line of a refresh is "token
+        // refreshed", and failures are warnings of their own.
+        tracing::debug!(
             target: "mcpproxy_oauth::flow",
             correlation_id = %event.correlation_id,
             server = %event.server,
@@ -128,10 +160,25 @@ impl Handler<FlowEvent> for FlowLogger {
             details = %details,
             "flow {}", event.step
         );
+        if self.notices.receiver_count() > 0 {
+            let _ = self.notices.send(FlowNotice {
+                correlation_id: event.correlation_id.clone(),
+                server: event.server.clone(),
+                flow_kind: event.flow_kind,
+                entry: entry.clone(),
+            });
+        }
         if trace.events.len() == EVENTS_PER_FLOW {
             trace.events.pop_front();
         }
         trace.events.push_back(entry);
+    }
+}
+
+impl Handler<SubscribeNotices> for FlowLogger {
+    type Result = MessageResult<SubscribeNotices>;
+    fn handle(&mut self, _: SubscribeNotices, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.notices.subscribe())
     }
 }
 
@@ -191,5 +238,39 @@ mod tests {
             logger.send(GetTrace("f1".into())).await.unwrap().is_empty(),
             "old flows are evicted"
         );
+    }
+
+    #[actix::test]
+    async fn observers_get_every_event_with_its_flow() {
+        let logger = FlowLogger::default().start();
+        let mut notices = logger.send(SubscribeNotices).await.unwrap();
+        logger.do_send(FlowEvent::new(
+            "f1",
+            "srv",
+            "refresh",
+            "started",
+            Value::Null,
+        ));
+        logger.do_send(FlowEvent::new(
+            "f1",
+            "srv",
+            "refresh",
+            "failed",
+            json!({"status": 503}),
+        ));
+        let first = notices.recv().await.unwrap();
+        assert_eq!(
+            (
+                first.correlation_id.as_str(),
+                first.server.as_str(),
+                first.flow_kind,
+                first.entry.step.as_str(),
+                first.entry.seq
+            ),
+            ("f1", "srv", "refresh", "started", 1)
+        );
+        let second = notices.recv().await.unwrap();
+        assert_eq!(second.entry.seq, 2);
+        assert_eq!(second.entry.details["status"], 503);
     }
 }

@@ -228,12 +228,31 @@ pub fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// Installs the process-wide subscriber. An invalid `level` falls back to `warn`, with a note.
-pub fn init(format: LogFormat, level: &str, file: Option<&PathBuf>) -> Result<(), String> {
-    let (filter, bad_level) = match EnvFilter::try_new(level) {
-        Ok(filter) => (filter, false),
-        Err(_) => (EnvFilter::new("warn"), true),
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `--log-level`: a level name, or a tracing filter (`target=level`, comma-separated). A bare
+/// word that is not a level is refused: `EnvFilter` would read it as a target name and hide
+/// every line, so a typo like `inf` must not start a silent daemon.
+pub fn parse_filter(level: &str) -> Result<EnvFilter, String> {
+    let invalid = || {
+        format!(
+            "invalid --log-level {level:?}: use one of {}, or a filter such as mcpproxy_oauth=debug,warn",
+            LEVELS.join(", ")
+        )
     };
+    for directive in level.split(',').map(str::trim) {
+        let level_part = directive.rsplit('=').next().unwrap_or("");
+        let is_level = LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level_part));
+        if directive.is_empty() || !is_level {
+            return Err(invalid());
+        }
+    }
+    EnvFilter::try_new(level).map_err(|_| invalid())
+}
+
+/// Installs the process-wide subscriber; an invalid `level` is an error naming the choices.
+pub fn init(format: LogFormat, level: &str, file: Option<&PathBuf>) -> Result<(), String> {
+    let filter = parse_filter(level)?;
     let writer: Box<dyn Write + Send> = match file {
         Some(path) => Box::new(
             open_log_file(path)
@@ -256,9 +275,6 @@ pub fn init(format: LogFormat, level: &str, file: Option<&PathBuf>) -> Result<()
                 .with_writer(make_writer)
                 .init()
         }
-    }
-    if bad_level {
-        tracing::warn!(level, "invalid --log-level; using warn");
     }
     Ok(())
 }
@@ -284,6 +300,20 @@ impl Write for SharedLineWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelled_level_is_an_error_and_filters_still_work() {
+        for good in ["info", "DEBUG", "warn", "mcpproxy_oauth=debug,warn", "off"] {
+            assert!(parse_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["inf", "verbose", "", "mcpproxy_oauth=loud", "info,"] {
+            let e = parse_filter(bad).unwrap_err();
+            assert!(
+                e.contains("invalid --log-level") && e.contains("debug"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);

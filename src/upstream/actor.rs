@@ -21,7 +21,7 @@ use super::flows::{
 };
 use super::state::{
     Effect, Event, Failure, LoginReason, Millis, Phase, Policy, RefreshFailure, Resolution, State,
-    step,
+    clock, step,
 };
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
@@ -88,6 +88,8 @@ pub struct ServerStatus {
     /// The phase in words, for people.
     pub detail: Option<String>,
     pub expires_at: Option<Millis>,
+    /// A token (usable or not) is held.
+    pub has_token: bool,
     pub has_refresh_token: bool,
     pub scope: Option<String>,
     /// When the machine acts next by itself (a retry, the browser, a refresh), if it waits.
@@ -104,7 +106,12 @@ pub struct ServerStatus {
     /// opened). It holds no secret.
     pub auth_url: Option<String>,
     pub running_flow: Option<String>,
+    /// Kind (`refresh` / `login`) and start (unix ms) of the running flow.
+    pub running_flow_kind: Option<String>,
+    pub running_flow_started_at: Option<Millis>,
     pub last_flow: Option<String>,
+    /// When the armed timer fires: the proactive refresh, or the retry in backoff.
+    pub timer_at: Option<Millis>,
 }
 
 type Reply = Result<Grant, UpstreamError>;
@@ -147,6 +154,8 @@ pub struct UpstreamActor {
     reload_on_start: bool,
     /// The running login's authorization URL, published by its launcher.
     auth_url: Arc<std::sync::Mutex<Option<String>>>,
+    running_flow_started_at: Millis,
+    timer_at: Option<Millis>,
 }
 
 impl UpstreamActor {
@@ -183,6 +192,8 @@ impl UpstreamActor {
             drained: Vec::new(),
             reload_on_start: false,
             auth_url: Arc::default(),
+            running_flow_started_at: 0,
+            timer_at: None,
         }
     }
 
@@ -195,7 +206,20 @@ impl UpstreamActor {
             .store(self.state.generation, Ordering::SeqCst);
         if self.state.phase != before {
             let detail = phase_detail(&self.state.phase);
-            tracing::info!(server = %self.config.name, from = before.name(), to = self.state.phase.name(), detail = detail.as_deref().unwrap_or(""), "state changed");
+            // A routine refresh is one line at info ("token refreshed"); its phase changes are
+            // detail. Every other change is news.
+            let routine = matches!(
+                (before.name(), self.state.phase.name()),
+                ("connected", "refreshing")
+                    | ("refreshing", "connected")
+                    | ("idle", "loading")
+                    | ("loading", "connected")
+            );
+            if routine {
+                tracing::debug!(server = %self.config.name, from = before.name(), to = self.state.phase.name(), "state changed");
+            } else {
+                tracing::info!(server = %self.config.name, from = before.name(), to = self.state.phase.name(), detail = detail.as_deref().unwrap_or(""), "state changed");
+            }
             let _ = self.events.send(StateChange {
                 server: self.config.name.clone(),
                 phase: self.state.phase.clone(),
@@ -228,41 +252,36 @@ impl UpstreamActor {
         }
         match effect {
             Effect::LoadToken => {
-                let key = self.config.server_key.clone();
-                let registry = self.rt.registry.clone();
                 let generation = self.state.generation;
-                let load = async move {
-                    registry
-                        .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
-                        .await
-                };
-                let handle = ctx.spawn(load.into_actor(self).map(move |result, act, ctx| {
-                    act.flow_handle = None;
-                    match result {
-                        Ok((token, client)) => {
-                            if generation != act.state.generation {
-                                return;
+                let handle = ctx.spawn(self.load_stored().into_actor(self).map(
+                    move |result, act, ctx| {
+                        act.flow_handle = None;
+                        match result {
+                            Ok((token, client)) => {
+                                if generation != act.state.generation {
+                                    return;
+                                }
+                                act.adopt_client(client.as_ref());
+                                let token_facts = token.as_ref().map(|t| act.facts_of(t));
+                                act.set_current(token, true);
+                                act.apply(
+                                    Event::Loaded {
+                                        generation,
+                                        token: token_facts,
+                                    },
+                                    ctx,
+                                );
                             }
-                            act.adopt_client(client.as_ref());
-                            let token_facts = token.as_ref().map(|t| act.facts_of(t));
-                            act.set_current(token, true);
-                            act.apply(
-                                Event::Loaded {
+                            Err(e) => act.apply(
+                                Event::LoadFailed {
                                     generation,
-                                    token: token_facts,
+                                    error: format!("cannot read the token store: {e}"),
                                 },
                                 ctx,
-                            );
+                            ),
                         }
-                        Err(e) => act.apply(
-                            Event::LoadFailed {
-                                generation,
-                                error: format!("cannot read the token store: {e}"),
-                            },
-                            ctx,
-                        ),
-                    }
-                }));
+                    },
+                ));
                 self.flow_handle = Some(handle);
             }
             Effect::StartRefresh(plan) => {
@@ -328,9 +347,11 @@ impl UpstreamActor {
                     ctx.cancel_future(previous);
                 }
                 let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
+                self.timer_at = Some(at);
                 self.timer = Some(ctx.run_later(delay, |act, ctx| {
                     act.timer = None;
                     act.timers_fired += 1;
+                    act.timer_at = None;
                     act.apply(Event::Timer, ctx);
                 }));
             }
@@ -371,6 +392,21 @@ impl UpstreamActor {
             Effect::AnnounceReauthentication { reason } => {
                 tracing::warn!(server = %self.config.name, reason = ?reason, "re-authentication required for {}: {reason}", self.config.name);
             }
+        }
+    }
+
+    /// Reads the server's stored token and client.
+    fn load_stored(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<(Option<StoredToken>, Option<StoredClient>), crate::store::StoreError>,
+    > + 'static {
+        let key = self.config.server_key.clone();
+        let registry = self.rt.registry.clone();
+        async move {
+            registry
+                .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
+                .await
         }
     }
 
@@ -467,6 +503,7 @@ impl UpstreamActor {
         let flow_id = uuid::Uuid::new_v4().to_string();
         self.running_flow = Some(flow_id.clone());
         self.running_flow_kind = kind;
+        self.running_flow_started_at = now_ms();
         flow_id
     }
 
@@ -565,6 +602,10 @@ impl UpstreamActor {
                 format!("retry slowly: next at {retry_at}, until {until}")
             }
             Phase::Authorizing => "re-login: a browser login started".into(),
+            Phase::Refreshing if self.state.reregistered => {
+                "register a new client and refresh again".into()
+            }
+            Phase::Refreshing if self.state.scope_omitted => "refresh again without scope".into(),
             Phase::Refreshing => "refresh again".into(),
             Phase::NeedsLogin { .. } => "wait for a login".into(),
             Phase::ClientRejected { retry_at, .. } => {
@@ -582,7 +623,11 @@ impl UpstreamActor {
                 .and_then(|t| t.refresh_at(self.state.jitter))
                 .into();
         }
-        tracing::info!(decision = %decision, "decision taken");
+        if matches!(phase, Phase::Connected) {
+            tracing::debug!(decision = %decision, "decision taken");
+        } else {
+            tracing::info!(decision = %decision, "decision taken");
+        }
         self.rt
             .flow_event(flow_id, &self.config.name, kind, "decision", details);
     }
@@ -674,15 +719,8 @@ impl UpstreamActor {
             // The store is behind us (a failed save): what it holds is older, not newer.
             return;
         }
-        let key = self.config.server_key.clone();
-        let registry = self.rt.registry.clone();
         let generation = self.state.generation;
-        let load = async move {
-            registry
-                .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
-                .await
-        };
-        ctx.spawn(load.into_actor(self).map(move |result, act, ctx| {
+        ctx.spawn(self.load_stored().into_actor(self).map(move |result, act, ctx| {
             let Ok((stored, client)) = result else { return };
             if generation != act.state.generation || act.state.phase.flow_running() {
                 return;
@@ -714,7 +752,10 @@ fn phase_detail(phase: &Phase) -> Option<String> {
         Phase::NeedsLogin {
             reason, browser_at, ..
         } => Some(match browser_at {
-            Some(at) => format!("{reason}; the browser opens by itself at {at}, or run a login"),
+            Some(at) => format!(
+                "{reason}; the browser opens by itself at {}, or run a login",
+                clock(*at)
+            ),
             None => format!("{reason}; run a login"),
         }),
         Phase::BackingOff {
@@ -722,7 +763,8 @@ fn phase_detail(phase: &Phase) -> Option<String> {
             retry_at,
             last_error,
         } => Some(format!(
-            "attempt {attempt} failed ({last_error}); retry at {retry_at}"
+            "attempt {attempt} failed ({last_error}); retry at {}",
+            clock(*retry_at)
         )),
         Phase::Retrying {
             attempt,
@@ -730,14 +772,16 @@ fn phase_detail(phase: &Phase) -> Option<String> {
             until,
             last_error,
         } => Some(format!(
-            "attempt {attempt} failed ({last_error}); retrying slowly, next at {retry_at}, a login is needed after {until}"
+            "attempt {attempt} failed ({last_error}); retrying slowly, next at {}, a login is needed after {}",
+            clock(*retry_at),
+            clock(*until)
         )),
         Phase::ClientRejected { error, .. } => Some(format!(
             "the authorization server rejected the configured client ({error}); fix oauth.client_id / oauth.client_secret"
         )),
         Phase::StoreUnavailable {
             error, retry_at, ..
-        } => Some(format!("{error}; retry at {retry_at}")),
+        } => Some(format!("{error}; retry at {}", clock(*retry_at))),
         Phase::LoggedOut => Some("logged out; run a login".into()),
         _ => None,
     }
@@ -988,6 +1032,7 @@ impl Handler<GetStatus> for UpstreamActor {
             phase: self.state.phase.clone(),
             detail: phase_detail(&self.state.phase),
             expires_at: token.and_then(|t| t.expires_at),
+            has_token: token.is_some(),
             has_refresh_token: token.is_some_and(|t| t.refresh_token.is_some()),
             scope: token.and_then(|t| t.scope.clone()),
             next_attempt_at: self.state.phase.next_attempt_at(),
@@ -1008,7 +1053,16 @@ impl Handler<GetStatus> for UpstreamActor {
                 })
                 .flatten(),
             running_flow: self.running_flow.clone(),
+            running_flow_kind: self
+                .running_flow
+                .as_ref()
+                .map(|_| self.running_flow_kind.into()),
+            running_flow_started_at: self
+                .running_flow
+                .as_ref()
+                .map(|_| self.running_flow_started_at),
             last_flow: self.last_flow.clone(),
+            timer_at: self.timer.as_ref().and(self.timer_at),
         })
     }
 }

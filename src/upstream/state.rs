@@ -8,8 +8,8 @@
 //! Policies (the recovery ladder):
 //! - Reconnect loads the persisted token first; a usable token connects, an expired one with a
 //!   refresh token refreshes; a browser opens only when no refresh token can work.
-//! - Proactive refresh at 75% of the token's lifetime, minus up to 5% of it as per-server jitter,
-//!   never sooner than `min_timer_gap` from now. A token without a refresh token arms one timer,
+//! - Proactive refresh at 75% of the token's lifetime, minus up to 5% of it as per-server jitter;
+//!   a refresh time already past waits `min_timer_gap`. A token without a refresh token arms one timer,
 //!   for the moment it stops being usable.
 //! - A token is handed out only while it stays valid for a safety margin (10% of its lifetime,
 //!   at most 5 s).
@@ -415,13 +415,15 @@ pub enum Effect {
 pub enum Failure {
     #[error("re-authentication required: {reason}")]
     NeedsLogin { reason: LoginReason },
-    #[error("refreshing is backing off after failures ({last_error}); next attempt at {retry_at}")]
+    #[error("refreshing is backing off after failures ({last_error}); next attempt at {}", clock(*retry_at))]
     BackingOff {
         retry_at: Millis,
         last_error: String,
     },
     #[error(
-        "refreshing keeps failing ({last_error}); retrying at {retry_at}, until {until} before a login is needed"
+        "refreshing keeps failing ({last_error}); next attempt at {}, a login is needed after {}",
+        clock(*retry_at),
+        clock(*until)
     )]
     Retrying {
         retry_at: Millis,
@@ -442,10 +444,34 @@ pub enum Failure {
     Stopped,
 }
 
+/// A time for people: RFC 3339 in UTC, to the second.
+pub fn clock(at: Millis) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolution {
     Ready,
     Failed(Failure),
+}
+
+/// Every phase, for the arms that treat them all alike. A new phase is missing here until
+/// someone decides what it does with those events (the match is exhaustive).
+macro_rules! every_phase {
+    () => {
+        Phase::Idle
+            | Phase::Loading
+            | Phase::Connected
+            | Phase::Refreshing
+            | Phase::Authorizing
+            | Phase::NeedsLogin { .. }
+            | Phase::BackingOff { .. }
+            | Phase::Retrying { .. }
+            | Phase::ClientRejected { .. }
+            | Phase::StoreUnavailable { .. }
+            | Phase::LoggedOut
+    };
 }
 
 /// The whole machine: every (phase, event) pair has its arm.
@@ -458,20 +484,7 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
     let current = state.generation;
     match (&state.phase, event) {
         // -- Logout, from every phase: forget the token, cancel what runs, fence old flows.
-        (
-            Idle
-            | Loading
-            | Connected
-            | Refreshing
-            | Authorizing
-            | NeedsLogin { .. }
-            | BackingOff { .. }
-            | Retrying { .. }
-            | ClientRejected { .. }
-            | StoreUnavailable { .. }
-            | LoggedOut,
-            Logout,
-        ) => logged_out(&mut next, fx),
+        (every_phase!(), Logout) => logged_out(&mut next, fx),
 
         // -- Requests while a flow runs join it.
         (Loading | Refreshing | Authorizing, Reconnect | Refresh | Unauthorized) => {}
@@ -630,17 +643,7 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
         // A result from an older generation (a flow that was cancelled or fenced), or for a
         // flow of another kind: ignored.
         (
-            Idle
-            | Loading
-            | Connected
-            | Refreshing
-            | Authorizing
-            | NeedsLogin { .. }
-            | BackingOff { .. }
-            | Retrying { .. }
-            | ClientRejected { .. }
-            | StoreUnavailable { .. }
-            | LoggedOut,
+            every_phase!(),
             Loaded { .. }
             | LoadFailed { .. }
             | TokenObtained { .. }
@@ -780,8 +783,15 @@ fn connected(next: &mut State, fx: &mut Vec<Effect>, t: TokenFacts, now: Millis)
     next.phase = Phase::Connected;
     fx.push(Effect::ResolveWaiters(Resolution::Ready));
     let at = if t.has_refresh_token {
-        t.refresh_at(next.jitter)
-            .map(|at| at.max(now + next.policy.min_timer_gap))
+        // A refresh time already past (a token loaded late, or one that lived shorter than its
+        // flow) waits the minimal gap, so nothing spins.
+        t.refresh_at(next.jitter).map(|at| {
+            if at > now {
+                at
+            } else {
+                now + next.policy.min_timer_gap
+            }
+        })
     } else {
         t.unusable_at().filter(|at| *at > now)
     };

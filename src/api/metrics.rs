@@ -1,0 +1,190 @@
+//! `GET /metrics`: Prometheus text format through the `prometheus` crate, on a registry of
+//! the API's own (two daemons in one test process do not share counters). Counters move with
+//! the flow events the `FlowLogger` publishes; the per-server gauges (phase, seconds to expiry,
+//! failures in a row) are set from the supervisor's status at each scrape. The store's call
+//! latency is the process-wide histogram of `store::registry`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::telemetry::flow_logger::FlowNotice;
+use crate::upstream::actor::ServerStatus;
+
+pub struct Metrics {
+    registry: Registry,
+    refreshes: IntCounterVec,
+    logins: IntCounterVec,
+    flow_duration: HistogramVec,
+    phase: IntGaugeVec,
+    expiry: prometheus::GaugeVec,
+    failures: IntGaugeVec,
+    browser: IntCounterVec,
+    pub sse_subscribers: IntGauge,
+    pub sse_dropped: IntCounter,
+}
+
+/// The outcome a flow step ends the flow with, if it ends it.
+pub fn outcome(step: &str) -> Option<&'static str> {
+    match step {
+        "token obtained" => Some("success"),
+        "adopted" => Some("adopted"),
+        "failed" => Some("failure"),
+        _ => None,
+    }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("mcpproxy_oauth".into()), None).expect("a valid prefix");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let refreshes = counter(
+            "refreshes_total",
+            "Finished refresh flows by server and outcome (success, adopted, failure).",
+            &["server", "outcome"],
+        );
+        let logins = counter(
+            "logins_total",
+            "Finished login flows by server and outcome (success, adopted, failure).",
+            &["server", "outcome"],
+        );
+        let browser = counter(
+            "browser_launches_total",
+            "Authorization URLs handed to the browser, by server and outcome (opened, failed).",
+            &["server", "outcome"],
+        );
+        let flow_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("flow_duration_seconds", "Duration of finished flows.").buckets(
+                    vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0],
+                ),
+                &["kind", "outcome"],
+            )
+            .expect("valid metric"),
+        );
+        let phase = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("server_phase", "1 for the phase each server is in."),
+                &["server", "phase"],
+            )
+            .expect("valid metric"),
+        );
+        let expiry = register(
+            &registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "token_expiry_seconds",
+                    "Seconds until the held access token expires (negative: expired).",
+                ),
+                &["server"],
+            )
+            .expect("valid metric"),
+        );
+        let failures = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("refresh_failures", "Transient refresh failures in a row."),
+                &["server"],
+            )
+            .expect("valid metric"),
+        );
+        let sse_subscribers = register(
+            &registry,
+            IntGauge::new("sse_subscribers", "Connected /api/v1/events subscribers.")
+                .expect("valid metric"),
+        );
+        let sse_dropped = register(
+            &registry,
+            IntCounter::new(
+                "sse_subscribers_dropped_total",
+                "Event subscribers dropped because they read too slowly.",
+            )
+            .expect("valid metric"),
+        );
+        Metrics {
+            registry,
+            refreshes,
+            logins,
+            flow_duration,
+            phase,
+            expiry,
+            failures,
+            browser,
+            sse_subscribers,
+            sse_dropped,
+        }
+    }
+
+    pub fn observe_notice(&self, notice: &FlowNotice) {
+        let Some(outcome) = outcome(&notice.entry.step) else {
+            return;
+        };
+        let counter = match notice.flow_kind {
+            "refresh" => &self.refreshes,
+            "login" => &self.logins,
+            _ => return,
+        };
+        counter
+            .with_label_values(&[notice.server.as_str(), outcome])
+            .inc();
+        self.flow_duration
+            .with_label_values(&[notice.flow_kind, outcome])
+            .observe(notice.entry.elapsed_ms as f64 / 1000.0);
+    }
+
+    pub fn observe_browser(&self, server: &str, opened: bool) {
+        self.browser
+            .with_label_values(&[server, if opened { "opened" } else { "failed" }])
+            .inc();
+    }
+
+    /// The text exposition, with the gauges set from `statuses` first.
+    pub fn render(&self, statuses: &[ServerStatus], now_ms: i64) -> String {
+        self.phase.reset();
+        self.expiry.reset();
+        for s in statuses {
+            self.phase
+                .with_label_values(&[s.name.as_str(), s.phase.name()])
+                .set(1);
+            if let Some(expires_at) = s.expires_at.filter(|_| s.has_token) {
+                self.expiry
+                    .with_label_values(&[s.name.as_str()])
+                    .set((expires_at - now_ms) as f64 / 1000.0);
+            }
+            self.failures
+                .with_label_values(&[s.name.as_str()])
+                .set(i64::from(s.refresh_failures));
+        }
+        let mut families = self.registry.gather();
+        families.extend(prometheus::core::Collector::collect(
+            &*crate::store::registry::STORE_CALL_SECONDS,
+        ));
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut out)
+            .expect("text encoding into memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}

@@ -1,0 +1,197 @@
+//! The operator surfaces of `serve --listen`: the REST API under `/api/v1`, live events (SSE),
+//! `/metrics` and the web page at `/`, on actix-web.
+//!
+//! actix-web's `HttpServer` runs on an actix `System` of its own, on the thread
+//! `mcpproxy-oauth-api`, beside the supervisor's System thread: the API reaches the actors only
+//! through the `SupervisorHandle` (which works from any tokio runtime), so neither runtime
+//! waits on the other.
+//!
+//! - `links`: the browser launcher wrapper that remembers authorization links per server
+//! - `view`: the one mapping from `ServerStatus` to the API's server fields
+//! - `servers`: gathering what a view needs from the supervisor
+//! - `events`: the event pump and the bounded fan-out to SSE subscribers
+//! - `metrics`: the Prometheus registry
+//! - `auth`: the API key (constant-time check) and the loopback rule
+//! - `routes`: the handlers and the one JSON error shape
+
+pub mod auth;
+pub mod events;
+pub mod links;
+pub mod metrics;
+pub mod routes;
+pub mod servers;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+pub use auth::ApiKey;
+pub use links::AuthLinks;
+
+use crate::supervisor::SupervisorHandle;
+use events::EventHub;
+use metrics::Metrics;
+
+/// How the API is served.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Required for a non-loopback `listen`; checked on every request when given.
+    pub api_key: Option<ApiKey>,
+    /// Interval of the SSE `heartbeat` event.
+    pub heartbeat: Duration,
+    /// Events queued per SSE subscriber before it is dropped as too slow.
+    pub subscriber_queue: usize,
+    /// How long a POST action waits for its flow (or its authorization link) before
+    /// answering 202 with the running flow's correlation ID.
+    pub action_wait: Duration,
+    /// The configured servers, for `diagnose` (which needs their client settings).
+    pub servers: Vec<crate::config::UpstreamConfig>,
+}
+
+impl ApiConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        ApiConfig {
+            listen,
+            api_key: None,
+            heartbeat: Duration::from_secs(15),
+            subscriber_queue: 256,
+            action_wait: Duration::from_secs(20),
+            servers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "--listen {0} is not a loopback address: an API key is required; give one with --api-key-file FILE or the environment variable {env}",
+        env = auth::API_KEY_ENV
+    )]
+    KeyRequired(SocketAddr),
+    #[error("cannot listen on {addr}: {source}; pick another --listen address or port")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("API key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error("the API server thread could not start")]
+    Thread,
+    #[error("the OAuth supervisor has stopped; start the API on a running one")]
+    SupervisorStopped,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub handle: SupervisorHandle,
+    pub links: AuthLinks,
+    pub hub: Arc<EventHub>,
+    pub metrics: Arc<Metrics>,
+    pub config: ApiConfig,
+}
+
+/// A running API server.
+pub struct ApiServer {
+    addr: SocketAddr,
+    server: actix_web::dev::ServerHandle,
+    stopped: Option<oneshot::Receiver<()>>,
+}
+
+impl ApiServer {
+    /// Binds `config.listen` (errors are immediate) and serves on a thread of its own.
+    /// `links` must be the one whose `wrap`ped launcher the supervisor uses.
+    pub async fn start(
+        handle: SupervisorHandle,
+        links: AuthLinks,
+        config: ApiConfig,
+    ) -> Result<ApiServer, ApiError> {
+        auth::check_listen(config.listen, config.api_key.as_ref())?;
+        let listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| ApiError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ApiError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let sources = events::Sources::subscribe(&handle, &links)
+            .await
+            .map_err(|_| ApiError::SupervisorStopped)?;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stopped_tx, stopped_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("mcpproxy-oauth-api".into())
+            .spawn(move || {
+                let served = actix_web::rt::System::new().block_on(async move {
+                    let metrics = Arc::new(Metrics::new());
+                    let hub = Arc::new(EventHub::new(config.subscriber_queue, metrics.clone()));
+                    actix_web::rt::spawn(events::pump(
+                        handle.clone(),
+                        links.clone(),
+                        hub.clone(),
+                        metrics.clone(),
+                        sources,
+                    ));
+                    let state = actix_web::web::Data::new(AppState {
+                        handle,
+                        links,
+                        hub,
+                        metrics,
+                        config,
+                    });
+                    let server = actix_web::HttpServer::new(move || {
+                        actix_web::App::new()
+                            .app_data(state.clone())
+                            .configure(routes::configure)
+                    })
+                    .workers(2)
+                    .disable_signals()
+                    // SSE streams never end by themselves: do not wait long for them.
+                    .shutdown_timeout(1)
+                    .listen(listener);
+                    let server = match server {
+                        Ok(s) => s.run(),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(server.handle()));
+                    server.await
+                });
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the API server stopped with an error");
+                }
+                let _ = stopped_tx.send(());
+            })
+            .map_err(|_| ApiError::Thread)?;
+        let server = ready_rx
+            .await
+            .map_err(|_| ApiError::Thread)?
+            .map_err(|source| ApiError::Bind { addr, source })?;
+        tracing::info!(%addr, "operator API and web page on http://{addr}/");
+        Ok(ApiServer {
+            addr,
+            server,
+            stopped: Some(stopped_rx),
+        })
+    }
+
+    /// The bound address (the port is the ephemeral one when `listen` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, ends open connections, and waits for the API thread to finish.
+    pub async fn stop(mut self) {
+        self.server.stop(true).await;
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.await;
+        }
+    }
+}

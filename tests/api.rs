@@ -1,0 +1,870 @@
+//! The operator API (spec scenario 8) against a real supervisor, its SQLite file and the OAuth
+//! test server, all in-process on loopback: server fields against the database and the test
+//! server's counters, actions, flows, live events, metrics, the error shape, the API key, and
+//! no issued secret in any response or event of the run.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mcpproxy_oauth::api::view::parse_rfc3339;
+use mcpproxy_oauth::api::{ApiConfig, ApiError, ApiKey, ApiServer, AuthLinks};
+use mcpproxy_oauth::config::UpstreamConfig;
+use mcpproxy_oauth::oauth::browser::BrowserLauncher;
+use mcpproxy_oauth::store::db::now_ms;
+use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
+use mcpproxy_oauth::upstream::state::Policy;
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
+use serde_json::Value;
+use url::Url;
+
+fn data_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-api-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ))
+}
+
+struct Daemon {
+    handle: SupervisorHandle,
+    api: ApiServer,
+    base: String,
+    /// Every body the API answered, and every SSE byte, for the secret scan.
+    seen: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+async fn daemon(
+    srv: &OAuthTestServer,
+    names: &[&str],
+    browser: BrowserLauncher,
+    key: Option<ApiKey>,
+) -> Daemon {
+    let servers: Vec<UpstreamConfig> = names
+        .iter()
+        .map(|n| UpstreamConfig::new(n, Url::parse(&srv.mcp_url()).unwrap()))
+        .collect();
+    let links = AuthLinks::new(&servers);
+    let config = SupervisorConfig {
+        browser: links.wrap(browser),
+        policy: Policy {
+            backoff_base: 100,
+            backoff_cap: 2_000,
+            ..Policy::default()
+        },
+        login_timeout: Duration::from_secs(20),
+        http_timeout: Duration::from_secs(2),
+        ..SupervisorConfig::new(servers, data_dir(names[0]))
+    };
+    let handle = SupervisorHandle::start(config).await.expect("supervisor");
+    let mut api = ApiConfig::new("127.0.0.1:0".parse().unwrap());
+    api.api_key = key;
+    api.heartbeat = Duration::from_millis(200);
+    api.action_wait = Duration::from_secs(5);
+    let api = ApiServer::start(handle.clone(), links, api)
+        .await
+        .expect("the API starts");
+    Daemon {
+        base: format!("http://{}", api.addr()),
+        handle,
+        api,
+        seen: Arc::default(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .unwrap(),
+    }
+}
+
+impl Daemon {
+    async fn call(&self, method: &str, path: &str, key: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}{path}", self.base),
+        );
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        self.seen.lock().unwrap().push(text.clone());
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    async fn post(&self, path: &str) -> (u16, Value) {
+        self.call("POST", path, None).await
+    }
+
+    async fn server(&self, name: &str) -> Value {
+        self.get(&format!("/api/v1/servers/{name}")).await
+    }
+
+    /// Polls the server's view (bounded) until `pred` holds.
+    async fn server_until(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let view = self.server(name).await;
+            if pred(&view) {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {view}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Reads the SSE stream into a shared string until stopped.
+    async fn events(&self) -> Arc<Mutex<String>> {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/events", self.base))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        tokio::spawn(async move {
+            let mut response = response;
+            while let Ok(Some(chunk)) = response.chunk().await {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk));
+            }
+        });
+        text
+    }
+
+    async fn metrics(&self) -> prometheus_parse::Scrape {
+        let (status, body) = self.call("GET", "/metrics", None).await;
+        assert_eq!(status, 200);
+        let text = body.as_str().expect("text format").to_string();
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format")
+    }
+
+    fn assert_no_secret(&self, srv: &OAuthTestServer) {
+        let seen = self.seen.lock().unwrap();
+        assert!(!seen.is_empty());
+        for text in seen.iter() {
+            assert_no_secret(srv, text);
+        }
+    }
+
+    async fn stop(self) {
+        self.api.stop().await;
+        self.handle.shutdown().await;
+    }
+}
+
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// Waits (bounded) until the SSE text holds `needle`.
+async fn saw(events: &Arc<Mutex<String>>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = events.lock().unwrap().clone();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the events: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The `data:` JSON of every SSE event named `name`.
+fn events_named(text: &str, name: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|frame| frame.lines().any(|l| l == format!("event: {name}")))
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str(data).expect("event data is JSON"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_server() {
+    let srv = start(Config {
+        scopes_supported: vec!["mcp:read".into(), "mcp:write".into()],
+        ..Config::default()
+    })
+    .await;
+    let (browser, launches) = following_browser();
+    let d = daemon(&srv, &["alpha", "beta"], browser, None).await;
+    let events = d.events().await;
+    saw(&events, ": connected").await;
+
+    // Nothing asked yet: no token, nothing running.
+    let list = d.get("/api/v1/servers").await;
+    let names: Vec<&str> = list["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    let alpha = &list["servers"][0];
+    assert_eq!(alpha["url"], srv.mcp_url());
+    assert_eq!(alpha["authenticated"], false);
+    assert_eq!(alpha["oauth_status"], "none");
+    assert_eq!(alpha["phase"], "idle");
+    assert_eq!(alpha["token_expires_at"], Value::Null);
+
+    // Reconnect logs in (the following browser plays the person). The answer comes when the
+    // browser got the link (202, the login goes on) or when the flow ended (200).
+    let (status, answer) = d.post("/api/v1/servers/alpha/reconnect").await;
+    assert!(status == 202 || status == 200, "{status} {answer}");
+    let login_id = answer["correlation_id"]
+        .as_str()
+        .expect("a correlation ID")
+        .to_string();
+    assert_eq!(answer["browser_opened"], true);
+    assert_eq!(
+        answer["auth_url"],
+        Value::Null,
+        "no link to show: the browser opened"
+    );
+    d.server_until("alpha", "connected", |v| v["phase"] == "connected")
+        .await;
+    assert_eq!(launches.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let rows = d.handle.token_status().await.unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r.server_name == "alpha")
+        .expect("a token row");
+    let alpha = d.server("alpha").await;
+    assert_eq!(alpha["authenticated"], true);
+    assert_eq!(alpha["oauth_status"], "authenticated");
+    assert_eq!(alpha["phase"], "connected");
+    assert_eq!(alpha["health"]["level"], "healthy");
+    assert_eq!(alpha["health"]["action"], "none");
+    assert_eq!(
+        parse_rfc3339(alpha["token_expires_at"].as_str().unwrap()),
+        row.expires_at,
+        "token_expires_at is the database's"
+    );
+    assert_eq!(alpha["has_refresh_token"], row.has_refresh_token);
+    let scopes: Vec<String> = row
+        .scope
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(alpha["scopes"], serde_json::json!(scopes));
+    assert_eq!(alpha["last_flow_id"], login_id.as_str());
+    assert_eq!(alpha["active_flow"], Value::Null);
+    let next = parse_rfc3339(alpha["next_refresh_at"].as_str().unwrap()).unwrap();
+    assert!(
+        next > now_ms() && Some(next) < row.expires_at,
+        "the proactive refresh is ahead, before expiry"
+    );
+    assert_eq!(alpha["last_refresh_at"], Value::Null, "no refresh yet");
+
+    // An explicit refresh: one refresh_token request at the server, and the counters agree.
+    let before = srv.stats().token_requests_for("refresh_token");
+    let (status, answer) = d.post("/api/v1/servers/alpha/refresh").await;
+    assert_eq!(status, 200, "{answer}");
+    let refresh_id = answer["correlation_id"].as_str().unwrap().to_string();
+    assert_ne!(refresh_id, login_id);
+    assert_eq!(srv.stats().token_requests_for("refresh_token"), before + 1);
+    let flows = d.get("/api/v1/flows?server=alpha&limit=10").await;
+    let flows = flows["flows"].as_array().unwrap().clone();
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    assert_eq!(flows[0]["correlation_id"], refresh_id.as_str());
+    assert_eq!(flows[0]["kind"], "refresh");
+    assert_eq!(flows[0]["state"], "succeeded");
+    assert_eq!(flows[1]["correlation_id"], login_id.as_str());
+    assert_eq!(flows[1]["kind"], "login");
+    let alpha = d.server("alpha").await;
+    assert_eq!(
+        alpha["last_refresh_at"], flows[0]["finished_at"],
+        "last_refresh_at is the refresh flow's end in the database"
+    );
+    let db_flow = d
+        .handle
+        .flows(None, Some(refresh_id.clone()), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        parse_rfc3339(flows[0]["started_at"].as_str().unwrap()),
+        Some(db_flow.started_at)
+    );
+    let trace = d.get(&format!("/api/v1/flows/{refresh_id}")).await;
+    let steps: Vec<&str> = trace["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps.first(), Some(&"started"), "{steps:?}");
+    assert!(steps.contains(&"token obtained"), "{steps:?}");
+    assert_eq!(trace["flow"]["server"], "alpha");
+    assert_eq!(
+        d.get("/api/v1/flows?limit=1").await["flows"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Live events of both flows, and a heartbeat.
+    let text = saw(&events, "event: oauth.token_refreshed").await;
+    let started: Vec<Value> = events_named(&text, "oauth.flow_started");
+    assert!(
+        started
+            .iter()
+            .any(|e| e["correlation_id"] == login_id.as_str() && e["kind"] == "login")
+    );
+    assert!(
+        started
+            .iter()
+            .any(|e| e["correlation_id"] == refresh_id.as_str() && e["kind"] == "refresh")
+    );
+    let refreshed = events_named(&text, "oauth.token_refreshed");
+    assert_eq!(refreshed[0]["correlation_id"], refresh_id.as_str());
+    assert_eq!(refreshed[0]["server"], "alpha");
+    assert!(
+        events_named(&text, "servers.changed")
+            .iter()
+            .any(|e| e["server"] == "alpha" && e["view"]["phase"] == "connected")
+    );
+    saw(&events, "event: heartbeat").await;
+
+    // Metrics: the counters match the server's.
+    let scrape = d.metrics().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            "mcpproxy_oauth_refreshes_total",
+            &[("server", "alpha"), ("outcome", "success")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "mcpproxy_oauth_logins_total",
+            &[("server", "alpha"), ("outcome", "success")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "mcpproxy_oauth_browser_launches_total",
+            &[("server", "alpha"), ("outcome", "opened")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "mcpproxy_oauth_server_phase",
+            &[("server", "alpha"), ("phase", "connected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "mcpproxy_oauth_server_phase",
+            &[("server", "beta"), ("phase", "idle")]
+        ),
+        1.0
+    );
+    let ttl = metric(
+        &scrape,
+        "mcpproxy_oauth_token_expiry_seconds",
+        &[("server", "alpha")],
+    );
+    assert!(
+        ttl > 0.0 && ttl <= Config::default().access_token_ttl.as_secs_f64(),
+        "{ttl}"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "mcpproxy_oauth_flow_duration_seconds_count",
+            &[("kind", "refresh"), ("outcome", "success")]
+        ),
+        1.0
+    );
+
+    // A refresh fault: the error, its endpoint and status, and its correlation ID on the view.
+    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::TemporarilyUnavailable).times(50))
+        .unwrap();
+    let (status, answer) = d.post("/api/v1/servers/alpha/refresh").await;
+    assert!(status == 200 || status == 502, "{status} {answer}");
+    let alpha = d
+        .server_until("alpha", "showed the refresh failure", |v| {
+            v["last_error"] != Value::Null
+        })
+        .await;
+    let failed_id = alpha["last_error"]["correlation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(failed_id, refresh_id);
+    assert_eq!(alpha["last_error"]["status"], 503, "{alpha}");
+    assert_eq!(alpha["last_error"]["endpoint"], "token endpoint");
+    assert!(
+        alpha["last_error"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("temporarily_unavailable"),
+        "{alpha}"
+    );
+    assert_eq!(alpha["phase"], "backing_off");
+    assert!(alpha["refresh_failures"].as_u64().unwrap() >= 1);
+    assert!(alpha["retry_at"].is_string());
+    assert_eq!(
+        alpha["authenticated"], true,
+        "the access token is still valid"
+    );
+    let text = saw(&events, "event: oauth.refresh_failed").await;
+    let failed = events_named(&text, "oauth.refresh_failed");
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["correlation_id"] == failed_id.as_str() && e["status"] == 503)
+    );
+    let scrape = d.metrics().await;
+    assert!(
+        metric(
+            &scrape,
+            "mcpproxy_oauth_refreshes_total",
+            &[("server", "alpha"), ("outcome", "failure")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "mcpproxy_oauth_refreshes_total",
+            &[("server", "alpha"), ("outcome", "failure")]
+        ) as u64,
+        srv.stats()
+            .faults_fired
+            .get("refresh")
+            .copied()
+            .unwrap_or(0),
+        "every fired fault is one failed refresh: {:?}",
+        srv.stats().faults_fired
+    );
+    srv.clear_faults();
+
+    // Logout forgets the token: the view and the database agree.
+    let (status, answer) = d.post("/api/v1/servers/alpha/logout").await;
+    assert_eq!(status, 200, "{answer}");
+    let alpha = d
+        .server_until("alpha", "logged out", |v| v["authenticated"] == false)
+        .await;
+    assert_eq!(alpha["oauth_status"], "none");
+    assert_eq!(alpha["token_expires_at"], Value::Null);
+    assert!(
+        d.handle
+            .token_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.server_name != "alpha")
+    );
+
+    d.seen.lock().unwrap().push(events.lock().unwrap().clone());
+    d.assert_no_secret(&srv);
+    d.stop().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_waiting_for_a_person_shows_its_link_and_flow() {
+    let srv = start(Config::default()).await;
+    // A browser nobody looks at: the link stays pending until the test "clicks" it.
+    let d = daemon(&srv, &["gamma"], BrowserLauncher::handler(|_| {}), None).await;
+    let events = d.events().await;
+    saw(&events, ": connected").await;
+    let (status, answer) = d.post("/api/v1/servers/gamma/login").await;
+    assert_eq!(status, 202, "answered while the login waits: {answer}");
+    let flow = answer["correlation_id"]
+        .as_str()
+        .expect("the running flow")
+        .to_string();
+    assert_eq!(answer["browser_opened"], true);
+    let gamma = d.server("gamma").await;
+    assert_eq!(gamma["phase"], "authorizing");
+    assert_eq!(gamma["active_flow"]["correlation_id"], flow.as_str());
+    assert_eq!(gamma["active_flow"]["kind"], "login");
+    assert!(
+        parse_rfc3339(gamma["active_flow"]["started_at"].as_str().unwrap()).unwrap() <= now_ms()
+    );
+    // Asking again while the login waits answers at once with the same flow.
+    let asked = Instant::now();
+    let (status, again) = d.post("/api/v1/servers/gamma/login").await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["correlation_id"], flow.as_str(), "the same login");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "no wait for action_wait"
+    );
+    let link = gamma["login_link"]["url"]
+        .as_str()
+        .expect("the pending link")
+        .to_string();
+    assert!(link.starts_with(srv.url()), "{link}");
+    // The person opens the link: the test server approves and redirects to the callback.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .build()
+        .unwrap();
+    browser.get(&link).send().await.unwrap();
+    let gamma = d
+        .server_until("gamma", "finished the login", |v| v["phase"] == "connected")
+        .await;
+    assert_eq!(gamma["login_link"], Value::Null, "a used link is gone");
+    assert_eq!(gamma["last_flow_id"], flow.as_str());
+    let text = saw(&events, "event: oauth.login_completed").await;
+    assert_eq!(
+        events_named(&text, "oauth.login_completed")[0]["correlation_id"],
+        flow.as_str()
+    );
+    d.seen.lock().unwrap().push(text);
+    d.assert_no_secret(&srv);
+    d.stop().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_one_documented_shape() {
+    let srv = start(Config::default()).await;
+    let (browser, _) = following_browser();
+    let d = daemon(&srv, &["delta"], browser, None).await;
+    let cases = [
+        ("GET", "/api/v1/servers/nope", 404, "unknown_server"),
+        (
+            "POST",
+            "/api/v1/servers/nope/refresh",
+            404,
+            "unknown_server",
+        ),
+        ("POST", "/api/v1/servers/nope/login", 404, "unknown_server"),
+        ("DELETE", "/api/v1/servers", 405, "method_not_allowed"),
+        (
+            "GET",
+            "/api/v1/servers/delta/refresh",
+            405,
+            "method_not_allowed",
+        ),
+        ("POST", "/api/v1/servers", 405, "method_not_allowed"),
+        ("GET", "/api/v1/nothing", 404, "not_found"),
+        ("GET", "/api/v1/flows?limit=0", 400, "bad_request"),
+        ("GET", "/api/v1/flows?limit=lots", 400, "bad_request"),
+        (
+            "GET",
+            "/api/v1/flows/00000000-0000-0000-0000-000000000000",
+            404,
+            "unknown_flow",
+        ),
+    ];
+    for (method, path, status, code) in cases {
+        let (got, body) = d.call(method, path, None).await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    // Another web site's page, or a rebound DNS name, cannot drive the API.
+    let response = d
+        .http
+        .post(format!("{}/api/v1/servers/delta/logout", d.base))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_origin", "{body}");
+    let response = d
+        .http
+        .get(format!("{}/api/v1/servers", d.base))
+        .header("Host", "rebound.example:80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_host", "{body}");
+    let same_origin = d
+        .http
+        .get(format!("{}/api/v1/servers", d.base))
+        .header("Origin", d.base.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        same_origin.status(),
+        200,
+        "the page's own origin is welcome"
+    );
+    let (_, body) = d.call("GET", "/api/v1/servers/nope", None).await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("delta"),
+        "names the configured servers: {body}"
+    );
+    let response = d
+        .http
+        .delete(format!("{}/api/v1/servers", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["allow"], "GET");
+    d.stop().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_api_key_is_required_and_never_echoed() {
+    let srv = start(Config::default()).await;
+    let (browser, _) = following_browser();
+    let secret = "test-api-key-0123456789";
+    let d = daemon(&srv, &["eps"], browser, Some(ApiKey::new(secret).unwrap())).await;
+    for path in [
+        "/api/v1/servers",
+        "/metrics",
+        "/api/v1/events",
+        "/api/v1/openapi.json",
+    ] {
+        let (status, body) = d.call("GET", path, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let (status, _) = d.call("GET", path, Some("test-api-key-0123456780")).await;
+        assert_eq!(status, 401, "a wrong key: {path}");
+    }
+    let (status, _) = d.call("POST", "/api/v1/servers/eps/refresh", None).await;
+    assert_eq!(status, 401, "actions too");
+    let (status, body) = d.call("GET", "/api/v1/servers", Some(secret)).await;
+    assert_eq!(status, 200, "{body}");
+    let response = d
+        .http
+        .get(format!("{}/api/v1/servers", d.base))
+        .header("X-API-Key", secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, page) = d.call("GET", "/", None).await;
+    assert_eq!(
+        status, 200,
+        "the page itself holds no data and asks for the key"
+    );
+    assert!(page.as_str().unwrap().contains("<html"));
+    for text in d.seen.lock().unwrap().iter() {
+        assert!(!text.contains(secret), "the key was echoed: {text}");
+    }
+    d.stop().await;
+
+    // A non-loopback address without a key does not start.
+    let handle = SupervisorHandle::start(SupervisorConfig::new(Vec::new(), data_dir("nokey")))
+        .await
+        .unwrap();
+    let err = ApiServer::start(
+        handle.clone(),
+        AuthLinks::new(&[]),
+        ApiConfig::new("0.0.0.0:0".parse().unwrap()),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(matches!(err, ApiError::KeyRequired(_)), "{err}");
+    assert!(err.to_string().contains("--api-key-file"), "{err}");
+    handle.shutdown().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes() {
+    let srv = start(Config::default()).await;
+    let (browser, _) = following_browser();
+    let d = daemon(&srv, &["zeta"], browser, None).await;
+    let doc = d.get("/api/v1/openapi.json").await;
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().unwrap() {
+            documented.push((
+                path.clone(),
+                method.to_uppercase(),
+                operation["responses"].clone(),
+            ));
+        }
+    }
+    let mut served: Vec<(String, String)> = mcpproxy_oauth::api::routes::ROUTES
+        .iter()
+        .map(|(p, m)| (p.to_string(), m.to_string()))
+        .collect();
+    let mut listed: Vec<(String, String)> = documented
+        .iter()
+        .map(|(p, m, _)| (p.clone(), m.clone()))
+        .collect();
+    served.sort();
+    listed.sort();
+    assert_eq!(listed, served, "every route is documented, and only those");
+    // Every documented operation answers, with a status it documents. POSTs name an unknown
+    // server (no flow runs), path parameters an unknown one.
+    for (path, method, responses) in documented {
+        let concrete = path
+            .replace(
+                "{name}",
+                if method == "POST" {
+                    "no-such-server"
+                } else {
+                    "zeta"
+                },
+            )
+            .replace("{correlation_id}", "no-such-flow");
+        let (status, body) = if concrete == "/api/v1/events" {
+            // An endless stream: its status and type are the answer.
+            let response = d
+                .http
+                .get(format!("{}{concrete}", d.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            (response.status().as_u16(), Value::Null)
+        } else {
+            d.call(&method, &concrete, None).await
+        };
+        assert!(
+            responses.get(status.to_string()).is_some(),
+            "{method} {concrete} answered {status}, not documented: {body}"
+        );
+        if status >= 400 {
+            assert!(
+                body["error"]["code"].is_string(),
+                "{method} {concrete}: {body}"
+            );
+        }
+    }
+    d.stop().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_walks_the_steps_and_names_the_first_failure() {
+    let srv = start(Config::default()).await;
+    let (browser, _) = following_browser();
+    let mut d = daemon(&srv, &["eta"], browser, None).await;
+    // The daemon helper does not pass the configs on; a second API with them does.
+    d.api.stop().await;
+    let servers = vec![UpstreamConfig::new(
+        "eta",
+        Url::parse(&srv.mcp_url()).unwrap(),
+    )];
+    let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap());
+    config.servers = servers.clone();
+    d.api = ApiServer::start(d.handle.clone(), AuthLinks::new(&servers), config)
+        .await
+        .unwrap();
+    d.base = format!("http://{}", d.api.addr());
+
+    let report = d.get("/api/v1/servers/eta/diagnose").await;
+    assert_eq!(report["ok"], true, "{report}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "mcp endpoint",
+            "discovery",
+            "client identity",
+            "token endpoint"
+        ]
+    );
+    // A made-up client and token: the server answers with an OAuth error, as it should.
+    assert!(
+        report["steps"][3]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("answers OAuth: invalid_"),
+        "{report}"
+    );
+    let stats = srv.stats();
+    assert_eq!(stats.registrations, 0, "diagnose registers no client");
+    assert_eq!(stats.authorize_requests, 0, "and opens no authorization");
+
+    // The token endpoint failing: named, with its status and what to do.
+    srv.inject(Fault::new(
+        FaultTarget::Refresh,
+        FaultKind::TemporarilyUnavailable,
+    ))
+    .unwrap();
+    let report = d.get("/api/v1/servers/eta/diagnose").await;
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["failed_step"], "token endpoint", "{report}");
+    assert_eq!(report["steps"][3]["status"], 503, "{report}");
+    assert!(
+        report["steps"][3]["action"]
+            .as_str()
+            .unwrap()
+            .contains("retry later"),
+        "{report}"
+    );
+    srv.clear_faults();
+
+    // Metadata failing: discovery is the first failing step, and nothing after it runs.
+    srv.inject(Fault::new(FaultTarget::Metadata, FaultKind::ServerError))
+        .unwrap();
+    let report = d.get("/api/v1/servers/eta/diagnose").await;
+    assert_eq!(report["failed_step"], "discovery", "{report}");
+    assert_eq!(report["steps"].as_array().unwrap().len(), 2, "{report}");
+    srv.clear_faults();
+
+    let (status, body) = d.call("GET", "/api/v1/servers/nope/diagnose", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_server"))
+    );
+    d.assert_no_secret(&srv);
+    d.stop().await;
+    srv.shutdown().await;
+}

@@ -1,0 +1,145 @@
+// Spec scenario 7: the web page shows the OAuth status correctly, live, against a real daemon
+// and the OAuth test server. Screenshots go to tests/e2e/artifacts/ (gitignored).
+import { test, expect } from "@playwright/test";
+import fs from "node:fs";
+import path from "node:path";
+import { startDaemon } from "./daemon.js";
+
+const shots = path.join(import.meta.dirname, "artifacts");
+fs.mkdirSync(shots, { recursive: true });
+const shot = (page, name) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+const seconds = (text) => {
+  // "expires in 1m 05s" / "expires in 7s"
+  const m = text.match(/expires in (?:(\d+)m )?(\d+)s/);
+  return m ? Number(m[1] || 0) * 60 + Number(m[2]) : null;
+};
+
+let daemon;
+test.describe.configure({ mode: "serial" });
+test.afterEach(async () => {
+  if (!daemon) return;
+  const stopped = await daemon.stop();
+  const log = fs.readFileSync(path.join(daemon.dir, "serve.log"), "utf8");
+  daemon = null;
+  expect(stopped, "serve stops cleanly on SIGTERM").toEqual({ code: 0, signal: null });
+  expect(log).toContain('"signal":"SIGTERM"');
+  expect(log).toContain('"message":"stopped"');
+});
+
+test("log in, watch a refresh live, see a refresh fault, open the timeline, log out", async ({ page }) => {
+  daemon = await startDaemon();
+  await page.goto(daemon.apiUrl + "/");
+  const card = page.getByTestId("card-demo");
+  await expect(page.getByTestId("live")).toContainText("live");
+  // Non-interactive and no token yet: the page asks for a login.
+  await expect(card.getByTestId("expiry")).toHaveText("no token");
+  await shot(page, "1-needs-login");
+
+  // Log in from the page.
+  await card.getByTestId("login").click();
+  await expect(card.getByTestId("phase")).toHaveText("connected");
+  await expect(card.getByTestId("expiry")).toContainText("expires in");
+  await shot(page, "2-logged-in");
+
+  // A proactive refresh happens (75% of 8 s) and the countdown resets, without a reload.
+  // (On a loaded machine the first refresh may already be on the card: wait for the next.)
+  const loads = [];
+  page.on("load", () => loads.push(Date.now()));
+  const before = (await card.getByTestId("last-refresh").textContent()).replace(/ \(.*\)$/, "");
+  let lowest = 99;
+  await expect.poll(async () => {
+    const s = seconds(await card.getByTestId("expiry").textContent());
+    if (s !== null) lowest = Math.min(lowest, s);
+    return (await card.getByTestId("last-refresh").textContent()).replace(/ \(.*\)$/, "");
+  }, { timeout: 20_000, message: "a refresh shows up on the card" }).not.toBe(before);
+  const after = seconds(await card.getByTestId("expiry").textContent());
+  expect(after, `the countdown went back up (lowest seen ${lowest})`).toBeGreaterThan(lowest);
+  expect(loads, "no reload happened").toEqual([]);
+  await shot(page, "3-refreshed-live");
+
+  // A refresh fault at the test server: the error and its correlation ID on the card.
+  await daemon.control("POST", "/control/faults", { target: "refresh", kind: "temporarily_unavailable", count: 1000 });
+  await card.getByTestId("refresh").click();
+  const error = card.getByTestId("last-error");
+  await expect(error).toContainText("temporarily_unavailable");
+  await expect(error).toContainText("HTTP 503");
+  const errorId = (await card.getByTestId("error-correlation-id").textContent()).trim();
+  expect(errorId).toMatch(/^[0-9a-f-]{36}$/);
+  const view = await daemon.api("/api/v1/servers/demo");
+  expect(view.last_error.correlation_id, "the card shows the API's correlation ID").toBe(errorId);
+  await shot(page, "4-refresh-fault");
+
+  // The flow timeline of the failed flow.
+  await card.getByTestId("timeline-open").click();
+  const timeline = page.getByTestId("timeline");
+  await expect(timeline).toBeVisible();
+  const shownId = (await timeline.getByTestId("timeline-id").textContent()).trim();
+  const trace = await daemon.api(`/api/v1/flows/${shownId}`);
+  expect(trace.flow.kind).toBe("refresh");
+  await expect(timeline.getByTestId("timeline-step").first()).toContainText("started");
+  await expect(timeline.getByTestId("timeline-step").filter({ hasText: "failed" }).first()).toBeVisible();
+  await shot(page, "5-timeline");
+  await page.getByTestId("timeline-close").click();
+  await expect(timeline).toBeHidden();
+
+  // The fault clears; log out from the page.
+  await daemon.control("DELETE", "/control/faults");
+  await card.getByTestId("logout").click();
+  await expect(card.getByTestId("expiry")).toHaveText("no token");
+  const after_logout = await daemon.api("/api/v1/servers/demo");
+  expect(after_logout.authenticated).toBe(false);
+  expect(after_logout.oauth_status).toBe("none");
+  await shot(page, "6-logged-out");
+
+  // No secret the test server issued is on the page or in any API answer.
+  const secrets = await daemon.control("GET", "/control/secrets");
+  const all = Object.values(secrets).flat().filter((s) => typeof s === "string" && s.length > 8);
+  expect(all.length).toBeGreaterThan(0);
+  const html = await page.content();
+  const api = JSON.stringify(await daemon.api("/api/v1/servers")) + JSON.stringify(await daemon.api("/api/v1/flows"));
+  for (const secret of all) {
+    expect(html.includes(secret), "a secret on the page").toBe(false);
+    expect(api.includes(secret), "a secret in the API").toBe(false);
+  }
+});
+
+test("without a browser, the banner carries the authorization link and the login finishes from it", async ({ page }) => {
+  daemon = await startDaemon({ noBrowser: true });
+  await page.goto(daemon.apiUrl + "/");
+  const card = page.getByTestId("card-demo");
+  await expect(card.getByTestId("expiry")).toHaveText("no token");
+  await card.getByTestId("login").click();
+  const banner = page.getByTestId("banner-demo");
+  await expect(banner).toContainText("The browser could not be opened");
+  await expect(banner).toContainText("--no-browser");
+  const link = banner.getByTestId("auth-link");
+  const href = await link.getAttribute("href");
+  expect(href.startsWith(daemon.oauthUrl + "/authorize?")).toBe(true);
+  await expect(card.getByTestId("active-flow")).toContainText("Running login");
+  await shot(page, "7-login-link-banner");
+  // The person opens the link (a new tab): the test server approves, the callback lands.
+  const [popup] = await Promise.all([page.waitForEvent("popup"), link.click()]);
+  await popup.waitForLoadState();
+  await expect(card.getByTestId("phase")).toHaveText("connected");
+  await expect(banner).toHaveCount(0);
+  await shot(page, "8-logged-in-from-link");
+  await popup.close();
+});
+
+test("with an API key, the page asks for it and then works; the key never shows", async ({ page }) => {
+  const key = "e2e-api-key-0123456789abcdef";
+  daemon = await startDaemon({ apiKey: key });
+  const refused = await fetch(daemon.apiUrl + "/api/v1/servers");
+  expect(refused.status).toBe(401);
+  await page.goto(daemon.apiUrl + "/");
+  await expect(page.getByTestId("keybox")).toBeVisible();
+  await expect(page.getByTestId("card-demo")).toHaveCount(0);
+  await page.locator("#key").fill(key);
+  await page.locator("#key-save").click();
+  await expect(page.getByTestId("keybox")).toBeHidden();
+  await expect(page.getByTestId("card-demo")).toBeVisible();
+  await expect(page.getByTestId("live")).toContainText("live");
+  expect(await page.content()).not.toContain(key);
+  const log = fs.readFileSync(path.join(daemon.dir, "serve.log"), "utf8");
+  expect(log).not.toContain(key);
+});
