@@ -62,6 +62,25 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
     out
 }
 
+/// Every string in `value` scrubbed, except under the keys in `keep` (an authorization URL a
+/// person must open carries its `state` on purpose).
+pub fn scrub_json(value: &mut serde_json::Value, keep: &[&str]) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => {
+            if let Cow::Owned(clean) = scrub(s) {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub_json(v, keep)),
+        Value::Object(map) => map
+            .iter_mut()
+            .filter(|(k, _)| !keep.contains(&k.as_str()))
+            .for_each(|(_, v)| scrub_json(v, keep)),
+        _ => {}
+    }
+}
+
 /// How many values are registered (for tests and the benchmark).
 pub fn len() -> usize {
     SECRETS.read().unwrap_or_else(|p| p.into_inner()).len()
@@ -82,5 +101,19 @@ mod tests {
         );
         assert_eq!(scrub("a short word"), "a short word");
         assert!(matches!(scrub("nothing here"), Cow::Borrowed(_)));
+        let mut answer = serde_json::json!({
+            "last_error": {"error": "echoed rt-0123456789-echoed"},
+            "login_link": {"url": "http://as/authorize?state=rt-0123456789-echoed"},
+            "list": ["rt-0123456789-echoed", 3]
+        });
+        scrub_json(&mut answer, &["login_link"]);
+        assert_eq!(
+            answer,
+            serde_json::json!({
+                "last_error": {"error": "echoed [redacted:20]"},
+                "login_link": {"url": "http://as/authorize?state=rt-0123456789-echoed"},
+                "list": ["[redacted:20]", 3]
+            })
+        );
     }
 }
