@@ -96,6 +96,26 @@ pub fn assert_no_secret(srv: &OAuthTestServer, text: &str) {
     }
 }
 
+/// `assert_no_secret` for text that may carry an authorization link a person must open: a
+/// `state` may appear there (as `state=...` in the URL), and nowhere else.
+pub fn assert_no_secret_but_auth_links(srv: &OAuthTestServer, text: &str) {
+    let secrets = srv.secrets();
+    for secret in secrets
+        .all()
+        .filter(|s| !secrets.states.iter().any(|st| st == s))
+    {
+        assert!(!text.contains(secret), "a secret leaked into: {text}");
+    }
+    for state in &secrets.states {
+        for (at, _) in text.match_indices(state.as_str()) {
+            assert!(
+                text[..at].ends_with("state="),
+                "a state appears outside an authorization link: {text}"
+            );
+        }
+    }
+}
+
 /// A fresh, empty folder under the system temp dir, unique to this call.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
