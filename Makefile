@@ -19,6 +19,7 @@ test: test-rust test-interop test-conformance test-e2e
 test-rust: build
 	$(CARGO) test --workspace --locked
 	$(CARGO) test --locked --bench access_token
+	$(CARGO) test --locked --bench token_save
 
 ## A client nobody here wrote (the MCP TypeScript SDK) against the OAuth test server.
 test-interop: build
@@ -51,6 +52,7 @@ demo:
 ## Benchmarks (criterion): the access_token() hot path against a bare RwLock read.
 bench:
 	$(CARGO) bench --locked --bench access_token
+	$(CARGO) bench --locked --bench token_save
 
 ## The OAuth test server with short TTLs, for trying things by hand.
 demo-server:

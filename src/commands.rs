@@ -10,11 +10,14 @@ use clap::{Args, Subcommand};
 use mcpproxy_oauth::api::{ApiConfig, ApiKey, ApiServer, AuthLinks};
 use mcpproxy_oauth::config::{self, UpstreamConfig};
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
-use mcpproxy_oauth::store::TokenStore;
+use mcpproxy_oauth::store::cipher::StoreKey;
 use mcpproxy_oauth::store::db::now_ms;
+use mcpproxy_oauth::store::keys::{self, KeySource};
+use mcpproxy_oauth::store::{KeySpec, Sealing, TokenStore};
 use mcpproxy_oauth::supervisor::{
     SupervisorConfig, SupervisorHandle, database_path, default_data_dir,
 };
+use mcpproxy_oauth::telemetry::inert::safe;
 use mcpproxy_oauth::telemetry::trace;
 use mcpproxy_oauth::upstream::state::Policy;
 
@@ -39,6 +42,110 @@ pub struct Common {
     /// refresh token on servers that rotate it).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     refresh_timeout: Duration,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+/// How the token database's secrets are protected.
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// The store key file (base64 of 32 bytes; created 0600 when absent). Default: the
+    /// MCPPROXY_OAUTH_KEY environment variable, else `key` beside tokens.db.
+    #[arg(long, conflicts_with = "insecure_plaintext")]
+    key_file: Option<PathBuf>,
+    /// Store tokens and client secrets in clear (the old format): anyone who can read
+    /// tokens.db or a backup of it can use them.
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
+impl KeyArgs {
+    fn sealing(&self) -> Sealing {
+        if self.insecure_plaintext {
+            Sealing::Plaintext
+        } else {
+            Sealing::Encrypted(KeySpec {
+                key_file: self.key_file.clone(),
+            })
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Re-encrypt every stored secret with a new random key (stop running daemons first:
+    /// they hold the old key).
+    Rekey {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The current key file (default: MCPPROXY_OAUTH_KEY, else `key` beside tokens.db).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Where the new key goes (must not exist). Default: replaces the current key file.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
+}
+
+pub fn tokens(command: TokensCommand) -> ExitCode {
+    let TokensCommand::Rekey {
+        data_dir,
+        key_file,
+        new_key_file,
+    } = command;
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let database = database_path(&data_dir);
+    if !database.exists() {
+        return fail(format!(
+            "no token database at {}; nothing to rekey (pass --data-dir)",
+            database.display()
+        ));
+    }
+    let spec = KeySpec { key_file };
+    let mut store = match TokenStore::open_with(&database, &Sealing::Encrypted(spec)) {
+        Ok(store) => store,
+        Err(e) => return fail(e),
+    };
+    let current = match store.key_source() {
+        Some(KeySource::File(path)) => Some(path.clone()),
+        _ => None,
+    };
+    let (target, staged) = match (new_key_file, current) {
+        (Some(new), _) => (new.clone(), new),
+        (None, Some(current)) => (current.clone(), current.with_extension("new")),
+        (None, None) => {
+            return fail(format!(
+                "the key comes from {}: pass --new-key-file for the new key, then set {} to it",
+                keys::KEY_ENV,
+                keys::KEY_ENV
+            ));
+        }
+    };
+    let key = StoreKey::generate();
+    if let Err(e) = keys::write_new_key_file(&staged, &key) {
+        return fail(format!(
+            "cannot write the new key to {}: {e}; nothing was changed (a file left there by an interrupted rekey: check which key opens the database, then remove the other)",
+            staged.display()
+        ));
+    }
+    if let Err(e) = store.rekey(key, KeySource::File(target.clone())) {
+        let _ = std::fs::remove_file(&staged);
+        return fail(e);
+    }
+    if staged != target
+        && let Err(e) = std::fs::rename(&staged, &target)
+    {
+        return fail(format!(
+            "the database now uses the key in {}, but it could not replace {}: {e}; move it there by hand",
+            staged.display(),
+            target.display()
+        ));
+    }
+    println!(
+        "re-encrypted every stored secret; the key is now in {}",
+        safe(&target.display().to_string())
+    );
+    ExitCode::SUCCESS
 }
 
 #[derive(Args, Debug)]
@@ -136,14 +243,15 @@ async fn doctor(name: &str, path: &std::path::Path, json: bool) -> ExitCode {
                 .status
                 .map(|s| format!(" (HTTP {s})"))
                 .unwrap_or_default();
-            println!("{mark} {}: {}{status}", step.step, step.detail);
+            // A step's detail and action can quote a server: made inert.
+            println!("{mark} {}: {}{status}", step.step, safe(&step.detail));
             if let Some(action) = &step.action {
-                println!("     what to do: {action}");
+                println!("     what to do: {}", safe(action));
             }
         }
         match report.failed_step {
-            Some(step) => println!("{name}: the {step} step fails"),
-            None => println!("{name}: every step passes"),
+            Some(step) => println!("{}: the {step} step fails", safe(name)),
+            None => println!("{}: every step passes", safe(name)),
         }
     }
     if report.ok {
@@ -153,8 +261,10 @@ async fn doctor(name: &str, path: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
+/// Prints an error: known secrets scrubbed and control characters escaped, since an error
+/// can quote a server's text.
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("mcpproxy-oauth: {message}");
+    eprintln!("mcpproxy-oauth: {}", safe(&message.to_string()));
     ExitCode::FAILURE
 }
 
@@ -187,6 +297,7 @@ async fn start_with(
     supervisor.login_timeout = common.login_timeout;
     supervisor.refresh_timeout = common.refresh_timeout;
     supervisor.policy = policy;
+    supervisor.sealing = common.key.sealing();
     let handle = SupervisorHandle::start(supervisor)
         .await
         .map_err(|e| e.to_string())?;
@@ -323,12 +434,13 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             for name in names {
                 match handle.login(&name).await {
                     Ok(grant) => println!(
-                        "{name}: logged in (flow {})",
+                        "{}: logged in (flow {})",
+                        safe(&name),
                         grant.flow_id.unwrap_or_default()
                     ),
                     Err(e) => {
                         failed = true;
-                        eprintln!("mcpproxy-oauth: {e}");
+                        eprintln!("mcpproxy-oauth: {}", safe(&e.to_string()));
                     }
                 }
             }
@@ -348,7 +460,7 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             handle.shutdown().await;
             match result {
                 Ok(()) => {
-                    println!("{server}: logged out");
+                    println!("{}: logged out", safe(&server));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -369,7 +481,8 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             match result {
                 Ok(grant) => {
                     println!(
-                        "{server}: refreshed (flow {}), valid for {}",
+                        "{}: refreshed (flow {}), valid for {}",
+                        safe(&server),
                         grant.flow_id.unwrap_or_default(),
                         remaining(grant.expires_at)
                     );
@@ -435,15 +548,15 @@ fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -
         for row in &rows {
             println!(
                 "{:<20} {:<9} {:<22} {:<8} {}",
-                row["server_name"].as_str().unwrap_or(""),
-                row["status"].as_str().unwrap_or(""),
+                safe(row["server_name"].as_str().unwrap_or("")),
+                safe(row["status"].as_str().unwrap_or("")),
                 remaining(row["expires_at"].as_i64()),
                 if row["has_refresh_token"].as_bool().unwrap_or(false) {
                     "yes"
                 } else {
                     "no"
                 },
-                row["scope"].as_str().unwrap_or("")
+                safe(row["scope"].as_str().unwrap_or(""))
             );
         }
     }
@@ -533,12 +646,12 @@ pub fn logs(command: LogsCommand) -> ExitCode {
                 println!(
                     "{:<26} {:<16} {:<8} {:<10} {:>9}  {:<36} {}",
                     humantime::format_rfc3339_millis(started).to_string(),
-                    flow.server_name,
-                    flow.kind,
-                    flow.state,
+                    safe(&flow.server_name),
+                    safe(&flow.kind),
+                    safe(&flow.state),
                     duration,
-                    flow.flow_id,
-                    flow.error.unwrap_or_default()
+                    safe(&flow.flow_id),
+                    safe(&flow.error.unwrap_or_default())
                 );
             }
             ExitCode::SUCCESS

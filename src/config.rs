@@ -205,7 +205,15 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         }
         let mut server = UpstreamConfig::new(&name, url);
         server.client.client_id = oauth.client_id.filter(|c| !c.is_empty());
-        server.client.client_secret = oauth.client_secret.filter(|c| !c.is_empty());
+        server.client.client_secret = oauth
+            .client_secret
+            .filter(|c| !c.is_empty())
+            .map(oauth2::ClientSecret::new);
+        crate::telemetry::secrets::register_all([server
+            .client
+            .client_secret
+            .as_ref()
+            .map(|s| s.secret().as_str())]);
         server.client.client_metadata_url = oauth.client_metadata_url;
         if server.client.client_secret.is_some() && server.client.client_id.is_none() {
             return Err(field(

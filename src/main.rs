@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use mcpproxy_oauth::connect::{ConnectOptions, connect};
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::oauth::client_identity::ClientConfig;
+use mcpproxy_oauth::telemetry::inert::safe;
 use mcpproxy_oauth::telemetry::logging::{self, LogFormat};
 use serde_json::{Value, json};
 use url::Url;
@@ -46,6 +47,9 @@ enum Command {
     /// Read flows back: one flow's timeline from a JSON log, or recent flows from the database.
     #[command(subcommand)]
     Logs(commands::LogsCommand),
+    /// Manage the stored secrets: `tokens rekey` re-encrypts them with a new key.
+    #[command(subcommand)]
+    Tokens(commands::TokensCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,8 +60,10 @@ struct ConnectArgs {
     #[arg(long)]
     client_id: Option<String>,
     /// The pre-registered client's secret (prefer the environment variable: the command line is visible to other users).
-    #[arg(long, env = "MCPPROXY_OAUTH_CLIENT_SECRET", hide_env_values = true)]
-    client_secret: Option<String>,
+    /// (An `oauth2::ClientSecret`: its `Debug` is redacted.)
+    #[arg(long, env = "MCPPROXY_OAUTH_CLIENT_SECRET", hide_env_values = true,
+          value_parser = |s: &str| Ok::<_, String>(oauth2::ClientSecret::new(s.to_string())))]
+    client_secret: Option<oauth2::ClientSecret>,
     /// The URL of this client's ID metadata document, used as client ID where the server supports it.
     #[arg(long)]
     client_metadata_url: Option<String>,
@@ -110,7 +116,9 @@ fn connect_options(args: ConnectArgs) -> Result<ConnectOptions, String> {
     };
     let client = ClientConfig {
         client_id: args.client_id.or_else(|| from_context("client_id")),
-        client_secret: args.client_secret.or_else(|| from_context("client_secret")),
+        client_secret: args
+            .client_secret
+            .or_else(|| from_context("client_secret").map(oauth2::ClientSecret::new)),
         client_metadata_url: args.client_metadata_url,
         client_name: Some("mcpproxy-oauth".into()),
     };
@@ -145,11 +153,12 @@ async fn main() -> ExitCode {
         Command::Serve(args) => commands::serve(args).await,
         Command::Auth(command) => commands::auth(command).await,
         Command::Logs(command) => commands::logs(command),
+        Command::Tokens(command) => commands::tokens(command),
         Command::Connect(args) => {
             let options = match connect_options(args) {
                 Ok(options) => options,
                 Err(message) => {
-                    eprintln!("mcpproxy-oauth connect: {message}");
+                    eprintln!("mcpproxy-oauth connect: {}", safe(&message));
                     return ExitCode::from(2);
                 }
             };
@@ -167,14 +176,17 @@ async fn main() -> ExitCode {
                         "authorizations": report.authorizations,
                         "refreshes": report.refreshes,
                     });
+                    // JSON escapes control characters itself; known secrets are scrubbed.
                     println!(
                         "{}",
-                        serde_json::to_string_pretty(&summary).unwrap_or_default()
+                        mcpproxy_oauth::telemetry::secrets::scrub(
+                            &serde_json::to_string_pretty(&summary).unwrap_or_default()
+                        )
                     );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("mcpproxy-oauth connect: {e}");
+                    eprintln!("mcpproxy-oauth connect: {}", safe(&e.to_string()));
                     ExitCode::FAILURE
                 }
             }

@@ -163,7 +163,7 @@ async fn a_preregistered_confidential_client_needs_no_registration() {
     let mut opts = options(&srv, browser);
     opts.client = ClientConfig {
         client_id: Some("pre".into()),
-        client_secret: Some("pre-secret-value".into()),
+        client_secret: Some(oauth2::ClientSecret::new("pre-secret-value".into())),
         ..ClientConfig::default()
     };
     connect(opts)

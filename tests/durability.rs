@@ -67,12 +67,6 @@ async fn wait_until<F: Fn() -> bool>(what: &str, within: Duration, check: F) {
     }
 }
 
-fn stored_refresh_token(dir: &Path) -> Option<String> {
-    rusqlite::Connection::open(database_path(dir))
-        .and_then(|c| c.query_row("SELECT refresh_token FROM oauth_tokens", [], |r| r.get(0)))
-        .unwrap_or(None)
-}
-
 fn newest_issued_refresh_token(srv: &OAuthTestServer) -> String {
     srv.secrets()
         .refresh_tokens

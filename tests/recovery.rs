@@ -87,12 +87,6 @@ async fn wait_until(
     }
 }
 
-fn stored_refresh_token(dir: &Path) -> Option<String> {
-    let conn = rusqlite::Connection::open(database_path(dir)).unwrap();
-    conn.query_row("SELECT refresh_token FROM oauth_tokens", [], |r| r.get(0))
-        .unwrap_or(None)
-}
-
 fn short_ttl(seconds: u64) -> Config {
     Config {
         access_token_ttl: Duration::from_secs(seconds),

@@ -29,9 +29,12 @@ pub struct ApiEvent {
 }
 
 impl ApiEvent {
-    /// The SSE frame.
+    /// The SSE frame, known secrets scrubbed (authorization links excepted). JSON keeps the
+    /// frame on one `data:` line: a server's newline is escaped by construction.
     pub fn frame(&self) -> String {
-        format!("event: {}\ndata: {}\n\n", self.event, self.data)
+        let mut data = self.data.clone();
+        crate::telemetry::secrets::scrub_json(&mut data, super::routes::UNSCRUBBED);
+        format!("event: {}\ndata: {}\n\n", self.event, data)
     }
 }
 

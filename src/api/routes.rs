@@ -44,19 +44,32 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// Most flows listed at once.
 const FLOWS_LIMIT_MAX: u32 = 500;
 
+/// Keys whose values a person must use as they are: an authorization URL carries `state`.
+pub(super) const UNSCRUBBED: &[&str] = &["auth_url", "login_link"];
+
+/// An answer with every known secret scrubbed (a server's echo in an error text, a view's
+/// last error), the authorization links excepted.
+fn scrubbed(value: impl serde::Serialize) -> serde_json::Value {
+    let mut value = serde_json::to_value(value).unwrap_or_default();
+    crate::telemetry::secrets::scrub_json(&mut value, UNSCRUBBED);
+    value
+}
+
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message.into()}}))
+    HttpResponse::build(status).json(scrubbed(
+        json!({"error": {"code": code, "message": message.into()}}),
+    ))
 }
 
 /// A failed flow, with the server's typed failure (`needs_login`, `backing_off`, ...) beside
 /// the message, so clients decide on `failure.kind`, never on the text.
 fn upstream_error(e: &SupervisorError) -> HttpResponse {
-    HttpResponse::build(StatusCode::BAD_GATEWAY).json(json!({"error": {
+    HttpResponse::build(StatusCode::BAD_GATEWAY).json(scrubbed(json!({"error": {
         "code": "flow_failed",
         "message": e.to_string(),
         "correlation_id": e.flow_id(),
         "failure": e.failure(),
-    }}))
+    }})))
 }
 
 fn supervisor_error(e: &SupervisorError) -> HttpResponse {
@@ -252,14 +265,14 @@ async fn metrics(state: Data<AppState>) -> HttpResponse {
 
 async fn list_servers(state: Data<AppState>) -> HttpResponse {
     match servers::views(&state.handle, &state.links).await {
-        Ok(views) => HttpResponse::Ok().json(json!({ "servers": views })),
+        Ok(views) => HttpResponse::Ok().json(scrubbed(json!({ "servers": views }))),
         Err(e) => supervisor_error(&e),
     }
 }
 
 async fn one_server(state: Data<AppState>, name: web::Path<String>) -> HttpResponse {
     match servers::view(&state.handle, &state.links, &name).await {
-        Ok(Some(view)) => HttpResponse::Ok().json(view),
+        Ok(Some(view)) => HttpResponse::Ok().json(scrubbed(view)),
         Ok(None) => unknown_server(&state, &name),
         Err(e) => supervisor_error(&e),
     }
@@ -350,7 +363,9 @@ async fn diagnose(state: Data<AppState>, name: web::Path<String>) -> HttpRespons
     };
     let timeout = Duration::from_secs(10);
     let http = crate::oauth::http::OAuthHttp::new(timeout);
-    HttpResponse::Ok().json(crate::oauth::diagnose::diagnose(&http, server, timeout).await)
+    HttpResponse::Ok().json(scrubbed(
+        crate::oauth::diagnose::diagnose(&http, server, timeout).await,
+    ))
 }
 
 fn flow_json(row: &FlowRow) -> Value {
@@ -384,8 +399,9 @@ async fn list_flows(state: Data<AppState>, query: web::Query<FlowsQuery>) -> Htt
     }
     let server = query.server.clone().filter(|s| !s.is_empty());
     match state.handle.flows(server, None, limit).await {
-        Ok(rows) => HttpResponse::Ok()
-            .json(json!({"flows": rows.iter().map(flow_json).collect::<Vec<_>>()})),
+        Ok(rows) => HttpResponse::Ok().json(scrubbed(
+            json!({"flows": rows.iter().map(flow_json).collect::<Vec<_>>()}),
+        )),
         Err(e) => supervisor_error(&e),
     }
 }
@@ -409,11 +425,11 @@ async fn one_flow(state: Data<AppState>, id: web::Path<String>) -> HttpResponse 
             ),
         );
     }
-    HttpResponse::Ok().json(json!({
+    HttpResponse::Ok().json(scrubbed(json!({
         "correlation_id": id,
         "flow": row.as_ref().map(flow_json),
         "events": events,
-    }))
+    })))
 }
 
 async fn events(state: Data<AppState>) -> HttpResponse {

@@ -24,13 +24,23 @@ pub struct CallbackListener {
     redirect_uri: String,
 }
 
-/// What a valid callback must carry.
-#[derive(Debug, Clone)]
+/// What a valid callback must carry. `Debug` hides `state`.
+#[derive(Clone)]
 pub struct ExpectedCallback {
     pub state: String,
     pub issuer: String,
     /// The server promised `iss` (RFC 9207 `authorization_response_iss_parameter_supported`).
     pub iss_required: bool,
+}
+
+impl std::fmt::Debug for ExpectedCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpectedCallback")
+            .field("state", &crate::telemetry::redact::marker(&self.state))
+            .field("issuer", &self.issuer)
+            .field("iss_required", &self.iss_required)
+            .finish()
+    }
 }
 
 impl CallbackListener {
@@ -175,12 +185,16 @@ fn judge(
         );
     }
     match params.get("code").filter(|c| !c.is_empty()) {
-        Some(code) => (
-            200,
-            "Signed in",
-            "Authorization complete. You can close this tab and return to mcpproxy-oauth.".into(),
-            Some(Ok(code.clone())),
-        ),
+        Some(code) => {
+            crate::telemetry::secrets::register(code);
+            (
+                200,
+                "Signed in",
+                "Authorization complete. You can close this tab and return to mcpproxy-oauth."
+                    .into(),
+                Some(Ok(code.clone())),
+            )
+        }
         None => (
             400,
             "Sign-in failed",

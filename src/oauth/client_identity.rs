@@ -67,11 +67,12 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
-/// What the user configured about the client.
+/// What the user configured about the client. The secret is an `oauth2::ClientSecret`, whose
+/// `Debug` is redacted and which has no `Display`, from the config file or command line on.
 #[derive(Debug, Clone, Default)]
 pub struct ClientConfig {
     pub client_id: Option<String>,
-    pub client_secret: Option<String>,
+    pub client_secret: Option<oauth2::ClientSecret>,
     /// A client ID metadata document URL, used as the client ID where supported.
     pub client_metadata_url: Option<String>,
     pub client_name: Option<String>,
@@ -132,10 +133,11 @@ pub async fn obtain_client(
     let supported = metadata.token_endpoint_auth_methods_supported.as_deref();
     if let Some(client_id) = &config.client_id {
         let secret = config.client_secret.clone();
+        crate::telemetry::secrets::register_all([secret.as_ref().map(|s| s.secret().as_str())]);
         return Ok(ClientCredentials {
             client_id: client_id.clone(),
             auth_method: choose_auth_method(None, secret.is_some(), supported),
-            client_secret: secret.map(oauth2::ClientSecret::new),
+            client_secret: secret,
             source: ClientSource::Configured,
             registration: None,
         });
@@ -214,6 +216,12 @@ async fn register(
     let secret = response
         .remove("client_secret")
         .and_then(|v| v.as_str().map(String::from));
+    // RFC 7592's management token is never used here: dropped, so it is never stored.
+    let management = response.remove("registration_access_token");
+    crate::telemetry::secrets::register_all([
+        secret.as_deref(),
+        management.as_ref().and_then(Value::as_str),
+    ]);
     let registered_method = response
         .get("token_endpoint_auth_method")
         .and_then(Value::as_str);

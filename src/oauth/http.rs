@@ -25,12 +25,33 @@ pub struct OAuthHttp {
     max_body_bytes: usize,
 }
 
-/// A response read in full (within the size cap).
-#[derive(Debug)]
+/// A response read in full (within the size cap). `Debug` shows the status, the headers
+/// redacted and the body's size: a token response body is all secrets.
 pub struct HttpReply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for HttpReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes());
+                (
+                    name.to_string(),
+                    redact::header_value(name.as_str(), &value),
+                )
+            })
+            .collect();
+        f.debug_struct("HttpReply")
+            .field("status", &self.status)
+            .field("headers", &headers)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 impl HttpReply {

@@ -120,6 +120,12 @@ impl TokenEndpoint {
                     .map_err(|_| invalid("redirect URI", &self.redirect_uri))?,
             );
         // oauth2 sends the client_id in the body for RequestBody, with or without a secret.
+        if let (TokenAuthMethod::ClientSecretBasic, Some(secret)) =
+            (self.client.auth_method, &self.client.client_secret)
+        {
+            // The Basic credentials oauth2 sends (RFC 6749 §2.3.1): a server may echo them.
+            register_basic_credentials(&self.client.client_id, secret.secret());
+        }
         client = match (self.client.auth_method, &self.client.client_secret) {
             (TokenAuthMethod::ClientSecretBasic, Some(secret)) => client
                 .set_client_secret(secret.clone())
@@ -166,6 +172,10 @@ impl TokenEndpoint {
             request = request.add_extra_param(name.clone(), value.clone());
         }
         let (url, state) = request.url();
+        crate::telemetry::secrets::register_all([
+            Some(state.secret().as_str()),
+            Some(verifier.secret().as_str()),
+        ]);
         Ok(PendingAuthorization {
             url,
             state: state.secret().clone(),
@@ -182,6 +192,7 @@ impl TokenEndpoint {
         pending: &PendingAuthorization,
         now: SystemTime,
     ) -> Result<TokenSet, OAuthError> {
+        crate::telemetry::secrets::register(code);
         let client = self.oauth2_client()?;
         let call = http.token_call();
         let result = client
@@ -204,6 +215,7 @@ impl TokenEndpoint {
         scope: Option<&str>,
         now: SystemTime,
     ) -> Result<TokenSet, OAuthError> {
+        crate::telemetry::secrets::register(refresh_token.secret());
         let client = self.oauth2_client()?;
         let call = http.token_call();
         let result = client
@@ -273,6 +285,20 @@ impl TokenEndpoint {
     }
 }
 
+/// Registers `base64(urlencode(id):urlencode(secret))`, the Authorization header's
+/// credentials, with the log scrubber.
+fn register_basic_credentials(client_id: &str, secret: &str) {
+    use base64::Engine as _;
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    crate::telemetry::secrets::register(
+        &base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            encode(client_id),
+            encode(secret)
+        )),
+    );
+}
+
 /// An authorization request in flight: the URL to open and what checks its answer.
 pub struct PendingAuthorization {
     pub url: Url,
@@ -284,7 +310,7 @@ pub struct PendingAuthorization {
 impl fmt::Debug for PendingAuthorization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingAuthorization")
-            .field("url", &self.url.as_str())
+            .field("url", &crate::telemetry::redact::url(self.url.as_str()))
             .field("scope", &self.scope)
             .finish()
     }
@@ -371,6 +397,10 @@ fn token_set(
     requested_scope: Option<&str>,
     now: SystemTime,
 ) -> Result<TokenSet, OAuthError> {
+    crate::telemetry::secrets::register_all([
+        Some(response.access_token().secret().as_str()),
+        response.refresh_token().map(|r| r.secret().as_str()),
+    ]);
     let token_type = response.token_type().as_ref().to_string();
     if !token_type.eq_ignore_ascii_case("bearer") {
         return Err(OAuthError::Malformed {

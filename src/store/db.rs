@@ -13,6 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::cipher::{self, StoreKey};
+use super::keys::{self, KeySource, Sealing};
 use super::open::{
     Access, BUSY_TIMEOUT, OpenFailure, check_schema, create_private, folder_of, move_aside,
     short_cause, with_companions,
@@ -30,7 +32,18 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0003_abandoned_flows",
         include_str!("../../migrations/0003_abandoned_flows.sql"),
     ),
+    ("0004_meta", include_str!("../../migrations/0004_meta.sql")),
 ];
+
+/// The secret columns, sealed when the store is encrypted: (table, column).
+pub const SECRET_COLUMNS: &[(&str, &str)] = &[
+    ("oauth_tokens", "access_token"),
+    ("oauth_tokens", "refresh_token"),
+    ("oauth_clients", "client_secret"),
+];
+
+/// What the key check value says, sealed; it proves a key is the database's key.
+const KEY_CHECK: &str = "mcpproxy-oauth store key check";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,6 +71,103 @@ pub enum StoreError {
     Closed,
     #[error("another process holds the flow lock of {server_key} (waited {waited_ms} ms)")]
     LockTimeout { server_key: String, waited_ms: u64 },
+    #[error(
+        "the token database {path} is encrypted, and --insecure-plaintext was given; nothing was changed: drop --insecure-plaintext and give its key (--key-file, MCPPROXY_OAUTH_KEY, or the key file beside it)"
+    )]
+    EncryptedNeedsKey { path: PathBuf },
+    #[error(
+        "the token database {path} was encrypted with another key than {source_}; nothing was changed: give the key it was encrypted with (--key-file or MCPPROXY_OAUTH_KEY)"
+    )]
+    WrongKey { path: PathBuf, source_: KeySource },
+    #[error("cannot open the token database {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error(
+        "the stored {column} of {server_key} cannot be decrypted (its bytes were altered, or it was moved from another row); nothing was changed: restore a backup of the database, or `auth logout` the server and log in again"
+    )]
+    Undecryptable {
+        server_key: String,
+        column: &'static str,
+    },
+}
+
+fn key_check_place() -> String {
+    cipher::place("oauth_meta", "key_check", "")
+}
+
+fn table_of(column: &str) -> &'static str {
+    SECRET_COLUMNS
+        .iter()
+        .find(|(_, c)| *c == column)
+        .map(|(t, _)| *t)
+        .unwrap_or("oauth_tokens")
+}
+
+fn seal_column(
+    key: &StoreKey,
+    column: &'static str,
+    server_key: &str,
+    value: Option<&str>,
+) -> Option<String> {
+    value.map(|v| cipher::seal(key, &cipher::place(table_of(column), column, server_key), v))
+}
+
+fn read_key_check(conn: &Connection) -> Result<Option<String>, StoreError> {
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'oauth_meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_meta {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT value FROM oauth_meta WHERE name = 'key_check'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Refuses a write of secrets sealed with a key the file no longer uses (a `tokens rekey` by
+/// another process since this one opened it), or in clear into a file encrypted since: such a
+/// value could never be read back. Checked inside the write transaction, so a rekey cannot
+/// slip in between; costs one small query and one AEAD open of the key check per save.
+fn still_our_key(
+    conn: &Connection,
+    key: &Option<(StoreKey, KeySource)>,
+    path: &Path,
+) -> Result<(), StoreError> {
+    match (key, read_key_check(conn)?) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(StoreError::EncryptedNeedsKey {
+            path: path.to_path_buf(),
+        }),
+        (Some((key, source)), check) => {
+            let ours = check
+                .and_then(|c| cipher::open(key, &key_check_place(), &c).ok())
+                .is_some_and(|text| text == KEY_CHECK);
+            if ours {
+                Ok(())
+            } else {
+                Err(StoreError::WrongKey {
+                    path: path.to_path_buf(),
+                    source_: source.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// A registration response without RFC 7592's management token (older builds stored it).
+fn without_management_token(json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.remove("registration_access_token");
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => json.to_string(),
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -151,6 +261,11 @@ pub struct FlowRow {
 pub struct TokenStore {
     conn: Connection,
     path: PathBuf,
+    /// The key of an encrypted store; `None` for plain text (and for read-only opens, which
+    /// read no secret column).
+    key: Option<(StoreKey, KeySource)>,
+    /// Whether the file holds sealed secrets (its key check is present).
+    encrypted: bool,
     /// Where a corrupt database was moved at open, if it was.
     pub moved_aside: Option<PathBuf>,
 }
@@ -159,8 +274,22 @@ impl TokenStore {
     /// Opens (creating if needed) the database at `path` for reading and writing: modes
     /// enforced (folder 0700, files 0600, refused when they cannot be), real corruption moved
     /// aside, every other failure an error naming the file, the cause and the fix, with
-    /// nothing moved; then pending migrations.
+    /// nothing moved; then pending migrations; secrets sealed with the default key sources
+    /// (see `keys`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, &Sealing::default())
+    }
+
+    /// `open`, with the secret columns protected as `sealing` says: a plain-text database is
+    /// encrypted in place (one transaction) when a key is given; an encrypted one needs its
+    /// key, and nothing is changed when it is missing or wrong.
+    pub fn open_with(path: &Path, sealing: &Sealing) -> Result<Self, StoreError> {
+        let mut store = Self::open_unsealed(path)?;
+        store.apply_sealing(sealing)?;
+        Ok(store)
+    }
+
+    fn open_unsealed(path: &Path) -> Result<Self, StoreError> {
         let unusable = |reason: String| StoreError::Unusable {
             path: path.to_path_buf(),
             reason,
@@ -233,6 +362,7 @@ impl TokenStore {
         for file in with_companions(path) {
             warn(perms::private_file(&file));
         }
+        store.encrypted = store.key_check()?.is_some();
         // An empty file (being created by a start right now) holds no token yet.
         Ok((version > 0).then_some(store))
     }
@@ -278,6 +408,8 @@ impl TokenStore {
         Ok(TokenStore {
             conn,
             path: path.to_path_buf(),
+            key: None,
+            encrypted: false,
             moved_aside: None,
         })
     }
@@ -342,6 +474,192 @@ impl TokenStore {
         &self.path
     }
 
+    /// Whether the file holds sealed secrets.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Where the key in use came from (`None`: plain text).
+    pub fn key_source(&self) -> Option<&KeySource> {
+        self.key.as_ref().map(|(_, source)| source)
+    }
+
+    /// The sealed key check, if the file is encrypted (also for files older than `oauth_meta`).
+    fn key_check(&self) -> Result<Option<String>, StoreError> {
+        read_key_check(&self.conn)
+    }
+
+    fn apply_sealing(&mut self, sealing: &Sealing) -> Result<(), StoreError> {
+        let check = self.key_check()?;
+        self.encrypted = check.is_some();
+        let Sealing::Encrypted(spec) = sealing else {
+            if self.encrypted {
+                return Err(StoreError::EncryptedNeedsKey {
+                    path: self.path.clone(),
+                });
+            }
+            tracing::warn!(path = %self.path.display(), "--insecure-plaintext: tokens and client secrets are stored in clear (protected by the file's 0600 mode only)");
+            return Ok(());
+        };
+        let (key, source) =
+            keys::resolve(spec, &self.path, self.encrypted).map_err(|e| StoreError::Key {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        match check {
+            Some(check) => self.verify_key(&key, &source, &check)?,
+            None => self.encrypt_in_place(&key, &source)?,
+        }
+        self.key = Some((key, source));
+        self.encrypted = true;
+        Ok(())
+    }
+
+    fn verify_key(
+        &self,
+        key: &StoreKey,
+        source: &KeySource,
+        check: &str,
+    ) -> Result<(), StoreError> {
+        match cipher::open(key, &key_check_place(), check) {
+            Ok(text) if text == KEY_CHECK => Ok(()),
+            _ => Err(StoreError::WrongKey {
+                path: self.path.clone(),
+                source_: source.clone(),
+            }),
+        }
+    }
+
+    /// Seals every secret of a plain-text file in one transaction (all or nothing), drops the
+    /// RFC 7592 `registration_access_token` older builds kept in `registration_json`, and
+    /// writes the key check. Another process that got there first is seen inside the
+    /// transaction, and its key is checked instead.
+    fn encrypt_in_place(&mut self, key: &StoreKey, source: &KeySource) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(check) = read_key_check(&tx)? {
+            drop(tx);
+            return self.verify_key(key, source, &check);
+        }
+        let mut sealed = 0usize;
+        let tokens: Vec<(String, String, Option<String>)> = tx
+            .prepare("SELECT server_key, access_token, refresh_token FROM oauth_tokens")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (server_key, access, refresh) in tokens {
+            let access = seal_column(key, "access_token", &server_key, Some(&access));
+            let refresh = seal_column(key, "refresh_token", &server_key, refresh.as_deref());
+            sealed += 1 + usize::from(refresh.is_some());
+            tx.execute(
+                "UPDATE oauth_tokens SET access_token = ?2, refresh_token = ?3 WHERE server_key = ?1",
+                params![server_key, access, refresh],
+            )?;
+        }
+        let clients: Vec<(String, Option<String>, Option<String>)> = tx
+            .prepare("SELECT server_key, client_secret, registration_json FROM oauth_clients")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (server_key, secret, registration) in clients {
+            let secret = seal_column(key, "client_secret", &server_key, secret.as_deref());
+            sealed += usize::from(secret.is_some());
+            tx.execute(
+                "UPDATE oauth_clients SET client_secret = ?2, registration_json = ?3 WHERE server_key = ?1",
+                params![server_key, secret, registration.map(|r| without_management_token(&r))],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO oauth_meta (name, value) VALUES ('key_check', ?1)",
+            [cipher::seal(key, &key_check_place(), KEY_CHECK)],
+        )?;
+        tx.commit()?;
+        if sealed > 0 {
+            tracing::info!(path = %self.path.display(), values = sealed, key = %source, "the token database was encrypted in place");
+        }
+        Ok(())
+    }
+
+    /// Re-seals every secret with `new` in one transaction, then uses it. A value that does
+    /// not open with the current key stops the rekey with nothing changed.
+    pub fn rekey(&mut self, new: StoreKey, new_source: KeySource) -> Result<(), StoreError> {
+        let Some((old, _)) = &self.key else {
+            return Err(StoreError::Key {
+                path: self.path.clone(),
+                reason: "the store is opened without a key (--insecure-plaintext); open it with a key first, which encrypts it".into(),
+            });
+        };
+        let old = old.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (table, column) in SECRET_COLUMNS {
+            let rows: Vec<(String, Option<String>)> = tx
+                .prepare(&format!("SELECT server_key, {column} FROM {table}"))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (server_key, stored) in rows {
+                let Some(stored) = stored else { continue };
+                let place = cipher::place(table, column, &server_key);
+                let plain =
+                    cipher::open(&old, &place, &stored).map_err(|_| StoreError::Undecryptable {
+                        server_key: server_key.clone(),
+                        column,
+                    })?;
+                tx.execute(
+                    &format!("UPDATE {table} SET {column} = ?2 WHERE server_key = ?1"),
+                    params![server_key, cipher::seal(&new, &place, &plain)],
+                )?;
+            }
+        }
+        tx.execute(
+            "UPDATE oauth_meta SET value = ?1 WHERE name = 'key_check'",
+            [cipher::seal(&new, &key_check_place(), KEY_CHECK)],
+        )?;
+        tx.commit()?;
+        self.key = Some((new, new_source));
+        Ok(())
+    }
+
+    /// A secret column's value as stored: sealed when the store has a key.
+    fn hide(&self, column: &'static str, server_key: &str, value: Option<&str>) -> Option<String> {
+        match &self.key {
+            Some((key, _)) => seal_column(key, column, server_key, value),
+            None => value.map(String::from),
+        }
+    }
+
+    /// A secret column's value as used: opened when the file is encrypted, and registered
+    /// with the log scrubber either way.
+    fn reveal(
+        &self,
+        column: &'static str,
+        server_key: &str,
+        stored: Option<String>,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let plain = match (&self.key, self.encrypted) {
+            (Some((key, _)), _) => {
+                let table = table_of(column);
+                cipher::open(key, &cipher::place(table, column, server_key), &stored).map_err(
+                    |_| StoreError::Undecryptable {
+                        server_key: server_key.to_string(),
+                        column,
+                    },
+                )?
+            }
+            (None, true) => {
+                return Err(StoreError::EncryptedNeedsKey {
+                    path: self.path.clone(),
+                });
+            }
+            (None, false) => stored,
+        };
+        crate::telemetry::secrets::register(&plain);
+        Ok(Some(plain))
+    }
+
     /// Changes whenever another connection commits to the database (SQLite's
     /// `PRAGMA data_version`): the cheap way to notice another process's writes.
     pub fn data_version(&self) -> Result<i64, StoreError> {
@@ -374,7 +692,7 @@ impl TokenStore {
     pub fn load_token(&self, server_key: &str) -> Result<Option<StoredToken>, StoreError> {
         let now = now_ms();
         let latest = now.saturating_add(crate::oauth::token::MAX_LIFETIME.as_millis() as i64);
-        Ok(self
+        let row = self
             .conn
             .query_row(
                 "SELECT server_key, server_name, server_url, resource, issuer, access_token, refresh_token, token_type, scope, expires_at, obtained_at, flow_id
@@ -397,14 +715,26 @@ impl TokenStore {
                     })
                 },
             )
-            .optional()?)
+            .optional()?;
+        let Some(mut token) = row else {
+            return Ok(None);
+        };
+        let key = token.server_key.clone();
+        token.access_token = self
+            .reveal("access_token", &key, Some(token.access_token))?
+            .unwrap_or_default();
+        token.refresh_token = self.reveal("refresh_token", &key, token.refresh_token)?;
+        Ok(Some(token))
     }
 
     /// Writes a token durably (the transaction commits with `synchronous=FULL`).
     pub fn save_token(&mut self, t: &StoredToken) -> Result<(), StoreError> {
+        let access = self.hide("access_token", &t.server_key, Some(&t.access_token));
+        let refresh = self.hide("refresh_token", &t.server_key, t.refresh_token.as_deref());
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        still_our_key(&tx, &self.key, &self.path)?;
         tx.execute(
             "INSERT INTO oauth_tokens (server_key, server_name, server_url, resource, issuer, access_token, refresh_token, token_type, scope, expires_at, obtained_at, updated_at, flow_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -413,7 +743,8 @@ impl TokenStore {
                refresh_token = excluded.refresh_token, token_type = excluded.token_type, scope = excluded.scope,
                expires_at = excluded.expires_at, obtained_at = excluded.obtained_at, updated_at = excluded.updated_at,
                flow_id = excluded.flow_id",
-            params![t.server_key, t.server_name, t.server_url, t.resource, t.issuer, t.access_token, t.refresh_token, t.token_type, t.scope, t.expires_at, t.obtained_at, now_ms(), t.flow_id],
+            params![t.server_key, t.server_name, t.server_url, t.resource, t.issuer,
+                    access, refresh, t.token_type, t.scope, t.expires_at, t.obtained_at, now_ms(), t.flow_id],
         )?;
         tx.commit()?;
         Ok(())
@@ -437,7 +768,7 @@ impl TokenStore {
     }
 
     pub fn load_client(&self, server_key: &str) -> Result<Option<StoredClient>, StoreError> {
-        Ok(self
+        self
             .conn
             .query_row(
                 "SELECT server_key, issuer, client_id, client_secret, token_endpoint_auth_method, source, redirect_uri, authorization_endpoint,
@@ -462,12 +793,26 @@ impl TokenStore {
                     })
                 },
             )
-            .optional()?)
+            .optional()?
+            .map(|mut client| {
+                client.client_secret = self.reveal(
+                    "client_secret",
+                    &client.server_key.clone(),
+                    client.client_secret.take(),
+                )?;
+                Ok::<_, StoreError>(client)
+            })
+            .transpose()
     }
 
     pub fn save_client(&mut self, c: &StoredClient) -> Result<(), StoreError> {
         let now = now_ms();
-        self.conn.execute(
+        let secret = self.hide("client_secret", &c.server_key, c.client_secret.as_deref());
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        still_our_key(&tx, &self.key, &self.path)?;
+        tx.execute(
             "INSERT INTO oauth_clients (server_key, issuer, client_id, client_secret, token_endpoint_auth_method, source, redirect_uri,
                authorization_endpoint, token_endpoint, revocation_endpoint, resource, iss_parameter_supported, registration_json, registered_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
@@ -477,9 +822,12 @@ impl TokenStore {
                revocation_endpoint = excluded.revocation_endpoint, resource = excluded.resource,
                iss_parameter_supported = excluded.iss_parameter_supported, registration_json = excluded.registration_json,
                updated_at = excluded.updated_at",
-            params![c.server_key, c.issuer, c.client_id, c.client_secret, c.token_endpoint_auth_method, c.source, c.redirect_uri,
-                    c.authorization_endpoint, c.token_endpoint, c.revocation_endpoint, c.resource, c.iss_parameter_supported, c.registration_json, now],
+            params![c.server_key, c.issuer, c.client_id,
+                    secret, c.token_endpoint_auth_method, c.source, c.redirect_uri,
+                    c.authorization_endpoint, c.token_endpoint, c.revocation_endpoint, c.resource, c.iss_parameter_supported,
+                    c.registration_json.as_deref().map(without_management_token), now],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -521,6 +869,8 @@ impl TokenStore {
         } else {
             "succeeded"
         };
+        // The error may quote a server's text: known secrets never reach the table.
+        let error = error.map(|e| crate::telemetry::secrets::scrub(e).into_owned());
         self.conn.execute(
             "UPDATE oauth_flows SET state = ?2, finished_at = ?3, lease_expires_at = NULL, error = ?4 WHERE flow_id = ?1",
             params![flow_id, state, now_ms(), error],

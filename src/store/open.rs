@@ -30,7 +30,8 @@ pub(super) fn check_schema(conn: &Connection, path: &Path, version: i64) -> Resu
     let names: Vec<String> = statement
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let ours = |n: &String| OUR_OBJECTS.contains(&n.as_str());
+    let ours =
+        |n: &String| OUR_OBJECTS.contains(&n.as_str()) || LATER_OBJECTS.contains(&n.as_str());
     let foreign: Vec<&String> = names.iter().filter(|n| !ours(n)).collect();
     let list = |v: &[&String]| {
         let shown: Vec<&str> = v.iter().take(5).map(|s| s.as_str()).collect();
@@ -73,6 +74,9 @@ pub(super) fn check_schema(conn: &Connection, path: &Path, version: i64) -> Resu
 
 /// How long a statement waits for another connection's lock before it is an error.
 pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tables added by later migrations: ours, but not required of an older version.
+pub(super) const LATER_OBJECTS: &[&str] = &["oauth_meta"];
 
 /// The tables and views of our schema; a file with none of them and other tables is foreign.
 pub(super) const OUR_OBJECTS: &[&str] = &[

@@ -9,6 +9,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::db::{StoreError, TokenStore};
+use super::keys::Sealing;
 
 /// Time of every store job (reads and writes alike: a job is a closure), queueing included,
 /// for `/metrics`. Process-wide: every registry of the process counts into it.
@@ -59,7 +60,15 @@ impl TokenRegistry {
     /// Opens the store, closes flows abandoned by dead processes, and starts its actor. Call
     /// inside an actix `System`. Returns where a corrupt database was moved aside, if it was.
     pub fn start(path: &Path) -> Result<(Self, Option<PathBuf>), StoreError> {
-        let mut store = TokenStore::open(path)?;
+        Self::start_with(path, &Sealing::default())
+    }
+
+    /// `start`, with the secret columns protected as `sealing` says.
+    pub fn start_with(
+        path: &Path,
+        sealing: &Sealing,
+    ) -> Result<(Self, Option<PathBuf>), StoreError> {
+        let mut store = TokenStore::open_with(path, sealing)?;
         let moved_aside = store.moved_aside.clone();
         // Flows left `running` by a process that died are closed before any flow starts.
         // Only history is at stake: a failure (another process holds the write lock) is a

@@ -70,6 +70,8 @@ pub struct SupervisorConfig {
     /// How often the store is checked for tokens stored or deleted by another process
     /// (`auth login`, `auth logout`, another daemon).
     pub store_poll_interval: Duration,
+    /// How the store's secret columns are protected (default: encrypted, see `store::keys`).
+    pub sealing: crate::store::Sealing,
 }
 
 impl SupervisorConfig {
@@ -86,6 +88,7 @@ impl SupervisorConfig {
             flow_hook: None,
             max_concurrent_refreshes: default_refresh_limit(),
             store_poll_interval: Duration::from_secs(1),
+            sealing: crate::store::Sealing::default(),
         }
     }
 }
@@ -329,7 +332,8 @@ fn build(
     config: SupervisorConfig,
     events: broadcast::Sender<StateChange>,
 ) -> Result<Parts, SupervisorError> {
-    let (registry, moved_aside) = TokenRegistry::start(&database_path(&config.data_dir))?;
+    let (registry, moved_aside) =
+        TokenRegistry::start_with(&database_path(&config.data_dir), &config.sealing)?;
     let flow_log = FlowLogger::default().start();
     let runtime = Arc::new(Runtime {
         registry: registry.clone(),

@@ -3,8 +3,13 @@
 //! JSON lines carry `timestamp level target message` plus the fields of every enclosing span
 //! (a flow's `correlation_id`, `server`, `flow_kind`) and of the event, all at the top level,
 //! so `grep`/`jq` on `correlation_id` finds a whole flow. Fields named `*_headers`, `*_body` or `details`
-//! that hold JSON text are embedded as JSON. Any field named like a secret (`access_token`,
-//! `code`, ...) is replaced by its redaction marker here too, as a last line of defence.
+//! that hold JSON text are embedded as JSON, through the shape redactor. Both formats share one
+//! safety net (`shown_field`): a field named like a secret (`access_token`, `accessToken`,
+//! `code`, ...) is replaced by its redaction marker, embedded JSON is redacted by shape, and
+//! every other string passes through the registry of known secrets (`secrets::scrub`). The
+//! pretty format also escapes control characters (`inert`), so a server's ESC or newline
+//! cannot forge a line; JSON escapes them by construction. The pretty writer scrubs the
+//! finished line once more.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
@@ -23,7 +28,30 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use super::redact;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
+
+use super::{inert, redact, secrets};
+
+/// Whether a field holds embedded JSON (a body, headers, details).
+fn is_embedded_json(name: &str, text: &str) -> bool {
+    (name.ends_with("_headers") || name.ends_with("_body") || name == "details")
+        && (text.starts_with('{') || text.starts_with('['))
+}
+
+/// A string field as either format shows it: redacted by name, by shape or by known value.
+fn shown_field(name: &str, text: &str) -> Value {
+    if redact::is_secret_field(name) {
+        return Value::String(redact::marker(text));
+    }
+    if is_embedded_json(name, text)
+        && let Ok(parsed) = serde_json::from_str::<Value>(text)
+    {
+        return redact::json_shape(&parsed);
+    }
+    Value::String(secrets::scrub(text).into_owned())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -42,13 +70,7 @@ impl JsonFields {
     fn put(&mut self, field: &Field, value: Value) {
         let name = field.name();
         let value = match value {
-            Value::String(s) if redact::is_secret_field(name) => Value::String(redact::marker(&s)),
-            Value::String(s)
-                if (name.ends_with("_headers") || name.ends_with("_body") || name == "details")
-                    && (s.starts_with('{') || s.starts_with('[')) =>
-            {
-                serde_json::from_str(&s).unwrap_or(Value::String(s))
-            }
+            Value::String(s) => shown_field(name, &s),
             other => other,
         };
         self.0.insert(name.to_string(), value);
@@ -141,6 +163,59 @@ where
     }
 }
 
+/// The pretty format's fields: the same safety net as JSON (`shown_field`), then control
+/// characters escaped; `name=value`, values with spaces quoted.
+pub struct PrettyFields;
+
+struct PrettyVisitor {
+    out: String,
+}
+
+impl PrettyVisitor {
+    fn put(&mut self, name: &str, text: &str) {
+        let shown = match shown_field(name, text) {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        let shown = inert::escape(&shown);
+        if !self.out.is_empty() {
+            self.out.push(' ');
+        }
+        let quoted = shown.len() >= 2 && shown.starts_with('"') && shown.ends_with('"');
+        if name == "message" {
+            self.out.push_str(&shown);
+        } else if quoted {
+            // Already a Debug string (`?field`): quoted and escaped.
+            let _ = write!(self.out, "{name}={shown}");
+        } else if shown.is_empty() || shown.contains([' ', '"', '=']) {
+            let _ = write!(self.out, "{name}=\"{}\"", shown.replace('"', "\\\""));
+        } else {
+            let _ = write!(self.out, "{name}={shown}");
+        }
+    }
+}
+
+impl Visit for PrettyVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field.name(), value);
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field.name(), &format!("{value:?}"));
+    }
+}
+
+impl<'writer> FormatFields<'writer> for PrettyFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = PrettyVisitor { out: String::new() };
+        fields.record(&mut visitor);
+        writer.write_str(&visitor.out)
+    }
+}
+
 /// Opens a log file for appending, created 0600.
 pub fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -196,6 +271,7 @@ pub fn init(format: LogFormat, level: &str, file: Option<&PathBuf>) -> Result<()
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_ansi(file.is_none())
+                .fmt_fields(PrettyFields)
                 .with_writer(make_writer)
                 .init()
         }
@@ -206,11 +282,15 @@ pub fn init(format: LogFormat, level: &str, file: Option<&PathBuf>) -> Result<()
 struct SharedLineWriter(SharedWriter);
 
 impl Write for SharedLineWriter {
+    /// The fmt layer writes one whole event per call, so a known secret cannot straddle two
+    /// calls: the line is scrubbed as a last net, then written in full.
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write(bytes)
+        let mut writer = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match std::str::from_utf8(bytes) {
+            Ok(text) => writer.write_all(secrets::scrub(text).as_bytes())?,
+            Err(_) => writer.write_all(bytes)?,
+        }
+        Ok(bytes.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
@@ -281,5 +361,76 @@ mod tests {
             "JSON bodies are embedded"
         );
         assert!(!text.contains("eyJsecret"));
+    }
+
+    /// One event with every kind of leak, through a format; the text written.
+    fn hostile_event(format: LogFormat) -> String {
+        secrets::register("rt-echoed-by-a-hostile-server");
+        let buffer = Buffer::default();
+        let writer: SharedWriter = Arc::new(Mutex::new(Box::new(buffer.clone())));
+        let emit = || {
+            let span =
+                tracing::info_span!("oauth_flow", correlation_id = "c-2", code = "c0de-in-span");
+            let _entered = span.enter();
+            tracing::warn!(
+                accessToken = "eyJcamel",
+                response_body =
+                    r#"{"access_token":"eyJbody","note":"rt-echoed-by-a-hostile-server"}"#,
+                request_headers = r#"{"Authorization":"Bearer eyJheader","DPoP":"proof-jwt"}"#,
+                error_description =
+                    "could not refresh rt-echoed-by-a-hostile-server\u{1b}[2J\nINFO forged line",
+                "refresh failed: {}",
+                "rt-echoed-by-a-hostile-server"
+            );
+        };
+        match format {
+            LogFormat::Json => {
+                let subscriber = tracing_subscriber::registry().with(JsonLayer::new(writer));
+                tracing::subscriber::with_default(subscriber, emit);
+            }
+            LogFormat::Pretty => {
+                let subscriber = tracing_subscriber::fmt()
+                    .with_ansi(false)
+                    .fmt_fields(PrettyFields)
+                    .with_writer(move || SharedLineWriter(writer.clone()))
+                    .finish();
+                tracing::subscriber::with_default(subscriber, emit);
+            }
+        }
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn both_formats_share_the_safety_net_and_pretty_escapes_control_characters() {
+        for format in [LogFormat::Json, LogFormat::Pretty] {
+            let text = hostile_event(format);
+            for secret in [
+                "eyJcamel",
+                "eyJbody",
+                "eyJheader",
+                "proof-jwt",
+                "c0de-in-span",
+                "rt-echoed-by-a-hostile-server",
+            ] {
+                assert!(!text.contains(secret), "{format:?} leaked {secret}: {text}");
+            }
+            assert!(text.contains("[redacted:29]"), "{format:?}: {text}");
+            assert!(
+                !text.contains('\u{1b}'),
+                "{format:?} kept a raw ESC: {text}"
+            );
+            assert_eq!(
+                text.trim_end().lines().count(),
+                1,
+                "{format:?} forged a line: {text}"
+            );
+            assert!(
+                text.contains("forged line"),
+                "{format:?} lost the text: {text}"
+            );
+        }
+        let pretty = hostile_event(LogFormat::Pretty);
+        assert!(pretty.contains("\\u{1b}[2J\\nINFO"), "{pretty}");
+        assert!(pretty.contains("Bearer [redacted:9]"), "{pretty}");
     }
 }

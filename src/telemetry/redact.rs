@@ -2,8 +2,15 @@
 //! JSON bodies. Secrets are replaced by a marker that keeps their length (`[redacted:43]`), so
 //! a log still shows that a value was there and how big it was; keys, token types, scopes,
 //! lifetimes and OAuth error codes stay readable.
+//!
+//! Names are compared with case, `_` and `-` ignored, so `accessToken`, `Access-Token` and
+//! `access_token` are one name. Strings that are not under a secret name still pass through
+//! the registry of known secrets (`secrets::scrub`): a server echoing a token under an
+//! unknown key or inside `error_description` is caught there.
 
 use serde_json::Value;
+
+use super::secrets;
 
 /// Header names whose values are secrets.
 const SECRET_HEADERS: &[&str] = &[
@@ -12,6 +19,9 @@ const SECRET_HEADERS: &[&str] = &[
     "cookie",
     "set-cookie",
     "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "dpop",
     "mcp-session-id",
 ];
 
@@ -33,24 +43,43 @@ const SECRET_FIELDS: &[&str] = &[
     "device_code",
     "registration_access_token",
     "state",
+    "api_key",
+    "x_api_key",
+    "auth_token",
+    "x_auth_token",
+    "session_token",
+    "dpop",
+    "secret",
+    "private_key",
 ];
+
+/// A name with case, `_` and `-` ignored: `accessToken` == `access_token` == `Access-Token`.
+fn normalized(name: &str) -> impl Iterator<Item = char> + '_ {
+    name.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+}
+
+fn same_name(a: &str, b: &str) -> bool {
+    normalized(a).eq(normalized(b))
+}
 
 pub fn marker(secret: &str) -> String {
     format!("[redacted:{}]", secret.len())
 }
 
 pub fn is_secret_field(name: &str) -> bool {
-    SECRET_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name))
+    SECRET_FIELDS.iter().any(|f| same_name(f, name))
 }
 
 pub fn is_secret_header(name: &str) -> bool {
-    SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+    SECRET_HEADERS.iter().any(|h| same_name(h, name))
 }
 
 /// A header value fit for a log: secret headers keep only their scheme (`Bearer [redacted:812]`).
 pub fn header_value(name: &str, value: &str) -> String {
     if !is_secret_header(name) {
-        return value.to_string();
+        return secrets::scrub(value).into_owned();
     }
     match value.split_once(' ') {
         Some((scheme, rest))
@@ -73,7 +102,7 @@ pub fn form(encoded: &str) -> String {
             if is_secret_field(&k) {
                 (k.into_owned(), marker(&v))
             } else {
-                (k.into_owned(), v.into_owned())
+                (k.into_owned(), secrets::scrub(&v).into_owned())
             }
         })
         .fold(
@@ -86,7 +115,9 @@ pub fn form(encoded: &str) -> String {
         .finish()
 }
 
-/// A URL with its secret query parameters replaced (and any userinfo dropped).
+/// A URL with its secret query parameters replaced, any userinfo dropped, and its fragment
+/// redacted like a query (an implicit-grant style `#access_token=...`) or, when it is not a
+/// form, replaced by a marker.
 pub fn url(raw: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(raw) else {
         return "[unparseable URL]".into();
@@ -96,11 +127,20 @@ pub fn url(raw: &str) -> String {
     if let Some(query) = parsed.query().map(String::from) {
         parsed.set_query(Some(&form(&query)));
     }
-    parsed.to_string()
+    if let Some(fragment) = parsed.fragment().map(String::from) {
+        let shown = if fragment.contains('=') {
+            form(&fragment)
+        } else {
+            marker(&fragment)
+        };
+        parsed.set_fragment(Some(&shown));
+    }
+    secrets::scrub(parsed.as_str()).into_owned()
 }
 
 /// The shape of a JSON value: keys kept, secret values replaced by a marker with their length,
-/// other strings kept (error codes, descriptions, token types, scopes, URLs).
+/// secret headers (`{"Authorization": "Bearer ..."}`) keep their scheme only, other strings
+/// kept (error codes, descriptions, token types, scopes, URLs) with known secrets scrubbed.
 pub fn json_shape(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
@@ -109,6 +149,9 @@ pub fn json_shape(value: &Value) -> Value {
                     // Secrets are strings; a numeric `code` (a JSON-RPC error) stays readable.
                     let shown = match v {
                         Value::String(s) if is_secret_field(k) => Value::String(marker(s)),
+                        Value::String(s) if is_secret_header(k) => {
+                            Value::String(header_value(k, s))
+                        }
                         other => json_shape(other),
                     };
                     (k.clone(), shown)
@@ -116,6 +159,7 @@ pub fn json_shape(value: &Value) -> Value {
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.iter().map(json_shape).collect()),
+        Value::String(s) => Value::String(secrets::scrub(s).into_owned()),
         other => other.clone(),
     }
 }
@@ -205,6 +249,56 @@ mod tests {
             json_shape(&rpc),
             rpc,
             "JSON-RPC error codes are numbers, not secrets"
+        );
+    }
+
+    #[test]
+    fn other_spellings_and_headers_are_secret_names() {
+        for name in [
+            "accessToken",
+            "RefreshToken",
+            "clientSecret",
+            "api_key",
+            "apiKey",
+            "x-auth-token",
+            "DPoP",
+            "codeVerifier",
+            "registrationAccessToken",
+        ] {
+            assert!(is_secret_field(name), "{name}");
+        }
+        for name in ["X-Auth-Token", "DPoP", "x-api-key", "Api-Key"] {
+            assert!(is_secret_header(name), "{name}");
+        }
+        assert!(!is_secret_field("token_type") && !is_secret_field("expiresIn"));
+        let shape = json_shape(
+            &json!({"accessToken": "abc", "headers": {"Authorization": "Bearer xyz", "DPoP": "proof"}}),
+        );
+        assert_eq!(
+            shape,
+            json!({"accessToken": "[redacted:3]", "headers": {"Authorization": "Bearer [redacted:3]", "DPoP": "[redacted:5]"}})
+        );
+    }
+
+    #[test]
+    fn fragments_and_known_secrets_are_redacted() {
+        let u = url("http://127.0.0.1:9/cb#access_token=fr4gm3nt&token_type=bearer");
+        assert!(
+            !u.contains("fr4gm3nt") && u.contains("token_type=bearer"),
+            "{u}"
+        );
+        assert_eq!(url("http://h/p#anchor"), "http://h/p#[redacted:6]");
+        secrets::register("echoed-refresh-token-123");
+        let shape = json_shape(&json!({
+            "error_description": "could not refresh echoed-refresh-token-123",
+            "unknown_key": ["echoed-refresh-token-123"]
+        }));
+        assert!(
+            !shape.to_string().contains("echoed-refresh-token-123"),
+            "{shape}"
+        );
+        assert!(
+            form("error_description=bad+echoed-refresh-token-123").contains("%5Bredacted%3A24%5D")
         );
     }
 

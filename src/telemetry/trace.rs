@@ -1,10 +1,13 @@
 //! `logs trace`: one flow's JSON log lines as a readable timeline (step, endpoint, status,
-//! duration, outcome). Pure functions over lines, so any log file or pipe works.
+//! duration, outcome). Pure functions over lines, so any log file or pipe works. The log may
+//! hold a server's text: every piece is made inert (`inert::safe`) before it is printed.
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use serde_json::Value;
+
+use super::inert;
 
 /// The lines of `correlation_id`, in file order.
 pub fn flow_lines<'a>(correlation_id: &str, lines: impl Iterator<Item = &'a str>) -> Vec<Value> {
@@ -70,14 +73,23 @@ pub fn render(correlation_id: &str, lines: &[Value]) -> Option<String> {
         .iter()
         .find_map(|l| l["flow_kind"].as_str())
         .unwrap_or("?");
-    let mut out = format!("flow {correlation_id} ({kind}, server {server})\n");
+    let mut out = format!(
+        "flow {} ({}, server {})\n",
+        inert::safe(correlation_id),
+        inert::safe(kind),
+        inert::safe(server)
+    );
     for line in lines {
         let elapsed = match (start, timestamp(line)) {
             (Some(a), Some(b)) => b.duration_since(a).map(|d| d.as_millis()).unwrap_or(0),
             _ => 0,
         };
-        let level = line["level"].as_str().unwrap_or("");
-        let _ = writeln!(out, "  +{elapsed:>6} ms  {level:<5}  {}", describe(line));
+        let level = inert::safe(line["level"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            out,
+            "  +{elapsed:>6} ms  {level:<5}  {}",
+            inert::safe(&describe(line))
+        );
     }
     let outcome = lines
         .iter()

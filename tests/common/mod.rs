@@ -96,6 +96,26 @@ pub fn assert_no_secret(srv: &OAuthTestServer, text: &str) {
     }
 }
 
+/// `assert_no_secret` for text that may carry an authorization link a person must open: a
+/// `state` may appear there (as `state=...` in the URL), and nowhere else.
+pub fn assert_no_secret_but_auth_links(srv: &OAuthTestServer, text: &str) {
+    let secrets = srv.secrets();
+    for secret in secrets
+        .all()
+        .filter(|s| !secrets.states.iter().any(|st| st == s))
+    {
+        assert!(!text.contains(secret), "a secret leaked into: {text}");
+    }
+    for state in &secrets.states {
+        for (at, _) in text.match_indices(state.as_str()) {
+            assert!(
+                text[..at].ends_with("state="),
+                "a state appears outside an authorization link: {text}"
+            );
+        }
+    }
+}
+
 /// A fresh, empty folder under the system temp dir, unique to this call.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -105,4 +125,22 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The refresh token stored for the (only) server, read as an outside reader reads it:
+/// rusqlite for the row, the library's cipher with the key file beside the database.
+pub fn stored_refresh_token(dir: &std::path::Path) -> Option<String> {
+    use mcpproxy_oauth::store::{cipher, keys};
+    let conn = rusqlite::Connection::open(mcpproxy_oauth::supervisor::database_path(dir)).ok()?;
+    let (server_key, sealed): (String, Option<String>) = conn
+        .query_row(
+            "SELECT server_key, refresh_token FROM oauth_tokens",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()?;
+    let key = keys::read_key_file(&dir.join(keys::DEFAULT_KEY_FILE))
+        .expect("the key file beside the database");
+    let place = cipher::place("oauth_tokens", "refresh_token", &server_key);
+    Some(cipher::open(&key, &place, &sealed?).expect("the stored refresh token opens with the key"))
 }

@@ -61,6 +61,11 @@ pub enum FaultKind {
     WrongIssuer,
     /// HTTP 403 with an HTML page and no OAuth error (a firewall or proxy in the way).
     HtmlForbidden,
+    /// (token/refresh only) A hostile server: HTTP 500 `server_error` whose
+    /// `error_description` and unknown JSON keys echo every secret the request carried
+    /// (refresh token, code, PKCE verifier, client secret, the Authorization header), with an
+    /// ESC sequence and a forged log line.
+    EchoSecrets,
 }
 
 impl FaultKind {
@@ -87,7 +92,7 @@ impl FaultKind {
         })
     }
 
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::InvalidGrant,
         FaultKind::InvalidClient,
         FaultKind::InvalidScope,
@@ -105,6 +110,7 @@ impl FaultKind {
         FaultKind::InsufficientScope,
         FaultKind::WrongIssuer,
         FaultKind::HtmlForbidden,
+        FaultKind::EchoSecrets,
     ];
 }
 

@@ -114,7 +114,13 @@ pub struct Secrets {
     pub access_tokens: Vec<String>,
     pub refresh_tokens: Vec<String>,
     pub authorization_codes: Vec<String>,
+    /// Issued at registration, and the pre-registered client's.
     pub client_secrets: Vec<String>,
+    /// Received, not issued: the clients' PKCE verifiers and `state` values.
+    #[serde(default)]
+    pub code_verifiers: Vec<String>,
+    #[serde(default)]
+    pub states: Vec<String>,
 }
 
 impl Secrets {
@@ -124,6 +130,8 @@ impl Secrets {
             .chain(&self.refresh_tokens)
             .chain(&self.authorization_codes)
             .chain(&self.client_secrets)
+            .chain(&self.code_verifiers)
+            .chain(&self.states)
             .map(String::as_str)
     }
 }
@@ -182,6 +190,7 @@ impl Shared {
             inner.faults.arm(fault.clone());
         }
         if let Some((client_id, secret)) = &config.preregistered_client {
+            inner.secrets.client_secrets.extend(secret.clone());
             let auth_methods = match secret {
                 Some(_) => vec![AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost],
                 None => vec![AuthMethod::None],

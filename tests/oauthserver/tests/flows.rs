@@ -589,5 +589,11 @@ async fn control_secrets_lists_every_issued_secret() {
         assert!(all.contains(s));
     }
     assert_eq!(secrets["authorization_codes"].as_array().unwrap().len(), 1);
-    assert_eq!(srv.secrets().all().count(), 4);
+    let secrets = srv.secrets();
+    assert_eq!(
+        (secrets.code_verifiers.len(), secrets.states.len()),
+        (1, 1),
+        "the verifier and state received are listed too"
+    );
+    assert_eq!(secrets.all().count(), 6);
 }

@@ -28,6 +28,9 @@ pub async fn start(
         if let Some(resource) = param("resource") {
             inner.stats.resources_received.push(resource.to_string());
         }
+        if let Some(st) = param("state") {
+            inner.secrets.states.push(st.to_string());
+        }
     }
 
     let Some(client_id) = param("client_id") else {

@@ -35,6 +35,34 @@ fn deny(code: &'static str, description: impl Into<String>) -> Denied {
     }
 }
 
+/// The `echo_secrets` fault: every secret the request carried, sent back in free text and
+/// under keys no client knows, with terminal escapes and a forged log line.
+fn echo_secrets(headers: &HeaderMap, form: &Params) -> Response {
+    let mut seen: Vec<String> = ["refresh_token", "code", "code_verifier", "client_secret"]
+        .iter()
+        .filter_map(|name| form.get(*name).cloned())
+        .collect();
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        seen.push(auth.to_string());
+    }
+    let joined = seen.join(" ");
+    let body = serde_json::json!({
+        "error": "server_error",
+        "error_description": format!("could not refresh {joined}\u{1b}[2J\r\nINFO forged log line"),
+        "presented": seen,
+        "debugEcho": {"lastRequest": joined},
+    });
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
 pub async fn token(
     State(state): State<AppState>,
     Extension(kill): Extension<ConnectionKill>,
@@ -52,6 +80,9 @@ pub async fn token(
         if let Some(resource) = form.get("resource") {
             inner.stats.resources_received.push(resource.clone());
         }
+        if let Some(verifier) = form.get("code_verifier") {
+            inner.secrets.code_verifiers.push(verifier.clone());
+        }
     }
     let target = if grant_type == "refresh_token" {
         FaultTarget::Refresh
@@ -63,6 +94,9 @@ pub async fn token(
         Intercept::Respond(response) => return response,
         Intercept::Shape(kind) => Some(kind),
     };
+    if shape == Some(FaultKind::EchoSecrets) {
+        return echo_secrets(&headers, &form);
+    }
 
     let mut inner = state.lock();
     let outcome = authenticate(&inner, &headers, &form).and_then(|client| {

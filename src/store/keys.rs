@@ -1,0 +1,177 @@
+//! Where the store key comes from, in order: an explicit key file (`--key-file`, created 0600
+//! when absent), the `MCPPROXY_OAUTH_KEY` environment variable (base64 of 32 bytes), else a
+//! `key` file beside the database (created 0600 when absent, which is logged). The OS keyring
+//! is not a source (a documented gap): the `keyring` crate's persistent Linux backend needs a
+//! Secret Service on a D-Bus session, which a headless daemon does not have, and its keyutils
+//! backend forgets keys at reboot.
+//!
+//! A key is only ever created for a database that is not encrypted yet: for an encrypted one,
+//! a missing key is an error (a new key could not open it, and nothing may be overwritten).
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::cipher::StoreKey;
+use super::perms;
+
+/// The environment variable holding a base64 key.
+pub const KEY_ENV: &str = "MCPPROXY_OAUTH_KEY";
+/// The default key file's name, beside the database.
+pub const DEFAULT_KEY_FILE: &str = "key";
+
+/// How the store protects its secret columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sealing {
+    /// Encrypted, with the key from these sources.
+    Encrypted(KeySpec),
+    /// `--insecure-plaintext`: secrets stored in clear (the file's 0600 mode is all).
+    Plaintext,
+}
+
+impl Default for Sealing {
+    fn default() -> Self {
+        Sealing::Encrypted(KeySpec::default())
+    }
+}
+
+/// The key sources a user gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySpec {
+    /// `--key-file`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Where the key in use came from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    Env,
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::File(path) => write!(f, "the key file {}", path.display()),
+            KeySource::Env => write!(f, "the environment variable {KEY_ENV}"),
+        }
+    }
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why no key could be had. Messages never hold key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "the token database is encrypted, but {looked} does not exist; nothing was changed: restore that key file, set {KEY_ENV}, or pass --key-file with the key the database was encrypted with"
+    )]
+    Missing { looked: String },
+    #[error("cannot use {source_}: {reason}")]
+    Unusable { source_: KeySource, reason: String },
+}
+
+/// The key file a spec uses: `--key-file`, else `key` beside the database.
+pub fn key_file_for(spec: &KeySpec, database: &Path) -> PathBuf {
+    spec.key_file.clone().unwrap_or_else(|| {
+        database
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(DEFAULT_KEY_FILE)
+    })
+}
+
+/// Finds the key: `--key-file` (read, or created when absent), else the environment, else
+/// the `key` file beside the database (read, or created when absent). A key is created only
+/// when the database is not encrypted yet.
+pub fn resolve(
+    spec: &KeySpec,
+    database: &Path,
+    encrypted: bool,
+) -> Result<(StoreKey, KeySource), KeyError> {
+    if spec.key_file.is_none()
+        && let Some(text) = std::env::var_os(KEY_ENV)
+    {
+        let key = StoreKey::from_base64(&text.to_string_lossy()).map_err(|reason| {
+            KeyError::Unusable {
+                source_: KeySource::Env,
+                reason: format!("{reason}; it must be the base64 of 32 random bytes"),
+            }
+        })?;
+        crate::telemetry::secrets::register(&key.to_base64());
+        return Ok((key, KeySource::Env));
+    }
+    let file = key_file_for(spec, database);
+    if file.exists() {
+        return Ok((read_key_file(&file)?, KeySource::File(file)));
+    }
+    if encrypted {
+        return Err(KeyError::Missing {
+            looked: format!("the key file {}", file.display()),
+        });
+    }
+    let key = create_key_file(&file)?;
+    tracing::warn!(
+        key_file = %file.display(),
+        "created a new store key; back it up: without it the stored tokens cannot be read (servers then log in again)"
+    );
+    Ok((key, KeySource::File(file)))
+}
+
+/// Reads a key file, tightening its mode to 0600 (refused when that is impossible).
+pub fn read_key_file(path: &Path) -> Result<StoreKey, KeyError> {
+    let unusable = |reason: String| KeyError::Unusable {
+        source_: KeySource::File(path.to_path_buf()),
+        reason,
+    };
+    perms::private_file(path).map_err(|e| unusable(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| unusable(e.to_string()))?;
+    let key = StoreKey::from_base64(&text).map_err(|reason| {
+        unusable(format!(
+            "{reason}; a key file holds the base64 of 32 random bytes"
+        ))
+    })?;
+    crate::telemetry::secrets::register(&key.to_base64());
+    Ok(key)
+}
+
+/// Writes a new random key to `path`, 0600, never over an existing file (a concurrent start
+/// that linked its key first wins, and its key is read back).
+pub fn create_key_file(path: &Path) -> Result<StoreKey, KeyError> {
+    match write_new_key_file(path, &StoreKey::generate()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other.map_err(|e| KeyError::Unusable {
+            source_: KeySource::File(path.to_path_buf()),
+            reason: e.to_string(),
+        })?,
+    }
+    read_key_file(path)
+}
+
+/// Writes `key` to `path`, which must not exist: written beside it (0600), synced, then
+/// hard-linked into place, so a reader never sees half a key and nothing is overwritten.
+pub fn write_new_key_file(path: &Path, key: &StoreKey) -> std::io::Result<()> {
+    // The folder is created if needed, never re-moded: `--key-file ~/key` must not change
+    // the mode of a home folder.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(format!("{}\n", key.to_base64()).as_bytes())?;
+        file.sync_all()
+    })();
+    let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    linked
+}
