@@ -474,6 +474,20 @@ macro_rules! every_phase {
     };
 }
 
+/// The phases in which no flow runs and the token has been loaded: explicit logins and store
+/// changes act at once there.
+macro_rules! settled_phase {
+    () => {
+        Phase::Connected
+            | Phase::NeedsLogin { .. }
+            | Phase::BackingOff { .. }
+            | Phase::Retrying { .. }
+            | Phase::ClientRejected { .. }
+            | Phase::StoreUnavailable { .. }
+            | Phase::LoggedOut
+    };
+}
+
 /// The whole machine: every (phase, event) pair has its arm.
 pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
     let mut next = state.clone();
@@ -503,16 +517,7 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
         }
 
         // -- An explicit login: from any phase without a running flow.
-        (
-            Connected
-            | NeedsLogin { .. }
-            | BackingOff { .. }
-            | Retrying { .. }
-            | ClientRejected { .. }
-            | StoreUnavailable { .. }
-            | LoggedOut,
-            Login,
-        ) => start_login(&mut next, fx, None),
+        (settled_phase!(), Login) => start_login(&mut next, fx, None),
 
         // -- Loading.
         (Loading, Loaded { generation, token }) if generation == current => {
@@ -718,16 +723,7 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
         (Idle | Loading | Refreshing | Authorizing, StoreChanged(_)) => {
             // Not loaded yet, or a flow runs: the flow re-reads the store under the lock.
         }
-        (
-            Connected
-            | NeedsLogin { .. }
-            | BackingOff { .. }
-            | Retrying { .. }
-            | ClientRejected { .. }
-            | StoreUnavailable { .. }
-            | LoggedOut,
-            StoreChanged(Some(t)),
-        ) => {
+        (settled_phase!(), StoreChanged(Some(t))) => {
             next.token = Some(t);
             next.transient_failures = 0;
             next.failing_since = None;
@@ -735,16 +731,7 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
             next.refresh_after_refusal = false;
             decide(&mut next, fx, t, now);
         }
-        (
-            Connected
-            | NeedsLogin { .. }
-            | BackingOff { .. }
-            | Retrying { .. }
-            | ClientRejected { .. }
-            | StoreUnavailable { .. }
-            | LoggedOut,
-            StoreChanged(None),
-        ) => {
+        (settled_phase!(), StoreChanged(None)) => {
             if state.token.is_some() {
                 logged_out(&mut next, fx);
             }
