@@ -456,24 +456,6 @@ pub enum Resolution {
     Failed(Failure),
 }
 
-/// Every phase, for the arms that treat them all alike. A new phase is missing here until
-/// someone decides what it does with those events (the match is exhaustive).
-macro_rules! every_phase {
-    () => {
-        Phase::Idle
-            | Phase::Loading
-            | Phase::Connected
-            | Phase::Refreshing
-            | Phase::Authorizing
-            | Phase::NeedsLogin { .. }
-            | Phase::BackingOff { .. }
-            | Phase::Retrying { .. }
-            | Phase::ClientRejected { .. }
-            | Phase::StoreUnavailable { .. }
-            | Phase::LoggedOut
-    };
-}
-
 /// The phases in which no flow runs and the token has been loaded: explicit logins and store
 /// changes act at once there.
 macro_rules! settled_phase {
@@ -485,6 +467,14 @@ macro_rules! settled_phase {
             | Phase::ClientRejected { .. }
             | Phase::StoreUnavailable { .. }
             | Phase::LoggedOut
+    };
+}
+
+/// Every phase, for the arms that treat them all alike. A new phase is missing here until
+/// someone decides what it does with those events (the match is exhaustive).
+macro_rules! every_phase {
+    () => {
+        Phase::Idle | Phase::Loading | Phase::Refreshing | Phase::Authorizing | settled_phase!()
     };
 }
 
