@@ -234,12 +234,13 @@ async fn first_document<T: serde::de::DeserializeOwned>(
     Ok(None)
 }
 
-/// Runs discovery for `server_url`, using the 401 challenge's hints when there was one.
-pub async fn discover(
+/// The protected resource metadata of `server_url` (from the challenge's `resource_metadata`
+/// hint when there is one), or `None` when the server publishes none.
+pub async fn protected_resource_metadata(
     http: &OAuthHttp,
     server_url: &Url,
     challenge: Option<&BearerChallenge>,
-) -> Result<Discovery, OAuthError> {
+) -> Result<Option<ProtectedResourceMetadata>, OAuthError> {
     let prm_urls = match challenge.and_then(|c| c.resource_metadata.as_deref()) {
         Some(hint) => vec![Url::parse(hint).map_err(|_| {
             OAuthError::Discovery(format!(
@@ -248,10 +249,20 @@ pub async fn discover(
         })?],
         None => protected_resource_metadata_urls(server_url),
     };
-    let protected: Option<(Url, ProtectedResourceMetadata)> =
-        first_document(http, Endpoint::ProtectedResourceMetadata, &prm_urls).await?;
+    Ok(
+        first_document(http, Endpoint::ProtectedResourceMetadata, &prm_urls)
+            .await?
+            .map(|(_, metadata): (Url, ProtectedResourceMetadata)| metadata),
+    )
+}
 
-    let Some((_, protected)) = protected else {
+/// Runs discovery for `server_url`, using the 401 challenge's hints when there was one.
+pub async fn discover(
+    http: &OAuthHttp,
+    server_url: &Url,
+    challenge: Option<&BearerChallenge>,
+) -> Result<Discovery, OAuthError> {
+    let Some(protected) = protected_resource_metadata(http, server_url, challenge).await? else {
         return discover_legacy(http, server_url).await;
     };
     if !resource_matches(server_url, &protected.resource) {

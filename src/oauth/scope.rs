@@ -32,6 +32,18 @@ pub fn union(current: Option<&str>, needed: Option<&str>) -> Option<String> {
     (!scopes.is_empty()).then(|| scopes.join(" "))
 }
 
+/// The scope a step-up login asks for after a 403 `insufficient_scope` demanding `demanded`:
+/// the union with `granted` (SEP-2350), or `None` when the demand holds no scope beyond the
+/// granted ones (a login would bring the same token again: the server wants something more
+/// scope cannot give).
+pub fn step_up(granted: Option<&str>, demanded: Option<&str>) -> Option<String> {
+    let has = |scope: &str| granted.is_some_and(|g| g.split_whitespace().any(|s| s == scope));
+    demanded
+        .is_some_and(|d| d.split_whitespace().any(|s| !has(s)))
+        .then(|| union(granted, demanded))
+        .flatten()
+}
+
 /// The scope to request from an authorization server whose metadata lists `as_scopes_supported`,
 /// for a client that wants refresh tokens: `offline_access` is added when the server lists it
 /// (SEP-2207, OpenID Connect Core §11) and removed when it does not (a server that does not know

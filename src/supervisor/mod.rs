@@ -130,7 +130,7 @@ pub enum SupervisorError {
 impl SupervisorError {
     /// A stable name for the error: `unknown_server`, `stopped`, `store`, or the upstream
     /// failure's kind (`needs_login`, `backing_off`, `retrying`, `client_rejected`,
-    /// `login_failed`, `logged_out`, `store`, `stopped`).
+    /// `login_failed`, `logged_out`, `forbidden`, `store`, `stopped`).
     pub fn code(&self) -> &'static str {
         use crate::upstream::state::Failure;
         match self {
@@ -144,6 +144,7 @@ impl SupervisorError {
                 Failure::ClientRejected { .. } => "client_rejected",
                 Failure::LoginFailed { .. } => "login_failed",
                 Failure::LoggedOut => "logged_out",
+                Failure::Forbidden { .. } => "forbidden",
                 Failure::Store { .. } => "store",
                 Failure::Stopped => "stopped",
             },
@@ -506,6 +507,28 @@ impl SupervisorHandle {
         self.ask(
             name,
             actor::ReportUnauthorized {
+                access_token: access_token.into(),
+                challenge,
+            },
+        )
+        .await
+    }
+
+    /// The upstream answered 403 to `access_token` with `challenge`. For `insufficient_scope`
+    /// naming scope not yet granted, one login asks for the union of the granted and the
+    /// demanded scopes (SEP-2350) and everyone gets its token; a demand already granted, or a
+    /// 403 of another kind, is `forbidden` (more scope would not help). Step-ups are bounded
+    /// (`Policy::max_step_ups` until a token lives to its proactive refresh); a host that may
+    /// not open a browser by itself hears `needs_login` with the scope to log in for.
+    pub async fn report_forbidden(
+        &self,
+        name: &str,
+        access_token: &str,
+        challenge: BearerChallenge,
+    ) -> Result<Grant, SupervisorError> {
+        self.ask(
+            name,
+            actor::ReportForbidden {
                 access_token: access_token.into(),
                 challenge,
             },

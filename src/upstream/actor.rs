@@ -26,6 +26,7 @@ use super::state::{
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::client_identity::ClientSource;
+use crate::oauth::scope::step_up;
 use crate::oauth::token::TokenEndpoint;
 use crate::store::db::now_ms;
 use crate::store::{StoredClient, StoredToken, lock};
@@ -134,6 +135,9 @@ pub struct UpstreamActor {
     /// The access token the upstream refused, so a reload does not trust it again.
     refused: Option<String>,
     last_challenge: Option<BearerChallenge>,
+    /// After a 403 `insufficient_scope`: the scope the next login asks for on top (the union
+    /// of the granted and the demanded ones); cleared by a login's token.
+    step_up_scope: Option<String>,
     waiters: Vec<oneshot::Sender<Reply>>,
     running_flow: Option<String>,
     running_flow_kind: &'static str,
@@ -179,6 +183,7 @@ impl UpstreamActor {
             fresh_client: false,
             refused: None,
             last_challenge: None,
+            step_up_scope: None,
             waiters: Vec::new(),
             running_flow: None,
             running_flow_kind: "",
@@ -304,6 +309,8 @@ impl UpstreamActor {
                     current_durable: self.current_durable,
                     endpoint: self.endpoint.clone(),
                     plan,
+                    after_refusal: self.state.refresh_after_refusal,
+                    challenge: self.last_challenge.clone(),
                 };
                 let flow = flows::refresh(
                     self.rt.clone(),
@@ -323,6 +330,7 @@ impl UpstreamActor {
                     challenge: self.last_challenge.clone(),
                     requested_at: now_ms(),
                     auth_url: self.auth_url.clone(),
+                    step_up_scope: self.step_up_scope.clone(),
                 };
                 let flow = flows::login(
                     self.rt.clone(),
@@ -540,6 +548,7 @@ impl UpstreamActor {
                 }
                 if kind == "login" {
                     self.fresh_client = false;
+                    self.step_up_scope = None;
                 }
                 let token_facts = facts(&token);
                 self.refused = None;
@@ -697,6 +706,14 @@ impl UpstreamActor {
                 flow_id: None,
             }))
         })
+    }
+
+    /// A usable token other than `reported` (a report about a token already replaced).
+    fn newer_grant(&self, reported: &str) -> Option<Grant> {
+        self.current
+            .as_ref()
+            .filter(|current| current.access_token != reported)
+            .and_then(|_| self.usable_grant())
     }
 
     fn usable_grant(&self) -> Option<Grant> {
@@ -884,10 +901,7 @@ impl Handler<ReportUnauthorized> for UpstreamActor {
     fn handle(&mut self, report: ReportUnauthorized, ctx: &mut Context<Self>) -> Self::Result {
         // A 401 for a token that was already replaced: hand out the newer one, do not refresh
         // again (rotating servers revoke the whole family on reuse).
-        if let Some(current) = &self.current
-            && current.access_token != report.access_token
-            && let Some(grant) = self.usable_grant()
-        {
+        if let Some(grant) = self.newer_grant(&report.access_token) {
             return Box::pin(async move { Ok(grant) });
         }
         if report.challenge.is_some() {
@@ -903,6 +917,52 @@ impl Handler<ReportUnauthorized> for UpstreamActor {
             self.snapshot.store(None);
         }
         self.wait_for(Event::Unauthorized, ctx)
+    }
+}
+
+/// The upstream answered 403 to `access_token`; `challenge` is its `WWW-Authenticate`.
+#[derive(Message)]
+#[rtype(result = "Result<Grant, UpstreamError>")]
+pub struct ReportForbidden {
+    pub access_token: String,
+    pub challenge: BearerChallenge,
+}
+
+impl Handler<ReportForbidden> for UpstreamActor {
+    type Result = ResponseFuture<Reply>;
+    fn handle(&mut self, report: ReportForbidden, ctx: &mut Context<Self>) -> Self::Result {
+        // A 403 for a token already replaced: the newer one may hold the scope.
+        if let Some(grant) = self.newer_grant(&report.access_token) {
+            return Box::pin(async move { Ok(grant) });
+        }
+        let granted = self.current.as_ref().and_then(|t| t.scope.clone());
+        let insufficient_scope = report.challenge.is_insufficient_scope();
+        // Only a demand for scope not yet granted is worth a login: anything else would open
+        // the browser for the same token again.
+        let wanted = step_up(granted.as_deref(), report.challenge.scope.as_deref());
+        let Some(scope) = wanted.filter(|_| insufficient_scope) else {
+            let server = self.config.name.clone();
+            let error = if insufficient_scope {
+                format!(
+                    "the server answered 403 insufficient_scope but asks for no scope beyond the granted \"{}\"",
+                    granted.unwrap_or_default()
+                )
+            } else {
+                "the server answered 403 without insufficient_scope: more scope would not help"
+                    .into()
+            };
+            tracing::warn!(server = %server, "{error}");
+            return Box::pin(async move {
+                Err(UpstreamError {
+                    server,
+                    failure: Failure::Forbidden { error },
+                    flow_id: None,
+                })
+            });
+        };
+        self.step_up_scope = Some(scope.clone());
+        self.last_challenge = Some(report.challenge);
+        self.wait_for(Event::InsufficientScope { scope }, ctx)
     }
 }
 

@@ -20,10 +20,10 @@ use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::client_identity::{
     ClientCredentials, ClientSource, TokenAuthMethod, obtain_client,
 };
-use crate::oauth::discovery::{Discovery, discover};
+use crate::oauth::discovery::{Discovery, discover, protected_resource_metadata, same_issuer};
 use crate::oauth::http::OAuthHttp;
 use crate::oauth::login::{LoginSettings, browser_login};
-use crate::oauth::scope::{select_scope, with_offline_access};
+use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
 use crate::store::db::now_ms;
@@ -419,6 +419,11 @@ pub struct RefreshRequest {
     pub current_durable: bool,
     pub endpoint: Option<TokenEndpoint>,
     pub plan: RefreshPlan,
+    /// The upstream refused the token: before refreshing, check that the resource still
+    /// trusts the authorization server that issued it (SEP-2352).
+    pub after_refusal: bool,
+    /// The refusal's challenge (its `resource_metadata` says where to look).
+    pub challenge: Option<BearerChallenge>,
 }
 
 fn failed(failure: RefreshFailure, error: String) -> FlowOutcome {
@@ -439,7 +444,7 @@ pub async fn refresh(
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "refresh");
     async move {
-        let RefreshRequest { current, current_durable, endpoint, plan } = request;
+        let RefreshRequest { current, current_durable, endpoint, plan, after_refusal, challenge } = request;
         if let Some(hook) = &rt.flow_hook {
             (hook.0)(&config.name, "refresh");
         }
@@ -495,6 +500,16 @@ pub async fn refresh(
             finish(&rt, &flow_id, Some("no refresh token".into())).await;
             return failed(RefreshFailure::RefreshTokenDead, "no refresh token".into());
         };
+        let issuer = current.issuer.clone().or_else(|| stored_client.as_ref().map(|c| c.issuer.clone()));
+        if after_refusal && let Some(issuer) = issuer
+            && let Some(moved_to) = moved_authorization_server(&rt, &config, challenge.as_ref(), &issuer).await
+        {
+            let error = format!("the resource now trusts the authorization server {moved_to}, not {issuer}: a login there replaces this server's tokens and client");
+            tracing::info!(from = %issuer, to = %moved_to, "the resource moved to another authorization server; not refreshing at the old one");
+            event("resource moved", json!({"from": issuer, "to": moved_to}));
+            finish(&rt, &flow_id, Some(error.clone())).await;
+            return failed(RefreshFailure::AuthorizationServerMoved { issuer: moved_to }, error);
+        }
         let mut endpoint = endpoint.or_else(|| stored_client.as_ref().map(endpoint_from_stored));
         let mut registered = false;
         if plan.reregister || endpoint.is_none() {
@@ -574,6 +589,29 @@ pub async fn refresh(
     .await
 }
 
+/// After a refusal: the authorization server the resource names now, when it no longer lists
+/// `issuer` (exact comparison, RFC 9207). A metadata read that fails says nothing: the refresh
+/// goes ahead as usual.
+async fn moved_authorization_server(
+    rt: &Runtime,
+    config: &UpstreamConfig,
+    challenge: Option<&BearerChallenge>,
+    issuer: &str,
+) -> Option<String> {
+    match protected_resource_metadata(&rt.http, &config.url, challenge).await {
+        Ok(Some(metadata)) => {
+            let servers = &metadata.authorization_servers;
+            let trusted = servers.is_empty() || servers.iter().any(|s| same_issuer(s, issuer));
+            (!trusted).then(|| servers[0].clone())
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not re-read the protected resource metadata; refreshing as usual");
+            None
+        }
+    }
+}
+
 /// Registers a fresh client at the server's authorization server (discovered again), for the
 /// redirect URI of the old one, so a later login can reuse it.
 async fn register_again(
@@ -635,6 +673,9 @@ pub struct LoginRequest {
     /// Where the authorization URL is published for status while the login waits (so a user
     /// whose browser did not open can use it). Not a secret: the PKCE verifier stays here.
     pub auth_url: Arc<std::sync::Mutex<Option<String>>>,
+    /// After a 403 `insufficient_scope`: the union of the granted and the demanded scopes,
+    /// asked for on top of the usual selection (SEP-2350).
+    pub step_up_scope: Option<String>,
 }
 
 pub async fn login(
@@ -646,7 +687,7 @@ pub async fn login(
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "login");
     async move {
-        let LoginRequest { previous, fresh_client, challenge, requested_at, auth_url } = request;
+        let LoginRequest { previous, fresh_client, challenge, requested_at, auth_url, step_up_scope } = request;
         if let Some(hook) = &rt.flow_hook {
             (hook.0)(&config.name, "login");
         }
@@ -696,7 +737,7 @@ pub async fn login(
         let previous = if fresh_client { None } else { previous.or_else(|| stored_client.as_ref().map(endpoint_from_stored)) };
         let result = tokio::time::timeout(
             rt.login_timeout,
-            run_login(&rt, &config, &flow_id, &fence, previous, challenge, auth_url),
+            run_login(&rt, &config, &flow_id, &fence, LoginPlan { previous, challenge, auth_url, step_up_scope }),
         )
         .await;
         let outcome = match result {
@@ -723,15 +764,27 @@ pub async fn login(
     .await
 }
 
+/// What a login asks for, past the lock and the adoption check.
+struct LoginPlan {
+    previous: Option<TokenEndpoint>,
+    challenge: Option<BearerChallenge>,
+    auth_url: Arc<std::sync::Mutex<Option<String>>>,
+    step_up_scope: Option<String>,
+}
+
 async fn run_login(
     rt: &Runtime,
     config: &UpstreamConfig,
     flow_id: &str,
     fence: &Fence,
-    previous: Option<TokenEndpoint>,
-    challenge: Option<BearerChallenge>,
-    auth_url: Arc<std::sync::Mutex<Option<String>>>,
+    plan: LoginPlan,
 ) -> Result<(StoredToken, TokenEndpoint), OAuthError> {
+    let LoginPlan {
+        previous,
+        challenge,
+        auth_url,
+        step_up_scope,
+    } = plan;
     let discovery = discover(&rt.http, &config.url, challenge.as_ref()).await?;
     let scope = config.scope.clone().or_else(|| {
         select_scope(
@@ -739,6 +792,10 @@ async fn run_login(
             discovery.resource_scopes(),
         )
     });
+    let scope = match step_up_scope {
+        Some(more) => union(scope.as_deref(), Some(&more)),
+        None => scope,
+    };
     // A daemon wants refresh tokens: `offline_access` where the server lists it (SEP-2207).
     let scope = with_offline_access(
         scope,

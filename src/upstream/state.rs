@@ -26,6 +26,11 @@
 //!   login asked for explicitly always may.
 //! - No phase is terminal: every waiting phase has a timer or a store change that leads back
 //!   to `Connected` once the authorization server is healthy again.
+//! - A 403 `insufficient_scope` logs in again for the union of the granted and the demanded
+//!   scopes (SEP-2350), at most `max_step_ups` times until a token lives to its proactive
+//!   refresh: a server that demands ever more scope cannot keep a browser opening.
+//! - A refused token whose resource now names another authorization server (SEP-2352) is not
+//!   refreshed at the old one: the login goes to the new server, with its own client.
 //! - Flows are fenced: each carries the `generation` it started in; logout and login bump it,
 //!   and a result from an older generation is ignored.
 
@@ -108,6 +113,23 @@ pub enum LoginReason {
     LoginFailed {
         error: String,
     },
+    /// The upstream answered 403 `insufficient_scope`: a login for `scope` (the union of the
+    /// granted and the demanded scopes) is needed.
+    InsufficientScope {
+        scope: String,
+    },
+    /// As `InsufficientScope`, but `max_step_ups` logins for more scope did not satisfy the
+    /// server: no more step-ups until a token lives to its proactive refresh or a login is
+    /// asked for explicitly.
+    StepUpLimit {
+        scope: String,
+        logins: u32,
+    },
+    /// The protected resource names another authorization server now (SEP-2352): the tokens
+    /// and client of the old one are of no use there.
+    AuthorizationServerMoved {
+        issuer: String,
+    },
 }
 
 impl std::fmt::Display for LoginReason {
@@ -127,6 +149,16 @@ impl std::fmt::Display for LoginReason {
                 )
             }
             LoginReason::LoginFailed { error } => write!(f, "the last login failed ({error})"),
+            LoginReason::InsufficientScope { scope } => {
+                write!(f, "the server needs the scope \"{scope}\"")
+            }
+            LoginReason::StepUpLimit { scope, logins } => write!(
+                f,
+                "the server still refuses for lack of scope after {logins} logins for more scope (\"{scope}\"); run a login to ask again"
+            ),
+            LoginReason::AuthorizationServerMoved { issuer } => {
+                write!(f, "the resource moved to the authorization server {issuer}")
+            }
         }
     }
 }
@@ -246,6 +278,9 @@ pub struct Policy {
     pub retry_ceiling: Millis,
     /// No timer is armed sooner than this after now, so nothing spins.
     pub min_timer_gap: Millis,
+    /// Logins for more scope (403 `insufficient_scope`) allowed until a token lives to its
+    /// proactive refresh.
+    pub max_step_ups: u32,
 }
 
 impl Default for Policy {
@@ -259,6 +294,7 @@ impl Default for Policy {
             retry_interval: 5 * 60_000,
             retry_ceiling: 24 * 3_600_000,
             min_timer_gap: 1_000,
+            max_step_ups: 2,
         }
     }
 }
@@ -293,6 +329,8 @@ pub struct State {
     pub reregistered: bool,
     /// The refresh was retried once without `scope` (`invalid_scope`).
     pub scope_omitted: bool,
+    /// Logins for more scope since a token last lived to its proactive refresh.
+    pub step_ups: u32,
 }
 
 impl State {
@@ -313,6 +351,7 @@ impl State {
             suspect_tokens: false,
             reregistered: false,
             scope_omitted: false,
+            step_ups: 0,
         }
     }
 }
@@ -333,6 +372,9 @@ pub enum RefreshFailure {
     ScopeRejected,
     /// Under the flow lock the stored token was gone: another process logged out.
     TokenGone,
+    /// The token was refused and the resource now names another authorization server than
+    /// the one that issued it (`issuer`: the new one).
+    AuthorizationServerMoved { issuer: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -345,6 +387,11 @@ pub enum Event {
     Refresh,
     /// The upstream refused the current token (the actor drops reports about older tokens).
     Unauthorized,
+    /// The upstream answered 403 `insufficient_scope` to the current token; `scope` is the
+    /// union of the granted and the demanded scopes, which a login would ask for.
+    InsufficientScope {
+        scope: String,
+    },
     Loaded {
         generation: u64,
         token: Option<TokenFacts>,
@@ -438,6 +485,9 @@ pub enum Failure {
     LoginFailed { error: String },
     #[error("logged out; run a login")]
     LoggedOut,
+    /// A 403 that more scope would not cure.
+    #[error("forbidden: {error}")]
+    Forbidden { error: String },
     #[error("the token store failed: {error}")]
     Store { error: String },
     #[error("the server's actor stopped")]
@@ -491,12 +541,15 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
         (every_phase!(), Logout) => logged_out(&mut next, fx),
 
         // -- Requests while a flow runs join it.
-        (Loading | Refreshing | Authorizing, Reconnect | Refresh | Unauthorized) => {}
+        (
+            Loading | Refreshing | Authorizing,
+            Reconnect | Refresh | Unauthorized | InsufficientScope { .. },
+        ) => {}
         (Loading | Refreshing, Login) => next.login_after_flow = true,
         (Authorizing, Login) => {}
 
         // -- Idle: the first request loads the persisted token.
-        (Idle, Reconnect | Unauthorized) => load(&mut next, fx),
+        (Idle, Reconnect | Unauthorized | InsufficientScope { .. }) => load(&mut next, fx),
         (Idle, Refresh) => {
             next.refresh_after_load = true;
             load(&mut next, fx);
@@ -569,6 +622,7 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
                 refresh_or_login(&mut next, fx, now);
             }
         }
+        (Connected, InsufficientScope { scope }) => step_up(&mut next, fx, now, scope),
         (Connected, Refresh) => {
             next.transient_failures = 0;
             refresh_or_login(&mut next, fx, now);
@@ -579,6 +633,7 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
             next.refresh_after_refusal = false;
             next.transient_failures = 0;
             next.failing_since = None;
+            next.step_ups = 0;
             refresh_or_login(&mut next, fx, now);
         }
 
@@ -647,9 +702,11 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
         ) => {}
 
         // -- Backing off and retrying: the timer brings the next attempt.
-        (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Reconnect) => {
-            serve_or_explain(&next, fx, now)
-        }
+        // A step-up waits for the refresh to recover: it needs the authorization server too.
+        (
+            BackingOff { .. } | Retrying { .. } | ClientRejected { .. },
+            Reconnect | InsufficientScope { .. },
+        ) => serve_or_explain(&next, fx, now),
         (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Unauthorized) => {
             if let Some(t) = next.token.as_mut() {
                 t.refused = true;
@@ -667,7 +724,9 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
 
         // -- Waiting for a login. Another process (`auth login`, another daemon) may have
         // stored a token meanwhile: read the store again before deciding.
-        (NeedsLogin { .. }, Reconnect | Unauthorized) => load(&mut next, fx),
+        (NeedsLogin { .. }, Reconnect | Unauthorized | InsufficientScope { .. }) => {
+            load(&mut next, fx)
+        }
         (NeedsLogin { .. }, Refresh) => {
             next.transient_failures = 0;
             next.failing_since = None;
@@ -695,16 +754,18 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
         }
 
         // -- The store could not be read: try again.
-        (StoreUnavailable { .. }, Reconnect | Unauthorized | Timer) => load(&mut next, fx),
+        (StoreUnavailable { .. }, Reconnect | Unauthorized | InsufficientScope { .. } | Timer) => {
+            load(&mut next, fx)
+        }
         (StoreUnavailable { .. }, Refresh) => {
             next.refresh_after_load = true;
             load(&mut next, fx);
         }
 
         // -- Logged out: nothing is used or refreshed until a login (here or elsewhere).
-        (LoggedOut, Reconnect | Unauthorized | Refresh) => fx.push(Effect::ResolveWaiters(
-            Resolution::Failed(Failure::LoggedOut),
-        )),
+        (LoggedOut, Reconnect | Unauthorized | InsufficientScope { .. } | Refresh) => fx.push(
+            Effect::ResolveWaiters(Resolution::Failed(Failure::LoggedOut)),
+        ),
 
         // -- Timers of a phase that has moved on are stale.
         (Idle | Loading | Refreshing | Authorizing | LoggedOut, Timer) => {}
@@ -846,8 +907,10 @@ fn needs_login(next: &mut State, fx: &mut Vec<Effect>, now: Millis, reason: Logi
 
 /// `reason`: why the login starts by itself; `None` for an explicit login.
 fn start_login(next: &mut State, fx: &mut Vec<Effect>, reason: Option<LoginReason>) {
-    if let Some(reason) = reason {
-        fx.push(Effect::AnnounceReauthentication { reason });
+    match reason {
+        Some(reason) => fx.push(Effect::AnnounceReauthentication { reason }),
+        // Asked for by someone: the step-up budget starts again.
+        None => next.step_ups = 0,
     }
     next.generation += 1;
     next.login_after_flow = false;
@@ -915,7 +978,52 @@ fn refresh_failed(
         RefreshFailure::Transient { retry_after } => {
             transient_failure(next, fx, now, retry_after, false, error)
         }
+        RefreshFailure::AuthorizationServerMoved { issuer } => {
+            // The refresh token and client belong to the old server; the stored row keeps
+            // them until a login at the new one replaces them.
+            if let Some(t) = next.token.as_mut() {
+                t.has_refresh_token = false;
+                t.refused = true;
+            }
+            needs_login(
+                next,
+                fx,
+                now,
+                LoginReason::AuthorizationServerMoved { issuer },
+            );
+        }
         RefreshFailure::TokenGone => unreachable!("handled above"),
+    }
+}
+
+/// A 403 `insufficient_scope` while connected: a login for `scope` if the budget and the
+/// browser allow it; otherwise the caller hears why, and the token keeps serving the calls
+/// that need no more scope.
+fn step_up(next: &mut State, fx: &mut Vec<Effect>, now: Millis, scope: String) {
+    if next.step_ups >= next.policy.max_step_ups {
+        let reason = LoginReason::StepUpLimit {
+            scope,
+            logins: next.step_ups,
+        };
+        fx.push(Effect::AnnounceReauthentication {
+            reason: reason.clone(),
+        });
+        fx.push(Effect::ResolveWaiters(Resolution::Failed(
+            Failure::NeedsLogin { reason },
+        )));
+        return;
+    }
+    let reason = LoginReason::InsufficientScope { scope };
+    if browser_allowed_at(next, now) == Some(now) {
+        next.step_ups += 1;
+        start_login(next, fx, Some(reason));
+    } else {
+        fx.push(Effect::AnnounceReauthentication {
+            reason: reason.clone(),
+        });
+        fx.push(Effect::ResolveWaiters(Resolution::Failed(
+            Failure::NeedsLogin { reason },
+        )));
     }
 }
 

@@ -94,6 +94,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::Login => "login",
         Event::Refresh => "refresh",
         Event::Unauthorized => "unauthorized",
+        Event::InsufficientScope { .. } => "insufficient_scope",
         Event::Loaded { .. } => "loaded",
         Event::LoadFailed { .. } => "load_failed",
         Event::TokenObtained { .. } => "token_obtained",
@@ -118,11 +119,12 @@ const PHASES: [&str; 11] = [
     "store_unavailable",
     "logged_out",
 ];
-const EVENTS: [&str; 12] = [
+const EVENTS: [&str; 13] = [
     "reconnect",
     "login",
     "refresh",
     "unauthorized",
+    "insufficient_scope",
     "loaded",
     "load_failed",
     "token_obtained",
@@ -1297,6 +1299,137 @@ fn table() -> Vec<Row> {
         adopted(o, fresh()),
         vec![ready(), arm_refresh(fresh())],
     ));
+
+    rows.extend(step_up_rows(&s));
+    rows
+}
+
+/// 403 `insufficient_scope` in every phase, the step-up budget, and a resource that moved to
+/// another authorization server.
+fn step_up_rows(s: &Samples) -> Vec<Row> {
+    let more = || Event::InsufficientScope {
+        scope: "read admin".into(),
+    };
+    let want = || LoginReason::InsufficientScope {
+        scope: "read admin".into(),
+    };
+    let loading = |x: &State| with(x, |n| n.phase = Phase::Loading);
+    let mut rows: Vec<Row> = vec![
+        (s.idle.clone(), more(), loading(&s.idle), vec![LoadToken]),
+        (
+            s.needs_login.clone(),
+            more(),
+            loading(&s.needs_login),
+            vec![LoadToken],
+        ),
+        (
+            s.store_unavailable.clone(),
+            more(),
+            loading(&s.store_unavailable),
+            vec![LoadToken],
+        ),
+        (
+            s.logged_out.clone(),
+            more(),
+            s.logged_out.clone(),
+            vec![failed(Failure::LoggedOut)],
+        ),
+        (
+            s.backing_off.clone(),
+            more(),
+            s.backing_off.clone(),
+            vec![failed(Failure::BackingOff {
+                retry_at: NOW + 1_000,
+                last_error: "e".into(),
+            })],
+        ),
+        (
+            s.retrying.clone(),
+            more(),
+            s.retrying.clone(),
+            vec![failed(Failure::Retrying {
+                retry_at: NOW + 1_000,
+                until: NOW + 10_000_000,
+                last_error: "e".into(),
+            })],
+        ),
+        (
+            s.client_rejected.clone(),
+            more(),
+            s.client_rejected.clone(),
+            vec![failed(Failure::ClientRejected {
+                error: "invalid_client".into(),
+            })],
+        ),
+    ];
+    // A running flow is joined.
+    for x in [&s.loading, &s.refreshing, &s.authorizing] {
+        rows.push((x.clone(), more(), x.clone(), vec![]));
+    }
+    // Connected: a login for the union, counted against the budget.
+    let c = &s.connected;
+    rows.push((
+        c.clone(),
+        more(),
+        with(&login_started(c), |n| n.step_ups = 1),
+        vec![AnnounceReauthentication { reason: want() }, StartLogin],
+    ));
+    // The budget spent: the caller hears why; the token keeps serving other calls.
+    let spent = with(c, |n| n.step_ups = 2);
+    let limit = LoginReason::StepUpLimit {
+        scope: "read admin".into(),
+        logins: 2,
+    };
+    rows.push((
+        spent.clone(),
+        more(),
+        spent.clone(),
+        vec![
+            AnnounceReauthentication {
+                reason: limit.clone(),
+            },
+            failed(Failure::NeedsLogin { reason: limit }),
+        ],
+    ));
+    // A token that lives to its proactive refresh restores the budget.
+    rows.push((
+        spent.clone(),
+        Event::Timer,
+        with(c, |n| n.phase = Phase::Refreshing),
+        vec![refresh()],
+    ));
+    // No browser by itself (a daemon): no login, the caller hears why.
+    let headless = with(c, |n| n.policy.interactive = false);
+    rows.push((
+        headless.clone(),
+        more(),
+        headless.clone(),
+        vec![
+            AnnounceReauthentication { reason: want() },
+            failed(Failure::NeedsLogin { reason: want() }),
+        ],
+    ));
+    // The resource moved to another authorization server: log in there, not refresh here.
+    let r = &s.refreshing;
+    let moved = LoginReason::AuthorizationServerMoved {
+        issuer: "http://127.0.0.1:2/".into(),
+    };
+    rows.push((
+        r.clone(),
+        refresh_failed(
+            0,
+            RefreshFailure::AuthorizationServerMoved {
+                issuer: "http://127.0.0.1:2/".into(),
+            },
+            "moved",
+        ),
+        with(&login_started(r), |n| {
+            let t = n.token.as_mut().unwrap();
+            t.has_refresh_token = false;
+            t.refused = true;
+        }),
+        vec![AnnounceReauthentication { reason: moved }, StartLogin],
+    ));
     rows
 }
 
@@ -1392,9 +1525,9 @@ enum Action {
 
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        (0u8..5).prop_map(Action::Caller),
+        (0u8..6).prop_map(Action::Caller),
         (1i64..3 * HOUR).prop_map(Action::Advance),
-        (0u8..12, 1i64..2 * HOUR).prop_map(|(k, l)| Action::Complete(k, l)),
+        (0u8..13, 1i64..2 * HOUR).prop_map(|(k, l)| Action::Complete(k, l)),
         (0u8..3).prop_map(Action::Stale),
         (any::<bool>(), 1i64..2 * HOUR).prop_map(|(b, l)| Action::StoreChanged(b, l)),
     ]
@@ -1441,6 +1574,14 @@ impl World {
             (Phase::Refreshing, Event::RefreshFailed { generation, failure: RefreshFailure::RefreshTokenDead, .. })
                 if *generation == before.generation
         );
+        // A resource that moved to another authorization server makes the machine stop using
+        // the refresh token (in memory only: the stored row keeps it; no effect drops it).
+        let unused_allowed = drop_allowed
+            || matches!(
+                (&before.phase, &event),
+                (Phase::Refreshing, Event::RefreshFailed { generation, failure: RefreshFailure::AuthorizationServerMoved { .. }, .. })
+                    if *generation == before.generation
+            );
         let (next, effects) = step(&self.state, event.clone(), self.now);
         for effect in &effects {
             match effect {
@@ -1508,7 +1649,7 @@ impl World {
             && before.token.is_some_and(|b| b.has_refresh_token)
             && !t.has_refresh_token
         {
-            prop_assert!(drop_allowed, "the refresh token vanished on {event:?}");
+            prop_assert!(unused_allowed, "the refresh token vanished on {event:?}");
         }
         self.state = next;
         Ok(())
@@ -1520,6 +1661,9 @@ impl World {
             1 => Event::Login,
             2 => Event::Refresh,
             3 => Event::Unauthorized,
+            4 => Event::InsufficientScope {
+                scope: "read admin".into(),
+            },
             _ => Event::Logout,
         };
         if event != Event::Logout {
@@ -1610,6 +1754,9 @@ fn result_of(op: Op, kind: u8, lifetime: Millis, now: Millis) -> Event {
                 7 => Some(RefreshFailure::ClientRejected { registered: false }),
                 8 => Some(RefreshFailure::ScopeRejected),
                 9 => Some(RefreshFailure::TokenGone),
+                11 => Some(RefreshFailure::AuthorizationServerMoved {
+                    issuer: "http://127.0.0.1:2/".into(),
+                }),
                 10 => {
                     return Event::TokenObtained {
                         generation,

@@ -1,0 +1,293 @@
+//! The daemon's answers to what a running MCP server says about its tokens, against the OAuth
+//! test server over loopback with real SQLite files: a 403 `insufficient_scope` steps up once
+//! to the union of scopes (SEP-2350), bounded; a resource that moves to another authorization
+//! server is followed there, with a registration of its own, without a restart (SEP-2352).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use mcpproxy_oauth::config::UpstreamConfig;
+use mcpproxy_oauth::mcp::{BearerChallenge, McpClient, McpError};
+use mcpproxy_oauth::oauth::browser::BrowserLauncher;
+use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::upstream::state::{Failure, LoginReason, Policy};
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
+use serde_json::json;
+use url::Url;
+
+fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-policy-{name}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn supervise(
+    srv: &OAuthTestServer,
+    dir: &Path,
+    browser: BrowserLauncher,
+    policy: Policy,
+) -> SupervisorHandle {
+    let mut upstream = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    // Less than the resource offers (it lists mcp:admin too), so a tool can ask for more.
+    upstream.scope = Some("mcp:read".into());
+    SupervisorHandle::start(SupervisorConfig {
+        browser,
+        policy,
+        login_timeout: Duration::from_secs(20),
+        http_timeout: Duration::from_secs(5),
+        ..SupervisorConfig::new(vec![upstream], dir.to_path_buf())
+    })
+    .await
+    .expect("the supervisor starts")
+}
+
+fn mcp(srv: &OAuthTestServer) -> McpClient {
+    McpClient::new(Url::parse(&srv.mcp_url()).unwrap(), Duration::from_secs(5))
+}
+
+/// Calls `get_time` with `token`: the 403's challenge, or `None` when the call succeeded.
+async fn get_time(srv: &OAuthTestServer, token: &str) -> Option<BearerChallenge> {
+    let mut client = mcp(srv);
+    client
+        .initialize(Some(token))
+        .await
+        .expect("initialize is allowed without extra scope");
+    match client.call_tool(Some(token), "get_time", json!({})).await {
+        Ok(_) => None,
+        Err(McpError::Forbidden(challenge)) => Some(challenge),
+        Err(e) => panic!("get_time failed otherwise: {e}"),
+    }
+}
+
+fn stored(dir: &Path, sql: &str) -> String {
+    let conn = rusqlite::Connection::open(database_path(dir)).unwrap();
+    conn.query_row(sql, [], |row| row.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn a_403_for_more_scope_logs_in_once_for_the_union_and_the_new_token_works() {
+    let srv = start(Config {
+        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
+        ..Config::default()
+    })
+    .await;
+    let dir = data_dir("step-up");
+    let (browser, launches) = following_browser();
+    let handle = supervise(&srv, &dir, browser, Policy::default()).await;
+    let first = handle.reconnect("srv").await.expect("the first login");
+    let old = first.access_token.secret().clone();
+
+    let challenge = get_time(&srv, &old)
+        .await
+        .expect("the first token lacks mcp:admin");
+    let stepped = handle
+        .report_forbidden("srv", &old, challenge.clone())
+        .await
+        .expect("one login for more scope answers the report");
+    let new = stepped.access_token.secret().clone();
+    assert_ne!(new, old, "the step-up brought a new token");
+    assert!(
+        get_time(&srv, &new).await.is_none(),
+        "the new token may call the tool"
+    );
+    assert_eq!(launches.load(Ordering::SeqCst), 2, "one step-up login");
+    assert_eq!(
+        srv.stats().registrations,
+        1,
+        "the step-up reuses the client"
+    );
+    assert_eq!(
+        stored(&dir, "SELECT scope FROM oauth_tokens"),
+        "mcp:read mcp:admin",
+        "the union of the granted and the demanded scopes is stored"
+    );
+
+    // A late report about the replaced token gets the new one, not another login.
+    let late = handle
+        .report_forbidden("srv", &old, challenge)
+        .await
+        .unwrap();
+    assert_eq!(late.access_token.secret(), &new);
+    assert_eq!(launches.load(Ordering::SeqCst), 2);
+    handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_server_that_is_never_satisfied_costs_one_step_up_then_forbidden() {
+    let srv = start(Config {
+        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
+        ..Config::default()
+    })
+    .await;
+    let dir = data_dir("never-enough");
+    let (browser, launches) = following_browser();
+    let handle = supervise(&srv, &dir, browser, Policy::default()).await;
+    let mut token = handle
+        .reconnect("srv")
+        .await
+        .expect("the first login")
+        .access_token
+        .secret()
+        .clone();
+    // Every MCP request is refused from now on, with a demand for every scope.
+    srv.inject(Fault::new(FaultTarget::Mcp, FaultKind::InsufficientScope))
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let mut client = mcp(&srv);
+        let Err(McpError::Forbidden(challenge)) = client.ping(Some(&token)).await else {
+            panic!("the fault refuses every request with 403");
+        };
+        match handle.report_forbidden("srv", &token, challenge).await {
+            Ok(grant) => {
+                outcomes.push("stepped up");
+                token = grant.access_token.secret().clone();
+            }
+            Err(e) => {
+                outcomes.push(e.code());
+                assert!(
+                    e.to_string().contains("no scope beyond the granted"),
+                    "the error says why no login follows: {e}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        outcomes,
+        [
+            "stepped up",
+            "forbidden",
+            "forbidden",
+            "forbidden",
+            "forbidden"
+        ],
+        "one login for the scope the server named; none for a demand already granted"
+    );
+    assert_eq!(launches.load(Ordering::SeqCst), 2);
+    handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_headless_daemon_names_the_scope_and_an_explicit_login_asks_for_it() {
+    let srv = start(Config {
+        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
+        ..Config::default()
+    })
+    .await;
+    let dir = data_dir("headless");
+    let (browser, launches) = following_browser();
+    let policy = Policy {
+        interactive: false,
+        ..Policy::default()
+    };
+    let handle = supervise(&srv, &dir, browser, policy).await;
+    let first = handle.login("srv").await.expect("an explicit first login");
+    let old = first.access_token.secret().clone();
+    let challenge = get_time(&srv, &old).await.expect("403 for mcp:admin");
+    let e = handle
+        .report_forbidden("srv", &old, challenge)
+        .await
+        .expect_err("no browser opens by itself in a headless daemon");
+    assert_eq!(
+        e.failure(),
+        Some(&Failure::NeedsLogin {
+            reason: LoginReason::InsufficientScope {
+                scope: "mcp:read mcp:admin".into()
+            }
+        }),
+        "{e}"
+    );
+    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        handle.access_token("srv").await.unwrap().secret(),
+        &old,
+        "the token keeps serving the calls that need no more scope"
+    );
+    let stepped = handle.login("srv").await.expect("the explicit login");
+    assert!(
+        get_time(&srv, stepped.access_token.secret())
+            .await
+            .is_none(),
+        "the explicit login asked for the scope the server named"
+    );
+    handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_moved_authorization_server_is_followed_by_a_running_daemon() {
+    let new_as = start(Config::default()).await;
+    // After two accepted requests the resource trusts only `new_as`.
+    let srv = start(Config {
+        authorization_server_moves: Some((new_as.issuer(), 2)),
+        ..Config::default()
+    })
+    .await;
+    let dir = data_dir("moved");
+    let (browser, launches) = following_browser();
+    let handle = supervise(&srv, &dir, browser, Policy::default()).await;
+    let old = handle
+        .reconnect("srv")
+        .await
+        .expect("the first login, at the old server")
+        .access_token
+        .secret()
+        .clone();
+    let mut refused = None;
+    for _ in 0..4 {
+        match mcp(&srv).ping(Some(&old)).await {
+            Ok(_) => {}
+            Err(McpError::Unauthorized(challenge)) => {
+                refused = Some(challenge);
+                break;
+            }
+            Err(e) => panic!("ping failed otherwise: {e}"),
+        }
+    }
+    let challenge = refused.expect("the resource refuses the old server's token once it moved");
+    let moved = handle
+        .report_unauthorized("srv", &old, Some(challenge))
+        .await
+        .expect("the daemon logs in at the new server");
+    mcp(&srv)
+        .ping(Some(moved.access_token.secret()))
+        .await
+        .expect("the new server's token is accepted");
+    assert_eq!(
+        launches.load(Ordering::SeqCst),
+        2,
+        "one login at each server"
+    );
+    let (old_stats, new_stats) = (srv.stats(), new_as.stats());
+    assert_eq!(
+        old_stats.token_requests_for("refresh_token"),
+        0,
+        "the old server's refresh token is not presented once the resource moved"
+    );
+    assert_eq!(
+        (new_stats.registrations, new_stats.authorize_requests),
+        (1, 1),
+        "the new server got its own registration and one login"
+    );
+    assert_eq!(
+        stored(&dir, "SELECT issuer FROM oauth_clients"),
+        new_as.issuer(),
+        "the stored client is the new server's"
+    );
+    assert_eq!(
+        stored(&dir, "SELECT issuer FROM oauth_tokens"),
+        new_as.issuer()
+    );
+    handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
