@@ -1,15 +1,22 @@
 //! A one-shot connection to one MCP server: `initialize`, `tools/list` and optionally a
-//! `tools/call`, running whatever OAuth the server demands on the way. A 401 is answered by a
-//! refresh when a refresh token is at hand, else by discovery and a browser login; a 403
-//! `insufficient_scope` by a new login with the union of scopes. At most
-//! [`MAX_AUTHORIZATIONS`] authorization requests are made in one run.
+//! `tools/call`, running whatever OAuth the server demands on the way.
+//!
+//! The decisions are the daemon's: every 401 and 403 goes into the supervisor's state machine
+//! ([`crate::upstream::state::step`]) through a thin driver ([`Driver`]) that performs its
+//! effects here (no store, no lock, no timers: one process, one run). So a 401 is answered by a
+//! refresh when a refresh token is at hand, else by a login; a 403 `insufficient_scope` naming
+//! scope not yet granted by a login for the union of scopes, at most `max_step_ups` times; a
+//! refresh that fails transiently ends the run with the daemon's explanation (a one-shot run
+//! does not wait out a backoff). At most [`MAX_AUTHORIZATIONS`] authorization requests are made
+//! in one run, whatever the machine says.
 //!
 //! A 401 after a token was accepted re-reads the protected resource metadata: when it names
-//! another authorization server (SEP-2352), the client and tokens of the old one are set aside
-//! and the login happens at the new one, with its own registration. Client identities are kept
-//! by issuer, so one server's client is never presented at another.
+//! another authorization server (SEP-2352), the refresh fails as `AuthorizationServerMoved`
+//! without presenting the old server's refresh token, and the login happens at the new one,
+//! with its own registration. Client identities are kept by issuer, so one server's client is
+//! never presented at another.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -17,14 +24,20 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::mcp::{BearerChallenge, McpClient, McpError};
+use crate::oauth::OAuthError;
 use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::client_identity::ClientConfig;
 use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::http::OAuthHttp;
 use crate::oauth::login::{LoginSettings, browser_login};
-use crate::oauth::scope::{select_scope, union, with_offline_access};
+use crate::oauth::scope::{select_scope, step_up, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
-use crate::oauth::{ErrorClass, OAuthError};
+use crate::store::db::now_ms;
+use crate::upstream::flows::refresh_failure;
+use crate::upstream::state::{
+    Effect, Event, Failure, LoginReason, Policy, RefreshFailure, RefreshPlan, Resolution, State,
+    TokenFacts, step,
+};
 
 /// Authorization requests allowed in one run (the MCP specification asks clients to bound
 /// step-up retries).
@@ -67,6 +80,9 @@ pub enum ConnectError {
     Mcp(#[from] McpError),
     #[error("gave up after {0:?} (the --timeout deadline)")]
     Timeout(Duration),
+    /// The state machine's answer when no engine error explains it better.
+    #[error(transparent)]
+    Policy(Failure),
 }
 
 /// Runs the whole connection within `options.timeout`.
@@ -79,7 +95,7 @@ pub async fn connect(options: ConnectOptions) -> Result<ConnectReport, ConnectEr
 
 async fn run(options: ConnectOptions) -> Result<ConnectReport, ConnectError> {
     let mut mcp = McpClient::new(options.server_url.clone(), options.timeout);
-    let mut auth = Authorizer::new(options.clone());
+    let mut auth = Driver::new(Authorizer::new(options.clone()));
 
     let server_info = with_authorization(&mut auth, &mut mcp, Step::Initialize).await?;
     let tools = with_authorization(&mut auth, &mut mcp, Step::ListTools).await?;
@@ -94,9 +110,9 @@ async fn run(options: ConnectOptions) -> Result<ConnectReport, ConnectError> {
         protocol_version: mcp.protocol_version().map(String::from),
         tools,
         tool_result,
-        authorizations: auth.authorizations,
-        refreshes: auth.refreshes,
-        token: auth.token,
+        authorizations: auth.auth.authorizations,
+        refreshes: auth.auth.refreshes,
+        token: auth.auth.token,
     })
 }
 
@@ -106,15 +122,22 @@ enum Step<'a> {
     CallTool(&'a str, &'a Value),
 }
 
+/// MCP attempts of one step: each failed one feeds the machine, which runs at most one flow
+/// per attempt; the login bound ends a run long before this.
+const MAX_ATTEMPTS_PER_STEP: u32 = 8;
+
 /// Runs one MCP step, answering auth challenges until it succeeds or the bounds are reached.
 async fn with_authorization(
-    auth: &mut Authorizer,
+    driver: &mut Driver,
     mcp: &mut McpClient,
     step: Step<'_>,
 ) -> Result<Value, ConnectError> {
-    let mut refreshed_for_this_step = false;
-    loop {
-        let token = auth.token.as_ref().map(|t| t.access_token.secret().clone());
+    for _ in 0..MAX_ATTEMPTS_PER_STEP {
+        let token = driver
+            .auth
+            .token
+            .as_ref()
+            .map(|t| t.access_token.secret().clone());
         let token = token.as_deref();
         let result = match &step {
             Step::Initialize => mcp.initialize(token).await,
@@ -124,28 +147,215 @@ async fn with_authorization(
         match result {
             Ok(value) => return Ok(value),
             Err(McpError::Unauthorized(challenge)) => {
-                if auth.token.is_some() {
-                    auth.rediscover(&challenge).await?;
+                if driver.auth.token.is_some() {
+                    driver.moved_to = driver.auth.rediscover(&challenge).await?;
                 }
-                if !refreshed_for_this_step && auth.try_refresh().await? {
-                    refreshed_for_this_step = true;
-                    continue;
-                }
-                let scope = auth.initial_scope(&challenge).await?;
-                auth.authorize(&challenge, scope).await?;
+                driver.ask(Event::Unauthorized, &challenge).await?;
             }
             Err(McpError::Forbidden(challenge)) if challenge.is_insufficient_scope() => {
-                let granted = auth.token.as_ref().and_then(|t| t.scope.clone());
-                let scope =
-                    auth.for_refresh_tokens(union(granted.as_deref(), challenge.scope.as_deref()));
-                tracing::info!(
-                    scope = scope.as_deref().unwrap_or(""),
-                    "insufficient_scope: authorizing again with more scopes"
-                );
-                auth.authorize(&challenge, scope).await?;
+                let granted = driver.auth.token.as_ref().and_then(|t| t.scope.clone());
+                let Some(scope) = step_up(granted.as_deref(), challenge.scope.as_deref()) else {
+                    return Err(ConnectError::Policy(Failure::Forbidden {
+                        error: format!(
+                            "the server answered 403 insufficient_scope but asks for no scope beyond the granted \"{}\"",
+                            granted.unwrap_or_default()
+                        ),
+                    }));
+                };
+                tracing::info!(scope = %scope, "insufficient_scope: authorizing again with more scopes");
+                driver.step_up_scope = Some(scope.clone());
+                driver
+                    .ask(Event::InsufficientScope { scope }, &challenge)
+                    .await?;
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    Err(ConnectError::OAuth(OAuthError::TooManyAuthorizations {
+        attempts: driver.auth.authorizations,
+    }))
+}
+
+/// The daemon's state machine with connect's effects: what it asks for (load, refresh, login)
+/// runs here at once and its result goes back in, until it answers the caller.
+struct Driver {
+    state: State,
+    auth: Authorizer,
+    /// The engine error behind the machine's last failed flow, returned typed.
+    last_error: Option<OAuthError>,
+    /// The resource names another authorization server now (found by `rediscover`): the next
+    /// refresh fails as such instead of presenting the old server's refresh token.
+    moved_to: Option<String>,
+    /// After a 403: the union of scopes the next login asks for.
+    step_up_scope: Option<String>,
+}
+
+/// Machine events one question may take (a load, a refresh, a login and their results).
+const MAX_EVENTS_PER_QUESTION: usize = 16;
+
+impl Driver {
+    fn new(auth: Authorizer) -> Self {
+        // The daemon's policy; the browser opens at once, as the user ran `connect` for it.
+        let policy = Policy {
+            interactive: true,
+            ..Policy::default()
+        };
+        Driver {
+            state: State::new(policy, 0.0),
+            auth,
+            last_error: None,
+            moved_to: None,
+            step_up_scope: None,
+        }
+    }
+
+    /// Feeds `event`, performing the machine's effects, until it answers: `Ok` when a usable
+    /// token is at hand.
+    async fn ask(&mut self, event: Event, challenge: &BearerChallenge) -> Result<(), ConnectError> {
+        let mut queue = VecDeque::from([event]);
+        let mut answer = None;
+        for _ in 0..MAX_EVENTS_PER_QUESTION {
+            let Some(event) = queue.pop_front() else {
+                break;
+            };
+            let (next, effects) = step(&self.state, event, now_ms());
+            self.state = next;
+            for effect in effects {
+                match effect {
+                    // Nothing is stored between runs: what this run holds is the "store".
+                    Effect::LoadToken => queue.push_back(Event::Loaded {
+                        generation: self.state.generation,
+                        token: self.auth.token.as_ref().map(token_facts),
+                    }),
+                    Effect::StartRefresh(plan) => queue.push_back(self.refresh(plan).await),
+                    Effect::StartLogin => queue.push_back(self.login(challenge).await),
+                    Effect::ResolveWaiters(resolution) => answer = Some(resolution),
+                    Effect::DropRefreshToken => {
+                        if let Some(token) = self.auth.token.as_mut() {
+                            token.refresh_token = None;
+                        }
+                    }
+                    Effect::ForgetToken => self.auth.token = None,
+                    Effect::AnnounceReauthentication { reason } => {
+                        tracing::info!(reason = %reason, "re-authentication required: {reason}")
+                    }
+                    // One run waits for no timer; no flow outlives its effect here.
+                    Effect::ArmTimer { .. } | Effect::CancelTimer | Effect::CancelFlow => {}
+                }
+            }
+        }
+        match answer {
+            Some(Resolution::Ready) => Ok(()),
+            Some(Resolution::Failed(failure)) => Err(self.explain(failure)),
+            None => Err(ConnectError::Policy(Failure::Stopped)),
+        }
+    }
+
+    /// The engine's own error where one explains the failure, else the machine's.
+    fn explain(&mut self, failure: Failure) -> ConnectError {
+        match (&failure, self.last_error.take()) {
+            (
+                Failure::NeedsLogin {
+                    reason: LoginReason::StepUpLimit { .. },
+                },
+                _,
+            ) => ConnectError::OAuth(OAuthError::TooManyAuthorizations {
+                attempts: self.auth.authorizations,
+            }),
+            (
+                Failure::NeedsLogin { .. }
+                | Failure::LoginFailed { .. }
+                | Failure::BackingOff { .. }
+                | Failure::Retrying { .. }
+                | Failure::ClientRejected { .. },
+                Some(e),
+            ) => ConnectError::OAuth(e),
+            _ => ConnectError::Policy(failure),
+        }
+    }
+
+    async fn refresh(&mut self, plan: RefreshPlan) -> Event {
+        let generation = self.state.generation;
+        if let Some(issuer) = self.moved_to.take() {
+            return Event::RefreshFailed {
+                generation,
+                failure: RefreshFailure::AuthorizationServerMoved {
+                    issuer: issuer.clone(),
+                },
+                error: format!("the resource moved to the authorization server {issuer}"),
+            };
+        }
+        if plan.reregister {
+            // A one-shot run has no registration to repair: the daemon's re-registration is
+            // a login here (the machine asks for one when this refresh fails as unexplained).
+            return Event::RefreshFailed {
+                generation,
+                failure: RefreshFailure::Unexplained,
+                error: "the authorization server rejected the registered client".into(),
+            };
+        }
+        match self.auth.refresh(plan.omit_scope).await {
+            Ok(token) => Event::TokenObtained {
+                generation,
+                token: token_facts(&token),
+            },
+            Err(e) => {
+                let source = self.auth.endpoint.as_ref().map(|e| e.client.source);
+                let failure = refresh_failure(&e, source);
+                tracing::warn!(error = %e, failure = ?failure, "refresh failed");
+                let error = e.to_string();
+                self.last_error = Some(e);
+                Event::RefreshFailed {
+                    generation,
+                    failure,
+                    error,
+                }
+            }
+        }
+    }
+
+    async fn login(&mut self, challenge: &BearerChallenge) -> Event {
+        let generation = self.state.generation;
+        self.moved_to = None;
+        let scope = match self.step_up_scope.take() {
+            Some(scope) => Ok(self.auth.for_refresh_tokens(Some(scope))),
+            None => self.auth.initial_scope(challenge).await,
+        };
+        let result = match scope {
+            Ok(scope) => self.auth.authorize(challenge, scope).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => Event::TokenObtained {
+                generation,
+                token: self
+                    .auth
+                    .token
+                    .as_ref()
+                    .map(token_facts)
+                    .expect("a login sets the token"),
+            },
+            Err(e) => {
+                let error = e.to_string();
+                self.last_error = Some(e);
+                Event::LoginFailed { generation, error }
+            }
+        }
+    }
+}
+
+/// The machine's facts about a token of this run.
+fn token_facts(token: &TokenSet) -> TokenFacts {
+    let ms = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    };
+    TokenFacts {
+        obtained_at: ms(token.obtained_at),
+        expires_at: token.expires_at.map(ms),
+        has_refresh_token: token.refresh_token.is_some(),
+        refused: false,
     }
 }
 
@@ -201,10 +411,14 @@ impl Authorizer {
 
     /// Reads the protected resource metadata again after a token was refused. When it names
     /// another authorization server, the old server's client identity is set aside (by issuer)
-    /// and its tokens dropped: the next login registers at, and only talks to, the new one.
-    async fn rediscover(&mut self, challenge: &BearerChallenge) -> Result<(), OAuthError> {
+    /// and the new server's issuer returned: the next login registers at, and only talks to,
+    /// the new one (the machine stops using the old refresh token).
+    async fn rediscover(
+        &mut self,
+        challenge: &BearerChallenge,
+    ) -> Result<Option<String>, OAuthError> {
         let Some(previous) = self.discovery.take() else {
-            return Ok(());
+            return Ok(None);
         };
         let found = discover(&self.http, &self.options.server_url, Some(challenge)).await?;
         let (old, new) = (
@@ -217,14 +431,16 @@ impl Authorizer {
                 issuer = %new,
                 "the protected resource names another authorization server; signing in there"
             );
+            let moved_to = new.clone();
             if let Some(endpoint) = self.endpoint.take() {
                 self.other_clients.insert(old.clone(), endpoint);
             }
             self.endpoint = self.other_clients.remove(new);
-            self.token = None;
+            self.discovery = Some(found);
+            return Ok(Some(moved_to));
         }
         self.discovery = Some(found);
-        Ok(())
+        Ok(None)
     }
 
     /// `scope` as requested from the current authorization server by a client that wants
@@ -251,45 +467,35 @@ impl Authorizer {
         Ok(self.for_refresh_tokens(scope))
     }
 
-    /// Refreshes when a refresh token is at hand. `Ok(false)`: nothing to refresh with, or the
-    /// refresh token is no longer accepted (a login follows).
-    async fn try_refresh(&mut self) -> Result<bool, OAuthError> {
+    /// Refreshes with the run's refresh token (`omit_scope`: without `scope`, after the
+    /// server refused it).
+    async fn refresh(&mut self, omit_scope: bool) -> Result<TokenSet, OAuthError> {
         let (Some(endpoint), Some(token)) = (&self.endpoint, &self.token) else {
-            return Ok(false);
+            return Err(OAuthError::Callback(
+                "no client identity to refresh with".into(),
+            ));
         };
         let Some(refresh_token) = token.refresh_token.clone() else {
-            return Ok(false);
+            return Err(OAuthError::Callback("no refresh token".into()));
+        };
+        let scope = if omit_scope {
+            None
+        } else {
+            token.scope.as_deref()
         };
         let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "refresh");
-        let refreshed = endpoint
-            .refresh(
-                &self.http,
-                &refresh_token,
-                token.scope.as_deref(),
-                SystemTime::now(),
-            )
+        let fresh = endpoint
+            .refresh(&self.http, &refresh_token, scope, SystemTime::now())
             .instrument(span)
-            .await;
-        match refreshed {
-            Ok(fresh) => {
-                self.refreshes += 1;
-                tracing::info!(
-                    rotated = fresh.refresh_token.as_ref().map(|r| r.secret())
-                        != Some(refresh_token.secret()),
-                    "access token refreshed"
-                );
-                self.token = Some(fresh);
-                Ok(true)
-            }
-            Err(e) if e.class() == ErrorClass::Permanent => {
-                tracing::warn!(error = %e, "refresh refused; re-authentication required");
-                if let Some(token) = self.token.as_mut() {
-                    token.refresh_token = None;
-                }
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
+            .await?;
+        self.refreshes += 1;
+        tracing::info!(
+            rotated =
+                fresh.refresh_token.as_ref().map(|r| r.secret()) != Some(refresh_token.secret()),
+            "access token refreshed"
+        );
+        self.token = Some(fresh);
+        Ok(self.token.clone().expect("set above"))
     }
 
     /// Runs one browser login for `scope`, within the run's authorization bound.

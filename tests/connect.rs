@@ -10,6 +10,7 @@ use mcpproxy_oauth::connect::{ConnectError, ConnectOptions, ConnectReport, conne
 use mcpproxy_oauth::oauth::OAuthError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::oauth::client_identity::ClientConfig;
+use mcpproxy_oauth::upstream::state::Failure;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use serde_json::json;
 use url::Url;
@@ -223,29 +224,27 @@ async fn a_login_nobody_completes_ends_at_the_deadline() {
 }
 
 #[tokio::test]
-async fn a_step_up_that_never_succeeds_stops_after_three_authorizations() {
+async fn a_step_up_that_never_succeeds_stops_once_the_demand_is_granted() {
     let srv = start(Config::default()).await;
     let (browser, launches) = following_browser();
     let first = connect(options(&srv, browser.clone()))
         .await
         .expect("a first run logs in");
     assert_eq!(first.authorizations, 1);
+    // Every MCP request is refused from now on, with a demand for every scope.
     srv.inject(Fault::new(FaultTarget::Mcp, FaultKind::InsufficientScope))
         .unwrap();
     let e = connect(options(&srv, browser)).await.unwrap_err();
     assert!(
-        matches!(
-            e,
-            ConnectError::OAuth(OAuthError::TooManyAuthorizations { attempts: 3 })
-        ),
+        matches!(&e, ConnectError::Policy(Failure::Forbidden { error }) if error.contains("no scope beyond the granted")),
         "{e:?}"
     );
     assert_eq!(
         launches.load(Ordering::SeqCst),
-        1 + 3,
-        "three logins in the second run, then it stops"
+        1 + 1,
+        "one login for the scope demanded in the second run; none for a demand already granted"
     );
-    assert_eq!(srv.stats().authorize_requests, 4);
+    assert_eq!(srv.stats().authorize_requests, 2);
 }
 
 #[tokio::test]
