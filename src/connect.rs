@@ -1,7 +1,8 @@
 //! A one-shot connection to one MCP server: `initialize`, `tools/list` and optionally a
 //! `tools/call`, running whatever OAuth the server demands on the way. A 401 is answered by a
 //! refresh when a refresh token is at hand, else by discovery and a browser login; a 403
-//! `insufficient_scope` by a new login with the union of scopes. At most
+//! `insufficient_scope` by a new login with the union of scopes. With `device_code` the
+//! logins use the RFC 8628 device grant (`oauth::device`) instead of a browser redirect. At most
 //! [`MAX_AUTHORIZATIONS`] authorization requests are made in one run.
 //!
 //! A 401 after a token was accepted re-reads the protected resource metadata: when it names
@@ -42,6 +43,8 @@ pub struct ConnectOptions {
     pub call_tool: Option<(String, Value)>,
     /// The whole run's deadline, login included.
     pub timeout: Duration,
+    /// Log in with the RFC 8628 device grant (`--device-code`) instead of a browser redirect.
+    pub device_code: bool,
 }
 
 /// What a successful run saw.
@@ -314,14 +317,27 @@ impl Authorizer {
     ) -> Result<(), OAuthError> {
         let discovery = self.discovery(challenge).await?.clone();
         self.authorizations += 1;
-        let (endpoint, token) = browser_login(
-            &self.http,
-            &discovery,
-            &self.settings,
-            self.endpoint.take(),
-            scope.as_deref(),
-        )
-        .await?;
+        let (endpoint, token) = if self.options.device_code {
+            let show = crate::oauth::device::shown_with(self.options.browser.clone());
+            crate::oauth::device::device_login(
+                &self.http,
+                &discovery,
+                &self.options.client,
+                self.endpoint.take(),
+                scope.as_deref(),
+                &show,
+            )
+            .await?
+        } else {
+            browser_login(
+                &self.http,
+                &discovery,
+                &self.settings,
+                self.endpoint.take(),
+                scope.as_deref(),
+            )
+            .await?
+        };
         self.token = Some(token);
         self.endpoint = Some(endpoint);
         Ok(())
