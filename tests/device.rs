@@ -317,6 +317,11 @@ async fn the_daemon_logs_in_by_device_code_and_keeps_the_refresh_token_on_failur
         rows[0].has_refresh_token,
         "the refresh token is kept: {rows:?}"
     );
+    assert_eq!(
+        srv.stats().registrations,
+        1,
+        "the client registered for the device grant is reused by the next login"
+    );
     assert_eq!(handle.status().await.unwrap()[0].device_login, None);
 
     // An expired code: the same, and the kept refresh token still works.
@@ -334,6 +339,7 @@ async fn the_daemon_logs_in_by_device_code_and_keeps_the_refresh_token_on_failur
         .await
         .expect("the kept refresh token refreshes");
     assert_eq!(srv.stats().token_requests_for("refresh_token"), 1);
+
     handle.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

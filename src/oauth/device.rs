@@ -17,7 +17,7 @@ use serde::Serialize;
 use url::Url;
 
 use super::browser::BrowserLauncher;
-use super::client_identity::{ClientConfig, obtain_device_client};
+use super::client_identity::{ClientConfig, ClientCredentials, ClientSource, obtain_device_client};
 use super::discovery::Discovery;
 use super::error::{Endpoint, OAuthError};
 use super::http::{OAuthHttp, require_secure_url};
@@ -234,7 +234,7 @@ pub async fn device_login(
             issuer: metadata.issuer.clone(),
         });
     };
-    let endpoint = match previous {
+    let endpoint = match previous.filter(|p| registered_for_device_grant(&p.client)) {
         Some(endpoint) => endpoint,
         None => {
             let client = obtain_device_client(http, client, metadata, scope).await?;
@@ -256,6 +256,22 @@ pub async fn device_login(
     show(prompt);
     let token = poll_for_token(http, &endpoint, &authorization).await?;
     Ok((endpoint, token))
+}
+
+/// Whether a client of an earlier login may poll with a device code: a configured client or a
+/// metadata document (the user chose them), or a registration that asked for the device grant.
+/// A client registered for the redirect flow alone is not reused (a server may refuse it
+/// `unauthorized_client`); a new one is registered.
+fn registered_for_device_grant(client: &ClientCredentials) -> bool {
+    if client.source != ClientSource::Registered {
+        return true;
+    }
+    client
+        .registration
+        .as_ref()
+        .and_then(|r| r.get("grant_types"))
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|grants| grants.iter().any(|g| g == GRANT_TYPE))
 }
 
 /// How a device login shows its prompt to a person at a terminal: the instructions on stderr
@@ -302,6 +318,31 @@ mod tests {
         let text = prompt.instructions();
         assert!(text.contains("https://as.example/device and enter the code BCDF-GHJK"));
         assert!(text.contains("(or open https://as.example/device?user_code=BCDF-GHJK)"));
+    }
+
+    #[test]
+    fn only_clients_registered_for_the_device_grant_are_reused() {
+        let registered = |grants: serde_json::Value| ClientCredentials {
+            client_id: "c".into(),
+            client_secret: None,
+            auth_method: super::super::client_identity::TokenAuthMethod::None,
+            source: ClientSource::Registered,
+            registration: Some(
+                serde_json::json!({"grant_types": grants})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        };
+        assert!(registered_for_device_grant(&registered(serde_json::json!(
+            [GRANT_TYPE, "refresh_token"]
+        ))));
+        assert!(!registered_for_device_grant(&registered(
+            serde_json::json!(["authorization_code", "refresh_token"])
+        )));
+        let mut configured = registered(serde_json::json!([]));
+        configured.source = ClientSource::Configured;
+        assert!(registered_for_device_grant(&configured));
     }
 
     #[test]
