@@ -2,7 +2,8 @@
 //! server over loopback: `connect --device-code` as a process, `connect` in-process for the
 //! denied and expired codes, and the daemon's login flow with the user code in its status.
 //! The test server announces a 1 s interval so polls come quickly; the 5 s a `slow_down` adds
-//! is RFC 8628's and is waited for real.
+//! is RFC 8628's and is waited for real. Every log line (the process's and this binary's, at
+//! debug and trace) is scanned for the device codes and tokens the server issued.
 
 mod common;
 
@@ -173,6 +174,7 @@ fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
 
 #[tokio::test]
 async fn a_denied_device_code_ends_connect_with_a_clear_error() {
+    captured_logs();
     let srv = start(device_server(0)).await;
     let (browser, mut urls) = reporting_browser();
     let run = tokio::spawn(connect(options(&srv, browser)));
@@ -191,10 +193,12 @@ async fn a_denied_device_code_ends_connect_with_a_clear_error() {
         "{message}"
     );
     assert_eq!(srv.stats().token_errors.get("access_denied"), Some(&1));
+    assert_no_secret(&srv, &captured_logs());
 }
 
 #[tokio::test]
 async fn an_expired_device_code_ends_connect_with_a_clear_error() {
+    captured_logs();
     let srv = start(device_server(0)).await;
     let (browser, mut urls) = reporting_browser();
     let run = tokio::spawn(connect(options(&srv, browser)));
@@ -211,6 +215,7 @@ async fn an_expired_device_code_ends_connect_with_a_clear_error() {
     );
     assert!(error.to_string().contains("expired"), "{error}");
     assert_eq!(srv.stats().token_errors.get("expired_token"), Some(&1));
+    assert_no_secret(&srv, &captured_logs());
 }
 
 #[tokio::test]
@@ -265,6 +270,7 @@ async fn wait_for_device_prompt(handle: &SupervisorHandle) -> (String, String) {
 
 #[tokio::test]
 async fn the_daemon_logs_in_by_device_code_and_keeps_the_refresh_token_on_failures() {
+    captured_logs();
     let srv = start(device_server(0)).await;
     let mut server = UpstreamConfig::new("dev", Url::parse(&srv.mcp_url()).unwrap());
     server.device_code = true;
@@ -341,5 +347,11 @@ async fn the_daemon_logs_in_by_device_code_and_keeps_the_refresh_token_on_failur
     assert_eq!(srv.stats().token_requests_for("refresh_token"), 1);
 
     handle.shutdown().await;
+    let logs = captured_logs();
+    assert!(
+        logs.contains("device login: waiting for the user to enter the code"),
+        "the prompt is logged"
+    );
+    assert_no_secret(&srv, &logs);
     let _ = std::fs::remove_dir_all(&dir);
 }
