@@ -1,6 +1,6 @@
 //! The upstream server list, read from mcpproxy's `mcp_config.json` shape:
 //! `{"mcpServers": [{"name", "url", "oauth": {"client_id", "client_secret", "scopes",
-//! "redirect_port", "extra_params"}}]}`. Servers with an `oauth` object (it may be empty) are
+//! "redirect_port", "extra_params", "device_code"}}]}`. Servers with an `oauth` object (it may be empty) are
 //! the ones this subsystem keeps authorized. Unknown fields are ignored; a bad field is an
 //! error naming the server and the exact sub-field, with the type expected and never the
 //! value (it may be a secret); valid JSON of another shape is a "wrong shape" error. The read
@@ -29,6 +29,9 @@ pub struct UpstreamConfig {
     pub redirect_port: u16,
     /// Extra authorization request parameters (e.g. a provider's `audience`).
     pub extra_params: BTreeMap<String, String>,
+    /// Log in with the RFC 8628 device authorization grant instead of a browser redirect
+    /// (`"device_code": true`): for hosts without a browser.
+    pub device_code: bool,
 }
 
 impl UpstreamConfig {
@@ -45,6 +48,7 @@ impl UpstreamConfig {
             scope: None,
             redirect_port: 0,
             extra_params: BTreeMap::new(),
+            device_code: false,
         }
     }
 }
@@ -126,6 +130,7 @@ struct RawOAuth {
     redirect_port: Option<u16>,
     extra_params: BTreeMap<String, String>,
     client_metadata_url: Option<String>,
+    device_code: bool,
 }
 
 /// The JSON type of a value, for messages that must not echo the value (it may be a secret).
@@ -224,6 +229,7 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         server.scope = (!oauth.scopes.is_empty()).then(|| oauth.scopes.join(" "));
         server.redirect_port = oauth.redirect_port.unwrap_or(0);
         server.extra_params = oauth.extra_params;
+        server.device_code = oauth.device_code;
         servers.push(server);
     }
     Ok(servers)
@@ -326,7 +332,13 @@ fn parse_oauth(value: &serde_json::Value) -> Result<RawOAuth, (String, String)> 
             .collect::<Result<_, _>>()?,
         Some(other) => return Err(bad("extra_params", "an object of strings", other)),
     };
+    let device_code = match object.get("device_code") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(other) => return Err(bad("device_code", "true or false", other)),
+    };
     Ok(RawOAuth {
+        device_code,
         client_id: string("client_id")?,
         client_secret: string("client_secret")?,
         scopes,
@@ -506,6 +518,26 @@ mod tests {
         assert!(
             message.contains(&shape.display().to_string()) && message.contains("wrong shape"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn device_code_is_a_boolean_option() {
+        let servers = parse(
+            r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"device_code": true}},
+                               {"name": "b", "url": "https://b.example/mcp", "oauth": {}}]}"#,
+        )
+        .unwrap();
+        assert!(servers[0].device_code);
+        assert!(!servers[1].device_code, "off by default");
+        let message = parse(
+            r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"device_code": "yes"}}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            message,
+            "server a: field oauth.device_code: true or false is expected, not a string"
         );
     }
 }

@@ -10,6 +10,9 @@
 //! does not wait out a backoff). At most [`MAX_AUTHORIZATIONS`] authorization requests are made
 //! in one run, whatever the machine says.
 //!
+//! With `device_code` the logins use the RFC 8628 device grant (`oauth::device`) instead of a
+//! browser redirect.
+//!
 //! A 401 after a token was accepted re-reads the protected resource metadata: when it names
 //! another authorization server (SEP-2352), the refresh fails as `AuthorizationServerMoved`
 //! without presenting the old server's refresh token, and the login happens at the new one,
@@ -55,6 +58,8 @@ pub struct ConnectOptions {
     pub call_tool: Option<(String, Value)>,
     /// The whole run's deadline, login included.
     pub timeout: Duration,
+    /// Log in with the RFC 8628 device grant (`--device-code`) instead of a browser redirect.
+    pub device_code: bool,
 }
 
 /// What a successful run saw.
@@ -520,14 +525,27 @@ impl Authorizer {
     ) -> Result<(), OAuthError> {
         let discovery = self.discovery(challenge).await?.clone();
         self.authorizations += 1;
-        let (endpoint, token) = browser_login(
-            &self.http,
-            &discovery,
-            &self.settings,
-            self.endpoint.take(),
-            scope.as_deref(),
-        )
-        .await?;
+        let (endpoint, token) = if self.options.device_code {
+            let show = crate::oauth::device::shown_with(self.options.browser.clone());
+            crate::oauth::device::device_login(
+                &self.http,
+                &discovery,
+                &self.options.client,
+                self.endpoint.take(),
+                scope.as_deref(),
+                &show,
+            )
+            .await?
+        } else {
+            browser_login(
+                &self.http,
+                &discovery,
+                &self.settings,
+                self.endpoint.take(),
+                scope.as_deref(),
+            )
+            .await?
+        };
         self.token = Some(token);
         self.endpoint = Some(endpoint);
         Ok(())

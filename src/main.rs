@@ -88,6 +88,10 @@ struct ConnectArgs {
     /// Overall deadline, login included (e.g. 20s, 5m).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     timeout: Duration,
+    /// Log in with the device authorization grant (RFC 8628): a code to enter at a URL on any
+    /// device, for hosts without a browser. The server must offer it.
+    #[arg(long)]
+    device_code: bool,
 }
 
 /// Credentials handed over by the MCP conformance runner, where it runs us.
@@ -130,6 +134,7 @@ fn connect_options(args: ConnectArgs) -> Result<ConnectOptions, String> {
         redirect_port: args.redirect_port,
         call_tool,
         timeout: args.timeout,
+        device_code: args.device_code,
     })
 }
 

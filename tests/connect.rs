@@ -23,6 +23,7 @@ fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
         browser,
         redirect_port: 0,
         call_tool: Some(("echo".into(), json!({"message": "hello"}))),
+        device_code: false,
         timeout: Duration::from_secs(20),
     }
 }

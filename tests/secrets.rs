@@ -137,6 +137,7 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
         browser: BrowserLauncher::from_settings(None, true),
         redirect_port: 0,
         call_tool: None,
+        device_code: false,
         timeout: Duration::from_secs(1),
     };
     let supervisor = SupervisorConfig::new(servers.clone(), dir.clone());

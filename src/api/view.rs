@@ -79,6 +79,17 @@ pub struct ServerView {
     pub last_error: Option<LastError>,
     /// The pending authorization link while a login waits for a person.
     pub login_link: Option<AuthLinkView>,
+    /// While a device login waits: the user code, where to enter it, when it expires.
+    pub device_login: Option<DeviceLoginView>,
+}
+
+/// A device login's prompt (RFC 8628) as the API shows it; no secret in it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeviceLoginView {
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_at: String,
 }
 
 /// What `server_view` needs besides the status.
@@ -141,7 +152,13 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
         },
         "authorizing" => Health {
             level: "degraded",
-            summary: "waiting for a browser login".into(),
+            summary: match &status.device_login {
+                Some(d) => format!(
+                    "waiting for the code {} to be entered at {}",
+                    d.user_code, d.verification_uri
+                ),
+                None => "waiting for a browser login".into(),
+            },
             action: if inputs
                 .login_link
                 .as_ref()
@@ -257,6 +274,12 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
             .collect(),
         last_error,
         login_link: inputs.login_link.filter(|_| phase == "authorizing"),
+        device_login: status.device_login.as_ref().map(|d| DeviceLoginView {
+            user_code: d.user_code.clone(),
+            verification_uri: d.verification_uri.clone(),
+            verification_uri_complete: d.verification_uri_complete.clone(),
+            expires_at: rfc3339(d.expires_at),
+        }),
     }
 }
 
@@ -288,6 +311,7 @@ mod tests {
             unsaved_token: false,
             timers_fired: 0,
             auth_url: None,
+            device_login: None,
         }
     }
 
@@ -392,5 +416,32 @@ mod tests {
         assert_eq!(e.error, "invalid_grant");
         assert_eq!(v.health.action, "login");
         assert_eq!(v.oauth_status, "error");
+    }
+
+    #[test]
+    fn a_waiting_device_login_shows_its_user_code() {
+        let mut s = status(Phase::Authorizing);
+        s.device_login = Some(crate::oauth::device::DevicePrompt {
+            user_code: "BCDF-GHJK".into(),
+            verification_uri: "https://as.example/device".into(),
+            verification_uri_complete: Some("https://as.example/device?user_code=BCDF-GHJK".into()),
+            expires_at: 1_700_000_000_123,
+        });
+        let d = server_view(&s, inputs(1)).device_login.unwrap();
+        assert_eq!(d.user_code, "BCDF-GHJK");
+        assert_eq!(d.verification_uri, "https://as.example/device");
+        assert_eq!(
+            d.verification_uri_complete.as_deref(),
+            Some("https://as.example/device?user_code=BCDF-GHJK")
+        );
+        assert_eq!(d.expires_at, "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            server_view(&s, inputs(1)).health.summary,
+            "waiting for the code BCDF-GHJK to be entered at https://as.example/device"
+        );
+        assert_eq!(
+            server_view(&status(Phase::Authorizing), inputs(1)).device_login,
+            None
+        );
     }
 }

@@ -130,6 +130,27 @@ pub async fn obtain_client(
     redirect_uri: &str,
     scope: Option<&str>,
 ) -> Result<ClientCredentials, OAuthError> {
+    obtain(http, config, metadata, Some(redirect_uri), scope).await
+}
+
+/// Resolves the client identity for a device login (RFC 8628): as [`obtain_client`], but a
+/// registration asks for the device grant and names no redirect URI.
+pub async fn obtain_device_client(
+    http: &OAuthHttp,
+    config: &ClientConfig,
+    metadata: &AuthorizationServerMetadata,
+    scope: Option<&str>,
+) -> Result<ClientCredentials, OAuthError> {
+    obtain(http, config, metadata, None, scope).await
+}
+
+async fn obtain(
+    http: &OAuthHttp,
+    config: &ClientConfig,
+    metadata: &AuthorizationServerMetadata,
+    redirect_uri: Option<&str>,
+    scope: Option<&str>,
+) -> Result<ClientCredentials, OAuthError> {
     let supported = metadata.token_endpoint_auth_methods_supported.as_deref();
     if let Some(client_id) = &config.client_id {
         let secret = config.client_secret.clone();
@@ -175,7 +196,7 @@ async fn register(
     config: &ClientConfig,
     registration_endpoint: &str,
     method: TokenAuthMethod,
-    redirect_uri: &str,
+    redirect_uri: Option<&str>,
     scope: Option<&str>,
     supported: Option<&[String]>,
 ) -> Result<ClientCredentials, OAuthError> {
@@ -189,11 +210,16 @@ async fn register(
     let mut request = json!({
         "application_type": "native",
         "client_name": config.client_name.as_deref().unwrap_or("mcpproxy-oauth"),
-        "redirect_uris": [redirect_uri],
+        "redirect_uris": redirect_uri.into_iter().collect::<Vec<_>>(),
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
         "token_endpoint_auth_method": method.as_str(),
     });
+    if redirect_uri.is_none() {
+        // A device login (RFC 8628): no redirect, no authorization endpoint response.
+        request["grant_types"] = json!([super::device::GRANT_TYPE, "refresh_token"]);
+        request["response_types"] = json!([]);
+    }
     if let Some(scope) = scope {
         request["scope"] = scope.into();
     }

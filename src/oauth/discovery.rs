@@ -44,6 +44,9 @@ pub struct AuthorizationServerMetadata {
     pub authorization_response_iss_parameter_supported: bool,
     #[serde(default)]
     pub client_id_metadata_document_supported: bool,
+    /// RFC 8628 §4: where a device login starts, when the server offers one.
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
 }
 
 /// Everything discovery learned about one MCP server.
@@ -208,6 +211,7 @@ fn legacy_default_metadata(server_url: &Url) -> AuthorizationServerMetadata {
         token_endpoint_auth_methods_supported: None,
         authorization_response_iss_parameter_supported: false,
         client_id_metadata_document_supported: false,
+        device_authorization_endpoint: None,
     }
 }
 

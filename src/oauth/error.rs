@@ -105,6 +105,18 @@ pub enum OAuthError {
     Browser(String),
     #[error("authorization was retried {attempts} times without success (step-up limit)")]
     TooManyAuthorizations { attempts: u32 },
+    #[error(
+        "the authorization server {issuer} offers no device authorization endpoint (RFC 8628): log in with the browser instead (without --device-code / oauth.device_code)"
+    )]
+    DeviceGrantUnsupported { issuer: String },
+    #[error("the device login was denied at {verification_uri}; start the login again to retry")]
+    DeviceAccessDenied { verification_uri: String },
+    #[error(
+        "the device code expired after {after:?} before the login was approved; start the login again for a new code"
+    )]
+    DeviceCodeExpired { after: Duration },
+    #[error("the device login was polled {polls} times without an answer; start it again")]
+    TooManyPolls { polls: u32 },
 }
 
 fn status_suffix(status: Option<u16>) -> String {
@@ -180,7 +192,11 @@ impl OAuthError {
             | InsecureUrl { .. }
             | Callback(_)
             | Browser(_)
-            | TooManyAuthorizations { .. } => ErrorClass::Permanent,
+            | TooManyAuthorizations { .. }
+            | DeviceGrantUnsupported { .. }
+            | DeviceAccessDenied { .. }
+            | DeviceCodeExpired { .. }
+            | TooManyPolls { .. } => ErrorClass::Permanent,
         }
     }
 

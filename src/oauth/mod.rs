@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod callback;
 pub mod client_identity;
+pub mod device;
 pub mod diagnose;
 pub mod discovery;
 pub mod error;

@@ -114,11 +114,14 @@ impl TokenEndpoint {
             .set_token_uri(
                 TokenUrl::new(self.token_endpoint.clone())
                     .map_err(|_| invalid("token endpoint", &self.token_endpoint))?,
-            )
-            .set_redirect_uri(
+            );
+        // A client of a device login (RFC 8628) has no redirect URI.
+        if !self.redirect_uri.is_empty() {
+            client = client.set_redirect_uri(
                 RedirectUrl::new(self.redirect_uri.clone())
                     .map_err(|_| invalid("redirect URI", &self.redirect_uri))?,
             );
+        }
         // oauth2 sends the client_id in the body for RequestBody, with or without a secret.
         if let (TokenAuthMethod::ClientSecretBasic, Some(secret)) =
             (self.client.auth_method, &self.client.client_secret)
@@ -259,29 +262,39 @@ impl TokenEndpoint {
             ("token", token.to_string()),
             ("token_type_hint", hint.to_string()),
         ];
-        let mut request = http.client().post(url);
-        match (self.client.auth_method, &self.client.client_secret) {
-            (TokenAuthMethod::ClientSecretBasic, Some(secret)) => {
-                // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
-                let encode = |s: &str| {
-                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                };
-                request = request.basic_auth(
-                    encode(&self.client.client_id),
-                    Some(encode(secret.secret())),
-                );
-            }
-            (TokenAuthMethod::ClientSecretPost, Some(secret)) => {
-                form.push(("client_id", self.client.client_id.clone()));
-                form.push(("client_secret", secret.secret().clone()));
-            }
-            _ => form.push(("client_id", self.client.client_id.clone())),
-        }
+        let request = client_authenticated(http.client().post(url), &mut form, &self.client);
         let reply = http.send(Endpoint::Revocation, request.form(&form)).await?;
         if reply.status.is_success() {
             return Ok(());
         }
         Err(reply.error(Endpoint::Revocation))
+    }
+}
+
+/// Adds the client's authentication to a form request made without the oauth2 crate
+/// (revocation, the device grant): HTTP Basic, the secret in the form, or the bare client_id.
+pub(crate) fn client_authenticated(
+    request: reqwest::RequestBuilder,
+    form: &mut Vec<(&'static str, String)>,
+    client: &ClientCredentials,
+) -> reqwest::RequestBuilder {
+    match (client.auth_method, &client.client_secret) {
+        (TokenAuthMethod::ClientSecretBasic, Some(secret)) => {
+            // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
+            let encode =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            register_basic_credentials(&client.client_id, secret.secret());
+            request.basic_auth(encode(&client.client_id), Some(encode(secret.secret())))
+        }
+        (TokenAuthMethod::ClientSecretPost, Some(secret)) => {
+            form.push(("client_id", client.client_id.clone()));
+            form.push(("client_secret", secret.secret().clone()));
+            request
+        }
+        _ => {
+            form.push(("client_id", client.client_id.clone()));
+            request
+        }
     }
 }
 
@@ -391,7 +404,7 @@ fn missing_field(message: &str) -> Option<&str> {
     Some(field).filter(|f| f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
-fn token_set(
+pub(crate) fn token_set(
     response: BasicTokenResponse,
     previous_refresh: Option<RefreshToken>,
     requested_scope: Option<&str>,

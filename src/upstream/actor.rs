@@ -106,6 +106,9 @@ pub struct ServerStatus {
     /// While a browser login waits: its authorization URL (open it by hand if no browser
     /// opened). It holds no secret.
     pub auth_url: Option<String>,
+    /// While a device login (RFC 8628) waits: the user code, where to enter it, and when it
+    /// expires. Holds no secret (the device code stays in the flow).
+    pub device_login: Option<crate::oauth::device::DevicePrompt>,
     pub running_flow: Option<String>,
     /// Kind (`refresh` / `login`) and start (unix ms) of the running flow.
     pub running_flow_kind: Option<String>,
@@ -158,6 +161,8 @@ pub struct UpstreamActor {
     reload_on_start: bool,
     /// The running login's authorization URL, published by its launcher.
     auth_url: Arc<std::sync::Mutex<Option<String>>>,
+    /// The running device login's prompt (user code, verification URL, expiry).
+    device_prompt: Arc<std::sync::Mutex<Option<crate::oauth::device::DevicePrompt>>>,
     running_flow_started_at: Millis,
     timer_at: Option<Millis>,
 }
@@ -197,6 +202,7 @@ impl UpstreamActor {
             drained: Vec::new(),
             reload_on_start: false,
             auth_url: Arc::default(),
+            device_prompt: Arc::default(),
             running_flow_started_at: 0,
             timer_at: None,
         }
@@ -331,6 +337,7 @@ impl UpstreamActor {
                     requested_at: now_ms(),
                     auth_url: self.auth_url.clone(),
                     step_up_scope: self.step_up_scope.clone(),
+                    device_prompt: self.device_prompt.clone(),
                 };
                 let flow = flows::login(
                     self.rt.clone(),
@@ -1107,6 +1114,14 @@ impl Handler<GetStatus> for UpstreamActor {
             auth_url: matches!(self.state.phase, Phase::Authorizing)
                 .then(|| {
                     self.auth_url
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                })
+                .flatten(),
+            device_login: matches!(self.state.phase, Phase::Authorizing)
+                .then(|| {
+                    self.device_prompt
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clone()

@@ -20,6 +20,7 @@ use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::client_identity::{
     ClientCredentials, ClientSource, TokenAuthMethod, obtain_client,
 };
+use crate::oauth::device::DevicePrompt;
 use crate::oauth::discovery::{Discovery, discover, protected_resource_metadata, same_issuer};
 use crate::oauth::http::OAuthHttp;
 use crate::oauth::login::{LoginSettings, browser_login};
@@ -676,7 +677,13 @@ pub struct LoginRequest {
     /// After a 403 `insufficient_scope`: the union of the granted and the demanded scopes,
     /// asked for on top of the usual selection (SEP-2350).
     pub step_up_scope: Option<String>,
+    /// Where a device login (`UpstreamConfig::device_code`) publishes its user code,
+    /// verification URL and expiry for status while it polls; emptied when it ends.
+    pub device_prompt: Published<DevicePrompt>,
 }
+
+/// A value a running login publishes for status (its authorization URL, its device prompt).
+pub type Published<T> = Arc<std::sync::Mutex<Option<T>>>;
 
 pub async fn login(
     rt: Arc<Runtime>,
@@ -687,7 +694,7 @@ pub async fn login(
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "login");
     async move {
-        let LoginRequest { previous, fresh_client, challenge, requested_at, auth_url, step_up_scope } = request;
+        let LoginRequest { previous, fresh_client, challenge, requested_at, auth_url, step_up_scope, device_prompt } = request;
         if let Some(hook) = &rt.flow_hook {
             (hook.0)(&config.name, "login");
         }
@@ -737,7 +744,7 @@ pub async fn login(
         let previous = if fresh_client { None } else { previous.or_else(|| stored_client.as_ref().map(endpoint_from_stored)) };
         let result = tokio::time::timeout(
             rt.login_timeout,
-            run_login(&rt, &config, &flow_id, &fence, LoginPlan { previous, challenge, auth_url, step_up_scope }),
+            run_login(&rt, &config, &flow_id, &fence, LoginPlan { previous, challenge, auth_url, device_prompt, step_up_scope }),
         )
         .await;
         let outcome = match result {
@@ -768,7 +775,8 @@ pub async fn login(
 struct LoginPlan {
     previous: Option<TokenEndpoint>,
     challenge: Option<BearerChallenge>,
-    auth_url: Arc<std::sync::Mutex<Option<String>>>,
+    auth_url: Published<String>,
+    device_prompt: Published<DevicePrompt>,
     step_up_scope: Option<String>,
 }
 
@@ -783,6 +791,7 @@ async fn run_login(
         previous,
         challenge,
         auth_url,
+        device_prompt,
         step_up_scope,
     } = plan;
     let discovery = discover(&rt.http, &config.url, challenge.as_ref()).await?;
@@ -810,8 +819,19 @@ async fn run_login(
     // A stored client is reused only at the authorization server it was registered with.
     let previous =
         previous.filter(|p| p.token_endpoint == discovery.authorization_server.token_endpoint);
-    let (endpoint, set) =
-        browser_login(&rt.http, &discovery, &settings, previous, scope.as_deref()).await?;
+    let (endpoint, set) = if config.device_code {
+        device_login_published(
+            rt,
+            config,
+            &discovery,
+            previous,
+            scope.as_deref(),
+            device_prompt,
+        )
+        .await?
+    } else {
+        browser_login(&rt.http, &discovery, &settings, previous, scope.as_deref()).await?
+    };
     let token = stored_token(
         config,
         &endpoint,
@@ -829,4 +849,33 @@ async fn run_login(
             "the new token could not be stored: {e}"
         ))),
     }
+}
+
+/// A device login (RFC 8628) whose prompt is published for status (and shown through the
+/// daemon's launcher) while it polls, and taken down when it ends, however it ends.
+async fn device_login_published(
+    rt: &Runtime,
+    config: &UpstreamConfig,
+    discovery: &crate::oauth::discovery::Discovery,
+    previous: Option<TokenEndpoint>,
+    scope: Option<&str>,
+    slot: Published<DevicePrompt>,
+) -> Result<(TokenEndpoint, crate::oauth::token::TokenSet), OAuthError> {
+    let shown = crate::oauth::device::shown_with(rt.browser.clone());
+    let published = slot.clone();
+    let show = move |prompt: &DevicePrompt| {
+        *published.lock().unwrap_or_else(|p| p.into_inner()) = Some(prompt.clone());
+        shown(prompt);
+    };
+    let result = crate::oauth::device::device_login(
+        &rt.http,
+        discovery,
+        &config.client,
+        previous,
+        scope,
+        &show,
+    )
+    .await;
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    result
 }

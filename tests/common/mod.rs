@@ -144,3 +144,31 @@ pub fn stored_refresh_token(dir: &std::path::Path) -> Option<String> {
     let place = cipher::place("oauth_tokens", "refresh_token", &server_key);
     Some(cipher::open(&key, &place, &sealed?).expect("the stored refresh token opens with the key"))
 }
+
+/// Every log line this test binary writes from now on, at trace level as JSON (one global
+/// subscriber per binary; later calls share it). For tests that scan logs for secrets.
+pub fn captured_logs() -> String {
+    use std::sync::{Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .json()
+            .with_writer(move || Sink(writer.clone()))
+            .init();
+        buffer
+    });
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}

@@ -54,6 +54,17 @@ pub struct Config {
     pub announced_expires_in: Option<u64>,
     /// Faults armed at start (the `--token-error`/`--refresh-error` flags).
     pub faults: Vec<Fault>,
+    /// Serve the RFC 8628 device authorization grant (`/device_authorization`, the
+    /// verification page `/device`, `grant_type=urn:ietf:params:oauth:grant-type:device_code`)
+    /// and list its endpoint in the metadata.
+    pub device_grant: bool,
+    /// The `interval` (seconds) announced for device code polling; RFC 8628's default is 5.
+    pub device_interval_secs: u64,
+    /// Lifetime of a device code (`expires_in`).
+    pub device_code_ttl: Duration,
+    /// Answer `slow_down` to the first this many polls of each device code (besides polls
+    /// that come sooner than the interval, which always get `slow_down`).
+    pub device_slow_down_polls: u32,
 }
 
 impl Default for Config {
@@ -78,6 +89,10 @@ impl Default for Config {
             mcp_sse_responses: false,
             announced_expires_in: None,
             faults: Vec::new(),
+            device_grant: false,
+            device_interval_secs: 5,
+            device_code_ttl: Duration::from_secs(600),
+            device_slow_down_polls: 0,
         }
     }
 }

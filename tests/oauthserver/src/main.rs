@@ -116,6 +116,7 @@ impl Args {
             mcp_sse_responses: self.mcp_sse,
             announced_expires_in: self.announced_expires_in,
             faults,
+            ..Config::default()
         }
     }
 }

@@ -100,6 +100,18 @@ pub struct Stats {
     pub faults_fired: BTreeMap<String, u64>,
     /// Presentations of an already rotated refresh token (each revoked a family).
     pub refresh_token_reuse: u64,
+    /// RFC 8628 device authorization requests answered with a device code.
+    #[serde(default)]
+    pub device_authorizations: u64,
+    /// Token requests with `grant_type=urn:ietf:params:oauth:grant-type:device_code`.
+    #[serde(default)]
+    pub device_polls: u64,
+    /// Polls answered `slow_down` (configured ones and polls sooner than the interval).
+    #[serde(default)]
+    pub device_slow_downs: u64,
+    /// Milliseconds between consecutive polls of the same device code, in order.
+    #[serde(default)]
+    pub device_poll_gaps_ms: Vec<u64>,
 }
 
 impl Stats {
@@ -121,6 +133,9 @@ pub struct Secrets {
     pub code_verifiers: Vec<String>,
     #[serde(default)]
     pub states: Vec<String>,
+    /// RFC 8628 device codes issued (the user codes are meant to be shown: not here).
+    #[serde(default)]
+    pub device_codes: Vec<String>,
 }
 
 impl Secrets {
@@ -132,6 +147,7 @@ impl Secrets {
             .chain(&self.client_secrets)
             .chain(&self.code_verifiers)
             .chain(&self.states)
+            .chain(&self.device_codes)
             .map(String::as_str)
     }
 }
@@ -151,6 +167,8 @@ pub struct Inner {
     pub faults: FaultBook,
     /// MCP requests that presented a valid token (for `authorization_server_moves`).
     pub accepted_mcp_requests: u64,
+    /// RFC 8628 device authorizations by device code.
+    pub device_grants: HashMap<String, crate::routes::device::DeviceGrant>,
 }
 
 impl Inner {

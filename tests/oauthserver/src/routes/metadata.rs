@@ -57,6 +57,14 @@ pub async fn authorization_server_metadata(
     if state.config.dynamic_registration {
         doc["registration_endpoint"] = format!("{issuer}/register").into();
     }
+    if state.config.device_grant {
+        doc["device_authorization_endpoint"] = format!("{issuer}/device_authorization").into();
+        doc["grant_types_supported"] = serde_json::json!([
+            "authorization_code",
+            "refresh_token",
+            super::device::GRANT_TYPE
+        ]);
+    }
     if wrong_issuer {
         doc["issuer"] = format!("{issuer}/impostor").into();
     }

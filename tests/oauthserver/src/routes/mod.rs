@@ -3,6 +3,7 @@
 
 mod authorize;
 mod control;
+pub(crate) mod device;
 mod mcp;
 mod metadata;
 mod register;
@@ -34,6 +35,11 @@ pub fn router(state: AppState) -> Router {
         .route("/revoke", post(revoke::revoke));
     if state.config.dynamic_registration {
         as_routes = as_routes.route("/register", post(register::register));
+    }
+    if state.config.device_grant {
+        as_routes = as_routes
+            .route("/device_authorization", post(device::authorize))
+            .route("/device", get(device::verify).post(device::verify_form));
     }
     let as_metadata = metadata::authorization_server_metadata;
     let mut app = Router::new()

@@ -24,11 +24,11 @@ type Params = HashMap<String, String>;
 
 /// An OAuth error decided while holding the state lock, turned into a response after it.
 pub(super) struct Denied {
-    code: &'static str,
-    description: String,
+    pub(super) code: &'static str,
+    pub(super) description: String,
 }
 
-fn deny(code: &'static str, description: impl Into<String>) -> Denied {
+pub(super) fn deny(code: &'static str, description: impl Into<String>) -> Denied {
     Denied {
         code,
         description: description.into(),
@@ -108,6 +108,9 @@ pub async fn token(
                 authorization_code_grant(&state, &mut inner, &client, &form, shape)
             }
             "refresh_token" => refresh_token_grant(&state, &mut inner, &client, &form, shape),
+            super::device::GRANT_TYPE if state.config.device_grant => {
+                super::device::device_code_grant(&state, &mut inner, &client, &form, shape)
+            }
             "" => Err(deny("invalid_request", "grant_type is required")),
             other => Err(deny(
                 "unsupported_grant_type",
@@ -389,7 +392,7 @@ fn missing_access_token_body(state: &AppState) -> serde_json::Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn issue_tokens(
+pub(super) fn issue_tokens(
     state: &AppState,
     inner: &mut Inner,
     family: u64,

@@ -1,0 +1,365 @@
+//! Headless login: the RFC 8628 device authorization grant. The client asks the
+//! authorization server's `device_authorization_endpoint` for a device code and a user code,
+//! shows the person the user code and where to enter it, and polls the token endpoint until
+//! the person has answered.
+//!
+//! Polling honours the announced `interval` (5 s when absent), adds 5 s for every `slow_down`
+//! (RFC 8628 §3.5), and stops at the code's `expires_in` and after [`MAX_POLLS`] polls,
+//! whichever comes first. `access_denied` and `expired_token` end the login with their own
+//! errors. The user code and verification URL are for the person (logged and shown); the device
+//! code is a secret: it is registered with the log scrubber and never logged.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use oauth2::basic::BasicTokenResponse;
+use serde::Serialize;
+use url::Url;
+
+use super::browser::BrowserLauncher;
+use super::client_identity::{ClientConfig, ClientCredentials, ClientSource, obtain_device_client};
+use super::discovery::Discovery;
+use super::error::{Endpoint, OAuthError};
+use super::http::{OAuthHttp, require_secure_url};
+use super::token::{TokenEndpoint, TokenSet, client_authenticated, token_set};
+
+/// The grant type of the token requests that poll.
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Polls of one device code at most, whatever its lifetime and interval.
+pub const MAX_POLLS: u32 = 360;
+
+/// RFC 8628 §3.2: the interval when the server announces none.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The longest lifetime believed for a device code (an hour): the login ends by then.
+const MAX_CODE_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What the person is shown: the user code and where to enter it. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DevicePrompt {
+    pub user_code: String,
+    pub verification_uri: String,
+    /// The verification URI with the user code in it, when the server offers one.
+    pub verification_uri_complete: Option<String>,
+    /// When the device code expires (unix milliseconds).
+    pub expires_at: i64,
+}
+
+impl DevicePrompt {
+    /// The sentence shown on the terminal.
+    pub fn instructions(&self) -> String {
+        let mut text = format!(
+            "To sign in, open {} and enter the code {}",
+            self.verification_uri, self.user_code
+        );
+        if let Some(complete) = &self.verification_uri_complete {
+            text.push_str(&format!(" (or open {complete})"));
+        }
+        text
+    }
+}
+
+/// A device authorization in flight: the prompt, the secret device code, the interval.
+pub struct DeviceAuthorization {
+    pub prompt: DevicePrompt,
+    device_code: String,
+    pub interval: Duration,
+    /// The code's lifetime as announced (clamped to an hour).
+    pub lifetime: Duration,
+}
+
+impl fmt::Debug for DeviceAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceAuthorization")
+            .field("prompt", &self.prompt)
+            .field("interval", &self.interval)
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
+/// RFC 8628 §3.2, the fields used.
+#[derive(serde::Deserialize)]
+struct AuthorizationResponse {
+    device_code: String,
+    user_code: String,
+    verification_uri: String,
+    #[serde(default)]
+    verification_uri_complete: Option<String>,
+    expires_in: u64,
+    #[serde(default)]
+    interval: Option<u64>,
+}
+
+/// Asks `device_authorization_endpoint` for a device code (RFC 8628 §3.1), as `endpoint`'s
+/// client, for `scope` and the endpoint's RFC 8707 resource.
+pub async fn request_authorization(
+    http: &OAuthHttp,
+    endpoint: &TokenEndpoint,
+    device_authorization_endpoint: &str,
+    scope: Option<&str>,
+    now: SystemTime,
+) -> Result<DeviceAuthorization, OAuthError> {
+    let url = Url::parse(device_authorization_endpoint).map_err(|_| {
+        OAuthError::Discovery(format!(
+            "invalid device authorization endpoint {device_authorization_endpoint:?}"
+        ))
+    })?;
+    require_secure_url(&url)?;
+    let mut form = vec![("resource", endpoint.resource.clone())];
+    if let Some(scope) = scope.filter(|s| !s.is_empty()) {
+        form.push(("scope", scope.to_string()));
+    }
+    let request = client_authenticated(http.client().post(url), &mut form, &endpoint.client);
+    let reply = http
+        .send(Endpoint::Authorization, request.form(&form))
+        .await?;
+    if !reply.status.is_success() {
+        return Err(reply.error(Endpoint::Authorization));
+    }
+    let answer: AuthorizationResponse = reply.json(Endpoint::Authorization)?;
+    crate::telemetry::secrets::register(&answer.device_code);
+    let lifetime = Duration::from_secs(answer.expires_in).min(MAX_CODE_LIFETIME);
+    if lifetime.is_zero() || answer.device_code.is_empty() || answer.user_code.is_empty() {
+        return Err(OAuthError::Malformed {
+            endpoint: Endpoint::Authorization,
+            reason: "the device authorization response has an empty code or expires_in 0".into(),
+        });
+    }
+    let expires_at = now
+        .checked_add(lifetime)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(i64::MAX);
+    Ok(DeviceAuthorization {
+        prompt: DevicePrompt {
+            user_code: answer.user_code,
+            verification_uri: answer.verification_uri,
+            verification_uri_complete: answer.verification_uri_complete,
+            expires_at,
+        },
+        device_code: answer.device_code,
+        interval: answer
+            .interval
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_INTERVAL),
+        lifetime,
+    })
+}
+
+/// Polls the token endpoint until the person answered (RFC 8628 §3.4, §3.5). Waits
+/// `interval` before each poll, 5 s longer after each `slow_down`; gives up when the next poll
+/// would come after the code's lifetime or after [`MAX_POLLS`] polls.
+pub async fn poll_for_token(
+    http: &OAuthHttp,
+    endpoint: &TokenEndpoint,
+    authorization: &DeviceAuthorization,
+) -> Result<TokenSet, OAuthError> {
+    let started = tokio::time::Instant::now();
+    let give_up_at = started + authorization.lifetime;
+    let expired = || OAuthError::DeviceCodeExpired {
+        after: started.elapsed(),
+    };
+    let mut interval = authorization.interval;
+    for poll in 1..=MAX_POLLS {
+        let at = tokio::time::Instant::now() + interval;
+        if at > give_up_at {
+            return Err(expired());
+        }
+        tokio::time::sleep_until(at).await;
+        let url = Url::parse(&endpoint.token_endpoint).map_err(|_| {
+            OAuthError::Discovery(format!(
+                "invalid token endpoint {:?}",
+                endpoint.token_endpoint
+            ))
+        })?;
+        let mut form = vec![
+            ("grant_type", GRANT_TYPE.to_string()),
+            ("device_code", authorization.device_code.clone()),
+            ("resource", endpoint.resource.clone()),
+        ];
+        let request = client_authenticated(http.client().post(url), &mut form, &endpoint.client);
+        let reply = http.send(Endpoint::Token, request.form(&form)).await?;
+        if reply.status.is_success() {
+            let response: BasicTokenResponse = reply.json(Endpoint::Token)?;
+            let set = token_set(response, None, None, SystemTime::now())?;
+            tracing::info!(
+                polls = poll,
+                scope = set.scope.as_deref().unwrap_or(""),
+                has_refresh_token = set.refresh_token.is_some(),
+                "device login approved"
+            );
+            return Ok(set);
+        }
+        let error = reply.error(Endpoint::Token);
+        match error.oauth_code() {
+            Some("authorization_pending") => {
+                tracing::debug!(poll, "device login: authorization pending");
+            }
+            Some("slow_down") => {
+                interval += Duration::from_secs(5);
+                tracing::info!(
+                    poll,
+                    interval_secs = interval.as_secs(),
+                    "device login: the server asked to slow down"
+                );
+            }
+            Some("access_denied") => {
+                return Err(OAuthError::DeviceAccessDenied {
+                    verification_uri: authorization.prompt.verification_uri.clone(),
+                });
+            }
+            Some("expired_token") => return Err(expired()),
+            _ => return Err(error),
+        }
+    }
+    Err(OAuthError::TooManyPolls { polls: MAX_POLLS })
+}
+
+/// Runs one device login: client identity (reusing `previous` where given), the device
+/// authorization, the prompt shown through `show` (and logged), then polling. Fails at once
+/// with [`OAuthError::DeviceGrantUnsupported`] when the server offers no device endpoint.
+pub async fn device_login(
+    http: &OAuthHttp,
+    discovery: &Discovery,
+    client: &ClientConfig,
+    previous: Option<TokenEndpoint>,
+    scope: Option<&str>,
+    show: &(dyn Fn(&DevicePrompt) + Send + Sync),
+) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
+    let metadata = &discovery.authorization_server;
+    let Some(device_endpoint) = metadata.device_authorization_endpoint.clone() else {
+        return Err(OAuthError::DeviceGrantUnsupported {
+            issuer: metadata.issuer.clone(),
+        });
+    };
+    let endpoint = match previous.filter(|p| registered_for_device_grant(&p.client)) {
+        Some(endpoint) => endpoint,
+        None => {
+            let client = obtain_device_client(http, client, metadata, scope).await?;
+            tracing::info!(client_id = %client.client_id, source = ?client.source, auth_method = client.auth_method.as_str(), "client identity ready");
+            TokenEndpoint::new(metadata, client, String::new(), discovery.resource.clone())
+        }
+    };
+    let authorization =
+        request_authorization(http, &endpoint, &device_endpoint, scope, SystemTime::now()).await?;
+    let prompt = &authorization.prompt;
+    tracing::info!(
+        user_code = %prompt.user_code,
+        verification_uri = %prompt.verification_uri,
+        verification_uri_complete = prompt.verification_uri_complete.as_deref().unwrap_or(""),
+        expires_at = prompt.expires_at,
+        interval_secs = authorization.interval.as_secs(),
+        "device login: waiting for the user to enter the code"
+    );
+    show(prompt);
+    let token = poll_for_token(http, &endpoint, &authorization).await?;
+    Ok((endpoint, token))
+}
+
+/// Whether a client of an earlier login may poll with a device code: a configured client or a
+/// metadata document (the user chose them), or a registration that asked for the device grant.
+/// A client registered for the redirect flow alone is not reused (a server may refuse it
+/// `unauthorized_client`); a new one is registered.
+fn registered_for_device_grant(client: &ClientCredentials) -> bool {
+    if client.source != ClientSource::Registered {
+        return true;
+    }
+    client
+        .registration
+        .as_ref()
+        .and_then(|r| r.get("grant_types"))
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|grants| grants.iter().any(|g| g == GRANT_TYPE))
+}
+
+/// How a device login shows its prompt to a person at a terminal: the instructions on stderr
+/// (control characters made inert). A launcher the user or the embedding program chose (a
+/// browser command, a handler) is also given the verification URL; the platform opener is
+/// not, since a device login is for hosts without a browser.
+pub fn shown_with(browser: BrowserLauncher) -> impl Fn(&DevicePrompt) + Send + Sync {
+    move |prompt: &DevicePrompt| {
+        eprintln!("{}", crate::telemetry::inert::safe(&prompt.instructions()));
+        if matches!(
+            browser,
+            BrowserLauncher::Command(_) | BrowserLauncher::Handler(_)
+        ) {
+            let url = prompt
+                .verification_uri_complete
+                .as_deref()
+                .unwrap_or(&prompt.verification_uri);
+            match Url::parse(url) {
+                Ok(url) => {
+                    if let Err(e) = browser.open(&url) {
+                        tracing::warn!(error = %e, "the verification URL could not be opened");
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!("the verification URL is not a URL; enter the code by hand")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prompt_names_the_code_and_both_urls() {
+        let prompt = DevicePrompt {
+            user_code: "BCDF-GHJK".into(),
+            verification_uri: "https://as.example/device".into(),
+            verification_uri_complete: Some("https://as.example/device?user_code=BCDF-GHJK".into()),
+            expires_at: 0,
+        };
+        let text = prompt.instructions();
+        assert!(text.contains("https://as.example/device and enter the code BCDF-GHJK"));
+        assert!(text.contains("(or open https://as.example/device?user_code=BCDF-GHJK)"));
+    }
+
+    #[test]
+    fn only_clients_registered_for_the_device_grant_are_reused() {
+        let registered = |grants: serde_json::Value| ClientCredentials {
+            client_id: "c".into(),
+            client_secret: None,
+            auth_method: super::super::client_identity::TokenAuthMethod::None,
+            source: ClientSource::Registered,
+            registration: Some(
+                serde_json::json!({"grant_types": grants})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        };
+        assert!(registered_for_device_grant(&registered(serde_json::json!(
+            [GRANT_TYPE, "refresh_token"]
+        ))));
+        assert!(!registered_for_device_grant(&registered(
+            serde_json::json!(["authorization_code", "refresh_token"])
+        )));
+        let mut configured = registered(serde_json::json!([]));
+        configured.source = ClientSource::Configured;
+        assert!(registered_for_device_grant(&configured));
+    }
+
+    #[test]
+    fn debug_never_shows_the_device_code() {
+        let authorization = DeviceAuthorization {
+            prompt: DevicePrompt {
+                user_code: "BCDF-GHJK".into(),
+                verification_uri: "https://as.example/device".into(),
+                verification_uri_complete: None,
+                expires_at: 0,
+            },
+            device_code: "dc_very_secret_value".into(),
+            interval: DEFAULT_INTERVAL,
+            lifetime: MAX_CODE_LIFETIME,
+        };
+        let shown = format!("{authorization:?}");
+        assert!(shown.contains("BCDF-GHJK"));
+        assert!(!shown.contains("dc_very_secret_value"));
+    }
+}
