@@ -18,7 +18,7 @@ use mcpproxy_oauth::oauth::OAuthError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::oauth::client_identity::ClientConfig;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
-use oauth_test_server::{Config, OAuthTestServer};
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use url::Url;
@@ -215,6 +215,35 @@ async fn an_expired_device_code_ends_connect_with_a_clear_error() {
     );
     assert!(error.to_string().contains("expired"), "{error}");
     assert_eq!(srv.stats().token_errors.get("expired_token"), Some(&1));
+    assert_no_secret(&srv, &captured_logs());
+}
+
+#[tokio::test]
+async fn a_failing_token_endpoint_slows_polling_and_the_login_still_succeeds() {
+    captured_logs();
+    let srv = start(device_server(0)).await;
+    let (browser, mut urls) = reporting_browser();
+    let run = tokio::spawn(connect(options(&srv, browser)));
+    let url = next_url(&mut urls).await;
+    // The code is shown before the first poll, which waits the 1 s interval: that poll meets
+    // a 500, which says nothing about the code.
+    srv.inject(Fault {
+        count: Some(1),
+        ..Fault::new(FaultTarget::Token, FaultKind::ServerError)
+    })
+    .unwrap();
+    answer(url.as_str(), true).await;
+    let report = run
+        .await
+        .unwrap()
+        .expect("the login survives a failing poll");
+    assert_eq!(report.authorizations, 1);
+    let stats = srv.stats();
+    assert_eq!(stats.faults_fired.get("token"), Some(&1), "{stats:?}");
+    assert!(
+        stats.token_requests_for("urn:ietf:params:oauth:grant-type:device_code") >= 2,
+        "the code was polled again after the failure: {stats:?}"
+    );
     assert_no_secret(&srv, &captured_logs());
 }
 

@@ -19,7 +19,7 @@ use url::Url;
 use super::browser::BrowserLauncher;
 use super::client_identity::{ClientConfig, ClientCredentials, ClientSource, obtain_device_client};
 use super::discovery::Discovery;
-use super::error::{Endpoint, OAuthError};
+use super::error::{Endpoint, ErrorClass, OAuthError};
 use super::http::{OAuthHttp, require_secure_url};
 use super::token::{TokenEndpoint, TokenSet, client_authenticated, token_set};
 
@@ -149,8 +149,9 @@ pub async fn request_authorization(
 }
 
 /// Polls the token endpoint until the person answered (RFC 8628 §3.4, §3.5). Waits
-/// `interval` before each poll, 5 s longer after each `slow_down`; gives up when the next poll
-/// would come after the code's lifetime or after [`MAX_POLLS`] polls.
+/// `interval` before each poll, 5 s longer after each `slow_down`, twice as long (at most a
+/// minute) after a transient failure of the token endpoint; gives up when the next poll would
+/// come after the code's lifetime or after [`MAX_POLLS`] polls.
 pub async fn poll_for_token(
     http: &OAuthHttp,
     endpoint: &TokenEndpoint,
@@ -180,7 +181,15 @@ pub async fn poll_for_token(
             ("resource", endpoint.resource.clone()),
         ];
         let request = client_authenticated(http.client().post(url), &mut form, &endpoint.client);
-        let reply = http.send(Endpoint::Token, request.form(&form)).await?;
+        let reply = match http.send(Endpoint::Token, request.form(&form)).await {
+            Ok(reply) => reply,
+            Err(e) if e.class() != ErrorClass::Permanent => {
+                interval = backed_off(interval, &e);
+                tracing::warn!(poll, error = %e, interval_secs = interval.as_secs(), "device login: the token endpoint failed; polling more slowly");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if reply.status.is_success() {
             let response: BasicTokenResponse = reply.json(Endpoint::Token)?;
             let set = token_set(response, None, None, SystemTime::now())?;
@@ -211,11 +220,32 @@ pub async fn poll_for_token(
                 });
             }
             Some("expired_token") => return Err(expired()),
+            // A 5xx, 429 or `temporarily_unavailable` says nothing about the code: poll on,
+            // more slowly (RFC 8628 §3.5), within the code's lifetime.
+            _ if error.class() != ErrorClass::Permanent => {
+                interval = backed_off(interval, &error);
+                tracing::warn!(poll, error = %error, interval_secs = interval.as_secs(), "device login: the token endpoint failed; polling more slowly");
+            }
             _ => return Err(error),
         }
     }
     Err(OAuthError::TooManyPolls { polls: MAX_POLLS })
 }
+
+/// The interval after a transient failure: doubled (at most a minute), and never sooner than
+/// the server's `Retry-After`.
+fn backed_off(interval: Duration, error: &OAuthError) -> Duration {
+    let retry_after = match error.class() {
+        ErrorClass::Transient { retry_after } => retry_after.unwrap_or_default(),
+        ErrorClass::Permanent => Duration::ZERO,
+    };
+    (interval * 2)
+        .min(MAX_BACKOFF_INTERVAL)
+        .max(retry_after.min(MAX_BACKOFF_INTERVAL))
+}
+
+/// The longest interval transient failures stretch polling to.
+const MAX_BACKOFF_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs one device login: client identity (reusing `previous` where given), the device
 /// authorization, the prompt shown through `show` (and logged), then polling. Fails at once
