@@ -77,6 +77,9 @@ pub struct RefreshRecord {
     pub resource: Option<String>,
     pub expires_at_ms: i64,
     pub status: RefreshStatus,
+    /// RFC 9449 §5: the thumbprint of the key a DPoP-bound grant was issued to; a refresh must
+    /// present a proof of the same key.
+    pub jkt: Option<String>,
 }
 
 /// Counters a test reads through `GET /control/stats` or `OAuthTestServer::stats`.
@@ -100,11 +103,25 @@ pub struct Stats {
     pub faults_fired: BTreeMap<String, u64>,
     /// Presentations of an already rotated refresh token (each revoked a family).
     pub refresh_token_reuse: u64,
+    /// DPoP proofs refused, by reason: bad_proof, replay, nonce, key_mismatch, missing.
+    #[serde(default)]
+    pub dpop_refusals: BTreeMap<String, u64>,
+    /// Access tokens issued bound to a DPoP key (`cnf.jkt`).
+    #[serde(default)]
+    pub dpop_bound_tokens: u64,
+    /// MCP requests accepted with a DPoP-bound token and a valid proof.
+    #[serde(default)]
+    pub mcp_dpop_requests: u64,
 }
 
 impl Stats {
     pub fn token_requests_for(&self, grant_type: &str) -> u64 {
         self.token_requests.get(grant_type).copied().unwrap_or(0)
+    }
+
+    /// DPoP refusals for one reason (`replay`, `nonce`, `bad_proof`, `key_mismatch`, `missing`).
+    pub fn dpop_refusals_for(&self, reason: &str) -> u64 {
+        self.dpop_refusals.get(reason).copied().unwrap_or(0)
     }
 }
 
@@ -121,6 +138,9 @@ pub struct Secrets {
     pub code_verifiers: Vec<String>,
     #[serde(default)]
     pub states: Vec<String>,
+    /// Received: every DPoP proof a client presented.
+    #[serde(default)]
+    pub dpop_proofs: Vec<String>,
 }
 
 impl Secrets {
@@ -132,6 +152,7 @@ impl Secrets {
             .chain(&self.client_secrets)
             .chain(&self.code_verifiers)
             .chain(&self.states)
+            .chain(&self.dpop_proofs)
             .map(String::as_str)
     }
 }
@@ -151,6 +172,10 @@ pub struct Inner {
     pub faults: FaultBook,
     /// MCP requests that presented a valid token (for `authorization_server_moves`).
     pub accepted_mcp_requests: u64,
+    /// DPoP nonces of the token endpoint and of the MCP endpoint, and the proofs' `jti`s.
+    pub dpop_token_nonce: crate::dpop::NonceBook,
+    pub dpop_mcp_nonce: crate::dpop::NonceBook,
+    pub dpop_jtis: crate::dpop::ReplayBook,
 }
 
 impl Inner {

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::authorize::check_resource;
 use super::{ConnectionKill, Intercept, intercept, oauth_error};
+use crate::dpop::{Refusal, Refused, Role};
 use crate::faults::{FaultKind, FaultTarget};
 use crate::jwt::AccessClaims;
 use crate::state::{
@@ -99,15 +100,21 @@ pub async fn token(
     }
 
     let mut inner = state.lock();
+    let jkt = match dpop_proof(&state, &mut inner, &headers) {
+        Ok(jkt) => jkt,
+        Err(response) => return *response,
+    };
     let outcome = authenticate(&inner, &headers, &form).and_then(|client| {
         if let Some(code) = shape.and_then(FaultKind::oauth_error_code) {
             return Err(deny(code, "injected fault"));
         }
         match grant_type.as_str() {
             "authorization_code" => {
-                authorization_code_grant(&state, &mut inner, &client, &form, shape)
+                authorization_code_grant(&state, &mut inner, &client, &form, shape, jkt.as_deref())
             }
-            "refresh_token" => refresh_token_grant(&state, &mut inner, &client, &form, shape),
+            "refresh_token" => {
+                refresh_token_grant(&state, &mut inner, &client, &form, shape, jkt.as_deref())
+            }
             "" => Err(deny("invalid_request", "grant_type is required")),
             other => Err(deny(
                 "unsupported_grant_type",
@@ -117,11 +124,15 @@ pub async fn token(
     });
     match outcome {
         Ok(body) => {
+            let nonce = inner.dpop_nonce_for(&state.config, Role::Token, state.now_ms());
             drop(inner);
             let mut response = axum::Json(body).into_response();
             let h = response.headers_mut();
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            if let Some(nonce) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                h.insert("dpop-nonce", nonce);
+            }
             response
         }
         Err(Denied { code, description }) => {
@@ -139,6 +150,48 @@ pub async fn token(
             }
         }
     }
+}
+
+/// The token request's DPoP proof (RFC 9449 §5), when the server speaks DPoP: `Ok(Some(jkt))`
+/// binds what is issued to that key, `Ok(None)` issues Bearer tokens. A refused proof is
+/// answered here: `use_dpop_nonce` with a `DPoP-Nonce` header (§8), else
+/// `invalid_dpop_proof`; so is a missing proof when DPoP is required.
+fn dpop_proof(
+    state: &AppState,
+    inner: &mut Inner,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Box<Response>> {
+    if !state.config.dpop_enabled() {
+        return Ok(None);
+    }
+    let now = state.now_ms();
+    let token_url = format!("{}/token", state.issuer());
+    let refused =
+        match inner.check_dpop(&state.config, headers, Role::Token, "POST", &token_url, now) {
+            Ok(Some(proof)) => return Ok(Some(proof.jkt)),
+            Ok(None) if !state.config.dpop_required => return Ok(None),
+            Ok(None) => {
+                inner.count_dpop_refusal(Refusal::Missing);
+                (
+                    "invalid_dpop_proof",
+                    "this server requires a DPoP proof".to_string(),
+                )
+            }
+            Err(Refused {
+                why: Refusal::Nonce,
+                description,
+            }) => ("use_dpop_nonce", description),
+            Err(Refused { description, .. }) => ("invalid_dpop_proof", description),
+        };
+    inner.count_token_error(refused.0);
+    let nonce = (refused.0 == "use_dpop_nonce")
+        .then(|| inner.dpop_nonce_for(&state.config, Role::Token, now))
+        .flatten();
+    let mut response = oauth_error(StatusCode::BAD_REQUEST, refused.0, &refused.1);
+    if let Some(nonce) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("dpop-nonce", nonce);
+    }
+    Err(Box::new(response))
 }
 
 /// Client authentication (RFC 6749 §2.3): HTTP Basic, secret in the body, or a public client
@@ -224,6 +277,7 @@ fn authorization_code_grant(
     client: &Client,
     form: &Params,
     shape: Option<FaultKind>,
+    jkt: Option<&str>,
 ) -> Result<serde_json::Value, Denied> {
     let code = form
         .get("code")
@@ -287,7 +341,7 @@ fn authorization_code_grant(
         g.redeemed_family = Some(family);
     }
     let resource = resource.or_else(|| request.resource.clone());
-    Ok(issue_tokens(
+    Ok(issue_tokens_bound(
         state,
         inner,
         family,
@@ -296,6 +350,7 @@ fn authorization_code_grant(
         resource,
         shape,
         true,
+        jkt,
     ))
 }
 
@@ -305,6 +360,7 @@ fn refresh_token_grant(
     client: &Client,
     form: &Params,
     shape: Option<FaultKind>,
+    jkt: Option<&str>,
 ) -> Result<serde_json::Value, Denied> {
     let presented = form
         .get("refresh_token")
@@ -334,6 +390,21 @@ fn refresh_token_grant(
     }
     if state.now_ms() >= record.expires_at_ms {
         return Err(deny("invalid_grant", "refresh token expired"));
+    }
+    // RFC 9449 §5: a refresh token bound to a key is refreshed only with a proof of that key.
+    if let Some(bound) = &record.jkt
+        && jkt != Some(bound.as_str())
+    {
+        let why = if jkt.is_some() {
+            Refusal::KeyMismatch
+        } else {
+            Refusal::Missing
+        };
+        inner.count_dpop_refusal(why);
+        return Err(deny(
+            "invalid_dpop_proof",
+            "the refresh token is bound to a DPoP key; present a proof of that key",
+        ));
     }
     let scope = match form.get("scope") {
         Some(asked) => {
@@ -365,7 +436,7 @@ fn refresh_token_grant(
     if rotate && let Some(r) = inner.refresh_tokens.get_mut(presented) {
         r.status = RefreshStatus::Rotated;
     }
-    Ok(issue_tokens(
+    Ok(issue_tokens_bound(
         state,
         inner,
         record.family,
@@ -374,6 +445,7 @@ fn refresh_token_grant(
         record.resource.clone(),
         shape,
         rotate,
+        jkt,
     ))
 }
 
@@ -388,7 +460,7 @@ fn missing_access_token_body(state: &AppState) -> serde_json::Value {
     serde_json::json!({"token_type": "Bearer", "expires_in": announced_lifetime_secs(state)})
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, dead_code)]
 fn issue_tokens(
     state: &AppState,
     inner: &mut Inner,
@@ -398,6 +470,33 @@ fn issue_tokens(
     resource: Option<String>,
     shape: Option<FaultKind>,
     new_refresh_token: bool,
+) -> serde_json::Value {
+    issue_tokens_bound(
+        state,
+        inner,
+        family,
+        client,
+        scope,
+        resource,
+        shape,
+        new_refresh_token,
+        None,
+    )
+}
+
+/// [`issue_tokens`], bound to the DPoP key `jkt` when there is one: `cnf.jkt` in the access
+/// token, `token_type: DPoP`, and the refresh token bound to the same key (RFC 9449 §5, §6).
+#[allow(clippy::too_many_arguments)]
+fn issue_tokens_bound(
+    state: &AppState,
+    inner: &mut Inner,
+    family: u64,
+    client: &Client,
+    scope: &str,
+    resource: Option<String>,
+    shape: Option<FaultKind>,
+    new_refresh_token: bool,
+    jkt: Option<&str>,
 ) -> serde_json::Value {
     let now_ms = state.now_ms();
     let lifetime = announced_lifetime_secs(state);
@@ -422,7 +521,16 @@ fn issue_tokens(
         client_id: client.client_id.clone(),
         scope: scope.to_string(),
     };
-    let access_token = state.signer.sign(&claims);
+    let access_token = match jkt {
+        Some(jkt) => {
+            inner.stats.dpop_bound_tokens += 1;
+            state.signer.sign(&BoundClaims {
+                claims: &claims,
+                cnf: serde_json::json!({"jkt": jkt}),
+            })
+        }
+        None => state.signer.sign(&claims),
+    };
     inner.secrets.access_tokens.push(access_token.clone());
     inner
         .family_access_jtis
@@ -432,7 +540,7 @@ fn issue_tokens(
 
     let mut body = serde_json::json!({
         "access_token": access_token,
-        "token_type": "Bearer",
+        "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
         "expires_in": expires_in,
     });
     if !scope.is_empty() {
@@ -453,11 +561,20 @@ fn issue_tokens(
                 resource,
                 expires_at_ms: now_ms + state.config.refresh_token_ttl.as_millis() as i64,
                 status: RefreshStatus::Active,
+                jkt: jkt.map(String::from),
             },
         );
         body["refresh_token"] = refresh_token.into();
     }
     body
+}
+
+/// The claims of a DPoP-bound access token: the usual ones plus `cnf` (RFC 9449 §6.1).
+#[derive(serde::Serialize)]
+struct BoundClaims<'a> {
+    #[serde(flatten)]
+    claims: &'a AccessClaims,
+    cnf: serde_json::Value,
 }
 
 #[cfg(test)]
