@@ -1,6 +1,6 @@
 //! The upstream server list, read from mcpproxy's `mcp_config.json` shape:
 //! `{"mcpServers": [{"name", "url", "oauth": {"client_id", "client_secret", "scopes",
-//! "redirect_port", "extra_params"}}]}`. Servers with an `oauth` object (it may be empty) are
+//! "redirect_port", "extra_params", "dpop"}}]}`. Servers with an `oauth` object (it may be empty) are
 //! the ones this subsystem keeps authorized. Unknown fields are ignored; a bad field is an
 //! error naming the server and the exact sub-field, with the type expected and never the
 //! value (it may be a secret); valid JSON of another shape is a "wrong shape" error. The read
@@ -29,6 +29,9 @@ pub struct UpstreamConfig {
     pub redirect_port: u16,
     /// Extra authorization request parameters (e.g. a provider's `audience`).
     pub extra_params: BTreeMap<String, String>,
+    /// `oauth.dpop`: use DPoP-bound tokens (RFC 9449) even where the server does not require
+    /// them (where it does, they are used anyway).
+    pub dpop: bool,
 }
 
 impl UpstreamConfig {
@@ -45,6 +48,7 @@ impl UpstreamConfig {
             scope: None,
             redirect_port: 0,
             extra_params: BTreeMap::new(),
+            dpop: false,
         }
     }
 }
@@ -126,6 +130,7 @@ struct RawOAuth {
     redirect_port: Option<u16>,
     extra_params: BTreeMap<String, String>,
     client_metadata_url: Option<String>,
+    dpop: bool,
 }
 
 /// The JSON type of a value, for messages that must not echo the value (it may be a secret).
@@ -224,6 +229,7 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         server.scope = (!oauth.scopes.is_empty()).then(|| oauth.scopes.join(" "));
         server.redirect_port = oauth.redirect_port.unwrap_or(0);
         server.extra_params = oauth.extra_params;
+        server.dpop = oauth.dpop;
         servers.push(server);
     }
     Ok(servers)
@@ -333,12 +339,28 @@ fn parse_oauth(value: &serde_json::Value) -> Result<RawOAuth, (String, String)> 
         redirect_port,
         extra_params,
         client_metadata_url: string("client_metadata_url")?,
+        dpop: match object.get("dpop") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(other) => return Err(bad("dpop", "true or false", other)),
+        },
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dpop_is_a_boolean_and_off_by_default() {
+        let servers = parse(r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"dpop": true}}, {"name": "b", "url": "https://b.example/mcp", "oauth": {}}]}"#).unwrap();
+        assert!(servers[0].dpop && !servers[1].dpop);
+        let e = parse(r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"dpop": "yes"}}]}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "server a: field oauth.dpop: true or false is expected, not a string"
+        );
+    }
 
     #[test]
     fn server_keys_are_stable_and_mcpproxy_compatible() {

@@ -8,6 +8,10 @@
 //! another authorization server (SEP-2352), the client and tokens of the old one are set aside
 //! and the login happens at the new one, with its own registration. Client identities are kept
 //! by issuer, so one server's client is never presented at another.
+//!
+//! DPoP (RFC 9449) is used when `--dpop` asks for it or the resource requires it
+//! ([`crate::oauth::dpop::policy`]): one key for the run, a proof on every token request and,
+//! with a DPoP-bound token, on every MCP request.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -20,8 +24,9 @@ use crate::mcp::{BearerChallenge, McpClient, McpError};
 use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::client_identity::ClientConfig;
 use crate::oauth::discovery::{Discovery, discover};
+use crate::oauth::dpop::{self, Dpop, DpopKey};
 use crate::oauth::http::OAuthHttp;
-use crate::oauth::login::{LoginSettings, browser_login};
+use crate::oauth::login::{LoginSettings, browser_login_dpop};
 use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
@@ -42,6 +47,8 @@ pub struct ConnectOptions {
     pub call_tool: Option<(String, Value)>,
     /// The whole run's deadline, login included.
     pub timeout: Duration,
+    /// Use DPoP (RFC 9449) even where the resource does not require it (`--dpop`).
+    pub dpop: bool,
 }
 
 /// What a successful run saw.
@@ -116,6 +123,7 @@ async fn with_authorization(
     loop {
         let token = auth.token.as_ref().map(|t| t.access_token.secret().clone());
         let token = token.as_deref();
+        mcp.set_dpop(auth.dpop_for_token());
         let result = match &step {
             Step::Initialize => mcp.initialize(token).await,
             Step::ListTools => mcp.list_tools(token).await,
@@ -160,6 +168,8 @@ struct Authorizer {
     /// Client identities at authorization servers this run used before, by issuer.
     other_clients: HashMap<String, TokenEndpoint>,
     token: Option<TokenSet>,
+    /// This run's DPoP key and nonces, once the policy asked for DPoP.
+    dpop: Option<Dpop>,
     authorizations: u32,
     refreshes: u32,
 }
@@ -180,6 +190,7 @@ impl Authorizer {
             endpoint: None,
             other_clients: HashMap::new(),
             token: None,
+            dpop: None,
             authorizations: 0,
             refreshes: 0,
         }
@@ -227,6 +238,34 @@ impl Authorizer {
         Ok(())
     }
 
+    /// The DPoP state to present the current token with: only a DPoP-bound one.
+    fn dpop_for_token(&self) -> Option<Dpop> {
+        let bound = self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.token_type.eq_ignore_ascii_case("dpop"));
+        self.dpop.clone().filter(|_| bound)
+    }
+
+    /// Decides DPoP for the next login ([`dpop::policy`]); one key for the whole run.
+    fn settle_dpop(&mut self, discovery: &Discovery, challenge: &BearerChallenge) {
+        let Some(required) = dpop::policy(self.options.dpop, discovery, challenge) else {
+            return;
+        };
+        if self.dpop.is_none() {
+            tracing::info!(required, "using DPoP-bound tokens (RFC 9449)");
+        }
+        let dpop = self
+            .dpop
+            .take()
+            .unwrap_or_else(|| Dpop::new(DpopKey::generate()));
+        self.dpop = Some(dpop.with_required(required || self.dpop_required()));
+    }
+
+    fn dpop_required(&self) -> bool {
+        self.dpop.as_ref().is_some_and(Dpop::required)
+    }
+
     /// `scope` as requested from the current authorization server by a client that wants
     /// refresh tokens (`offline_access` where listed, SEP-2207).
     fn for_refresh_tokens(&self, scope: Option<String>) -> Option<String> {
@@ -262,11 +301,12 @@ impl Authorizer {
         };
         let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "refresh");
         let refreshed = endpoint
-            .refresh(
+            .refresh_dpop(
                 &self.http,
                 &refresh_token,
                 token.scope.as_deref(),
                 SystemTime::now(),
+                self.dpop.as_ref(),
             )
             .instrument(span)
             .await;
@@ -313,13 +353,15 @@ impl Authorizer {
         scope: Option<String>,
     ) -> Result<(), OAuthError> {
         let discovery = self.discovery(challenge).await?.clone();
+        self.settle_dpop(&discovery, challenge);
         self.authorizations += 1;
-        let (endpoint, token) = browser_login(
+        let (endpoint, token) = browser_login_dpop(
             &self.http,
             &discovery,
             &self.settings,
             self.endpoint.take(),
             scope.as_deref(),
+            self.dpop.as_ref(),
         )
         .await?;
         self.token = Some(token);

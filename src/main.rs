@@ -88,6 +88,9 @@ struct ConnectArgs {
     /// Overall deadline, login included (e.g. 20s, 5m).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     timeout: Duration,
+    /// Use DPoP-bound tokens (RFC 9449) even where the server does not require them.
+    #[arg(long)]
+    dpop: bool,
 }
 
 /// Credentials handed over by the MCP conformance runner, where it runs us.
@@ -130,6 +133,7 @@ fn connect_options(args: ConnectArgs) -> Result<ConnectOptions, String> {
         redirect_port: args.redirect_port,
         call_tool,
         timeout: args.timeout,
+        dpop: args.dpop,
     })
 }
 

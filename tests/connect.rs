@@ -23,6 +23,7 @@ fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
         redirect_port: 0,
         call_tool: Some(("echo".into(), json!({"message": "hello"}))),
         timeout: Duration::from_secs(20),
+        dpop: false,
     }
 }
 

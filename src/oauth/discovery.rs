@@ -22,6 +22,9 @@ pub struct ProtectedResourceMetadata {
     pub authorization_servers: Vec<String>,
     #[serde(default)]
     pub scopes_supported: Option<Vec<String>>,
+    /// RFC 9728 §2 / RFC 9449: the resource takes only DPoP-bound tokens.
+    #[serde(default)]
+    pub dpop_bound_access_tokens_required: bool,
 }
 
 /// RFC 8414 authorization server metadata (the fields we use; others are ignored).
@@ -44,6 +47,9 @@ pub struct AuthorizationServerMetadata {
     pub authorization_response_iss_parameter_supported: bool,
     #[serde(default)]
     pub client_id_metadata_document_supported: bool,
+    /// RFC 9449 §5.1: the proof algorithms the token endpoint accepts (`None`: no DPoP said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 /// Everything discovery learned about one MCP server.
@@ -208,6 +214,7 @@ fn legacy_default_metadata(server_url: &Url) -> AuthorizationServerMetadata {
         token_endpoint_auth_methods_supported: None,
         authorization_response_iss_parameter_supported: false,
         client_id_metadata_document_supported: false,
+        dpop_signing_alg_values_supported: None,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod callback;
 pub mod client_identity;
 pub mod diagnose;
 pub mod discovery;
+pub mod dpop;
 pub mod error;
 pub mod http;
 pub mod login;
