@@ -230,6 +230,9 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         server.redirect_port = oauth.redirect_port.unwrap_or(0);
         server.extra_params = oauth.extra_params;
         server.dpop = oauth.dpop;
+        if server.dpop {
+            tracing::warn!(server = %server.name, "oauth.dpop is set, but only `connect --dpop` speaks DPoP so far: the daemon's logins and refreshes use Bearer tokens");
+        }
         servers.push(server);
     }
     Ok(servers)
