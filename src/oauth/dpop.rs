@@ -3,8 +3,9 @@
 //!
 //! - The key is P-256 (`p256`, already in the tree through the test server's JWT crate):
 //!   ES256 is the one algorithm every DPoP server must accept in practice, and the MCP DPoP
-//!   extension names it. Its private half is 32 bytes, kept by the caller (the store seals it
-//!   like the other secrets); `Debug` shows only the public thumbprint.
+//!   extension names it. Its private half is 32 bytes, held in memory by the caller (`connect`
+//!   makes one per run; keeping it in the store is not done yet); `Debug` shows only the
+//!   public thumbprint.
 //! - A proof is a fresh JWS each time: a random `jti`, `iat` now, `htm`/`htu` of the request
 //!   (`htu` without query and fragment, §4.2), `ath` = base64url(SHA-256(access token)) on
 //!   resource requests, and the server's `nonce` when one is known.
@@ -57,11 +58,9 @@ impl fmt::Debug for DpopKey {
     }
 }
 
-/// A stored private key that is not a P-256 scalar.
+/// Bytes given as a private key that are not a P-256 scalar.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the stored DPoP key is not a P-256 private key ({0}); delete it (auth logout) and a new key is made at the next login"
-)]
+#[error("the DPoP key is not a P-256 private key: {0}")]
 pub struct BadKey(&'static str);
 
 impl DpopKey {
@@ -79,7 +78,8 @@ impl DpopKey {
         unreachable!("16 random 32-byte strings in a row were not P-256 scalars")
     }
 
-    /// The key whose private scalar is `bytes` (32 bytes, big-endian), as stored.
+    /// The key whose private scalar is `bytes` (32 bytes, big-endian), as
+    /// [`Self::secret_bytes`] gives it.
     pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self, BadKey> {
         if bytes.len() != 32 {
             return Err(BadKey("it is not 32 bytes long"));
@@ -106,7 +106,7 @@ impl DpopKey {
         })
     }
 
-    /// The private scalar, for the store to seal. Never log it.
+    /// The private scalar (for a caller that keeps the key). Never log it.
     pub fn secret_bytes(&self) -> [u8; 32] {
         self.signing.to_bytes().into()
     }
