@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use url::Url;
 
@@ -360,9 +360,27 @@ impl McpClient {
         match (token, &self.dpop) {
             // RFC 9449 §7.1: the DPoP scheme and a proof bound to this token (`ath`).
             (Some(token), Some(dpop)) => {
+                // Marked sensitive, as `bearer_auth` marks its header: HTTP layers keep both
+                // out of their own debug output.
+                let sensitive = |value: String| {
+                    HeaderValue::from_str(&value)
+                        .map(|mut v| {
+                            v.set_sensitive(true);
+                            v
+                        })
+                        .map_err(|_| {
+                            McpError::Transport(
+                                "the access token or its DPoP proof is not a valid HTTP header value"
+                                    .into(),
+                            )
+                        })
+                };
                 request = request
-                    .header(AUTHORIZATION, format!("DPoP {token}"))
-                    .header("dpop", dpop.proof("POST", self.url.as_str(), Some(token)));
+                    .header(AUTHORIZATION, sensitive(format!("DPoP {token}"))?)
+                    .header(
+                        "dpop",
+                        sensitive(dpop.proof("POST", self.url.as_str(), Some(token)))?,
+                    );
             }
             (Some(token), None) => request = request.bearer_auth(token),
             (None, _) => {}

@@ -393,11 +393,17 @@ impl<'c> oauth2::AsyncHttpClient<'c> for TokenCall<'_> {
                     .request(parts.method.clone(), url.clone())
                     .headers(parts.headers.clone())
                     .body(body.clone());
-                if let Some(dpop) = self.dpop {
-                    builder = builder.header(
-                        "dpop",
-                        dpop.proof(parts.method.as_str(), url.as_str(), None),
-                    );
+                // A proof is base64url and dots, always a valid header value; marked sensitive
+                // as oauth2 marks its credentials.
+                if let Some(dpop) = self.dpop
+                    && let Ok(mut proof) = reqwest::header::HeaderValue::try_from(dpop.proof(
+                        parts.method.as_str(),
+                        url.as_str(),
+                        None,
+                    ))
+                {
+                    proof.set_sensitive(true);
+                    builder = builder.header("dpop", proof);
                 }
                 builder
             };
