@@ -1,6 +1,6 @@
 //! The upstream server list, read from mcpproxy's `mcp_config.json` shape:
 //! `{"mcpServers": [{"name", "url", "oauth": {"client_id", "client_secret", "scopes",
-//! "redirect_port", "extra_params", "device_code"}}]}`. Servers with an `oauth` object (it may be empty) are
+//! "redirect_port", "extra_params", "device_code", "dpop"}}]}`. Servers with an `oauth` object (it may be empty) are
 //! the ones this subsystem keeps authorized. Unknown fields are ignored; a bad field is an
 //! error naming the server and the exact sub-field, with the type expected and never the
 //! value (it may be a secret); valid JSON of another shape is a "wrong shape" error. The read
@@ -32,6 +32,9 @@ pub struct UpstreamConfig {
     /// Log in with the RFC 8628 device authorization grant instead of a browser redirect
     /// (`"device_code": true`): for hosts without a browser.
     pub device_code: bool,
+    /// `oauth.dpop`: use DPoP-bound tokens (RFC 9449) even where the server does not require
+    /// them (where it does, they are used anyway).
+    pub dpop: bool,
 }
 
 impl UpstreamConfig {
@@ -49,6 +52,7 @@ impl UpstreamConfig {
             redirect_port: 0,
             extra_params: BTreeMap::new(),
             device_code: false,
+            dpop: false,
         }
     }
 }
@@ -131,6 +135,7 @@ struct RawOAuth {
     extra_params: BTreeMap<String, String>,
     client_metadata_url: Option<String>,
     device_code: bool,
+    dpop: bool,
 }
 
 /// The JSON type of a value, for messages that must not echo the value (it may be a secret).
@@ -230,6 +235,10 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         server.redirect_port = oauth.redirect_port.unwrap_or(0);
         server.extra_params = oauth.extra_params;
         server.device_code = oauth.device_code;
+        server.dpop = oauth.dpop;
+        if server.dpop {
+            tracing::warn!(server = %server.name, "oauth.dpop is set, but only `connect --dpop` speaks DPoP so far: the daemon's logins and refreshes use Bearer tokens");
+        }
         servers.push(server);
     }
     Ok(servers)
@@ -345,12 +354,28 @@ fn parse_oauth(value: &serde_json::Value) -> Result<RawOAuth, (String, String)> 
         redirect_port,
         extra_params,
         client_metadata_url: string("client_metadata_url")?,
+        dpop: match object.get("dpop") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(other) => return Err(bad("dpop", "true or false", other)),
+        },
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dpop_is_a_boolean_and_off_by_default() {
+        let servers = parse(r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"dpop": true}}, {"name": "b", "url": "https://b.example/mcp", "oauth": {}}]}"#).unwrap();
+        assert!(servers[0].dpop && !servers[1].dpop);
+        let e = parse(r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"dpop": "yes"}}]}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "server a: field oauth.dpop: true or false is expected, not a string"
+        );
+    }
 
     #[test]
     fn server_keys_are_stable_and_mcpproxy_compatible() {

@@ -18,6 +18,10 @@
 //! without presenting the old server's refresh token, and the login happens at the new one,
 //! with its own registration. Client identities are kept by issuer, so one server's client is
 //! never presented at another.
+//!
+//! DPoP (RFC 9449) is used when `--dpop` asks for it or the resource requires it
+//! ([`crate::oauth::dpop::policy`]): one key for the run, a proof on every token request and,
+//! with a DPoP-bound token, on every MCP request.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
@@ -31,8 +35,9 @@ use crate::oauth::OAuthError;
 use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::client_identity::ClientConfig;
 use crate::oauth::discovery::{Discovery, discover};
+use crate::oauth::dpop::{self, Dpop, DpopKey};
 use crate::oauth::http::OAuthHttp;
-use crate::oauth::login::{LoginSettings, browser_login};
+use crate::oauth::login::{LoginSettings, browser_login_dpop};
 use crate::oauth::scope::{select_scope, step_up, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::store::db::now_ms;
@@ -60,6 +65,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Log in with the RFC 8628 device grant (`--device-code`) instead of a browser redirect.
     pub device_code: bool,
+    /// Use DPoP (RFC 9449) even where the resource does not require it (`--dpop`).
+    pub dpop: bool,
 }
 
 /// What a successful run saw.
@@ -144,6 +151,7 @@ async fn with_authorization(
             .as_ref()
             .map(|t| t.access_token.secret().clone());
         let token = token.as_deref();
+        mcp.set_dpop(driver.auth.dpop_for_token());
         let result = match &step {
             Step::Initialize => mcp.initialize(token).await,
             Step::ListTools => mcp.list_tools(token).await,
@@ -375,6 +383,8 @@ struct Authorizer {
     /// Client identities at authorization servers this run used before, by issuer.
     other_clients: HashMap<String, TokenEndpoint>,
     token: Option<TokenSet>,
+    /// This run's DPoP key and nonces, once the policy asked for DPoP.
+    dpop: Option<Dpop>,
     authorizations: u32,
     refreshes: u32,
 }
@@ -395,6 +405,7 @@ impl Authorizer {
             endpoint: None,
             other_clients: HashMap::new(),
             token: None,
+            dpop: None,
             authorizations: 0,
             refreshes: 0,
         }
@@ -448,6 +459,34 @@ impl Authorizer {
         Ok(None)
     }
 
+    /// The DPoP state to present the current token with: only a DPoP-bound one.
+    fn dpop_for_token(&self) -> Option<Dpop> {
+        let bound = self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.token_type.eq_ignore_ascii_case("dpop"));
+        self.dpop.clone().filter(|_| bound)
+    }
+
+    /// Decides DPoP for the next login ([`dpop::policy`]); one key for the whole run.
+    fn settle_dpop(&mut self, discovery: &Discovery, challenge: &BearerChallenge) {
+        let Some(required) = dpop::policy(self.options.dpop, discovery, challenge) else {
+            return;
+        };
+        if self.dpop.is_none() {
+            tracing::info!(required, "using DPoP-bound tokens (RFC 9449)");
+        }
+        let dpop = self
+            .dpop
+            .take()
+            .unwrap_or_else(|| Dpop::new(DpopKey::generate()));
+        self.dpop = Some(dpop.with_required(required || self.dpop_required()));
+    }
+
+    fn dpop_required(&self) -> bool {
+        self.dpop.as_ref().is_some_and(Dpop::required)
+    }
+
     /// `scope` as requested from the current authorization server by a client that wants
     /// refresh tokens (`offline_access` where listed, SEP-2207).
     fn for_refresh_tokens(&self, scope: Option<String>) -> Option<String> {
@@ -490,7 +529,13 @@ impl Authorizer {
         };
         let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "refresh");
         let fresh = endpoint
-            .refresh(&self.http, &refresh_token, scope, SystemTime::now())
+            .refresh_dpop(
+                &self.http,
+                &refresh_token,
+                scope,
+                SystemTime::now(),
+                self.dpop.as_ref(),
+            )
             .instrument(span)
             .await?;
         self.refreshes += 1;
@@ -524,6 +569,7 @@ impl Authorizer {
         scope: Option<String>,
     ) -> Result<(), OAuthError> {
         let discovery = self.discovery(challenge).await?.clone();
+        self.settle_dpop(&discovery, challenge);
         self.authorizations += 1;
         let (endpoint, token) = if self.options.device_code {
             let show = crate::oauth::device::shown_with(self.options.browser.clone());
@@ -537,12 +583,13 @@ impl Authorizer {
             )
             .await?
         } else {
-            browser_login(
+            browser_login_dpop(
                 &self.http,
                 &discovery,
                 &self.settings,
                 self.endpoint.take(),
                 scope.as_deref(),
+                self.dpop.as_ref(),
             )
             .await?
         };

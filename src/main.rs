@@ -92,6 +92,9 @@ struct ConnectArgs {
     /// device, for hosts without a browser. The server must offer it.
     #[arg(long)]
     device_code: bool,
+    /// Use DPoP-bound tokens (RFC 9449) even where the server does not require them.
+    #[arg(long)]
+    dpop: bool,
 }
 
 /// Credentials handed over by the MCP conformance runner, where it runs us.
@@ -135,6 +138,7 @@ fn connect_options(args: ConnectArgs) -> Result<ConnectOptions, String> {
         call_tool,
         timeout: args.timeout,
         device_code: args.device_code,
+        dpop: args.dpop,
     })
 }
 

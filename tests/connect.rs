@@ -25,6 +25,7 @@ fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
         call_tool: Some(("echo".into(), json!({"message": "hello"}))),
         device_code: false,
         timeout: Duration::from_secs(20),
+        dpop: false,
     }
 }
 

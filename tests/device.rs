@@ -169,6 +169,7 @@ fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
         call_tool: None,
         timeout: Duration::from_secs(20),
         device_code: true,
+        dpop: false,
     }
 }
 

@@ -139,6 +139,7 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
         call_tool: None,
         device_code: false,
         timeout: Duration::from_secs(1),
+        dpop: false,
     };
     let supervisor = SupervisorConfig::new(servers.clone(), dir.clone());
     let secrets = [CLIENT_SECRET, ACCESS, REFRESH, state.as_str()];

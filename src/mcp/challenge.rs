@@ -27,24 +27,42 @@ pub struct BearerChallenge {
     pub scope: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+    /// RFC 9449 §7.1: the server challenged with the DPoP scheme. `dpop_only`: and not with
+    /// Bearer, i.e. it takes only DPoP-bound tokens.
+    pub dpop: bool,
+    pub dpop_only: bool,
 }
 
 impl BearerChallenge {
-    /// The Bearer challenge among the header values, if any.
+    /// The Bearer or DPoP challenge among the header values, if any: the DPoP one when both
+    /// are there (its `error` is the one about the proof), parameters missing from it taken
+    /// from the Bearer one.
     pub fn from_headers<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Self> {
-        values
+        let challenges: Vec<Challenge> = values
             .into_iter()
             .flat_map(parse_www_authenticate)
-            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
-            .map(|c| BearerChallenge {
-                resource_metadata: c.param("resource_metadata").map(String::from),
-                scope: c
-                    .param("scope")
-                    .map(String::from)
-                    .filter(|s| !s.trim().is_empty()),
-                error: c.param("error").map(String::from),
-                error_description: c.param("error_description").map(String::from),
-            })
+            .collect();
+        let of = |scheme: &str| {
+            challenges
+                .iter()
+                .find(|c| c.scheme.eq_ignore_ascii_case(scheme))
+        };
+        let (bearer, dpop) = (of("bearer"), of("dpop"));
+        let chosen = dpop.or(bearer)?;
+        let param = |name: &str| {
+            chosen
+                .param(name)
+                .or_else(|| bearer.and_then(|b| b.param(name)))
+                .map(String::from)
+        };
+        Some(BearerChallenge {
+            resource_metadata: param("resource_metadata"),
+            scope: param("scope").filter(|s| !s.trim().is_empty()),
+            error: chosen.param("error").map(String::from),
+            error_description: chosen.param("error_description").map(String::from),
+            dpop: dpop.is_some(),
+            dpop_only: dpop.is_some() && bearer.is_none(),
+        })
     }
 
     pub fn is_insufficient_scope(&self) -> bool {
@@ -191,6 +209,30 @@ pub fn parse_www_authenticate(header: &str) -> Vec<Challenge> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_dpop_challenge_is_read_and_marked() {
+        let only = BearerChallenge::from_headers([
+            r#"DPoP error="use_dpop_nonce", algs="ES256", resource_metadata="https://rs/prm""#,
+        ])
+        .unwrap();
+        assert!(only.dpop && only.dpop_only);
+        assert_eq!(only.error.as_deref(), Some("use_dpop_nonce"));
+        assert_eq!(only.resource_metadata.as_deref(), Some("https://rs/prm"));
+        let both = BearerChallenge::from_headers([
+            r#"Bearer resource_metadata="https://rs/prm", scope="a b""#,
+            r#"DPoP algs="ES256""#,
+        ])
+        .unwrap();
+        assert!(both.dpop && !both.dpop_only, "Bearer is offered too");
+        assert_eq!(
+            both.scope.as_deref(),
+            Some("a b"),
+            "taken from the Bearer one"
+        );
+        let bearer = BearerChallenge::from_headers([r#"Bearer scope="x""#]).unwrap();
+        assert!(!bearer.dpop);
+    }
 
     #[test]
     fn a_typical_mcp_challenge() {

@@ -1,6 +1,7 @@
 //! The MCP Streamable HTTP client: JSON-RPC over POST, answered with JSON or an SSE stream.
-//! Authorization is the caller's business: this client only sends the bearer token it is
-//! given and reports 401/403 as typed challenges.
+//! Authorization is the caller's business: this client only sends the token it is given (as
+//! Bearer, or DPoP-bound with a proof per request when given a key) and reports 401/403 as
+//! typed challenges.
 //!
 //! Two wires. The 2026-07-28 revision is stateless: no `initialize`, no session; every
 //! request carries the `MCP-Protocol-Version` and `Mcp-Method` headers and, in `params._meta`,
@@ -13,11 +14,12 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use url::Url;
 
 use super::challenge::BearerChallenge;
+use crate::oauth::dpop::Dpop;
 
 /// The stateless revision, asked for first.
 pub const LATEST_PROTOCOL_VERSION: &str = "2026-07-28";
@@ -108,6 +110,8 @@ pub struct McpClient {
     session_id: Option<String>,
     protocol_version: Option<String>,
     next_id: u64,
+    /// Present tokens with the DPoP scheme and a proof of this key (RFC 9449 §7).
+    dpop: Option<Dpop>,
 }
 
 impl McpClient {
@@ -125,7 +129,14 @@ impl McpClient {
             session_id: None,
             protocol_version: None,
             next_id: 1,
+            dpop: None,
         }
+    }
+
+    /// Presents tokens as DPoP-bound (`Authorization: DPoP`, a fresh proof per request) when
+    /// `dpop` is given, as Bearer tokens otherwise. The caller sets it from the token type.
+    pub fn set_dpop(&mut self, dpop: Option<Dpop>) {
+        self.dpop = dpop;
     }
 
     pub fn url(&self) -> &Url {
@@ -312,7 +323,31 @@ impl McpClient {
         self.post(token, &message).await.map(drop)
     }
 
+    /// Sends one message. With DPoP, a 401 `use_dpop_nonce` that brings a new nonce is
+    /// answered by one more try with a fresh proof carrying it (RFC 9449 §9): at most two
+    /// requests per message.
     async fn post(
+        &self,
+        token: Option<&str>,
+        message: &Value,
+    ) -> Result<reqwest::Response, McpError> {
+        let dpop = self.dpop.as_ref().filter(|_| token.is_some());
+        let mut response = self.send(token, message).await?;
+        if let Some(dpop) = dpop {
+            let fresh_nonce = dpop.remember_nonce(self.url.as_str(), response.headers());
+            if fresh_nonce && response.status() == StatusCode::UNAUTHORIZED {
+                let challenge = challenge_of(&response);
+                if challenge.error.as_deref() == Some("use_dpop_nonce") {
+                    tracing::debug!(target: "mcpproxy_oauth::http", "the MCP server asked for a DPoP nonce; retrying once with it");
+                    response = self.send(token, message).await?;
+                    dpop.remember_nonce(self.url.as_str(), response.headers());
+                }
+            }
+        }
+        self.judge(response, token).await
+    }
+
+    async fn send(
         &self,
         token: Option<&str>,
         message: &Value,
@@ -322,8 +357,33 @@ impl McpClient {
             .post(self.url.clone())
             .header(ACCEPT, "application/json, text/event-stream")
             .json(message);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        match (token, &self.dpop) {
+            // RFC 9449 §7.1: the DPoP scheme and a proof bound to this token (`ath`).
+            (Some(token), Some(dpop)) => {
+                // Marked sensitive, as `bearer_auth` marks its header: HTTP layers keep both
+                // out of their own debug output.
+                let sensitive = |value: String| {
+                    HeaderValue::from_str(&value)
+                        .map(|mut v| {
+                            v.set_sensitive(true);
+                            v
+                        })
+                        .map_err(|_| {
+                            McpError::Transport(
+                                "the access token or its DPoP proof is not a valid HTTP header value"
+                                    .into(),
+                            )
+                        })
+                };
+                request = request
+                    .header(AUTHORIZATION, sensitive(format!("DPoP {token}"))?)
+                    .header(
+                        "dpop",
+                        sensitive(dpop.proof("POST", self.url.as_str(), Some(token)))?,
+                    );
+            }
+            (Some(token), None) => request = request.bearer_auth(token),
+            (None, _) => {}
         }
         if let Some(session) = &self.session_id {
             request = request.header("mcp-session-id", session);
@@ -346,19 +406,22 @@ impl McpClient {
                 request = request.header("mcp-name", name);
             }
         }
-        let response = request
+        request
             .send()
             .await
-            .map_err(|e| McpError::Transport(innermost(&e)))?;
+            .map_err(|e| McpError::Transport(innermost(&e)))
+    }
+
+    /// A response as the caller sees it: 401/403 as typed challenges, HTTP errors with their
+    /// JSON-RPC body, else the response to read.
+    async fn judge(
+        &self,
+        response: reqwest::Response,
+        token: Option<&str>,
+    ) -> Result<reqwest::Response, McpError> {
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            let values: Vec<&str> = response
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let challenge = BearerChallenge::from_headers(values).unwrap_or_default();
+            let challenge = challenge_of(&response);
             tracing::debug!(
                 target: "mcpproxy_oauth::http",
                 endpoint = "MCP server",
@@ -387,6 +450,17 @@ impl McpClient {
         }
         Ok(response)
     }
+}
+
+/// The Bearer or DPoP challenge of a 401/403 (an empty one when there is none).
+fn challenge_of(response: &reqwest::Response) -> BearerChallenge {
+    let values: Vec<&str> = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    BearerChallenge::from_headers(values).unwrap_or_default()
 }
 
 fn client_info() -> Value {

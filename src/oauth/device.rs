@@ -192,7 +192,7 @@ pub async fn poll_for_token(
         };
         if reply.status.is_success() {
             let response: BasicTokenResponse = reply.json(Endpoint::Token)?;
-            let set = token_set(response, None, None, SystemTime::now())?;
+            let set = token_set(response, None, None, SystemTime::now(), None)?;
             tracing::info!(
                 polls = poll,
                 scope = set.scope.as_deref().unwrap_or(""),

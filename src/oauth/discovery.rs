@@ -22,6 +22,9 @@ pub struct ProtectedResourceMetadata {
     pub authorization_servers: Vec<String>,
     #[serde(default)]
     pub scopes_supported: Option<Vec<String>>,
+    /// RFC 9728 §2 / RFC 9449: the resource takes only DPoP-bound tokens.
+    #[serde(default)]
+    pub dpop_bound_access_tokens_required: bool,
 }
 
 /// RFC 8414 authorization server metadata (the fields we use; others are ignored).
@@ -47,6 +50,9 @@ pub struct AuthorizationServerMetadata {
     /// RFC 8628 §4: where a device login starts, when the server offers one.
     #[serde(default)]
     pub device_authorization_endpoint: Option<String>,
+    /// RFC 9449 §5.1: the proof algorithms the token endpoint accepts (`None`: no DPoP said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 /// Everything discovery learned about one MCP server.
@@ -212,6 +218,7 @@ fn legacy_default_metadata(server_url: &Url) -> AuthorizationServerMetadata {
         authorization_response_iss_parameter_supported: false,
         client_id_metadata_document_supported: false,
         device_authorization_endpoint: None,
+        dpop_signing_alg_values_supported: None,
     }
 }
 

@@ -11,6 +11,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use url::Url;
 
+use super::dpop::Dpop;
 use super::error::{Endpoint, OAuthError};
 use crate::telemetry::redact;
 
@@ -314,9 +315,16 @@ impl OAuthHttp {
     /// An oauth2 HTTP client for one token-endpoint call, remembering the response's status
     /// and headers (oauth2 keeps neither, and `Retry-After` decides the backoff).
     pub fn token_call(&self) -> TokenCall<'_> {
+        self.token_call_dpop(None)
+    }
+
+    /// [`Self::token_call`] with a DPoP proof on the request (RFC 9449 §5) when `dpop` is
+    /// given, and one retry with the server's nonce after `use_dpop_nonce` (§8).
+    pub fn token_call_dpop<'a>(&'a self, dpop: Option<&'a Dpop>) -> TokenCall<'a> {
         TokenCall {
             http: self,
             last_reply: Mutex::new(None),
+            dpop,
         }
     }
 }
@@ -344,6 +352,17 @@ fn innermost_reason(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct TokenCall<'a> {
     http: &'a OAuthHttp,
     last_reply: Mutex<Option<(StatusCode, HeaderMap)>>,
+    dpop: Option<&'a Dpop>,
+}
+
+/// Whether a token endpoint answer is RFC 9449 §8's "use this nonce": HTTP 400 with
+/// `error: use_dpop_nonce`.
+fn is_use_dpop_nonce(reply: &HttpReply) -> bool {
+    reply.status == StatusCode::BAD_REQUEST
+        && serde_json::from_slice::<serde_json::Value>(&reply.body)
+            .ok()
+            .and_then(|b| b.get("error").and_then(|e| e.as_str()).map(String::from))
+            .is_some_and(|e| e == "use_dpop_nonce")
 }
 
 impl TokenCall<'_> {
@@ -366,18 +385,39 @@ impl<'c> oauth2::AsyncHttpClient<'c> for TokenCall<'_> {
             let url = Url::parse(&request.uri().to_string())
                 .map_err(|e| OAuthError::Discovery(format!("invalid token endpoint URL: {e}")))?;
             require_secure_url(&url)?;
-            let request =
-                reqwest::Request::try_from(request).map_err(|e| OAuthError::Transport {
-                    endpoint: Endpoint::Token,
-                    reason: format!("cannot build the request: {}", innermost_reason(&e)),
-                })?;
-            let reply = self
-                .http
-                .send(
-                    Endpoint::Token,
-                    RequestBuilder::from_parts(self.http.client.clone(), request),
-                )
-                .await?;
+            let (parts, body) = request.into_parts();
+            let build = || {
+                let mut builder = self
+                    .http
+                    .client
+                    .request(parts.method.clone(), url.clone())
+                    .headers(parts.headers.clone())
+                    .body(body.clone());
+                // A proof is base64url and dots, always a valid header value; marked sensitive
+                // as oauth2 marks its credentials.
+                if let Some(dpop) = self.dpop
+                    && let Ok(mut proof) = reqwest::header::HeaderValue::try_from(dpop.proof(
+                        parts.method.as_str(),
+                        url.as_str(),
+                        None,
+                    ))
+                {
+                    proof.set_sensitive(true);
+                    builder = builder.header("dpop", proof);
+                }
+                builder
+            };
+            let mut reply = self.http.send(Endpoint::Token, build()).await?;
+            if let Some(dpop) = self.dpop {
+                // §8: a nonce on any answer is the one to use next; a refusal asking for one is
+                // retried once, with a fresh proof carrying it.
+                let fresh_nonce = dpop.remember_nonce(url.as_str(), &reply.headers);
+                if fresh_nonce && is_use_dpop_nonce(&reply) {
+                    tracing::debug!(target: "mcpproxy_oauth::http", "the token endpoint asked for a DPoP nonce; retrying once with it");
+                    reply = self.http.send(Endpoint::Token, build()).await?;
+                    dpop.remember_nonce(url.as_str(), &reply.headers);
+                }
+            }
             *self.last_reply.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((reply.status, reply.headers.clone()));
             let mut builder = http::Response::builder().status(reply.status);

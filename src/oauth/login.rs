@@ -10,6 +10,7 @@ use super::browser::BrowserLauncher;
 use super::callback::{CallbackListener, ExpectedCallback};
 use super::client_identity::{ClientConfig, obtain_client};
 use super::discovery::Discovery;
+use super::dpop::Dpop;
 use super::error::OAuthError;
 use super::http::OAuthHttp;
 use super::token::{TokenEndpoint, TokenSet};
@@ -33,6 +34,18 @@ pub async fn browser_login(
     settings: &LoginSettings,
     previous: Option<TokenEndpoint>,
     scope: Option<&str>,
+) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
+    browser_login_dpop(http, discovery, settings, previous, scope, None).await
+}
+
+/// [`browser_login`] whose code exchange carries a DPoP proof of `dpop`'s key (RFC 9449 §5).
+pub async fn browser_login_dpop(
+    http: &OAuthHttp,
+    discovery: &Discovery,
+    settings: &LoginSettings,
+    previous: Option<TokenEndpoint>,
+    scope: Option<&str>,
+    dpop: Option<&Dpop>,
 ) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
     let port = previous
         .as_ref()
@@ -94,11 +107,12 @@ pub async fn browser_login(
     };
     let code = listener.wait_for_code(expected).await?;
     let token = endpoint
-        .exchange_code(http, &code, &pending, SystemTime::now())
+        .exchange_code_dpop(http, &code, &pending, SystemTime::now(), dpop)
         .await?;
     tracing::info!(
         scope = token.scope.as_deref().unwrap_or(""),
         has_refresh_token = token.refresh_token.is_some(),
+        token_type = %token.token_type,
         "authorization complete"
     );
     Ok((endpoint, token))

@@ -8,6 +8,7 @@ pub mod client_identity;
 pub mod device;
 pub mod diagnose;
 pub mod discovery;
+pub mod dpop;
 pub mod error;
 pub mod http;
 pub mod login;

@@ -26,6 +26,7 @@ use url::Url;
 
 use super::client_identity::{ClientCredentials, TokenAuthMethod};
 use super::discovery::AuthorizationServerMetadata;
+use super::dpop::Dpop;
 use super::error::{Endpoint, OAuthError};
 use super::http::OAuthHttp;
 
@@ -195,9 +196,23 @@ impl TokenEndpoint {
         pending: &PendingAuthorization,
         now: SystemTime,
     ) -> Result<TokenSet, OAuthError> {
+        self.exchange_code_dpop(http, code, pending, now, None)
+            .await
+    }
+
+    /// [`Self::exchange_code`] with a DPoP proof when `dpop` is given (RFC 9449 §5; the
+    /// module's policy on the token types that may come back).
+    pub async fn exchange_code_dpop(
+        &self,
+        http: &OAuthHttp,
+        code: &str,
+        pending: &PendingAuthorization,
+        now: SystemTime,
+        dpop: Option<&Dpop>,
+    ) -> Result<TokenSet, OAuthError> {
         crate::telemetry::secrets::register(code);
         let client = self.oauth2_client()?;
-        let call = http.token_call();
+        let call = http.token_call_dpop(dpop);
         let result = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
@@ -205,7 +220,7 @@ impl TokenEndpoint {
             .request_async(&call)
             .await;
         let response = result.map_err(|e| token_error(e, call.reply_status()))?;
-        let set = token_set(response, None, pending.scope.as_deref(), now)?;
+        let set = token_set(response, None, pending.scope.as_deref(), now, dpop)?;
         log_token_metadata("authorization_code", &set, false);
         Ok(set)
     }
@@ -218,16 +233,30 @@ impl TokenEndpoint {
         scope: Option<&str>,
         now: SystemTime,
     ) -> Result<TokenSet, OAuthError> {
+        self.refresh_dpop(http, refresh_token, scope, now, None)
+            .await
+    }
+
+    /// [`Self::refresh`] with a DPoP proof when `dpop` is given: a refresh token bound to a
+    /// key is refreshed only with a proof of that key (RFC 9449 §5).
+    pub async fn refresh_dpop(
+        &self,
+        http: &OAuthHttp,
+        refresh_token: &RefreshToken,
+        scope: Option<&str>,
+        now: SystemTime,
+        dpop: Option<&Dpop>,
+    ) -> Result<TokenSet, OAuthError> {
         crate::telemetry::secrets::register(refresh_token.secret());
         let client = self.oauth2_client()?;
-        let call = http.token_call();
+        let call = http.token_call_dpop(dpop);
         let result = client
             .exchange_refresh_token(refresh_token)
             .add_extra_param("resource", self.resource.clone())
             .request_async(&call)
             .await;
         let response = result.map_err(|e| token_error(e, call.reply_status()))?;
-        let set = token_set(response, Some(refresh_token.clone()), scope, now)?;
+        let set = token_set(response, Some(refresh_token.clone()), scope, now, dpop)?;
         let rotated = set
             .refresh_token
             .as_ref()
@@ -409,18 +438,13 @@ pub(crate) fn token_set(
     previous_refresh: Option<RefreshToken>,
     requested_scope: Option<&str>,
     now: SystemTime,
+    dpop: Option<&Dpop>,
 ) -> Result<TokenSet, OAuthError> {
     crate::telemetry::secrets::register_all([
         Some(response.access_token().secret().as_str()),
         response.refresh_token().map(|r| r.secret().as_str()),
     ]);
-    let token_type = response.token_type().as_ref().to_string();
-    if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(OAuthError::Malformed {
-            endpoint: Endpoint::Token,
-            reason: format!("token type {token_type:?} is not Bearer"),
-        });
-    }
+    let token_type = accepted_token_type(response.token_type().as_ref(), dpop)?;
     let refresh_token = response.refresh_token().cloned().or(previous_refresh);
     let expires_at = match response.expires_in() {
         Some(lifetime) if lifetime.is_zero() => {
@@ -455,9 +479,79 @@ pub(crate) fn token_set(
     Ok(TokenSet {
         access_token: response.access_token().clone(),
         refresh_token,
-        token_type: "Bearer".into(),
+        token_type: token_type.into(),
         scope,
         expires_at,
         obtained_at: now,
     })
+}
+
+/// The token types accepted (RFC 9449 §5), returned as this crate writes them:
+/// - `DPoP` only when the request carried a proof: a DPoP-bound token cannot be used without
+///   the key, so one that comes back to a request without a proof is an error.
+/// - `Bearer` to a request without a proof, as always. To a request with a proof it is the
+///   answer of an authorization server that does not bind tokens (§5 lets it answer so); it
+///   is used as a Bearer token unless the resource requires DPoP-bound tokens (its metadata
+///   says `dpop_bound_access_tokens_required`, or it challenges only with DPoP), where such a
+///   token would be refused anyway: then it is an error naming the mismatch.
+/// - Anything else is an error.
+fn accepted_token_type(token_type: &str, dpop: Option<&Dpop>) -> Result<&'static str, OAuthError> {
+    let refused = |reason: String| OAuthError::Malformed {
+        endpoint: Endpoint::Token,
+        reason,
+    };
+    match (token_type.to_ascii_lowercase().as_str(), dpop) {
+        ("bearer", None) => Ok("Bearer"),
+        ("bearer", Some(dpop)) if dpop.required() => Err(refused(
+            "the authorization server issued a Bearer token to a DPoP token request, but the resource accepts only DPoP-bound tokens; the authorization server does not support DPoP for this client".into(),
+        )),
+        ("bearer", Some(_)) => {
+            tracing::info!("the authorization server issued a Bearer token to a DPoP token request; it is used as a Bearer token (RFC 9449 §5)");
+            Ok("Bearer")
+        }
+        ("dpop", Some(_)) => Ok("DPoP"),
+        ("dpop", None) => Err(refused(
+            "token type \"DPoP\" came back to a request without a DPoP proof; enable DPoP for this server (\"dpop\": true in its oauth config)".into(),
+        )),
+        _ => Err(refused(format!("token type {token_type:?} is neither Bearer nor DPoP"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::dpop::DpopKey;
+
+    #[test]
+    fn token_types_follow_rfc_9449_section_5() {
+        let optional = Dpop::new(DpopKey::generate());
+        let required = optional.clone().with_required(true);
+        assert_eq!(accepted_token_type("Bearer", None).unwrap(), "Bearer");
+        assert_eq!(
+            accepted_token_type("bearer", Some(&optional)).unwrap(),
+            "Bearer"
+        );
+        assert_eq!(
+            accepted_token_type("DPoP", Some(&optional)).unwrap(),
+            "DPoP"
+        );
+        assert_eq!(
+            accepted_token_type("dpop", Some(&required)).unwrap(),
+            "DPoP"
+        );
+        for (token_type, dpop) in [
+            ("DPoP", None),
+            ("Bearer", Some(&required)),
+            ("mac", None),
+            ("mac", Some(&optional)),
+        ] {
+            assert!(
+                matches!(
+                    accepted_token_type(token_type, dpop),
+                    Err(OAuthError::Malformed { .. })
+                ),
+                "{token_type} with {dpop:?}"
+            );
+        }
+    }
 }

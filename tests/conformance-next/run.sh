@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the prerelease MCP conformance suite (0.2.0-alpha.12, pinned in package.json) against
 # `mcpproxy-oauth connect`, at both wires: the `auth` suite at 2025-11-25 and at 2026-07-28,
-# the draft auth scenarios of 2026-07-28 at their own wire and forced to 2025-11-25, three
-# 2026-07-28 wire scenarios, and the 2025-03-26 backcompat suite. The command line and the
+# the draft auth scenarios of 2026-07-28 at their own wire and forced to 2025-11-25, the DPoP
+# extension scenarios (auth/dpop, auth/dpop-nonce) at both wires, three 2026-07-28 wire
+# scenarios, and the 2025-03-26 backcompat suite. The command line and the
 # loopback-only network namespace are tests/conformance/common.sh's; every scenario listed
 # here must end with 0 failures and 0 warnings (tests/conformance/check-results.mjs). The scenarios of this suite that are not run here are
 # listed, with the reason, in README.md ("Conformance").
@@ -26,12 +27,16 @@ backcompat=(auth/2025-03-26-oauth-metadata-backcompat auth/2025-03-26-oauth-endp
 # `_meta` on every request (with a retry after -32022), the Mcp-Method/Mcp-Name headers, and
 # tool schemas taken as given.
 core=(request-metadata http-standard-headers json-schema-ref-no-deref)
+# The DPoP extension (RFC 9449, SEP-1932): extension scenarios are on no spec timeline, so they
+# are forced, at both wires.
+dpop=(auth/dpop auth/dpop-nonce)
 
 # The checker must fail a client that does nothing, on failed checks of a scenario that ran
 # (not merely because nothing ran), or a pass proves nothing.
 conformance do-nothing true --scenario auth/metadata-default --spec-version 2026-07-28
 conformance do-nothing true --scenario auth/iss-wrong-issuer --spec-version 2026-07-28
-for scenario in auth/metadata-default auth/iss-wrong-issuer; do
+conformance do-nothing true --scenario auth/dpop-nonce --spec-version 2026-07-28 --force
+for scenario in auth/metadata-default auth/iss-wrong-issuer auth/dpop-nonce; do
   if verdict=$(node "$checker" "$out/do-nothing" "$scenario") || ! grep -q "FAILURE" <<<"$verdict"; then
     echo "the conformance checker did not fail a client that does nothing in $scenario: $verdict"
     tail -n 40 "$out"/runner-do-nothing-*.log
@@ -49,7 +54,7 @@ wait
 # The draft scenarios run one by one (a suite filters them by version); in parallel, as a suite
 # would, one wire at a time.
 for wire in 2026-07-28 2025-11-25; do
-  for scenario in "${draft[@]}"; do
+  for scenario in "${draft[@]}" "${dpop[@]}"; do
     conformance "draft-$wire" "$client" --scenario "$scenario" --spec-version "$wire" --force &
   done
   wait
@@ -61,8 +66,8 @@ for dir in wire-2025-11-25 wire-2026-07-28; do
   node "$checker" "$out/$dir" "${auth[@]}" || failed=1
 done
 for wire in 2026-07-28 2025-11-25; do
-  echo "== draft auth scenarios at wire $wire"
-  node "$checker" "$out/draft-$wire" "${draft[@]}" || failed=1
+  echo "== draft auth scenarios and the DPoP extension at wire $wire"
+  node "$checker" "$out/draft-$wire" "${draft[@]}" "${dpop[@]}" || failed=1
 done
 echo "== 2026-07-28 wire scenarios"
 node "$checker" "$out/core" "${core[@]}" || failed=1

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::dpop::NonceRotation;
 use crate::faults::Fault;
 
 /// The configuration of one test server instance.
@@ -65,6 +66,17 @@ pub struct Config {
     /// Answer `slow_down` to the first this many polls of each device code (besides polls
     /// that come sooner than the interval, which always get `slow_down`).
     pub device_slow_down_polls: u32,
+    /// DPoP (RFC 9449): advertise `dpop_signing_alg_values_supported: ["ES256"]`, check any
+    /// proof presented, and bind the tokens of a request with a valid proof (`cnf.jkt`,
+    /// `token_type: DPoP`). Bearer tokens are still issued to clients without a proof.
+    pub dpop: bool,
+    /// DPoP is required: a token request without a proof is refused, the MCP endpoint takes
+    /// only DPoP-bound tokens with the DPoP scheme, its challenges use the DPoP scheme and the
+    /// resource metadata says `dpop_bound_access_tokens_required`. Implies `dpop`.
+    pub dpop_required: bool,
+    /// Require server nonces in proofs (`use_dpop_nonce` + `DPoP-Nonce`, RFC 9449 §8/§9), at
+    /// the token and the MCP endpoint, each with its own nonce. Implies `dpop`.
+    pub dpop_nonce: Option<NonceRotation>,
 }
 
 impl Default for Config {
@@ -93,11 +105,19 @@ impl Default for Config {
             device_interval_secs: 5,
             device_code_ttl: Duration::from_secs(600),
             device_slow_down_polls: 0,
+            dpop: false,
+            dpop_required: false,
+            dpop_nonce: None,
         }
     }
 }
 
 impl Config {
+    /// Whether proofs are checked and tokens bound at all.
+    pub fn dpop_enabled(&self) -> bool {
+        self.dpop || self.dpop_required || self.dpop_nonce.is_some()
+    }
+
     /// The issuer path normalised to `""` or `/segment...` without a trailing slash.
     pub(crate) fn issuer_prefix(&self) -> String {
         match self.issuer_path.as_deref().map(|p| p.trim_matches('/')) {

@@ -60,7 +60,8 @@ impl Signer {
         &self.jwks
     }
 
-    pub fn sign(&self, claims: &AccessClaims) -> String {
+    /// Signs any claims set (the access token claims, or those plus `cnf` for DPoP).
+    pub fn sign<C: Serialize>(&self, claims: &C) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(KEY_ID.to_string());
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("RS256 signing cannot fail")

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod config;
+mod dpop;
 pub mod faults;
 mod jwt;
 mod routes;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::Config;
+pub use dpop::NonceRotation;
 pub use faults::{Fault, FaultKind, FaultTarget};
 pub use state::{Secrets, Stats};
 

@@ -65,6 +65,12 @@ struct Args {
     /// Inject the faults above N times, then recover (default: until cleared).
     #[arg(long)]
     fault_count: Option<u32>,
+    /// Speak DPoP (RFC 9449): check proofs, bind tokens of requests that carry one.
+    #[arg(long)]
+    dpop: bool,
+    /// Require DPoP: no proof, no token; the MCP endpoint takes only DPoP-bound tokens.
+    #[arg(long)]
+    dpop_required: bool,
 }
 
 fn parse_tool_scope(s: &str) -> Result<(String, String), String> {
@@ -116,6 +122,9 @@ impl Args {
             mcp_sse_responses: self.mcp_sse,
             announced_expires_in: self.announced_expires_in,
             faults,
+            dpop: self.dpop,
+            dpop_required: self.dpop_required,
+            dpop_nonce: None,
             ..Config::default()
         }
     }

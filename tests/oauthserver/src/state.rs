@@ -77,6 +77,9 @@ pub struct RefreshRecord {
     pub resource: Option<String>,
     pub expires_at_ms: i64,
     pub status: RefreshStatus,
+    /// RFC 9449 §5: the thumbprint of the key a DPoP-bound grant was issued to; a refresh must
+    /// present a proof of the same key.
+    pub jkt: Option<String>,
 }
 
 /// Counters a test reads through `GET /control/stats` or `OAuthTestServer::stats`.
@@ -112,11 +115,25 @@ pub struct Stats {
     /// Milliseconds between consecutive polls of the same device code, in order.
     #[serde(default)]
     pub device_poll_gaps_ms: Vec<u64>,
+    /// DPoP proofs refused, by reason: bad_proof, replay, nonce, key_mismatch, missing.
+    #[serde(default)]
+    pub dpop_refusals: BTreeMap<String, u64>,
+    /// Access tokens issued bound to a DPoP key (`cnf.jkt`).
+    #[serde(default)]
+    pub dpop_bound_tokens: u64,
+    /// MCP requests accepted with a DPoP-bound token and a valid proof.
+    #[serde(default)]
+    pub mcp_dpop_requests: u64,
 }
 
 impl Stats {
     pub fn token_requests_for(&self, grant_type: &str) -> u64 {
         self.token_requests.get(grant_type).copied().unwrap_or(0)
+    }
+
+    /// DPoP refusals for one reason (`replay`, `nonce`, `bad_proof`, `key_mismatch`, `missing`).
+    pub fn dpop_refusals_for(&self, reason: &str) -> u64 {
+        self.dpop_refusals.get(reason).copied().unwrap_or(0)
     }
 }
 
@@ -136,6 +153,9 @@ pub struct Secrets {
     /// RFC 8628 device codes issued (the user codes are meant to be shown: not here).
     #[serde(default)]
     pub device_codes: Vec<String>,
+    /// Received: every DPoP proof a client presented.
+    #[serde(default)]
+    pub dpop_proofs: Vec<String>,
 }
 
 impl Secrets {
@@ -148,6 +168,7 @@ impl Secrets {
             .chain(&self.code_verifiers)
             .chain(&self.states)
             .chain(&self.device_codes)
+            .chain(&self.dpop_proofs)
             .map(String::as_str)
     }
 }
@@ -169,6 +190,10 @@ pub struct Inner {
     pub accepted_mcp_requests: u64,
     /// RFC 8628 device authorizations by device code.
     pub device_grants: HashMap<String, crate::routes::device::DeviceGrant>,
+    /// DPoP nonces of the token endpoint and of the MCP endpoint, and the proofs' `jti`s.
+    pub dpop_token_nonce: crate::dpop::NonceBook,
+    pub dpop_mcp_nonce: crate::dpop::NonceBook,
+    pub dpop_jtis: crate::dpop::ReplayBook,
 }
 
 impl Inner {

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{ConnectionKill, Intercept, intercept};
+use crate::dpop::{self, Refusal, Refused, Role};
 use crate::faults::{FaultKind, FaultTarget};
 use crate::jwt::AccessClaims;
 use crate::state::{AppState, random_token};
@@ -23,6 +24,26 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let mut response = answer(state.clone(), kill, headers, body).await;
+    // RFC 9449 §9: a resource server using nonces may announce the next one on any answer.
+    let now = state.now_ms();
+    if !response.headers().contains_key("dpop-nonce")
+        && let Some(nonce) = state
+            .lock()
+            .dpop_nonce_for(&state.config, Role::Mcp, now)
+            .and_then(|n| HeaderValue::from_str(&n).ok())
+    {
+        response.headers_mut().insert("dpop-nonce", nonce);
+    }
+    response
+}
+
+async fn answer(
+    state: AppState,
+    kill: ConnectionKill,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let injected_token_error = match intercept(&state, FaultTarget::Mcp, &kill).await {
         Intercept::Proceed => false,
         Intercept::Respond(response) => return response,
@@ -30,14 +51,18 @@ pub async fn post(
         Intercept::Shape(_) => true,
     };
     state.lock().stats.mcp_requests += 1;
-    let bearer = headers
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .map(|(scheme, token)| (scheme.to_ascii_lowercase(), token.trim()));
+    let (dpop_scheme, bearer) = match &presented {
+        Some((scheme, token)) if scheme == "bearer" => (false, Some(*token)),
+        Some((scheme, token)) if scheme == "dpop" && state.config.dpop_enabled() => {
+            (true, Some(*token))
+        }
+        _ => (false, None),
+    };
     let claims = match (bearer, injected_token_error) {
         (None, _) => return unauthorized(&state, None),
         (Some(_), true) => {
@@ -48,6 +73,11 @@ pub async fn post(
             Err(reason) => return unauthorized(&state, Some(&reason)),
         },
     };
+    if let Some(token) = bearer
+        && let Err(refused) = check_dpop_use(&state, &headers, dpop_scheme, token)
+    {
+        return *refused;
+    }
 
     let Ok(message) = serde_json::from_slice::<Value>(&body) else {
         return rpc_response(
@@ -205,6 +235,95 @@ fn validate(state: &AppState, token: &str) -> Result<AccessClaims, String> {
     Ok(claims)
 }
 
+/// How the token was presented, checked against its binding (RFC 9449 §7): a DPoP-bound
+/// token only with the DPoP scheme and a valid proof of its key whose `ath` is the token's
+/// hash; a Bearer token only when DPoP is not required.
+fn check_dpop_use(
+    state: &AppState,
+    headers: &HeaderMap,
+    dpop_scheme: bool,
+    token: &str,
+) -> Result<(), Box<Response>> {
+    let bound_to = dpop::token_jkt(token);
+    if !dpop_scheme {
+        return match bound_to {
+            Some(_) => Err(Box::new(unauthorized(
+                state,
+                Some("a DPoP-bound token must be presented with the DPoP scheme"),
+            ))),
+            None if state.config.dpop_required => Err(Box::new(unauthorized(
+                state,
+                Some("this resource accepts only DPoP-bound tokens"),
+            ))),
+            None => Ok(()),
+        };
+    }
+    let now = state.now_ms();
+    let mut inner = state.lock();
+    let refused = match inner.check_dpop(
+        &state.config,
+        headers,
+        Role::Mcp,
+        "POST",
+        &state.mcp_resource(),
+        now,
+    ) {
+        Ok(Some(proof)) => {
+            if proof.ath.as_deref() != Some(dpop::ath_of(token).as_str()) {
+                inner.count_dpop_refusal(Refusal::BadProof);
+                "the proof's ath is not the hash of the presented token"
+            } else if bound_to.as_deref() != Some(proof.jkt.as_str()) {
+                inner.count_dpop_refusal(Refusal::KeyMismatch);
+                "the proof's key is not the key the token is bound to"
+            } else {
+                inner.stats.mcp_dpop_requests += 1;
+                return Ok(());
+            }
+        }
+        Ok(None) => {
+            inner.count_dpop_refusal(Refusal::Missing);
+            "the DPoP scheme needs a DPoP proof"
+        }
+        Err(Refused {
+            why: Refusal::Nonce,
+            ..
+        }) => {
+            let nonce = inner.dpop_nonce_for(&state.config, Role::Mcp, now);
+            drop(inner);
+            let mut response = dpop_challenge(state, "use_dpop_nonce", "a DPoP nonce is required");
+            if let Some(nonce) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                response.headers_mut().insert("dpop-nonce", nonce);
+            }
+            return Err(Box::new(response));
+        }
+        Err(Refused { description, .. }) => {
+            drop(inner);
+            return Err(Box::new(dpop_challenge(
+                state,
+                "invalid_dpop_proof",
+                &description,
+            )));
+        }
+    };
+    drop(inner);
+    Err(Box::new(dpop_challenge(
+        state,
+        "invalid_dpop_proof",
+        refused,
+    )))
+}
+
+/// A 401 with a DPoP challenge naming the error (RFC 9449 §7.1).
+fn dpop_challenge(state: &AppState, error: &str, description: &str) -> Response {
+    state.lock().stats.mcp_401 += 1;
+    let value = format!(
+        "DPoP error=\"{error}\", error_description=\"{}\", algs=\"ES256\", resource_metadata=\"{}\"",
+        description.replace('"', "'"),
+        state.resource_metadata_url()
+    );
+    challenge_response(StatusCode::UNAUTHORIZED, value)
+}
+
 /// The 403 for a tool whose scope the token lacks, naming every scope the client should ask for.
 fn missing_tool_scope(state: &AppState, tool: &str, claims: &AccessClaims) -> Option<Response> {
     let (_, needed) = state.config.tool_scopes.iter().find(|(t, _)| t == tool)?;
@@ -252,9 +371,16 @@ fn unauthorized(state: &AppState, invalid_token: Option<&str>) -> Response {
     if !scopes.is_empty() {
         parts.push(format!("scope=\"{}\"", scopes.join(" ")));
     }
+    // A resource that takes only DPoP-bound tokens challenges with the DPoP scheme (§7.1).
+    let scheme = if state.config.dpop_required {
+        parts.push("algs=\"ES256\"".into());
+        "DPoP"
+    } else {
+        "Bearer"
+    };
     challenge_response(
         StatusCode::UNAUTHORIZED,
-        format!("Bearer {}", parts.join(", ")),
+        format!("{scheme} {}", parts.join(", ")),
     )
 }
 

@@ -54,6 +54,9 @@ pub async fn authorization_server_metadata(
         "id_token_signing_alg_values_supported": ["RS256"],
         "authorization_response_iss_parameter_supported": true,
     });
+    if state.config.dpop_enabled() {
+        doc["dpop_signing_alg_values_supported"] = serde_json::json!(["ES256"]);
+    }
     if state.config.dynamic_registration {
         doc["registration_endpoint"] = format!("{issuer}/register").into();
     }
@@ -78,14 +81,19 @@ pub async fn protected_resource_metadata(
     if let Some(r) = faulted(&state, FaultTarget::Metadata, &kill).await {
         return r;
     }
-    Json(serde_json::json!({
+    let mut doc = serde_json::json!({
         "resource": state.mcp_resource(),
         "authorization_servers": [state.resource_issuer()],
         "scopes_supported": state.config.all_scopes(),
         "bearer_methods_supported": ["header"],
         "resource_name": "OAuth test server MCP endpoint",
-    }))
-    .into_response()
+    });
+    if state.config.dpop_enabled() {
+        // RFC 9728 §2: the proof algorithms accepted, and whether only DPoP-bound tokens are.
+        doc["dpop_signing_alg_values_supported"] = serde_json::json!(["ES256"]);
+        doc["dpop_bound_access_tokens_required"] = state.config.dpop_required.into();
+    }
+    Json(doc).into_response()
 }
 
 pub async fn jwks(

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::authorize::check_resource;
 use super::{ConnectionKill, Intercept, intercept, oauth_error};
+use crate::dpop::{Refusal, Refused, Role};
 use crate::faults::{FaultKind, FaultTarget};
 use crate::jwt::AccessClaims;
 use crate::state::{
@@ -99,15 +100,21 @@ pub async fn token(
     }
 
     let mut inner = state.lock();
+    let jkt = match dpop_proof(&state, &mut inner, &headers) {
+        Ok(jkt) => jkt,
+        Err(response) => return *response,
+    };
     let outcome = authenticate(&inner, &headers, &form).and_then(|client| {
         if let Some(code) = shape.and_then(FaultKind::oauth_error_code) {
             return Err(deny(code, "injected fault"));
         }
         match grant_type.as_str() {
             "authorization_code" => {
-                authorization_code_grant(&state, &mut inner, &client, &form, shape)
+                authorization_code_grant(&state, &mut inner, &client, &form, shape, jkt.as_deref())
             }
-            "refresh_token" => refresh_token_grant(&state, &mut inner, &client, &form, shape),
+            "refresh_token" => {
+                refresh_token_grant(&state, &mut inner, &client, &form, shape, jkt.as_deref())
+            }
             super::device::GRANT_TYPE if state.config.device_grant => {
                 super::device::device_code_grant(&state, &mut inner, &client, &form, shape)
             }
@@ -120,11 +127,15 @@ pub async fn token(
     });
     match outcome {
         Ok(body) => {
+            let nonce = inner.dpop_nonce_for(&state.config, Role::Token, state.now_ms());
             drop(inner);
             let mut response = axum::Json(body).into_response();
             let h = response.headers_mut();
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            if let Some(nonce) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                h.insert("dpop-nonce", nonce);
+            }
             response
         }
         Err(Denied { code, description }) => {
@@ -142,6 +153,48 @@ pub async fn token(
             }
         }
     }
+}
+
+/// The token request's DPoP proof (RFC 9449 §5), when the server speaks DPoP: `Ok(Some(jkt))`
+/// binds what is issued to that key, `Ok(None)` issues Bearer tokens. A refused proof is
+/// answered here: `use_dpop_nonce` with a `DPoP-Nonce` header (§8), else
+/// `invalid_dpop_proof`; so is a missing proof when DPoP is required.
+fn dpop_proof(
+    state: &AppState,
+    inner: &mut Inner,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Box<Response>> {
+    if !state.config.dpop_enabled() {
+        return Ok(None);
+    }
+    let now = state.now_ms();
+    let token_url = format!("{}/token", state.issuer());
+    let refused =
+        match inner.check_dpop(&state.config, headers, Role::Token, "POST", &token_url, now) {
+            Ok(Some(proof)) => return Ok(Some(proof.jkt)),
+            Ok(None) if !state.config.dpop_required => return Ok(None),
+            Ok(None) => {
+                inner.count_dpop_refusal(Refusal::Missing);
+                (
+                    "invalid_dpop_proof",
+                    "this server requires a DPoP proof".to_string(),
+                )
+            }
+            Err(Refused {
+                why: Refusal::Nonce,
+                description,
+            }) => ("use_dpop_nonce", description),
+            Err(Refused { description, .. }) => ("invalid_dpop_proof", description),
+        };
+    inner.count_token_error(refused.0);
+    let nonce = (refused.0 == "use_dpop_nonce")
+        .then(|| inner.dpop_nonce_for(&state.config, Role::Token, now))
+        .flatten();
+    let mut response = oauth_error(StatusCode::BAD_REQUEST, refused.0, &refused.1);
+    if let Some(nonce) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("dpop-nonce", nonce);
+    }
+    Err(Box::new(response))
 }
 
 /// Client authentication (RFC 6749 §2.3): HTTP Basic, secret in the body, or a public client
@@ -227,6 +280,7 @@ fn authorization_code_grant(
     client: &Client,
     form: &Params,
     shape: Option<FaultKind>,
+    jkt: Option<&str>,
 ) -> Result<serde_json::Value, Denied> {
     let code = form
         .get("code")
@@ -290,7 +344,7 @@ fn authorization_code_grant(
         g.redeemed_family = Some(family);
     }
     let resource = resource.or_else(|| request.resource.clone());
-    Ok(issue_tokens(
+    Ok(issue_tokens_bound(
         state,
         inner,
         family,
@@ -299,6 +353,7 @@ fn authorization_code_grant(
         resource,
         shape,
         true,
+        jkt,
     ))
 }
 
@@ -308,6 +363,7 @@ fn refresh_token_grant(
     client: &Client,
     form: &Params,
     shape: Option<FaultKind>,
+    jkt: Option<&str>,
 ) -> Result<serde_json::Value, Denied> {
     let presented = form
         .get("refresh_token")
@@ -337,6 +393,21 @@ fn refresh_token_grant(
     }
     if state.now_ms() >= record.expires_at_ms {
         return Err(deny("invalid_grant", "refresh token expired"));
+    }
+    // RFC 9449 §5: a refresh token bound to a key is refreshed only with a proof of that key.
+    if let Some(bound) = &record.jkt
+        && jkt != Some(bound.as_str())
+    {
+        let why = if jkt.is_some() {
+            Refusal::KeyMismatch
+        } else {
+            Refusal::Missing
+        };
+        inner.count_dpop_refusal(why);
+        return Err(deny(
+            "invalid_dpop_proof",
+            "the refresh token is bound to a DPoP key; present a proof of that key",
+        ));
     }
     let scope = match form.get("scope") {
         Some(asked) => {
@@ -368,7 +439,7 @@ fn refresh_token_grant(
     if rotate && let Some(r) = inner.refresh_tokens.get_mut(presented) {
         r.status = RefreshStatus::Rotated;
     }
-    Ok(issue_tokens(
+    Ok(issue_tokens_bound(
         state,
         inner,
         record.family,
@@ -377,6 +448,7 @@ fn refresh_token_grant(
         record.resource.clone(),
         shape,
         rotate,
+        jkt,
     ))
 }
 
@@ -402,6 +474,33 @@ pub(super) fn issue_tokens(
     shape: Option<FaultKind>,
     new_refresh_token: bool,
 ) -> serde_json::Value {
+    issue_tokens_bound(
+        state,
+        inner,
+        family,
+        client,
+        scope,
+        resource,
+        shape,
+        new_refresh_token,
+        None,
+    )
+}
+
+/// [`issue_tokens`], bound to the DPoP key `jkt` when there is one: `cnf.jkt` in the access
+/// token, `token_type: DPoP`, and the refresh token bound to the same key (RFC 9449 §5, §6).
+#[allow(clippy::too_many_arguments)]
+fn issue_tokens_bound(
+    state: &AppState,
+    inner: &mut Inner,
+    family: u64,
+    client: &Client,
+    scope: &str,
+    resource: Option<String>,
+    shape: Option<FaultKind>,
+    new_refresh_token: bool,
+    jkt: Option<&str>,
+) -> serde_json::Value {
     let now_ms = state.now_ms();
     let lifetime = announced_lifetime_secs(state);
     // exp rounds up: the token is never refused before its announced lifetime has passed.
@@ -425,7 +524,16 @@ pub(super) fn issue_tokens(
         client_id: client.client_id.clone(),
         scope: scope.to_string(),
     };
-    let access_token = state.signer.sign(&claims);
+    let access_token = match jkt {
+        Some(jkt) => {
+            inner.stats.dpop_bound_tokens += 1;
+            state.signer.sign(&BoundClaims {
+                claims: &claims,
+                cnf: serde_json::json!({"jkt": jkt}),
+            })
+        }
+        None => state.signer.sign(&claims),
+    };
     inner.secrets.access_tokens.push(access_token.clone());
     inner
         .family_access_jtis
@@ -435,7 +543,7 @@ pub(super) fn issue_tokens(
 
     let mut body = serde_json::json!({
         "access_token": access_token,
-        "token_type": "Bearer",
+        "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
         "expires_in": expires_in,
     });
     if !scope.is_empty() {
@@ -456,11 +564,20 @@ pub(super) fn issue_tokens(
                 resource,
                 expires_at_ms: now_ms + state.config.refresh_token_ttl.as_millis() as i64,
                 status: RefreshStatus::Active,
+                jkt: jkt.map(String::from),
             },
         );
         body["refresh_token"] = refresh_token.into();
     }
     body
+}
+
+/// The claims of a DPoP-bound access token: the usual ones plus `cnf` (RFC 9449 §6.1).
+#[derive(serde::Serialize)]
+struct BoundClaims<'a> {
+    #[serde(flatten)]
+    claims: &'a AccessClaims,
+    cnf: serde_json::Value,
 }
 
 #[cfg(test)]

@@ -1,0 +1,447 @@
+//! DPoP (RFC 9449) end to end against the OAuth test server on loopback: bound tokens through
+//! several lifetimes with rotating nonces, replayed proofs refused, refresh tokens bound to
+//! their key, the Bearer/DPoP token type policy, `connect` choosing DPoP where the server
+//! requires it, and no proof, private key or token in any log line (the project's own JSON
+//! layer captures every line at trace level).
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use common::*;
+use mcpproxy_oauth::connect::{ConnectOptions, connect};
+use mcpproxy_oauth::mcp::McpClient;
+use mcpproxy_oauth::oauth::OAuthError;
+use mcpproxy_oauth::oauth::client_identity::ClientConfig;
+use mcpproxy_oauth::oauth::discovery::{Discovery, discover};
+use mcpproxy_oauth::oauth::dpop::{Dpop, DpopKey};
+use mcpproxy_oauth::oauth::http::OAuthHttp;
+use mcpproxy_oauth::oauth::login::{LoginSettings, browser_login_dpop};
+use mcpproxy_oauth::oauth::token::{TokenEndpoint, TokenSet};
+use mcpproxy_oauth::telemetry::logging::{JsonLayer, SharedWriter};
+use oauth_test_server::{Config, NonceRotation, OAuthTestServer};
+use serde_json::json;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use url::Url;
+
+#[derive(Clone)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+impl Write for Buffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line of this test binary, at trace level, through the project's JSON layer.
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let writer: SharedWriter = Arc::new(Mutex::new(Box::new(Buffer(bytes.clone()))));
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("trace"))
+            .with(JsonLayer::new(writer))
+            .init();
+        bytes
+    })
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+const TTL: Duration = Duration::from_secs(60);
+const NONCE_LIFETIME: Duration = Duration::from_secs(20);
+
+/// A server that requires DPoP, with access tokens living `TTL` and nonces `NONCE_LIFETIME`
+/// of its (adjustable) clock.
+fn dpop_server_config() -> Config {
+    Config {
+        access_token_ttl: TTL,
+        dpop_required: true,
+        dpop_nonce: Some(NonceRotation::EveryMs(NONCE_LIFETIME.as_millis() as u64)),
+        ..Config::default()
+    }
+}
+
+struct Session {
+    http: OAuthHttp,
+    endpoint: TokenEndpoint,
+    token: TokenSet,
+    dpop: Dpop,
+    mcp: McpClient,
+}
+
+async fn discovered(srv: &OAuthTestServer, http: &OAuthHttp) -> Discovery {
+    let url = Url::parse(&srv.mcp_url()).unwrap();
+    discover(http, &url, None).await.expect("discovery")
+}
+
+/// Dynamic registration, a browser that follows redirects, no extras.
+fn login_settings() -> LoginSettings {
+    let (browser, _) = following_browser();
+    LoginSettings {
+        client: ClientConfig::default(),
+        browser,
+        redirect_port: 0,
+        extra_params: Vec::new(),
+    }
+}
+
+/// Discovery, registration and a browser login whose code exchange carries a proof of `key`.
+async fn dpop_login(srv: &OAuthTestServer, key: DpopKey) -> Session {
+    logs();
+    let http = OAuthHttp::default();
+    let discovery = discovered(srv, &http).await;
+    assert!(
+        discovery
+            .protected_resource
+            .as_ref()
+            .is_some_and(|p| p.dpop_bound_access_tokens_required),
+        "the resource metadata says DPoP is required"
+    );
+    let dpop = Dpop::new(key).with_required(true);
+    let settings = login_settings();
+    let (endpoint, token) = tokio::time::timeout(
+        Duration::from_secs(10),
+        browser_login_dpop(&http, &discovery, &settings, None, None, Some(&dpop)),
+    )
+    .await
+    .expect("the login finishes within 10 s")
+    .expect("the DPoP login succeeds");
+    let mut mcp = McpClient::new(Url::parse(&srv.mcp_url()).unwrap(), Duration::from_secs(10));
+    mcp.set_dpop(Some(dpop.clone()));
+    Session {
+        http,
+        endpoint,
+        token,
+        dpop,
+        mcp,
+    }
+}
+
+impl Session {
+    fn access(&self) -> String {
+        self.token.access_token.secret().clone()
+    }
+
+    async fn refresh_with(&self, dpop: Option<&Dpop>) -> Result<TokenSet, OAuthError> {
+        let refresh_token = self.token.refresh_token.as_ref().expect("a refresh token");
+        self.endpoint
+            .refresh_dpop(&self.http, refresh_token, None, SystemTime::now(), dpop)
+            .await
+    }
+
+    async fn echo(&mut self, message: &str) -> serde_json::Value {
+        let token = self.access();
+        self.mcp
+            .call_tool(Some(&token), "echo", json!({"message": message}))
+            .await
+            .unwrap_or_else(|e| panic!("the tool call {message:?} succeeds: {e}"))
+    }
+}
+
+#[tokio::test]
+async fn a_bound_token_is_refreshed_and_used_through_several_lifetimes_with_rotating_nonces() {
+    let srv = start(dpop_server_config()).await;
+    let key = DpopKey::generate();
+    let key_secret = key.secret_bytes();
+    let mut s = dpop_login(&srv, key).await;
+    assert_eq!(s.token.token_type, "DPoP");
+    let token = s.access();
+    s.mcp.initialize(Some(&token)).await.expect("initialize");
+    assert_eq!(s.echo("first").await["content"][0]["text"], "first");
+
+    for lifetime in 1..=3 {
+        // The token expires and the nonces of both endpoints rotate. The refusal brings the
+        // MCP endpoint's new nonce (RFC 9449 §9 lets any answer carry one).
+        srv.advance_clock(TTL + Duration::from_secs(1));
+        let token = s.access();
+        let refused = s.mcp.call_tool(Some(&token), "echo", json!({})).await;
+        assert!(
+            matches!(&refused, Err(mcpproxy_oauth::mcp::McpError::Unauthorized(c)) if c.dpop),
+            "lifetime {lifetime}: the expired token is refused with a DPoP challenge: {refused:?}"
+        );
+        let fresh = s
+            .refresh_with(Some(&s.dpop))
+            .await
+            .unwrap_or_else(|e| panic!("lifetime {lifetime}: the refresh succeeds: {e}"));
+        assert_eq!(fresh.token_type, "DPoP");
+        assert_ne!(fresh.access_token.secret(), &token, "a new access token");
+        s.token = fresh;
+        let said = format!("lifetime {lifetime}");
+        assert_eq!(s.echo(&said).await["content"][0]["text"], said.as_str());
+        // Within the token's life the MCP endpoint's nonce rotates: use_dpop_nonce, one retry.
+        srv.advance_clock(NONCE_LIFETIME + Duration::from_secs(1));
+        let said = format!("lifetime {lifetime}, new nonce");
+        assert_eq!(s.echo(&said).await["content"][0]["text"], said.as_str());
+    }
+
+    let stats = srv.stats();
+    assert_eq!(
+        stats.token_requests_for("refresh_token"),
+        3 * 2,
+        "each refresh retried once for the nonce"
+    );
+    assert_eq!(stats.dpop_bound_tokens, 4, "the login and three refreshes");
+    assert_eq!(
+        stats.dpop_refusals_for("nonce"),
+        1 + 1 + 3 * 2,
+        "one use_dpop_nonce per endpoint at the start, then one per endpoint per lifetime"
+    );
+    assert_eq!(
+        stats.mcp_dpop_requests,
+        3 + 1 + 3 * 2,
+        "server/discover, initialize and its notification, the first call, two calls per lifetime"
+    );
+    for reason in ["replay", "bad_proof", "key_mismatch", "missing"] {
+        assert_eq!(stats.dpop_refusals_for(reason), 0, "no {reason} refusal");
+    }
+
+    // No proof, token, code, verifier or private key in any log line.
+    let text = log_text();
+    assert!(
+        text.contains("token_type") && text.contains("DPoP"),
+        "the capture holds this run's lines"
+    );
+    assert_no_secret(&srv, &text);
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    for shown in [
+        engine.encode(key_secret),
+        base64::engine::general_purpose::STANDARD.encode(key_secret),
+        key_secret.iter().map(|b| format!("{b:02x}")).collect(),
+    ] {
+        assert!(
+            !text.contains(&shown),
+            "the private key appears in a log line"
+        );
+    }
+    assert!(
+        !format!("{:?}", s.dpop).contains(&engine.encode(key_secret)),
+        "Debug of the DPoP state hides the private key"
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_proof_is_refused_and_the_client_carries_on_with_fresh_ones() {
+    let srv = start(Config {
+        dpop_required: true,
+        ..Config::default()
+    })
+    .await;
+    let mut s = dpop_login(&srv, DpopKey::generate()).await;
+    let token = s.access();
+    s.mcp.initialize(Some(&token)).await.expect("initialize");
+    let proofs = srv.secrets().dpop_proofs;
+    let captured = proofs
+        .last()
+        .expect("the MCP request carried a proof")
+        .clone();
+
+    // Someone who captured the request replays it, proof and token alike.
+    let replay = reqwest::Client::new()
+        .post(srv.mcp_url())
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", &captured)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 401);
+    let challenge = replay.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with("DPoP ") && challenge.contains("invalid_dpop_proof"),
+        "{challenge}"
+    );
+    assert_eq!(srv.stats().dpop_refusals_for("replay"), 1);
+
+    // The client's own next requests carry fresh proofs and are served.
+    assert_eq!(
+        s.echo("after the replay").await["content"][0]["text"],
+        "after the replay"
+    );
+    let token = s.access();
+    s.mcp.ping(Some(&token)).await.expect("a second request");
+    let stats = srv.stats();
+    assert_eq!(
+        stats.dpop_refusals_for("replay"),
+        1,
+        "no proof of the client was ever reused"
+    );
+    let proofs = srv.secrets().dpop_proofs;
+    let mut distinct = proofs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len() + 1,
+        proofs.len(),
+        "only the replay repeated a proof"
+    );
+
+    // A replayed token request proof is refused as well.
+    let refresh_token = s.token.refresh_token.as_ref().unwrap().secret().clone();
+    let token_proof = srv.secrets().dpop_proofs[0].clone();
+    let replay = reqwest::Client::new()
+        .post(format!("{}/token", srv.issuer()))
+        .header("dpop", token_proof)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh_token),
+            ("client_id", &s.endpoint.client.client_id),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    let body: serde_json::Value = replay.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_dpop_proof");
+    assert_eq!(srv.stats().dpop_refusals_for("replay"), 2);
+    let fresh = s
+        .refresh_with(Some(&s.dpop))
+        .await
+        .expect("the client's own refresh works");
+    assert_eq!(fresh.token_type, "DPoP");
+}
+
+#[tokio::test]
+async fn a_refresh_token_is_bound_to_its_key() {
+    let srv = start(Config {
+        dpop_required: true,
+        ..Config::default()
+    })
+    .await;
+    let s = dpop_login(&srv, DpopKey::generate()).await;
+    let other = Dpop::new(DpopKey::generate()).with_required(true);
+    let refused = s.refresh_with(Some(&other)).await;
+    assert!(
+        matches!(&refused, Err(OAuthError::Server { code, .. }) if code == "invalid_dpop_proof"),
+        "another key is refused: {refused:?}"
+    );
+    assert_eq!(srv.stats().dpop_refusals_for("key_mismatch"), 1);
+    let refused = s.refresh_with(None).await;
+    assert!(
+        matches!(&refused, Err(OAuthError::Server { code, .. }) if code == "invalid_dpop_proof"),
+        "no proof at all is refused: {refused:?}"
+    );
+    assert_eq!(srv.stats().dpop_refusals_for("missing"), 1);
+    let fresh = s
+        .refresh_with(Some(&s.dpop))
+        .await
+        .expect("the bound key refreshes");
+    assert_eq!(fresh.token_type, "DPoP");
+}
+
+#[tokio::test]
+async fn a_bearer_token_to_a_dpop_request_is_used_only_where_dpop_is_not_required() {
+    // A server without DPoP ignores the proof and issues Bearer tokens (RFC 9449 §5).
+    let srv = start(Config::default()).await;
+    let http = OAuthHttp::default();
+    let discovery = discovered(&srv, &http).await;
+    let settings = login_settings();
+    let optional = Dpop::new(DpopKey::generate());
+    let (endpoint, token) =
+        browser_login_dpop(&http, &discovery, &settings, None, None, Some(&optional))
+            .await
+            .expect("an opt-in DPoP login accepts a Bearer token");
+    assert_eq!(token.token_type, "Bearer");
+    let required = Dpop::new(DpopKey::generate()).with_required(true);
+    let refused = endpoint
+        .refresh_dpop(
+            &http,
+            token.refresh_token.as_ref().unwrap(),
+            None,
+            SystemTime::now(),
+            Some(&required),
+        )
+        .await;
+    match refused {
+        Err(OAuthError::Malformed { reason, .. }) => {
+            assert!(
+                reason.contains("accepts only DPoP-bound tokens"),
+                "{reason}"
+            )
+        }
+        other => panic!("a Bearer token where DPoP is required is an error: {other:?}"),
+    }
+}
+
+fn connect_options(srv: &OAuthTestServer, dpop: bool) -> ConnectOptions {
+    let (browser, _) = following_browser();
+    ConnectOptions {
+        server_url: Url::parse(&srv.mcp_url()).unwrap(),
+        client: ClientConfig::default(),
+        scope: None,
+        browser,
+        redirect_port: 0,
+        call_tool: Some(("echo".into(), json!({"message": "via dpop"}))),
+        timeout: Duration::from_secs(20),
+        device_code: false,
+        dpop,
+    }
+}
+
+#[tokio::test]
+async fn connect_uses_dpop_where_the_server_requires_it_with_a_nonce_per_request() {
+    logs();
+    let srv = start(Config {
+        dpop_required: true,
+        dpop_nonce: Some(NonceRotation::EveryRequest),
+        ..Config::default()
+    })
+    .await;
+    let report = connect(connect_options(&srv, false))
+        .await
+        .expect("connect succeeds with DPoP");
+    assert_eq!(
+        report.tool_result.unwrap()["content"][0]["text"],
+        "via dpop"
+    );
+    assert_eq!(report.token.unwrap().token_type, "DPoP");
+    let stats = srv.stats();
+    assert_eq!(
+        stats.dpop_refusals_for("nonce"),
+        2,
+        "one use_dpop_nonce per endpoint; after that each answer's DPoP-Nonce is used"
+    );
+    assert!(
+        stats.mcp_dpop_requests >= 3,
+        "initialize, tools/list, tools/call: {stats:?}"
+    );
+    assert_no_secret(&srv, &log_text());
+}
+
+#[tokio::test]
+async fn connect_with_dpop_opt_in_binds_tokens_where_the_server_offers_dpop() {
+    let srv = start(Config {
+        dpop: true,
+        ..Config::default()
+    })
+    .await;
+    let report = connect(connect_options(&srv, true)).await.expect("connect");
+    assert_eq!(report.token.unwrap().token_type, "DPoP");
+    assert!(srv.stats().mcp_dpop_requests >= 3);
+
+    // Without the opt-in the same server gets Bearer tokens.
+    let srv = start(Config {
+        dpop: true,
+        ..Config::default()
+    })
+    .await;
+    let report = connect(connect_options(&srv, false))
+        .await
+        .expect("connect");
+    assert_eq!(report.token.unwrap().token_type, "Bearer");
+    assert_eq!(srv.stats().dpop_bound_tokens, 0);
+}
