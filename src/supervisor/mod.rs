@@ -27,13 +27,14 @@ use actix::prelude::*;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{broadcast, oneshot};
 
+pub mod clock;
+
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::http::OAuthHttp;
 use crate::scheduler::{Due, Owner, Scheduler, SchedulerConfig, SchedulerCounters, TimerKind};
 use crate::store::db::FlowRow;
-use crate::store::db::now_ms;
 use crate::store::{StoreError, TokenRegistry, TokenStatusRow};
 use crate::telemetry::flow_logger::{
     FlowLogger, FlowNotice, GetTrace, SubscribeNotices, TraceEntry,
@@ -297,22 +298,24 @@ impl std::fmt::Debug for SharedAccessToken {
 
 impl From<Grant> for SharedAccessToken {
     fn from(grant: Grant) -> Self {
-        SharedAccessToken(Arc::new(TokenSnapshot {
-            access_token: grant.access_token,
-            expires_at: grant.expires_at,
-            safety_margin: 0,
-        }))
+        SharedAccessToken(Arc::new(TokenSnapshot::new(
+            grant.access_token,
+            grant.expires_at,
+            0,
+        )))
     }
 }
 
 /// The hot path: the published snapshot if it is still usable. No lock, no message, no
-/// allocation (the snapshot's `Arc` is shared).
+/// allocation (the snapshot's `Arc` is shared); one clock read, coarse where the token's
+/// safety margin allows it (`clock`).
+#[inline]
 fn usable_token(snapshot: &Snapshot) -> Option<SharedAccessToken> {
     let guard = snapshot.load();
-    guard
-        .as_ref()
-        .filter(|s| s.usable(now_ms()))
-        .map(|s| SharedAccessToken(Arc::clone(s)))
+    let token = guard.as_ref()?;
+    token
+        .usable_now()
+        .then(|| SharedAccessToken(Arc::clone(token)))
 }
 
 /// A handle on one server's tokens (`Send + Sync + Clone`), from `SupervisorHandle::server_tokens`.

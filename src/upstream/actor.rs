@@ -34,16 +34,42 @@ use crate::store::{StoredClient, StoredToken, lock};
 /// How long a logout waits for a running flow of another process before deleting anyway.
 const LOGOUT_LOCK_WAIT: Duration = Duration::from_secs(30);
 
-/// What callers may read without asking the actor.
+/// What callers may read without asking the actor. The hand-out deadline and the clock to
+/// check it with are worked out once, when the actor publishes it, so the hot path is one
+/// clock read and one compare.
 pub struct TokenSnapshot {
     pub access_token: oauth2::AccessToken,
     pub expires_at: Option<Millis>,
     pub safety_margin: Millis,
+    /// Handed out while the clock reads less than this (`expires_at - safety_margin`).
+    until: Millis,
+    /// The margin is wide enough for the coarse clock (`supervisor::clock`).
+    coarse: bool,
 }
 
 impl TokenSnapshot {
+    pub fn new(
+        access_token: oauth2::AccessToken,
+        expires_at: Option<Millis>,
+        safety_margin: Millis,
+    ) -> Self {
+        TokenSnapshot {
+            access_token,
+            expires_at,
+            safety_margin,
+            until: expires_at.map_or(Millis::MAX, |e| e.saturating_sub(safety_margin)),
+            coarse: crate::supervisor::clock::coarse_is_safe(safety_margin),
+        }
+    }
+
     pub fn usable(&self, now: Millis) -> bool {
-        self.expires_at.is_none_or(|e| e - now > self.safety_margin)
+        now < self.until
+    }
+
+    /// Usable now, by the cheapest clock that is safe for this token.
+    #[inline]
+    pub fn usable_now(&self) -> bool {
+        self.expires_at.is_none() || crate::supervisor::clock::now_for(self.coarse) < self.until
     }
 }
 
@@ -668,11 +694,11 @@ impl UpstreamActor {
             .as_ref()
             .filter(|t| self.refused.as_deref() != Some(t.access_token.as_str()))
             .map(|t| {
-                Arc::new(TokenSnapshot {
-                    access_token: oauth2::AccessToken::new(t.access_token.clone()),
-                    expires_at: t.expires_at,
-                    safety_margin: facts(t).safety_margin(),
-                })
+                Arc::new(TokenSnapshot::new(
+                    oauth2::AccessToken::new(t.access_token.clone()),
+                    t.expires_at,
+                    facts(t).safety_margin(),
+                ))
             });
         self.snapshot.store(snapshot);
         self.current = token;
