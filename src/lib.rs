@@ -10,6 +10,7 @@ pub mod config;
 pub mod connect;
 pub mod mcp;
 pub mod oauth;
+pub mod scheduler;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

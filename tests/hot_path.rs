@@ -90,3 +90,73 @@ async fn a_valid_token_is_handed_out_without_any_allocation() {
     assert!(srv.secrets().access_tokens.contains(token.secret()));
     handle.shutdown().await;
 }
+
+/// The hot path reads a coarse clock where the token's safety margin allows it: it still never
+/// hands a token out past its expiry, and stops handing it out around its hand-out deadline
+/// (expiry minus the margin). A server without refresh tokens and no browser: the token is
+/// not replaced, it just runs out.
+#[tokio::test]
+async fn a_token_is_never_handed_out_past_its_expiry() {
+    use mcpproxy_oauth::store::db::now_ms;
+    use mcpproxy_oauth::upstream::state::Policy;
+    let srv = start(Config {
+        issue_refresh_tokens: false,
+        access_token_ttl: std::time::Duration::from_secs(2),
+        ..Config::default()
+    })
+    .await;
+    let (browser, _) = following_browser();
+    let dir = std::env::temp_dir().join(format!(
+        "mcpproxy-oauth-hot-expiry-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    let handle = SupervisorHandle::start(SupervisorConfig {
+        browser,
+        policy: Policy {
+            interactive: false,
+            ..Policy::default()
+        },
+        ..SupervisorConfig::new(vec![server], dir)
+    })
+    .await
+    .unwrap();
+    handle.login("srv").await.expect("login");
+    let tokens = handle.server_tokens("srv").unwrap();
+    let first = tokens.cached_access_token().expect("a fresh token");
+    let expires_at = first.expires_at().expect("the test server says expires_in");
+    let (mut reads, mut stopped_at) = (0u64, None);
+    while now_ms() < expires_at + 1_000 {
+        match tokens.cached_access_token() {
+            Some(token) => {
+                let now = now_ms();
+                assert_eq!(
+                    token.secret(),
+                    first.secret(),
+                    "no other token was obtained"
+                );
+                assert!(
+                    now < expires_at,
+                    "handed out {} ms past its expiry",
+                    now - expires_at
+                );
+                reads += 1;
+            }
+            None => {
+                stopped_at = Some(now_ms());
+                break;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    let stopped_at = stopped_at.expect("the token stopped being handed out");
+    // The margin of a 2 s token is 200 ms: it stops after expiry - 200 ms, before expiry.
+    assert!(
+        stopped_at >= expires_at - 200,
+        "stopped {} ms before its hand-out deadline",
+        expires_at - 200 - stopped_at
+    );
+    assert!(reads > 0);
+    handle.shutdown().await;
+}

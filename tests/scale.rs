@@ -62,6 +62,12 @@ async fn a_restart_with_300_expired_tokens_refreshes_them_all_within_the_flow_li
     let started = std::time::Instant::now();
     reconnect_all(&first, 20).await;
     eprintln!("{SERVERS} logins took {:?}", started.elapsed());
+    let counters = first.scheduler_counters();
+    assert_eq!(counters.logins_running, 0);
+    assert!(
+        (1..=20).contains(&counters.logins_peak),
+        "logins are counted: {counters:?}"
+    );
     first.shutdown().await;
     assert_eq!(srv.stats().authorize_requests, SERVERS as u64);
     let expired = rusqlite::Connection::open(database_path(&dir))
@@ -75,8 +81,11 @@ async fn a_restart_with_300_expired_tokens_refreshes_them_all_within_the_flow_li
     let started = std::time::Instant::now();
     reconnect_all(&handle, SERVERS).await;
     eprintln!("{SERVERS} refreshes took {:?}", started.elapsed());
-    let (running, peak) = handle.refresh_concurrency();
-    assert_eq!(running, 0);
+    // The scheduler owns the limit and counts the flows it let run.
+    let counters = handle.scheduler_counters();
+    assert_eq!(counters.flow_limit, LIMIT);
+    assert_eq!(counters.flows_running, 0);
+    let peak = counters.flows_peak;
     assert!(
         peak <= LIMIT,
         "{peak} refreshes ran at once; the limit is {LIMIT}"
@@ -84,6 +93,12 @@ async fn a_restart_with_300_expired_tokens_refreshes_them_all_within_the_flow_li
     assert!(
         peak >= 2,
         "refreshes of different servers run in parallel (peak {peak})"
+    );
+    assert_eq!(handle.refresh_concurrency(), (0, peak));
+    assert_eq!(
+        counters.entries,
+        SERVERS + 1,
+        "one proactive refresh per server and the store poll: {counters:?}"
     );
     let stats = srv.stats();
     assert_eq!(stats.token_requests_for("refresh_token"), SERVERS as u64);

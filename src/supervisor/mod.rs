@@ -19,6 +19,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,12 +28,14 @@ use actix::prelude::*;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{broadcast, oneshot};
 
+pub mod clock;
+
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::http::OAuthHttp;
+use crate::scheduler::{Due, Owner, Scheduler, SchedulerConfig, SchedulerCounters, TimerKind};
 use crate::store::db::FlowRow;
-use crate::store::db::now_ms;
 use crate::store::{StoreError, TokenRegistry, TokenStatusRow};
 use crate::telemetry::flow_logger::{
     FlowLogger, FlowNotice, GetTrace, SubscribeNotices, TraceEntry,
@@ -41,7 +44,7 @@ use crate::upstream::actor::{
     self, Grant, ServerStatus, Snapshot, StateChange, TokenSnapshot, UpstreamActor, UpstreamError,
 };
 pub use crate::upstream::flows::FlowHook;
-use crate::upstream::flows::{FlowLimit, Runtime};
+use crate::upstream::flows::Runtime;
 use crate::upstream::state::Policy;
 
 /// Everything the supervisor needs.
@@ -61,8 +64,13 @@ pub struct SupervisorConfig {
     pub refresh_timeout: Duration,
     /// How long `shutdown` waits for running refreshes and their saves.
     pub shutdown_grace: Duration,
-    /// At most this many refreshes run at once, over all servers.
+    /// At most this many refreshes run at once, over all servers (the scheduler's flow limit).
     pub max_concurrent_refreshes: usize,
+    /// Worker threads of the runtime that runs flows' HTTP and TLS.
+    pub flow_threads: usize,
+    /// The most a proactive refresh is moved later so refreshes due together are spread
+    /// (never past the moment its token stops being handed out).
+    pub refresh_stagger: Duration,
     /// Test-only: called at the start of every flow with the server's name and the flow's
     /// kind (tests inject panics with it).
     #[doc(hidden)]
@@ -87,6 +95,8 @@ impl SupervisorConfig {
             shutdown_grace: Duration::from_secs(10),
             flow_hook: None,
             max_concurrent_refreshes: default_refresh_limit(),
+            flow_threads: default_flow_threads(),
+            refresh_stagger: SchedulerConfig::default().stagger,
             store_poll_interval: Duration::from_secs(1),
             sealing: crate::store::Sealing::default(),
         }
@@ -95,8 +105,13 @@ impl SupervisorConfig {
 
 /// 16 refreshes per core, between 8 and 256: each holds a connection and a lock file.
 pub fn default_refresh_limit() -> usize {
+    crate::scheduler::default_flow_limit()
+}
+
+/// One flow thread per core, between 2 and 8: flows mostly wait for the network.
+pub fn default_flow_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (cores * 16).clamp(8, 256)
+    cores.clamp(2, 8)
 }
 
 /// `$XDG_DATA_HOME/mcpproxy-oauth`, else `~/.local/share/mcpproxy-oauth`.
@@ -172,33 +187,64 @@ impl SupervisorError {
 pub struct SupervisorActor {
     upstreams: Vec<Addr<UpstreamActor>>,
     registry: TokenRegistry,
+    scheduler: Scheduler,
+    /// This actor's id in the scheduler and its waiting store poll.
+    owner: Owner,
+    poll: Option<u64>,
     store_poll_interval: Duration,
     /// `PRAGMA data_version` at the last look: it changes only when another connection (another
     /// process) commits, so polling it costs one pragma, not a query per server.
     data_version: Option<i64>,
 }
 
+impl SupervisorActor {
+    /// Arms the next look at the store, one interval from now.
+    fn arm_poll(&mut self, ctx: &mut Context<Self>) {
+        let (arming, _) = self.scheduler.arm(
+            self.owner,
+            TimerKind::StorePoll,
+            tokio::time::Instant::now() + self.store_poll_interval,
+            None,
+            ctx.address().downgrade().recipient(),
+        );
+        self.poll = Some(arming);
+    }
+}
+
 impl Actor for SupervisorActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.store_poll_interval, |act, ctx| {
-            let registry = act.registry.clone();
-            let look = async move { registry.call(|s| s.data_version()).await };
-            ctx.spawn(look.into_actor(act).map(|version, act, _| {
-                let Ok(version) = version else { return };
-                // The first look checks too: another process may have written between the
-                // actors' first loads and this baseline.
-                let changed = act.data_version != Some(version);
-                act.data_version = Some(version);
-                if changed {
-                    tracing::debug!("the token store was changed by another process");
-                    for upstream in &act.upstreams {
-                        upstream.do_send(actor::CheckStore);
-                    }
+        self.arm_poll(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.scheduler.forget(self.owner);
+    }
+}
+
+impl Handler<Due> for SupervisorActor {
+    type Result = ();
+    fn handle(&mut self, due: Due, ctx: &mut Context<Self>) {
+        if due.kind != TimerKind::StorePoll || self.poll != Some(due.arming) {
+            return;
+        }
+        self.arm_poll(ctx);
+        let registry = self.registry.clone();
+        let look = async move { registry.call(|s| s.data_version()).await };
+        ctx.spawn(look.into_actor(self).map(|version, act, _| {
+            let Ok(version) = version else { return };
+            // The first look checks too: another process may have written between the
+            // actors' first loads and this baseline.
+            let changed = act.data_version != Some(version);
+            act.data_version = Some(version);
+            if changed {
+                tracing::debug!("the token store was changed by another process");
+                for upstream in &act.upstreams {
+                    upstream.do_send(actor::CheckStore);
                 }
-            }));
-        });
+            }
+        }));
     }
 }
 
@@ -225,6 +271,31 @@ impl Handler<AllStatus> for SupervisorActor {
 struct Upstream {
     addr: Addr<UpstreamActor>,
     snapshot: Snapshot,
+}
+
+/// The servers by name. Names come from the operator's config, not from the network, so the
+/// lookup on the hot path hashes with FNV-1a (a few ns for a short name) instead of SipHash's
+/// flood resistance.
+type Upstreams = HashMap<String, Upstream, BuildHasherDefault<NameHasher>>;
+
+/// FNV-1a, 64 bits.
+struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// A usable access token as handed out: a shared, immutable value (cloning it is a reference
@@ -254,22 +325,24 @@ impl std::fmt::Debug for SharedAccessToken {
 
 impl From<Grant> for SharedAccessToken {
     fn from(grant: Grant) -> Self {
-        SharedAccessToken(Arc::new(TokenSnapshot {
-            access_token: grant.access_token,
-            expires_at: grant.expires_at,
-            safety_margin: 0,
-        }))
+        SharedAccessToken(Arc::new(TokenSnapshot::new(
+            grant.access_token,
+            grant.expires_at,
+            0,
+        )))
     }
 }
 
 /// The hot path: the published snapshot if it is still usable. No lock, no message, no
-/// allocation (the snapshot's `Arc` is shared).
+/// allocation (the snapshot's `Arc` is shared); one clock read, coarse where the token's
+/// safety margin allows it (`clock`).
+#[inline]
 fn usable_token(snapshot: &Snapshot) -> Option<SharedAccessToken> {
     let guard = snapshot.load();
-    guard
-        .as_ref()
-        .filter(|s| s.usable(now_ms()))
-        .map(|s| SharedAccessToken(Arc::clone(s)))
+    let token = guard.as_ref()?;
+    token
+        .usable_now()
+        .then(|| SharedAccessToken(Arc::clone(token)))
 }
 
 /// A handle on one server's tokens (`Send + Sync + Clone`), from `SupervisorHandle::server_tokens`.
@@ -302,7 +375,7 @@ impl ServerTokens {
 
 struct Parts {
     runtime: Arc<Runtime>,
-    upstreams: HashMap<String, Upstream>,
+    upstreams: Upstreams,
     supervisor: Addr<SupervisorActor>,
     registry: TokenRegistry,
     moved_aside: Option<PathBuf>,
@@ -311,7 +384,7 @@ struct Parts {
 
 struct Inner {
     runtime: Arc<Runtime>,
-    upstreams: HashMap<String, Upstream>,
+    upstreams: Upstreams,
     names: Vec<String>,
     supervisor: Addr<SupervisorActor>,
     registry: TokenRegistry,
@@ -332,10 +405,17 @@ pub struct SupervisorHandle {
 fn build(
     config: SupervisorConfig,
     events: broadcast::Sender<StateChange>,
+    flow_threads: tokio::runtime::Handle,
 ) -> Result<Parts, SupervisorError> {
     let (registry, moved_aside) =
         TokenRegistry::start_with(&database_path(&config.data_dir), &config.sealing)?;
     let flow_log = FlowLogger::default().start();
+    let scheduler = Scheduler::new(SchedulerConfig {
+        stagger: config.refresh_stagger,
+        flow_limit: config.max_concurrent_refreshes,
+        ..SchedulerConfig::default()
+    });
+    flow_threads.spawn(scheduler.clone().run());
     let runtime = Arc::new(Runtime {
         registry: registry.clone(),
         http: OAuthHttp::new(config.http_timeout),
@@ -346,9 +426,10 @@ fn build(
         login_timeout: config.login_timeout,
         flow_log: flow_log.clone(),
         flow_hook: config.flow_hook.clone(),
-        refresh_limit: FlowLimit::new(config.max_concurrent_refreshes),
+        scheduler: scheduler.clone(),
+        flow_threads,
     });
-    let mut upstreams = HashMap::new();
+    let mut upstreams = Upstreams::default();
     for server in config.servers {
         let server = Arc::new(server);
         let snapshot: Snapshot = Arc::new(ArcSwapOption::empty());
@@ -373,6 +454,9 @@ fn build(
     let supervisor = SupervisorActor {
         upstreams: upstreams.values().map(|u| u.addr.clone()).collect(),
         registry: registry.clone(),
+        owner: scheduler.new_owner(),
+        poll: None,
+        scheduler,
         store_poll_interval: config.store_poll_interval,
         data_version: None,
     }
@@ -395,18 +479,30 @@ impl SupervisorHandle {
         let (events, _) = broadcast::channel(256);
         let shutdown_grace = config.shutdown_grace;
         let thread_events = events.clone();
+        let flow_threads = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.flow_threads.max(1))
+            .thread_name("mcpproxy-oauth-flows")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot start the flow threads");
+                SupervisorError::Stopped
+            })?;
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("mcpproxy-oauth-actors".into())
             .spawn(move || {
+                let flows = flow_threads.handle().clone();
                 actix_rt::System::new().block_on(async move {
-                    match build(config, thread_events) {
+                    match build(config, thread_events, flows) {
                         Ok(parts) => {
-                            let registry = parts.registry.clone();
+                            let (registry, scheduler) =
+                                (parts.registry.clone(), parts.runtime.scheduler.clone());
                             let _ = ready_tx.send(Ok(parts));
                             let _ = stop_rx.await;
+                            scheduler.stop();
                             // Queued store writes finish before the system goes away.
                             let _ = registry.call(|_| Ok(())).await;
                         }
@@ -415,6 +511,8 @@ impl SupervisorHandle {
                         }
                     }
                 });
+                // Flows still running after the grace are dropped with the runtime.
+                flow_threads.shutdown_timeout(Duration::from_secs(1));
                 let _ = stopped_tx.send(());
             })
             .map_err(|_| SupervisorError::Stopped)?;
@@ -609,7 +707,14 @@ impl SupervisorHandle {
     /// Refreshes running now and the most that ran at once (bounded by
     /// `max_concurrent_refreshes`).
     pub fn refresh_concurrency(&self) -> (usize, usize) {
-        self.inner.runtime.refresh_limit.counts()
+        let c = self.scheduler_counters();
+        (c.flows_running, c.flows_peak)
+    }
+
+    /// The scheduler's counters: waiting deadlines, firings (late ones and the worst
+    /// lateness), flows running and their peak, logins running.
+    pub fn scheduler_counters(&self) -> SchedulerCounters {
+        self.inner.runtime.scheduler.counters()
     }
 
     /// Phase changes of every server, from now on.

@@ -28,22 +28,49 @@ use crate::mcp::BearerChallenge;
 use crate::oauth::client_identity::ClientSource;
 use crate::oauth::scope::step_up;
 use crate::oauth::token::TokenEndpoint;
+use crate::scheduler::{Due, Owner, TimerKind, instant_at};
 use crate::store::db::now_ms;
 use crate::store::{StoredClient, StoredToken, lock};
 
 /// How long a logout waits for a running flow of another process before deleting anyway.
 const LOGOUT_LOCK_WAIT: Duration = Duration::from_secs(30);
 
-/// What callers may read without asking the actor.
+/// What callers may read without asking the actor. The hand-out deadline and the clock to
+/// check it with are worked out once, when the actor publishes it, so the hot path is one
+/// clock read and one compare.
 pub struct TokenSnapshot {
     pub access_token: oauth2::AccessToken,
     pub expires_at: Option<Millis>,
     pub safety_margin: Millis,
+    /// Handed out while the clock reads less than this (`expires_at - safety_margin`).
+    until: Millis,
+    /// The margin is wide enough for the coarse clock (`supervisor::clock`).
+    coarse: bool,
 }
 
 impl TokenSnapshot {
+    pub fn new(
+        access_token: oauth2::AccessToken,
+        expires_at: Option<Millis>,
+        safety_margin: Millis,
+    ) -> Self {
+        TokenSnapshot {
+            access_token,
+            expires_at,
+            safety_margin,
+            until: expires_at.map_or(Millis::MAX, |e| e.saturating_sub(safety_margin)),
+            coarse: crate::supervisor::clock::coarse_is_safe(safety_margin),
+        }
+    }
+
     pub fn usable(&self, now: Millis) -> bool {
-        self.expires_at.is_none_or(|e| e - now > self.safety_margin)
+        now < self.until
+    }
+
+    /// Usable now, by the cheapest clock that is safe for this token.
+    #[inline]
+    pub fn usable_now(&self) -> bool {
+        self.expires_at.is_none() || crate::supervisor::clock::now_for(self.coarse) < self.until
     }
 }
 
@@ -147,13 +174,17 @@ pub struct UpstreamActor {
     /// The running load or flow, so a logout can cancel it.
     flow_handle: Option<SpawnHandle>,
     last_flow: Option<String>,
-    timer: Option<SpawnHandle>,
+    /// This actor's id in the scheduler, which holds all its deadlines.
+    owner: Owner,
+    /// The arming of the machine's timer waiting in the scheduler (a `Due` for another one is
+    /// stale).
+    timer: Option<u64>,
     /// The machine's generation, shared with running flows, which check it before each write.
     generation: Arc<AtomicU64>,
     /// How often the timer fired, for status: a spinning machine shows here first.
     timers_fired: u64,
-    /// The pending retry of a failed token save.
-    save_retry: Option<SpawnHandle>,
+    /// The pending retry of a failed token save: its arming and its delay.
+    save_retry: Option<(u64, Duration)>,
     /// Shutting down: no new flow starts; `drained` hears when the running one is over.
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
@@ -177,6 +208,7 @@ impl UpstreamActor {
     ) -> Self {
         UpstreamActor {
             state: State::new(policy, rand::random::<f64>()),
+            owner: rt.scheduler.new_owner(),
             config,
             rt,
             policy,
@@ -329,6 +361,7 @@ impl UpstreamActor {
             }
             Effect::StartLogin => {
                 let generation = self.state.generation;
+                let counted = self.rt.scheduler.login_running();
                 let flow_id = self.begin_flow("login");
                 let request = LoginRequest {
                     previous: self.endpoint.clone(),
@@ -339,13 +372,17 @@ impl UpstreamActor {
                     step_up_scope: self.step_up_scope.clone(),
                     device_prompt: self.device_prompt.clone(),
                 };
-                let flow = flows::login(
+                let login = flows::login(
                     self.rt.clone(),
                     self.config.clone(),
                     flow_id.clone(),
                     self.fence(),
                     request,
                 );
+                let flow = async move {
+                    let _counted = counted;
+                    login.await
+                };
                 self.spawn_flow(flow_id, generation, flow, ctx);
             }
             Effect::CancelFlow => {
@@ -358,21 +395,27 @@ impl UpstreamActor {
                 }
             }
             Effect::ArmTimer { at } => {
-                if let Some(previous) = self.timer.take() {
-                    ctx.cancel_future(previous);
-                }
-                let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
-                self.timer_at = Some(at);
-                self.timer = Some(ctx.run_later(delay, |act, ctx| {
-                    act.timer = None;
-                    act.timers_fired += 1;
-                    act.timer_at = None;
-                    act.apply(Event::Timer, ctx);
-                }));
+                // Re-arming replaces the waiting entry. A proactive refresh may be staggered,
+                // but never past the moment the token stops being handed out.
+                let now = now_ms();
+                let latest = match self.state.phase {
+                    Phase::Connected => self.state.token.and_then(|t| t.unusable_at()),
+                    _ => None,
+                };
+                let (arming, when) = self.rt.scheduler.arm(
+                    self.owner,
+                    TimerKind::Machine,
+                    instant_at(at, now),
+                    latest.map(|l| instant_at(l, now)),
+                    ctx.address().downgrade().recipient(),
+                );
+                let wait = when.saturating_duration_since(tokio::time::Instant::now());
+                self.timer_at = Some(at.max(now + wait.as_millis() as Millis));
+                self.timer = Some(arming);
             }
             Effect::CancelTimer => {
-                if let Some(previous) = self.timer.take() {
-                    ctx.cancel_future(previous);
+                if self.timer.take().is_some() {
+                    self.rt.scheduler.cancel(self.owner, TimerKind::Machine);
                 }
             }
             Effect::ResolveWaiters(resolution) => self.resolve(resolution),
@@ -438,18 +481,18 @@ impl UpstreamActor {
         }
     }
 
-    /// Runs a flow as this actor's one flow. A panic inside it is caught: the actor stops, and
-    /// its supervisor restarts it with its state reloaded from the store (other servers, on
-    /// the same thread, go on).
+    /// Runs a flow as this actor's one flow, on the flow threads (its HTTP and TLS do not hold
+    /// up the actors' mailboxes); its outcome comes back here. Cancelling the actor's future
+    /// (a logout) aborts the task. A panic inside it is caught: the actor stops, and its
+    /// supervisor restarts it with its state reloaded from the store (other servers go on).
     fn spawn_flow(
         &mut self,
         flow_id: String,
         generation: u64,
-        flow: impl std::future::Future<Output = FlowOutcome> + 'static,
+        flow: impl std::future::Future<Output = FlowOutcome> + Send + 'static,
         ctx: &mut Context<Self>,
     ) {
-        use futures_util::FutureExt;
-        let flow = std::panic::AssertUnwindSafe(flow).catch_unwind();
+        let flow = AbortOnDrop(self.rt.flow_threads.spawn(flow));
         let handle = ctx.spawn(flow.into_actor(self).map(move |outcome, act, ctx| {
             match outcome {
                 Ok(outcome) => act.flow_done(flow_id, generation, outcome, ctx),
@@ -469,35 +512,48 @@ impl UpstreamActor {
         if self.save_retry.is_some() {
             return;
         }
-        self.save_retry = Some(ctx.run_later(delay, move |act, ctx| {
-            act.save_retry = None;
-            let Some(token) = act.current.clone().filter(|_| !act.current_durable) else {
-                return;
-            };
-            let (registry, fence, saved) = (act.rt.registry.clone(), act.fence(), token.access_token.clone());
-            let save = async move {
-                registry
-                    .call(move |s| {
-                        if fence.is_current() {
-                            s.save_token(&token)?;
-                        }
-                        Ok(())
-                    })
-                    .await
-            };
-            ctx.spawn(save.into_actor(act).map(move |result, act, ctx| match result {
-                Ok(()) => {
-                    if act.current.as_ref().is_some_and(|t| t.access_token == saved) {
-                        act.current_durable = true;
-                        tracing::info!(server = %act.config.name, "the token kept in memory is now in the store");
+        let (arming, _) = self.rt.scheduler.arm(
+            self.owner,
+            TimerKind::SaveRetry,
+            tokio::time::Instant::now() + delay,
+            None,
+            ctx.address().downgrade().recipient(),
+        );
+        self.save_retry = Some((arming, delay));
+    }
+
+    /// The save retry is due: save the token kept in memory, or arm the next retry.
+    fn save_again(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        let Some(token) = self.current.clone().filter(|_| !self.current_durable) else {
+            return;
+        };
+        let (registry, fence, saved) = (
+            self.rt.registry.clone(),
+            self.fence(),
+            token.access_token.clone(),
+        );
+        let save = async move {
+            registry
+                .call(move |s| {
+                    if fence.is_current() {
+                        s.save_token(&token)?;
                     }
-                    act.notify_drained();
+                    Ok(())
+                })
+                .await
+        };
+        ctx.spawn(save.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(()) => {
+                if act.current.as_ref().is_some_and(|t| t.access_token == saved) {
+                    act.current_durable = true;
+                    tracing::info!(server = %act.config.name, "the token kept in memory is now in the store");
                 }
-                Err(e) => {
-                    tracing::warn!(server = %act.config.name, error = %e, "the token still cannot be saved; it stays in memory and is retried");
-                    act.retry_save((delay * 2).min(Duration::from_secs(30)), ctx);
-                }
-            }));
+                act.notify_drained();
+            }
+            Err(e) => {
+                tracing::warn!(server = %act.config.name, error = %e, "the token still cannot be saved; it stays in memory and is retried");
+                act.retry_save((delay * 2).min(Duration::from_secs(30)), ctx);
+            }
         }));
     }
 
@@ -654,11 +710,11 @@ impl UpstreamActor {
             .as_ref()
             .filter(|t| self.refused.as_deref() != Some(t.access_token.as_str()))
             .map(|t| {
-                Arc::new(TokenSnapshot {
-                    access_token: oauth2::AccessToken::new(t.access_token.clone()),
-                    expires_at: t.expires_at,
-                    safety_margin: facts(t).safety_margin(),
-                })
+                Arc::new(TokenSnapshot::new(
+                    oauth2::AccessToken::new(t.access_token.clone()),
+                    t.expires_at,
+                    facts(t).safety_margin(),
+                ))
             });
         self.snapshot.store(snapshot);
         self.current = token;
@@ -821,6 +877,10 @@ impl Actor for UpstreamActor {
             self.apply(Event::Reconnect, ctx);
         }
     }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.rt.scheduler.forget(self.owner);
+    }
 }
 
 impl Supervised for UpstreamActor {
@@ -845,6 +905,7 @@ impl Supervised for UpstreamActor {
         self.endpoint = None;
         self.running_flow = None;
         self.flow_handle = None;
+        self.rt.scheduler.forget(self.owner);
         self.timer = None;
         self.save_retry = None;
         self.snapshot.store(None);
@@ -998,7 +1059,9 @@ impl Handler<Logout> for UpstreamActor {
         let lock_dir = self.rt.lock_dir.clone();
         let key = self.config.server_key.clone();
         let server = self.config.name.clone();
-        Box::pin(async move {
+        let stopped = self.error(Failure::Stopped, None);
+        // On the flow threads, like every flow: the revocation is HTTP.
+        let logout = self.rt.flow_threads.spawn(async move {
             // Under the flow lock, so another process's refresh cannot write the token back
             // after the delete; a flow stuck for longer does not stop the logout.
             let _lock = match lock::acquire(&lock_dir, &key, LOGOUT_LOCK_WAIT).await {
@@ -1043,7 +1106,8 @@ impl Handler<Logout> for UpstreamActor {
                     },
                     flow_id: None,
                 })
-        })
+        });
+        Box::pin(async move { logout.await.unwrap_or(Err(stopped)) })
     }
 }
 
@@ -1063,8 +1127,8 @@ impl Handler<Drain> for UpstreamActor {
             ctx.cancel_future(handle);
             self.resolve(Resolution::Failed(Failure::Stopped));
         }
-        if let Some(timer) = self.timer.take() {
-            ctx.cancel_future(timer);
+        if self.timer.take().is_some() {
+            self.rt.scheduler.cancel(self.owner, TimerKind::Machine);
         }
         let (tx, rx) = oneshot::channel();
         self.drained.push(tx);
@@ -1072,6 +1136,45 @@ impl Handler<Drain> for UpstreamActor {
         Box::pin(async move {
             let _ = rx.await;
         })
+    }
+}
+
+impl Handler<Due> for UpstreamActor {
+    type Result = ();
+    fn handle(&mut self, due: Due, ctx: &mut Context<Self>) {
+        match due.kind {
+            TimerKind::Machine if self.timer == Some(due.arming) => {
+                self.timer = None;
+                self.timers_fired += 1;
+                self.timer_at = None;
+                self.apply(Event::Timer, ctx);
+            }
+            TimerKind::SaveRetry if self.save_retry.map(|(a, _)| a) == Some(due.arming) => {
+                let (_, delay) = self.save_retry.take().expect("matched above");
+                self.save_again(delay, ctx);
+            }
+            // Re-armed or cancelled since this was sent: stale.
+            _ => {}
+        }
+    }
+}
+
+/// A flow task on the flow threads that is aborted when the actor drops its future.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

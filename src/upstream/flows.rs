@@ -27,6 +27,7 @@ use crate::oauth::login::{LoginSettings, browser_login};
 use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
+use crate::scheduler::Scheduler;
 use crate::store::db::now_ms;
 use crate::store::{StoreError, StoredClient, StoredToken, TokenRegistry, lock};
 use crate::telemetry::flow_logger::{FlowEvent, FlowLogger};
@@ -49,61 +50,12 @@ pub struct Runtime {
     /// Where flow events go (sequence numbers, elapsed time, the bounded trace buffer).
     pub flow_log: Addr<FlowLogger>,
     pub flow_hook: Option<FlowHook>,
-    /// Bounds how many refreshes run at once across all servers (a restart with thousands of
-    /// expired tokens must not open thousands of connections and lock files at once).
-    pub refresh_limit: FlowLimit,
-}
-
-/// A global limit on concurrent refresh flows, with the counts tests and status read.
-pub struct FlowLimit {
-    permits: tokio::sync::Semaphore,
-    running: std::sync::atomic::AtomicUsize,
-    peak: std::sync::atomic::AtomicUsize,
-}
-
-/// Held while a refresh runs.
-pub struct FlowPermit<'a> {
-    limit: &'a FlowLimit,
-    _permit: tokio::sync::SemaphorePermit<'a>,
-}
-
-impl Drop for FlowPermit<'_> {
-    fn drop(&mut self) {
-        self.limit.running.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl FlowLimit {
-    pub fn new(max: usize) -> Self {
-        FlowLimit {
-            permits: tokio::sync::Semaphore::new(max.max(1)),
-            running: Default::default(),
-            peak: Default::default(),
-        }
-    }
-
-    /// Waits for a free slot.
-    pub async fn acquire(&self) -> FlowPermit<'_> {
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(running, Ordering::SeqCst);
-        FlowPermit {
-            limit: self,
-            _permit: permit,
-        }
-    }
-
-    /// Refreshes running now, and the most that ever ran at once.
-    pub fn counts(&self) -> (usize, usize) {
-        (
-            self.running.load(Ordering::SeqCst),
-            self.peak.load(Ordering::SeqCst),
-        )
-    }
+    /// Every deadline, and the bound on how many refreshes run at once across all servers (a
+    /// restart with thousands of expired tokens must not open thousands of connections and
+    /// lock files at once).
+    pub scheduler: Scheduler,
+    /// The multi-threaded runtime that runs flows' HTTP and TLS, off the actors' thread.
+    pub flow_threads: tokio::runtime::Handle,
 }
 
 /// A test-only hook run at the start of every flow with `(server, kind)`.
@@ -452,7 +404,7 @@ pub async fn refresh(
         let wait = REFRESH_LOCK_WAIT;
         let event = |step: &'static str, details: serde_json::Value| rt.flow_event(&flow_id, &config.name, "refresh", step, details);
         event("started", json!({"token_endpoint": endpoint.as_ref().map(|e| e.token_endpoint.clone()), "reregister": plan.reregister, "omit_scope": plan.omit_scope}));
-        let _slot = rt.refresh_limit.acquire().await;
+        let _slot = rt.scheduler.refresh_slot().await;
         let _lock = match lock::acquire(&rt.lock_dir, &config.server_key, wait).await {
             Ok(lock) => lock,
             Err(e) => return failed(RefreshFailure::Transient { retry_after: None }, e.to_string()),

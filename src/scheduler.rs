@@ -1,0 +1,436 @@
+//! One scheduler for every deadline of every actor, as mini-redis keeps one sorted map of
+//! expirations instead of a timer per key: a `BTreeSet` of `(when, arming)` and one task that
+//! sleeps until the earliest entry and is woken by a `Notify` when an earlier one is armed.
+//! When an entry is due the task sends its owner a [`Due`] message; the owner acts on it only
+//! if it is still its newest arming of that kind (so a message already in the mailbox when
+//! the owner re-armed is ignored).
+//!
+//! Why one place: 10,000 servers are 10,000 deadlines, not 10,000 timers on the actors'
+//! thread; deadlines due together can be spread (a bounded per-owner stagger, never past the
+//! latest moment the owner allows, never in the past); and the global limit on concurrent
+//! flows lives here too, so tests and metrics read one set of counters
+//! ([`Scheduler::counters`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Message, WeakRecipient};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Which of an owner's deadlines: each owner has at most one entry per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKind {
+    /// The state machine's timer: proactive refresh, backoff, retrying, the browser window.
+    Machine,
+    /// The retry of a failed token save.
+    SaveRetry,
+    /// The supervisor's look at the store for other processes' writes.
+    StorePoll,
+}
+
+/// Sent to an entry's owner when it is due. `arming` is the value `arm` returned: an owner
+/// that re-armed since ignores the older one.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct Due {
+    pub kind: TimerKind,
+    pub arming: u64,
+}
+
+/// Who owns entries: one id per actor, from [`Scheduler::new_owner`].
+pub type Owner = u64;
+
+/// How the scheduler spreads and limits work.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// The most an entry that allows it is moved later, so deadlines due together are spread.
+    pub stagger: Duration,
+    /// A firing later than this after its time counts as late.
+    pub late_after: Duration,
+    /// At most this many refresh flows run at once, over all servers.
+    pub flow_limit: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            stagger: Duration::from_secs(1),
+            late_after: Duration::from_millis(100),
+            flow_limit: default_flow_limit(),
+        }
+    }
+}
+
+/// 16 refreshes per core, between 8 and 256: each holds a connection and a lock file.
+pub fn default_flow_limit() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 16).clamp(8, 256)
+}
+
+/// What the scheduler has done, for tests, status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SchedulerCounters {
+    /// Entries waiting now.
+    pub entries: usize,
+    pub armed: u64,
+    /// Armings that replaced a waiting entry of the same owner and kind.
+    pub replaced: u64,
+    pub cancelled: u64,
+    /// Due entries sent to their owner.
+    pub fired: u64,
+    /// Entries dropped because their owner had stopped.
+    pub dropped: u64,
+    /// Firings later than `late_after`, and the worst lateness seen.
+    pub late: u64,
+    pub worst_lateness_ms: u64,
+    /// Refresh flows running now, the most that ran at once, and the limit.
+    pub flows_running: usize,
+    pub flows_peak: usize,
+    pub flow_limit: usize,
+    /// Browser logins running now and at most (counted, not limited: a login waits for a
+    /// person for minutes, and must not hold back refreshes).
+    pub logins_running: usize,
+    pub logins_peak: usize,
+}
+
+struct Entry {
+    when: Instant,
+    arming: u64,
+    to: WeakRecipient<Due>,
+}
+
+type Key = (Owner, TimerKind);
+
+#[derive(Default)]
+struct Book {
+    /// `(when, arming)` sorted: the first is the next to fire; arming ids break ties in
+    /// arming order.
+    queue: BTreeSet<(Instant, u64, Key)>,
+    entries: HashMap<Key, Entry>,
+}
+
+impl Book {
+    fn remove(&mut self, key: &Key) -> bool {
+        match self.entries.remove(key) {
+            Some(e) => self.queue.remove(&(e.when, e.arming, *key)),
+            None => false,
+        }
+    }
+}
+
+struct Inner {
+    config: SchedulerConfig,
+    book: Mutex<Book>,
+    wake: Notify,
+    stopped: AtomicBool,
+    next_owner: AtomicU64,
+    next_arming: AtomicU64,
+    armed: AtomicU64,
+    replaced: AtomicU64,
+    cancelled: AtomicU64,
+    fired: AtomicU64,
+    dropped: AtomicU64,
+    late: AtomicU64,
+    worst_lateness_ms: AtomicU64,
+    refreshes: FlowLimit,
+    logins: Gauge,
+}
+
+/// The scheduler: cheap to clone, shared by every actor. [`Scheduler::run`] is its one task.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("counters", &self.counters())
+            .finish()
+    }
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler {
+            inner: Arc::new(Inner {
+                config,
+                book: Mutex::default(),
+                wake: Notify::new(),
+                stopped: AtomicBool::new(false),
+                next_owner: AtomicU64::new(1),
+                next_arming: AtomicU64::new(1),
+                armed: AtomicU64::new(0),
+                replaced: AtomicU64::new(0),
+                cancelled: AtomicU64::new(0),
+                fired: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                late: AtomicU64::new(0),
+                worst_lateness_ms: AtomicU64::new(0),
+                refreshes: FlowLimit::new(config.flow_limit),
+                logins: Gauge::default(),
+            }),
+        }
+    }
+
+    /// A new owner id (one per actor; a restarted actor keeps its id and forgets its entries).
+    pub fn new_owner(&self) -> Owner {
+        self.inner.next_owner.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.inner.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Arms `owner`'s `kind` deadline at `at`, replacing the waiting one. With `latest` later
+    /// than `at`, the entry may be moved later by the owner's stagger (at most the configured
+    /// `stagger`, never past `latest`); it never fires before `at` nor is placed in the past.
+    /// Returns the arming id (which the [`Due`] carries) and when it will fire.
+    pub fn arm(
+        &self,
+        owner: Owner,
+        kind: TimerKind,
+        at: Instant,
+        latest: Option<Instant>,
+        to: WeakRecipient<Due>,
+    ) -> (u64, Instant) {
+        let when = self.staggered(owner, at, latest).max(Instant::now());
+        let arming = self.inner.next_arming.fetch_add(1, Ordering::Relaxed);
+        let key = (owner, kind);
+        let earliest = {
+            let mut book = self.book();
+            if book.remove(&key) {
+                self.inner.replaced.fetch_add(1, Ordering::Relaxed);
+            }
+            let earliest = book.queue.first().is_none_or(|(first, ..)| when < *first);
+            book.queue.insert((when, arming, key));
+            book.entries.insert(key, Entry { when, arming, to });
+            earliest
+        };
+        self.inner.armed.fetch_add(1, Ordering::Relaxed);
+        if earliest {
+            // The task sleeps until the old earliest entry: wake it to sleep less.
+            self.inner.wake.notify_one();
+        }
+        (arming, when)
+    }
+
+    /// `at` moved later by this owner's fixed fraction of the allowed spread.
+    fn staggered(&self, owner: Owner, at: Instant, latest: Option<Instant>) -> Instant {
+        let Some(room) = latest.and_then(|l| l.checked_duration_since(at)) else {
+            return at;
+        };
+        let spread = room.min(self.inner.config.stagger);
+        let fraction = (splitmix(owner) >> 11) as f64 / (1u64 << 53) as f64;
+        at + spread.mul_f64(fraction)
+    }
+
+    /// Removes `owner`'s `kind` entry, if one waits.
+    pub fn cancel(&self, owner: Owner, kind: TimerKind) {
+        if self.book().remove(&(owner, kind)) {
+            self.inner.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes every entry of `owner` (it stopped or restarted).
+    pub fn forget(&self, owner: Owner) {
+        let mut book = self.book();
+        for kind in [
+            TimerKind::Machine,
+            TimerKind::SaveRetry,
+            TimerKind::StorePoll,
+        ] {
+            if book.remove(&(owner, kind)) {
+                self.inner.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The one task: fires due entries in deadline order, then sleeps until the next one or
+    /// until an earlier one is armed. Returns after [`Scheduler::stop`].
+    pub async fn run(self) {
+        while !self.inner.stopped.load(Ordering::Acquire) {
+            let next = self.fire_due(Instant::now());
+            let woken = self.inner.wake.notified();
+            match next {
+                Some(when) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(when) => {}
+                        _ = woken => {}
+                    }
+                }
+                None => woken.await,
+            }
+        }
+    }
+
+    /// Sends every entry due at `now` to its owner, earliest first; the next entry's time.
+    fn fire_due(&self, now: Instant) -> Option<Instant> {
+        let mut due = Vec::new();
+        let next = {
+            let mut book = self.book();
+            while let Some(&(when, arming, key)) = book.queue.first() {
+                if when > now {
+                    break;
+                }
+                book.queue.pop_first();
+                if let Some(entry) = book.entries.remove(&key) {
+                    due.push((
+                        when,
+                        key,
+                        Due {
+                            kind: key.1,
+                            arming,
+                        },
+                        entry.to,
+                    ));
+                }
+            }
+            book.queue.first().map(|(when, ..)| *when)
+        };
+        for (when, (owner, _), message, to) in due {
+            // A weak address: entries never keep an actor alive.
+            let Some(to) = to.upgrade().filter(|to| to.connected()) else {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                self.forget(owner);
+                continue;
+            };
+            let lateness = now.saturating_duration_since(when);
+            if lateness > self.inner.config.late_after {
+                self.inner.late.fetch_add(1, Ordering::Relaxed);
+            }
+            self.inner
+                .worst_lateness_ms
+                .fetch_max(lateness.as_millis() as u64, Ordering::Relaxed);
+            self.inner.fired.fetch_add(1, Ordering::Relaxed);
+            to.do_send(message);
+        }
+        next
+    }
+
+    /// Ends [`Scheduler::run`]; waiting entries never fire.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+    }
+
+    /// Waits for a refresh slot under the global flow limit.
+    pub async fn refresh_slot(&self) -> FlowPermit<'_> {
+        self.inner.refreshes.acquire().await
+    }
+
+    /// Counts a running login until the guard is dropped.
+    pub fn login_running(&self) -> LoginCount {
+        self.inner.logins.up();
+        LoginCount(self.inner.clone())
+    }
+
+    pub fn counters(&self) -> SchedulerCounters {
+        let i = &self.inner;
+        let (flows_running, flows_peak) = i.refreshes.counts();
+        SchedulerCounters {
+            entries: self.book().entries.len(),
+            armed: i.armed.load(Ordering::Relaxed),
+            replaced: i.replaced.load(Ordering::Relaxed),
+            cancelled: i.cancelled.load(Ordering::Relaxed),
+            fired: i.fired.load(Ordering::Relaxed),
+            dropped: i.dropped.load(Ordering::Relaxed),
+            late: i.late.load(Ordering::Relaxed),
+            worst_lateness_ms: i.worst_lateness_ms.load(Ordering::Relaxed),
+            flows_running,
+            flows_peak,
+            flow_limit: i.config.flow_limit.max(1),
+            logins_running: i.logins.now.load(Ordering::SeqCst),
+            logins_peak: i.logins.peak.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// A fixed, well-spread 64-bit value per owner (SplitMix64), for the stagger.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Converts a unix-ms deadline (the state machine's clock) to the scheduler's clock.
+pub fn instant_at(at_ms: i64, now_ms: i64) -> Instant {
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms).max(0) as u64)
+}
+
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Gauge {
+    fn up(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+}
+
+/// Held while a login runs.
+pub struct LoginCount(Arc<Inner>);
+
+impl Drop for LoginCount {
+    fn drop(&mut self) {
+        self.0.logins.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A global limit on concurrent refresh flows, with the counts tests and status read.
+pub struct FlowLimit {
+    permits: tokio::sync::Semaphore,
+    gauge: Gauge,
+}
+
+/// Held while a refresh runs.
+pub struct FlowPermit<'a> {
+    limit: &'a FlowLimit,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for FlowPermit<'_> {
+    fn drop(&mut self) {
+        self.limit.gauge.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl FlowLimit {
+    pub fn new(max: usize) -> Self {
+        FlowLimit {
+            permits: tokio::sync::Semaphore::new(max.max(1)),
+            gauge: Gauge::default(),
+        }
+    }
+
+    /// Waits for a free slot.
+    pub async fn acquire(&self) -> FlowPermit<'_> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        self.gauge.up();
+        FlowPermit {
+            limit: self,
+            _permit: permit,
+        }
+    }
+
+    /// Flows running now, and the most that ever ran at once.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.gauge.now.load(Ordering::SeqCst),
+            self.gauge.peak.load(Ordering::SeqCst),
+        )
+    }
+}
