@@ -862,7 +862,13 @@ fn retention_keeps_the_newest_n_and_the_flows_in_flight() {
     drop(store);
     let now = now_ms();
     let mut rows: Vec<(String, &str, i64)> = (0..100)
-        .map(|i| (format!("old-{i:03}"), "succeeded", now - 200_000 + i * 1_000))
+        .map(|i| {
+            (
+                format!("old-{i:03}"),
+                "succeeded",
+                now - 200_000 + i * 1_000,
+            )
+        })
         .collect();
     rows.push(("running-old".into(), "running", now - 300_000));
     insert_flows(&path, &rows);
