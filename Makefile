@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test test-rust test-interop test-conformance test-e2e lint demo demo-server bench clean
+.PHONY: all build test test-rust test-interop test-conformance test-e2e lint demo demo-server bench bench-criterion clean
 
 all: build
 
@@ -49,8 +49,15 @@ lint:
 demo:
 	examples/demo.sh
 
-## Benchmarks (criterion): the access_token() hot path against a bare RwLock read.
+## Benchmarks: five tables (hot path beside rmcp, stampedes, scale, cold start, durable
+## writes) printed and written to BENCHMARKS.md, in release. Bounded: 2 hours at most (the
+## issue's sizes); `make bench BENCH_ARGS=--quick` runs small sizes in a few minutes.
+BENCH_ARGS ?=
 bench:
+	timeout 7200 $(CARGO) bench --locked --bench system -- $(BENCH_ARGS)
+
+## The criterion micro-benchmarks (hot path against a bare RwLock, token saves).
+bench-criterion:
 	$(CARGO) bench --locked --bench access_token
 	$(CARGO) bench --locked --bench token_save
 

@@ -649,3 +649,284 @@ async fn logs_flows_shows_absurd_stored_times_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("f-far"));
 }
+
+// ---- Transactions, group commit and flow retention, on real SQLite files ----
+
+use mcpproxy_oauth::store::db::{FlowRetention, RECENT_FLOWS_SQL, now_ms};
+use mcpproxy_oauth::store::{StoreError, StoredToken, TokenRegistry, TokenStore};
+
+fn stored(key: &str, access: &str) -> StoredToken {
+    StoredToken {
+        server_key: key.into(),
+        server_name: key.into(),
+        server_url: "http://127.0.0.1:1/mcp".into(),
+        resource: None,
+        issuer: None,
+        access_token: access.into(),
+        refresh_token: Some(format!("rt-{access}")),
+        token_type: "Bearer".into(),
+        scope: None,
+        expires_at: Some(now_ms() + 3_600_000),
+        obtained_at: now_ms(),
+        flow_id: None,
+    }
+}
+
+/// 400 writers at once: every one is answered with its own result after a commit, fewer
+/// commits than writes ran (they shared fsyncs), a failing job is rolled back alone, and a
+/// fresh open of the file sees every acknowledged token.
+#[actix::test]
+async fn group_commit_answers_every_caller_and_a_reopen_sees_every_acknowledged_token() {
+    const WRITERS: usize = 400;
+    let dir = temp_dir("group-commit");
+    let path = dir.join("tokens.db");
+    let (registry, _) = TokenRegistry::start(&path).unwrap();
+    let writes = (0..WRITERS).map(|i| {
+        let registry = registry.clone();
+        async move {
+            let token = stored(&format!("srv-{i:03}"), &format!("at-{i}"));
+            registry
+                .write(move |s| {
+                    s.save_token(&token)?;
+                    // Every 50th job fails after writing: its write must not survive.
+                    if i % 50 == 7 {
+                        return Err(StoreError::NotCommitted(format!("job {i} refused")));
+                    }
+                    Ok(i)
+                })
+                .await
+        }
+    });
+    let answers = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(writes),
+    )
+    .await
+    .expect("every writer is answered within 60 s");
+    let mut acknowledged = Vec::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok(n) => {
+                assert_eq!(n, i, "each caller gets its own job's result");
+                acknowledged.push(i);
+            }
+            Err(e) => {
+                assert_eq!(i % 50, 7, "only the failing jobs fail: {i}: {e}");
+                assert!(e.to_string().contains(&format!("job {i} refused")), "{e}");
+            }
+        }
+    }
+    assert_eq!(acknowledged.len(), WRITERS - WRITERS / 50);
+    let (groups, carried) = registry.group_commits();
+    assert_eq!(carried, WRITERS as u64, "every write went through a group");
+    assert!(
+        groups < WRITERS as u64,
+        "concurrent writes share commits: {groups} groups for {WRITERS} writes"
+    );
+    eprintln!("{WRITERS} writes in {groups} group commits");
+    // A read queued behind the writes sees them (one connection, arrival order).
+    let count = registry
+        .call(|s| Ok(s.token_status()?.len()))
+        .await
+        .unwrap();
+    assert_eq!(count, acknowledged.len());
+    drop(registry);
+
+    let reopened = TokenStore::open(&path).unwrap();
+    for i in 0..WRITERS {
+        let token = reopened.load_token(&format!("srv-{i:03}")).unwrap();
+        if acknowledged.contains(&i) {
+            let token = token.unwrap_or_else(|| panic!("acknowledged token {i} lost"));
+            assert_eq!(token.access_token, format!("at-{i}"));
+        } else {
+            assert!(token.is_none(), "the failed job {i} was rolled back");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A flow's start and its re-read are one job; its token save and its end are one
+/// transaction: after `save_and_finish` both are there, and a failed one leaves neither.
+#[actix::test]
+async fn begin_and_read_is_one_job_and_save_and_finish_one_transaction() {
+    let dir = temp_dir("save-and-finish");
+    let path = dir.join("tokens.db");
+    let (registry, _) = TokenRegistry::start(&path).unwrap();
+    registry
+        .write(|s| s.save_token(&stored("a", "at-old")))
+        .await
+        .unwrap();
+    let start = registry
+        .call(|s| s.begin_flow_and_read("f1", "a", "a", "refresh", "test", 60_000))
+        .await
+        .unwrap();
+    assert!(start.not_recorded.is_none());
+    assert_eq!(start.token.unwrap().access_token, "at-old");
+    assert!(!start.token_by_login);
+    let flow_state = |registry: &TokenRegistry, id: &'static str| {
+        let registry = registry.clone();
+        async move {
+            registry
+                .call(move |s| Ok(s.flows(None, Some(id), 1)?.pop().map(|f| f.state)))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        flow_state(&registry, "f1").await.as_deref(),
+        Some("running")
+    );
+    let new = StoredToken {
+        flow_id: Some("f1".into()),
+        ..stored("a", "at-new")
+    };
+    registry
+        .write(move |s| s.save_and_finish(&new, None, "f1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        flow_state(&registry, "f1").await.as_deref(),
+        Some("succeeded")
+    );
+
+    // A second flow whose save fails after its writes (inside the same group job): neither
+    // the token nor the flow's end is stored.
+    registry
+        .call(|s| s.begin_flow_and_read("f2", "a", "a", "refresh", "test", 60_000))
+        .await
+        .unwrap();
+    let newer = StoredToken {
+        flow_id: Some("f2".into()),
+        ..stored("a", "at-newer")
+    };
+    let failed = registry
+        .write(move |s| {
+            s.save_and_finish(&newer, None, "f2")?;
+            Err::<(), _>(StoreError::NotCommitted("refused after the writes".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(
+        flow_state(&registry, "f2").await.as_deref(),
+        Some("running")
+    );
+    drop(registry);
+    let reopened = TokenStore::open(&path).unwrap();
+    assert_eq!(
+        reopened.load_token("a").unwrap().unwrap().access_token,
+        "at-new"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rows of flow history written straight into the file: (flow_id, state, started_at).
+fn insert_flows(path: &Path, rows: &[(String, &str, i64)]) {
+    let mut conn = rusqlite::Connection::open(path).unwrap();
+    let tx = conn.transaction().unwrap();
+    for (id, state, started_at) in rows {
+        tx.execute(
+            "INSERT INTO oauth_flows (flow_id, server_key, server_name, kind, state, owner, started_at, finished_at) VALUES (?1, 'k', 'srv', 'refresh', ?2, 'test', ?3, ?3)",
+            rusqlite::params![id, state, started_at],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+fn flow_ids(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut statement = conn
+        .prepare("SELECT flow_id FROM oauth_flows ORDER BY flow_id")
+        .unwrap();
+    statement
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Retention at open keeps the newest N, every running flow (however old) and the flow that
+/// wrote a stored token; a step deletes at most `batch` rows; flows past the age go even
+/// when among the newest N.
+#[test]
+fn retention_keeps_the_newest_n_and_the_flows_in_flight() {
+    let dir = temp_dir("retention");
+    let path = dir.join("tokens.db");
+    let mut store = TokenStore::open(&path).unwrap();
+    store
+        .save_token(&StoredToken {
+            flow_id: Some("old-003".into()),
+            ..stored("k", "at")
+        })
+        .unwrap();
+    drop(store);
+    let now = now_ms();
+    let mut rows: Vec<(String, &str, i64)> = (0..100)
+        .map(|i| {
+            (
+                format!("old-{i:03}"),
+                "succeeded",
+                now - 200_000 + i * 1_000,
+            )
+        })
+        .collect();
+    rows.push(("running-old".into(), "running", now - 300_000));
+    insert_flows(&path, &rows);
+
+    let mut store = TokenStore::open(&path).unwrap();
+    store.set_retention(FlowRetention {
+        max_age: Duration::from_secs(3600),
+        max_count: 10,
+        batch: 40,
+        every_flows: 1_000,
+    });
+    assert_eq!(store.prune_flows().unwrap(), 40, "one step is bounded");
+    let deleted = store.prune_flows_at_open(20).unwrap();
+    assert_eq!(
+        deleted,
+        100 + 1 - 40 - 10 - 1 - 1,
+        "the rest, in bounded steps"
+    );
+    let mut expected: Vec<String> = (90..100).map(|i| format!("old-{i:03}")).collect();
+    expected.push("old-003".into());
+    expected.push("running-old".into());
+    expected.sort();
+    assert_eq!(flow_ids(&path), expected);
+
+    // By age: of the 10 newest, all but the four newest are older than the age (with half a
+    // second between the limit and the rows either side of it).
+    let started_96 = now - 200_000 + 96 * 1_000;
+    store.set_retention(FlowRetention {
+        max_age: Duration::from_millis((now_ms() - started_96 + 500) as u64),
+        max_count: 10,
+        batch: 40,
+        every_flows: 1_000,
+    });
+    store.prune_flows().unwrap();
+    let mut expected: Vec<String> = (96..100).map(|i| format!("old-{i:03}")).collect();
+    expected.push("old-003".into());
+    expected.push("running-old".into());
+    expected.sort();
+    assert_eq!(flow_ids(&path), expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `recent_flows` reads the index on started_at: no sort of the table.
+#[test]
+fn recent_flows_is_served_by_an_index() {
+    let dir = temp_dir("flows-index");
+    let path = dir.join("tokens.db");
+    drop(TokenStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {RECENT_FLOWS_SQL}"))
+        .unwrap()
+        .query_map([20], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let plan = plan.join("; ");
+    assert!(plan.contains("USING INDEX oauth_flows_by_start"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -181,6 +181,9 @@ impl Metrics {
         families.extend(prometheus::core::Collector::collect(
             &*crate::store::registry::STORE_CALL_SECONDS,
         ));
+        families.extend(prometheus::core::Collector::collect(
+            &*crate::store::registry::GROUP_SIZE,
+        ));
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&families, &mut out)

@@ -33,7 +33,74 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0003_abandoned_flows.sql"),
     ),
     ("0004_meta", include_str!("../../migrations/0004_meta.sql")),
+    (
+        "0005_flow_history_index",
+        include_str!("../../migrations/0005_flow_history_index.sql"),
+    ),
 ];
+
+/// The newest flows first: served by the index `oauth_flows_by_start` (no sort).
+pub const RECENT_FLOWS_SQL: &str = "SELECT flow_id, server_name, kind, state, owner, started_at, finished_at, error FROM oauth_flows ORDER BY started_at DESC LIMIT ?1";
+
+/// How much flow history `oauth_flows` keeps. Running flows and the flow that wrote a stored
+/// token are always kept; any other flow goes when it is older than `max_age` or not among the
+/// newest `max_count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowRetention {
+    pub max_age: std::time::Duration,
+    pub max_count: u32,
+    /// Rows deleted per pruning step at most, so one step never holds the registry long.
+    pub batch: u32,
+    /// A pruning step runs after this many recorded flows (and at open).
+    pub every_flows: u32,
+}
+
+impl Default for FlowRetention {
+    /// 30 days, 10,000 flows; 500 rows a step, a step every 256 flows.
+    fn default() -> Self {
+        FlowRetention {
+            max_age: std::time::Duration::from_secs(30 * 24 * 3600),
+            max_count: 10_000,
+            batch: 500,
+            every_flows: 256,
+        }
+    }
+}
+
+/// What a flow reads when it starts, in the same registry job that records it.
+#[derive(Debug, Default)]
+pub struct FlowStart {
+    /// The flow row could not be written (only history is at stake: the flow goes on).
+    pub not_recorded: Option<String>,
+    pub token: Option<StoredToken>,
+    pub client: Option<StoredClient>,
+    /// The stored token was written by a login flow.
+    pub token_by_login: bool,
+}
+
+/// One write of a group commit (see `TokenStore::group_commit`): `run` performs it and keeps
+/// its result for the caller; it returns whether the job succeeded (a failed job's writes
+/// are rolled back to its savepoint).
+pub trait GroupJob: Send {
+    fn run(&mut self, store: &mut TokenStore) -> bool;
+}
+
+/// Runs `f` as one write: in its own `BEGIN IMMEDIATE` transaction, or, inside a group
+/// commit (`batched`), in the group's transaction (the group commits, and each job has its
+/// own savepoint there).
+fn write_tx<R>(
+    conn: &mut Connection,
+    batched: bool,
+    f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    if batched {
+        return f(conn);
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let result = f(&tx)?;
+    tx.commit()?;
+    Ok(result)
+}
 
 /// The secret columns, sealed when the store is encrypted: (table, column).
 pub const SECRET_COLUMNS: &[(&str, &str)] = &[
@@ -69,6 +136,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the token registry has stopped")]
     Closed,
+    #[error("the token database did not commit the write ({0}); nothing of it was stored")]
+    NotCommitted(String),
     #[error("another process holds the flow lock of {server_key} (waited {waited_ms} ms)")]
     LockTimeout { server_key: String, waited_ms: u64 },
     #[error(
@@ -268,6 +337,11 @@ pub struct TokenStore {
     encrypted: bool,
     /// Where a corrupt database was moved at open, if it was.
     pub moved_aside: Option<PathBuf>,
+    /// Inside a group commit: writes join the group's transaction.
+    batched: bool,
+    retention: FlowRetention,
+    /// Flows recorded since the last pruning step.
+    flows_since_prune: u32,
 }
 
 impl TokenStore {
@@ -411,6 +485,9 @@ impl TokenStore {
             key: None,
             encrypted: false,
             moved_aside: None,
+            batched: false,
+            retention: FlowRetention::default(),
+            flows_since_prune: 0,
         })
     }
 
@@ -731,11 +808,9 @@ impl TokenStore {
     pub fn save_token(&mut self, t: &StoredToken) -> Result<(), StoreError> {
         let access = self.hide("access_token", &t.server_key, Some(&t.access_token));
         let refresh = self.hide("refresh_token", &t.server_key, t.refresh_token.as_deref());
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        still_our_key(&tx, &self.key, &self.path)?;
-        tx.execute(
+        write_tx(&mut self.conn, self.batched, |tx| {
+            still_our_key(tx, &self.key, &self.path)?;
+            tx.execute(
             "INSERT INTO oauth_tokens (server_key, server_name, server_url, resource, issuer, access_token, refresh_token, token_type, scope, expires_at, obtained_at, updated_at, flow_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT(server_key) DO UPDATE SET server_name = excluded.server_name, server_url = excluded.server_url,
@@ -746,8 +821,8 @@ impl TokenStore {
             params![t.server_key, t.server_name, t.server_url, t.resource, t.issuer,
                     access, refresh, t.token_type, t.scope, t.expires_at, t.obtained_at, now_ms(), t.flow_id],
         )?;
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Forgets only the refresh token (it was refused for good); the access token stays.
@@ -808,11 +883,9 @@ impl TokenStore {
     pub fn save_client(&mut self, c: &StoredClient) -> Result<(), StoreError> {
         let now = now_ms();
         let secret = self.hide("client_secret", &c.server_key, c.client_secret.as_deref());
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        still_our_key(&tx, &self.key, &self.path)?;
-        tx.execute(
+        write_tx(&mut self.conn, self.batched, |tx| {
+            still_our_key(tx, &self.key, &self.path)?;
+            tx.execute(
             "INSERT INTO oauth_clients (server_key, issuer, client_id, client_secret, token_endpoint_auth_method, source, redirect_uri,
                authorization_endpoint, token_endpoint, revocation_endpoint, resource, iss_parameter_supported, registration_json, registered_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
@@ -827,8 +900,8 @@ impl TokenStore {
                     c.authorization_endpoint, c.token_endpoint, c.revocation_endpoint, c.resource, c.iss_parameter_supported,
                     c.registration_json.as_deref().map(without_management_token), now],
         )?;
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Runs `job` with a short busy timeout: flow history must not stall the registry (and
@@ -860,6 +933,7 @@ impl TokenStore {
             "INSERT INTO oauth_flows (flow_id, server_key, server_name, kind, state, owner, lease_expires_at, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)",
             params![flow_id, server_key, server_name, kind, owner, now + lease_ms, now],
         )?;
+        self.count_flow();
         Ok(())
     }
 
@@ -914,6 +988,175 @@ impl TokenStore {
         Ok(closed)
     }
 
+    /// Records a flow as running and reads what it starts from (the stored token, its client,
+    /// whether a login wrote the token), in one registry job: one round trip instead of two.
+    /// The flow row is written with a short busy timeout (history must not stall the
+    /// registry); its failure is reported in `not_recorded`, and the reads still happen.
+    pub fn begin_flow_and_read(
+        &mut self,
+        flow_id: &str,
+        server_key: &str,
+        server_name: &str,
+        kind: &str,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<FlowStart, StoreError> {
+        let not_recorded = self
+            .with_short_busy_timeout(|s| {
+                s.begin_flow(flow_id, server_key, server_name, kind, owner, lease_ms)
+            })
+            .err()
+            .map(|e| e.to_string());
+        let token = self.load_token(server_key)?;
+        let token_by_login = match token.as_ref().and_then(|t| t.flow_id.as_deref()) {
+            Some(flow) => self.flow_kind(flow)?.as_deref() == Some("login"),
+            None => false,
+        };
+        Ok(FlowStart {
+            not_recorded,
+            token,
+            client: self.load_client(server_key)?,
+            token_by_login,
+        })
+    }
+
+    /// Saves a flow's result (the client, if given, and the token) and marks the flow
+    /// succeeded, in one transaction: one commit (and one fsync) where there were two.
+    pub fn save_and_finish(
+        &mut self,
+        token: &StoredToken,
+        client: Option<&StoredClient>,
+        flow_id: &str,
+    ) -> Result<(), StoreError> {
+        self.in_one_write(|s| {
+            if let Some(client) = client {
+                s.save_client(client)?;
+            }
+            s.save_token(token)?;
+            s.finish_flow(flow_id, None)
+        })
+    }
+
+    /// Runs `f` so that every write it makes commits together (or, inside a group, joins the
+    /// group's transaction).
+    fn in_one_write<R>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        if self.batched {
+            return f(self);
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.batched = true;
+        let result = f(self);
+        self.batched = false;
+        match result {
+            Ok(r) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(r),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Group commit: opens one write transaction, runs `jobs` each in its own savepoint (a
+    /// failing job's writes are undone, the others stay), and commits once: one fsync for
+    /// all. Each job keeps its own result; the `Err` here is the group's (the transaction did
+    /// not begin, or did not commit): then nothing of any job was stored. Only writes belong
+    /// in a group (a job must not open a transaction of its own).
+    pub fn group_commit<'a>(
+        &mut self,
+        jobs: impl Iterator<Item = &'a mut dyn GroupJob>,
+    ) -> Result<(), StoreError> {
+        let jobs: Vec<_> = jobs.collect();
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.batched = true;
+        for job in jobs {
+            if let Err(e) = self.conn.execute_batch("SAVEPOINT group_job") {
+                self.batched = false;
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+            let ok = job.run(self);
+            let end = if ok {
+                "RELEASE group_job"
+            } else {
+                "ROLLBACK TO group_job; RELEASE group_job"
+            };
+            if let Err(e) = self.conn.execute_batch(end) {
+                self.batched = false;
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        self.batched = false;
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The flow history kept from now on; a pruning step runs at once.
+    pub fn set_retention(&mut self, retention: FlowRetention) {
+        self.retention = retention;
+    }
+
+    /// One bounded pruning step of `oauth_flows` (at most `retention.batch` rows, the oldest
+    /// first): flows past `max_age` or beyond the newest `max_count` go; running flows and
+    /// the flow that wrote a stored token stay. Returns the rows deleted.
+    pub fn prune_flows(&mut self) -> Result<usize, StoreError> {
+        self.flows_since_prune = 0;
+        let r = self.retention;
+        let oldest_kept =
+            now_ms().saturating_sub(r.max_age.as_millis().min(i64::MAX as u128) as i64);
+        let deleted = self.conn.execute(
+            "DELETE FROM oauth_flows WHERE rowid IN (
+               SELECT rowid FROM oauth_flows
+               WHERE state != 'running'
+                 AND (started_at < ?1
+                      OR started_at < (SELECT started_at FROM oauth_flows ORDER BY started_at DESC LIMIT 1 OFFSET ?2))
+                 AND flow_id NOT IN (SELECT flow_id FROM oauth_tokens WHERE flow_id IS NOT NULL)
+               ORDER BY started_at LIMIT ?3)",
+            params![oldest_kept, i64::from(r.max_count.max(1)) - 1, r.batch],
+        )?;
+        Ok(deleted)
+    }
+
+    /// `prune_flows` until nothing is left to delete, at most `steps` steps (at open: a
+    /// history left long by an older build is trimmed, in bounded time).
+    pub fn prune_flows_at_open(&mut self, steps: u32) -> Result<usize, StoreError> {
+        let mut total = 0;
+        for _ in 0..steps {
+            let deleted = self.prune_flows()?;
+            total += deleted;
+            if deleted < self.retention.batch as usize {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Counts a recorded flow; every `every_flows` flows, one pruning step (a failure is a
+    /// warning: only history is at stake, and the next step tries again).
+    fn count_flow(&mut self) {
+        self.flows_since_prune += 1;
+        if self.batched || self.flows_since_prune < self.retention.every_flows {
+            return;
+        }
+        match self.with_short_busy_timeout(|s| s.prune_flows()) {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "old flow history pruned"),
+            Err(e) => tracing::warn!(error = %e, "old flow history could not be pruned now"),
+        }
+    }
+
     pub fn token_status(&self) -> Result<Vec<TokenStatusRow>, StoreError> {
         let mut statement = self.conn.prepare(
             "SELECT server_key, server_name, server_url, status, expires_at, has_refresh_token, scope, updated_at FROM oauth_token_status ORDER BY server_name",
@@ -934,7 +1177,9 @@ impl TokenStore {
     }
 
     pub fn recent_flows(&self, limit: u32) -> Result<Vec<FlowRow>, StoreError> {
-        self.flows(None, None, limit)
+        let mut statement = self.conn.prepare_cached(RECENT_FLOWS_SQL)?;
+        let rows = statement.query_map([limit], flow_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The newest flows first, of one server and/or one flow ID when given.
@@ -947,20 +1192,22 @@ impl TokenStore {
         let mut statement = self.conn.prepare(
             "SELECT flow_id, server_name, kind, state, owner, started_at, finished_at, error FROM oauth_flows WHERE (?1 IS NULL OR server_name = ?1) AND (?2 IS NULL OR flow_id = ?2) ORDER BY started_at DESC LIMIT ?3",
         )?;
-        let rows = statement.query_map(params![server_name, flow_id, limit], |r| {
-            Ok(FlowRow {
-                flow_id: r.get(0)?,
-                server_name: r.get(1)?,
-                kind: r.get(2)?,
-                state: r.get(3)?,
-                owner: r.get(4)?,
-                started_at: r.get(5)?,
-                finished_at: r.get(6)?,
-                error: r.get(7)?,
-            })
-        })?;
+        let rows = statement.query_map(params![server_name, flow_id, limit], flow_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRow> {
+    Ok(FlowRow {
+        flow_id: r.get(0)?,
+        server_name: r.get(1)?,
+        kind: r.get(2)?,
+        state: r.get(3)?,
+        owner: r.get(4)?,
+        started_at: r.get(5)?,
+        finished_at: r.get(6)?,
+        error: r.get(7)?,
+    })
 }
 
 #[cfg(test)]

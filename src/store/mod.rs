@@ -11,6 +11,6 @@ pub mod registry;
 #[cfg(test)]
 mod sealing_tests;
 
-pub use db::{StoreError, StoredClient, StoredToken, TokenStatusRow, TokenStore};
+pub use db::{FlowRetention, StoreError, StoredClient, StoredToken, TokenStatusRow, TokenStore};
 pub use keys::{KeySpec, Sealing};
 pub use registry::TokenRegistry;

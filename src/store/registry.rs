@@ -1,14 +1,22 @@
 //! The `TokenRegistry` actor: the only owner of the SQLite connection. It runs on its own
 //! `SyncArbiter` thread, so blocking database work never runs on the async threads, and
 //! requests are served one at a time in arrival order (a write is durable before its reply).
+//!
+//! Group commit: writes sent with `TokenRegistry::write` wait in a queue; the registry takes
+//! every write waiting when it gets to them and commits them in one transaction, so one fsync
+//! (`synchronous=FULL`) serves them all. Each caller is answered after that commit, with its
+//! own job's result; a job that fails is rolled back alone (its savepoint), and a commit
+//! that fails is answered to every caller of the group. While one group commits, the next
+//! one gathers: the more writers wait, the more each fsync carries.
 
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::db::{StoreError, TokenStore};
+use super::db::{FlowRetention, GroupJob, StoreError, TokenStore};
 use super::keys::Sealing;
 
 /// Time of every store job (reads and writes alike: a job is a closure), queueing included,
@@ -26,6 +34,86 @@ pub static STORE_CALL_SECONDS: LazyLock<prometheus::Histogram> = LazyLock::new(|
 
 pub struct RegistryActor {
     store: TokenStore,
+    queue: Arc<WriteQueue>,
+}
+
+/// Writes waiting for the next group commit, and counts of what was committed.
+#[derive(Default)]
+struct WriteQueue {
+    waiting: Mutex<Vec<Box<dyn Pending>>>,
+    groups: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// A queued write: the job, its result once run, and the caller waiting for it.
+trait Pending: GroupJob {
+    /// Answers the caller: its own result if the group committed, else the group's failure.
+    fn answer(self: Box<Self>, group: Result<(), &StoreError>);
+    fn as_job(&mut self) -> &mut dyn GroupJob;
+}
+
+struct QueuedWrite<R> {
+    job: Option<Job<R>>,
+    result: Option<Result<R, StoreError>>,
+    reply: tokio::sync::oneshot::Sender<Result<R, StoreError>>,
+}
+
+impl<R: Send> GroupJob for QueuedWrite<R> {
+    fn run(&mut self, store: &mut TokenStore) -> bool {
+        let Some(job) = self.job.take() else {
+            return false;
+        };
+        let result = job(store);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+}
+
+impl<R: Send> Pending for QueuedWrite<R> {
+    fn answer(self: Box<Self>, group: Result<(), &StoreError>) {
+        let answer = match (group, self.result) {
+            // The job's own failure concerns its caller alone, whatever the group did.
+            (_, Some(Err(e))) => Err(e),
+            (Ok(()), Some(Ok(r))) => Ok(r),
+            (Err(e), _) => Err(StoreError::NotCommitted(e.to_string())),
+            (Ok(()), None) => Err(StoreError::NotCommitted("the write did not run".into())),
+        };
+        // A caller that stopped waiting has nobody to answer.
+        let _ = self.reply.send(answer);
+    }
+    fn as_job(&mut self) -> &mut dyn GroupJob {
+        self
+    }
+}
+
+/// Commits every queued write in one transaction.
+pub struct Flush;
+
+impl Message for Flush {
+    type Result = ();
+}
+
+impl Handler<Flush> for RegistryActor {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _: &mut SyncContext<Self>) {
+        let mut group =
+            std::mem::take(&mut *self.queue.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+        if group.is_empty() {
+            return; // an earlier flush took them
+        }
+        GROUP_SIZE.observe(group.len() as f64);
+        self.queue.groups.fetch_add(1, Ordering::Relaxed);
+        self.queue
+            .writes
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        let committed = self
+            .store
+            .group_commit(group.iter_mut().map(|w| w.as_job()));
+        for write in group {
+            write.answer(committed.as_ref().map(|_| ()));
+        }
+    }
 }
 
 impl Actor for RegistryActor {
@@ -54,6 +142,7 @@ impl<R: 'static> Handler<Exec<R>> for RegistryActor {
 pub struct TokenRegistry {
     addr: Addr<RegistryActor>,
     path: PathBuf,
+    queue: Arc<WriteQueue>,
 }
 
 impl TokenRegistry {
@@ -68,7 +157,18 @@ impl TokenRegistry {
         path: &Path,
         sealing: &Sealing,
     ) -> Result<(Self, Option<PathBuf>), StoreError> {
+        Self::start_with_retention(path, sealing, FlowRetention::default())
+    }
+
+    /// `start_with`, keeping the flow history `retention` says (pruned at open, at most
+    /// `PRUNE_STEPS_AT_OPEN` steps, then one step every `retention.every_flows` flows).
+    pub fn start_with_retention(
+        path: &Path,
+        sealing: &Sealing,
+        retention: FlowRetention,
+    ) -> Result<(Self, Option<PathBuf>), StoreError> {
         let mut store = TokenStore::open_with(path, sealing)?;
+        store.set_retention(retention);
         let moved_aside = store.moved_aside.clone();
         // Flows left `running` by a process that died are closed before any flow starts.
         // Only history is at stake: a failure (another process holds the write lock) is a
@@ -84,18 +184,28 @@ impl TokenRegistry {
                 "flows left running by ended processes could not be closed now; the next start tries again"
             ),
         }
+        // Only history is at stake here too: a failure is a warning.
+        match store.prune_flows_at_open(PRUNE_STEPS_AT_OPEN) {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "old flow history pruned"),
+            Err(e) => tracing::warn!(error = %e, "old flow history could not be pruned now"),
+        }
         let once = Mutex::new(Some(store));
+        let queue = Arc::new(WriteQueue::default());
+        let actor_queue = queue.clone();
         let addr = SyncArbiter::start(1, move || {
             let store = once.lock().unwrap_or_else(|p| p.into_inner()).take();
             // One thread is started, and an actor is never rebuilt without a restart request.
             RegistryActor {
                 store: store.expect("the registry runs on exactly one thread"),
+                queue: actor_queue.clone(),
             }
         });
         Ok((
             TokenRegistry {
                 addr,
                 path: path.to_path_buf(),
+                queue,
             },
             moved_aside,
         ))
@@ -119,4 +229,55 @@ impl TokenRegistry {
         STORE_CALL_SECONDS.observe(started.elapsed().as_secs_f64());
         result
     }
+
+    /// Group commits run by this registry, and the writes they carried: (groups, writes).
+    pub fn group_commits(&self) -> (u64, u64) {
+        (
+            self.queue.groups.load(Ordering::Relaxed),
+            self.queue.writes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs the write `job` in the next group commit and returns its result once the group's
+    /// transaction is durable. Only for writes: a job must not open a transaction itself.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut TokenStore) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let started = Instant::now();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(QueuedWrite {
+                job: Some(Box::new(job)),
+                result: None,
+                reply,
+            }));
+        // Handled after every message sent before it: by then this write was committed by
+        // this flush or an earlier one, and answered.
+        self.addr
+            .send(Flush)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let result = answer.await.map_err(|_| StoreError::Closed)?;
+        STORE_CALL_SECONDS.observe(started.elapsed().as_secs_f64());
+        result
+    }
 }
+
+/// Pruning steps at most at open (each at most `FlowRetention::batch` rows).
+pub const PRUNE_STEPS_AT_OPEN: u32 = 20;
+
+/// How many writes each group commit carried, for `/metrics`.
+pub static GROUP_SIZE: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    prometheus::Histogram::with_opts(
+        prometheus::HistogramOpts::new(
+            "mcpproxy_oauth_store_group_commit_writes",
+            "Writes committed together in one transaction (one fsync) by the token registry.",
+        )
+        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+    )
+    .expect("a valid histogram")
+});

@@ -28,7 +28,7 @@ use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
 use crate::scheduler::Scheduler;
-use crate::store::db::now_ms;
+use crate::store::db::{FlowStart, now_ms};
 use crate::store::{StoreError, StoredClient, StoredToken, TokenRegistry, lock};
 use crate::telemetry::flow_logger::{FlowEvent, FlowLogger};
 
@@ -256,23 +256,31 @@ enum SaveError {
     Store(String),
 }
 
-/// Saves `token` (and `client`, if given) in one registry job, unless the flow is fenced off.
+/// Saves `token` (and `client`, if given) in one transaction, unless the flow is fenced off;
+/// with `finish`, the flow is marked succeeded in the same transaction. Concurrent saves
+/// share one commit (the registry's group commit); the answer comes once it is durable.
 async fn save_fenced(
     rt: &Runtime,
     fence: &Fence,
     token: &StoredToken,
     client: Option<StoredClient>,
+    finish: Option<&str>,
 ) -> Result<(), SaveError> {
-    let (token, fence) = (token.clone(), fence.clone());
+    let (token, fence, finish) = (token.clone(), fence.clone(), finish.map(String::from));
     rt.registry
-        .call(move |s| {
+        .write(move |s| {
             if !fence.is_current() {
                 return Ok(false);
             }
-            if let Some(client) = &client {
-                s.save_client(client)?;
+            match &finish {
+                Some(flow) => s.save_and_finish(&token, client.as_ref(), flow)?,
+                None => {
+                    if let Some(client) = &client {
+                        s.save_client(client)?;
+                    }
+                    s.save_token(&token)?;
+                }
             }
-            s.save_token(&token)?;
             Ok(true)
         })
         .await
@@ -286,13 +294,14 @@ async fn save_fenced(
         })
 }
 
-async fn begin(
+/// Records the flow and reads what it starts from (token, client), in one registry job.
+async fn begin_and_read(
     rt: &Runtime,
     config: &UpstreamConfig,
     flow_id: &str,
     kind: &'static str,
     lease: Duration,
-) {
+) -> Result<FlowStart, StoreError> {
     let (flow, key, name, owner) = (
         flow_id.to_string(),
         config.server_key.clone(),
@@ -300,15 +309,14 @@ async fn begin(
         rt.owner.clone(),
     );
     let lease_ms = lease.as_millis() as i64;
-    if let Err(e) = rt
+    let start = rt
         .registry
-        .call(move |s| {
-            s.with_short_busy_timeout(|s| s.begin_flow(&flow, &key, &name, kind, &owner, lease_ms))
-        })
-        .await
-    {
+        .call(move |s| s.begin_flow_and_read(&flow, &key, &name, kind, &owner, lease_ms))
+        .await?;
+    if let Some(e) = &start.not_recorded {
         tracing::warn!(error = %e, "could not record the flow start");
     }
+    Ok(start)
 }
 
 async fn finish(rt: &Runtime, flow_id: &str, error: Option<String>) {
@@ -409,10 +417,8 @@ pub async fn refresh(
             Ok(lock) => lock,
             Err(e) => return failed(RefreshFailure::Transient { retry_after: None }, e.to_string()),
         };
-        begin(&rt, &config, &flow_id, "refresh", wait).await;
-        let key = config.server_key.clone();
-        let stored = match rt.registry.call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?))).await {
-            Ok(stored) => stored,
+        let stored = match begin_and_read(&rt, &config, &flow_id, "refresh", wait).await {
+            Ok(start) => (start.token, start.client),
             Err(e) => {
                 let error = format!("cannot read the token store: {e}");
                 finish(&rt, &flow_id, Some(error.clone())).await;
@@ -443,7 +449,7 @@ pub async fn refresh(
             _ => current,
         };
         if !current_durable {
-            match save_fenced(&rt, &fence, &current, None).await {
+            match save_fenced(&rt, &fence, &current, None, None).await {
                 Ok(()) => tracing::info!("the token kept in memory is now in the store"),
                 Err(SaveError::Fenced) => return failed(RefreshFailure::TokenGone, "overtaken by a logout".into()),
                 Err(SaveError::Store(e)) => tracing::warn!(error = %e, "the store still refuses writes; refreshing with the newest refresh token from memory"),
@@ -494,7 +500,7 @@ pub async fn refresh(
             Ok(set) => {
                 let token = stored_token(&config, &endpoint, current.issuer.clone(), &set, &flow_id);
                 let rotated = token.refresh_token != current.refresh_token;
-                let durable = match save_fenced(&rt, &fence, &token, None).await {
+                let durable = match save_fenced(&rt, &fence, &token, None, Some(&flow_id)).await {
                     Ok(()) => true,
                     Err(SaveError::Fenced) => {
                         tracing::info!("a logout overtook this refresh; its token is discarded");
@@ -503,12 +509,13 @@ pub async fn refresh(
                     }
                     Err(SaveError::Store(e)) => {
                         tracing::error!(error = %e, "the refreshed token could not be persisted; it is kept in memory and is the one the next refresh presents");
+                        // The flow's end was in the failed transaction: recorded on its own.
+                        finish(&rt, &flow_id, None).await;
                         false
                     }
                 };
                 tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, rotated, expires_at = token.expires_at, "token refreshed");
                 event("token obtained", json!({"endpoint": "token endpoint", "rotated": rotated, "durable": durable, "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "flow_ms": started.elapsed().as_millis() as u64}));
-                finish(&rt, &flow_id, None).await;
                 FlowOutcome::Token { token, endpoint: Some(endpoint), durable }
             }
             Err(e) => {
@@ -520,7 +527,7 @@ pub async fn refresh(
                 };
                 if let Some(rotated) = &rotated {
                     let token = StoredToken { refresh_token: Some(rotated.clone()), ..current.clone() };
-                    if let Err(SaveError::Store(e)) = save_fenced(&rt, &fence, &token, None).await {
+                    if let Err(SaveError::Store(e)) = save_fenced(&rt, &fence, &token, None, None).await {
                         tracing::error!(error = %e, "the rotated refresh token could not be persisted");
                     }
                 }
@@ -669,20 +676,8 @@ pub async fn login(
                 return FlowOutcome::LoginFailed { error: e.to_string() };
             }
         };
-        begin(&rt, &config, &flow_id, "login", rt.login_timeout).await;
-        let key = config.server_key.clone();
-        let (stored, stored_client, stored_by_login) = rt
-            .registry
-            .call(move |s| {
-                let token = s.load_token(&key)?;
-                let by_login = match token.as_ref().and_then(|t| t.flow_id.clone()) {
-                    Some(flow) => s.flow_kind(&flow)?.as_deref() == Some("login"),
-                    None => false,
-                };
-                Ok((token, s.load_client(&key)?, by_login))
-            })
-            .await
-            .unwrap_or_default();
+        let FlowStart { token: stored, client: stored_client, token_by_login: stored_by_login, .. } =
+            begin_and_read(&rt, &config, &flow_id, "login", rt.login_timeout).await.unwrap_or_default();
         let adopt = stored.filter(|t| {
             facts(t).usable(now_ms())
                 && (t.obtained_at >= requested_at || (waited && stored_by_login))
@@ -701,8 +696,8 @@ pub async fn login(
         .await;
         let outcome = match result {
             Ok(Ok((token, endpoint))) => {
+                // The flow was marked succeeded with the token's save (one transaction).
                 event("token obtained", json!({"endpoint": "token endpoint", "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "flow_ms": started.elapsed().as_millis() as u64}));
-                finish(&rt, &flow_id, None).await;
                 return FlowOutcome::Token { token, endpoint: Some(endpoint), durable: true };
             }
             Ok(Err(e)) => {
@@ -792,7 +787,7 @@ async fn run_login(
         flow_id,
     );
     let client = stored_client(config, &discovery, &endpoint);
-    match save_fenced(rt, fence, &token, Some(client)).await {
+    match save_fenced(rt, fence, &token, Some(client), Some(flow_id)).await {
         Ok(()) => Ok((token, endpoint)),
         Err(SaveError::Fenced) => Err(OAuthError::Callback(
             "a logout or a newer login overtook this login; its token is discarded".into(),
