@@ -168,12 +168,9 @@ async fn with_authorization(
             Err(McpError::Forbidden(challenge)) if challenge.is_insufficient_scope() => {
                 let granted = driver.auth.token.as_ref().and_then(|t| t.scope.clone());
                 let Some(scope) = step_up(granted.as_deref(), challenge.scope.as_deref()) else {
-                    return Err(ConnectError::Policy(Failure::Forbidden {
-                        error: format!(
-                            "the server answered 403 insufficient_scope but asks for no scope beyond the granted \"{}\"",
-                            granted.unwrap_or_default()
-                        ),
-                    }));
+                    return Err(ConnectError::Policy(Failure::scope_already_granted(
+                        granted.as_deref(),
+                    )));
                 };
                 tracing::info!(scope = %scope, "insufficient_scope: authorizing again with more scopes");
                 driver.step_up_scope = Some(scope.clone());

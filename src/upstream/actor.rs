@@ -1010,20 +1010,18 @@ impl Handler<ReportForbidden> for UpstreamActor {
         let wanted = step_up(granted.as_deref(), report.challenge.scope.as_deref());
         let Some(scope) = wanted.filter(|_| insufficient_scope) else {
             let server = self.config.name.clone();
-            let error = if insufficient_scope {
-                format!(
-                    "the server answered 403 insufficient_scope but asks for no scope beyond the granted \"{}\"",
-                    granted.unwrap_or_default()
-                )
+            let failure = if insufficient_scope {
+                Failure::scope_already_granted(granted.as_deref())
             } else {
-                "the server answered 403 without insufficient_scope: more scope would not help"
-                    .into()
+                Failure::Forbidden {
+                    error: "the server answered 403 without insufficient_scope: more scope would not help".into(),
+                }
             };
-            tracing::warn!(server = %server, "{error}");
+            tracing::warn!(server = %server, "{failure}");
             return Box::pin(async move {
                 Err(UpstreamError {
                     server,
-                    failure: Failure::Forbidden { error },
+                    failure,
                     flow_id: None,
                 })
             });

@@ -494,6 +494,19 @@ pub enum Failure {
     Stopped,
 }
 
+impl Failure {
+    /// A 403 `insufficient_scope` that demands nothing beyond `granted`: a login would bring
+    /// the same token again (the daemon and `connect` say it alike).
+    pub fn scope_already_granted(granted: Option<&str>) -> Failure {
+        Failure::Forbidden {
+            error: format!(
+                "the server answered 403 insufficient_scope but asks for no scope beyond the granted \"{}\"",
+                granted.unwrap_or_default()
+            ),
+        }
+    }
+}
+
 /// A time for people: RFC 3339 in UTC, to the second.
 pub fn clock(at: Millis) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64);

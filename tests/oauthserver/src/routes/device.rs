@@ -298,7 +298,7 @@ pub(super) fn device_code_grant(
             let family = inner.next_family;
             inner.next_family += 1;
             Ok(issue_tokens(
-                state, inner, family, client, &scope, resource, shape, true,
+                state, inner, family, client, &scope, resource, shape, true, None,
             ))
         }
     }

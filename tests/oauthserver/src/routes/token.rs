@@ -344,7 +344,7 @@ fn authorization_code_grant(
         g.redeemed_family = Some(family);
     }
     let resource = resource.or_else(|| request.resource.clone());
-    Ok(issue_tokens_bound(
+    Ok(issue_tokens(
         state,
         inner,
         family,
@@ -439,7 +439,7 @@ fn refresh_token_grant(
     if rotate && let Some(r) = inner.refresh_tokens.get_mut(presented) {
         r.status = RefreshStatus::Rotated;
     }
-    Ok(issue_tokens_bound(
+    Ok(issue_tokens(
         state,
         inner,
         record.family,
@@ -463,34 +463,11 @@ fn missing_access_token_body(state: &AppState) -> serde_json::Value {
     serde_json::json!({"token_type": "Bearer", "expires_in": announced_lifetime_secs(state)})
 }
 
+/// Issues an access token (and a refresh token when asked), bound to the DPoP key `jkt` when
+/// there is one: `cnf.jkt` in the access token, `token_type: DPoP`, and the refresh token bound
+/// to the same key (RFC 9449 §5, §6).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn issue_tokens(
-    state: &AppState,
-    inner: &mut Inner,
-    family: u64,
-    client: &Client,
-    scope: &str,
-    resource: Option<String>,
-    shape: Option<FaultKind>,
-    new_refresh_token: bool,
-) -> serde_json::Value {
-    issue_tokens_bound(
-        state,
-        inner,
-        family,
-        client,
-        scope,
-        resource,
-        shape,
-        new_refresh_token,
-        None,
-    )
-}
-
-/// [`issue_tokens`], bound to the DPoP key `jkt` when there is one: `cnf.jkt` in the access
-/// token, `token_type: DPoP`, and the refresh token bound to the same key (RFC 9449 §5, §6).
-#[allow(clippy::too_many_arguments)]
-fn issue_tokens_bound(
     state: &AppState,
     inner: &mut Inner,
     family: u64,
