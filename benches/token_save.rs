@@ -24,6 +24,7 @@ fn token() -> StoredToken {
         expires_at: Some(now_ms() + 3_600_000),
         obtained_at: now_ms(),
         flow_id: None,
+        dpop: None,
     }
 }
 

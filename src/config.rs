@@ -236,9 +236,6 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         server.extra_params = oauth.extra_params;
         server.device_code = oauth.device_code;
         server.dpop = oauth.dpop;
-        if server.dpop {
-            tracing::warn!(server = %server.name, "oauth.dpop is set, but only `connect --dpop` speaks DPoP so far: the daemon's logins and refreshes use Bearer tokens");
-        }
         servers.push(server);
     }
     Ok(servers)

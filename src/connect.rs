@@ -577,6 +577,7 @@ impl Authorizer {
                 self.endpoint.take(),
                 scope.as_deref(),
                 &show,
+                self.dpop.as_ref(),
             )
             .await?
         } else {

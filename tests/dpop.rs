@@ -445,3 +445,354 @@ async fn connect_with_dpop_opt_in_binds_tokens_where_the_server_offers_dpop() {
     assert_eq!(report.token.unwrap().token_type, "Bearer");
     assert_eq!(srv.stats().dpop_bound_tokens, 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// The daemon: the key kept in the store with the tokens, proofs on its logins and refreshes,
+// and `SharedAccessToken`'s proofs for the embedding runtime's resource requests.
+
+use mcpproxy_oauth::config::UpstreamConfig;
+use mcpproxy_oauth::mcp::BearerChallenge;
+use mcpproxy_oauth::store::{KeySpec, Sealing, TokenStore};
+use mcpproxy_oauth::supervisor::{
+    SharedAccessToken, SupervisorConfig, SupervisorHandle, database_path,
+};
+
+async fn supervise(srv: &OAuthTestServer, dir: &std::path::Path, dpop: bool) -> SupervisorHandle {
+    logs();
+    let mut upstream = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    upstream.dpop = dpop;
+    let (browser, _) = following_browser();
+    SupervisorHandle::start(SupervisorConfig {
+        browser,
+        login_timeout: Duration::from_secs(20),
+        http_timeout: Duration::from_secs(5),
+        ..SupervisorConfig::new(vec![upstream], dir.to_path_buf())
+    })
+    .await
+    .expect("the supervisor starts")
+}
+
+/// What a resource request of the embedding runtime met, when it was not served.
+#[derive(Debug)]
+struct Refused {
+    status: u16,
+    challenge: Option<BearerChallenge>,
+}
+
+/// One MCP `echo` call the way an embedding runtime makes it with the library's token: the
+/// `Authorization` header from `authorization()`, a fresh `dpop_proof` per request, every
+/// answer given to `remember_dpop_nonce`, and one retry after a `use_dpop_nonce` refusal.
+async fn echo(
+    srv: &OAuthTestServer,
+    token: &SharedAccessToken,
+    message: &str,
+) -> Result<String, Refused> {
+    let url = srv.mcp_url();
+    let client = reqwest::Client::new();
+    for attempt in 1..=2 {
+        let mut request = client
+            .post(&url)
+            .header("authorization", token.authorization())
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": attempt, "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": message}}}),
+            );
+        if let Some(proof) = token.dpop_proof("POST", &url) {
+            request = request.header("dpop", proof);
+        }
+        let reply = request.send().await.expect("the MCP endpoint answers");
+        let fresh_nonce = token.remember_dpop_nonce(&url, reply.headers());
+        let status = reply.status().as_u16();
+        let www_authenticate: Vec<String> = reply
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(String::from))
+            .collect();
+        let challenge = BearerChallenge::from_headers(www_authenticate.iter().map(String::as_str));
+        if status == 200 {
+            let body: serde_json::Value = reply.json().await.expect("a JSON-RPC answer");
+            return Ok(body["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string());
+        }
+        let nonce_refusal = challenge
+            .as_ref()
+            .is_some_and(|c| c.error.as_deref() == Some("use_dpop_nonce"));
+        if !(status == 401 && nonce_refusal && fresh_nonce && attempt == 1) {
+            return Err(Refused { status, challenge });
+        }
+    }
+    unreachable!("the second attempt returns")
+}
+
+/// The token the daemon hands out after `old` was refused: report the 401, then ask again.
+async fn after_refusal(
+    handle: &SupervisorHandle,
+    old: &SharedAccessToken,
+    refused: Refused,
+) -> SharedAccessToken {
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(
+        refused.challenge.as_ref().is_some_and(|c| c.dpop),
+        "a DPoP challenge: {refused:?}"
+    );
+    handle
+        .report_unauthorized("srv", old.secret(), refused.challenge)
+        .await
+        .expect("the daemon refreshes the refused token");
+    let fresh = handle.access_token("srv").await.expect("a token");
+    assert_ne!(fresh.secret(), old.secret(), "a new access token");
+    fresh
+}
+
+/// The `dpop_jkt` the newest refresh flow's trace shows for the token it obtained.
+async fn refreshed_with_jkt(handle: &SupervisorHandle) -> Option<String> {
+    let flow = handle
+        .status()
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|s| s.last_flow)
+        .expect("a finished flow");
+    handle
+        .flow_trace(&flow)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.step == "token obtained")
+        .and_then(|e| e.details.get("dpop_jkt")?.as_str().map(String::from))
+}
+
+/// The private DPoP key and its thumbprint as stored, read through the library with the key
+/// file beside the database; and the raw column, as an outside reader sees it.
+fn stored_dpop_key(dir: &std::path::Path) -> (String, String, String) {
+    let path = database_path(dir);
+    let store = TokenStore::open_with(&path, &Sealing::Encrypted(KeySpec::default()))
+        .expect("the store opens with its key file");
+    let raw: (String, String) = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT server_key, dpop_key FROM oauth_tokens", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("a token row with a DPoP key");
+    let token = store.load_token(&raw.0).unwrap().expect("the stored token");
+    let dpop = token.dpop.expect("the token is stored with its DPoP key");
+    (dpop.private_key, dpop.jkt, raw.1)
+}
+
+/// Waits (bounded, woken by the daemon's state changes) until it hands out a token other
+/// than `old`.
+async fn next_token(handle: &SupervisorHandle, old: &SharedAccessToken) -> SharedAccessToken {
+    let mut changes = handle.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(token) = handle.cached_access_token("srv").unwrap()
+            && token.secret() != old.secret()
+        {
+            return token;
+        }
+        match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Ok(_) => {}
+            Err(_) => panic!("the daemon did not refresh the token within 20 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_refreshes_a_bound_token_through_several_lifetimes_with_rotating_nonces() {
+    // DPoP is not configured: the resource requires it, so the daemon uses it. Tokens live
+    // 2 s (the daemon refreshes them ahead of expiry by itself); every answer of either
+    // endpoint carries the next nonce, good for one request.
+    let srv = start(Config {
+        access_token_ttl: Duration::from_secs(2),
+        dpop_required: true,
+        dpop_nonce: Some(NonceRotation::EveryRequest),
+        ..Config::default()
+    })
+    .await;
+    let dir = temp_dir("daemon-dpop-lifetimes");
+    let handle = supervise(&srv, &dir, false).await;
+    handle.reconnect("srv").await.expect("the login succeeds");
+    let mut token = handle.access_token("srv").await.expect("a token");
+    assert_eq!(token.token_type(), "DPoP");
+    assert!(token.is_dpop() && token.authorization().starts_with("DPoP "));
+    assert_eq!(echo(&srv, &token, "first").await.unwrap(), "first");
+
+    for lifetime in 1..=3 {
+        token = next_token(&handle, &token).await;
+        assert_eq!(token.token_type(), "DPoP");
+        for call in 1..=2 {
+            let said = format!("lifetime {lifetime}, call {call}");
+            assert_eq!(echo(&srv, &token, &said).await.unwrap(), said);
+        }
+    }
+
+    let stats = srv.stats();
+    assert_eq!(
+        stats.authorize_requests, 1,
+        "one login, then only refreshes"
+    );
+    assert!(
+        stats.dpop_bound_tokens >= 4,
+        "the login and three refreshes: {stats:?}"
+    );
+    assert_eq!(
+        stats.token_requests_for("refresh_token") + 1,
+        stats.dpop_bound_tokens,
+        "no refresh needed a second try: the nonce of each answer was used by the next one"
+    );
+    assert_eq!(
+        stats.dpop_refusals_for("nonce"),
+        2,
+        "one use_dpop_nonce per endpoint, at its first request"
+    );
+    for reason in ["replay", "bad_proof", "key_mismatch", "missing"] {
+        assert_eq!(stats.dpop_refusals_for(reason), 0, "no {reason} refusal");
+    }
+
+    // The key is in the store, sealed, and nowhere in clear: not in the file, not in a log.
+    let (private_key, jkt, raw) = stored_dpop_key(&dir);
+    assert!(raw.starts_with("enc1:"), "the stored key is sealed");
+    let db = std::fs::read(database_path(&dir)).unwrap();
+    let wal = std::fs::read(database_path(&dir).with_extension("db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes
+                .windows(private_key.len())
+                .any(|w| w == private_key.as_bytes()),
+            "the private key is in clear in the database"
+        );
+    }
+    let outside: String = rusqlite::Connection::open(database_path(&dir))
+        .unwrap()
+        .query_row("SELECT dpop_jkt FROM oauth_tokens", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(outside, jkt, "the thumbprint is readable without the key");
+    handle.shutdown().await;
+    let text = log_text();
+    assert!(
+        text.contains("token refreshed"),
+        "the capture holds the daemon's lines"
+    );
+    assert_no_secret(&srv, &text);
+    assert!(
+        !text.contains(&private_key),
+        "the private key appears in a log line"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_restarted_daemon_refreshes_with_the_stored_key_and_a_replayed_proof_is_refused() {
+    let srv = start(Config {
+        dpop_required: true,
+        access_token_ttl: TTL,
+        ..Config::default()
+    })
+    .await;
+    let dir = temp_dir("daemon-dpop-restart");
+    let handle = supervise(&srv, &dir, false).await;
+    handle.reconnect("srv").await.expect("the login succeeds");
+    let token = handle.access_token("srv").await.unwrap();
+    assert_eq!(echo(&srv, &token, "before").await.unwrap(), "before");
+
+    // Someone who captured that request replays it, proof and token alike: refused.
+    let captured = srv
+        .secrets()
+        .dpop_proofs
+        .last()
+        .cloned()
+        .expect("a proof was sent");
+    let replay = reqwest::Client::new()
+        .post(srv.mcp_url())
+        .header("authorization", token.authorization())
+        .header("dpop", &captured)
+        .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 401);
+    assert_eq!(srv.stats().dpop_refusals_for("replay"), 1);
+    // The runtime's own next request carries a fresh proof and is served.
+    assert_eq!(
+        echo(&srv, &token, "after the replay").await.unwrap(),
+        "after the replay"
+    );
+    let (_, jkt_before, _) = stored_dpop_key(&dir);
+    handle.shutdown().await;
+
+    // A new daemon on the same data directory: the token and its key come from the store.
+    let handle = supervise(&srv, &dir, false).await;
+    handle
+        .reconnect("srv")
+        .await
+        .expect("the stored token is loaded");
+    let token = handle.access_token("srv").await.unwrap();
+    assert!(token.is_dpop());
+    assert_eq!(echo(&srv, &token, "restarted").await.unwrap(), "restarted");
+    srv.advance_clock(TTL + Duration::from_secs(1));
+    let refused = echo(&srv, &token, "expired").await.expect_err("expired");
+    let token = after_refusal(&handle, &token, refused).await;
+    assert_eq!(echo(&srv, &token, "refreshed").await.unwrap(), "refreshed");
+    let stats = srv.stats();
+    assert_eq!(
+        stats.authorize_requests, 1,
+        "no second login across the restart"
+    );
+    assert_eq!(stats.token_requests_for("refresh_token"), 1);
+    assert_eq!(
+        stats.dpop_refusals_for("key_mismatch"),
+        0,
+        "the refresh proved the key the token is bound to"
+    );
+    assert_eq!(
+        stored_dpop_key(&dir).1,
+        jkt_before,
+        "the same key after the refresh"
+    );
+    assert_eq!(
+        refreshed_with_jkt(&handle).await.as_deref(),
+        Some(jkt_before.as_str()),
+        "the refresh's trace names the key's thumbprint"
+    );
+    handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_daemon_uses_dpop_where_configured_and_bearer_otherwise() {
+    // The server offers DPoP but does not require it.
+    let srv = start(Config {
+        dpop: true,
+        ..Config::default()
+    })
+    .await;
+    for (configured, token_type) in [(true, "DPoP"), (false, "Bearer")] {
+        let dir = temp_dir("daemon-dpop-opt-in");
+        let handle = supervise(&srv, &dir, configured).await;
+        handle.reconnect("srv").await.expect("the login succeeds");
+        let token = handle.access_token("srv").await.unwrap();
+        assert_eq!(token.token_type(), token_type, "\"dpop\": {configured}");
+        assert_eq!(token.is_dpop(), configured);
+        assert_eq!(
+            token.dpop_proof("POST", &srv.mcp_url()).is_some(),
+            configured
+        );
+        assert_eq!(echo(&srv, &token, token_type).await.unwrap(), token_type);
+        let stored: Option<String> = rusqlite::Connection::open(database_path(&dir))
+            .unwrap()
+            .query_row("SELECT dpop_jkt FROM oauth_tokens", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            stored.is_some(),
+            configured,
+            "a key is stored only with DPoP"
+        );
+        handle.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert_eq!(srv.stats().dpop_bound_tokens, 1);
+}

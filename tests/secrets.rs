@@ -108,6 +108,7 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
         expires_at: None,
         obtained_at: 0,
         flow_id: None,
+        dpop: None,
     };
     let stored_client = StoredClient {
         server_key: "k".into(),

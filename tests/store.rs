@@ -330,6 +330,7 @@ fn the_sqlite3_shell_reads_the_status_view_right_whatever_its_version() {
                 expires_at,
                 obtained_at: now,
                 flow_id: None,
+                dpop: None,
             })
             .unwrap();
     }
@@ -669,6 +670,7 @@ fn stored(key: &str, access: &str) -> StoredToken {
         expires_at: Some(now_ms() + 3_600_000),
         obtained_at: now_ms(),
         flow_id: None,
+        dpop: None,
     }
 }
 

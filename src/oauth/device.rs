@@ -19,6 +19,7 @@ use url::Url;
 use super::browser::BrowserLauncher;
 use super::client_identity::{ClientConfig, ClientCredentials, ClientSource, obtain_device_client};
 use super::discovery::Discovery;
+use super::dpop::Dpop;
 use super::error::{Endpoint, ErrorClass, OAuthError};
 use super::http::{OAuthHttp, require_secure_url};
 use super::token::{TokenEndpoint, TokenSet, client_authenticated, token_set};
@@ -152,10 +153,13 @@ pub async fn request_authorization(
 /// `interval` before each poll, 5 s longer after each `slow_down`, twice as long (at most a
 /// minute) after a transient failure of the token endpoint; gives up when the next poll would
 /// come after the code's lifetime or after [`MAX_POLLS`] polls.
+/// With `dpop`, every poll carries a proof (RFC 9449 §5) and a `use_dpop_nonce` answer is
+/// one more poll (with the nonce it brought).
 pub async fn poll_for_token(
     http: &OAuthHttp,
     endpoint: &TokenEndpoint,
     authorization: &DeviceAuthorization,
+    dpop: Option<&Dpop>,
 ) -> Result<TokenSet, OAuthError> {
     let started = tokio::time::Instant::now();
     let give_up_at = started + authorization.lifetime;
@@ -180,7 +184,11 @@ pub async fn poll_for_token(
             ("device_code", authorization.device_code.clone()),
             ("resource", endpoint.resource.clone()),
         ];
-        let request = client_authenticated(http.client().post(url), &mut form, &endpoint.client);
+        let mut request =
+            client_authenticated(http.client().post(url.clone()), &mut form, &endpoint.client);
+        if let Some(dpop) = dpop {
+            request = request.header("dpop", dpop.proof("POST", url.as_str(), None));
+        }
         let reply = match http.send(Endpoint::Token, request.form(&form)).await {
             Ok(reply) => reply,
             Err(e) if e.class() != ErrorClass::Permanent => {
@@ -190,9 +198,10 @@ pub async fn poll_for_token(
             }
             Err(e) => return Err(e),
         };
+        let fresh_nonce = dpop.is_some_and(|d| d.remember_nonce(url.as_str(), &reply.headers));
         if reply.status.is_success() {
             let response: BasicTokenResponse = reply.json(Endpoint::Token)?;
-            let set = token_set(response, None, None, SystemTime::now(), None)?;
+            let set = token_set(response, None, None, SystemTime::now(), dpop)?;
             tracing::info!(
                 polls = poll,
                 scope = set.scope.as_deref().unwrap_or(""),
@@ -203,6 +212,12 @@ pub async fn poll_for_token(
         }
         let error = reply.error(Endpoint::Token);
         match error.oauth_code() {
+            Some("use_dpop_nonce") if fresh_nonce => {
+                tracing::debug!(
+                    poll,
+                    "device login: the token endpoint handed out a DPoP nonce"
+                );
+            }
             Some("authorization_pending") => {
                 tracing::debug!(poll, "device login: authorization pending");
             }
@@ -257,6 +272,7 @@ pub async fn device_login(
     previous: Option<TokenEndpoint>,
     scope: Option<&str>,
     show: &(dyn Fn(&DevicePrompt) + Send + Sync),
+    dpop: Option<&Dpop>,
 ) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
     let metadata = &discovery.authorization_server;
     let Some(device_endpoint) = metadata.device_authorization_endpoint.clone() else {
@@ -284,7 +300,7 @@ pub async fn device_login(
         "device login: waiting for the user to enter the code"
     );
     show(prompt);
-    let token = poll_for_token(http, &endpoint, &authorization).await?;
+    let token = poll_for_token(http, &endpoint, &authorization, dpop).await?;
     Ok((endpoint, token))
 }
 

@@ -4,8 +4,8 @@
 //! - The key is P-256 (`p256`, already in the tree through the test server's JWT crate):
 //!   ES256 is the one algorithm every DPoP server must accept in practice, and the MCP DPoP
 //!   extension names it. Its private half is 32 bytes, held in memory by the caller (`connect`
-//!   makes one per run; keeping it in the store is not done yet); `Debug` shows only the
-//!   public thumbprint.
+//!   makes one per run; the daemon keeps one per server in the store, with the tokens bound
+//!   to it); `Debug` shows only the public thumbprint.
 //! - A proof is a fresh JWS each time: a random `jti`, `iat` now, `htm`/`htu` of the request
 //!   (`htu` without query and fragment, §4.2), `ath` = base64url(SHA-256(access token)) on
 //!   resource requests, and the server's `nonce` when one is known.
@@ -109,6 +109,27 @@ impl DpopKey {
     /// The private scalar (for a caller that keeps the key). Never log it.
     pub fn secret_bytes(&self) -> [u8; 32] {
         self.signing.to_bytes().into()
+    }
+
+    /// The private scalar as text (base64url), as the store keeps it. A secret: it is
+    /// registered with the log scrubber.
+    pub fn encoded_secret(&self) -> String {
+        let encoded = URL_SAFE_NO_PAD.encode(self.secret_bytes());
+        crate::telemetry::secrets::register(&encoded);
+        encoded
+    }
+
+    /// The key [`Self::encoded_secret`] gave, checked against the thumbprint stored beside it
+    /// (a key that does not match it is not the one the tokens are bound to).
+    pub fn from_encoded_secret(encoded: &str, jkt: &str) -> Result<Self, BadKey> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(encoded.trim())
+            .map_err(|_| BadKey("it is not base64url"))?;
+        let key = Self::from_secret_bytes(&bytes)?;
+        if key.thumbprint != jkt {
+            return Err(BadKey("its thumbprint is not the one stored beside it"));
+        }
+        Ok(key)
     }
 
     /// RFC 7638 SHA-256 thumbprint of the public key (the `cnf.jkt` of bound tokens).
@@ -339,6 +360,14 @@ mod tests {
         let key = DpopKey::generate();
         let again = DpopKey::from_secret_bytes(&key.secret_bytes()).unwrap();
         assert_eq!(key.thumbprint(), again.thumbprint());
+        let stored = DpopKey::from_encoded_secret(&key.encoded_secret(), key.thumbprint()).unwrap();
+        assert_eq!(stored.thumbprint(), key.thumbprint());
+        let other = DpopKey::generate();
+        assert!(
+            DpopKey::from_encoded_secret(&key.encoded_secret(), other.thumbprint()).is_err(),
+            "a key whose thumbprint differs from the stored one is refused"
+        );
+        assert!(DpopKey::from_encoded_secret("not base64!", key.thumbprint()).is_err());
         let shown = format!("{key:?}");
         let secret = URL_SAFE_NO_PAD.encode(key.secret_bytes());
         assert!(!shown.contains(&secret) && shown.contains(key.thumbprint()));

@@ -37,6 +37,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0005_flow_history_index",
         include_str!("../../migrations/0005_flow_history_index.sql"),
     ),
+    (
+        "0006_dpop_key",
+        include_str!("../../migrations/0006_dpop_key.sql"),
+    ),
 ];
 
 /// The newest flows first: served by the index `oauth_flows_by_start` (no sort).
@@ -106,6 +110,7 @@ fn write_tx<R>(
 pub const SECRET_COLUMNS: &[(&str, &str)] = &[
     ("oauth_tokens", "access_token"),
     ("oauth_tokens", "refresh_token"),
+    ("oauth_tokens", "dpop_key"),
     ("oauth_clients", "client_secret"),
 ];
 
@@ -261,6 +266,23 @@ pub struct StoredToken {
     pub expires_at: Option<i64>,
     pub obtained_at: i64,
     pub flow_id: Option<String>,
+    /// The DPoP key the token is bound to (RFC 9449), if any.
+    pub dpop: Option<StoredDpopKey>,
+}
+
+/// A DPoP key as stored: the private scalar (base64url, a secret) and its public thumbprint.
+#[derive(Clone, PartialEq)]
+pub struct StoredDpopKey {
+    pub private_key: String,
+    pub jkt: String,
+}
+
+impl fmt::Debug for StoredDpopKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredDpopKey")
+            .field("jkt", &self.jkt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for StoredToken {
@@ -270,6 +292,7 @@ impl fmt::Debug for StoredToken {
             .field("expires_at", &self.expires_at)
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("scope", &self.scope)
+            .field("dpop_jkt", &self.dpop.as_ref().map(|d| &d.jkt))
             .finish()
     }
 }
@@ -620,17 +643,19 @@ impl TokenStore {
             return self.verify_key(key, source, &check);
         }
         let mut sealed = 0usize;
-        let tokens: Vec<(String, String, Option<String>)> = tx
-            .prepare("SELECT server_key, access_token, refresh_token FROM oauth_tokens")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        type TokenSecrets = (String, String, Option<String>, Option<String>);
+        let tokens: Vec<TokenSecrets> = tx
+            .prepare("SELECT server_key, access_token, refresh_token, dpop_key FROM oauth_tokens")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
-        for (server_key, access, refresh) in tokens {
+        for (server_key, access, refresh, dpop_key) in tokens {
             let access = seal_column(key, "access_token", &server_key, Some(&access));
             let refresh = seal_column(key, "refresh_token", &server_key, refresh.as_deref());
-            sealed += 1 + usize::from(refresh.is_some());
+            let dpop_key = seal_column(key, "dpop_key", &server_key, dpop_key.as_deref());
+            sealed += 1 + usize::from(refresh.is_some()) + usize::from(dpop_key.is_some());
             tx.execute(
-                "UPDATE oauth_tokens SET access_token = ?2, refresh_token = ?3 WHERE server_key = ?1",
-                params![server_key, access, refresh],
+                "UPDATE oauth_tokens SET access_token = ?2, refresh_token = ?3, dpop_key = ?4 WHERE server_key = ?1",
+                params![server_key, access, refresh, dpop_key],
             )?;
         }
         let clients: Vec<(String, Option<String>, Option<String>)> = tx
@@ -772,7 +797,7 @@ impl TokenStore {
         let row = self
             .conn
             .query_row(
-                "SELECT server_key, server_name, server_url, resource, issuer, access_token, refresh_token, token_type, scope, expires_at, obtained_at, flow_id
+                "SELECT server_key, server_name, server_url, resource, issuer, access_token, refresh_token, token_type, scope, expires_at, obtained_at, flow_id, dpop_key, dpop_jkt
                  FROM oauth_tokens WHERE server_key = ?1",
                 [server_key],
                 |r| {
@@ -789,6 +814,10 @@ impl TokenStore {
                         expires_at: r.get::<_, Option<i64>>(9)?.map(|e| e.min(latest)),
                         obtained_at: r.get::<_, i64>(10)?.clamp(0, now),
                         flow_id: r.get(11)?,
+                        dpop: match (r.get::<_, Option<String>>(12)?, r.get(13)?) {
+                            (Some(private_key), Some(jkt)) => Some(StoredDpopKey { private_key, jkt }),
+                            _ => None,
+                        },
                     })
                 },
             )
@@ -801,6 +830,15 @@ impl TokenStore {
             .reveal("access_token", &key, Some(token.access_token))?
             .unwrap_or_default();
         token.refresh_token = self.reveal("refresh_token", &key, token.refresh_token)?;
+        if let Some(dpop) = &mut token.dpop {
+            dpop.private_key = self
+                .reveal(
+                    "dpop_key",
+                    &key,
+                    Some(std::mem::take(&mut dpop.private_key)),
+                )?
+                .unwrap_or_default();
+        }
         Ok(Some(token))
     }
 
@@ -808,18 +846,25 @@ impl TokenStore {
     pub fn save_token(&mut self, t: &StoredToken) -> Result<(), StoreError> {
         let access = self.hide("access_token", &t.server_key, Some(&t.access_token));
         let refresh = self.hide("refresh_token", &t.server_key, t.refresh_token.as_deref());
+        let dpop_key = self.hide(
+            "dpop_key",
+            &t.server_key,
+            t.dpop.as_ref().map(|d| d.private_key.as_str()),
+        );
+        let dpop_jkt = t.dpop.as_ref().map(|d| d.jkt.as_str());
         write_tx(&mut self.conn, self.batched, |tx| {
             still_our_key(tx, &self.key, &self.path)?;
             tx.execute(
-            "INSERT INTO oauth_tokens (server_key, server_name, server_url, resource, issuer, access_token, refresh_token, token_type, scope, expires_at, obtained_at, updated_at, flow_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+            "INSERT INTO oauth_tokens (server_key, server_name, server_url, resource, issuer, access_token, refresh_token, token_type, scope, expires_at, obtained_at, updated_at, flow_id, dpop_key, dpop_jkt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT(server_key) DO UPDATE SET server_name = excluded.server_name, server_url = excluded.server_url,
                resource = excluded.resource, issuer = excluded.issuer, access_token = excluded.access_token,
                refresh_token = excluded.refresh_token, token_type = excluded.token_type, scope = excluded.scope,
                expires_at = excluded.expires_at, obtained_at = excluded.obtained_at, updated_at = excluded.updated_at,
-               flow_id = excluded.flow_id",
+               flow_id = excluded.flow_id, dpop_key = excluded.dpop_key, dpop_jkt = excluded.dpop_jkt",
             params![t.server_key, t.server_name, t.server_url, t.resource, t.issuer,
-                    access, refresh, t.token_type, t.scope, t.expires_at, t.obtained_at, now_ms(), t.flow_id],
+                    access, refresh, t.token_type, t.scope, t.expires_at, t.obtained_at, now_ms(), t.flow_id,
+                    dpop_key, dpop_jkt],
         )?;
             Ok(())
         })
@@ -1693,6 +1738,7 @@ mod tests {
             expires_at: Some(now_ms() + 3_600_000),
             obtained_at: now_ms(),
             flow_id: Some("f1".into()),
+            dpop: None,
         }
     }
 

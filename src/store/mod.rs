@@ -11,6 +11,8 @@ pub mod registry;
 #[cfg(test)]
 mod sealing_tests;
 
-pub use db::{FlowRetention, StoreError, StoredClient, StoredToken, TokenStatusRow, TokenStore};
+pub use db::{
+    FlowRetention, StoreError, StoredClient, StoredDpopKey, StoredToken, TokenStatusRow, TokenStore,
+};
 pub use keys::{KeySpec, Sealing};
 pub use registry::TokenRegistry;

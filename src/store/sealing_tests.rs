@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use super::cipher::StoreKey;
-use super::db::{StoreError, StoredClient, StoredToken, TokenStore, now_ms};
+use super::db::{StoreError, StoredClient, StoredDpopKey, StoredToken, TokenStore, now_ms};
 use super::keys::{self, KeySource, KeySpec, Sealing};
 
 const ACCESS: &str = "at-sealed-access-token-0001";
 const REFRESH: &str = "rt-sealed-refresh-token-0001";
 const SECRET: &str = "cs-sealed-client-secret-0001";
+const DPOP_KEY: &str = "dk-sealed-dpop-private-key-0001";
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -47,6 +48,10 @@ fn token(key: &str) -> StoredToken {
         expires_at: Some(now_ms() + 3_600_000),
         obtained_at: now_ms(),
         flow_id: None,
+        dpop: Some(StoredDpopKey {
+            private_key: format!("{DPOP_KEY}-{key}"),
+            jkt: format!("jkt-{key}"),
+        }),
     }
 }
 
@@ -112,7 +117,7 @@ fn no_secret_in_clear_in_the_file_or_wal_and_the_view_works_without_the_key() {
     store.save_client(&client("k1")).unwrap();
     // While open, the writes sit in the WAL: scan it too.
     let bytes = file_bytes(&db);
-    for secret in [ACCESS, REFRESH, SECRET, "rat-management-0001"] {
+    for secret in [ACCESS, REFRESH, SECRET, DPOP_KEY, "rat-management-0001"] {
         assert!(
             !contains(&bytes, secret),
             "{secret} is in clear in the file or WAL"
@@ -190,6 +195,10 @@ fn a_plain_text_store_is_encrypted_in_place_with_every_token_intact() {
         let loaded = store.load_token(k).unwrap().unwrap();
         assert_eq!(loaded.access_token, format!("{ACCESS}-{k}"));
         assert_eq!(loaded.refresh_token, Some(format!("{REFRESH}-{k}")));
+        assert_eq!(
+            loaded.dpop.map(|d| (d.private_key, d.jkt)),
+            Some((format!("{DPOP_KEY}-{k}"), format!("jkt-{k}")))
+        );
         let c = store.load_client(k).unwrap().unwrap();
         assert_eq!(c.client_secret.as_deref(), Some(SECRET));
         assert!(!c.registration_json.unwrap().contains("rat-management"));
@@ -199,7 +208,7 @@ fn a_plain_text_store_is_encrypted_in_place_with_every_token_intact() {
     conn.execute_batch("VACUUM").unwrap();
     drop(conn);
     let bytes = file_bytes(&db);
-    for secret in [ACCESS, REFRESH, SECRET, "rat-management-0001"] {
+    for secret in [ACCESS, REFRESH, SECRET, DPOP_KEY, "rat-management-0001"] {
         assert!(
             !contains(&bytes, secret),
             "{secret} left in clear after the migration"

@@ -313,23 +313,60 @@ impl SharedAccessToken {
     pub fn expires_at(&self) -> Option<i64> {
         self.0.expires_at
     }
+
+    /// `Bearer`, or `DPoP` for a token bound to the server's key (RFC 9449): the scheme of
+    /// the `Authorization` header, and the sign that each request needs [`Self::dpop_proof`].
+    pub fn token_type(&self) -> &str {
+        &self.0.token_type
+    }
+
+    /// Whether requests with this token must carry a DPoP proof.
+    pub fn is_dpop(&self) -> bool {
+        self.0.dpop.is_some() && self.0.token_type.eq_ignore_ascii_case("dpop")
+    }
+
+    /// The `Authorization` header value: `Bearer <token>` or `DPoP <token>` (a secret).
+    pub fn authorization(&self) -> String {
+        let scheme = if self.is_dpop() { "DPoP" } else { "Bearer" };
+        format!("{scheme} {}", self.secret())
+    }
+
+    /// For a DPoP-bound token: the `DPoP` header value for one request (RFC 9449 §4, §7), a
+    /// fresh proof each call, with `ath` of this token and the nonce the resource last
+    /// handed out for `url`. `None` for a Bearer token. A proof is a short-lived credential:
+    /// never log it.
+    pub fn dpop_proof(&self, method: &str, url: &str) -> Option<String> {
+        let dpop = self.0.dpop.as_ref().filter(|_| self.is_dpop())?;
+        Some(dpop.proof(method, url, Some(self.secret())))
+    }
+
+    /// Give every answer of the resource to this: a `DPoP-Nonce` header (RFC 9449 §9) is
+    /// remembered for the next proofs to `url`. Returns whether the answer brought one: a 401
+    /// `error="use_dpop_nonce"` that did is retried once with a new proof, and is not a reason
+    /// to `report_unauthorized` (the token is fine).
+    pub fn remember_dpop_nonce(&self, url: &str, headers: &http::HeaderMap) -> bool {
+        self.0
+            .dpop
+            .as_ref()
+            .is_some_and(|dpop| dpop.remember_nonce(url, headers))
+    }
 }
 
 impl std::fmt::Debug for SharedAccessToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedAccessToken")
             .field("expires_at", &self.0.expires_at)
+            .field("token_type", &self.0.token_type)
             .finish_non_exhaustive()
     }
 }
 
 impl From<Grant> for SharedAccessToken {
     fn from(grant: Grant) -> Self {
-        SharedAccessToken(Arc::new(TokenSnapshot::new(
-            grant.access_token,
-            grant.expires_at,
-            0,
-        )))
+        SharedAccessToken(Arc::new(
+            TokenSnapshot::new(grant.access_token, grant.expires_at, 0)
+                .bound(&grant.token_type, grant.dpop),
+        ))
     }
 }
 

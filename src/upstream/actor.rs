@@ -26,6 +26,7 @@ use super::state::{
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::client_identity::ClientSource;
+use crate::oauth::dpop::{Dpop, DpopKey};
 use crate::oauth::scope::step_up;
 use crate::oauth::token::TokenEndpoint;
 use crate::scheduler::{Due, Owner, TimerKind, instant_at};
@@ -46,6 +47,10 @@ pub struct TokenSnapshot {
     until: Millis,
     /// The margin is wide enough for the coarse clock (`supervisor::clock`).
     coarse: bool,
+    /// `Bearer`, or `DPoP` for a token bound to `dpop`'s key (RFC 9449).
+    pub token_type: String,
+    /// The key (and the nonces seen) to prove possession with, for a DPoP-bound token.
+    pub dpop: Option<Dpop>,
 }
 
 impl TokenSnapshot {
@@ -60,7 +65,16 @@ impl TokenSnapshot {
             safety_margin,
             until: expires_at.map_or(Millis::MAX, |e| e.saturating_sub(safety_margin)),
             coarse: crate::supervisor::clock::coarse_is_safe(safety_margin),
+            token_type: "Bearer".into(),
+            dpop: None,
         }
+    }
+
+    /// The token's type and, for a DPoP-bound one, its key.
+    pub fn bound(mut self, token_type: &str, dpop: Option<Dpop>) -> Self {
+        self.token_type = token_type.to_string();
+        self.dpop = dpop;
+        self
     }
 
     pub fn usable(&self, now: Millis) -> bool {
@@ -83,6 +97,9 @@ pub struct Grant {
     pub expires_at: Option<Millis>,
     /// The correlation ID of the flow this caller waited for, if it waited for one.
     pub flow_id: Option<String>,
+    /// `Bearer`, or `DPoP`: then every request with the token carries a proof of `dpop`'s key.
+    pub token_type: String,
+    pub dpop: Option<Dpop>,
 }
 
 /// Why a server gave a caller no token: `failure` is the typed reason (match on it, not on
@@ -194,6 +211,9 @@ pub struct UpstreamActor {
     auth_url: Arc<std::sync::Mutex<Option<String>>>,
     /// The running device login's prompt (user code, verification URL, expiry).
     device_prompt: Arc<std::sync::Mutex<Option<crate::oauth::device::DevicePrompt>>>,
+    /// The DPoP key of the current token (RFC 9449) with the nonces its servers handed out,
+    /// shared with the published snapshot and the flows.
+    dpop: Option<Dpop>,
     running_flow_started_at: Millis,
     timer_at: Option<Millis>,
 }
@@ -235,6 +255,7 @@ impl UpstreamActor {
             reload_on_start: false,
             auth_url: Arc::default(),
             device_prompt: Arc::default(),
+            dpop: None,
             running_flow_started_at: 0,
             timer_at: None,
         }
@@ -349,6 +370,7 @@ impl UpstreamActor {
                     plan,
                     after_refusal: self.state.refresh_after_refusal,
                     challenge: self.last_challenge.clone(),
+                    dpop: self.dpop.clone(),
                 };
                 let flow = flows::refresh(
                     self.rt.clone(),
@@ -363,6 +385,12 @@ impl UpstreamActor {
                 let generation = self.state.generation;
                 let counted = self.rt.scheduler.login_running();
                 let flow_id = self.begin_flow("login");
+                // A login that uses DPoP proves this key; the token it brings back is bound
+                // to it, and the nonces its token endpoint hands out carry over to refreshes.
+                let dpop = self
+                    .dpop
+                    .get_or_insert_with(|| Dpop::new(DpopKey::generate()))
+                    .clone();
                 let request = LoginRequest {
                     previous: self.endpoint.clone(),
                     fresh_client: self.fresh_client,
@@ -371,6 +399,7 @@ impl UpstreamActor {
                     auth_url: self.auth_url.clone(),
                     step_up_scope: self.step_up_scope.clone(),
                     device_prompt: self.device_prompt.clone(),
+                    dpop: Some(dpop),
                 };
                 let login = flows::login(
                     self.rt.clone(),
@@ -706,15 +735,31 @@ impl UpstreamActor {
 
     /// Replaces the current token and publishes its snapshot (or its absence).
     fn set_current(&mut self, token: Option<StoredToken>, durable: bool) {
+        self.dpop = match token
+            .as_ref()
+            .map(|t| flows::dpop_binding(t, self.dpop.as_ref()))
+        {
+            Some(Ok(dpop)) => dpop,
+            Some(Err(e)) => {
+                // The refresh reports it too (and asks for a login); the access token is
+                // still handed out: the resource decides.
+                tracing::warn!(server = %self.config.name, error = %e, "the stored DPoP key cannot be used");
+                None
+            }
+            None => None,
+        };
         let snapshot = token
             .as_ref()
             .filter(|t| self.refused.as_deref() != Some(t.access_token.as_str()))
             .map(|t| {
-                Arc::new(TokenSnapshot::new(
-                    oauth2::AccessToken::new(t.access_token.clone()),
-                    t.expires_at,
-                    facts(t).safety_margin(),
-                ))
+                Arc::new(
+                    TokenSnapshot::new(
+                        oauth2::AccessToken::new(t.access_token.clone()),
+                        t.expires_at,
+                        facts(t).safety_margin(),
+                    )
+                    .bound(&t.token_type, self.dpop.clone()),
+                )
             });
         self.snapshot.store(snapshot);
         self.current = token;
@@ -728,6 +773,8 @@ impl UpstreamActor {
                 access_token: oauth2::AccessToken::new(token.access_token.clone()),
                 expires_at: token.expires_at,
                 flow_id: flow_id.clone(),
+                token_type: token.token_type.clone(),
+                dpop: self.dpop.clone(),
             }),
             (Resolution::Ready, None) => Err(self.error(
                 Failure::NeedsLogin {
@@ -785,6 +832,8 @@ impl UpstreamActor {
             access_token: snapshot.access_token.clone(),
             expires_at: snapshot.expires_at,
             flow_id: None,
+            token_type: snapshot.token_type.clone(),
+            dpop: snapshot.dpop.clone(),
         })
     }
 

@@ -22,14 +22,15 @@ use crate::oauth::client_identity::{
 };
 use crate::oauth::device::DevicePrompt;
 use crate::oauth::discovery::{Discovery, discover, protected_resource_metadata, same_issuer};
+use crate::oauth::dpop::{self, BadKey, Dpop, DpopKey};
 use crate::oauth::http::OAuthHttp;
-use crate::oauth::login::{LoginSettings, browser_login};
+use crate::oauth::login::{LoginSettings, browser_login_dpop};
 use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
 use crate::scheduler::Scheduler;
 use crate::store::db::{FlowStart, now_ms};
-use crate::store::{StoreError, StoredClient, StoredToken, TokenRegistry, lock};
+use crate::store::{StoreError, StoredClient, StoredDpopKey, StoredToken, TokenRegistry, lock};
 use crate::telemetry::flow_logger::{FlowEvent, FlowLogger};
 
 /// How long a refresh waits for another process's flow of the same server: a refresh is one
@@ -147,6 +148,7 @@ fn stored_token(
     issuer: Option<String>,
     set: &TokenSet,
     flow_id: &str,
+    dpop: Option<&Dpop>,
 ) -> StoredToken {
     let ms = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
@@ -166,7 +168,27 @@ fn stored_token(
         expires_at: set.expires_at.map(ms),
         obtained_at: ms(set.obtained_at),
         flow_id: Some(flow_id.to_string()),
+        // The key the token request was proven with: a server that bound the tokens to it
+        // refuses a refresh without it, and a resource refuses the access token.
+        dpop: dpop.map(|d| StoredDpopKey {
+            private_key: d.key().encoded_secret(),
+            jkt: d.key().thumbprint().to_string(),
+        }),
     }
+}
+
+/// The DPoP state a stored token is used with: `known` (the actor's, with the nonces it has
+/// seen) when it holds the token's key, else one rebuilt from the stored key. `None` for a
+/// token without a key.
+pub fn dpop_binding(token: &StoredToken, known: Option<&Dpop>) -> Result<Option<Dpop>, BadKey> {
+    let Some(stored) = &token.dpop else {
+        return Ok(None);
+    };
+    if let Some(known) = known.filter(|d| d.key().thumbprint() == stored.jkt) {
+        return Ok(Some(known.clone()));
+    }
+    let key = DpopKey::from_encoded_secret(&stored.private_key, &stored.jkt)?;
+    Ok(Some(Dpop::new(key)))
 }
 
 /// Rebuilds the token endpoint (client identity included) from its stored row.
@@ -385,6 +407,8 @@ pub struct RefreshRequest {
     pub after_refusal: bool,
     /// The refusal's challenge (its `resource_metadata` says where to look).
     pub challenge: Option<BearerChallenge>,
+    /// The actor's DPoP state for `current`'s key (its nonces), if the token is bound.
+    pub dpop: Option<Dpop>,
 }
 
 fn failed(failure: RefreshFailure, error: String) -> FlowOutcome {
@@ -405,7 +429,7 @@ pub async fn refresh(
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "refresh");
     async move {
-        let RefreshRequest { current, current_durable, endpoint, plan, after_refusal, challenge } = request;
+        let RefreshRequest { current, current_durable, endpoint, plan, after_refusal, challenge, dpop } = request;
         if let Some(hook) = &rt.flow_hook {
             (hook.0)(&config.name, "refresh");
         }
@@ -495,10 +519,22 @@ pub async fn refresh(
         let endpoint = endpoint.expect("set above when missing");
         let source = Some(endpoint.client.source);
         let scope = if plan.omit_scope { None } else { current.scope.as_deref() };
+        // A token bound to a key is refreshed with proofs of that key (RFC 9449 §5): the one
+        // stored with it, whichever process wrote it.
+        let dpop = match dpop_binding(&current, dpop.as_ref()) {
+            Ok(dpop) => dpop,
+            Err(e) => {
+                let error = format!("the stored DPoP key cannot be used ({e}): the refresh token is bound to it, so a login is needed");
+                tracing::warn!(error = %error, "refresh impossible");
+                event("failed", json!({"error": error}));
+                finish(&rt, &flow_id, Some(error.clone())).await;
+                return failed(RefreshFailure::RefreshTokenDead, error);
+            }
+        };
         let started = std::time::Instant::now();
-        match endpoint.refresh(&rt.refresh_http, &RefreshToken::new(refresh_token), scope, SystemTime::now()).await {
+        match endpoint.refresh_dpop(&rt.refresh_http, &RefreshToken::new(refresh_token), scope, SystemTime::now(), dpop.as_ref()).await {
             Ok(set) => {
-                let token = stored_token(&config, &endpoint, current.issuer.clone(), &set, &flow_id);
+                let token = stored_token(&config, &endpoint, current.issuer.clone(), &set, &flow_id, dpop.as_ref());
                 let rotated = token.refresh_token != current.refresh_token;
                 let durable = match save_fenced(&rt, &fence, &token, None, Some(&flow_id)).await {
                     Ok(()) => true,
@@ -514,8 +550,8 @@ pub async fn refresh(
                         false
                     }
                 };
-                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, rotated, expires_at = token.expires_at, "token refreshed");
-                event("token obtained", json!({"endpoint": "token endpoint", "rotated": rotated, "durable": durable, "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "flow_ms": started.elapsed().as_millis() as u64}));
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, rotated, expires_at = token.expires_at, token_type = %token.token_type, "token refreshed");
+                event("token obtained", json!({"endpoint": "token endpoint", "rotated": rotated, "durable": durable, "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "token_type": token.token_type, "dpop_jkt": token.dpop.as_ref().map(|d| d.jkt.clone()), "flow_ms": started.elapsed().as_millis() as u64}));
                 FlowOutcome::Token { token, endpoint: Some(endpoint), durable }
             }
             Err(e) => {
@@ -639,6 +675,8 @@ pub struct LoginRequest {
     /// Where a device login (`UpstreamConfig::device_code`) publishes its user code,
     /// verification URL and expiry for status while it polls; emptied when it ends.
     pub device_prompt: Published<DevicePrompt>,
+    /// The actor's DPoP state, reused (key and nonces) when this login uses DPoP.
+    pub dpop: Option<Dpop>,
 }
 
 /// A value a running login publishes for status (its authorization URL, its device prompt).
@@ -653,7 +691,7 @@ pub async fn login(
 ) -> FlowOutcome {
     let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %config.name, flow_kind = "login");
     async move {
-        let LoginRequest { previous, fresh_client, challenge, requested_at, auth_url, step_up_scope, device_prompt } = request;
+        let LoginRequest { previous, fresh_client, challenge, requested_at, auth_url, step_up_scope, device_prompt, dpop } = request;
         if let Some(hook) = &rt.flow_hook {
             (hook.0)(&config.name, "login");
         }
@@ -691,13 +729,13 @@ pub async fn login(
         let previous = if fresh_client { None } else { previous.or_else(|| stored_client.as_ref().map(endpoint_from_stored)) };
         let result = tokio::time::timeout(
             rt.login_timeout,
-            run_login(&rt, &config, &flow_id, &fence, LoginPlan { previous, challenge, auth_url, device_prompt, step_up_scope }),
+            run_login(&rt, &config, &flow_id, &fence, LoginPlan { previous, challenge, auth_url, device_prompt, step_up_scope, dpop }),
         )
         .await;
         let outcome = match result {
             Ok(Ok((token, endpoint))) => {
                 // The flow was marked succeeded with the token's save (one transaction).
-                event("token obtained", json!({"endpoint": "token endpoint", "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "flow_ms": started.elapsed().as_millis() as u64}));
+                event("token obtained", json!({"endpoint": "token endpoint", "expires_at": token.expires_at, "scope": token.scope, "has_refresh_token": token.refresh_token.is_some(), "token_type": token.token_type, "dpop_jkt": token.dpop.as_ref().map(|d| d.jkt.clone()), "flow_ms": started.elapsed().as_millis() as u64}));
                 return FlowOutcome::Token { token, endpoint: Some(endpoint), durable: true };
             }
             Ok(Err(e)) => {
@@ -725,6 +763,7 @@ struct LoginPlan {
     auth_url: Published<String>,
     device_prompt: Published<DevicePrompt>,
     step_up_scope: Option<String>,
+    dpop: Option<Dpop>,
 }
 
 async fn run_login(
@@ -740,8 +779,20 @@ async fn run_login(
         auth_url,
         device_prompt,
         step_up_scope,
+        dpop,
     } = plan;
     let discovery = discover(&rt.http, &config.url, challenge.as_ref()).await?;
+    // DPoP where the config asks for it or the resource requires it; the actor's key is
+    // reused (a new one otherwise), and the tokens are stored with it.
+    let dpop = dpop::policy(
+        config.dpop,
+        &discovery,
+        &challenge.clone().unwrap_or_default(),
+    )
+    .map(|required| {
+        dpop.unwrap_or_else(|| Dpop::new(DpopKey::generate()))
+            .with_required(required)
+    });
     let scope = config.scope.clone().or_else(|| {
         select_scope(
             challenge.as_ref().and_then(|c| c.scope.as_deref()),
@@ -774,10 +825,19 @@ async fn run_login(
             previous,
             scope.as_deref(),
             device_prompt,
+            dpop.as_ref(),
         )
         .await?
     } else {
-        browser_login(&rt.http, &discovery, &settings, previous, scope.as_deref()).await?
+        browser_login_dpop(
+            &rt.http,
+            &discovery,
+            &settings,
+            previous,
+            scope.as_deref(),
+            dpop.as_ref(),
+        )
+        .await?
     };
     let token = stored_token(
         config,
@@ -785,6 +845,7 @@ async fn run_login(
         Some(discovery.authorization_server.issuer.clone()),
         &set,
         flow_id,
+        dpop.as_ref(),
     );
     let client = stored_client(config, &discovery, &endpoint);
     match save_fenced(rt, fence, &token, Some(client), Some(flow_id)).await {
@@ -807,6 +868,7 @@ async fn device_login_published(
     previous: Option<TokenEndpoint>,
     scope: Option<&str>,
     slot: Published<DevicePrompt>,
+    dpop: Option<&Dpop>,
 ) -> Result<(TokenEndpoint, crate::oauth::token::TokenSet), OAuthError> {
     let shown = crate::oauth::device::shown_with(rt.browser.clone());
     let published = slot.clone();
@@ -821,6 +883,7 @@ async fn device_login_published(
         previous,
         scope,
         &show,
+        dpop,
     )
     .await;
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
