@@ -630,6 +630,11 @@ async fn the_daemon_refreshes_a_bound_token_through_several_lifetimes_with_rotat
         }
     }
 
+    let status = handle.status().await.unwrap().remove(0);
+    assert_eq!(status.token_type.as_deref(), Some("DPoP"));
+    // Stopped before counting: no refresh is in flight while the numbers are read.
+    handle.shutdown().await;
+
     let stats = srv.stats();
     assert_eq!(
         stats.authorize_requests, 1,
@@ -639,15 +644,12 @@ async fn the_daemon_refreshes_a_bound_token_through_several_lifetimes_with_rotat
         stats.dpop_bound_tokens >= 4,
         "the login and three refreshes: {stats:?}"
     );
-    assert_eq!(
-        stats.token_requests_for("refresh_token") + 1,
-        stats.dpop_bound_tokens,
-        "no refresh needed a second try: the nonce of each answer was used by the next one"
-    );
+    // Any request that needed a second try would have been refused for its nonce first.
     assert_eq!(
         stats.dpop_refusals_for("nonce"),
         2,
-        "one use_dpop_nonce per endpoint, at its first request"
+        "one use_dpop_nonce per endpoint, at its first request; after that each answer's \
+         nonce was used by the next request, across the login and every refresh"
     );
     for reason in ["replay", "bad_proof", "key_mismatch", "missing"] {
         assert_eq!(stats.dpop_refusals_for(reason), 0, "no {reason} refusal");
@@ -656,6 +658,11 @@ async fn the_daemon_refreshes_a_bound_token_through_several_lifetimes_with_rotat
     // The key is in the store, sealed, and nowhere in clear: not in the file, not in a log.
     let (private_key, jkt, raw) = stored_dpop_key(&dir);
     assert!(raw.starts_with("enc1:"), "the stored key is sealed");
+    assert_eq!(
+        status.dpop_jkt.as_deref(),
+        Some(jkt.as_str()),
+        "status names the key"
+    );
     let db = std::fs::read(database_path(&dir)).unwrap();
     let wal = std::fs::read(database_path(&dir).with_extension("db-wal")).unwrap_or_default();
     for bytes in [&db, &wal] {
@@ -671,7 +678,6 @@ async fn the_daemon_refreshes_a_bound_token_through_several_lifetimes_with_rotat
         .query_row("SELECT dpop_jkt FROM oauth_tokens", [], |r| r.get(0))
         .unwrap();
     assert_eq!(outside, jkt, "the thumbprint is readable without the key");
-    handle.shutdown().await;
     let text = log_text();
     assert!(
         text.contains("token refreshed"),
@@ -682,6 +688,58 @@ async fn the_daemon_refreshes_a_bound_token_through_several_lifetimes_with_rotat
         !text.contains(&private_key),
         "the private key appears in a log line"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_daemon_logs_in_by_device_code_with_dpop() {
+    // A headless host: the device grant, at a server that requires DPoP with a nonce per
+    // request. Every poll carries a proof; the first is refused for its nonce.
+    let srv = start(Config {
+        device_grant: true,
+        device_interval_secs: 1,
+        dpop_required: true,
+        dpop_nonce: Some(NonceRotation::EveryRequest),
+        ..Config::default()
+    })
+    .await;
+    let dir = temp_dir("daemon-dpop-device");
+    logs();
+    let mut upstream = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    upstream.device_code = true;
+    // The launcher "enters the code": it opens the verification URL, which approves.
+    let (browser, _) = following_browser();
+    let handle = SupervisorHandle::start(SupervisorConfig {
+        browser,
+        login_timeout: Duration::from_secs(20),
+        http_timeout: Duration::from_secs(5),
+        ..SupervisorConfig::new(vec![upstream], dir.clone())
+    })
+    .await
+    .expect("the supervisor starts");
+    handle
+        .reconnect("srv")
+        .await
+        .expect("the device login succeeds");
+    let token = handle.access_token("srv").await.unwrap();
+    assert_eq!(token.token_type(), "DPoP");
+    assert_eq!(echo(&srv, &token, "headless").await.unwrap(), "headless");
+    handle.shutdown().await;
+    let stats = srv.stats();
+    assert_eq!(stats.device_authorizations, 1);
+    assert_eq!(stats.authorize_requests, 0, "no browser redirect flow");
+    assert_eq!(stats.dpop_bound_tokens, 1);
+    assert!(
+        stats.dpop_refusals_for("nonce") >= 1,
+        "the first poll had no nonce: {stats:?}"
+    );
+    assert_eq!(
+        stats.dpop_refusals_for("missing"),
+        0,
+        "every poll carried a proof"
+    );
+    let (_, jkt, _) = stored_dpop_key(&dir);
+    assert!(!jkt.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -791,6 +849,23 @@ async fn the_daemon_uses_dpop_where_configured_and_bearer_otherwise() {
             configured,
             "a key is stored only with DPoP"
         );
+        let status = handle.status().await.unwrap().remove(0);
+        assert_eq!(status.token_type.as_deref(), Some(token_type));
+        assert_eq!(status.dpop_jkt, stored);
+        // The runtime tells which MCP version it speaks with the server; status shows it.
+        assert_eq!(status.protocol_version, None);
+        handle
+            .report_protocol_version("srv", "2025-11-25")
+            .await
+            .unwrap();
+        let refused = handle
+            .report_protocol_version("srv", "2025-11-25\nforged: line")
+            .await
+            .expect_err("a version with a line break is refused");
+        assert_eq!(refused.code(), "invalid_input");
+        assert!(!refused.to_string().contains("forged"), "{refused}");
+        let status = handle.status().await.unwrap().remove(0);
+        assert_eq!(status.protocol_version.as_deref(), Some("2025-11-25"));
         handle.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -20,12 +20,13 @@ use mcpproxy_oauth::oauth::client_identity::{
 use mcpproxy_oauth::oauth::http::HttpReply;
 use mcpproxy_oauth::oauth::login::LoginSettings;
 use mcpproxy_oauth::oauth::token::{TokenEndpoint, TokenSet};
-use mcpproxy_oauth::store::db::{StoredClient, StoredToken};
+use mcpproxy_oauth::store::db::{StoredClient, StoredDpopKey, StoredToken};
 use mcpproxy_oauth::supervisor::SupervisorConfig;
 
 const CLIENT_SECRET: &str = "configured-client-secret-0451";
 const ACCESS: &str = "eyJ-access-token-debug-check";
 const REFRESH: &str = "rt-refresh-token-debug-check";
+const DPOP_KEY: &str = "dpop-private-key-debug-check";
 
 fn assert_clean(what: &str, text: &str, secrets: &[&str]) {
     for secret in secrets {
@@ -108,7 +109,10 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
         expires_at: None,
         obtained_at: 0,
         flow_id: None,
-        dpop: None,
+        dpop: Some(StoredDpopKey {
+            private_key: DPOP_KEY.into(),
+            jkt: "jkt-shown".into(),
+        }),
     };
     let stored_client = StoredClient {
         server_key: "k".into(),
@@ -143,7 +147,7 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
         dpop: false,
     };
     let supervisor = SupervisorConfig::new(servers.clone(), dir.clone());
-    let secrets = [CLIENT_SECRET, ACCESS, REFRESH, state.as_str()];
+    let secrets = [CLIENT_SECRET, ACCESS, REFRESH, DPOP_KEY, state.as_str()];
     let shown: Vec<(&str, String)> = vec![
         ("UpstreamConfig", format!("{:?}", servers[0])),
         ("ClientConfig", format!("{client:?}")),
@@ -165,6 +169,7 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
     // The redacted forms still say something was there.
     assert!(shown[1].1.contains("ClientSecret"), "{}", shown[1].1);
     assert!(shown[7].1.contains("body_bytes"), "{}", shown[7].1);
+    assert!(shown[8].1.contains("jkt-shown"), "{}", shown[8].1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

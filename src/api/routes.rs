@@ -88,6 +88,9 @@ fn supervisor_error(e: &SupervisorError) -> HttpResponse {
             "stopped",
             "the daemon is shutting down",
         ),
+        SupervisorError::InvalidInput(_) => {
+            error(StatusCode::BAD_REQUEST, "invalid_input", e.to_string())
+        }
     }
 }
 

@@ -81,6 +81,12 @@ pub struct ServerView {
     pub login_link: Option<AuthLinkView>,
     /// While a device login waits: the user code, where to enter it, when it expires.
     pub device_login: Option<DeviceLoginView>,
+    /// `Bearer`, or `DPoP` for a token bound to a key (RFC 9449); `None` without a token.
+    pub token_type: Option<String>,
+    /// The bound key's public thumbprint (RFC 7638), for a DPoP token.
+    pub dpop_jkt: Option<String>,
+    /// The MCP protocol version the embedding runtime reported for this server.
+    pub protocol_version: Option<String>,
 }
 
 /// A device login's prompt (RFC 8628) as the API shows it; no secret in it.
@@ -280,6 +286,9 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
             verification_uri_complete: d.verification_uri_complete.clone(),
             expires_at: rfc3339(d.expires_at),
         }),
+        token_type: status.token_type.clone(),
+        dpop_jkt: status.dpop_jkt.clone(),
+        protocol_version: status.protocol_version.clone(),
     }
 }
 
@@ -312,6 +321,9 @@ mod tests {
             timers_fired: 0,
             auth_url: None,
             device_login: None,
+            token_type: None,
+            dpop_jkt: None,
+            protocol_version: None,
         }
     }
 
@@ -416,6 +428,28 @@ mod tests {
         assert_eq!(e.error, "invalid_grant");
         assert_eq!(v.health.action, "login");
         assert_eq!(v.oauth_status, "error");
+    }
+
+    #[test]
+    fn the_token_binding_and_the_protocol_version_are_shown() {
+        let mut s = status(Phase::Connected);
+        s.token_type = Some("DPoP".into());
+        s.dpop_jkt = Some("jkt-1".into());
+        s.protocol_version = Some("2026-07-28".into());
+        let v = server_view(&s, inputs(1));
+        assert_eq!(
+            (
+                v.token_type.as_deref(),
+                v.dpop_jkt.as_deref(),
+                v.protocol_version.as_deref()
+            ),
+            (Some("DPoP"), Some("jkt-1"), Some("2026-07-28"))
+        );
+        let v = server_view(&status(Phase::Idle), inputs(1));
+        assert_eq!(
+            (v.token_type, v.dpop_jkt, v.protocol_version),
+            (None, None, None)
+        );
     }
 
     #[test]

@@ -814,9 +814,15 @@ impl TokenStore {
                         expires_at: r.get::<_, Option<i64>>(9)?.map(|e| e.min(latest)),
                         obtained_at: r.get::<_, i64>(10)?.clamp(0, now),
                         flow_id: r.get(11)?,
-                        dpop: match (r.get::<_, Option<String>>(12)?, r.get(13)?) {
+                        dpop: match (r.get::<_, Option<String>>(12)?, r.get::<_, Option<String>>(13)?) {
                             (Some(private_key), Some(jkt)) => Some(StoredDpopKey { private_key, jkt }),
-                            _ => None,
+                            (None, None) => None,
+                            _ => {
+                                // Written half by hand, or by a build before migration 0006
+                                // still running on this file: the token is used unbound.
+                                tracing::warn!(server_key, "the stored token has only one of dpop_key and dpop_jkt; it is used without DPoP (a refresh a DPoP server refuses leads to a login)");
+                                None
+                            }
                         },
                     })
                 },

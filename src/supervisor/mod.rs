@@ -140,6 +140,9 @@ pub enum SupervisorError {
     Store(#[from] StoreError),
     #[error("the OAuth supervisor has stopped")]
     Stopped,
+    /// An argument the caller gave is not what the call takes (the message says what).
+    #[error("{0}")]
+    InvalidInput(String),
 }
 
 impl SupervisorError {
@@ -152,6 +155,7 @@ impl SupervisorError {
             SupervisorError::UnknownServer { .. } => "unknown_server",
             SupervisorError::Store(_) => "store",
             SupervisorError::Stopped => "stopped",
+            SupervisorError::InvalidInput(_) => "invalid_input",
             SupervisorError::Upstream(e) => match e.failure {
                 Failure::NeedsLogin { .. } => "needs_login",
                 Failure::BackingOff { .. } => "backing_off",
@@ -320,9 +324,9 @@ impl SharedAccessToken {
         &self.0.token_type
     }
 
-    /// Whether requests with this token must carry a DPoP proof.
+    /// Whether requests with this token must carry a DPoP proof (its type is `DPoP`).
     pub fn is_dpop(&self) -> bool {
-        self.0.dpop.is_some() && self.0.token_type.eq_ignore_ascii_case("dpop")
+        self.0.token_type.eq_ignore_ascii_case("dpop")
     }
 
     /// The `Authorization` header value: `Bearer <token>` or `DPoP <token>` (a secret).
@@ -333,8 +337,9 @@ impl SharedAccessToken {
 
     /// For a DPoP-bound token: the `DPoP` header value for one request (RFC 9449 §4, §7), a
     /// fresh proof each call, with `ath` of this token and the nonce the resource last
-    /// handed out for `url`. `None` for a Bearer token. A proof is a short-lived credential:
-    /// never log it.
+    /// handed out for `url`. `None` for a Bearer token (and for a DPoP token whose stored key
+    /// cannot be used: the resource refuses it, and the 401 reported leads to a login). A
+    /// proof is a short-lived credential: never log it.
     pub fn dpop_proof(&self, method: &str, url: &str) -> Option<String> {
         let dpop = self.0.dpop.as_ref().filter(|_| self.is_dpop())?;
         Some(dpop.proof(method, url, Some(self.secret())))
@@ -669,6 +674,31 @@ impl SupervisorHandle {
             },
         )
         .await
+    }
+
+    /// The MCP protocol version the embedding runtime negotiated with the server (it makes the
+    /// MCP requests; the daemon does not), shown in status and the API until it reports
+    /// another. A version is 1 to 32 characters of `A-Z a-z 0-9 . _ -` (`2026-07-28`).
+    pub async fn report_protocol_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(), SupervisorError> {
+        let valid = (1..=32).contains(&version.len())
+            && version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            return Err(SupervisorError::InvalidInput(format!(
+                "a protocol version is 1 to 32 characters of letters, digits, '.', '_' and '-' (like 2026-07-28); got {} characters that are not",
+                version.chars().count()
+            )));
+        }
+        self.upstream(name)?
+            .addr
+            .send(actor::ReportProtocolVersion(version.to_string()))
+            .await
+            .map_err(|_| SupervisorError::Stopped)
     }
 
     /// Runs a browser login now, whatever the browser rate limit says.

@@ -160,6 +160,13 @@ pub struct ServerStatus {
     pub last_flow: Option<String>,
     /// When the armed timer fires: the proactive refresh, or the retry in backoff.
     pub timer_at: Option<Millis>,
+    /// The current token's type: `Bearer`, or `DPoP` (RFC 9449).
+    pub token_type: Option<String>,
+    /// For a DPoP-bound token: the RFC 7638 thumbprint of its key (public; the `cnf.jkt`).
+    pub dpop_jkt: Option<String>,
+    /// The MCP protocol version the embedding runtime reported for this server
+    /// (`SupervisorHandle::report_protocol_version`).
+    pub protocol_version: Option<String>,
 }
 
 type Reply = Result<Grant, UpstreamError>;
@@ -214,6 +221,11 @@ pub struct UpstreamActor {
     /// The DPoP key of the current token (RFC 9449) with the nonces its servers handed out,
     /// shared with the published snapshot and the flows.
     dpop: Option<Dpop>,
+    /// The key logins prove where they use DPoP (kept across failed logins, with the nonces
+    /// their token endpoint handed out); becomes `dpop` when a login's token is bound to it.
+    login_dpop: Option<Dpop>,
+    /// What the embedding runtime last reported having negotiated with the server.
+    protocol_version: Option<String>,
     running_flow_started_at: Millis,
     timer_at: Option<Millis>,
 }
@@ -256,6 +268,8 @@ impl UpstreamActor {
             auth_url: Arc::default(),
             device_prompt: Arc::default(),
             dpop: None,
+            login_dpop: None,
+            protocol_version: None,
             running_flow_started_at: 0,
             timer_at: None,
         }
@@ -387,10 +401,14 @@ impl UpstreamActor {
                 let flow_id = self.begin_flow("login");
                 // A login that uses DPoP proves this key; the token it brings back is bound
                 // to it, and the nonces its token endpoint hands out carry over to refreshes.
-                let dpop = self
-                    .dpop
-                    .get_or_insert_with(|| Dpop::new(DpopKey::generate()))
-                    .clone();
+                let dpop = match (&self.dpop, &self.login_dpop) {
+                    (Some(current), _) => current.clone(),
+                    (None, Some(earlier)) => earlier.clone(),
+                    (None, None) => self
+                        .login_dpop
+                        .insert(Dpop::new(DpopKey::generate()))
+                        .clone(),
+                };
                 let request = LoginRequest {
                     previous: self.endpoint.clone(),
                     fresh_client: self.fresh_client,
@@ -735,9 +753,18 @@ impl UpstreamActor {
 
     /// Replaces the current token and publishes its snapshot (or its absence).
     fn set_current(&mut self, token: Option<StoredToken>, durable: bool) {
+        let jkt = token
+            .as_ref()
+            .and_then(|t| t.dpop.as_ref())
+            .map(|d| d.jkt.as_str());
+        let known = [self.dpop.as_ref(), self.login_dpop.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|d| Some(d.key().thumbprint()) == jkt)
+            .cloned();
         self.dpop = match token
             .as_ref()
-            .map(|t| flows::dpop_binding(t, self.dpop.as_ref()))
+            .map(|t| flows::dpop_binding(t, known.as_ref()))
         {
             Some(Ok(dpop)) => dpop,
             Some(Err(e)) => {
@@ -994,6 +1021,21 @@ pub struct Logout;
 #[derive(Message)]
 #[rtype(result = "ServerStatus")]
 pub struct GetStatus;
+
+/// The MCP protocol version the embedding runtime negotiated (already checked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportProtocolVersion(pub String);
+
+impl Handler<ReportProtocolVersion> for UpstreamActor {
+    type Result = ();
+    fn handle(&mut self, message: ReportProtocolVersion, _: &mut Context<Self>) {
+        if self.protocol_version.as_deref() != Some(message.0.as_str()) {
+            tracing::info!(server = %self.config.name, protocol_version = %message.0, "the MCP protocol version in use");
+            self.protocol_version = Some(message.0);
+        }
+    }
+}
 
 impl Handler<Reconnect> for UpstreamActor {
     type Result = ResponseFuture<Reply>;
@@ -1288,6 +1330,9 @@ impl Handler<GetStatus> for UpstreamActor {
                 .map(|_| self.running_flow_started_at),
             last_flow: self.last_flow.clone(),
             timer_at: self.timer.as_ref().and(self.timer_at),
+            token_type: token.map(|t| t.token_type.clone()),
+            dpop_jkt: token.and_then(|t| t.dpop.as_ref().map(|d| d.jkt.clone())),
+            protocol_version: self.protocol_version.clone(),
         })
     }
 }

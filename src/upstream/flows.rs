@@ -521,8 +521,13 @@ pub async fn refresh(
         let scope = if plan.omit_scope { None } else { current.scope.as_deref() };
         // A token bound to a key is refreshed with proofs of that key (RFC 9449 §5): the one
         // stored with it, whichever process wrote it.
+        // A DPoP token stays one: a Bearer answer to its refresh is refused (RFC 9449 §5).
+        let bound = current.token_type.eq_ignore_ascii_case("dpop");
         let dpop = match dpop_binding(&current, dpop.as_ref()) {
-            Ok(dpop) => dpop,
+            Ok(dpop) => dpop.map(|d| {
+                let required = d.required() || bound;
+                d.with_required(required)
+            }),
             Err(e) => {
                 let error = format!("the stored DPoP key cannot be used ({e}): the refresh token is bound to it, so a login is needed");
                 tracing::warn!(error = %error, "refresh impossible");

@@ -244,6 +244,8 @@ pub(super) fn device_code_grant(
     client: &Client,
     form: &Params,
     shape: Option<FaultKind>,
+    // The thumbprint of the poll's DPoP proof: the tokens are bound to it (RFC 9449 §5).
+    jkt: Option<&str>,
 ) -> Result<serde_json::Value, Denied> {
     inner.stats.device_polls += 1;
     let device_code = form
@@ -298,7 +300,7 @@ pub(super) fn device_code_grant(
             let family = inner.next_family;
             inner.next_family += 1;
             Ok(issue_tokens(
-                state, inner, family, client, &scope, resource, shape, true, None,
+                state, inner, family, client, &scope, resource, shape, true, jkt,
             ))
         }
     }

@@ -116,7 +116,14 @@ pub async fn token(
                 refresh_token_grant(&state, &mut inner, &client, &form, shape, jkt.as_deref())
             }
             super::device::GRANT_TYPE if state.config.device_grant => {
-                super::device::device_code_grant(&state, &mut inner, &client, &form, shape)
+                super::device::device_code_grant(
+                    &state,
+                    &mut inner,
+                    &client,
+                    &form,
+                    shape,
+                    jkt.as_deref(),
+                )
             }
             "" => Err(deny("invalid_request", "grant_type is required")),
             other => Err(deny(
