@@ -280,13 +280,77 @@ async fn a_moved_authorization_server_is_followed_by_a_running_daemon() {
         "the new server got its own registration and one login"
     );
     assert_eq!(
-        stored(&dir, "SELECT issuer FROM oauth_clients"),
-        new_as.issuer(),
-        "the stored client is the new server's"
+        stored(
+            &dir,
+            "SELECT group_concat(issuer, ' ') FROM (SELECT issuer FROM oauth_clients ORDER BY issuer)"
+        ),
+        {
+            let mut both = [srv.issuer(), new_as.issuer()];
+            both.sort();
+            both.join(" ")
+        },
+        "a client per authorization server, keyed by issuer"
     );
     assert_eq!(
         stored(&dir, "SELECT issuer FROM oauth_tokens"),
         new_as.issuer()
+    );
+
+    // The resource moves back. Its server's client is still stored: the login there reuses
+    // it (no second registration), and the new server's client is never presented there.
+    srv.trust_authorization_server(&srv.issuer());
+    let refused = mcp(&srv).ping(Some(moved.access_token.secret())).await;
+    let Err(McpError::Unauthorized(challenge)) = refused else {
+        panic!("the resource refuses the new server's token once it moved back: {refused:?}");
+    };
+    // A token refused within seconds of its login makes the daemon wary of a loop: it backs
+    // off once (1 s), then reads the metadata again and follows the move by itself.
+    let mut changes = handle.subscribe();
+    let back = match handle
+        .report_unauthorized("srv", moved.access_token.secret(), Some(challenge))
+        .await
+    {
+        Ok(grant) => grant.access_token.secret().clone(),
+        Err(e) => {
+            assert_eq!(e.code(), "backing_off", "{e}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(token) = handle.cached_access_token("srv").unwrap()
+                    && token.secret() != moved.access_token.secret()
+                {
+                    break token.secret().clone();
+                }
+                tokio::time::timeout_at(deadline, changes.recv())
+                    .await
+                    .expect("the daemon follows the move back within 20 s")
+                    .expect("state changes are delivered");
+            }
+        }
+    };
+    mcp(&srv)
+        .ping(Some(&back))
+        .await
+        .expect("the first server's new token is accepted");
+    let (old_stats, new_stats) = (srv.stats(), new_as.stats());
+    assert_eq!(
+        (old_stats.registrations, old_stats.authorize_requests),
+        (1, 2),
+        "the first server's stored client was reused for the second login there"
+    );
+    assert_eq!(
+        new_stats.token_requests_for("refresh_token"),
+        0,
+        "the new server's refresh token is not presented once the resource moved back"
+    );
+    assert_eq!(launches.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        stored(&dir, "SELECT issuer FROM oauth_tokens"),
+        srv.issuer()
+    );
+    assert_eq!(
+        stored(&dir, "SELECT count(*) || '' FROM oauth_clients"),
+        "2",
+        "both clients are kept"
     );
     handle.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -41,6 +41,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0006_dpop_key",
         include_str!("../../migrations/0006_dpop_key.sql"),
     ),
+    (
+        "0007_clients_by_issuer",
+        include_str!("../../migrations/0007_clients_by_issuer.sql"),
+    ),
 ];
 
 /// The newest flows first: served by the index `oauth_flows_by_start` (no sort).
@@ -658,16 +662,20 @@ impl TokenStore {
                 params![server_key, access, refresh, dpop_key],
             )?;
         }
-        let clients: Vec<(String, Option<String>, Option<String>)> = tx
-            .prepare("SELECT server_key, client_secret, registration_json FROM oauth_clients")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        // By rowid: a server has a client per authorization server.
+        type ClientSecrets = (i64, String, Option<String>, Option<String>);
+        let clients: Vec<ClientSecrets> = tx
+            .prepare(
+                "SELECT rowid, server_key, client_secret, registration_json FROM oauth_clients",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
-        for (server_key, secret, registration) in clients {
+        for (rowid, server_key, secret, registration) in clients {
             let secret = seal_column(key, "client_secret", &server_key, secret.as_deref());
             sealed += usize::from(secret.is_some());
             tx.execute(
-                "UPDATE oauth_clients SET client_secret = ?2, registration_json = ?3 WHERE server_key = ?1",
-                params![server_key, secret, registration.map(|r| without_management_token(&r))],
+                "UPDATE oauth_clients SET client_secret = ?2, registration_json = ?3 WHERE rowid = ?1",
+                params![rowid, secret, registration.map(|r| without_management_token(&r))],
             )?;
         }
         tx.execute(
@@ -695,11 +703,12 @@ impl TokenStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for (table, column) in SECRET_COLUMNS {
-            let rows: Vec<(String, Option<String>)> = tx
-                .prepare(&format!("SELECT server_key, {column} FROM {table}"))?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            // By rowid: oauth_clients holds a row per (server_key, issuer).
+            let rows: Vec<(i64, String, Option<String>)> = tx
+                .prepare(&format!("SELECT rowid, server_key, {column} FROM {table}"))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
-            for (server_key, stored) in rows {
+            for (rowid, server_key, stored) in rows {
                 let Some(stored) = stored else { continue };
                 let place = cipher::place(table, column, &server_key);
                 let plain =
@@ -708,8 +717,8 @@ impl TokenStore {
                         column,
                     })?;
                 tx.execute(
-                    &format!("UPDATE {table} SET {column} = ?2 WHERE server_key = ?1"),
-                    params![server_key, cipher::seal(&new, &place, &plain)],
+                    &format!("UPDATE {table} SET {column} = ?2 WHERE rowid = ?1"),
+                    params![rowid, cipher::seal(&new, &place, &plain)],
                 )?;
             }
         }
@@ -893,14 +902,52 @@ impl TokenStore {
         Ok(())
     }
 
+    /// The server's newest client identity (of the authorization server it last used).
     pub fn load_client(&self, server_key: &str) -> Result<Option<StoredClient>, StoreError> {
+        self.query_client(
+            "WHERE server_key = ?1 ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+            params![server_key],
+        )
+    }
+
+    /// The server's client identity at the authorization server `issuer` (exact comparison).
+    pub fn load_client_for(
+        &self,
+        server_key: &str,
+        issuer: &str,
+    ) -> Result<Option<StoredClient>, StoreError> {
+        self.query_client(
+            "WHERE server_key = ?1 AND issuer = ?2",
+            params![server_key, issuer],
+        )
+    }
+
+    /// The client a stored token is refreshed with: the one of the token's issuer; the newest
+    /// one for a token that names no issuer (rows from before issuers were recorded) and
+    /// without a token.
+    pub fn client_for_token(
+        &self,
+        server_key: &str,
+        token: Option<&StoredToken>,
+    ) -> Result<Option<StoredClient>, StoreError> {
+        match token.and_then(|t| t.issuer.as_deref()) {
+            Some(issuer) => self.load_client_for(server_key, issuer),
+            None => self.load_client(server_key),
+        }
+    }
+
+    fn query_client(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Option<StoredClient>, StoreError> {
         self
             .conn
             .query_row(
-                "SELECT server_key, issuer, client_id, client_secret, token_endpoint_auth_method, source, redirect_uri, authorization_endpoint,
+                &format!("SELECT server_key, issuer, client_id, client_secret, token_endpoint_auth_method, source, redirect_uri, authorization_endpoint,
                         token_endpoint, revocation_endpoint, resource, iss_parameter_supported, registration_json
-                 FROM oauth_clients WHERE server_key = ?1",
-                [server_key],
+                 FROM oauth_clients {filter}"),
+                params,
                 |r| {
                     Ok(StoredClient {
                         server_key: r.get(0)?,
@@ -940,7 +987,7 @@ impl TokenStore {
             "INSERT INTO oauth_clients (server_key, issuer, client_id, client_secret, token_endpoint_auth_method, source, redirect_uri,
                authorization_endpoint, token_endpoint, revocation_endpoint, resource, iss_parameter_supported, registration_json, registered_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
-             ON CONFLICT(server_key) DO UPDATE SET issuer = excluded.issuer, client_id = excluded.client_id, client_secret = excluded.client_secret,
+             ON CONFLICT(server_key, issuer) DO UPDATE SET client_id = excluded.client_id, client_secret = excluded.client_secret,
                token_endpoint_auth_method = excluded.token_endpoint_auth_method, source = excluded.source, redirect_uri = excluded.redirect_uri,
                authorization_endpoint = excluded.authorization_endpoint, token_endpoint = excluded.token_endpoint,
                revocation_endpoint = excluded.revocation_endpoint, resource = excluded.resource,
@@ -1065,8 +1112,8 @@ impl TokenStore {
         };
         Ok(FlowStart {
             not_recorded,
+            client: self.client_for_token(server_key, token.as_ref())?,
             token,
-            client: self.load_client(server_key)?,
             token_by_login,
         })
     }
@@ -1482,6 +1529,12 @@ mod tests {
             [],
         )
         .unwrap();
+        conn.execute(
+            "INSERT INTO oauth_clients (server_key, issuer, client_id, token_endpoint_auth_method, source, redirect_uri, authorization_endpoint, token_endpoint, resource, registered_at, updated_at)
+             VALUES ('k1', 'https://as', 'cid-v1', 'none', 'registered', 'r', 'https://as/authorize', 'https://as/token', 'u', 1, 1)",
+            [],
+        )
+        .unwrap();
         path
     }
 
@@ -1492,6 +1545,18 @@ mod tests {
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(store.token_status().unwrap()[0].status, "expired");
         assert!(store.load_token("k1").unwrap().is_some());
+        // Migration 0007 rebuilt oauth_clients with (server_key, issuer) as its key.
+        let client = store.load_client_for("k1", "https://as").unwrap().unwrap();
+        assert_eq!(client.client_id, "cid-v1");
+        let token = store.load_token("k1").unwrap();
+        assert_eq!(
+            store
+                .client_for_token("k1", token.as_ref())
+                .unwrap()
+                .map(|c| c.client_id),
+            Some("cid-v1".into()),
+            "a token without an issuer goes with the newest client"
+        );
         let view: String = store
             .conn
             .query_row(

@@ -510,7 +510,11 @@ impl UpstreamActor {
         let registry = self.rt.registry.clone();
         async move {
             registry
-                .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
+                .call(move |s| {
+                    let token = s.load_token(&key)?;
+                    let client = s.client_for_token(&key, token.as_ref())?;
+                    Ok((token, client))
+                })
                 .await
         }
     }
@@ -1165,7 +1169,11 @@ impl Handler<Logout> for UpstreamActor {
             let stored = {
                 let key = key.clone();
                 registry
-                    .call(move |s| Ok((s.load_token(&key)?, s.load_client(&key)?)))
+                    .call(move |s| {
+                        let token = s.load_token(&key)?;
+                        let client = s.client_for_token(&key, token.as_ref())?;
+                        Ok((token, client))
+                    })
                     .await
             };
             if let Ok((Some(token), Some(client))) = &stored

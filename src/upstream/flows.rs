@@ -734,7 +734,7 @@ pub async fn login(
         let previous = if fresh_client { None } else { previous.or_else(|| stored_client.as_ref().map(endpoint_from_stored)) };
         let result = tokio::time::timeout(
             rt.login_timeout,
-            run_login(&rt, &config, &flow_id, &fence, LoginPlan { previous, challenge, auth_url, device_prompt, step_up_scope, dpop }),
+            run_login(&rt, &config, &flow_id, &fence, LoginPlan { previous, reuse_stored_client: !fresh_client, challenge, auth_url, device_prompt, step_up_scope, dpop }),
         )
         .await;
         let outcome = match result {
@@ -764,6 +764,9 @@ pub async fn login(
 /// What a login asks for, past the lock and the adoption check.
 struct LoginPlan {
     previous: Option<TokenEndpoint>,
+    /// A client stored for the authorization server the login goes to may be reused (not
+    /// after a failed login with a registered client: that server may have forgotten it).
+    reuse_stored_client: bool,
     challenge: Option<BearerChallenge>,
     auth_url: Published<String>,
     device_prompt: Published<DevicePrompt>,
@@ -780,6 +783,7 @@ async fn run_login(
 ) -> Result<(StoredToken, TokenEndpoint), OAuthError> {
     let LoginPlan {
         previous,
+        reuse_stored_client,
         challenge,
         auth_url,
         device_prompt,
@@ -819,9 +823,20 @@ async fn run_login(
         redirect_port: config.redirect_port,
         extra_params: config.extra_params.clone().into_iter().collect(),
     };
-    // A stored client is reused only at the authorization server it was registered with.
-    let previous =
-        previous.filter(|p| p.token_endpoint == discovery.authorization_server.token_endpoint);
+    // A stored client is reused only at the authorization server it was registered with:
+    // the previous one if that is where the login goes, else the one stored for that server
+    // (a resource that moved away and back, SEP-2352), else a new one is obtained.
+    let at_this_server =
+        |p: &TokenEndpoint| p.token_endpoint == discovery.authorization_server.token_endpoint;
+    let previous = match previous.filter(at_this_server) {
+        Some(previous) => Some(previous),
+        None if reuse_stored_client => {
+            stored_client_at(rt, config, &discovery.authorization_server.issuer)
+                .await
+                .filter(at_this_server)
+        }
+        None => None,
+    };
     let (endpoint, set) = if config.device_code {
         device_login_published(
             rt,
@@ -861,6 +876,31 @@ async fn run_login(
         Err(SaveError::Store(e)) => Err(OAuthError::Callback(format!(
             "the new token could not be stored: {e}"
         ))),
+    }
+}
+
+/// The client stored for this server at the authorization server `issuer`, if any and if the
+/// store answers (a failed read only means a new registration).
+async fn stored_client_at(
+    rt: &Runtime,
+    config: &UpstreamConfig,
+    issuer: &str,
+) -> Option<TokenEndpoint> {
+    let (key, issuer) = (config.server_key.clone(), issuer.to_string());
+    match rt
+        .registry
+        .call(move |s| s.load_client_for(&key, &issuer))
+        .await
+    {
+        Ok(Some(client)) => {
+            tracing::info!(client_id = %client.client_id, issuer = %client.issuer, "reusing the client stored for this authorization server");
+            Some(endpoint_from_stored(&client))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the stored clients; obtaining a new client identity");
+            None
+        }
     }
 }
 

@@ -91,6 +91,12 @@ impl OAuthTestServer {
         self.state.advance_clock(by);
     }
 
+    /// From now on the MCP endpoint trusts (and its resource metadata names) the
+    /// authorization server `issuer`, e.g. this server's own again after a move.
+    pub fn trust_authorization_server(&self, issuer: &str) {
+        self.state.lock().trusted_issuer = Some(issuer.to_string());
+    }
+
     /// Stops the server and waits until its listener is closed.
     pub async fn shutdown(mut self) {
         self.task.abort();

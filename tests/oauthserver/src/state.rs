@@ -188,6 +188,9 @@ pub struct Inner {
     pub faults: FaultBook,
     /// MCP requests that presented a valid token (for `authorization_server_moves`).
     pub accepted_mcp_requests: u64,
+    /// Set by `OAuthTestServer::trust_authorization_server`: the issuer the MCP endpoint
+    /// trusts from now on, over `Config::authorization_server_moves`.
+    pub trusted_issuer: Option<String>,
     /// RFC 8628 device authorizations by device code.
     pub device_grants: HashMap<String, crate::routes::device::DeviceGrant>,
     /// DPoP nonces of the token endpoint and of the MCP endpoint, and the proofs' `jti`s.
@@ -292,7 +295,13 @@ impl Shared {
     /// The authorization server the MCP endpoint trusts now: this server, or the one it moved
     /// to (`Config::authorization_server_moves`).
     pub fn resource_issuer(&self) -> String {
-        let accepted = self.lock().accepted_mcp_requests;
+        let (accepted, trusted) = {
+            let inner = self.lock();
+            (inner.accepted_mcp_requests, inner.trusted_issuer.clone())
+        };
+        if let Some(trusted) = trusted {
+            return trusted;
+        }
         match &self.config.authorization_server_moves {
             Some((issuer, after)) if accepted >= *after => issuer.clone(),
             _ => self.issuer(),
