@@ -95,6 +95,12 @@ pub enum ConnectError {
     /// The state machine's answer when no engine error explains it better.
     #[error(transparent)]
     Policy(Failure),
+    /// The machine neither handed out a token nor failed within its bound of steps: a bug of
+    /// the policy, never an answer about the server.
+    #[error(
+        "the authorization policy reached no decision after {steps} steps (it stopped in phase {phase}); this is a bug: rerun with --log-level debug and report the log"
+    )]
+    Undecided { steps: usize, phase: &'static str },
 }
 
 /// Runs the whole connection within `options.timeout`.
@@ -257,7 +263,10 @@ impl Driver {
         match answer {
             Some(Resolution::Ready) => Ok(()),
             Some(Resolution::Failed(failure)) => Err(self.explain(failure)),
-            None => Err(ConnectError::Policy(Failure::Stopped)),
+            None => Err(ConnectError::Undecided {
+                steps: MAX_EVENTS_PER_QUESTION,
+                phase: self.state.phase.name(),
+            }),
         }
     }
 

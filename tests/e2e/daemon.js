@@ -22,9 +22,9 @@ function waitForLine(child, stream, pattern, what, ms = 30_000) {
   });
 }
 
-export async function startDaemon({ noBrowser = false, apiKey = null } = {}) {
+export async function startDaemon({ noBrowser = false, apiKey = null, dpopRequired = false } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mcpproxy-oauth-e2e-"));
-  const oauth = spawn(bin("oauth-test-server"), ["--port", "0", "--access-token-ttl", "8s"], { stdio: ["ignore", "pipe", "pipe"] });
+  const oauth = spawn(bin("oauth-test-server"), ["--port", "0", "--access-token-ttl", "8s", ...(dpopRequired ? ["--dpop-required"] : [])], { stdio: ["ignore", "pipe", "pipe"] });
   const [, oauthUrl] = await waitForLine(oauth, "stdout", /listening on (http:\/\/\S+)/, "the OAuth test server");
   const config = path.join(dir, "mcp_config.json");
   fs.writeFileSync(config, JSON.stringify({ mcpServers: [{ name: "demo", url: `${oauthUrl}/mcp`, oauth: {} }] }));

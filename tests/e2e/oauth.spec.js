@@ -126,6 +126,20 @@ test("without a browser, the banner carries the authorization link and the login
   await popup.close();
 });
 
+test("a server that requires DPoP gets a bound token, and the card says so", async ({ page }) => {
+  daemon = await startDaemon({ dpopRequired: true });
+  await page.goto(daemon.apiUrl + "/");
+  const card = page.getByTestId("card-demo");
+  await expect(card.getByTestId("dpop")).toHaveCount(0);
+  await card.getByTestId("login").click();
+  await expect(card.getByTestId("phase")).toHaveText("connected");
+  const view = await daemon.api("/api/v1/servers/demo");
+  expect(view.token_type).toBe("DPoP");
+  expect(view.dpop_jkt).toMatch(/^[A-Za-z0-9_-]{43}$/);
+  await expect(card.getByTestId("dpop")).toHaveText("DPoP (RFC 9449) · key " + view.dpop_jkt.slice(0, 12) + "…");
+  await shot(page, "9-dpop-bound");
+});
+
 test("with an API key, the page asks for it and then works; the key never shows", async ({ page }) => {
   const key = "e2e-api-key-0123456789abcdef";
   daemon = await startDaemon({ apiKey: key });
