@@ -355,3 +355,51 @@ async fn a_moved_authorization_server_is_followed_by_a_running_daemon() {
     handle.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_re_registration_that_finds_another_authorization_server_follows_the_move() {
+    let new_as = start(Config::default()).await;
+    let srv = start(Config::default()).await;
+    let dir = data_dir("moved-reregister");
+    let (browser, launches) = following_browser();
+    let handle = supervise(&srv, &dir, browser, Policy::default()).await;
+    handle
+        .reconnect("srv")
+        .await
+        .expect("the first login, at the first server");
+    // The resource moves before anyone was refused, and the first server rejects the client
+    // at the next refresh: registering again discovers the new server.
+    srv.trust_authorization_server(&new_as.issuer());
+    srv.inject(Fault {
+        count: Some(1),
+        ..Fault::new(FaultTarget::Refresh, FaultKind::InvalidClient)
+    })
+    .unwrap();
+    let grant = handle
+        .refresh("srv")
+        .await
+        .expect("the daemon follows the move to the new server");
+    mcp(&srv)
+        .ping(Some(grant.access_token.secret()))
+        .await
+        .expect("the new server's token is accepted");
+    let (old_stats, new_stats) = (srv.stats(), new_as.stats());
+    assert_eq!(old_stats.token_requests_for("refresh_token"), 1);
+    assert_eq!(
+        new_stats.token_requests_for("refresh_token"),
+        0,
+        "the first server's refresh token is never presented at the new one"
+    );
+    assert_eq!(
+        (new_stats.registrations, new_stats.authorize_requests),
+        (1, 1),
+        "the client registered during the refresh is the one the login there uses"
+    );
+    assert_eq!(launches.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        stored(&dir, "SELECT issuer FROM oauth_tokens"),
+        new_as.issuer()
+    );
+    handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1555,7 +1555,7 @@ mod tests {
                 .unwrap()
                 .map(|c| c.client_id),
             Some("cid-v1".into()),
-            "a token without an issuer goes with the newest client"
+            "a token without an issuer (rows from before issuers) still finds its client"
         );
         let view: String = store
             .conn

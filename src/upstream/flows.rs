@@ -487,7 +487,7 @@ pub async fn refresh(
         if after_refusal && let Some(issuer) = issuer
             && let Some(moved_to) = moved_authorization_server(&rt, &config, challenge.as_ref(), &issuer).await
         {
-            let error = format!("the resource now trusts the authorization server {moved_to}, not {issuer}: a login there replaces this server's tokens and client");
+            let error = format!("the resource now trusts the authorization server {moved_to}, not {issuer}: a login there replaces this server's tokens (with that server's own client)");
             tracing::info!(from = %issuer, to = %moved_to, "the resource moved to another authorization server; not refreshing at the old one");
             event("resource moved", json!({"from": issuer, "to": moved_to}));
             finish(&rt, &flow_id, Some(error.clone())).await;
@@ -499,11 +499,27 @@ pub async fn refresh(
             match register_again(&rt, &config, endpoint.as_ref(), stored_client.as_ref()).await {
                 Ok((fresh, client)) => {
                     event("registered", json!({"reason": if plan.reregister { "the authorization server rejected the registered client" } else { "no stored client identity" }, "client_id": fresh.client.client_id}));
+                    // Discovery found another authorization server than the token's: the
+                    // resource moved. Its client is kept (under its own issuer) for the login
+                    // there; this server's refresh token is not presented to it.
+                    let moved_to = current.issuer.as_deref().filter(|old| !same_issuer(&client.issuer, old)).map(|old| (old.to_string(), client.issuer.clone()));
                     // Stored at once: whatever the refresh says, a later login uses this client.
                     let fence_copy = fence.clone();
                     let stored = rt.registry.call(move |s| if fence_copy.is_current() { s.save_client(&client) } else { Ok(()) }).await;
                     if let Err(e) = stored {
                         tracing::warn!(error = %e, "the new client identity could not be stored");
+                    }
+                    if let Some((from, to)) = moved_to {
+                        let error = format!("the resource now trusts the authorization server {to}, not {from}: a login there replaces this server's tokens (with the client just registered there)");
+                        tracing::info!(from = %from, to = %to, "discovery found another authorization server; not refreshing there with the old server's refresh token");
+                        event("resource moved", json!({"from": from, "to": to}));
+                        finish(&rt, &flow_id, Some(error.clone())).await;
+                        return FlowOutcome::RefreshFailed {
+                            failure: RefreshFailure::AuthorizationServerMoved { issuer: to },
+                            error,
+                            rotated_refresh_token: None,
+                            endpoint: Some(fresh),
+                        };
                     }
                     endpoint = Some(fresh);
                     registered = true;

@@ -992,8 +992,8 @@ fn refresh_failed(
             transient_failure(next, fx, now, retry_after, false, error)
         }
         RefreshFailure::AuthorizationServerMoved { issuer } => {
-            // The refresh token and client belong to the old server; the stored row keeps
-            // them until a login at the new one replaces them.
+            // The refresh token belongs to the old server; the stored row keeps it until a
+            // login at the new one replaces it (each server's client stays, by issuer).
             if let Some(t) = next.token.as_mut() {
                 t.has_refresh_token = false;
                 t.refused = true;
