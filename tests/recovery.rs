@@ -485,6 +485,31 @@ async fn a_failed_login_with_a_forgotten_client_registers_again_before_the_next(
 }
 
 #[tokio::test]
+async fn a_login_that_fails_before_choosing_a_client_keeps_the_registered_one() {
+    let srv = start(Config::default()).await;
+    let dir = data_dir("discovery-failed-login");
+    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
+    handle.login("srv").await.expect("the first login");
+    assert_eq!(srv.stats().registrations, 1);
+    // Discovery fails: the login ends before any client is presented.
+    srv.inject(Fault::new(FaultTarget::Metadata, FaultKind::ServerError))
+        .unwrap();
+    let failure = handle
+        .login("srv")
+        .await
+        .expect_err("no metadata, no login");
+    assert_eq!(failure.code(), "login_failed", "{failure}");
+    srv.clear_faults();
+    handle.login("srv").await.expect("the next login succeeds");
+    assert_eq!(
+        srv.stats().registrations,
+        1,
+        "the registered client was not thrown away: the failed login never used it"
+    );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_waiting_login_shows_its_authorization_url_and_completes_when_it_is_opened_by_hand() {
     let srv = start(Config::default()).await;
     let dir = data_dir("auth-url");

@@ -17,7 +17,8 @@ use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
 use super::flows::{
-    self, Fence, FlowOutcome, LoginRequest, RefreshRequest, Runtime, endpoint_from_stored, facts,
+    self, Fence, FlowOutcome, LoginClient, LoginRequest, RefreshRequest, Runtime,
+    endpoint_from_stored, facts,
 };
 use super::state::{
     Effect, Event, Failure, LoginReason, Millis, Phase, Policy, RefreshFailure, Resolution, State,
@@ -692,13 +693,14 @@ impl UpstreamActor {
                     error,
                 }
             }
-            FlowOutcome::LoginFailed { error } => {
-                // A dynamically registered client may be unknown to the authorization server
-                // now (it forgot it, or never had it): the next login registers again.
-                let registered = self
-                    .endpoint
-                    .as_ref()
-                    .is_none_or(|e| e.client.source == ClientSource::Registered);
+            FlowOutcome::LoginFailed { error, client } => {
+                // The dynamically registered client the login used may be unknown to the
+                // authorization server now (it forgot it, or never had it): the next login
+                // registers again. A login that failed before choosing a client says nothing.
+                let registered = matches!(
+                    client,
+                    LoginClient::New | LoginClient::Reused(ClientSource::Registered)
+                );
                 if registered && self.config.client.client_id.is_none() {
                     self.fresh_client = true;
                 }

@@ -106,7 +106,21 @@ pub enum FlowOutcome {
     },
     LoginFailed {
         error: String,
+        /// The client identity the login went with, so the actor can tell whether the next
+        /// login should register a new one.
+        client: LoginClient,
     },
+}
+
+/// Which client identity a failed login used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginClient {
+    /// It failed before choosing one (the lock, discovery): it says nothing about a client.
+    NotTried,
+    /// A stored or previous client of this source.
+    Reused(ClientSource),
+    /// A new one (configured, metadata document or a registration).
+    New,
 }
 
 /// What a failure says, for the flow's trace: endpoint, HTTP status, OAuth error code, class.
@@ -727,12 +741,12 @@ pub async fn login(
                 Ok(lock) => (lock, true),
                 Err(e) => {
                     event("failed", json!({"error": e.to_string()}));
-                    return FlowOutcome::LoginFailed { error: e.to_string() };
+                    return FlowOutcome::LoginFailed { error: e.to_string(), client: LoginClient::NotTried };
                 }
             },
             Err(e) => {
                 event("failed", json!({"error": e.to_string()}));
-                return FlowOutcome::LoginFailed { error: e.to_string() };
+                return FlowOutcome::LoginFailed { error: e.to_string(), client: LoginClient::NotTried };
             }
         };
         let FlowStart { token: stored, client: stored_client, token_by_login: stored_by_login, .. } =
@@ -748,9 +762,10 @@ pub async fn login(
             return FlowOutcome::Token { token: stored, endpoint: None, durable: true };
         }
         let previous = if fresh_client { None } else { previous.or_else(|| stored_client.as_ref().map(endpoint_from_stored)) };
+        let mut tried = LoginClient::NotTried;
         let result = tokio::time::timeout(
             rt.login_timeout,
-            run_login(&rt, &config, &flow_id, &fence, LoginPlan { previous, reuse_stored_client: !fresh_client, challenge, auth_url, device_prompt, step_up_scope, dpop }),
+            run_login(&rt, &config, &flow_id, &fence, LoginPlan { previous, reuse_stored_client: !fresh_client, challenge, auth_url, device_prompt, step_up_scope, dpop }, &mut tried),
         )
         .await;
         let outcome = match result {
@@ -771,7 +786,7 @@ pub async fn login(
         };
         tracing::warn!(error = %outcome, "login failed");
         finish(&rt, &flow_id, Some(outcome.clone())).await;
-        FlowOutcome::LoginFailed { error: outcome }
+        FlowOutcome::LoginFailed { error: outcome, client: tried }
     }
     .instrument(span)
     .await
@@ -796,6 +811,7 @@ async fn run_login(
     flow_id: &str,
     fence: &Fence,
     plan: LoginPlan,
+    tried: &mut LoginClient,
 ) -> Result<(StoredToken, TokenEndpoint), OAuthError> {
     let LoginPlan {
         previous,
@@ -853,6 +869,9 @@ async fn run_login(
         }
         None => None,
     };
+    *tried = previous
+        .as_ref()
+        .map_or(LoginClient::New, |p| LoginClient::Reused(p.client.source));
     let (endpoint, set) = if config.device_code {
         device_login_published(
             rt,
