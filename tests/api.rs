@@ -407,6 +407,16 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
         ),
         1.0
     );
+    // The scheduler as the handle counts it: alpha's proactive refresh is armed, no refresh
+    // runs now, the limit is the configured one.
+    let scheduler =
+        |measure: &str| metric(&scrape, "mcpproxy_oauth_scheduler", &[("measure", measure)]);
+    let counters = d.handle.scheduler_counters();
+    assert!(scheduler("armed") >= 1.0, "alpha's refresh was armed");
+    assert!(scheduler("entries") >= 1.0, "alpha's refresh waits");
+    assert_eq!(scheduler("refreshes_running"), 0.0);
+    assert_eq!(scheduler("refresh_limit"), counters.flow_limit as f64);
+    assert!(scheduler("refreshes_peak") >= 1.0, "alpha was refreshed");
     let ttl = metric(
         &scrape,
         "mcpproxy_oauth_token_expiry_seconds",

@@ -1,14 +1,15 @@
 //! `GET /metrics`: Prometheus text format through the `prometheus` crate, on a registry of
 //! the API's own (two daemons in one test process do not share counters). Counters move with
 //! the flow events the `FlowLogger` publishes; the per-server gauges (phase, seconds to expiry,
-//! failures in a row) are set from the supervisor's status at each scrape. The store's call
-//! latency is the process-wide histogram of `store::registry`.
+//! failures in a row) and the scheduler's counters are set from the supervisor at each
+//! scrape. The store's call latency is the process-wide histogram of `store::registry`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+use crate::scheduler::SchedulerCounters;
 use crate::telemetry::flow_logger::FlowNotice;
 use crate::upstream::actor::ServerStatus;
 
@@ -23,6 +24,8 @@ pub struct Metrics {
     browser: IntCounterVec,
     pub sse_subscribers: IntGauge,
     pub sse_dropped: IntCounter,
+    /// The scheduler's counters, copied in at each scrape.
+    scheduler: IntGaugeVec,
 }
 
 /// The outcome a flow step ends the flow with, if it ends it.
@@ -123,6 +126,20 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let scheduler = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "scheduler",
+                    "The deadline scheduler and the flow limit, by measure: entries (waiting \
+                     now), armed, replaced, cancelled, fired, dropped, late (counts since \
+                     start), worst_lateness_ms, refreshes_running, refreshes_peak, \
+                     refresh_limit, logins_running, logins_peak.",
+                ),
+                &["measure"],
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             registry,
             refreshes,
@@ -134,6 +151,7 @@ impl Metrics {
             browser,
             sse_subscribers,
             sse_dropped,
+            scheduler,
         }
     }
 
@@ -160,8 +178,31 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with the gauges set from `statuses` first.
-    pub fn render(&self, statuses: &[ServerStatus], now_ms: i64) -> String {
+    /// The text exposition, with the gauges set from `statuses` and `scheduler` first.
+    pub fn render(
+        &self,
+        statuses: &[ServerStatus],
+        scheduler: &SchedulerCounters,
+        now_ms: i64,
+    ) -> String {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for (measure, value) in [
+            ("entries", count(scheduler.entries as u64)),
+            ("armed", count(scheduler.armed)),
+            ("replaced", count(scheduler.replaced)),
+            ("cancelled", count(scheduler.cancelled)),
+            ("fired", count(scheduler.fired)),
+            ("dropped", count(scheduler.dropped)),
+            ("late", count(scheduler.late)),
+            ("worst_lateness_ms", count(scheduler.worst_lateness_ms)),
+            ("refreshes_running", count(scheduler.flows_running as u64)),
+            ("refreshes_peak", count(scheduler.flows_peak as u64)),
+            ("refresh_limit", count(scheduler.flow_limit as u64)),
+            ("logins_running", count(scheduler.logins_running as u64)),
+            ("logins_peak", count(scheduler.logins_peak as u64)),
+        ] {
+            self.scheduler.with_label_values(&[measure]).set(value);
+        }
         self.phase.reset();
         self.expiry.reset();
         for s in statuses {

@@ -261,7 +261,11 @@ async fn metrics(state: Data<AppState>) -> HttpResponse {
     match state.handle.status().await {
         Ok(statuses) => HttpResponse::Ok()
             .content_type(prometheus::TEXT_FORMAT)
-            .body(state.metrics.render(&statuses, now_ms())),
+            .body(
+                state
+                    .metrics
+                    .render(&statuses, &state.handle.scheduler_counters(), now_ms()),
+            ),
         Err(e) => supervisor_error(&e),
     }
 }
