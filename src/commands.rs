@@ -169,6 +169,33 @@ pub struct ServeArgs {
     /// variable MCPPROXY_OAUTH_API_KEY. Checked on every request but the page itself.
     #[arg(long)]
     api_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+/// How many flows run at once and on how many threads: the defaults fit a laptop and 10,000
+/// servers alike (see BENCHMARKS.md); these are for an operator who measured otherwise.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Tuning {
+    /// At most this many refreshes at once, over all servers (default: 16 per core, 8 to
+    /// 256). Each holds a connection and a lock file.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_concurrent_refreshes: Option<u32>,
+    /// Worker threads for the flows' HTTP and TLS (default: one per core, 2 to 8).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    flow_threads: Option<u32>,
+    /// The most a proactive refresh is moved later so that refreshes due together are
+    /// spread (never past the moment its token stops being handed out). Default 1s; at most 1h.
+    #[arg(long, value_parser = stagger)]
+    refresh_stagger: Option<Duration>,
+}
+
+fn stagger(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d > Duration::from_secs(3600) {
+        return Err("at most 1h: a longer stagger only delays refreshes".into());
+    }
+    Ok(d)
 }
 
 #[derive(Subcommand, Debug)]
@@ -277,13 +304,14 @@ async fn start(
         interactive,
         ..Policy::default()
     };
-    start_with(common, policy, links).await
+    start_with(common, policy, links, &Tuning::default()).await
 }
 
 async fn start_with(
     common: &Common,
     policy: Policy,
     links: Option<&AuthLinks>,
+    tuning: &Tuning,
 ) -> Result<(SupervisorHandle, Vec<UpstreamConfig>), String> {
     let servers = config::load(&common.config).map_err(|e| e.to_string())?;
     let data_dir = common.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -298,6 +326,15 @@ async fn start_with(
     supervisor.refresh_timeout = common.refresh_timeout;
     supervisor.policy = policy;
     supervisor.sealing = common.key.sealing();
+    if let Some(n) = tuning.max_concurrent_refreshes {
+        supervisor.max_concurrent_refreshes = n as usize;
+    }
+    if let Some(n) = tuning.flow_threads {
+        supervisor.flow_threads = n as usize;
+    }
+    if let Some(stagger) = tuning.refresh_stagger {
+        supervisor.refresh_stagger = stagger;
+    }
     let handle = SupervisorHandle::start(supervisor)
         .await
         .map_err(|e| e.to_string())?;
@@ -366,11 +403,17 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         Ok(servers) => AuthLinks::new(&servers),
         Err(e) => return fail(e),
     };
-    let (handle, servers) =
-        match start_with(&args.common, policy, api.as_ref().map(|_| &links)).await {
-            Ok(started) => started,
-            Err(e) => return fail(e),
-        };
+    let (handle, servers) = match start_with(
+        &args.common,
+        policy,
+        api.as_ref().map(|_| &links),
+        &args.tuning,
+    )
+    .await
+    {
+        Ok(started) => started,
+        Err(e) => return fail(e),
+    };
     let api = match api {
         Some(config) => match ApiServer::start(handle.clone(), links, config).await {
             Ok(server) => Some(server),

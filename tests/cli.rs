@@ -130,6 +130,20 @@ async fn no_browser_prints_the_authorization_url_and_waits() {
     assert!(stderr.contains("gave up after 1s"), "{stderr}");
 }
 
+/// Sends `signal` (`-INT`, `-TERM`) to a running `serve` and checks it stops cleanly.
+async fn stop(child: &mut tokio::process::Child, signal: &str) {
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("serve stops within 10 s")
+        .unwrap();
+    assert!(status.success(), "serve exits 0 on {signal}: {status}");
+}
+
 /// A config file naming the test server, and a fresh data directory.
 fn daemon_files(
     srv: &oauth_test_server::OAuthTestServer,
@@ -290,16 +304,7 @@ async fn serve_authorizes_every_server_and_stops_cleanly_on_interrupt() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
-        .await
-        .expect("serve stops within 10 s")
-        .unwrap();
-    assert!(status.success());
+    stop(&mut child, "-INT").await;
     let mut stderr = String::new();
     tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
         .await
@@ -373,4 +378,76 @@ async fn auth_doctor_passes_on_a_healthy_server_and_names_a_failing_step() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("configured servers: srv"));
     srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn serve_takes_its_flow_limits_from_the_command_line_and_refuses_bad_ones() {
+    use tokio::io::AsyncBufReadExt;
+    let srv = start(Config::default()).await;
+    let (config, data) = daemon_files(&srv, "tuning");
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--non-interactive",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-concurrent-refreshes",
+            "3",
+            "--flow-threads",
+            "2",
+            "--refresh-stagger",
+            "250ms",
+        ])
+        .env_remove("BROWSER")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let api = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("operator API and web page on http://") {
+                let rest = &line[at + "operator API and web page on ".len()..];
+                return rest[..rest[7..].find('/').unwrap() + 7].to_string();
+            }
+        }
+        panic!("serve ended before announcing its API");
+    })
+    .await
+    .expect("serve announces its API within 15 s");
+    let text = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "mcpproxy_oauth_scheduler{measure=\"refresh_limit\"} 3"),
+        "the limit given is the limit used:\n{text}"
+    );
+    stop(&mut child, "-TERM").await;
+
+    for (flag, value, says) in [
+        (
+            "--max-concurrent-refreshes",
+            "0",
+            "--max-concurrent-refreshes",
+        ),
+        ("--flow-threads", "1000", "--flow-threads"),
+        ("--refresh-stagger", "2h", "at most 1h"),
+    ] {
+        let out = run(
+            &["serve", "--config", config.to_str().unwrap(), flag, value],
+            &[],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
 }
