@@ -290,6 +290,13 @@ fn parse_oauth(value: &serde_json::Value) -> Result<RawOAuth, (String, String)> 
             Some(other) => Err(bad(name, "a string", other)),
         }
     };
+    let boolean = |name: &str| -> Result<bool, (String, String)> {
+        match object.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(false),
+            Some(serde_json::Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(bad(name, "true or false", other)),
+        }
+    };
     let scopes = match object.get("scopes") {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(serde_json::Value::Array(items)) => items
@@ -338,24 +345,15 @@ fn parse_oauth(value: &serde_json::Value) -> Result<RawOAuth, (String, String)> 
             .collect::<Result<_, _>>()?,
         Some(other) => return Err(bad("extra_params", "an object of strings", other)),
     };
-    let device_code = match object.get("device_code") {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Bool(b)) => *b,
-        Some(other) => return Err(bad("device_code", "true or false", other)),
-    };
     Ok(RawOAuth {
-        device_code,
+        device_code: boolean("device_code")?,
         client_id: string("client_id")?,
         client_secret: string("client_secret")?,
         scopes,
         redirect_port,
         extra_params,
         client_metadata_url: string("client_metadata_url")?,
-        dpop: match object.get("dpop") {
-            None | Some(serde_json::Value::Null) => false,
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(other) => return Err(bad("dpop", "true or false", other)),
-        },
+        dpop: boolean("dpop")?,
     })
 }
 

@@ -37,7 +37,7 @@ use crate::oauth::client_identity::ClientConfig;
 use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::dpop::{self, Dpop, DpopKey};
 use crate::oauth::http::OAuthHttp;
-use crate::oauth::login::{LoginSettings, browser_login_dpop};
+use crate::oauth::login::{LoginSettings, browser_login};
 use crate::oauth::scope::{select_scope, step_up, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::store::db::now_ms;
@@ -470,13 +470,13 @@ impl Authorizer {
         let bound = self
             .token
             .as_ref()
-            .is_some_and(|t| t.token_type.eq_ignore_ascii_case("dpop"));
+            .is_some_and(|t| dpop::is_dpop_type(&t.token_type));
         self.dpop.clone().filter(|_| bound)
     }
 
     /// Decides DPoP for the next login ([`dpop::policy`]); one key for the whole run.
     fn settle_dpop(&mut self, discovery: &Discovery, challenge: &BearerChallenge) {
-        let Some(required) = dpop::policy(self.options.dpop, discovery, challenge) else {
+        let Some(required) = dpop::policy(self.options.dpop, discovery, Some(challenge)) else {
             return;
         };
         if self.dpop.is_none() {
@@ -535,7 +535,7 @@ impl Authorizer {
         };
         let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "refresh");
         let fresh = endpoint
-            .refresh_dpop(
+            .refresh(
                 &self.http,
                 &refresh_token,
                 scope,
@@ -590,7 +590,7 @@ impl Authorizer {
             )
             .await?
         } else {
-            browser_login_dpop(
+            browser_login(
                 &self.http,
                 &discovery,
                 &self.settings,

@@ -19,7 +19,7 @@ use mcpproxy_oauth::oauth::client_identity::ClientConfig;
 use mcpproxy_oauth::oauth::discovery::{Discovery, discover};
 use mcpproxy_oauth::oauth::dpop::{Dpop, DpopKey};
 use mcpproxy_oauth::oauth::http::OAuthHttp;
-use mcpproxy_oauth::oauth::login::{LoginSettings, browser_login_dpop};
+use mcpproxy_oauth::oauth::login::{LoginSettings, browser_login};
 use mcpproxy_oauth::oauth::token::{TokenEndpoint, TokenSet};
 use mcpproxy_oauth::telemetry::logging::{JsonLayer, SharedWriter};
 use oauth_test_server::{Config, NonceRotation, OAuthTestServer};
@@ -112,7 +112,7 @@ async fn dpop_login(srv: &OAuthTestServer, key: DpopKey) -> Session {
     let settings = login_settings();
     let (endpoint, token) = tokio::time::timeout(
         Duration::from_secs(10),
-        browser_login_dpop(&http, &discovery, &settings, None, None, Some(&dpop)),
+        browser_login(&http, &discovery, &settings, None, None, Some(&dpop)),
     )
     .await
     .expect("the login finishes within 10 s")
@@ -136,7 +136,7 @@ impl Session {
     async fn refresh_with(&self, dpop: Option<&Dpop>) -> Result<TokenSet, OAuthError> {
         let refresh_token = self.token.refresh_token.as_ref().expect("a refresh token");
         self.endpoint
-            .refresh_dpop(&self.http, refresh_token, None, SystemTime::now(), dpop)
+            .refresh(&self.http, refresh_token, None, SystemTime::now(), dpop)
             .await
     }
 
@@ -352,13 +352,13 @@ async fn a_bearer_token_to_a_dpop_request_is_used_only_where_dpop_is_not_require
     let settings = login_settings();
     let optional = Dpop::new(DpopKey::generate());
     let (endpoint, token) =
-        browser_login_dpop(&http, &discovery, &settings, None, None, Some(&optional))
+        browser_login(&http, &discovery, &settings, None, None, Some(&optional))
             .await
             .expect("an opt-in DPoP login accepts a Bearer token");
     assert_eq!(token.token_type, "Bearer");
     let required = Dpop::new(DpopKey::generate()).with_required(true);
     let refused = endpoint
-        .refresh_dpop(
+        .refresh(
             &http,
             token.refresh_token.as_ref().unwrap(),
             None,

@@ -96,7 +96,7 @@ async fn an_expired_token_is_refused_with_a_typed_challenge_and_refresh_rotates(
     let old_refresh = session.token.refresh_token.clone().unwrap();
     let fresh = session
         .endpoint
-        .refresh(&session.http, &old_refresh, None, SystemTime::now())
+        .refresh(&session.http, &old_refresh, None, SystemTime::now(), None)
         .await
         .unwrap();
     assert_ne!(
@@ -117,7 +117,7 @@ async fn an_expired_token_is_refused_with_a_typed_challenge_and_refresh_rotates(
     // Presenting the rotated-out token again is invalid_grant, permanent; the family is gone.
     let reuse = session
         .endpoint
-        .refresh(&session.http, &old_refresh, None, SystemTime::now())
+        .refresh(&session.http, &old_refresh, None, SystemTime::now(), None)
         .await
         .unwrap_err();
     assert_eq!(reuse.oauth_code(), Some("invalid_grant"));
@@ -129,6 +129,7 @@ async fn an_expired_token_is_refused_with_a_typed_challenge_and_refresh_rotates(
             fresh.refresh_token.as_ref().unwrap(),
             None,
             SystemTime::now(),
+            None,
         )
         .await
         .unwrap_err();
@@ -150,7 +151,7 @@ async fn without_rotation_the_old_refresh_token_is_kept() {
     let refresh_token = session.token.refresh_token.clone().unwrap();
     let fresh = session
         .endpoint
-        .refresh(&session.http, &refresh_token, None, SystemTime::now())
+        .refresh(&session.http, &refresh_token, None, SystemTime::now(), None)
         .await
         .unwrap();
     assert_eq!(
@@ -258,7 +259,7 @@ async fn every_transient_fault_class_is_reported_as_transient() {
         srv.inject(fault).unwrap();
         let e = session
             .endpoint
-            .refresh(&http, &refresh_token, None, SystemTime::now())
+            .refresh(&http, &refresh_token, None, SystemTime::now(), None)
             .await
             .unwrap_err();
         assert!(e.is_transient(), "{kind}: {e} should be transient");
@@ -273,7 +274,7 @@ async fn every_transient_fault_class_is_reported_as_transient() {
         }
         let recovered = session
             .endpoint
-            .refresh(&http, &refresh_token, None, SystemTime::now())
+            .refresh(&http, &refresh_token, None, SystemTime::now(), None)
             .await;
         assert!(
             recovered.is_ok(),

@@ -362,25 +362,16 @@ impl McpClient {
             (Some(token), Some(dpop)) => {
                 // Marked sensitive, as `bearer_auth` marks its header: HTTP layers keep both
                 // out of their own debug output.
-                let sensitive = |value: String| {
-                    HeaderValue::from_str(&value)
-                        .map(|mut v| {
-                            v.set_sensitive(true);
-                            v
-                        })
-                        .map_err(|_| {
-                            McpError::Transport(
-                                "the access token or its DPoP proof is not a valid HTTP header value"
-                                    .into(),
-                            )
-                        })
-                };
+                let mut authorization =
+                    HeaderValue::from_str(&format!("DPoP {token}")).map_err(|_| {
+                        McpError::Transport(
+                            "the access token is not a valid HTTP header value".into(),
+                        )
+                    })?;
+                authorization.set_sensitive(true);
                 request = request
-                    .header(AUTHORIZATION, sensitive(format!("DPoP {token}"))?)
-                    .header(
-                        "dpop",
-                        sensitive(dpop.proof("POST", self.url.as_str(), Some(token)))?,
-                    );
+                    .header(AUTHORIZATION, authorization)
+                    .header("dpop", dpop.header("POST", self.url.as_str(), Some(token)));
             }
             (Some(token), None) => request = request.bearer_auth(token),
             (None, _) => {}

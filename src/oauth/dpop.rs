@@ -186,9 +186,9 @@ impl DpopKey {
 pub fn policy(
     configured: bool,
     discovery: &Discovery,
-    challenge: &BearerChallenge,
+    challenge: Option<&BearerChallenge>,
 ) -> Option<bool> {
-    let required = challenge.dpop_only
+    let required = challenge.is_some_and(|c| c.dpop_only)
         || discovery
             .protected_resource
             .as_ref()
@@ -207,6 +207,12 @@ pub fn policy(
         );
     }
     Some(required)
+}
+
+/// Whether a `token_type` says the token is DPoP-bound (RFC 9449 §5; case-insensitive, as
+/// RFC 6749 §7.1 has token types).
+pub fn is_dpop_type(token_type: &str) -> bool {
+    token_type.eq_ignore_ascii_case("dpop")
 }
 
 /// The `htu` of a request URL: without query and fragment (RFC 9449 §4.2).
@@ -273,6 +279,16 @@ impl Dpop {
             nonce.as_deref(),
             SystemTime::now(),
         )
+    }
+
+    /// [`Self::proof`] as a `DPoP` header value, marked sensitive (as `bearer_auth` marks its
+    /// header) so HTTP layers keep it out of their own debug output. A proof is base64url and
+    /// dots: always a valid header value.
+    pub fn header(&self, method: &str, url: &str, access_token: Option<&str>) -> http::HeaderValue {
+        let mut value = http::HeaderValue::from_str(&self.proof(method, url, access_token))
+            .expect("a JWS in compact form is a valid header value");
+        value.set_sensitive(true);
+        value
     }
 
     pub fn nonce(&self, url: &str) -> Option<String> {

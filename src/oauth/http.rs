@@ -313,14 +313,10 @@ impl OAuthHttp {
     }
 
     /// An oauth2 HTTP client for one token-endpoint call, remembering the response's status
-    /// and headers (oauth2 keeps neither, and `Retry-After` decides the backoff).
-    pub fn token_call(&self) -> TokenCall<'_> {
-        self.token_call_dpop(None)
-    }
-
-    /// [`Self::token_call`] with a DPoP proof on the request (RFC 9449 §5) when `dpop` is
-    /// given, and one retry with the server's nonce after `use_dpop_nonce` (§8).
-    pub fn token_call_dpop<'a>(&'a self, dpop: Option<&'a Dpop>) -> TokenCall<'a> {
+    /// and headers (oauth2 keeps neither, and `Retry-After` decides the backoff). With `dpop`,
+    /// a proof on the request (RFC 9449 §5) and one retry with the server's nonce after
+    /// `use_dpop_nonce` (§8).
+    pub fn token_call<'a>(&'a self, dpop: Option<&'a Dpop>) -> TokenCall<'a> {
         TokenCall {
             http: self,
             last_reply: Mutex::new(None),
@@ -359,10 +355,7 @@ pub struct TokenCall<'a> {
 /// `error: use_dpop_nonce`.
 fn is_use_dpop_nonce(reply: &HttpReply) -> bool {
     reply.status == StatusCode::BAD_REQUEST
-        && serde_json::from_slice::<serde_json::Value>(&reply.body)
-            .ok()
-            .and_then(|b| b.get("error").and_then(|e| e.as_str()).map(String::from))
-            .is_some_and(|e| e == "use_dpop_nonce")
+        && reply.error(Endpoint::Token).oauth_code() == Some("use_dpop_nonce")
 }
 
 impl TokenCall<'_> {
@@ -393,17 +386,11 @@ impl<'c> oauth2::AsyncHttpClient<'c> for TokenCall<'_> {
                     .request(parts.method.clone(), url.clone())
                     .headers(parts.headers.clone())
                     .body(body.clone());
-                // A proof is base64url and dots, always a valid header value; marked sensitive
-                // as oauth2 marks its credentials.
-                if let Some(dpop) = self.dpop
-                    && let Ok(mut proof) = reqwest::header::HeaderValue::try_from(dpop.proof(
-                        parts.method.as_str(),
-                        url.as_str(),
-                        None,
-                    ))
-                {
-                    proof.set_sensitive(true);
-                    builder = builder.header("dpop", proof);
+                if let Some(dpop) = self.dpop {
+                    builder = builder.header(
+                        "dpop",
+                        dpop.header(parts.method.as_str(), url.as_str(), None),
+                    );
                 }
                 builder
             };

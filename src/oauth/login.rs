@@ -27,19 +27,9 @@ pub struct LoginSettings {
 }
 
 /// Runs a browser login. `previous` is the endpoint (client identity included) of an earlier
-/// login, reused when its redirect URI is still ours, so a login does not register again.
+/// login, reused when its redirect URI is still ours, so a login does not register again. With
+/// `dpop`, the code exchange carries a proof of its key (RFC 9449 §5).
 pub async fn browser_login(
-    http: &OAuthHttp,
-    discovery: &Discovery,
-    settings: &LoginSettings,
-    previous: Option<TokenEndpoint>,
-    scope: Option<&str>,
-) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
-    browser_login_dpop(http, discovery, settings, previous, scope, None).await
-}
-
-/// [`browser_login`] whose code exchange carries a DPoP proof of `dpop`'s key (RFC 9449 §5).
-pub async fn browser_login_dpop(
     http: &OAuthHttp,
     discovery: &Discovery,
     settings: &LoginSettings,
@@ -107,7 +97,7 @@ pub async fn browser_login_dpop(
     };
     let code = listener.wait_for_code(expected).await?;
     let token = endpoint
-        .exchange_code_dpop(http, &code, &pending, SystemTime::now(), dpop)
+        .exchange_code(http, &code, &pending, SystemTime::now(), dpop)
         .await?;
     tracing::info!(
         scope = token.scope.as_deref().unwrap_or(""),

@@ -188,21 +188,10 @@ impl TokenEndpoint {
         })
     }
 
-    /// Exchanges an authorization code (RFC 6749 §4.1.3 with RFC 7636's verifier).
+    /// Exchanges an authorization code (RFC 6749 §4.1.3 with RFC 7636's verifier), with a
+    /// DPoP proof when `dpop` is given (RFC 9449 §5; the module's policy on the token types
+    /// that may come back).
     pub async fn exchange_code(
-        &self,
-        http: &OAuthHttp,
-        code: &str,
-        pending: &PendingAuthorization,
-        now: SystemTime,
-    ) -> Result<TokenSet, OAuthError> {
-        self.exchange_code_dpop(http, code, pending, now, None)
-            .await
-    }
-
-    /// [`Self::exchange_code`] with a DPoP proof when `dpop` is given (RFC 9449 §5; the
-    /// module's policy on the token types that may come back).
-    pub async fn exchange_code_dpop(
         &self,
         http: &OAuthHttp,
         code: &str,
@@ -212,7 +201,7 @@ impl TokenEndpoint {
     ) -> Result<TokenSet, OAuthError> {
         crate::telemetry::secrets::register(code);
         let client = self.oauth2_client()?;
-        let call = http.token_call_dpop(dpop);
+        let call = http.token_call(dpop);
         let result = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
@@ -225,21 +214,10 @@ impl TokenEndpoint {
         Ok(set)
     }
 
-    /// Refreshes with a refresh token (RFC 6749 §6), keeping it when no new one comes back.
+    /// Refreshes with a refresh token (RFC 6749 §6), keeping it when no new one comes back;
+    /// with a DPoP proof when `dpop` is given: a refresh token bound to a key is refreshed
+    /// only with a proof of that key (RFC 9449 §5).
     pub async fn refresh(
-        &self,
-        http: &OAuthHttp,
-        refresh_token: &RefreshToken,
-        scope: Option<&str>,
-        now: SystemTime,
-    ) -> Result<TokenSet, OAuthError> {
-        self.refresh_dpop(http, refresh_token, scope, now, None)
-            .await
-    }
-
-    /// [`Self::refresh`] with a DPoP proof when `dpop` is given: a refresh token bound to a
-    /// key is refreshed only with a proof of that key (RFC 9449 §5).
-    pub async fn refresh_dpop(
         &self,
         http: &OAuthHttp,
         refresh_token: &RefreshToken,
@@ -249,7 +227,7 @@ impl TokenEndpoint {
     ) -> Result<TokenSet, OAuthError> {
         crate::telemetry::secrets::register(refresh_token.secret());
         let client = self.oauth2_client()?;
-        let call = http.token_call_dpop(dpop);
+        let call = http.token_call(dpop);
         let result = client
             .exchange_refresh_token(refresh_token)
             .add_extra_param("resource", self.resource.clone())

@@ -936,6 +936,16 @@ impl TokenStore {
         }
     }
 
+    /// A server's token and the client it is refreshed with ([`Self::client_for_token`]).
+    pub fn load_token_and_client(
+        &self,
+        server_key: &str,
+    ) -> Result<(Option<StoredToken>, Option<StoredClient>), StoreError> {
+        let token = self.load_token(server_key)?;
+        let client = self.client_for_token(server_key, token.as_ref())?;
+        Ok((token, client))
+    }
+
     fn query_client(
         &self,
         filter: &str,
@@ -1105,15 +1115,15 @@ impl TokenStore {
             })
             .err()
             .map(|e| e.to_string());
-        let token = self.load_token(server_key)?;
+        let (token, client) = self.load_token_and_client(server_key)?;
         let token_by_login = match token.as_ref().and_then(|t| t.flow_id.as_deref()) {
             Some(flow) => self.flow_kind(flow)?.as_deref() == Some("login"),
             None => false,
         };
         Ok(FlowStart {
             not_recorded,
-            client: self.client_for_token(server_key, token.as_ref())?,
             token,
+            client,
             token_by_login,
         })
     }
@@ -1172,7 +1182,6 @@ impl TokenStore {
         &mut self,
         jobs: impl Iterator<Item = &'a mut dyn GroupJob>,
     ) -> Result<(), StoreError> {
-        let jobs: Vec<_> = jobs.collect();
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         self.batched = true;
         for job in jobs {
@@ -1201,7 +1210,7 @@ impl TokenStore {
         Ok(())
     }
 
-    /// The flow history kept from now on; a pruning step runs at once.
+    /// The flow history kept from now on (the next pruning step applies it).
     pub fn set_retention(&mut self, retention: FlowRetention) {
         self.retention = retention;
     }

@@ -418,7 +418,7 @@ impl UpstreamActor {
                     auth_url: self.auth_url.clone(),
                     step_up_scope: self.step_up_scope.clone(),
                     device_prompt: self.device_prompt.clone(),
-                    dpop: Some(dpop),
+                    dpop,
                 };
                 let login = flows::login(
                     self.rt.clone(),
@@ -509,15 +509,7 @@ impl UpstreamActor {
     > + 'static {
         let key = self.config.server_key.clone();
         let registry = self.rt.registry.clone();
-        async move {
-            registry
-                .call(move |s| {
-                    let token = s.load_token(&key)?;
-                    let client = s.client_for_token(&key, token.as_ref())?;
-                    Ok((token, client))
-                })
-                .await
-        }
+        async move { registry.call(move |s| s.load_token_and_client(&key)).await }
     }
 
     /// The machine's facts about a stored token, remembering a refusal of the same token.
@@ -1171,11 +1163,7 @@ impl Handler<Logout> for UpstreamActor {
             let stored = {
                 let key = key.clone();
                 registry
-                    .call(move |s| {
-                        let token = s.load_token(&key)?;
-                        let client = s.client_for_token(&key, token.as_ref())?;
-                        Ok((token, client))
-                    })
+                    .call(move |s| s.load_token_and_client(&key))
                     .await
             };
             if let Ok((Some(token), Some(client))) = &stored

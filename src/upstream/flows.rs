@@ -24,7 +24,7 @@ use crate::oauth::device::DevicePrompt;
 use crate::oauth::discovery::{Discovery, discover, protected_resource_metadata, same_issuer};
 use crate::oauth::dpop::{self, BadKey, Dpop, DpopKey};
 use crate::oauth::http::OAuthHttp;
-use crate::oauth::login::{LoginSettings, browser_login_dpop};
+use crate::oauth::login::{LoginSettings, browser_login};
 use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
@@ -501,11 +501,7 @@ pub async fn refresh(
         if after_refusal && let Some(issuer) = issuer
             && let Some(moved_to) = moved_authorization_server(&rt, &config, challenge.as_ref(), &issuer).await
         {
-            let error = format!("the resource now trusts the authorization server {moved_to}, not {issuer}: a login there replaces this server's tokens (with that server's own client)");
-            tracing::info!(from = %issuer, to = %moved_to, "the resource moved to another authorization server; not refreshing at the old one");
-            event("resource moved", json!({"from": issuer, "to": moved_to}));
-            finish(&rt, &flow_id, Some(error.clone())).await;
-            return failed(RefreshFailure::AuthorizationServerMoved { issuer: moved_to }, error);
+            return resource_moved(&rt, &config, &flow_id, &issuer, moved_to, None).await;
         }
         let mut endpoint = endpoint.or_else(|| stored_client.as_ref().map(endpoint_from_stored));
         let mut registered = false;
@@ -524,16 +520,7 @@ pub async fn refresh(
                         tracing::warn!(error = %e, "the new client identity could not be stored");
                     }
                     if let Some((from, to)) = moved_to {
-                        let error = format!("the resource now trusts the authorization server {to}, not {from}: a login there replaces this server's tokens (with the client just registered there)");
-                        tracing::info!(from = %from, to = %to, "discovery found another authorization server; not refreshing there with the old server's refresh token");
-                        event("resource moved", json!({"from": from, "to": to}));
-                        finish(&rt, &flow_id, Some(error.clone())).await;
-                        return FlowOutcome::RefreshFailed {
-                            failure: RefreshFailure::AuthorizationServerMoved { issuer: to },
-                            error,
-                            rotated_refresh_token: None,
-                            endpoint: Some(fresh),
-                        };
+                        return resource_moved(&rt, &config, &flow_id, &from, to, Some(fresh)).await;
                     }
                     endpoint = Some(fresh);
                     registered = true;
@@ -552,7 +539,7 @@ pub async fn refresh(
         // A token bound to a key is refreshed with proofs of that key (RFC 9449 §5): the one
         // stored with it, whichever process wrote it.
         // A DPoP token stays one: a Bearer answer to its refresh is refused (RFC 9449 §5).
-        let bound = current.token_type.eq_ignore_ascii_case("dpop");
+        let bound = dpop::is_dpop_type(&current.token_type);
         let dpop = match dpop_binding(&current, dpop.as_ref()) {
             Ok(dpop) => dpop.map(|d| {
                 let required = d.required() || bound;
@@ -567,7 +554,7 @@ pub async fn refresh(
             }
         };
         let started = std::time::Instant::now();
-        match endpoint.refresh_dpop(&rt.refresh_http, &RefreshToken::new(refresh_token), scope, SystemTime::now(), dpop.as_ref()).await {
+        match endpoint.refresh(&rt.refresh_http, &RefreshToken::new(refresh_token), scope, SystemTime::now(), dpop.as_ref()).await {
             Ok(set) => {
                 let token = stored_token(&config, &endpoint, current.issuer.clone(), &set, &flow_id, dpop.as_ref());
                 let rotated = token.refresh_token != current.refresh_token;
@@ -618,6 +605,37 @@ pub async fn refresh(
     }
     .instrument(span)
     .await
+}
+
+/// The refresh ends here: the resource trusts the authorization server `to`, not the token's
+/// `from` (SEP-2352), so the refresh token is not presented anywhere; a login at `to` follows,
+/// with `endpoint` (a client already registered there) where there is one.
+async fn resource_moved(
+    rt: &Runtime,
+    config: &UpstreamConfig,
+    flow_id: &str,
+    from: &str,
+    to: String,
+    endpoint: Option<TokenEndpoint>,
+) -> FlowOutcome {
+    let error = format!(
+        "the resource now trusts the authorization server {to}, not {from}: a login there replaces this server's tokens (with that server's own client)"
+    );
+    tracing::info!(from, to = %to, "the resource moved to another authorization server; its refresh token is not presented there");
+    rt.flow_event(
+        flow_id,
+        &config.name,
+        "refresh",
+        "resource moved",
+        json!({"from": from, "to": to}),
+    );
+    finish(rt, flow_id, Some(error.clone())).await;
+    FlowOutcome::RefreshFailed {
+        failure: RefreshFailure::AuthorizationServerMoved { issuer: to },
+        error,
+        rotated_refresh_token: None,
+        endpoint,
+    }
 }
 
 /// After a refusal: the authorization server the resource names now, when it no longer lists
@@ -710,8 +728,8 @@ pub struct LoginRequest {
     /// Where a device login (`UpstreamConfig::device_code`) publishes its user code,
     /// verification URL and expiry for status while it polls; emptied when it ends.
     pub device_prompt: Published<DevicePrompt>,
-    /// The actor's DPoP state, reused (key and nonces) when this login uses DPoP.
-    pub dpop: Option<Dpop>,
+    /// The actor's DPoP key (and the nonces seen), proven when this login uses DPoP.
+    pub dpop: Dpop,
 }
 
 /// A value a running login publishes for status (its authorization URL, its device prompt).
@@ -802,7 +820,7 @@ struct LoginPlan {
     auth_url: Published<String>,
     device_prompt: Published<DevicePrompt>,
     step_up_scope: Option<String>,
-    dpop: Option<Dpop>,
+    dpop: Dpop,
 }
 
 async fn run_login(
@@ -823,17 +841,10 @@ async fn run_login(
         dpop,
     } = plan;
     let discovery = discover(&rt.http, &config.url, challenge.as_ref()).await?;
-    // DPoP where the config asks for it or the resource requires it; the actor's key is
-    // reused (a new one otherwise), and the tokens are stored with it.
-    let dpop = dpop::policy(
-        config.dpop,
-        &discovery,
-        &challenge.clone().unwrap_or_default(),
-    )
-    .map(|required| {
-        dpop.unwrap_or_else(|| Dpop::new(DpopKey::generate()))
-            .with_required(required)
-    });
+    // DPoP where the config asks for it or the resource requires it, with the actor's key;
+    // the tokens are stored with it.
+    let dpop = dpop::policy(config.dpop, &discovery, challenge.as_ref())
+        .map(|required| dpop.with_required(required));
     let scope = config.scope.clone().or_else(|| {
         select_scope(
             challenge.as_ref().and_then(|c| c.scope.as_deref()),
@@ -884,7 +895,7 @@ async fn run_login(
         )
         .await?
     } else {
-        browser_login_dpop(
+        browser_login(
             &rt.http,
             &discovery,
             &settings,

@@ -57,7 +57,7 @@ impl LoggedIn {
             .as_ref()
             .expect("the login produced a refresh token");
         self.endpoint
-            .refresh(&self.http, refresh_token, None, SystemTime::now())
+            .refresh(&self.http, refresh_token, None, SystemTime::now(), None)
             .await
     }
 }
@@ -76,7 +76,7 @@ pub async fn login(srv: &OAuthTestServer, http: OAuthHttp) -> LoggedIn {
     let scope = select_scope(None, discovery.resource_scopes());
     let (endpoint, token) = tokio::time::timeout(
         Duration::from_secs(10),
-        browser_login(&http, &discovery, &settings, None, scope.as_deref()),
+        browser_login(&http, &discovery, &settings, None, scope.as_deref(), None),
     )
     .await
     .expect("the login finishes within 10 s")
