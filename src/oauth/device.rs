@@ -32,6 +32,8 @@ pub const MAX_POLLS: u32 = 360;
 
 /// RFC 8628 §3.2: the interval when the server announces none.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest interval between polls, whatever the server announces.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest lifetime believed for a device code (an hour): the login ends by then.
 const MAX_CODE_LIFETIME: Duration = Duration::from_secs(3600);
@@ -68,6 +70,8 @@ pub struct DeviceAuthorization {
     pub interval: Duration,
     /// The code's lifetime as announced (clamped to an hour).
     pub lifetime: Duration,
+    /// The scope asked for: the granted one when the token answer names none (RFC 6749 §5.1).
+    scope: Option<String>,
 }
 
 impl fmt::Debug for DeviceAuthorization {
@@ -91,6 +95,15 @@ struct AuthorizationResponse {
     expires_in: u64,
     #[serde(default)]
     interval: Option<u64>,
+}
+
+/// The interval between polls for a server's `interval`: a 0 would poll without pause and a
+/// huge one overflow the clock, so at least a second and at most the code's longest life.
+fn announced_interval(interval: Option<u64>) -> Duration {
+    interval
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_INTERVAL)
+        .clamp(MIN_INTERVAL, MAX_CODE_LIFETIME)
 }
 
 /// Asks `device_authorization_endpoint` for a device code (RFC 8628 §3.1), as `endpoint`'s
@@ -141,11 +154,9 @@ pub async fn request_authorization(
             expires_at,
         },
         device_code: answer.device_code,
-        interval: answer
-            .interval
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_INTERVAL),
+        interval: announced_interval(answer.interval),
         lifetime,
+        scope: scope.filter(|s| !s.is_empty()).map(String::from),
     })
 }
 
@@ -166,6 +177,13 @@ pub async fn poll_for_token(
     let expired = || OAuthError::DeviceCodeExpired {
         after: started.elapsed(),
     };
+    let url = Url::parse(&endpoint.token_endpoint).map_err(|_| {
+        OAuthError::Discovery(format!(
+            "invalid token endpoint {:?}",
+            endpoint.token_endpoint
+        ))
+    })?;
+    require_secure_url(&url)?;
     let mut interval = authorization.interval;
     for poll in 1..=MAX_POLLS {
         let at = tokio::time::Instant::now() + interval;
@@ -173,12 +191,6 @@ pub async fn poll_for_token(
             return Err(expired());
         }
         tokio::time::sleep_until(at).await;
-        let url = Url::parse(&endpoint.token_endpoint).map_err(|_| {
-            OAuthError::Discovery(format!(
-                "invalid token endpoint {:?}",
-                endpoint.token_endpoint
-            ))
-        })?;
         let mut form = vec![
             ("grant_type", GRANT_TYPE.to_string()),
             ("device_code", authorization.device_code.clone()),
@@ -187,7 +199,7 @@ pub async fn poll_for_token(
         let mut request =
             client_authenticated(http.client().post(url.clone()), &mut form, &endpoint.client);
         if let Some(dpop) = dpop {
-            request = request.header("dpop", dpop.proof("POST", url.as_str(), None));
+            request = request.header("dpop", dpop.header("POST", url.as_str(), None));
         }
         let reply = match http.send(Endpoint::Token, request.form(&form)).await {
             Ok(reply) => reply,
@@ -201,7 +213,13 @@ pub async fn poll_for_token(
         let fresh_nonce = dpop.is_some_and(|d| d.remember_nonce(url.as_str(), &reply.headers));
         if reply.status.is_success() {
             let response: BasicTokenResponse = reply.json(Endpoint::Token)?;
-            let set = token_set(response, None, None, SystemTime::now(), dpop)?;
+            let set = token_set(
+                response,
+                None,
+                authorization.scope.as_deref(),
+                SystemTime::now(),
+                dpop,
+            )?;
             tracing::info!(
                 polls = poll,
                 scope = set.scope.as_deref().unwrap_or(""),
@@ -392,6 +410,22 @@ mod tests {
     }
 
     #[test]
+    fn a_servers_interval_is_kept_within_a_second_and_an_hour() {
+        assert_eq!(announced_interval(None), DEFAULT_INTERVAL);
+        assert_eq!(announced_interval(Some(7)), Duration::from_secs(7));
+        assert_eq!(
+            announced_interval(Some(0)),
+            MIN_INTERVAL,
+            "no polling without pause"
+        );
+        assert_eq!(
+            announced_interval(Some(u64::MAX)),
+            MAX_CODE_LIFETIME,
+            "no clock overflow"
+        );
+    }
+
+    #[test]
     fn debug_never_shows_the_device_code() {
         let authorization = DeviceAuthorization {
             prompt: DevicePrompt {
@@ -403,6 +437,7 @@ mod tests {
             device_code: "dc_very_secret_value".into(),
             interval: DEFAULT_INTERVAL,
             lifetime: MAX_CODE_LIFETIME,
+            scope: None,
         };
         let shown = format!("{authorization:?}");
         assert!(shown.contains("BCDF-GHJK"));
