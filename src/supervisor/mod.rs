@@ -202,12 +202,13 @@ pub struct SupervisorActor {
 }
 
 impl SupervisorActor {
-    /// Arms the next look at the store, one interval from now.
+    /// Arms the next look at the store, one interval from now (at least 10 ms: a zero
+    /// interval would look without pause).
     fn arm_poll(&mut self, ctx: &mut Context<Self>) {
         let (arming, _) = self.scheduler.arm(
             self.owner,
             TimerKind::StorePoll,
-            tokio::time::Instant::now() + self.store_poll_interval,
+            tokio::time::Instant::now() + self.store_poll_interval.max(Duration::from_millis(10)),
             None,
             ctx.address().downgrade().recipient(),
         );
@@ -233,10 +234,12 @@ impl Handler<Due> for SupervisorActor {
         if due.kind != TimerKind::StorePoll || self.poll != Some(due.arming) {
             return;
         }
-        self.arm_poll(ctx);
         let registry = self.registry.clone();
         let look = async move { registry.call(|s| s.data_version()).await };
-        ctx.spawn(look.into_actor(self).map(|version, act, _| {
+        ctx.spawn(look.into_actor(self).map(|version, act, ctx| {
+            // The next look is armed once this one is answered: a slow registry never has
+            // looks piling up in its queue.
+            act.arm_poll(ctx);
             let Ok(version) = version else { return };
             // The first look checks too: another process may have written between the
             // actors' first loads and this baseline.
@@ -326,7 +329,7 @@ impl SharedAccessToken {
 
     /// Whether requests with this token must carry a DPoP proof (its type is `DPoP`).
     pub fn is_dpop(&self) -> bool {
-        self.0.token_type.eq_ignore_ascii_case("dpop")
+        crate::oauth::dpop::is_dpop_type(&self.0.token_type)
     }
 
     /// The `Authorization` header value: `Bearer <token>` or `DPoP <token>` (a secret).
