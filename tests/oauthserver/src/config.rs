@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::dpop::NonceRotation;
 use crate::faults::Fault;
+use crate::grants::{IdpPolicy, JwtClient, TrustedIssuer};
 
 /// The configuration of one test server instance.
 #[derive(Debug, Clone)]
@@ -77,6 +78,35 @@ pub struct Config {
     /// Require server nonces in proofs (`use_dpop_nonce` + `DPoP-Nonce`, RFC 9449 §8/§9), at
     /// the token and the MCP endpoint, each with its own nonce. Implies `dpop`.
     pub dpop_nonce: Option<NonceRotation>,
+    /// Serve the `client_credentials` grant (RFC 6749 §4.4) to confidential clients, without a
+    /// refresh token, and list it in the metadata.
+    pub client_credentials: bool,
+    /// Accept `private_key_jwt` client authentication (RFC 7523 §2.2) from clients registered
+    /// with a `jwks` or `jwks_uri`, and list it with its signing algorithms (ES256, RS256).
+    pub private_key_jwt: bool,
+    /// Pre-registered `private_key_jwt` clients: a client ID and its public keys.
+    pub jwt_clients: Vec<JwtClient>,
+    /// Play the enterprise IdP: RFC 8693 token exchange of an ID token this server issued (or
+    /// one of its refresh tokens) for an ID-JAG (`urn:ietf:params:oauth:token-type:id-jag`,
+    /// SEP-990), under `idp_policy`.
+    pub idp: bool,
+    /// Which token exchanges the IdP grants; the others are refused with `access_denied`.
+    pub idp_policy: IdpPolicy,
+    /// Lifetime of the ID-JAGs and ID tokens the IdP issues.
+    pub id_jag_ttl: Duration,
+    /// `(client ID at this IdP, client ID at the resource authorization server)`: the
+    /// `client_id` claim an ID-JAG carries for a client (SEP-990's client ID mapping). A
+    /// client without an entry keeps its own ID.
+    pub idp_client_ids: Vec<(String, String)>,
+    /// Serve the RFC 7523 `urn:ietf:params:oauth:grant-type:jwt-bearer` grant (no refresh
+    /// token), for the issuers below, and list it in the metadata.
+    pub jwt_bearer: bool,
+    /// IdPs whose ID-JAGs (`typ: oauth-id-jag+jwt`) the jwt-bearer grant accepts, from an
+    /// authenticated client named in the grant's `client_id` claim.
+    pub trusted_idps: Vec<TrustedIssuer>,
+    /// Platforms whose workload JWTs (a Kubernetes projected service account token, a SPIFFE
+    /// JWT-SVID) the jwt-bearer grant accepts, with no client registration.
+    pub trusted_workload_issuers: Vec<TrustedIssuer>,
 }
 
 impl Default for Config {
@@ -108,6 +138,16 @@ impl Default for Config {
             dpop: false,
             dpop_required: false,
             dpop_nonce: None,
+            client_credentials: false,
+            private_key_jwt: false,
+            jwt_clients: Vec::new(),
+            idp: false,
+            idp_policy: IdpPolicy::AllowAll,
+            id_jag_ttl: Duration::from_secs(300),
+            idp_client_ids: Vec::new(),
+            jwt_bearer: false,
+            trusted_idps: Vec::new(),
+            trusted_workload_issuers: Vec::new(),
         }
     }
 }

@@ -21,6 +21,26 @@ pub enum FaultTarget {
     Metadata,
     Jwks,
     Mcp,
+    /// Token endpoint, `client_credentials` grant.
+    ClientCredentials,
+    /// Token endpoint, RFC 8693 token exchange (the IdP's ID-JAG issuance).
+    TokenExchange,
+    /// Token endpoint, RFC 7523 `jwt-bearer` grant (ID-JAGs and workload JWTs).
+    JwtBearer,
+}
+
+impl FaultTarget {
+    /// Targets whose successful answer is a token response (the token-shape kinds apply).
+    pub fn issues_tokens(self) -> bool {
+        matches!(
+            self,
+            FaultTarget::Token
+                | FaultTarget::Refresh
+                | FaultTarget::ClientCredentials
+                | FaultTarget::TokenExchange
+                | FaultTarget::JwtBearer
+        )
+    }
 }
 
 /// What goes wrong.
@@ -66,6 +86,8 @@ pub enum FaultKind {
     /// (refresh token, code, PKCE verifier, client secret, the Authorization header), with an
     /// ESC sequence and a forged log line.
     EchoSecrets,
+    /// OAuth error JSON `access_denied` with HTTP 400 (an IdP policy refusing an exchange).
+    AccessDenied,
 }
 
 impl FaultKind {
@@ -88,11 +110,12 @@ impl FaultKind {
             FaultKind::InvalidScope => "invalid_scope",
             FaultKind::ServerError => "server_error",
             FaultKind::TemporarilyUnavailable => "temporarily_unavailable",
+            FaultKind::AccessDenied => "access_denied",
             _ => return None,
         })
     }
 
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::InvalidGrant,
         FaultKind::InvalidClient,
         FaultKind::InvalidScope,
@@ -111,6 +134,7 @@ impl FaultKind {
         FaultKind::WrongIssuer,
         FaultKind::HtmlForbidden,
         FaultKind::EchoSecrets,
+        FaultKind::AccessDenied,
     ];
 }
 
@@ -169,10 +193,9 @@ impl Fault {
 
     /// Refuses combinations that could never fire, so a test cannot arm a fault that does nothing.
     pub fn validate(&self) -> Result<(), String> {
-        let token_like = matches!(self.target, FaultTarget::Token | FaultTarget::Refresh);
-        if self.kind.shapes_token_response() && !token_like {
+        if self.kind.shapes_token_response() && !self.target.issues_tokens() {
             return Err(format!(
-                "fault kind {} only applies to the token and refresh targets",
+                "fault kind {} only applies to the targets of token grants (token, refresh, client_credentials, token_exchange, jwt_bearer)",
                 self.kind
             ));
         }

@@ -12,10 +12,13 @@
 pub mod config;
 mod dpop;
 pub mod faults;
+pub mod grants;
 mod jwt;
+pub mod platform;
 mod routes;
 mod serve;
 mod state;
+pub mod test_keys;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +26,8 @@ use std::time::Duration;
 pub use config::Config;
 pub use dpop::NonceRotation;
 pub use faults::{Fault, FaultKind, FaultTarget};
+pub use grants::{IdpPolicy, JwtClient, KeySource, TrustedIssuer};
+pub use platform::Platform;
 pub use state::{Secrets, Stats};
 
 /// A running test server. Dropping it stops the server and closes every connection.
@@ -95,6 +100,44 @@ impl OAuthTestServer {
     /// authorization server `issuer`, e.g. this server's own again after a move.
     pub fn trust_authorization_server(&self, issuer: &str) {
         self.state.lock().trusted_issuer = Some(issuer.to_string());
+    }
+
+    /// The server's signing keys (`/jwks.json`): what an authorization server trusting this
+    /// one as an IdP verifies its ID-JAGs with.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.state.signer.jwks().clone()
+    }
+
+    /// This server as an issuer another one trusts (its issuer and its JWKS, inline).
+    pub fn as_trusted_issuer(&self) -> TrustedIssuer {
+        TrustedIssuer::new(self.issuer(), KeySource::Jwks(self.jwks()))
+    }
+
+    /// An ID token for `client_id` about `subject`: what an SSO login at this server as the
+    /// enterprise IdP hands the client (`POST /control/id-token` over HTTP).
+    pub fn issue_id_token(&self, client_id: &str, subject: &str) -> String {
+        let mut inner = self.state.lock();
+        routes::grants::issue_id_token(&self.state, &mut inner, client_id, subject)
+    }
+
+    /// From now on the IdP grants token exchanges under `policy`.
+    pub fn set_idp_policy(&self, policy: IdpPolicy) {
+        self.state.lock().idp_policy = policy;
+    }
+
+    /// From now on the jwt-bearer grant accepts ID-JAGs of `idp`.
+    pub fn trust_idp(&self, idp: TrustedIssuer) {
+        self.state.lock().trusted_idps.push(idp);
+    }
+
+    /// From now on the jwt-bearer grant accepts workload JWTs of `platform`.
+    pub fn trust_workload_issuer(&self, platform: TrustedIssuer) {
+        self.state.lock().trusted_workload_issuers.push(platform);
+    }
+
+    /// Registers a `private_key_jwt` client.
+    pub fn register_jwt_client(&self, client: JwtClient) {
+        self.state.lock().add_jwt_client(&client);
     }
 
     /// Stops the server and waits until its listener is closed.

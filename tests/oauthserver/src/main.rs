@@ -4,7 +4,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Parser;
-use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
+use oauth_test_server::{
+    Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, KeySource, OAuthTestServer,
+    TrustedIssuer,
+};
 
 /// A real OAuth 2.1 authorization server and protected MCP endpoint, for tests only.
 /// Durations accept 500ms, 30s, 3m, 24h.
@@ -71,6 +74,52 @@ struct Args {
     /// Require DPoP: no proof, no token; the MCP endpoint takes only DPoP-bound tokens.
     #[arg(long)]
     dpop_required: bool,
+    /// Serve the client_credentials grant to confidential clients (no refresh token).
+    #[arg(long)]
+    client_credentials: bool,
+    /// Accept private_key_jwt client authentication (ES256, RS256).
+    #[arg(long)]
+    private_key_jwt: bool,
+    /// A pre-registered private_key_jwt client, as ID=JWKS where JWKS is a JWK Set file or a
+    /// jwks_uri (repeatable; implies --private-key-jwt).
+    #[arg(long = "jwt-client", value_parser = parse_keyed)]
+    jwt_clients: Vec<(String, KeySource)>,
+    /// Play the enterprise IdP: RFC 8693 token exchange of its ID tokens for ID-JAGs.
+    #[arg(long)]
+    idp: bool,
+    /// The IdP refuses every token exchange with access_denied.
+    #[arg(long, requires = "idp")]
+    idp_deny_all: bool,
+    /// Serve the RFC 7523 jwt-bearer grant (no refresh token).
+    #[arg(long)]
+    jwt_bearer: bool,
+    /// Accept ID-JAGs of this IdP, as ISSUER=JWKS (a JWK Set file or a jwks_uri; repeatable).
+    #[arg(long = "trust-idp", value_parser = parse_keyed, requires = "jwt_bearer")]
+    trusted_idps: Vec<(String, KeySource)>,
+    /// Accept workload JWTs of this platform, as ISSUER=JWKS (repeatable).
+    #[arg(long = "trust-workload-issuer", value_parser = parse_keyed, requires = "jwt_bearer")]
+    trusted_workload_issuers: Vec<(String, KeySource)>,
+}
+
+/// `NAME=JWKS`, JWKS an http(s) URL (a jwks_uri) or the path of a JWK Set file.
+fn parse_keyed(s: &str) -> Result<(String, KeySource), String> {
+    // The name may itself be a URL (an issuer): split at the last `=`.
+    let Some((name, keys)) = s
+        .rsplit_once('=')
+        .filter(|(n, k)| !n.is_empty() && !k.is_empty())
+    else {
+        return Err(format!("expected NAME=JWKS (a file or a URL), got {s:?}"));
+    };
+    if keys.starts_with("http://") || keys.starts_with("https://") {
+        return Ok((name.into(), KeySource::JwksUri(keys.into())));
+    }
+    let text = std::fs::read_to_string(keys).map_err(|e| format!("cannot read {keys}: {e}"))?;
+    let jwks: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| format!("{keys} is not JSON"))?;
+    if !jwks.get("keys").is_some_and(|k| k.is_array()) {
+        return Err(format!("{keys} is not a JWK Set ({{\"keys\": [...]}})"));
+    }
+    Ok((name.into(), KeySource::Jwks(jwks)))
 }
 
 fn parse_tool_scope(s: &str) -> Result<(String, String), String> {
@@ -125,9 +174,32 @@ impl Args {
             dpop: self.dpop,
             dpop_required: self.dpop_required,
             dpop_nonce: None,
+            client_credentials: self.client_credentials,
+            private_key_jwt: self.private_key_jwt || !self.jwt_clients.is_empty(),
+            jwt_clients: self
+                .jwt_clients
+                .into_iter()
+                .map(|(client_id, keys)| JwtClient { client_id, keys })
+                .collect(),
+            idp: self.idp,
+            idp_policy: if self.idp_deny_all {
+                IdpPolicy::DenyAll
+            } else {
+                IdpPolicy::AllowAll
+            },
+            jwt_bearer: self.jwt_bearer,
+            trusted_idps: trusted(self.trusted_idps),
+            trusted_workload_issuers: trusted(self.trusted_workload_issuers),
             ..Config::default()
         }
     }
+}
+
+fn trusted(issuers: Vec<(String, KeySource)>) -> Vec<TrustedIssuer> {
+    issuers
+        .into_iter()
+        .map(|(issuer, keys)| TrustedIssuer::new(issuer, keys))
+        .collect()
 }
 
 #[tokio::main]

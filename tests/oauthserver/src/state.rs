@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::faults::FaultBook;
+use crate::grants::{IdpPolicy, JtiBook, KeySource, TrustedIssuer};
 use crate::jwt::Signer;
 
 /// How a client authenticates at the token and revocation endpoints.
@@ -23,6 +24,8 @@ pub enum AuthMethod {
     None,
     ClientSecretBasic,
     ClientSecretPost,
+    /// RFC 7523 §2.2: a JWT signed with a key of the client's registered `jwks` / `jwks_uri`.
+    PrivateKeyJwt,
 }
 
 impl AuthMethod {
@@ -40,6 +43,8 @@ pub struct Client {
     /// Empty means any loopback redirect URI (a pre-registered native client).
     pub redirect_uris: Vec<String>,
     pub client_name: Option<String>,
+    /// The public keys of a `private_key_jwt` client.
+    pub keys: Option<KeySource>,
 }
 
 /// A pending or issued authorization code, or an interactive request awaiting consent.
@@ -124,6 +129,29 @@ pub struct Stats {
     /// MCP requests accepted with a DPoP-bound token and a valid proof.
     #[serde(default)]
     pub mcp_dpop_requests: u64,
+    /// `private_key_jwt` client assertions accepted (RFC 7523 §2.2).
+    #[serde(default)]
+    pub client_assertions: u64,
+    /// Client assertions refused, by reason: malformed, signature, audience, expired,
+    /// replay, mismatch.
+    #[serde(default)]
+    pub client_assertion_refusals: BTreeMap<String, u64>,
+    /// `client_credentials` grants that issued a token.
+    #[serde(default)]
+    pub client_credentials_grants: u64,
+    /// ID-JAGs the IdP issued (RFC 8693 token exchanges granted).
+    #[serde(default)]
+    pub id_jags_issued: u64,
+    /// Token exchanges the IdP's policy refused with `access_denied`.
+    #[serde(default)]
+    pub token_exchange_denials: u64,
+    /// jwt-bearer grants that issued a token, by assertion kind: `id_jag`, `workload`.
+    #[serde(default)]
+    pub jwt_bearer_grants: BTreeMap<String, u64>,
+    /// jwt-bearer assertions refused, by reason: malformed, signature, untrusted_issuer,
+    /// audience, expired, replay, mismatch, typ.
+    #[serde(default)]
+    pub jwt_bearer_refusals: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -134,6 +162,24 @@ impl Stats {
     /// DPoP refusals for one reason (`replay`, `nonce`, `bad_proof`, `key_mismatch`, `missing`).
     pub fn dpop_refusals_for(&self, reason: &str) -> u64 {
         self.dpop_refusals.get(reason).copied().unwrap_or(0)
+    }
+
+    /// jwt-bearer grants that issued a token for one assertion kind (`id_jag`, `workload`).
+    pub fn jwt_bearer_grants_for(&self, kind: &str) -> u64 {
+        self.jwt_bearer_grants.get(kind).copied().unwrap_or(0)
+    }
+
+    /// jwt-bearer assertions refused for one reason.
+    pub fn jwt_bearer_refusals_for(&self, reason: &str) -> u64 {
+        self.jwt_bearer_refusals.get(reason).copied().unwrap_or(0)
+    }
+
+    /// Client assertions refused for one reason.
+    pub fn client_assertion_refusals_for(&self, reason: &str) -> u64 {
+        self.client_assertion_refusals
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -156,6 +202,16 @@ pub struct Secrets {
     /// Received: every DPoP proof a client presented.
     #[serde(default)]
     pub dpop_proofs: Vec<String>,
+    /// ID tokens the IdP issued (the subject tokens of token exchanges).
+    #[serde(default)]
+    pub id_tokens: Vec<String>,
+    /// ID-JAGs the IdP issued.
+    #[serde(default)]
+    pub id_jags: Vec<String>,
+    /// Received: every client assertion (`private_key_jwt`), subject token and jwt-bearer
+    /// `assertion` presented (workload JWTs among them).
+    #[serde(default)]
+    pub assertions: Vec<String>,
 }
 
 impl Secrets {
@@ -169,6 +225,9 @@ impl Secrets {
             .chain(&self.states)
             .chain(&self.device_codes)
             .chain(&self.dpop_proofs)
+            .chain(&self.id_tokens)
+            .chain(&self.id_jags)
+            .chain(&self.assertions)
             .map(String::as_str)
     }
 }
@@ -197,6 +256,16 @@ pub struct Inner {
     pub dpop_token_nonce: crate::dpop::NonceBook,
     pub dpop_mcp_nonce: crate::dpop::NonceBook,
     pub dpop_jtis: crate::dpop::ReplayBook,
+    /// `jti`s of client assertions and ID-JAGs, each accepted once.
+    pub assertion_jtis: JtiBook,
+    /// `jti`s of the ID tokens the IdP issued: a subject token must be one of them.
+    pub id_token_jtis: HashSet<String>,
+    /// The IdP's policy (`Config::idp_policy`, changed at run time by the control API).
+    pub idp_policy: IdpPolicy,
+    /// Issuers the jwt-bearer grant trusts (`Config::trusted_idps`,
+    /// `Config::trusted_workload_issuers`, plus those added at run time).
+    pub trusted_idps: Vec<TrustedIssuer>,
+    pub trusted_workload_issuers: Vec<TrustedIssuer>,
 }
 
 impl Inner {
@@ -214,6 +283,21 @@ impl Inner {
 
     pub fn count_token_error(&mut self, code: &str) {
         *self.stats.token_errors.entry(code.to_string()).or_default() += 1;
+    }
+
+    /// Adds a pre-registered `private_key_jwt` client.
+    pub fn add_jwt_client(&mut self, client: &crate::grants::JwtClient) {
+        self.clients.insert(
+            client.client_id.clone(),
+            Client {
+                client_id: client.client_id.clone(),
+                client_secret: None,
+                auth_methods: vec![AuthMethod::PrivateKeyJwt],
+                redirect_uris: Vec::new(),
+                client_name: Some("pre-registered private_key_jwt client".into()),
+                keys: Some(client.keys.clone()),
+            },
+        );
     }
 }
 
@@ -249,9 +333,16 @@ impl Shared {
                     auth_methods,
                     redirect_uris: Vec::new(),
                     client_name: Some("pre-registered client".into()),
+                    keys: None,
                 },
             );
         }
+        for client in &config.jwt_clients {
+            inner.add_jwt_client(client);
+        }
+        inner.idp_policy = config.idp_policy.clone();
+        inner.trusted_idps = config.trusted_idps.clone();
+        inner.trusted_workload_issuers = config.trusted_workload_issuers.clone();
         Shared {
             config,
             base_url,

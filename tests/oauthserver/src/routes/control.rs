@@ -1,5 +1,6 @@
 //! The control API, which exists only in the test server: arm and clear faults, read counters
-//! and every secret issued, revoke everything, move the clock.
+//! and every secret issued, revoke everything, move the clock, issue an ID token (the IdP's
+//! SSO login), set the IdP's policy.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::faults::Fault;
+use crate::grants::IdpPolicy;
 use crate::state::{AppState, RefreshStatus};
 
 pub async fn arm_fault(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
@@ -63,5 +65,36 @@ pub async fn advance_clock(
     Json(advance): Json<Advance>,
 ) -> StatusCode {
     state.advance_clock(Duration::from_millis(advance.advance_ms));
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+pub struct IdTokenRequest {
+    client_id: String,
+    #[serde(default = "default_subject")]
+    subject: String,
+}
+
+fn default_subject() -> String {
+    super::token::DEMO_USER.into()
+}
+
+/// `POST /control/id-token`: what an SSO login at this IdP would hand the client.
+pub async fn id_token(
+    State(state): State<AppState>,
+    Json(asked): Json<IdTokenRequest>,
+) -> Response {
+    let mut inner = state.lock();
+    let id_token =
+        super::grants::issue_id_token(&state, &mut inner, &asked.client_id, &asked.subject);
+    Json(serde_json::json!({"id_token": id_token})).into_response()
+}
+
+/// `POST /control/idp-policy`: `"allow_all"`, `"deny_all"` or `{"allow_audiences": [...]}`.
+pub async fn idp_policy(
+    State(state): State<AppState>,
+    Json(policy): Json<IdpPolicy>,
+) -> StatusCode {
+    state.lock().idp_policy = policy;
     StatusCode::NO_CONTENT
 }

@@ -300,7 +300,16 @@ pub(super) fn device_code_grant(
             let family = inner.next_family;
             inner.next_family += 1;
             Ok(issue_tokens(
-                state, inner, family, client, &scope, resource, shape, true, jkt,
+                state,
+                inner,
+                family,
+                client,
+                super::token::DEMO_USER,
+                &scope,
+                resource,
+                shape,
+                true,
+                jkt,
             ))
         }
     }

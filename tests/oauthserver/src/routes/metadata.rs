@@ -36,7 +36,10 @@ pub async fn authorization_server_metadata(
         return r;
     }
     let issuer = state.issuer();
-    let auth_methods = ["none", "client_secret_basic", "client_secret_post"];
+    let mut auth_methods = vec!["none", "client_secret_basic", "client_secret_post"];
+    if state.config.private_key_jwt {
+        auth_methods.push("private_key_jwt");
+    }
     let mut doc = serde_json::json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
@@ -45,7 +48,7 @@ pub async fn authorization_server_metadata(
         "jwks_uri": format!("{}/jwks.json", state.base_url),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": grant_types(&state.config),
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
@@ -62,16 +65,32 @@ pub async fn authorization_server_metadata(
     }
     if state.config.device_grant {
         doc["device_authorization_endpoint"] = format!("{issuer}/device_authorization").into();
-        doc["grant_types_supported"] = serde_json::json!([
-            "authorization_code",
-            "refresh_token",
-            super::device::GRANT_TYPE
-        ]);
+    }
+    if state.config.private_key_jwt {
+        doc["token_endpoint_auth_signing_alg_values_supported"] =
+            serde_json::json!(crate::grants::SIGNING_ALGS);
     }
     if wrong_issuer {
         doc["issuer"] = format!("{issuer}/impostor").into();
     }
     Json(doc).into_response()
+}
+
+/// Every grant this server serves, as its metadata lists them.
+fn grant_types(config: &crate::Config) -> Vec<&'static str> {
+    use super::grants::{CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANGE};
+    let mut grants = vec!["authorization_code", "refresh_token"];
+    for (on, grant) in [
+        (config.device_grant, super::device::GRANT_TYPE),
+        (config.client_credentials, CLIENT_CREDENTIALS),
+        (config.idp, TOKEN_EXCHANGE),
+        (config.jwt_bearer, JWT_BEARER),
+    ] {
+        if on {
+            grants.push(grant);
+        }
+    }
+    grants
 }
 
 pub async fn protected_resource_metadata(

@@ -4,6 +4,7 @@
 mod authorize;
 mod control;
 pub(crate) mod device;
+pub(crate) mod grants;
 mod mcp;
 mod metadata;
 mod register;
@@ -70,7 +71,9 @@ pub fn router(state: AppState) -> Router {
         .route("/control/stats", get(control::stats))
         .route("/control/secrets", get(control::secrets))
         .route("/control/revoke-all", post(control::revoke_all))
-        .route("/control/clock", post(control::advance_clock));
+        .route("/control/clock", post(control::advance_clock))
+        .route("/control/id-token", post(control::id_token))
+        .route("/control/idp-policy", post(control::idp_policy));
     if prefix.is_empty() {
         app = app.merge(as_routes);
     } else {

@@ -1,4 +1,5 @@
-//! `POST /register`: RFC 7591 dynamic client registration for public and confidential clients.
+//! `POST /register`: RFC 7591 dynamic client registration for public and confidential clients,
+//! `private_key_jwt` clients (with `jwks` or `jwks_uri`) among them when enabled.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -8,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ConnectionKill, Intercept, intercept, oauth_error};
 use crate::faults::FaultTarget;
+use crate::grants::KeySource;
 use crate::state::{AppState, AuthMethod, Client, random_token};
 
 pub async fn register(
@@ -66,14 +68,27 @@ pub async fn register(
         .and_then(|v| v.as_str())
         .unwrap_or("client_secret_basic")
         .to_string();
-    let Some(method) = AuthMethod::parse(&method_name) else {
+    let Some(method) = AuthMethod::parse(&method_name)
+        .filter(|m| *m != AuthMethod::PrivateKeyJwt || state.config.private_key_jwt)
+    else {
         return invalid(&format!(
             "token_endpoint_auth_method {method_name:?} is not supported"
         ));
     };
+    let keys = match client_keys(&metadata) {
+        Ok(keys) => keys,
+        Err(e) => return invalid(&e),
+    };
+    if method == AuthMethod::PrivateKeyJwt && keys.is_none() {
+        return invalid("private_key_jwt needs the client's public keys: jwks or jwks_uri");
+    }
 
     let client_id = random_token("client_");
-    let client_secret = (method != AuthMethod::None).then(|| random_token("secret_"));
+    let client_secret = matches!(
+        method,
+        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+    )
+    .then(|| random_token("secret_"));
     let now_secs = state.now_ms() / 1000;
     {
         let mut inner = state.lock();
@@ -98,6 +113,7 @@ pub async fn register(
                     .get("client_name")
                     .and_then(|v| v.as_str())
                     .map(String::from),
+                keys,
             },
         );
     }
@@ -118,4 +134,22 @@ pub async fn register(
         Json(serde_json::Value::Object(metadata)),
     )
         .into_response()
+}
+
+/// The client's public keys (RFC 7591 §2): `jwks` (a JWK Set) or `jwks_uri`, never both.
+fn client_keys(
+    metadata: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<KeySource>, String> {
+    match (metadata.get("jwks"), metadata.get("jwks_uri")) {
+        (Some(_), Some(_)) => Err("jwks and jwks_uri must not both be given (RFC 7591 §2)".into()),
+        (Some(jwks), None) if jwks.get("keys").is_some_and(|k| k.is_array()) => {
+            Ok(Some(KeySource::Jwks(jwks.clone())))
+        }
+        (Some(_), None) => Err("jwks must be a JWK Set: {\"keys\": [...]}".into()),
+        (None, Some(serde_json::Value::String(uri))) if url::Url::parse(uri).is_ok() => {
+            Ok(Some(KeySource::JwksUri(uri.clone())))
+        }
+        (None, Some(_)) => Err("jwks_uri must be an absolute URL".into()),
+        (None, None) => Ok(None),
+    }
 }

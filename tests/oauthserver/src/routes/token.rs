@@ -1,6 +1,8 @@
 //! `POST /token`: the `authorization_code` and `refresh_token` grants, with client
 //! authentication as registered, single-use codes, PKCE S256 verification, and refresh token
-//! rotation where reuse of a rotated token revokes its whole family (as real servers do).
+//! rotation where reuse of a rotated token revokes its whole family (as real servers do). The
+//! grants without a user (client credentials, token exchange, jwt-bearer) are in `grants.rs`,
+//! the device grant in `device.rs`.
 
 use std::collections::HashMap;
 
@@ -13,7 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
 use super::authorize::check_resource;
-use super::{ConnectionKill, Intercept, intercept, oauth_error};
+use super::{ConnectionKill, Intercept, grants, intercept, oauth_error};
 use crate::dpop::{Refusal, Refused, Role};
 use crate::faults::{FaultKind, FaultTarget};
 use crate::jwt::AccessClaims;
@@ -22,6 +24,9 @@ use crate::state::{
 };
 
 type Params = HashMap<String, String>;
+
+/// The person every interactive grant is for (the server approves without a login).
+pub(super) const DEMO_USER: &str = "demo-user";
 
 /// An OAuth error decided while holding the state lock, turned into a response after it.
 pub(super) struct Denied {
@@ -39,10 +44,18 @@ pub(super) fn deny(code: &'static str, description: impl Into<String>) -> Denied
 /// The `echo_secrets` fault: every secret the request carried, sent back in free text and
 /// under keys no client knows, with terminal escapes and a forged log line.
 fn echo_secrets(headers: &HeaderMap, form: &Params) -> Response {
-    let mut seen: Vec<String> = ["refresh_token", "code", "code_verifier", "client_secret"]
-        .iter()
-        .filter_map(|name| form.get(*name).cloned())
-        .collect();
+    let mut seen: Vec<String> = [
+        "refresh_token",
+        "code",
+        "code_verifier",
+        "client_secret",
+        "client_assertion",
+        "subject_token",
+        "assertion",
+    ]
+    .iter()
+    .filter_map(|name| form.get(*name).cloned())
+    .collect();
     if let Some(auth) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -84,11 +97,16 @@ pub async fn token(
         if let Some(verifier) = form.get("code_verifier") {
             inner.secrets.code_verifiers.push(verifier.clone());
         }
+        for name in ["client_assertion", "subject_token", "assertion"] {
+            inner.secrets.assertions.extend(form.get(name).cloned());
+        }
     }
-    let target = if grant_type == "refresh_token" {
-        FaultTarget::Refresh
-    } else {
-        FaultTarget::Token
+    let target = match grant_type.as_str() {
+        "refresh_token" => FaultTarget::Refresh,
+        grants::CLIENT_CREDENTIALS => FaultTarget::ClientCredentials,
+        grants::TOKEN_EXCHANGE => FaultTarget::TokenExchange,
+        grants::JWT_BEARER => FaultTarget::JwtBearer,
+        _ => FaultTarget::Token,
     };
     let shape = match intercept(&state, target, &kill).await {
         Intercept::Proceed => None,
@@ -99,39 +117,73 @@ pub async fn token(
         return echo_secrets(&headers, &form);
     }
 
+    // A jwks_uri is fetched before the state lock is taken.
+    let keys = grants::prefetch_keys(&state, &grant_type, &form).await;
     let mut inner = state.lock();
     let jkt = match dpop_proof(&state, &mut inner, &headers) {
         Ok(jkt) => jkt,
         Err(response) => return *response,
     };
-    let outcome = authenticate(&inner, &headers, &form).and_then(|client| {
-        if let Some(code) = shape.and_then(FaultKind::oauth_error_code) {
-            return Err(deny(code, "injected fault"));
-        }
-        match grant_type.as_str() {
-            "authorization_code" => {
-                authorization_code_grant(&state, &mut inner, &client, &form, shape, jkt.as_deref())
+    let outcome = if grant_type == grants::JWT_BEARER && state.config.jwt_bearer {
+        // Client authentication is the grant's to decide: a workload presents none.
+        grants::jwt_bearer_grant(
+            &state,
+            &mut inner,
+            &headers,
+            &form,
+            &keys,
+            shape,
+            jkt.as_deref(),
+        )
+    } else {
+        let authenticated = grants::authenticate_any(&state, &mut inner, &headers, &form, &keys);
+        authenticated.and_then(|client| {
+            if let Some(code) = shape.and_then(FaultKind::oauth_error_code) {
+                return Err(deny(code, "injected fault"));
             }
-            "refresh_token" => {
-                refresh_token_grant(&state, &mut inner, &client, &form, shape, jkt.as_deref())
-            }
-            super::device::GRANT_TYPE if state.config.device_grant => {
-                super::device::device_code_grant(
+            match grant_type.as_str() {
+                "authorization_code" => authorization_code_grant(
                     &state,
                     &mut inner,
                     &client,
                     &form,
                     shape,
                     jkt.as_deref(),
-                )
+                ),
+                "refresh_token" => {
+                    refresh_token_grant(&state, &mut inner, &client, &form, shape, jkt.as_deref())
+                }
+                super::device::GRANT_TYPE if state.config.device_grant => {
+                    super::device::device_code_grant(
+                        &state,
+                        &mut inner,
+                        &client,
+                        &form,
+                        shape,
+                        jkt.as_deref(),
+                    )
+                }
+                grants::CLIENT_CREDENTIALS if state.config.client_credentials => {
+                    grants::client_credentials_grant(
+                        &state,
+                        &mut inner,
+                        &client,
+                        &form,
+                        shape,
+                        jkt.as_deref(),
+                    )
+                }
+                grants::TOKEN_EXCHANGE if state.config.idp => {
+                    grants::token_exchange_grant(&state, &mut inner, &client, &form, shape)
+                }
+                "" => Err(deny("invalid_request", "grant_type is required")),
+                other => Err(deny(
+                    "unsupported_grant_type",
+                    format!("grant_type {other:?} is not supported"),
+                )),
             }
-            "" => Err(deny("invalid_request", "grant_type is required")),
-            other => Err(deny(
-                "unsupported_grant_type",
-                format!("grant_type {other:?} is not supported"),
-            )),
-        }
-    });
+        })
+    };
     match outcome {
         Ok(body) => {
             let nonce = inner.dpop_nonce_for(&state.config, Role::Token, state.now_ms());
@@ -205,12 +257,19 @@ fn dpop_proof(
 }
 
 /// Client authentication (RFC 6749 §2.3): HTTP Basic, secret in the body, or a public client
-/// naming itself. The method used must be one the client registered.
+/// naming itself. The method used must be one the client registered. A client assertion
+/// (`private_key_jwt`) is `grants::authenticate_any`'s, at the token endpoint only.
 pub(super) fn authenticate(
     inner: &Inner,
     headers: &HeaderMap,
     form: &Params,
 ) -> Result<Client, Denied> {
+    if form.contains_key("client_assertion") {
+        return Err(deny(
+            "invalid_client",
+            "private_key_jwt client authentication is accepted at the token endpoint only",
+        ));
+    }
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -356,6 +415,7 @@ fn authorization_code_grant(
         inner,
         family,
         client,
+        DEMO_USER,
         &request.scope.clone(),
         resource,
         shape,
@@ -451,6 +511,7 @@ fn refresh_token_grant(
         inner,
         record.family,
         client,
+        DEMO_USER,
         &scope,
         record.resource.clone(),
         shape,
@@ -466,7 +527,7 @@ fn announced_lifetime_secs(state: &AppState) -> u64 {
         .max(1)
 }
 
-fn missing_access_token_body(state: &AppState) -> serde_json::Value {
+pub(super) fn missing_access_token_body(state: &AppState) -> serde_json::Value {
     serde_json::json!({"token_type": "Bearer", "expires_in": announced_lifetime_secs(state)})
 }
 
@@ -479,6 +540,7 @@ pub(super) fn issue_tokens(
     inner: &mut Inner,
     family: u64,
     client: &Client,
+    subject: &str,
     scope: &str,
     resource: Option<String>,
     shape: Option<FaultKind>,
@@ -500,7 +562,7 @@ pub(super) fn issue_tokens(
     }
     let claims = AccessClaims {
         iss: state.issuer(),
-        sub: "demo-user".into(),
+        sub: subject.to_string(),
         aud: resource.clone().unwrap_or_else(|| state.mcp_resource()),
         exp,
         iat: now_ms as u64 / 1000,
