@@ -10,6 +10,7 @@ pub mod diagnose;
 pub mod discovery;
 pub mod dpop;
 pub mod error;
+pub mod grants;
 pub mod http;
 pub mod login;
 pub mod scope;
