@@ -97,7 +97,7 @@ async fn a_valid_token_is_handed_out_without_any_allocation() {
 /// not replaced, it just runs out.
 #[tokio::test]
 async fn a_token_is_never_handed_out_past_its_expiry() {
-    use mcpproxy_oauth::store::db::now_ms;
+    use mcpproxy_oauth::clock::now_ms;
     use mcpproxy_oauth::upstream::state::Policy;
     let srv = start(Config {
         issue_refresh_tokens: false,

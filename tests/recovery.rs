@@ -147,7 +147,7 @@ async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_
         Duration::from_secs(10),
         |s| {
             s.expires_at
-                .is_some_and(|e| e < mcpproxy_oauth::store::db::now_ms())
+                .is_some_and(|e| e < mcpproxy_oauth::clock::now_ms())
         },
     )
     .await;

@@ -309,7 +309,7 @@ fn the_sqlite3_shell_reads_the_status_view_right_whatever_its_version() {
     };
     let path = temp_dir("store-sqlite3").join("tokens.db");
     let mut store = mcpproxy_oauth::store::TokenStore::open(&path).unwrap();
-    let now = mcpproxy_oauth::store::db::now_ms();
+    let now = mcpproxy_oauth::clock::now_ms();
     for (name, expires_at) in [
         ("a-expired", Some(now - 1_000)),
         ("b-expiring", Some(now + 60_000)),
@@ -653,7 +653,8 @@ async fn logs_flows_shows_absurd_stored_times_without_a_panic() {
 
 // ---- Transactions, group commit and flow retention, on real SQLite files ----
 
-use mcpproxy_oauth::store::db::{FlowRetention, RECENT_FLOWS_SQL, now_ms};
+use mcpproxy_oauth::clock::now_ms;
+use mcpproxy_oauth::store::db::{FlowRetention, RECENT_FLOWS_SQL};
 use mcpproxy_oauth::store::{StoreError, StoredToken, TokenRegistry, TokenStore};
 
 fn stored(key: &str, access: &str) -> StoredToken {

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::servers;
 use super::view::rfc3339;
-use crate::store::db::{FlowRow, now_ms};
+use crate::clock::now_ms;
+use crate::store::db::FlowRow;
 use crate::supervisor::SupervisorError;
 
 pub const PAGE: &str = include_str!("page.html");

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
+use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::config;
 use mcpproxy_oauth::store::TokenStore;
-use mcpproxy_oauth::store::db::now_ms;
 use mcpproxy_oauth::supervisor::{database_path, default_data_dir};
 use mcpproxy_oauth::telemetry::inert::safe;
 

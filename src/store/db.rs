@@ -9,7 +9,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -248,12 +247,8 @@ fn without_management_token(json: &str) -> String {
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// The system clock's old path, kept while other branches move to [`crate::clock`].
+pub use crate::clock::now_ms;
 
 /// A persisted token. `Debug` shows no secret.
 #[derive(Clone, PartialEq)]

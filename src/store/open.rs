@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::db::{MIGRATIONS, StoreError, now_ms};
+use super::db::{MIGRATIONS, StoreError};
 use super::perms;
+use crate::clock::now_ms;
 
 /// Refuses a file that is not ours (or not all ours) before anything writes to it: a
 /// foreign SQLite database, our tables under `user_version` 0 (a migration that ran

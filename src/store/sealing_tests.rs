@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use super::cipher::StoreKey;
-use super::db::{StoreError, StoredClient, StoredDpopKey, StoredToken, TokenStore, now_ms};
+use super::db::{StoreError, StoredClient, StoredDpopKey, StoredToken, TokenStore};
 use super::keys::{self, KeySource, KeySpec, Sealing};
+use crate::clock::now_ms;
 
 const ACCESS: &str = "at-sealed-access-token-0001";
 const REFRESH: &str = "rt-sealed-refresh-token-0001";
