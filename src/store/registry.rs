@@ -16,8 +16,11 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::db::{FlowRetention, GroupJob, StoreError, TokenStore};
+use super::error::StoreError;
+use super::group_commit::GroupJob;
 use super::keys::Sealing;
+use super::model::FlowRetention;
+use super::token_store::TokenStore;
 
 /// Time of every store job (reads and writes alike: a job is a closure), queueing included,
 /// for `/metrics`. Process-wide: every registry of the process counts into it.
