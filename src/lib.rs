@@ -9,6 +9,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod diagnose;
 pub mod mcp;
 pub mod oauth;
 pub mod scheduler;

@@ -372,7 +372,7 @@ async fn diagnose(state: Data<AppState>, name: web::Path<String>) -> HttpRespons
     let timeout = Duration::from_secs(10);
     let http = crate::oauth::http::OAuthHttp::new(timeout);
     HttpResponse::Ok().json(scrubbed(
-        crate::oauth::diagnose::diagnose(&http, server, timeout).await,
+        crate::diagnose::diagnose(&http, server, timeout).await,
     ))
 }
 

@@ -72,7 +72,7 @@ async fn doctor(name: &str, path: &std::path::Path, json: bool) -> ExitCode {
     };
     let timeout = Duration::from_secs(10);
     let http = mcpproxy_oauth::oauth::http::OAuthHttp::new(timeout);
-    let report = mcpproxy_oauth::oauth::diagnose::diagnose(&http, server, timeout).await;
+    let report = mcpproxy_oauth::diagnose::diagnose(&http, server, timeout).await;
     if json {
         println!(
             "{}",
