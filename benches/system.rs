@@ -20,9 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
-use mcpproxy_oauth::store::db::{StoredToken, now_ms};
+use mcpproxy_oauth::store::db::StoredToken;
 use mcpproxy_oauth::store::{Sealing, TokenRegistry};
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
 use oauth_test_server::{Config, OAuthTestServer};

@@ -5,8 +5,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::store::cipher::{self, StoreKey};
-use mcpproxy_oauth::store::db::{StoredToken, now_ms};
+use mcpproxy_oauth::store::db::StoredToken;
 use mcpproxy_oauth::store::{KeySpec, Sealing, TokenStore};
 
 fn token() -> StoredToken {

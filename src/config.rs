@@ -244,7 +244,9 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
 /// A server URL: http(s), and no user name or password in it (they would be logged, stored
 /// and sent as Basic auth). Messages never echo a URL that may hold a password.
 fn parse_url(text: &str) -> Result<Url, String> {
-    let userinfo = "it holds a user name or password (`user:password@`), which would be logged, stored and sent to the server; remove them (a pre-registered client goes in oauth.client_id and oauth.client_secret)";
+    let userinfo = "it holds a user name or password (`user:password@`), which would be logged, \
+                    stored and sent to the server; remove them (a pre-registered client goes in \
+                    oauth.client_id and oauth.client_secret)";
     let url = Url::parse(text).map_err(|e| {
         if text.contains('@') {
             format!("it is not a URL ({e}); {userinfo}")
@@ -363,9 +365,16 @@ mod tests {
 
     #[test]
     fn dpop_is_a_boolean_and_off_by_default() {
-        let servers = parse(r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"dpop": true}}, {"name": "b", "url": "https://b.example/mcp", "oauth": {}}]}"#).unwrap();
+        let servers = parse(concat!(
+            r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"dpop": true}}, "#,
+            r#"{"name": "b", "url": "https://b.example/mcp", "oauth": {}}]}"#
+        ))
+        .unwrap();
         assert!(servers[0].dpop && !servers[1].dpop);
-        let e = parse(r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"dpop": "yes"}}]}"#).unwrap_err();
+        let e = parse(
+            r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"dpop": "yes"}}]}"#,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "server a: field oauth.dpop: true or false is expected, not a string"
@@ -400,12 +409,17 @@ mod tests {
 
     #[test]
     fn oauth_servers_are_read_and_others_skipped() {
-        let servers = parse(r#"{"mcpServers": [
+        let servers = parse(
+            r#"{"mcpServers": [
             {"name": "local", "command": "npx", "args": []},
             {"name": "plain", "url": "https://plain.example/mcp"},
-            {"name": "gh", "url": "https://gh.example/mcp", "protocol": "http", "oauth": {"client_id": "abc", "client_secret": "s", "scopes": ["repo", "read:org"], "redirect_port": 8765, "extra_params": {"audience": "x"}, "future_field": 1}},
+            {"name": "gh", "url": "https://gh.example/mcp", "protocol": "http", "oauth": {
+                "client_id": "abc", "client_secret": "s", "scopes": ["repo", "read:org"],
+                "redirect_port": 8765, "extra_params": {"audience": "x"}, "future_field": 1}},
             {"name": "dyn", "url": "http://127.0.0.1:9000/mcp", "oauth": {}}
-        ], "other": true}"#).unwrap();
+        ], "other": true}"#,
+        )
+        .unwrap();
         let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["gh", "dyn"]);
         let gh = &servers[0];
@@ -429,7 +443,8 @@ mod tests {
             ),
             (
                 r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": {"redirect_port": "high"}}]}"#,
-                "server a: field oauth.redirect_port: a whole number from 0 to 65535 (a TCP port) is expected, not a string",
+                "server a: field oauth.redirect_port: a whole number from 0 to 65535 (a TCP port) \
+                 is expected, not a string",
             ),
             (
                 r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": {"redirect_port": 70000}}]}"#,
@@ -456,7 +471,10 @@ mod tests {
                 "server #1: field name",
             ),
             (
-                r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": {}}, {"name": "a", "url": "https://y", "oauth": {}}]}"#,
+                concat!(
+                    r#"{"mcpServers": [{"name": "a", "url": "https://x", "oauth": {}}, "#,
+                    r#"{"name": "a", "url": "https://y", "oauth": {}}]}"#
+                ),
                 "server a: field name",
             ),
         ];

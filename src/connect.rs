@@ -30,6 +30,7 @@ use serde_json::Value;
 use tracing::Instrument;
 use url::Url;
 
+use crate::clock::now_ms;
 use crate::mcp::{BearerChallenge, McpClient, McpError};
 use crate::oauth::OAuthError;
 use crate::oauth::browser::BrowserLauncher;
@@ -40,7 +41,6 @@ use crate::oauth::http::OAuthHttp;
 use crate::oauth::login::{LoginSettings, browser_login};
 use crate::oauth::scope::{select_scope, step_up, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
-use crate::store::db::now_ms;
 use crate::upstream::flows::refresh_failure;
 use crate::upstream::state::{
     Effect, Event, Failure, LoginReason, Policy, RefreshFailure, RefreshPlan, Resolution, State,

@@ -6,8 +6,10 @@
 //! See ARCHITECTURE.md for how the pieces fit.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod diagnose;
 pub mod mcp;
 pub mod oauth;
 pub mod scheduler;

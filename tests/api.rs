@@ -5,29 +5,19 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use mcpproxy_oauth::api::view::parse_rfc3339;
 use mcpproxy_oauth::api::{ApiConfig, ApiError, ApiKey, ApiServer, AuthLinks};
+use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
-use mcpproxy_oauth::store::db::now_ms;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
-use mcpproxy_oauth::upstream::state::Policy;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use serde_json::Value;
 use url::Url;
-
-fn data_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-api-{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ))
-}
 
 struct Daemon {
     handle: SupervisorHandle,
@@ -44,23 +34,11 @@ async fn daemon(
     browser: BrowserLauncher,
     key: Option<ApiKey>,
 ) -> Daemon {
-    let servers: Vec<UpstreamConfig> = names
-        .iter()
-        .map(|n| UpstreamConfig::new(n, Url::parse(&srv.mcp_url()).unwrap()))
-        .collect();
+    let servers = upstreams(srv, names);
     let links = AuthLinks::new(&servers);
-    let config = SupervisorConfig {
-        browser: links.wrap(browser),
-        policy: Policy {
-            backoff_base: 100,
-            backoff_cap: 2_000,
-            ..Policy::default()
-        },
-        login_timeout: Duration::from_secs(20),
-        http_timeout: Duration::from_secs(2),
-        ..SupervisorConfig::new(servers, data_dir(names[0]))
-    };
-    let handle = SupervisorHandle::start(config).await.expect("supervisor");
+    let dir = data_dir(&format!("api-{}", names[0]));
+    let config = supervisor_config(servers, &dir, links.wrap(browser));
+    let handle = start_supervisor(config).await;
     let mut api = ApiConfig::new("127.0.0.1:0".parse().unwrap());
     api.api_key = key;
     api.heartbeat = Duration::from_millis(200);

@@ -2,29 +2,8 @@
 
 mod common;
 
-use std::process::Output;
-
 use common::*;
 use oauth_test_server::Config;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
-/// A "browser" that follows the redirect to the loopback listener.
-const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
-
-async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = tokio::process::Command::new(BIN);
-    command
-        .args(args)
-        .env_remove("BROWSER")
-        .env_remove("MCP_CONFORMANCE_CONTEXT");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    tokio::time::timeout(std::time::Duration::from_secs(30), command.output())
-        .await
-        .expect("the command ends within 30 s")
-        .expect("the binary runs")
-}
 
 #[tokio::test]
 async fn connect_prints_a_summary_and_exits_zero() {
@@ -130,38 +109,6 @@ async fn no_browser_prints_the_authorization_url_and_waits() {
     assert!(stderr.contains("gave up after 1s"), "{stderr}");
 }
 
-/// Sends `signal` (`-INT`, `-TERM`) to a running `serve` and checks it stops cleanly.
-async fn stop(child: &mut tokio::process::Child, signal: &str) {
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
-        .await
-        .expect("serve stops within 10 s")
-        .unwrap();
-    assert!(status.success(), "serve exits 0 on {signal}: {status}");
-}
-
-/// A config file naming the test server, and a fresh data directory.
-fn daemon_files(
-    srv: &oauth_test_server::OAuthTestServer,
-    name: &str,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-cli-{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("mcp_config.json");
-    let body =
-        serde_json::json!({"mcpServers": [{"name": "srv", "url": srv.mcp_url(), "oauth": {}}]});
-    std::fs::write(&config, body.to_string()).unwrap();
-    (config, dir.join("data"))
-}
-
 #[tokio::test]
 async fn two_processes_logging_in_at_once_run_one_flow() {
     let srv = start(Config::default()).await;
@@ -262,53 +209,21 @@ async fn two_processes_logging_in_at_once_run_one_flow() {
 async fn serve_authorizes_every_server_and_stops_cleanly_on_interrupt() {
     let srv = start(Config::default()).await;
     let (config, data) = daemon_files(&srv, "serve");
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--browser-command",
-            CURL_BROWSER,
-        ])
-        .env_remove("BROWSER")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while srv.stats().token_requests_for("authorization_code") < 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve did not log in within 15 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let mut child = spawn(&on_files(
+        &["serve"],
+        config.to_str().unwrap(),
+        data.to_str().unwrap(),
+    ));
     // The login's token is stored before the daemon answers anyone; wait for the row.
     let db = data.join("tokens.db");
-    while rusqlite::Connection::open(&db)
-        .and_then(|c| {
-            c.query_row(
-                "SELECT count(*) FROM oauth_token_status WHERE status = 'valid'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-        })
-        .unwrap_or(0)
-        < 1
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no valid token row within 15 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "serve logging in and storing a valid token",
+        std::time::Duration::from_secs(15),
+        || srv.stats().token_requests_for("authorization_code") >= 1 && valid_tokens(&db) >= 1,
+    )
+    .await;
     stop(&mut child, "-INT").await;
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
-        .await
-        .unwrap();
+    let stderr = stderr_of(&mut child).await;
     assert!(
         stderr.contains("authorized") && stderr.contains("stopping"),
         "{stderr}"
@@ -318,11 +233,7 @@ async fn serve_authorizes_every_server_and_stops_cleanly_on_interrupt() {
 
 #[tokio::test]
 async fn a_bad_config_names_the_server_and_field() {
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-cli-badcfg-{}",
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("cli-badcfg");
     let config = dir.join("c.json");
     std::fs::write(
         &config,
@@ -385,28 +296,22 @@ async fn serve_takes_its_flow_limits_from_the_command_line_and_refuses_bad_ones(
     use tokio::io::AsyncBufReadExt;
     let srv = start(Config::default()).await;
     let (config, data) = daemon_files(&srv, "tuning");
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--non-interactive",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-concurrent-refreshes",
-            "3",
-            "--flow-threads",
-            "2",
-            "--refresh-stagger",
-            "250ms",
-        ])
-        .env_remove("BROWSER")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--non-interactive",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-concurrent-refreshes",
+        "3",
+        "--flow-threads",
+        "2",
+        "--refresh-stagger",
+        "250ms",
+    ]);
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let api = tokio::time::timeout(std::time::Duration::from_secs(15), async {
         while let Some(line) = lines.next_line().await.unwrap() {

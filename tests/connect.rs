@@ -15,17 +15,11 @@ use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use serde_json::json;
 use url::Url;
 
+/// `connect` calling `echo` with "hello".
 fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
     ConnectOptions {
-        server_url: Url::parse(&srv.mcp_url()).unwrap(),
-        client: ClientConfig::default(),
-        scope: None,
-        browser,
-        redirect_port: 0,
         call_tool: Some(("echo".into(), json!({"message": "hello"}))),
-        device_code: false,
-        timeout: Duration::from_secs(20),
-        dpop: false,
+        ..connect_options(srv, browser)
     }
 }
 

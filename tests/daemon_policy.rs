@@ -5,29 +5,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::mcp::{BearerChallenge, McpClient, McpError};
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
-use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
 use mcpproxy_oauth::upstream::state::{Failure, LoginReason, Policy};
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use serde_json::json;
-use url::Url;
-
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-policy-{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 async fn supervise(
     srv: &OAuthTestServer,
@@ -35,22 +23,19 @@ async fn supervise(
     browser: BrowserLauncher,
     policy: Policy,
 ) -> SupervisorHandle {
-    let mut upstream = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
+    let mut server = upstream("srv", srv);
     // Less than the resource offers (it lists mcp:admin too), so a tool can ask for more.
-    upstream.scope = Some("mcp:read".into());
-    SupervisorHandle::start(SupervisorConfig {
-        browser,
+    server.scope = Some("mcp:read".into());
+    start_supervisor(SupervisorConfig {
         policy,
-        login_timeout: Duration::from_secs(20),
         http_timeout: Duration::from_secs(5),
-        ..SupervisorConfig::new(vec![upstream], dir.to_path_buf())
+        ..supervisor_config(vec![server], dir, browser)
     })
     .await
-    .expect("the supervisor starts")
 }
 
 fn mcp(srv: &OAuthTestServer) -> McpClient {
-    McpClient::new(Url::parse(&srv.mcp_url()).unwrap(), Duration::from_secs(5))
+    mcp_client(srv, Duration::from_secs(5))
 }
 
 /// Calls `get_time` with `token`: the 403's challenge, or `None` when the call succeeded.
@@ -65,11 +50,6 @@ async fn get_time(srv: &OAuthTestServer, token: &str) -> Option<BearerChallenge>
         Err(McpError::Forbidden(challenge)) => Some(challenge),
         Err(e) => panic!("get_time failed otherwise: {e}"),
     }
-}
-
-fn stored(dir: &Path, sql: &str) -> String {
-    let conn = rusqlite::Connection::open(database_path(dir)).unwrap();
-    conn.query_row(sql, [], |row| row.get(0)).unwrap()
 }
 
 #[tokio::test]

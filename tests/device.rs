@@ -7,23 +7,18 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::connect::{ConnectError, ConnectOptions, connect};
 use mcpproxy_oauth::oauth::OAuthError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
-use mcpproxy_oauth::oauth::client_identity::ClientConfig;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use url::Url;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
 
 fn device_server(slow_down_polls: u32) -> Config {
     Config {
@@ -161,15 +156,8 @@ async fn connect_device_code_logs_in_after_one_slow_down() {
 
 fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
     ConnectOptions {
-        server_url: Url::parse(&srv.mcp_url()).unwrap(),
-        client: ClientConfig::default(),
-        scope: None,
-        browser,
-        redirect_port: 0,
-        call_tool: None,
-        timeout: Duration::from_secs(20),
         device_code: true,
-        dpop: false,
+        ..connect_options(srv, browser)
     }
 }
 
@@ -268,14 +256,6 @@ async fn without_a_device_endpoint_the_error_says_so() {
     assert_eq!(srv.stats().registrations, 0, "nothing was registered");
 }
 
-fn data_dir() -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-device-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ))
-}
-
 /// Waits (bounded) until the status of `srv` shows a device prompt; returns its complete URL.
 async fn wait_for_device_prompt(handle: &SupervisorHandle) -> (String, String) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -302,17 +282,16 @@ async fn wait_for_device_prompt(handle: &SupervisorHandle) -> (String, String) {
 async fn the_daemon_logs_in_by_device_code_and_keeps_the_refresh_token_on_failures() {
     captured_logs();
     let srv = start(device_server(0)).await;
-    let mut server = UpstreamConfig::new("dev", Url::parse(&srv.mcp_url()).unwrap());
+    let mut server = upstream("dev", &srv);
     server.device_code = true;
     let (browser, mut urls) = reporting_browser();
-    let dir = data_dir();
-    let handle = SupervisorHandle::start(SupervisorConfig {
+    let dir = data_dir("device");
+    let handle = start_supervisor(SupervisorConfig {
         browser,
         login_timeout: Duration::from_secs(30),
         ..SupervisorConfig::new(vec![server], dir.clone())
     })
-    .await
-    .expect("the supervisor starts");
+    .await;
 
     // First login: the user code shows in status, the person approves, the prompt goes away.
     let login = {

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -15,48 +13,12 @@ use common::*;
 use mcpproxy_oauth::connect::{ConnectOptions, connect};
 use mcpproxy_oauth::mcp::McpClient;
 use mcpproxy_oauth::oauth::OAuthError;
-use mcpproxy_oauth::oauth::client_identity::ClientConfig;
-use mcpproxy_oauth::oauth::discovery::{Discovery, discover};
 use mcpproxy_oauth::oauth::dpop::{Dpop, DpopKey};
 use mcpproxy_oauth::oauth::http::OAuthHttp;
-use mcpproxy_oauth::oauth::login::{LoginSettings, browser_login};
+use mcpproxy_oauth::oauth::login::browser_login;
 use mcpproxy_oauth::oauth::token::{TokenEndpoint, TokenSet};
-use mcpproxy_oauth::telemetry::logging::{JsonLayer, SharedWriter};
 use oauth_test_server::{Config, NonceRotation, OAuthTestServer};
 use serde_json::json;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use url::Url;
-
-#[derive(Clone)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every log line of this test binary, at trace level, through the project's JSON layer.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let bytes = Arc::new(Mutex::new(Vec::new()));
-        let writer: SharedWriter = Arc::new(Mutex::new(Box::new(Buffer(bytes.clone()))));
-        tracing_subscriber::registry()
-            .with(tracing_subscriber::EnvFilter::new("trace"))
-            .with(JsonLayer::new(writer))
-            .init();
-        bytes
-    })
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
-}
 
 const TTL: Duration = Duration::from_secs(60);
 const NONCE_LIFETIME: Duration = Duration::from_secs(20);
@@ -80,25 +42,9 @@ struct Session {
     mcp: McpClient,
 }
 
-async fn discovered(srv: &OAuthTestServer, http: &OAuthHttp) -> Discovery {
-    let url = Url::parse(&srv.mcp_url()).unwrap();
-    discover(http, &url, None).await.expect("discovery")
-}
-
-/// Dynamic registration, a browser that follows redirects, no extras.
-fn login_settings() -> LoginSettings {
-    let (browser, _) = following_browser();
-    LoginSettings {
-        client: ClientConfig::default(),
-        browser,
-        redirect_port: 0,
-        extra_params: Vec::new(),
-    }
-}
-
 /// Discovery, registration and a browser login whose code exchange carries a proof of `key`.
 async fn dpop_login(srv: &OAuthTestServer, key: DpopKey) -> Session {
-    logs();
+    project_logs();
     let http = OAuthHttp::default();
     let discovery = discovered(srv, &http).await;
     assert!(
@@ -117,7 +63,7 @@ async fn dpop_login(srv: &OAuthTestServer, key: DpopKey) -> Session {
     .await
     .expect("the login finishes within 10 s")
     .expect("the DPoP login succeeds");
-    let mut mcp = McpClient::new(Url::parse(&srv.mcp_url()).unwrap(), Duration::from_secs(10));
+    let mut mcp = mcp_client(srv, Duration::from_secs(10));
     mcp.set_dpop(Some(dpop.clone()));
     Session {
         http,
@@ -207,7 +153,7 @@ async fn a_bound_token_is_refreshed_and_used_through_several_lifetimes_with_rota
     }
 
     // No proof, token, code, verifier or private key in any log line.
-    let text = log_text();
+    let text = project_logs();
     assert!(
         text.contains("token_type") && text.contains("DPoP"),
         "the capture holds this run's lines"
@@ -377,31 +323,26 @@ async fn a_bearer_token_to_a_dpop_request_is_used_only_where_dpop_is_not_require
     }
 }
 
-fn connect_options(srv: &OAuthTestServer, dpop: bool) -> ConnectOptions {
+/// `connect` calling `echo`, with DPoP when `dpop` asks for it.
+fn options(srv: &OAuthTestServer, dpop: bool) -> ConnectOptions {
     let (browser, _) = following_browser();
     ConnectOptions {
-        server_url: Url::parse(&srv.mcp_url()).unwrap(),
-        client: ClientConfig::default(),
-        scope: None,
-        browser,
-        redirect_port: 0,
         call_tool: Some(("echo".into(), json!({"message": "via dpop"}))),
-        timeout: Duration::from_secs(20),
-        device_code: false,
         dpop,
+        ..connect_options(srv, browser)
     }
 }
 
 #[tokio::test]
 async fn connect_uses_dpop_where_the_server_requires_it_with_a_nonce_per_request() {
-    logs();
+    project_logs();
     let srv = start(Config {
         dpop_required: true,
         dpop_nonce: Some(NonceRotation::EveryRequest),
         ..Config::default()
     })
     .await;
-    let report = connect(connect_options(&srv, false))
+    let report = connect(options(&srv, false))
         .await
         .expect("connect succeeds with DPoP");
     assert_eq!(
@@ -419,7 +360,7 @@ async fn connect_uses_dpop_where_the_server_requires_it_with_a_nonce_per_request
         stats.mcp_dpop_requests >= 3,
         "initialize, tools/list, tools/call: {stats:?}"
     );
-    assert_no_secret(&srv, &log_text());
+    assert_no_secret(&srv, &project_logs());
 }
 
 #[tokio::test]
@@ -429,7 +370,7 @@ async fn connect_with_dpop_opt_in_binds_tokens_where_the_server_offers_dpop() {
         ..Config::default()
     })
     .await;
-    let report = connect(connect_options(&srv, true)).await.expect("connect");
+    let report = connect(options(&srv, true)).await.expect("connect");
     assert_eq!(report.token.unwrap().token_type, "DPoP");
     assert!(srv.stats().mcp_dpop_requests >= 3);
 
@@ -439,9 +380,7 @@ async fn connect_with_dpop_opt_in_binds_tokens_where_the_server_offers_dpop() {
         ..Config::default()
     })
     .await;
-    let report = connect(connect_options(&srv, false))
-        .await
-        .expect("connect");
+    let report = connect(options(&srv, false)).await.expect("connect");
     assert_eq!(report.token.unwrap().token_type, "Bearer");
     assert_eq!(srv.stats().dpop_bound_tokens, 0);
 }
@@ -456,20 +395,30 @@ use mcpproxy_oauth::store::{KeySpec, Sealing, TokenStore};
 use mcpproxy_oauth::supervisor::{
     SharedAccessToken, SupervisorConfig, SupervisorHandle, database_path,
 };
+use mcpproxy_oauth::upstream::state::Policy;
+use std::path::Path;
 
-async fn supervise(srv: &OAuthTestServer, dir: &std::path::Path, dpop: bool) -> SupervisorHandle {
-    logs();
-    let mut upstream = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
-    upstream.dpop = dpop;
+/// The test server as "srv" (`configure` adjusts it), a browser that follows redirects,
+/// HTTP calls within 5 s, the default policy.
+async fn supervise_with(
+    srv: &OAuthTestServer,
+    dir: &Path,
+    configure: impl FnOnce(&mut UpstreamConfig),
+) -> SupervisorHandle {
+    project_logs();
+    let mut server = upstream("srv", srv);
+    configure(&mut server);
     let (browser, _) = following_browser();
-    SupervisorHandle::start(SupervisorConfig {
-        browser,
-        login_timeout: Duration::from_secs(20),
+    start_supervisor(SupervisorConfig {
+        policy: Policy::default(),
         http_timeout: Duration::from_secs(5),
-        ..SupervisorConfig::new(vec![upstream], dir.to_path_buf())
+        ..supervisor_config(vec![server], dir, browser)
     })
     .await
-    .expect("the supervisor starts")
+}
+
+async fn supervise(srv: &OAuthTestServer, dir: &Path, dpop: bool) -> SupervisorHandle {
+    supervise_with(srv, dir, |server| server.dpop = dpop).await
 }
 
 /// What a resource request of the embedding runtime met, when it was not served.
@@ -678,7 +627,7 @@ async fn the_daemon_refreshes_a_bound_token_through_several_lifetimes_with_rotat
         .query_row("SELECT dpop_jkt FROM oauth_tokens", [], |r| r.get(0))
         .unwrap();
     assert_eq!(outside, jkt, "the thumbprint is readable without the key");
-    let text = log_text();
+    let text = project_logs();
     assert!(
         text.contains("token refreshed"),
         "the capture holds the daemon's lines"
@@ -704,19 +653,8 @@ async fn the_daemon_logs_in_by_device_code_with_dpop() {
     })
     .await;
     let dir = temp_dir("daemon-dpop-device");
-    logs();
-    let mut upstream = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
-    upstream.device_code = true;
     // The launcher "enters the code": it opens the verification URL, which approves.
-    let (browser, _) = following_browser();
-    let handle = SupervisorHandle::start(SupervisorConfig {
-        browser,
-        login_timeout: Duration::from_secs(20),
-        http_timeout: Duration::from_secs(5),
-        ..SupervisorConfig::new(vec![upstream], dir.clone())
-    })
-    .await
-    .expect("the supervisor starts");
+    let handle = supervise_with(&srv, &dir, |server| server.device_code = true).await;
     handle
         .reconnect("srv")
         .await

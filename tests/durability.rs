@@ -4,67 +4,34 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::supervisor::{FlowHook, SupervisorConfig, SupervisorHandle, database_path};
-use mcpproxy_oauth::upstream::actor::ServerStatus;
 use mcpproxy_oauth::upstream::state::Policy;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
-use url::Url;
 
-fn data_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-durability-{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ))
-}
-
-fn supervisor_config(
+/// The test server under `names`, a browser that follows redirects (its launches counted),
+/// logins within 10 s, backoff from 200 ms up to 1 s.
+fn counting_config(
     srv: &OAuthTestServer,
     names: &[&str],
     dir: &Path,
 ) -> (SupervisorConfig, Arc<AtomicU32>) {
     let (browser, launches) = following_browser();
-    let servers = names
-        .iter()
-        .map(|n| UpstreamConfig::new(n, Url::parse(&srv.mcp_url()).unwrap()))
-        .collect();
     let config = SupervisorConfig {
-        browser,
         policy: Policy {
             backoff_base: 200,
             backoff_cap: 1_000,
             ..Policy::default()
         },
         login_timeout: Duration::from_secs(10),
-        http_timeout: Duration::from_secs(2),
-        ..SupervisorConfig::new(servers, dir.to_path_buf())
+        ..supervisor_config(upstreams(srv, names), dir, browser)
     };
     (config, launches)
-}
-
-async fn status_of(handle: &SupervisorHandle, name: &str) -> ServerStatus {
-    handle
-        .status()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.name == name)
-        .unwrap()
-}
-
-async fn wait_until<F: Fn() -> bool>(what: &str, within: Duration, check: F) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn newest_issued_refresh_token(srv: &OAuthTestServer) -> String {
@@ -75,18 +42,11 @@ fn newest_issued_refresh_token(srv: &OAuthTestServer) -> String {
         .expect("a refresh token was issued")
 }
 
-fn short_ttl(seconds: u64) -> Config {
-    Config {
-        access_token_ttl: Duration::from_secs(seconds),
-        ..Config::default()
-    }
-}
-
 #[tokio::test]
 async fn a_locked_database_never_costs_the_newest_refresh_token() {
-    let srv = start(short_ttl(2)).await;
+    let srv = start(token_ttl(2)).await;
     let dir = data_dir("locked");
-    let (config, launches) = supervisor_config(&srv, &["srv"], &dir);
+    let (config, launches) = counting_config(&srv, &["srv"], &dir);
     let handle = SupervisorHandle::start(config).await.unwrap();
     handle.reconnect("srv").await.expect("login");
     // Another connection holds the write lock for longer than the 5 s busy timeout, across
@@ -141,7 +101,7 @@ async fn a_locked_database_never_costs_the_newest_refresh_token() {
 async fn a_shutdown_during_a_slow_refresh_keeps_the_rotated_refresh_token() {
     let srv = start(Config::default()).await;
     let dir = data_dir("shutdown");
-    let (config, _) = supervisor_config(&srv, &["srv"], &dir);
+    let (config, _) = counting_config(&srv, &["srv"], &dir);
     let handle = SupervisorHandle::start(config).await.unwrap();
     handle.reconnect("srv").await.expect("login");
     srv.inject(
@@ -169,7 +129,7 @@ async fn a_shutdown_during_a_slow_refresh_keeps_the_rotated_refresh_token() {
         "shutdown waited for the refresh and its save"
     );
     // The next start refreshes with it.
-    let (config, launches) = supervisor_config(&srv, &["srv"], &dir);
+    let (config, launches) = counting_config(&srv, &["srv"], &dir);
     let again = SupervisorHandle::start(config).await.unwrap();
     again.reconnect("srv").await.unwrap();
     again
@@ -185,7 +145,7 @@ async fn a_shutdown_during_a_slow_refresh_keeps_the_rotated_refresh_token() {
 async fn a_token_endpoint_answering_refreshes_after_20_s_costs_no_grant() {
     let srv = start(Config::default()).await;
     let dir = data_dir("slow");
-    let (mut config, launches) = supervisor_config(&srv, &["srv"], &dir);
+    let (mut config, launches) = counting_config(&srv, &["srv"], &dir);
     // The production deadlines: 15 s for other calls, 60 s for a refresh.
     config.http_timeout = SupervisorConfig::new(vec![], dir.clone()).http_timeout;
     config.refresh_timeout = SupervisorConfig::new(vec![], dir.clone()).refresh_timeout;
@@ -222,7 +182,7 @@ async fn a_token_endpoint_answering_refreshes_after_20_s_costs_no_grant() {
 async fn a_panicking_flow_restarts_only_its_server_which_reloads_from_the_store() {
     let srv = start(Config::default()).await;
     let dir = data_dir("panic");
-    let (mut config, _) = supervisor_config(&srv, &["a", "b"], &dir);
+    let (mut config, _) = counting_config(&srv, &["a", "b"], &dir);
     let armed = Arc::new(AtomicBool::new(false));
     let trigger = armed.clone();
     config.flow_hook = Some(FlowHook(Arc::new(move |server: &str, kind: &str| {

@@ -3,20 +3,15 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
-use mcpproxy_oauth::config::UpstreamConfig;
+use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::oauth::ErrorClass;
 use mcpproxy_oauth::oauth::http::{MAX_RETRY_AFTER, OAuthHttp};
 use mcpproxy_oauth::oauth::token::MAX_LIFETIME;
-use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::supervisor::{SupervisorConfig, database_path};
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
-use url::Url;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
-/// A "browser" that follows the redirect to the loopback listener.
-const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
 
 /// `expires_in` values that once panicked or looped: i64::MAX, u64::MAX, 1e18 and 1e16 seconds.
 const ABSURD: [u64; 4] = [
@@ -25,13 +20,6 @@ const ABSURD: [u64; 4] = [
     1_000_000_000_000_000_000,
     10_000_000_000_000_000,
 ];
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 async fn absurd_server(expires_in: u64) -> OAuthTestServer {
     start(Config {
@@ -107,13 +95,12 @@ async fn the_supervisor_stores_a_sane_expiry_for_absurd_lifetimes_and_does_not_l
         let srv = absurd_server(expires_in).await;
         let dir = temp_dir("hostile-supervisor");
         let (browser, _) = following_browser();
-        let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
         let config = SupervisorConfig {
             browser,
             login_timeout: Duration::from_secs(20),
-            ..SupervisorConfig::new(vec![server], dir.clone())
+            ..SupervisorConfig::new(vec![upstream("srv", &srv)], dir.clone())
         };
-        let handle = SupervisorHandle::start(config).await.unwrap();
+        let handle = start_supervisor(config).await;
         let before = now_ms();
         let grant = tokio::time::timeout(Duration::from_secs(30), handle.reconnect("srv"))
             .await
@@ -174,18 +161,9 @@ async fn an_absurd_retry_after_is_clamped_to_an_hour() {
 
 /// Runs the binary to completion within `within`.
 async fn run_bin(args: &[&str], within: Duration) -> std::process::Output {
-    tokio::time::timeout(
-        within,
-        tokio::process::Command::new(BIN)
-            .args(args)
-            .env_remove("BROWSER")
-            .env_remove("MCP_CONFORMANCE_CONTEXT")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{args:?} did not end within {within:?}"))
-    .unwrap()
+    let mut command = bin(args);
+    command.kill_on_drop(true);
+    output_within(command, within).await
 }
 
 #[tokio::test]
@@ -272,13 +250,7 @@ async fn login_by_hand_after_a_failed_launch(
     use tokio::io::AsyncBufReadExt;
     let srv = start(Config::default()).await;
     let dir = temp_dir("hostile-browser");
-    let config = dir.join("mcp_config.json");
-    std::fs::write(
-        &config,
-        serde_json::json!({"mcpServers": [{"name": "srv", "url": srv.mcp_url(), "oauth": {}}]})
-            .to_string(),
-    )
-    .unwrap();
+    let config = write_config(&dir, &srv, &["srv"]);
     let mut command = tokio::process::Command::new(BIN);
     command
         .args([

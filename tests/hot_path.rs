@@ -9,10 +9,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
-use mcpproxy_oauth::config::UpstreamConfig;
-use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
+use mcpproxy_oauth::supervisor::SupervisorConfig;
 use oauth_test_server::Config;
-use url::Url;
 
 struct Counting;
 
@@ -49,18 +47,13 @@ fn allocations_in(f: impl FnOnce()) -> u64 {
 async fn a_valid_token_is_handed_out_without_any_allocation() {
     let srv = start(Config::default()).await;
     let (browser, _) = following_browser();
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-hot-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
-    let handle = SupervisorHandle::start(SupervisorConfig {
+    let dir = data_dir("hot");
+    let server = upstream("srv", &srv);
+    let handle = start_supervisor(SupervisorConfig {
         browser,
         ..SupervisorConfig::new(vec![server], dir)
     })
-    .await
-    .unwrap();
+    .await;
     handle.reconnect("srv").await.expect("login");
     let tokens = handle.server_tokens("srv").unwrap();
     // The counter itself works.
@@ -97,7 +90,7 @@ async fn a_valid_token_is_handed_out_without_any_allocation() {
 /// not replaced, it just runs out.
 #[tokio::test]
 async fn a_token_is_never_handed_out_past_its_expiry() {
-    use mcpproxy_oauth::store::db::now_ms;
+    use mcpproxy_oauth::clock::now_ms;
     use mcpproxy_oauth::upstream::state::Policy;
     let srv = start(Config {
         issue_refresh_tokens: false,
@@ -106,13 +99,9 @@ async fn a_token_is_never_handed_out_past_its_expiry() {
     })
     .await;
     let (browser, _) = following_browser();
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-hot-expiry-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
-    let handle = SupervisorHandle::start(SupervisorConfig {
+    let dir = data_dir("hot-expiry");
+    let server = upstream("srv", &srv);
+    let handle = start_supervisor(SupervisorConfig {
         browser,
         policy: Policy {
             interactive: false,
@@ -120,8 +109,7 @@ async fn a_token_is_never_handed_out_past_its_expiry() {
         },
         ..SupervisorConfig::new(vec![server], dir)
     })
-    .await
-    .unwrap();
+    .await;
     handle.login("srv").await.expect("login");
     let tokens = handle.server_tokens("srv").unwrap();
     let first = tokens.cached_access_token().expect("a fresh token");

@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use oauth_test_server::Config;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
-/// A "browser" that follows the redirect to the loopback listener.
-const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
-
 struct Files {
     config: PathBuf,
     data: PathBuf,
@@ -20,44 +16,18 @@ struct Files {
 }
 
 fn files(srv: &oauth_test_server::OAuthTestServer, name: &str) -> Files {
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-live-{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("mcp_config.json");
-    let body =
-        serde_json::json!({"mcpServers": [{"name": "srv", "url": srv.mcp_url(), "oauth": {}}]});
-    std::fs::write(&config, body.to_string()).unwrap();
-    Files {
-        config,
-        data: dir.join("data"),
-        log: dir.join("serve.log"),
-    }
+    let (config, data) = daemon_files(srv, name);
+    let log = data.with_file_name("serve.log");
+    Files { config, data, log }
 }
 
 async fn auth(files: &Files, command: &str) -> std::process::Output {
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(BIN)
-            .args([
-                "auth",
-                command,
-                "srv",
-                "--config",
-                files.config.to_str().unwrap(),
-                "--data-dir",
-                files.data.to_str().unwrap(),
-                "--browser-command",
-                CURL_BROWSER,
-            ])
-            .env_remove("BROWSER")
-            .output(),
-    )
-    .await
-    .expect("the command ends within 30 s")
-    .unwrap();
+    let args = auth_args(
+        command,
+        files.config.to_str().unwrap(),
+        files.data.to_str().unwrap(),
+    );
+    let out = output_within(bin(&args), Duration::from_secs(30)).await;
     assert!(
         out.status.success(),
         "auth {command}: {}",
@@ -107,25 +77,23 @@ async fn auth_login_and_logout_in_another_terminal_reach_a_non_interactive_daemo
     })
     .await;
     let files = files(&srv, "daemon");
-    let mut daemon = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--non-interactive",
-            "--config",
-            files.config.to_str().unwrap(),
-            "--data-dir",
-            files.data.to_str().unwrap(),
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-            "--log-file",
-            files.log.to_str().unwrap(),
-        ])
-        .env_remove("BROWSER")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut daemon = bin(&[
+        "serve",
+        "--non-interactive",
+        "--config",
+        files.config.to_str().unwrap(),
+        "--data-dir",
+        files.data.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+        "--log-file",
+        files.log.to_str().unwrap(),
+    ])
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap();
     wait_for_phase(&files.log, "needs_login", 1, Duration::from_secs(15)).await;
     assert_eq!(
         srv.stats().authorize_requests,
@@ -138,14 +106,12 @@ async fn auth_login_and_logout_in_another_terminal_reach_a_non_interactive_daemo
     wait_for_phase(&files.log, "connected", 1, Duration::from_secs(5)).await;
     // The daemon now keeps the token fresh on its own (2 s tokens).
     let refreshes = srv.stats().token_requests_for("refresh_token");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while srv.stats().token_requests_for("refresh_token") == refreshes {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not refresh the token it adopted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the daemon refreshing the token it adopted",
+        Duration::from_secs(10),
+        || srv.stats().token_requests_for("refresh_token") != refreshes,
+    )
+    .await;
 
     // `auth login` with a valid stored token still runs a real browser login.
     auth(&files, "login").await;
@@ -171,16 +137,7 @@ async fn auth_login_and_logout_in_another_terminal_reach_a_non_interactive_daemo
     }
     assert_eq!(srv.stats().token_requests_for("refresh_token"), refreshes);
 
-    let pid = daemon.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), daemon.wait())
-        .await
-        .expect("serve stops within 10 s")
-        .unwrap();
-    assert!(status.success());
+    stop(&mut daemon, "-INT").await;
     let log = std::fs::read_to_string(&files.log).unwrap();
     assert_no_secret(&srv, &log);
 }

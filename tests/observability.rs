@@ -4,67 +4,23 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
-use mcpproxy_oauth::telemetry::logging::{JsonLayer, SharedWriter};
 use mcpproxy_oauth::upstream::state::Policy;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use serde_json::Value;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use url::Url;
 
-#[derive(Clone)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let bytes = Arc::new(Mutex::new(Vec::new()));
-        let writer: SharedWriter = Arc::new(Mutex::new(Box::new(Buffer(bytes.clone()))));
-        tracing_subscriber::registry()
-            .with(tracing_subscriber::EnvFilter::new("trace"))
-            .with(JsonLayer::new(writer))
-            .init();
-        bytes
-    })
-}
-
-fn log_lines() -> Vec<Value> {
-    let text = String::from_utf8_lossy(&buffer().lock().unwrap()).into_owned();
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
-        .collect()
-}
-
 fn flow_lines(id: &str) -> Vec<Value> {
-    log_lines()
+    project_log_lines()
         .into_iter()
         .filter(|l| l["correlation_id"].as_str() == Some(id))
         .collect()
-}
-
-fn data_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-obs-{name}-{}",
-        uuid::Uuid::new_v4()
-    ))
 }
 
 async fn supervisor(
@@ -72,23 +28,17 @@ async fn supervisor(
     dir: &Path,
     browser: BrowserLauncher,
 ) -> SupervisorHandle {
-    buffer();
-    let config = SupervisorConfig {
-        browser,
+    project_logs();
+    start_supervisor(SupervisorConfig {
         policy: Policy {
             backoff_base: 100,
             backoff_cap: 1_000,
             ..Policy::default()
         },
-        login_timeout: Duration::from_secs(20),
         http_timeout: Duration::from_millis(800),
-        ..SupervisorConfig::new(servers, dir.to_path_buf())
-    };
-    SupervisorHandle::start(config).await.expect("supervisor")
-}
-
-fn upstream(name: &str, srv: &OAuthTestServer) -> UpstreamConfig {
-    UpstreamConfig::new(name, Url::parse(&srv.mcp_url()).unwrap())
+        ..supervisor_config(servers, dir, browser)
+    })
+    .await
 }
 
 /// Flow lines from modules that only ever run inside a flow.
@@ -156,7 +106,10 @@ async fn sc_002_every_flow_line_carries_its_own_correlation_id() {
             "{server}: the flow's decision is in its trace"
         );
     }
-    let internal: Vec<Value> = log_lines().into_iter().filter(is_flow_internal).collect();
+    let internal: Vec<Value> = project_log_lines()
+        .into_iter()
+        .filter(is_flow_internal)
+        .collect();
     assert!(!internal.is_empty());
     let without: Vec<&Value> = internal
         .iter()
@@ -432,7 +385,7 @@ async fn fr_007_no_issued_secret_in_logs_errors_or_debug_output() {
                 .unwrap()
         ),
     );
-    let all = String::from_utf8_lossy(&buffer().lock().unwrap()).into_owned();
+    let all = project_logs();
     assert!(
         all.contains("oauth response"),
         "the trace-level log did capture the exchanges"

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -12,18 +12,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
-use mcpproxy_oauth::upstream::actor::ServerStatus;
 use mcpproxy_oauth::upstream::state::Policy;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use url::Url;
-
-fn data_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-recovery-{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ))
-}
 
 /// The ladder compressed: fast attempts from 50 ms, then one attempt every 300 ms.
 fn fast_policy() -> Policy {
@@ -38,65 +29,26 @@ fn fast_policy() -> Policy {
     }
 }
 
+/// The test server as "srv", a browser that follows redirects (its launches counted), logins
+/// within 10 s, the store looked at every 200 ms.
 async fn supervisor(
     srv: &OAuthTestServer,
     dir: &Path,
     policy: Policy,
 ) -> (SupervisorHandle, Arc<AtomicU32>) {
     let (browser, launches) = following_browser();
-    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
     let config = SupervisorConfig {
-        browser,
         policy,
         login_timeout: Duration::from_secs(10),
-        http_timeout: Duration::from_secs(2),
         store_poll_interval: Duration::from_millis(200),
-        ..SupervisorConfig::new(vec![server], dir.to_path_buf())
+        ..supervisor_config(vec![upstream("srv", srv)], dir, browser)
     };
-    let handle = SupervisorHandle::start(config)
-        .await
-        .expect("the supervisor starts");
-    (handle, launches)
-}
-
-async fn status(handle: &SupervisorHandle) -> ServerStatus {
-    handle.status().await.unwrap().remove(0)
-}
-
-/// Waits (bounded) until `check` holds for the server's status; returns that status.
-async fn wait_until(
-    handle: &SupervisorHandle,
-    what: &str,
-    within: Duration,
-    check: impl Fn(&ServerStatus) -> bool,
-) -> ServerStatus {
-    let deadline = Instant::now() + within;
-    let mut changes = handle.subscribe();
-    loop {
-        let s = status(handle).await;
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}; the server is {} ({:?})",
-            s.phase.name(),
-            s.detail
-        );
-        let _ = tokio::time::timeout(Duration::from_millis(100), changes.recv()).await;
-    }
-}
-
-fn short_ttl(seconds: u64) -> Config {
-    Config {
-        access_token_ttl: Duration::from_secs(seconds),
-        ..Config::default()
-    }
+    (start_supervisor(config).await, launches)
 }
 
 #[tokio::test]
 async fn invalid_grant_after_a_successful_login_opens_the_browser_exactly_once_more() {
-    let srv = start(short_ttl(2)).await;
+    let srv = start(token_ttl(2)).await;
     let dir = data_dir("invalid-grant");
     let (handle, launches) = supervisor(&srv, &dir, Policy::default()).await;
     handle.reconnect("srv").await.expect("the first login");
@@ -105,18 +57,26 @@ async fn invalid_grant_after_a_successful_login_opens_the_browser_exactly_once_m
     // must not hold back the browser (the window counts from failed logins only).
     srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidGrant).times(1))
         .unwrap();
-    wait_until(&handle, "a second login", Duration::from_secs(15), |s| {
-        s.phase.name() == "connected" && launches.load(Ordering::SeqCst) == 2
-    })
+    wait_for_status(
+        &handle,
+        "srv",
+        "a second login",
+        Duration::from_secs(15),
+        |s| s.phase.name() == "connected" && launches.load(Ordering::SeqCst) == 2,
+    )
     .await;
     let stats = srv.stats();
     assert_eq!(stats.authorize_requests, 2, "exactly one new browser login");
     assert_eq!(stats.token_errors.get("invalid_grant"), Some(&1));
     // And the new token keeps being refreshed silently.
     let refreshed = stats.token_requests_for("refresh_token");
-    wait_until(&handle, "a silent refresh", Duration::from_secs(10), |_| {
-        srv.stats().token_requests_for("refresh_token") > refreshed
-    })
+    wait_for_status(
+        &handle,
+        "srv",
+        "a silent refresh",
+        Duration::from_secs(10),
+        |_| srv.stats().token_requests_for("refresh_token") > refreshed,
+    )
     .await;
     assert_eq!(launches.load(Ordering::SeqCst), 2);
     handle.shutdown().await;
@@ -124,7 +84,7 @@ async fn invalid_grant_after_a_successful_login_opens_the_browser_exactly_once_m
 
 #[tokio::test]
 async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_no_login() {
-    let srv = start(short_ttl(2)).await;
+    let srv = start(token_ttl(2)).await;
     let dir = data_dir("outage");
     let (handle, launches) = supervisor(&srv, &dir, fast_policy()).await;
     handle.reconnect("srv").await.expect("the first login");
@@ -132,8 +92,9 @@ async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_
     // 3 fast attempts and then the slow ones: the access token expires during the outage.
     srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::TemporarilyUnavailable).times(14))
         .unwrap();
-    let retrying = wait_until(
+    let retrying = wait_for_status(
         &handle,
+        "srv",
         "the retrying phase",
         Duration::from_secs(10),
         |s| s.phase.name() == "retrying",
@@ -141,13 +102,14 @@ async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_
     .await;
     assert!(retrying.has_refresh_token, "the refresh token is kept");
     assert!(retrying.next_attempt_at.is_some());
-    let expired = wait_until(
+    let expired = wait_for_status(
         &handle,
+        "srv",
         "the access token to expire",
         Duration::from_secs(10),
         |s| {
             s.expires_at
-                .is_some_and(|e| e < mcpproxy_oauth::store::db::now_ms())
+                .is_some_and(|e| e < mcpproxy_oauth::clock::now_ms())
         },
     )
     .await;
@@ -160,7 +122,7 @@ async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_
         "callers hear the typed reason: {failure}"
     );
     assert!(expired.has_refresh_token);
-    wait_until(&handle, "recovery", Duration::from_secs(20), |s| {
+    wait_for_status(&handle, "srv", "recovery", Duration::from_secs(20), |s| {
         s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&14)
     })
     .await;
@@ -192,7 +154,7 @@ async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_
 
 #[tokio::test]
 async fn invalid_client_on_a_registered_client_registers_again_once() {
-    let srv = start(short_ttl(3)).await;
+    let srv = start(token_ttl(3)).await;
     let dir = data_dir("invalid-client");
     let (handle, launches) = supervisor(&srv, &dir, fast_policy()).await;
     handle.reconnect("srv").await.expect("the first login");
@@ -202,8 +164,9 @@ async fn invalid_client_on_a_registered_client_registers_again_once() {
     // The refresh is rejected for the client: a fresh client is registered and the refresh
     // token tried with it. The test server binds refresh tokens to their client, so that
     // refresh answers invalid_grant, and one login follows, with the new client.
-    wait_until(
+    wait_for_status(
         &handle,
+        "srv",
         "a login with the new client",
         Duration::from_secs(15),
         |s| s.phase.name() == "connected" && launches.load(Ordering::SeqCst) == 2,
@@ -220,7 +183,7 @@ async fn invalid_client_on_a_registered_client_registers_again_once() {
 async fn a_configured_client_that_is_rejected_keeps_its_refresh_token() {
     let srv = start(Config {
         preregistered_client: Some(("configured-client".into(), None)),
-        ..short_ttl(2)
+        ..token_ttl(2)
     })
     .await;
     let dir = data_dir("client-rejected");
@@ -239,9 +202,13 @@ async fn a_configured_client_that_is_rejected_keeps_its_refresh_token() {
     handle.reconnect("srv").await.expect("the first login");
     srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidClient).times(2))
         .unwrap();
-    let rejected = wait_until(&handle, "client_rejected", Duration::from_secs(10), |s| {
-        s.phase.name() == "client_rejected"
-    })
+    let rejected = wait_for_status(
+        &handle,
+        "srv",
+        "client_rejected",
+        Duration::from_secs(10),
+        |s| s.phase.name() == "client_rejected",
+    )
     .await;
     assert!(rejected.has_refresh_token);
     assert!(stored_refresh_token(&dir).is_some(), "kept in the store");
@@ -249,7 +216,7 @@ async fn a_configured_client_that_is_rejected_keeps_its_refresh_token() {
         rejected.detail.unwrap().contains("oauth.client_id"),
         "says what to fix"
     );
-    wait_until(&handle, "recovery", Duration::from_secs(15), |s| {
+    wait_for_status(&handle, "srv", "recovery", Duration::from_secs(15), |s| {
         s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&2)
     })
     .await;
@@ -264,16 +231,20 @@ async fn a_configured_client_that_is_rejected_keeps_its_refresh_token() {
 
 #[tokio::test]
 async fn a_firewall_html_403_on_the_token_endpoint_keeps_the_refresh_token() {
-    let srv = start(short_ttl(2)).await;
+    let srv = start(token_ttl(2)).await;
     let dir = data_dir("html-403");
     let (handle, launches) = supervisor(&srv, &dir, fast_policy()).await;
     handle.reconnect("srv").await.expect("the first login");
     let before = stored_refresh_token(&dir).expect("a refresh token");
     srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::HtmlForbidden).times(3))
         .unwrap();
-    let retrying = wait_until(&handle, "slow retries", Duration::from_secs(10), |s| {
-        s.phase.name() == "retrying"
-    })
+    let retrying = wait_for_status(
+        &handle,
+        "srv",
+        "slow retries",
+        Duration::from_secs(10),
+        |s| s.phase.name() == "retrying",
+    )
     .await;
     assert!(retrying.has_refresh_token);
     assert_eq!(
@@ -281,7 +252,7 @@ async fn a_firewall_html_403_on_the_token_endpoint_keeps_the_refresh_token() {
         Some(before),
         "the stored refresh token is kept"
     );
-    wait_until(&handle, "recovery", Duration::from_secs(15), |s| {
+    wait_for_status(&handle, "srv", "recovery", Duration::from_secs(15), |s| {
         s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&3)
     })
     .await;
@@ -294,7 +265,7 @@ async fn a_firewall_html_403_on_the_token_endpoint_keeps_the_refresh_token() {
 async fn a_server_without_refresh_tokens_fires_one_timer_per_token_lifetime() {
     let srv = start(Config {
         issue_refresh_tokens: false,
-        ..short_ttl(1)
+        ..token_ttl(1)
     })
     .await;
     let dir = data_dir("no-refresh-token");
@@ -302,8 +273,9 @@ async fn a_server_without_refresh_tokens_fires_one_timer_per_token_lifetime() {
     handle.reconnect("srv").await.expect("the first login");
     // Each token is used until it stops being usable, then a login gets the next one: one
     // timer event per lifetime, never a spin until the safety margin.
-    let s = wait_until(
+    let s = wait_for_status(
         &handle,
+        "srv",
         "three more lifetimes",
         Duration::from_secs(20),
         |_| launches.load(Ordering::SeqCst) >= 4,
@@ -342,8 +314,9 @@ async fn a_non_interactive_server_needing_a_login_connects_when_another_process_
     let (other, _) = supervisor(&srv, &dir, Policy::default()).await;
     other.login("srv").await.expect("the other process logs in");
     other.shutdown().await;
-    let connected = wait_until(
+    let connected = wait_for_status(
         &daemon,
+        "srv",
         "the daemon sees the login",
         Duration::from_secs(5),
         |s| s.phase.name() == "connected",
@@ -365,7 +338,7 @@ async fn a_non_interactive_server_needing_a_login_connects_when_another_process_
 
 #[tokio::test]
 async fn a_logout_by_another_process_stops_the_daemon_and_the_row_stays_deleted() {
-    let srv = start(short_ttl(2)).await;
+    let srv = start(token_ttl(2)).await;
     let dir = data_dir("logout-elsewhere");
     let (daemon, _) = supervisor(&srv, &dir, Policy::default()).await;
     daemon.reconnect("srv").await.expect("the daemon logs in");
@@ -375,8 +348,9 @@ async fn a_logout_by_another_process_stops_the_daemon_and_the_row_stays_deleted(
         .await
         .expect("the other process logs out");
     other.shutdown().await;
-    wait_until(
+    wait_for_status(
         &daemon,
+        "srv",
         "the daemon sees the logout",
         Duration::from_secs(5),
         |s| s.phase.name() == "logged_out",
@@ -396,13 +370,13 @@ async fn a_logout_by_another_process_stops_the_daemon_and_the_row_stays_deleted(
         let _ = tokio::time::timeout(Duration::from_millis(200), daemon.subscribe().recv()).await;
     }
     assert_eq!(srv.stats().token_requests_for("refresh_token"), refreshes);
-    assert_eq!(status(&daemon).await.phase.name(), "logged_out");
+    assert_eq!(status_of(&daemon, "srv").await.phase.name(), "logged_out");
     daemon.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_logout_during_a_refresh_discards_the_refresh_and_never_writes_it_back() {
-    let srv = start(short_ttl(2)).await;
+    let srv = start(token_ttl(2)).await;
     let dir = data_dir("logout-fence");
     let (handle, _) = supervisor(&srv, &dir, fast_policy()).await;
     handle.reconnect("srv").await.expect("login");
@@ -413,15 +387,16 @@ async fn a_logout_during_a_refresh_discards_the_refresh_and_never_writes_it_back
             .delay_ms(1_000),
     )
     .unwrap();
-    wait_until(
+    wait_for_status(
         &handle,
+        "srv",
         "the refresh to start",
         Duration::from_secs(5),
         |s| s.phase.name() == "refreshing",
     )
     .await;
     handle.logout("srv").await.expect("logout");
-    assert_eq!(status(&handle).await.phase.name(), "logged_out");
+    assert_eq!(status_of(&handle, "srv").await.phase.name(), "logged_out");
     // Bounded wait for the slow answer to have arrived at the server side and beyond.
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
@@ -432,12 +407,12 @@ async fn a_logout_during_a_refresh_discards_the_refresh_and_never_writes_it_back
         );
         let _ = tokio::time::timeout(Duration::from_millis(200), handle.subscribe().recv()).await;
     }
-    let s = status(&handle).await;
+    let s = status_of(&handle, "srv").await;
     assert_eq!(s.phase.name(), "logged_out");
     assert!(handle.cached_access_token("srv").unwrap().is_none());
     // A login after the logout runs exactly one flow and works.
     handle.login("srv").await.expect("a new login");
-    assert_eq!(status(&handle).await.phase.name(), "connected");
+    assert_eq!(status_of(&handle, "srv").await.phase.name(), "connected");
     handle.shutdown().await;
 }
 
@@ -480,7 +455,7 @@ async fn a_failed_login_with_a_forgotten_client_registers_again_before_the_next(
         .await
         .expect("the next login registers again");
     assert_eq!(srv.stats().registrations, 1);
-    assert_eq!(status(&handle).await.phase.name(), "connected");
+    assert_eq!(status_of(&handle, "srv").await.phase.name(), "connected");
     handle.shutdown().await;
 }
 
@@ -528,8 +503,9 @@ async fn a_waiting_login_shows_its_authorization_url_and_completes_when_it_is_op
         let handle = handle.clone();
         tokio::spawn(async move { handle.login("srv").await })
     };
-    let waiting = wait_until(
+    let waiting = wait_for_status(
         &handle,
+        "srv",
         "the authorization URL in status",
         Duration::from_secs(10),
         |s| s.auth_url.is_some(),
@@ -548,7 +524,7 @@ async fn a_waiting_login_shows_its_authorization_url_and_completes_when_it_is_op
         .unwrap();
     let _ = person.get(&url).send().await;
     login.await.unwrap().expect("the login completes");
-    let s = status(&handle).await;
+    let s = status_of(&handle, "srv").await;
     assert_eq!(s.phase.name(), "connected");
     assert_eq!(s.auth_url, None, "shown only while a login waits");
     handle.shutdown().await;
@@ -595,7 +571,7 @@ async fn a_daemon_login_asks_for_offline_access_where_the_authorization_server_l
     let dir = data_dir("offline-access");
     let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
     handle.login("srv").await.expect("login");
-    let s = status(&handle).await;
+    let s = status_of(&handle, "srv").await;
     let scope = s.scope.expect("a scope");
     assert!(
         scope.split(' ').any(|s| s == "offline_access"),

@@ -7,10 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
 use oauth_test_server::Config;
-use url::Url;
 
 const SERVERS: usize = 300;
 const LIMIT: usize = 8;
@@ -18,7 +16,7 @@ const LIMIT: usize = 8;
 fn config(srv: &oauth_test_server::OAuthTestServer, dir: &std::path::Path) -> SupervisorConfig {
     let (browser, _) = following_browser();
     let servers = (0..SERVERS)
-        .map(|i| UpstreamConfig::new(&format!("srv-{i:03}"), Url::parse(&srv.mcp_url()).unwrap()))
+        .map(|i| upstream(&format!("srv-{i:03}"), srv))
         .collect();
     SupervisorConfig {
         browser,

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use common::{start, temp_dir};
+use common::{CURL_BROWSER, bin, output_within, start, temp_dir, text};
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget};
 
 use mcpproxy_oauth::config;
@@ -20,7 +20,7 @@ use mcpproxy_oauth::oauth::client_identity::{
 use mcpproxy_oauth::oauth::http::HttpReply;
 use mcpproxy_oauth::oauth::login::LoginSettings;
 use mcpproxy_oauth::oauth::token::{TokenEndpoint, TokenSet};
-use mcpproxy_oauth::store::db::{StoredClient, StoredDpopKey, StoredToken};
+use mcpproxy_oauth::store::{StoredClient, StoredDpopKey, StoredToken};
 use mcpproxy_oauth::supervisor::SupervisorConfig;
 
 const CLIENT_SECRET: &str = "configured-client-secret-0451";
@@ -173,9 +173,6 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
-/// A "browser" that follows the redirect to the loopback listener.
-const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
 const HOSTILE_CLIENT: &str = "cid-hostile";
 const HOSTILE_SECRET: &str = "configured-secret-of-the-hostile-run";
 
@@ -187,29 +184,14 @@ async fn run(args: &[&str]) -> Output {
     run_env(args, &[]).await
 }
 
+/// The binary without a key or client secret from the environment, within 60 s.
 async fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = tokio::process::Command::new(BIN);
+    let mut command = bin(args);
     command
-        .args(args)
-        .env_remove("BROWSER")
-        .env_remove("MCP_CONFORMANCE_CONTEXT")
         .env_remove("MCPPROXY_OAUTH_KEY")
-        .env_remove("MCPPROXY_OAUTH_CLIENT_SECRET");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("the command ends within 60 s")
-        .expect("the binary runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+        .env_remove("MCPPROXY_OAUTH_CLIENT_SECRET")
+        .envs(env.iter().copied());
+    output_within(command, Duration::from_secs(60)).await
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

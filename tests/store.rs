@@ -11,25 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use oauth_test_server::{Config, OAuthTestServer};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
-/// A "browser" that follows the redirect to the loopback listener.
-const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
-
-/// A config naming the test server under each of `names`.
-fn write_config(dir: &Path, srv: &OAuthTestServer, names: &[&str]) -> PathBuf {
-    let servers: Vec<serde_json::Value> = names
-        .iter()
-        .map(|name| serde_json::json!({"name": name, "url": srv.mcp_url(), "oauth": {}}))
-        .collect();
-    let config = dir.join("mcp_config.json");
-    std::fs::write(
-        &config,
-        serde_json::json!({ "mcpServers": servers }).to_string(),
-    )
-    .unwrap();
-    config
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -57,46 +38,22 @@ fn command_with_umask(umask: &str, args: &[&str]) -> tokio::process::Command {
     command
 }
 
-/// Valid tokens in the database, read without creating anything.
-fn valid_tokens(db: &Path) -> i64 {
-    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .and_then(|c| {
-            c.query_row(
-                "SELECT count(*) FROM oauth_token_status WHERE status = 'valid'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-        })
-        .unwrap_or(0)
-}
-
 /// Runs `serve` under `umask` until every server has a valid token, checks the modes of every
 /// file while it runs (the -wal and -shm files exist only then), stops it, returns its stderr.
 async fn serve_and_check_modes(umask: &str, config: &Path, data: &Path, servers: i64) -> String {
     let mut child = command_with_umask(
         umask,
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--browser-command",
-            CURL_BROWSER,
-        ],
+        &on_files(&["serve"], config.to_str().unwrap(), data.to_str().unwrap()),
     )
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
     let db = data.join("tokens.db");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while valid_tokens(&db) < servers {
-        assert!(
-            Instant::now() < deadline,
-            "serve (umask {umask}) did not store {servers} valid token(s) within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("serve (umask {umask}) storing {servers} valid token(s)");
+    wait_until(&what, Duration::from_secs(30), || {
+        valid_tokens(&db) >= servers
+    })
+    .await;
     let mut checked = vec![
         (data.to_path_buf(), 0o700),
         (db.clone(), 0o600),
@@ -115,18 +72,11 @@ async fn serve_and_check_modes(umask: &str, config: &Path, data: &Path, servers:
             (path, got, want)
         })
         .collect();
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("serve stops within 10 s")
-        .unwrap();
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+    signal(&child, "-INT");
+    let status = ends_within("serve stopping", Duration::from_secs(10), child.wait())
         .await
         .unwrap();
+    let stderr = stderr_of(&mut child).await;
     assert!(status.success(), "serve failed: {stderr}");
     for (path, got, want) in modes {
         assert_eq!(
@@ -224,18 +174,8 @@ async fn server_names_that_are_not_file_names_log_in_with_their_locks_inside_loc
     let names = ["../../x", "/abs", "org/server"];
     let config = write_config(&dir, &srv, &names);
     let data = dir.join("data");
-    let out = run(&[
-        "auth",
-        "login",
-        "--all",
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--browser-command",
-        CURL_BROWSER,
-    ])
-    .await;
+    let (config_str, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
+    let out = run(&on_files(&["auth", "login", "--all"], config_str, data_str)).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
@@ -309,7 +249,7 @@ fn the_sqlite3_shell_reads_the_status_view_right_whatever_its_version() {
     };
     let path = temp_dir("store-sqlite3").join("tokens.db");
     let mut store = mcpproxy_oauth::store::TokenStore::open(&path).unwrap();
-    let now = mcpproxy_oauth::store::db::now_ms();
+    let now = mcpproxy_oauth::clock::now_ms();
     for (name, expires_at) in [
         ("a-expired", Some(now - 1_000)),
         ("b-expiring", Some(now + 60_000)),
@@ -421,18 +361,7 @@ async fn a_flow_left_running_by_a_killed_process_is_closed_as_abandoned_at_the_n
         "read-only logs flows changes nothing: {rows:?}"
     );
 
-    let out = run(&[
-        "auth",
-        "login",
-        "srv",
-        "--config",
-        config,
-        "--data-dir",
-        data_str,
-        "--browser-command",
-        CURL_BROWSER,
-    ])
-    .await;
+    let out = run(&auth_args("login", config, data_str)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("closed as abandoned"), "{stderr}");
@@ -465,17 +394,7 @@ async fn a_foreign_or_half_migrated_database_gets_a_short_refusal_from_every_com
         .execute_batch("CREATE TABLE recipes (id INTEGER PRIMARY KEY); PRAGMA user_version = 1;")
         .unwrap();
     let (config, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
-    let login = [
-        "auth",
-        "login",
-        "srv",
-        "--config",
-        config,
-        "--data-dir",
-        data_str,
-        "--browser-command",
-        CURL_BROWSER,
-    ];
+    let login = auth_args("login", config, data_str);
     for args in [
         &["auth", "status", "--data-dir", data_str][..],
         &["logs", "flows", "--data-dir", data_str],
@@ -567,17 +486,7 @@ async fn files_of_another_user_are_refused_with_the_fix_and_nothing_moves() {
     std::fs::write(&wal, b"").unwrap();
     std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (config, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
-    let login = [
-        "auth",
-        "login",
-        "srv",
-        "--config",
-        config,
-        "--data-dir",
-        data_str,
-        "--browser-command",
-        CURL_BROWSER,
-    ];
+    let login = auth_args("login", config, data_str);
     let Some(out) = run_as_nobody(&login).await else {
         eprintln!("SKIPPED: cannot run as user nobody here (needs root and setpriv)");
         return;
@@ -653,7 +562,8 @@ async fn logs_flows_shows_absurd_stored_times_without_a_panic() {
 
 // ---- Transactions, group commit and flow retention, on real SQLite files ----
 
-use mcpproxy_oauth::store::db::{FlowRetention, RECENT_FLOWS_SQL, now_ms};
+use mcpproxy_oauth::clock::now_ms;
+use mcpproxy_oauth::store::db::{FlowRetention, RECENT_FLOWS_SQL};
 use mcpproxy_oauth::store::{StoreError, StoredToken, TokenRegistry, TokenStore};
 
 fn stored(key: &str, access: &str) -> StoredToken {

@@ -4,104 +4,31 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use mcpproxy_oauth::config::UpstreamConfig;
-use mcpproxy_oauth::mcp::{McpClient, McpError};
+use mcpproxy_oauth::mcp::McpError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
-use mcpproxy_oauth::upstream::state::Policy;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use url::Url;
 
-/// Every log line of this test binary, at trace level, for the secret scan and message checks.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("trace")
-            .json()
-            .with_writer(move || LogWriter(writer.clone()))
-            .init();
-        buffer
-    })
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-impl Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
-}
-
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-sup-{name}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn server_config(name: &str, srv: &OAuthTestServer) -> UpstreamConfig {
-    UpstreamConfig::new(name, Url::parse(&srv.mcp_url()).unwrap())
-}
-
-fn config(servers: Vec<UpstreamConfig>, dir: &Path, browser: BrowserLauncher) -> SupervisorConfig {
-    SupervisorConfig {
-        browser,
-        policy: Policy {
-            backoff_base: 100,
-            backoff_cap: 2_000,
-            ..Policy::default()
-        },
-        login_timeout: Duration::from_secs(20),
-        http_timeout: Duration::from_secs(2),
-        ..SupervisorConfig::new(servers, dir.to_path_buf())
-    }
-}
-
+/// Every supervisor of this binary logs into the capture the secret scan reads.
 async fn start_supervisor(config: SupervisorConfig) -> SupervisorHandle {
-    logs();
-    SupervisorHandle::start(config)
-        .await
-        .expect("the supervisor starts")
+    captured_logs();
+    common::start_supervisor(config).await
 }
 
-/// Waits (bounded) until `name` reaches `phase`.
-async fn wait_for_phase(handle: &SupervisorHandle, name: &str, phase: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let status = handle.status().await.unwrap();
-        let current = status.iter().find(|s| s.name == name).unwrap();
-        if current.phase.name() == phase {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not reach {phase} within {within:?}; it is {} ({:?})",
-            current.phase.name(),
-            current.detail
-        );
-        let mut changes = handle.subscribe();
-        let _ = tokio::time::timeout(Duration::from_millis(200), changes.recv()).await;
-    }
+/// A supervisor of the test server as "srv" in `dir`, logging in through a browser that
+/// follows redirects (its launches counted).
+async fn supervise(srv: &OAuthTestServer, dir: &Path) -> (SupervisorHandle, Arc<AtomicU32>) {
+    let (browser, launches) = following_browser();
+    let config = supervisor_config(vec![upstream("srv", srv)], dir, browser);
+    (start_supervisor(config).await, launches)
 }
 
 /// Makes the stored access token of every server expired (the supervisor must be stopped).
@@ -112,18 +39,17 @@ fn expire_stored_tokens(dir: &Path) {
 }
 
 async fn mcp_ping(srv: &OAuthTestServer, token: &str) -> Result<(), McpError> {
-    let mut client = McpClient::new(Url::parse(&srv.mcp_url()).unwrap(), Duration::from_secs(5));
+    let mut client = mcp_client(srv, Duration::from_secs(5));
     client.ping(Some(token)).await.map(drop)
 }
 
 fn assert_logs_free_of_secrets(srv: &OAuthTestServer) {
-    assert_no_secret(srv, &log_text());
+    assert_no_secret(srv, &captured_logs());
 }
 
 /// Logs in once through a first supervisor, stops it, and expires the stored access token.
 async fn persisted_expired_token(srv: &OAuthTestServer, dir: &Path) {
-    let (browser, _) = following_browser();
-    let first = start_supervisor(config(vec![server_config("srv", srv)], dir, browser)).await;
+    let (first, _) = supervise(srv, dir).await;
     first.reconnect("srv").await.expect("the first login");
     first.shutdown().await;
     expire_stored_tokens(dir);
@@ -146,8 +72,7 @@ async fn restarted_with_expired_token(
     let dir = data_dir(name);
     persisted_expired_token(&srv, &dir).await;
     while_down(&srv);
-    let (browser, launches) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let (handle, launches) = supervise(&srv, &dir).await;
     Restarted {
         srv,
         handle,
@@ -155,16 +80,20 @@ async fn restarted_with_expired_token(
     }
 }
 
+/// [`restarted_with_expired_token`], the next refresh meeting `fault` once.
+async fn restarted_with_refresh_fault(name: &str, fault: FaultKind) -> Restarted {
+    restarted_with_expired_token(name, |srv| {
+        srv.inject(Fault::new(FaultTarget::Refresh, fault).times(1))
+            .unwrap()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn scenario_1_stays_connected_through_ten_refreshes_with_one_login() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(2),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(2)).await;
     let dir = data_dir("s1");
-    let (browser, launches) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let (handle, launches) = supervise(&srv, &dir).await;
     handle.reconnect("srv").await.expect("connected");
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut calls = 0;
@@ -234,8 +163,7 @@ async fn both_tokens_expired_open_the_browser_once_with_a_clear_message() {
         .send()
         .await
         .unwrap();
-    let (browser, launches) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let (handle, launches) = supervise(&srv, &dir).await;
     let grant = handle
         .reconnect("srv")
         .await
@@ -247,7 +175,7 @@ async fn both_tokens_expired_open_the_browser_once_with_a_clear_message() {
         "exactly one browser launch"
     );
     assert_eq!(srv.stats().authorize_requests, 2);
-    assert!(log_text().contains("re-authentication required for srv: the refresh token was rejected (token endpoint answered invalid_grant"), "the clear message is logged");
+    assert!(captured_logs().contains("re-authentication required for srv: the refresh token was rejected (token endpoint answered invalid_grant"), "the clear message is logged");
     handle.shutdown().await;
     assert_logs_free_of_secrets(&srv);
 }
@@ -290,14 +218,9 @@ async fn scenario_5_a_hundred_concurrent_callers_cause_one_refresh() {
 
 #[tokio::test]
 async fn scenario_5_a_hundred_401_reports_for_one_token_cause_one_refresh() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(600),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(600)).await;
     let dir = data_dir("s5-401");
-    let (browser, _) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let (handle, _) = supervise(&srv, &dir).await;
     let old = handle
         .reconnect("srv")
         .await
@@ -349,9 +272,9 @@ async fn scenario_5_five_servers_refresh_concurrently() {
     let srv = start(Config::default()).await;
     let dir = data_dir("five");
     let names: Vec<String> = (1..=5).map(|i| format!("srv{i}")).collect();
-    let servers: Vec<UpstreamConfig> = names.iter().map(|n| server_config(n, &srv)).collect();
+    let servers: Vec<UpstreamConfig> = names.iter().map(|n| upstream(n, &srv)).collect();
     let (browser, launches) = following_browser();
-    let first = start_supervisor(config(servers.clone(), &dir, browser.clone())).await;
+    let first = start_supervisor(supervisor_config(servers.clone(), &dir, browser.clone())).await;
     for name in &names {
         first.reconnect(name).await.unwrap();
     }
@@ -360,7 +283,7 @@ async fn scenario_5_five_servers_refresh_concurrently() {
     // Every refresh hangs until its 2 s timeout: five flows must be in flight at once.
     srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::Hang).times(5))
         .unwrap();
-    let handle = start_supervisor(config(servers, &dir, browser)).await;
+    let handle = start_supervisor(supervisor_config(servers, &dir, browser)).await;
     let mut callers = tokio::task::JoinSet::new();
     for name in names.clone() {
         let handle = handle.clone();
@@ -403,13 +326,18 @@ async fn two_supervisors_on_one_database_run_one_login() {
     let srv = start(Config::default()).await;
     let dir = data_dir("two");
     let (browser, launches) = following_browser();
-    let a = start_supervisor(config(
-        vec![server_config("srv", &srv)],
+    let a = start_supervisor(supervisor_config(
+        vec![upstream("srv", &srv)],
         &dir,
         browser.clone(),
     ))
     .await;
-    let b = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let b = start_supervisor(supervisor_config(
+        vec![upstream("srv", &srv)],
+        &dir,
+        browser,
+    ))
+    .await;
     let (ga, gb) = tokio::join!(a.login("srv"), b.login("srv"));
     let (ga, gb) = (ga.expect("a"), gb.expect("b"));
     assert_eq!(
@@ -486,11 +414,7 @@ async fn scenario_6_invalid_grant_on_refresh_leads_to_one_login() {
         srv,
         handle,
         launches,
-    } = restarted_with_expired_token("s6-ig", |srv| {
-        srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidGrant).times(1))
-            .unwrap()
-    })
-    .await;
+    } = restarted_with_refresh_fault("s6-ig", FaultKind::InvalidGrant).await;
     let grant = handle
         .reconnect("srv")
         .await
@@ -509,11 +433,7 @@ async fn scenario_6_an_already_expired_token_is_refused_once_and_refreshed_again
         srv,
         handle,
         launches,
-    } = restarted_with_expired_token("s6-ae", |srv| {
-        srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::AlreadyExpired).times(1))
-            .unwrap()
-    })
-    .await;
+    } = restarted_with_refresh_fault("s6-ae", FaultKind::AlreadyExpired).await;
     let bad = handle
         .reconnect("srv")
         .await
@@ -541,15 +461,14 @@ async fn a_corrupt_database_is_moved_aside_and_the_daemon_starts_fresh() {
     let dir = data_dir("corrupt");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(database_path(&dir), b"garbage, not a database").unwrap();
-    let (browser, _) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let (handle, _) = supervise(&srv, &dir).await;
     let aside = handle
         .database_moved_aside()
         .expect("moved aside")
         .to_path_buf();
     assert_eq!(std::fs::read(&aside).unwrap(), b"garbage, not a database");
     handle.reconnect("srv").await.expect("a fresh store works");
-    assert!(log_text().contains("the token database is corrupt"));
+    assert!(captured_logs().contains("the token database is corrupt"));
     handle.shutdown().await;
 }
 
@@ -557,7 +476,7 @@ async fn a_corrupt_database_is_moved_aside_and_the_daemon_starts_fresh() {
 async fn an_unreadable_database_stops_the_start_with_the_file_and_the_fix() {
     let dir = data_dir("unreadable");
     std::fs::create_dir_all(database_path(&dir)).unwrap(); // a folder where the file belongs
-    let e = SupervisorHandle::start(config(vec![], &dir, BrowserLauncher::PrintOnly))
+    let e = SupervisorHandle::start(supervisor_config(vec![], &dir, BrowserLauncher::PrintOnly))
         .await
         .err()
         .expect("refused");
@@ -572,8 +491,8 @@ async fn an_unreadable_database_stops_the_start_with_the_file_and_the_fix() {
 async fn unknown_servers_get_a_clear_error_and_status_lists_every_server() {
     let srv = start(Config::default()).await;
     let dir = data_dir("unknown");
-    let handle = start_supervisor(config(
-        vec![server_config("a", &srv), server_config("b", &srv)],
+    let handle = start_supervisor(supervisor_config(
+        vec![upstream("a", &srv), upstream("b", &srv)],
         &dir,
         BrowserLauncher::PrintOnly,
     ))
@@ -595,8 +514,7 @@ async fn unknown_servers_get_a_clear_error_and_status_lists_every_server() {
 async fn logout_revokes_at_the_server_and_forgets_the_token() {
     let srv = start(Config::default()).await;
     let dir = data_dir("logout");
-    let (browser, _) = following_browser();
-    let handle = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let (handle, _) = supervise(&srv, &dir).await;
     let grant = handle.reconnect("srv").await.unwrap();
     handle.logout("srv").await.unwrap();
     assert_eq!(srv.stats().revocations, 1);
@@ -628,7 +546,7 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
     let browser = BrowserLauncher::handler(move |_| {
         counter.fetch_add(1, Ordering::SeqCst);
     });
-    let mut cfg = config(vec![server_config("srv", &srv)], &dir, browser);
+    let mut cfg = supervisor_config(vec![upstream("srv", &srv)], &dir, browser);
     cfg.policy.interactive = false;
     let handle = start_supervisor(cfg).await;
     let e = handle.reconnect("srv").await.unwrap_err().to_string();
@@ -639,8 +557,7 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
     );
     assert_eq!(launches.load(Ordering::SeqCst), 0);
     // A login from another process (as `auth login` does) is found on the next reconnect.
-    let (browser, _) = following_browser();
-    let other = start_supervisor(config(vec![server_config("srv", &srv)], &dir, browser)).await;
+    let (other, _) = supervise(&srv, &dir).await;
     let stored = other.login("srv").await.expect("the other process logs in");
     other.shutdown().await;
     let found = handle
@@ -669,12 +586,12 @@ async fn configured_extra_params_reach_the_authorization_request_but_never_overr
             (inner.0)(url);
         }
     });
-    let mut server = server_config("srv", &srv);
+    let mut server = upstream("srv", &srv);
     server
         .extra_params
         .insert("audience".into(), "https://api.example".into());
     server.extra_params.insert("state".into(), "forged".into());
-    let handle = start_supervisor(config(vec![server], &dir, browser)).await;
+    let handle = start_supervisor(supervisor_config(vec![server], &dir, browser)).await;
     handle
         .reconnect("srv")
         .await

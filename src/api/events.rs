@@ -16,7 +16,7 @@ use super::links::AuthLinks;
 use super::metrics::{Metrics, outcome};
 use super::servers;
 use super::view::rfc3339;
-use crate::store::db::now_ms;
+use crate::clock::now_ms;
 use crate::supervisor::SupervisorHandle;
 use crate::telemetry::flow_logger::FlowNotice;
 use crate::upstream::actor::StateChange;

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use url::Url;
 
+use crate::clock::now_ms;
 use crate::config::UpstreamConfig;
 use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::discovery::resource_matches;
-use crate::store::db::now_ms;
 
 /// The last authorization request of one server.
 #[derive(Debug, Clone, PartialEq)]

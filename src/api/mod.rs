@@ -2,7 +2,7 @@
 //! `/metrics` and the web page at `/`, on actix-web.
 //!
 //! actix-web's `HttpServer` runs on an actix `System` of its own, on the thread
-//! `mcpproxy-oauth-api`, beside the supervisor's System thread: the API reaches the actors only
+//! `oauth-api`, beside the supervisor's System thread: the API reaches the actors only
 //! through the `SupervisorHandle` (which works from any tokio runtime), so neither runtime
 //! waits on the other.
 //!
@@ -125,7 +125,7 @@ impl ApiServer {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stopped_tx, stopped_rx) = oneshot::channel();
         std::thread::Builder::new()
-            .name("mcpproxy-oauth-api".into())
+            .name("oauth-api".into())
             .spawn(move || {
                 let served = actix_web::rt::System::new().block_on(async move {
                     let metrics = Arc::new(Metrics::new());

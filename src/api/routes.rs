@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::servers;
 use super::view::rfc3339;
-use crate::store::db::{FlowRow, now_ms};
+use crate::clock::now_ms;
+use crate::store::db::FlowRow;
 use crate::supervisor::SupervisorError;
 
 pub const PAGE: &str = include_str!("page.html");
@@ -371,7 +372,7 @@ async fn diagnose(state: Data<AppState>, name: web::Path<String>) -> HttpRespons
     let timeout = Duration::from_secs(10);
     let http = crate::oauth::http::OAuthHttp::new(timeout);
     HttpResponse::Ok().json(scrubbed(
-        crate::oauth::diagnose::diagnose(&http, server, timeout).await,
+        crate::diagnose::diagnose(&http, server, timeout).await,
     ))
 }
 

@@ -3,7 +3,7 @@
 
 use super::links::AuthLinks;
 use super::view::{AuthLinkView, ServerView, ViewInputs, server_view};
-use crate::store::db::now_ms;
+use crate::clock::now_ms;
 use crate::supervisor::{SupervisorError, SupervisorHandle};
 use crate::upstream::actor::ServerStatus;
 

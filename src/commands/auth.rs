@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
+use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::config;
 use mcpproxy_oauth::store::TokenStore;
-use mcpproxy_oauth::store::db::now_ms;
 use mcpproxy_oauth::supervisor::{database_path, default_data_dir};
 use mcpproxy_oauth::telemetry::inert::safe;
 
@@ -72,7 +72,7 @@ async fn doctor(name: &str, path: &std::path::Path, json: bool) -> ExitCode {
     };
     let timeout = Duration::from_secs(10);
     let http = mcpproxy_oauth::oauth::http::OAuthHttp::new(timeout);
-    let report = mcpproxy_oauth::oauth::diagnose::diagnose(&http, server, timeout).await;
+    let report = mcpproxy_oauth::diagnose::diagnose(&http, server, timeout).await;
     if json {
         println!(
             "{}",

@@ -18,7 +18,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTH
 use serde_json::{Value, json};
 use url::Url;
 
-use super::challenge::BearerChallenge;
+use crate::oauth::challenge::BearerChallenge;
 use crate::oauth::dpop::Dpop;
 
 /// The stateless revision, asked for first.
@@ -37,14 +37,20 @@ const MAX_ERROR_MESSAGE_CHARS: usize = 500;
 pub enum McpError {
     #[error("the MCP server requires authorization (HTTP 401)")]
     Unauthorized(BearerChallenge),
-    #[error("the MCP server refused the request (HTTP 403{})", .0.error.as_deref().map(|e| format!(", {e}")).unwrap_or_default())]
+    #[error(
+        "the MCP server refused the request (HTTP 403{})",
+        .0.error.as_deref().map(|e| format!(", {e}")).unwrap_or_default()
+    )]
     Forbidden(BearerChallenge),
     #[error("the MCP server answered HTTP {status}")]
     Http { status: u16 },
     #[error("cannot reach the MCP server: {0}")]
     Transport(String),
     /// A JSON-RPC error, in a 200 answer (`status: None`) or as the body of an HTTP error.
-    #[error("the MCP server answered {}JSON-RPC error {code}: {message}", .status.map(|s| format!("HTTP {s} with ")).unwrap_or_default())]
+    #[error(
+        "the MCP server answered {}JSON-RPC error {code}: {message}",
+        .status.map(|s| format!("HTTP {s} with ")).unwrap_or_default()
+    )]
     Rpc {
         status: Option<u16>,
         code: i64,
@@ -169,7 +175,10 @@ impl McpClient {
                             .is_some_and(|s| s.iter().any(|v| v == LATEST_PROTOCOL_VERSION))
                     {
                         retried = true;
-                        tracing::info!(error = %e, "the MCP server lists {LATEST_PROTOCOL_VERSION} as supported; asking once more");
+                        tracing::info!(
+                            error = %e,
+                            "the MCP server lists {LATEST_PROTOCOL_VERSION} as supported; asking once more"
+                        );
                         continue;
                     }
                     if let Some(supported) = supported {
@@ -181,7 +190,11 @@ impl McpClient {
                                 client: client_versions(),
                             })?;
                     }
-                    tracing::info!(error = %e, offer, "the MCP server does not speak {LATEST_PROTOCOL_VERSION}; opening a session instead");
+                    tracing::info!(
+                        error = %e,
+                        offer,
+                        "the MCP server does not speak {LATEST_PROTOCOL_VERSION}; opening a session instead"
+                    );
                     self.wire = Wire::Session;
                     self.protocol_version = None;
                 }
@@ -338,7 +351,10 @@ impl McpClient {
             if fresh_nonce && response.status() == StatusCode::UNAUTHORIZED {
                 let challenge = challenge_of(&response);
                 if challenge.error.as_deref() == Some("use_dpop_nonce") {
-                    tracing::debug!(target: "mcpproxy_oauth::http", "the MCP server asked for a DPoP nonce; retrying once with it");
+                    tracing::debug!(
+                        target: "mcpproxy_oauth::http",
+                        "the MCP server asked for a DPoP nonce; retrying once with it"
+                    );
                     response = self.send(token, message).await?;
                     dpop.remember_nonce(self.url.as_str(), response.headers());
                 }

@@ -36,7 +36,7 @@ pub struct ExpectedCallback {
 impl std::fmt::Debug for ExpectedCallback {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExpectedCallback")
-            .field("state", &crate::telemetry::redact::marker(&self.state))
+            .field("state", &crate::telemetry::secrets::marker(&self.state))
             .field("issuer", &self.issuer)
             .field("iss_required", &self.iss_required)
             .finish()
@@ -47,7 +47,10 @@ impl CallbackListener {
     /// Binds 127.0.0.1:`port` (0 = ephemeral).
     pub async fn bind(port: u16) -> Result<Self, OAuthError> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
-            OAuthError::Callback(format!("cannot listen for the OAuth redirect on 127.0.0.1:{port}: {e}; free the port or choose another redirect port"))
+            OAuthError::Callback(format!(
+                "cannot listen for the OAuth redirect on 127.0.0.1:{port}: {e}; free the port or \
+                 choose another redirect port"
+            ))
         })?;
         let port = listener
             .local_addr()
@@ -131,7 +134,9 @@ fn judge(
             endpoint = "redirect callback",
             "rejected an OAuth callback whose state does not match the running sign-in"
         );
-        return (400, "Sign-in response rejected", "This response does not belong to the sign-in in progress (state mismatch), so it was ignored. If you started a new sign-in, finish that one.".into(), None);
+        let page = "This response does not belong to the sign-in in progress (state mismatch), so \
+                    it was ignored. If you started a new sign-in, finish that one.";
+        return (400, "Sign-in response rejected", page.into(), None);
     }
     match params.get("iss") {
         // RFC 9207 §2.4: simple string comparison, no URL normalization of any kind (a
@@ -226,11 +231,13 @@ async fn respond(stream: &mut TcpStream, status: u16, title: &str, message: &str
         _ => "Bad Request",
     };
     let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head><body><h1>{title}</h1><p>{}</p></body></html>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>{title}</h1><p>{}</p></body></html>",
         html_escape(message)
     );
     let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/html; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/html; charset=utf-8\r\n\
+         cache-control: no-store\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;

@@ -7,9 +7,13 @@ use std::fmt;
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use super::discovery::AuthorizationServerMetadata;
 use super::error::{Endpoint, OAuthError};
 use super::http::OAuthHttp;
+use super::metadata::AuthorizationServerMetadata;
+
+/// The device authorization grant (RFC 8628 §3.4): what a device client registers for, and
+/// the grant type of the token requests that poll.
+pub const DEVICE_CODE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +221,7 @@ async fn register(
     });
     if redirect_uri.is_none() {
         // A device login (RFC 8628): no redirect, no authorization endpoint response.
-        request["grant_types"] = json!([super::device::GRANT_TYPE, "refresh_token"]);
+        request["grant_types"] = json!([DEVICE_CODE_GRANT_TYPE, "refresh_token"]);
         request["response_types"] = json!([]);
     }
     if let Some(scope) = scope {

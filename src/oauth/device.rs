@@ -17,15 +17,14 @@ use serde::Serialize;
 use url::Url;
 
 use super::browser::BrowserLauncher;
-use super::client_identity::{ClientConfig, ClientCredentials, ClientSource, obtain_device_client};
-use super::discovery::Discovery;
+use super::client_identity::{
+    ClientConfig, ClientCredentials, ClientSource, DEVICE_CODE_GRANT_TYPE, obtain_device_client,
+};
 use super::dpop::Dpop;
 use super::error::{Endpoint, ErrorClass, OAuthError};
 use super::http::{OAuthHttp, require_secure_url};
+use super::metadata::Discovery;
 use super::token::{TokenEndpoint, TokenSet, client_authenticated, token_set};
-
-/// The grant type of the token requests that poll.
-pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// Polls of one device code at most, whatever its lifetime and interval.
 pub const MAX_POLLS: u32 = 360;
@@ -192,7 +191,7 @@ pub async fn poll_for_token(
         }
         tokio::time::sleep_until(at).await;
         let mut form = vec![
-            ("grant_type", GRANT_TYPE.to_string()),
+            ("grant_type", DEVICE_CODE_GRANT_TYPE.to_string()),
             ("device_code", authorization.device_code.clone()),
             ("resource", endpoint.resource.clone()),
         ];
@@ -204,8 +203,7 @@ pub async fn poll_for_token(
         let reply = match http.send(Endpoint::Token, request.form(&form)).await {
             Ok(reply) => reply,
             Err(e) if e.class() != ErrorClass::Permanent => {
-                interval = backed_off(interval, &e);
-                tracing::warn!(poll, error = %e, interval_secs = interval.as_secs(), "device login: the token endpoint failed; polling more slowly");
+                interval = polling_slower(poll, interval, &e);
                 continue;
             }
             Err(e) => return Err(e),
@@ -256,8 +254,7 @@ pub async fn poll_for_token(
             // A 5xx, 429 or `temporarily_unavailable` says nothing about the code: poll on,
             // more slowly (RFC 8628 §3.5), within the code's lifetime.
             _ if error.class() != ErrorClass::Permanent => {
-                interval = backed_off(interval, &error);
-                tracing::warn!(poll, error = %error, interval_secs = interval.as_secs(), "device login: the token endpoint failed; polling more slowly");
+                interval = polling_slower(poll, interval, &error);
             }
             _ => return Err(error),
         }
@@ -267,6 +264,19 @@ pub async fn poll_for_token(
 
 /// The interval after a transient failure: doubled (at most a minute), and never sooner than
 /// the server's `Retry-After`.
+/// [`backed_off`], said in the log: the token endpoint failed in a way that says nothing about
+/// the device code.
+fn polling_slower(poll: u32, interval: Duration, error: &OAuthError) -> Duration {
+    let interval = backed_off(interval, error);
+    tracing::warn!(
+        poll,
+        error = %error,
+        interval_secs = interval.as_secs(),
+        "device login: the token endpoint failed; polling more slowly"
+    );
+    interval
+}
+
 fn backed_off(interval: Duration, error: &OAuthError) -> Duration {
     let retry_after = match error.class() {
         ErrorClass::Transient { retry_after } => retry_after.unwrap_or_default(),
@@ -302,7 +312,12 @@ pub async fn device_login(
         Some(endpoint) => endpoint,
         None => {
             let client = obtain_device_client(http, client, metadata, scope).await?;
-            tracing::info!(client_id = %client.client_id, source = ?client.source, auth_method = client.auth_method.as_str(), "client identity ready");
+            tracing::info!(
+                client_id = %client.client_id,
+                source = ?client.source,
+                auth_method = client.auth_method.as_str(),
+                "client identity ready"
+            );
             TokenEndpoint::new(metadata, client, String::new(), discovery.resource.clone())
         }
     };
@@ -335,7 +350,7 @@ fn registered_for_device_grant(client: &ClientCredentials) -> bool {
         .as_ref()
         .and_then(|r| r.get("grant_types"))
         .and_then(serde_json::Value::as_array)
-        .is_some_and(|grants| grants.iter().any(|g| g == GRANT_TYPE))
+        .is_some_and(|grants| grants.iter().any(|g| g == DEVICE_CODE_GRANT_TYPE))
 }
 
 /// How a device login shows its prompt to a person at a terminal: the instructions on stderr
@@ -399,7 +414,7 @@ mod tests {
             ),
         };
         assert!(registered_for_device_grant(&registered(serde_json::json!(
-            [GRANT_TYPE, "refresh_token"]
+            [DEVICE_CODE_GRANT_TYPE, "refresh_token"]
         ))));
         assert!(!registered_for_device_grant(&registered(
             serde_json::json!(["authorization_code", "refresh_token"])

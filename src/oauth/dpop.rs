@@ -30,8 +30,8 @@ use rand::RngCore as _;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::discovery::Discovery;
-use crate::mcp::BearerChallenge;
+use super::challenge::BearerChallenge;
+use super::metadata::Discovery;
 
 /// The JWS algorithm of every proof.
 pub const ALG: &str = "ES256";

@@ -237,21 +237,35 @@ impl OAuthHttp {
                 .and_then(|b| b.as_bytes())
                 .map(|b| redact::body(content_type, b))
                 .unwrap_or(serde_json::Value::Null);
-            tracing::debug!(target: "mcpproxy_oauth::http", endpoint = %endpoint, method, url, request_headers = %headers_json(request.headers()), request_body = %body, "oauth request");
+            tracing::debug!(
+                target: "mcpproxy_oauth::http",
+                endpoint = %endpoint, method, url,
+                request_headers = %headers_json(request.headers()), request_body = %body,
+                "oauth request"
+            );
         }
         let started = Instant::now();
         let outcome = self.exchange(endpoint, request).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         match &outcome {
-            Ok(reply) => tracing::debug!(
-                target: "mcpproxy_oauth::http", endpoint = %endpoint, method, url, status = reply.status.as_u16(), duration_ms,
-                response_headers = %headers_json(&reply.headers),
-                response_body = %redact::body(reply.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()), &reply.body),
-                "oauth response"
-            ),
-            Err(e) => {
-                tracing::debug!(target: "mcpproxy_oauth::http", endpoint = %endpoint, method, url, duration_ms, error = %e, "oauth request failed")
+            Ok(reply) => {
+                let content_type = reply
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                tracing::debug!(
+                    target: "mcpproxy_oauth::http",
+                    endpoint = %endpoint, method, url, status = reply.status.as_u16(), duration_ms,
+                    response_headers = %headers_json(&reply.headers),
+                    response_body = %redact::body(content_type, &reply.body),
+                    "oauth response"
+                )
             }
+            Err(e) => tracing::debug!(
+                target: "mcpproxy_oauth::http",
+                endpoint = %endpoint, method, url, duration_ms, error = %e,
+                "oauth request failed"
+            ),
         }
         outcome
     }
@@ -400,7 +414,10 @@ impl<'c> oauth2::AsyncHttpClient<'c> for TokenCall<'_> {
                 // retried once, with a fresh proof carrying it.
                 let fresh_nonce = dpop.remember_nonce(url.as_str(), &reply.headers);
                 if fresh_nonce && is_use_dpop_nonce(&reply) {
-                    tracing::debug!(target: "mcpproxy_oauth::http", "the token endpoint asked for a DPoP nonce; retrying once with it");
+                    tracing::debug!(
+                        target: "mcpproxy_oauth::http",
+                        "the token endpoint asked for a DPoP nonce; retrying once with it"
+                    );
                     reply = self.http.send(Endpoint::Token, build()).await?;
                     dpop.remember_nonce(url.as_str(), &reply.headers);
                 }

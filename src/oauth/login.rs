@@ -9,10 +9,10 @@ use url::Url;
 use super::browser::BrowserLauncher;
 use super::callback::{CallbackListener, ExpectedCallback};
 use super::client_identity::{ClientConfig, obtain_client};
-use super::discovery::Discovery;
 use super::dpop::Dpop;
 use super::error::OAuthError;
 use super::http::OAuthHttp;
+use super::metadata::Discovery;
 use super::token::{TokenEndpoint, TokenSet};
 
 /// What a login needs besides the discovery result.
@@ -73,7 +73,12 @@ pub async fn browser_login(
                 scope,
             )
             .await?;
-            tracing::info!(client_id = %client.client_id, source = ?client.source, auth_method = client.auth_method.as_str(), "client identity ready");
+            tracing::info!(
+                client_id = %client.client_id,
+                source = ?client.source,
+                auth_method = client.auth_method.as_str(),
+                "client identity ready"
+            );
             TokenEndpoint::new(
                 &discovery.authorization_server,
                 client,

@@ -1,18 +1,21 @@
-//! The OAuth protocol engine for one upstream MCP server: discovery, client identity, scope
-//! selection, authorization code + PKCE through a loopback redirect, and token requests. No
-//! actors and no storage here: the supervisor drives these pieces.
+//! The OAuth protocol engine for one upstream MCP server: the resource's challenges
+//! (`WWW-Authenticate`), discovery, client identity, scope selection, authorization code + PKCE
+//! through a loopback redirect, device logins, DPoP, and token requests. No actors, no storage
+//! and no MCP here: the supervisor and `connect` drive these pieces, and the MCP client uses
+//! them (its challenges and DPoP proofs are this engine's).
 
 pub mod browser;
 pub mod callback;
+pub mod challenge;
 pub mod client_identity;
 pub mod device;
-pub mod diagnose;
 pub mod discovery;
 pub mod dpop;
 pub mod error;
 pub mod grants;
 pub mod http;
 pub mod login;
+pub mod metadata;
 pub mod scope;
 pub mod token;
 

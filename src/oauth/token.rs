@@ -25,10 +25,10 @@ use oauth2::{
 use url::Url;
 
 use super::client_identity::{ClientCredentials, TokenAuthMethod};
-use super::discovery::AuthorizationServerMetadata;
 use super::dpop::Dpop;
 use super::error::{Endpoint, OAuthError};
 use super::http::OAuthHttp;
+use super::metadata::AuthorizationServerMetadata;
 
 /// The longest lifetime believed from a server (one year). Longer ones are clamped, so every
 /// expiry is a few years from now at most: it fits any time type and arithmetic on it
@@ -363,6 +363,12 @@ fn token_error(
         Some((status, retry_after)) => (Some(status), retry_after),
         None => (None, None),
     };
+    // A failing status whose body is no OAuth error: the status is the news.
+    let failed_with = |status| OAuthError::Http {
+        endpoint: Endpoint::Token,
+        status,
+        retry_after,
+    };
     match e {
         RequestTokenError::ServerResponse(body) => OAuthError::Server {
             endpoint: Endpoint::Token,
@@ -373,30 +379,22 @@ fn token_error(
         },
         RequestTokenError::Request(e) => e,
         RequestTokenError::Parse(e, _body) => match status {
-            // A failing status whose body is no OAuth error: the status is the news.
-            Some(status) if !(200..300).contains(&status) => OAuthError::Http {
-                endpoint: Endpoint::Token,
-                status,
-                retry_after,
-            },
+            Some(status) if !(200..300).contains(&status) => failed_with(status),
             // Only the path of the bad field: the body and serde's message may contain tokens.
             // A missing field is named (the name comes from our own types, not the body).
             _ => OAuthError::Malformed {
                 endpoint: Endpoint::Token,
                 reason: match missing_field(&e.inner().to_string()) {
                     Some(field) => format!(
-                        "token response has no `{field}` field, which RFC 6749 §5.1 requires; the server's answer is not a token response"
+                        "token response has no `{field}` field, which RFC 6749 §5.1 requires; the \
+                         server's answer is not a token response"
                     ),
                     None => format!("token response does not parse at `{}`", e.path()),
                 },
             },
         },
         RequestTokenError::Other(message) => match status {
-            Some(status) if !(200..300).contains(&status) => OAuthError::Http {
-                endpoint: Endpoint::Token,
-                status,
-                retry_after,
-            },
+            Some(status) if !(200..300).contains(&status) => failed_with(status),
             _ => OAuthError::Malformed {
                 endpoint: Endpoint::Token,
                 reason: message,
@@ -481,15 +479,19 @@ fn accepted_token_type(token_type: &str, dpop: Option<&Dpop>) -> Result<&'static
     match (token_type.to_ascii_lowercase().as_str(), dpop) {
         ("bearer", None) => Ok("Bearer"),
         ("bearer", Some(dpop)) if dpop.required() => Err(refused(
-            "the authorization server issued a Bearer token to a DPoP token request, but the resource accepts only DPoP-bound tokens; the authorization server does not support DPoP for this client".into(),
+            "the authorization server issued a Bearer token to a DPoP token request, but the \
+             resource accepts only DPoP-bound tokens; the authorization server does not support \
+             DPoP for this client".into(),
         )),
         ("bearer", Some(_)) => {
-            tracing::info!("the authorization server issued a Bearer token to a DPoP token request; it is used as a Bearer token (RFC 9449 §5)");
+            tracing::info!("the authorization server issued a Bearer token to a DPoP token \
+                            request; it is used as a Bearer token (RFC 9449 §5)");
             Ok("Bearer")
         }
         ("dpop", Some(_)) => Ok("DPoP"),
         ("dpop", None) => Err(refused(
-            "token type \"DPoP\" came back to a request without a DPoP proof; enable DPoP for this server (\"dpop\": true in its oauth config)".into(),
+            "token type \"DPoP\" came back to a request without a DPoP proof; enable DPoP for this \
+             server (\"dpop\": true in its oauth config)".into(),
         )),
         _ => Err(refused(format!("token type {token_type:?} is neither Bearer nor DPoP"))),
     }

@@ -69,7 +69,9 @@ impl fmt::Debug for KeySource {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(
-        "the token database is encrypted, but {looked} does not exist; nothing was changed: restore that key file, set {KEY_ENV}, or pass --key-file with the key the database was encrypted with"
+        "the token database is encrypted, but {looked} does not exist; nothing was changed: \
+         restore that key file, set {KEY_ENV}, or pass --key-file with the key the database was \
+         encrypted with"
     )]
     Missing { looked: String },
     #[error("cannot use {source_}: {reason}")]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
-use super::db::StoreError;
+use super::error::StoreError;
 use super::perms;
 
 /// Held while it lives; dropping it releases the lock.

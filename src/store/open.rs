@@ -1,90 +1,18 @@
 //! Opening the token database safely: which failures are corruption (the file may be moved
-//! aside) and which are not (the file, the cause and the fix; nothing moved), whether a file
-//! is ours at all, and the file-level steps around SQLite (creating the database 0600 before
-//! SQLite does, moving a corrupt one aside). `TokenStore::open` drives these steps.
+//! aside) and which are not (the file, the cause and the fix; nothing moved), and the
+//! file-level steps around SQLite (creating the database 0600 before SQLite does, moving a
+//! corrupt one aside). `TokenStore::open` (token_store.rs) drives these steps; whether a file
+//! is ours at all is the schema's question (migrations.rs).
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
-
-use super::db::{MIGRATIONS, StoreError, now_ms};
 use super::perms;
-
-/// Refuses a file that is not ours (or not all ours) before anything writes to it: a
-/// foreign SQLite database, our tables under `user_version` 0 (a migration that ran
-/// outside this code, or a reset version), a version newer than this build.
-pub(super) fn check_schema(conn: &Connection, path: &Path, version: i64) -> Result<(), StoreError> {
-    let known = MIGRATIONS.len() as i64;
-    if version > known {
-        return Err(StoreError::TooNew {
-            path: path.to_path_buf(),
-            found: version,
-            known,
-        });
-    }
-    let mut statement = conn.prepare(
-        "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
-    )?;
-    let names: Vec<String> = statement
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let ours =
-        |n: &String| OUR_OBJECTS.contains(&n.as_str()) || LATER_OBJECTS.contains(&n.as_str());
-    let foreign: Vec<&String> = names.iter().filter(|n| !ours(n)).collect();
-    let list = |v: &[&String]| {
-        let shown: Vec<&str> = v.iter().take(5).map(|s| s.as_str()).collect();
-        let more = v.len().saturating_sub(5);
-        format!(
-            "{}{}",
-            shown.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
-        )
-    };
-    if version == 0 {
-        return match (names.iter().any(ours), foreign.is_empty()) {
-            (_, false) => Err(StoreError::Foreign {
-                path: path.to_path_buf(),
-                detail: format!("it has other tables: {}", list(&foreign)),
-            }),
-            (true, true) => Err(StoreError::HalfMigrated {
-                path: path.to_path_buf(),
-            }),
-            (false, true) => Ok(()),
-        };
-    }
-    let missing: Vec<&str> = OUR_OBJECTS
-        .iter()
-        .copied()
-        .filter(|o| !names.iter().any(|n| n == o))
-        .collect();
-    if !missing.is_empty() {
-        return Err(StoreError::Foreign {
-            path: path.to_path_buf(),
-            detail: format!("schema version {version}, but no {}", missing.join(", ")),
-        });
-    }
-    Ok(())
-}
+use crate::clock::now_ms;
 
 /// How long a statement waits for another connection's lock before it is an error.
 pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Tables added by later migrations: ours, but not required of an older version.
-pub(super) const LATER_OBJECTS: &[&str] = &["oauth_meta"];
-
-/// The tables and views of our schema; a file with none of them and other tables is foreign.
-pub(super) const OUR_OBJECTS: &[&str] = &[
-    "oauth_clients",
-    "oauth_flows",
-    "oauth_token_status",
-    "oauth_tokens",
-];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Access {
@@ -126,7 +54,9 @@ impl OpenFailure {
             }
             OpenFailure::NoWal(mode) => {
                 return format!(
-                    "SQLite kept journal mode {mode} instead of wal (the folder must allow shared memory files: not a network or read-only file system); nothing was moved: choose another --data-dir"
+                    "SQLite kept journal mode {mode} instead of wal (the folder must allow shared \
+                     memory files: not a network or read-only file system); nothing was moved: \
+                     choose another --data-dir"
                 );
             }
             OpenFailure::Other { step, error } => (step, error),
@@ -135,20 +65,28 @@ impl OpenFailure {
         let dir = folder_of(path).display();
         let fix = match error.sqlite_error_code() {
             Some(C::DatabaseBusy | C::DatabaseLocked) => format!(
-                "another process holds a lock on it (waited {} s); stop that process or wait for it (`fuser {p}` shows it), then retry",
+                "another process holds a lock on it (waited {} s); stop that process or wait for \
+                 it (`fuser {p}` shows it), then retry",
                 BUSY_TIMEOUT.as_secs()
             ),
             Some(C::DiskFull) => {
                 format!("the disk is full; free space where {dir} lives, then retry")
             }
             Some(C::ReadOnly) => format!(
-                "the database or its folder is read-only (an immutable file or folder, a read-only mount, another owner); make {dir} and its files writable (`lsattr -d {dir}`, `chattr -i`, remount) or choose another --data-dir"
+                "the database or its folder is read-only (an immutable file or folder, a read-only \
+                 mount, another owner); make {dir} and its files writable (`lsattr -d {dir}`, \
+                 `chattr -i`, remount) or choose another --data-dir"
             ),
             Some(C::CannotOpen) | Some(C::PermissionDenied) => format!(
-                "SQLite cannot open it or its companion files {p}-wal and {p}-shm; they must be regular files this user can read and write, in a folder this user can write (not read-only or immutable: `lsattr -d {dir}`, `chattr -i`, remount), or choose another --data-dir"
+                "SQLite cannot open it or its companion files {p}-wal and {p}-shm; they must be \
+                 regular files this user can read and write, in a folder this user can write (not \
+                 read-only or immutable: `lsattr -d {dir}`, `chattr -i`, remount), or choose \
+                 another --data-dir"
             ),
             Some(C::SystemIoFailure) => format!(
-                "an I/O error: the disk may be full (`df {dir}`: a full disk shows up as an I/O error on {p}-shm), or {p}-wal and {p}-shm are not regular files this user can read and write, or the disk is failing"
+                "an I/O error: the disk may be full (`df {dir}`: a full disk shows up as an I/O \
+                 error on {p}-shm), or {p}-wal and {p}-shm are not regular files this user can \
+                 read and write, or the disk is failing"
             ),
             _ => "see the cause; fix it or choose another --data-dir".to_string(),
         };

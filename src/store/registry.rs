@@ -16,8 +16,11 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::db::{FlowRetention, GroupJob, StoreError, TokenStore};
+use super::error::StoreError;
+use super::group_commit::GroupJob;
 use super::keys::Sealing;
+use super::model::FlowRetention;
+use super::token_store::TokenStore;
 
 /// Time of every store job (reads and writes alike: a job is a closure), queueing included,
 /// for `/metrics`. Process-wide: every registry of the process counts into it.
@@ -193,7 +196,8 @@ impl TokenRegistry {
         let once = Mutex::new(Some(store));
         let queue = Arc::new(WriteQueue::default());
         let actor_queue = queue.clone();
-        let addr = SyncArbiter::start(1, move || {
+        let thread = || std::thread::Builder::new().name(THREAD_NAME.into());
+        let addr = SyncArbiter::start_with_thread_builder(1, thread, move || {
             let store = once.lock().unwrap_or_else(|p| p.into_inner()).take();
             // One thread is started, and an actor is never rebuilt without a restart request.
             RegistryActor {
@@ -266,6 +270,9 @@ impl TokenRegistry {
         result
     }
 }
+
+/// The registry's thread, as `ps -L` and `top -H` show it (Linux keeps 15 bytes of a name).
+pub const THREAD_NAME: &str = "oauth-store";
 
 /// Pruning steps at most at open (each at most `FlowRetention::batch` rows).
 pub const PRUNE_STEPS_AT_OPEN: u32 = 20;

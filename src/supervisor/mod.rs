@@ -526,7 +526,7 @@ impl SupervisorHandle {
         let thread_events = events.clone();
         let flow_threads = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.flow_threads.max(1))
-            .thread_name("mcpproxy-oauth-flows")
+            .thread_name("oauth-flows")
             .enable_all()
             .build()
             .map_err(|e| {
@@ -537,7 +537,7 @@ impl SupervisorHandle {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
-            .name("mcpproxy-oauth-actors".into())
+            .name("oauth-actors".into())
             .spawn(move || {
                 let flows = flow_threads.handle().clone();
                 actix_rt::System::new().block_on(async move {

@@ -43,7 +43,7 @@ fn is_embedded_json(name: &str, text: &str) -> bool {
 /// A string field as either format shows it: redacted by name, by shape or by known value.
 fn shown_field(name: &str, text: &str) -> Value {
     if redact::is_secret_field(name) {
-        return Value::String(redact::marker(text));
+        return Value::String(secrets::marker(text));
     }
     if is_embedded_json(name, text)
         && let Ok(parsed) = serde_json::from_str::<Value>(text)

@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::secrets;
+use super::secrets::{self, marker};
 
 /// Header names whose values are secrets.
 const SECRET_HEADERS: &[&str] = &[
@@ -62,10 +62,6 @@ fn normalized(name: &str) -> impl Iterator<Item = char> + '_ {
 
 fn same_name(a: &str, b: &str) -> bool {
     normalized(a).eq(normalized(b))
-}
-
-pub fn marker(secret: &str) -> String {
-    format!("[redacted:{}]", secret.len())
 }
 
 pub fn is_secret_field(name: &str) -> bool {
@@ -233,13 +229,15 @@ mod tests {
 
     #[test]
     fn json_shapes_keep_keys_and_error_codes() {
-        let token = json!({"access_token": "eyJ...", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt_x", "scope": "a b",
+        let token = json!({"access_token": "eyJ...", "token_type": "Bearer", "expires_in": 3600,
+                           "refresh_token": "rt_x", "scope": "a b",
                            "nested": {"ID_TOKEN": "x", "list": [{"client_secret": "s"}]}});
         let shape = json_shape(&token);
         assert_eq!(
             shape,
-            json!({"access_token": "[redacted:6]", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "[redacted:4]",
-                                 "scope": "a b", "nested": {"ID_TOKEN": "[redacted:1]", "list": [{"client_secret": "[redacted:1]"}]}})
+            json!({"access_token": "[redacted:6]", "token_type": "Bearer", "expires_in": 3600,
+                   "refresh_token": "[redacted:4]", "scope": "a b",
+                   "nested": {"ID_TOKEN": "[redacted:1]", "list": [{"client_secret": "[redacted:1]"}]}})
         );
         let error = json!({"error": "invalid_grant", "error_description": "refresh token expired"});
         assert_eq!(json_shape(&error), error);
@@ -276,7 +274,8 @@ mod tests {
         );
         assert_eq!(
             shape,
-            json!({"accessToken": "[redacted:3]", "headers": {"Authorization": "Bearer [redacted:3]", "DPoP": "[redacted:5]"}})
+            json!({"accessToken": "[redacted:3]",
+                   "headers": {"Authorization": "Bearer [redacted:3]", "DPoP": "[redacted:5]"}})
         );
     }
 

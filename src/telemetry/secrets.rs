@@ -17,14 +17,18 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::RwLock;
 
-use super::redact;
-
 /// The most values remembered; the oldest is forgotten first.
 pub const CAPACITY: usize = 512;
 /// Shorter values are not treated as secrets (see the module docs).
 pub const MIN_LEN: usize = 8;
 
 static SECRETS: RwLock<VecDeque<String>> = RwLock::new(VecDeque::new());
+
+/// What a secret is shown as wherever it is redacted: its length, never its text
+/// (`[redacted:43]`), so a reader still sees that a value was there and how big it was.
+pub fn marker(secret: &str) -> String {
+    format!("[redacted:{}]", secret.len())
+}
 
 /// Remembers `secret` so [`scrub`] replaces it wherever it appears.
 pub fn register(secret: &str) {
@@ -56,7 +60,7 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
     // contains a secret (MIN_LEN > the marker's digits), so one pass per value is enough.
     for secret in set.iter() {
         if out.contains(secret.as_str()) {
-            out = Cow::Owned(out.replace(secret.as_str(), &redact::marker(secret)));
+            out = Cow::Owned(out.replace(secret.as_str(), &marker(secret)));
         }
     }
     out

@@ -120,17 +120,39 @@ mod tests {
     #[test]
     fn a_refresh_timeline() {
         let log = [
-            r#"{"timestamp":"2026-11-29T00:00:00.000000Z","level":"INFO","message":"flow started","correlation_id":"c1","server":"srv","flow_kind":"refresh","step":"started","details":{"token_endpoint":"http://t"}}"#,
-            r#"{"timestamp":"2026-11-29T00:00:00.001000Z","level":"INFO","message":"other flow","correlation_id":"c2","server":"x"}"#,
+            concat!(
+                r#"{"timestamp":"2026-11-29T00:00:00.000000Z","level":"INFO","message":"flow started","#,
+                r#""correlation_id":"c1","server":"srv","flow_kind":"refresh","step":"started","#,
+                r#""details":{"token_endpoint":"http://t"}}"#
+            ),
+            concat!(
+                r#"{"timestamp":"2026-11-29T00:00:00.001000Z","level":"INFO","message":"other flow","#,
+                r#""correlation_id":"c2","server":"x"}"#
+            ),
             r#"not json"#,
-            r#"{"timestamp":"2026-11-29T00:00:00.002000Z","level":"DEBUG","message":"oauth response","correlation_id":"c1","endpoint":"token endpoint","method":"POST","url":"http://t/token","status":400,"duration_ms":3,"response_body":{"error":"invalid_grant"}}"#,
-            r#"{"timestamp":"2026-11-29T00:00:00.010000Z","level":"INFO","message":"flow decision","correlation_id":"c1","step":"decision","details":{"decision":"re-login: a browser login started"}}"#,
+            concat!(
+                r#"{"timestamp":"2026-11-29T00:00:00.002000Z","level":"DEBUG","#,
+                r#""message":"oauth response","correlation_id":"c1","endpoint":"token endpoint","#,
+                r#""method":"POST","url":"http://t/token","status":400,"duration_ms":3,"#,
+                r#""response_body":{"error":"invalid_grant"}}"#
+            ),
+            concat!(
+                r#"{"timestamp":"2026-11-29T00:00:00.010000Z","level":"INFO","message":"flow decision","#,
+                r#""correlation_id":"c1","step":"decision","#,
+                r#""details":{"decision":"re-login: a browser login started"}}"#
+            ),
         ];
         let lines = flow_lines("c1", log.iter().copied());
         assert_eq!(lines.len(), 3, "only c1's lines");
         let out = render("c1", &lines).unwrap();
         assert!(out.starts_with("flow c1 (refresh, server srv)\n"), "{out}");
-        assert!(out.contains("+     2 ms  DEBUG  oauth response | token endpoint POST http://t/token | HTTP 400 | 3 ms | error invalid_grant"), "{out}");
+        assert!(
+            out.contains(
+                "+     2 ms  DEBUG  oauth response | token endpoint POST \
+                              http://t/token | HTTP 400 | 3 ms | error invalid_grant"
+            ),
+            "{out}"
+        );
         assert!(
             out.ends_with(
                 "outcome: decision: re-login: a browser login started; 3 lines over 10 ms\n"

@@ -24,6 +24,7 @@ use super::state::{
     Effect, Event, Failure, LoginReason, Millis, Phase, Policy, RefreshFailure, Resolution, State,
     clock, step,
 };
+use crate::clock::now_ms;
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::client_identity::ClientSource;
@@ -31,7 +32,6 @@ use crate::oauth::dpop::{Dpop, DpopKey};
 use crate::oauth::scope::step_up;
 use crate::oauth::token::TokenEndpoint;
 use crate::scheduler::{Due, Owner, TimerKind, instant_at};
-use crate::store::db::now_ms;
 use crate::store::{StoredClient, StoredToken, lock};
 
 /// How long a logout waits for a running flow of another process before deleting anyway.

@@ -14,6 +14,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::state::{Millis, RefreshFailure, RefreshPlan, TokenFacts};
+use crate::clock::now_ms;
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::browser::BrowserLauncher;
@@ -29,7 +30,7 @@ use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
 use crate::scheduler::Scheduler;
-use crate::store::db::{FlowStart, now_ms};
+use crate::store::db::FlowStart;
 use crate::store::{StoreError, StoredClient, StoredDpopKey, StoredToken, TokenRegistry, lock};
 use crate::telemetry::flow_logger::{FlowEvent, FlowLogger};
 

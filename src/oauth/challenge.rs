@@ -236,7 +236,11 @@ mod tests {
 
     #[test]
     fn a_typical_mcp_challenge() {
-        let h = r#"Bearer error="invalid_token", error_description="The token expired", resource_metadata="https://mcp.example/.well-known/oauth-protected-resource/mcp", scope="files:read files:write""#;
+        let h = concat!(
+            r#"Bearer error="invalid_token", error_description="The token expired", "#,
+            r#"resource_metadata="https://mcp.example/.well-known/oauth-protected-resource/mcp", "#,
+            r#"scope="files:read files:write""#
+        );
         let c = BearerChallenge::from_headers([h]).unwrap();
         assert_eq!(c.error.as_deref(), Some("invalid_token"));
         assert_eq!(c.error_description.as_deref(), Some("The token expired"));
@@ -249,7 +253,10 @@ mod tests {
 
     #[test]
     fn several_challenges_token68_and_escapes() {
-        let h = r#"Basic realm="a, b", Negotiate YIIB==, Bearer realm="x\"y\\z",scope=read ,  error=insufficient_scope"#;
+        let h = concat!(
+            r#"Basic realm="a, b", Negotiate YIIB==, "#,
+            r#"Bearer realm="x\"y\\z",scope=read ,  error=insufficient_scope"#
+        );
         let cs = parse_www_authenticate(h);
         assert_eq!(cs.len(), 3, "{cs:?}");
         assert_eq!(cs[0].scheme, "Basic");
@@ -292,8 +299,15 @@ mod tests {
             spaces in "[ ]{0,2}",
         ) {
             let header = challenges.iter().map(|(scheme, params)| {
-                let params: Vec<String> = params.iter().map(|(n, v)| format!("{n}{spaces}={spaces}{}", quote(v))).collect();
-                if params.is_empty() { scheme.clone() } else { format!("{scheme} {}", params.join(&format!(",{spaces}"))) }
+                let params: Vec<String> = params
+                    .iter()
+                    .map(|(n, v)| format!("{n}{spaces}={spaces}{}", quote(v)))
+                    .collect();
+                if params.is_empty() {
+                    scheme.clone()
+                } else {
+                    format!("{scheme} {}", params.join(&format!(",{spaces}")))
+                }
             }).collect::<Vec<_>>().join(&format!(",{spaces}"));
             let parsed = parse_www_authenticate(&header);
             prop_assert_eq!(parsed.len(), challenges.len(), "{}", header);

@@ -17,11 +17,12 @@ use std::time::Duration;
 use serde::Serialize;
 use url::Url;
 
-use super::discovery::{MetadataSource, discover};
-use super::error::{Endpoint, OAuthError};
-use super::http::OAuthHttp;
 use crate::config::UpstreamConfig;
 use crate::mcp::{McpClient, McpError};
+use crate::oauth::discovery::discover;
+use crate::oauth::error::{Endpoint, OAuthError};
+use crate::oauth::http::OAuthHttp;
+use crate::oauth::metadata::MetadataSource;
 
 /// The refresh token the token endpoint probe presents: obviously not a real one.
 const PROBE_TOKEN: &str = "mcpproxy-oauth-diagnose-probe-not-a-token";
@@ -153,7 +154,8 @@ pub async fn diagnose(http: &OAuthHttp, server: &UpstreamConfig, timeout: Durati
                     "the server's metadata contradicts itself: report it to the server's operator"
                 }
                 _ => {
-                    "the server publishes no usable OAuth metadata: check the url, or report it to the server's operator"
+                    "the server publishes no usable OAuth metadata: check the url, or report it to \
+                     the server's operator"
                 }
             };
             steps.push(step(
@@ -216,17 +218,47 @@ pub async fn diagnose(http: &OAuthHttp, server: &UpstreamConfig, timeout: Durati
             ("resource", discovery.resource.as_str()),
         ];
         let reply = http
-            .send(Endpoint::Token, http.client().post(url).form(&form).header("accept", "application/json"))
+            .send(
+                Endpoint::Token,
+                http.client()
+                    .post(url)
+                    .form(&form)
+                    .header("accept", "application/json"),
+            )
             .await
-            .map_err(|e| (status_of(&e), e.to_string(), "the token endpoint is unreachable or too slow: retry later, or report it to the server's operator".to_string()))?;
+            .map_err(|e| {
+                (
+                    status_of(&e),
+                    e.to_string(),
+                    "the token endpoint is unreachable or too slow: retry later, or report it to \
+                     the server's operator"
+                        .to_string(),
+                )
+            })?;
         let status = reply.status.as_u16();
         let code = serde_json::from_slice::<serde_json::Value>(&reply.body)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from));
         match (status, code) {
-            (400 | 401, Some(code)) => Ok(format!("answers OAuth: {code} (HTTP {status}) to a made-up refresh token, as it should")),
-            (s, _) if s >= 500 => Err((Some(s), format!("the token endpoint answered HTTP {s}"), "the authorization server is failing: retry later, or report it to the server's operator".to_string())),
-            (s, code) => Err((Some(s), format!("the token endpoint answered HTTP {s}{} instead of an OAuth error", code.map(|c| format!(" ({c})")).unwrap_or_default()), "the token endpoint does not speak OAuth 2: check the server's metadata".to_string())),
+            (400 | 401, Some(code)) => Ok(format!(
+                "answers OAuth: {code} (HTTP {status}) to a made-up refresh token, as it should"
+            )),
+            (s, _) if s >= 500 => Err((
+                Some(s),
+                format!("the token endpoint answered HTTP {s}"),
+                "the authorization server is failing: retry later, or report it to the server's \
+                 operator"
+                    .to_string(),
+            )),
+            (s, code) => {
+                let code = code.map(|c| format!(" ({c})")).unwrap_or_default();
+                Err((
+                    Some(s),
+                    format!("the token endpoint answered HTTP {s}{code} instead of an OAuth error"),
+                    "the token endpoint does not speak OAuth 2: check the server's metadata"
+                        .to_string(),
+                ))
+            }
         }
     };
     steps.push(step(

@@ -4,74 +4,33 @@
 //! file unchanged byte for byte.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::cipher::StoreKey;
-use super::db::{StoreError, StoredClient, StoredDpopKey, StoredToken, TokenStore, now_ms};
-use super::keys::{self, KeySource, KeySpec, Sealing};
+use super::support::{self, SECRET, client, made_dir, with_key_file};
+use crate::store::cipher::StoreKey;
+use crate::store::keys::{self, KeySource};
+use crate::store::{Sealing, StoreError, StoredDpopKey, StoredToken, TokenStore};
 
 const ACCESS: &str = "at-sealed-access-token-0001";
 const REFRESH: &str = "rt-sealed-refresh-token-0001";
-const SECRET: &str = "cs-sealed-client-secret-0001";
 const DPOP_KEY: &str = "dk-sealed-dpop-private-key-0001";
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-seal-{name}-{}-{}",
-        std::process::id(),
-        now_ms()
-    ));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn with_key_file(path: &Path) -> Sealing {
-    Sealing::Encrypted(KeySpec {
-        key_file: Some(path.to_path_buf()),
-    })
-}
-
+/// The shared token with secrets of its own (a DPoP key too), and no issuer, resource or flow.
 fn token(key: &str) -> StoredToken {
     StoredToken {
-        server_key: key.into(),
-        server_name: "srv".into(),
-        server_url: "http://127.0.0.1:1/mcp".into(),
         resource: None,
         issuer: None,
         access_token: format!("{ACCESS}-{key}"),
         refresh_token: Some(format!("{REFRESH}-{key}")),
-        token_type: "Bearer".into(),
-        scope: Some("read".into()),
-        expires_at: Some(now_ms() + 3_600_000),
-        obtained_at: now_ms(),
         flow_id: None,
         dpop: Some(StoredDpopKey {
             private_key: format!("{DPOP_KEY}-{key}"),
             jkt: format!("jkt-{key}"),
         }),
-    }
-}
-
-fn client(key: &str) -> StoredClient {
-    StoredClient {
-        server_key: key.into(),
-        issuer: "http://127.0.0.1:1".into(),
-        client_id: "cid".into(),
-        client_secret: Some(SECRET.into()),
-        token_endpoint_auth_method: "client_secret_post".into(),
-        source: "registered".into(),
-        redirect_uri: "http://127.0.0.1:2/callback".into(),
-        authorization_endpoint: "http://127.0.0.1:1/authorize".into(),
-        token_endpoint: "http://127.0.0.1:1/token".into(),
-        revocation_endpoint: None,
-        resource: "http://127.0.0.1:1/mcp".into(),
-        iss_parameter_supported: false,
-        registration_json: Some(
-            r#"{"client_id":"cid","registration_access_token":"rat-management-0001"}"#.into(),
-        ),
+        ..support::token(key)
     }
 }
 
@@ -104,7 +63,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[test]
 fn no_secret_in_clear_in_the_file_or_wal_and_the_view_works_without_the_key() {
-    let dir = temp_dir("clear");
+    let dir = made_dir("clear");
     let db = dir.join("tokens.db");
     let key_file = dir.join("my.key");
     let mut store = TokenStore::open_with(&db, &with_key_file(&key_file)).unwrap();
@@ -141,7 +100,7 @@ fn no_secret_in_clear_in_the_file_or_wal_and_the_view_works_without_the_key() {
     let stored: String = outside
         .query_row("SELECT access_token FROM oauth_tokens", [], |r| r.get(0))
         .unwrap();
-    assert!(stored.starts_with(super::cipher::PREFIX), "{stored}");
+    assert!(stored.starts_with(crate::store::cipher::PREFIX), "{stored}");
     drop(outside);
     // The library opens them again.
     let loaded = store.load_token("k1").unwrap().unwrap();
@@ -158,8 +117,6 @@ fn no_secret_in_clear_in_the_file_or_wal_and_the_view_works_without_the_key() {
     let _ = fs::remove_dir_all(&dir);
 }
 
-use std::os::unix::fs::PermissionsExt;
-
 fn token_with_times(loaded: &StoredToken, mut expected: StoredToken) -> StoredToken {
     expected.obtained_at = loaded.obtained_at;
     expected.expires_at = loaded.expires_at;
@@ -168,7 +125,7 @@ fn token_with_times(loaded: &StoredToken, mut expected: StoredToken) -> StoredTo
 
 #[test]
 fn a_plain_text_store_is_encrypted_in_place_with_every_token_intact() {
-    let dir = temp_dir("migrate");
+    let dir = made_dir("migrate");
     let db = dir.join("tokens.db");
     let mut plain = TokenStore::open_with(&db, &Sealing::Plaintext).unwrap();
     for k in ["k1", "k2", "k3"] {
@@ -179,7 +136,8 @@ fn a_plain_text_store_is_encrypted_in_place_with_every_token_intact() {
     Connection::open(&db)
         .unwrap()
         .execute(
-            "UPDATE oauth_clients SET registration_json = '{\"client_id\":\"cid\",\"registration_access_token\":\"rat-management-0001\"}'",
+            "UPDATE oauth_clients SET registration_json = \
+             '{\"client_id\":\"cid\",\"registration_access_token\":\"rat-management-0001\"}'",
             [],
         )
         .unwrap();
@@ -219,7 +177,7 @@ fn a_plain_text_store_is_encrypted_in_place_with_every_token_intact() {
 
 /// A closed encrypted store with one token, and its key file.
 fn encrypted_store(name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let dir = temp_dir(name);
+    let dir = made_dir(name);
     let db = dir.join("tokens.db");
     let key_file = dir.join("key");
     let mut store = TokenStore::open_with(&db, &with_key_file(&key_file)).unwrap();
@@ -310,8 +268,12 @@ fn a_corrupted_or_moved_ciphertext_is_a_clear_error_and_nothing_is_overwritten()
     .unwrap();
     // A client secret moved to another server's row (same key, other place).
     conn.execute(
-        "INSERT INTO oauth_clients (server_key, issuer, client_id, client_secret, token_endpoint_auth_method, source, redirect_uri, authorization_endpoint, token_endpoint, resource, registered_at, updated_at)
-         SELECT 'k2', issuer, client_id, client_secret, token_endpoint_auth_method, source, redirect_uri, authorization_endpoint, token_endpoint, resource, registered_at, updated_at FROM oauth_clients WHERE server_key = 'k1'",
+        "INSERT INTO oauth_clients (server_key, issuer, client_id, client_secret,
+           token_endpoint_auth_method, source, redirect_uri, authorization_endpoint, token_endpoint,
+           resource, registered_at, updated_at)
+         SELECT 'k2', issuer, client_id, client_secret, token_endpoint_auth_method, source,
+           redirect_uri, authorization_endpoint, token_endpoint, resource, registered_at, updated_at
+         FROM oauth_clients WHERE server_key = 'k1'",
         [],
     )
     .unwrap();
@@ -399,67 +361,5 @@ fn rekey_reseals_everything_and_the_old_key_no_longer_opens() {
     ));
     let store = TokenStore::open_with(&db, &with_key_file(&new_file)).unwrap();
     assert_eq!(client_secret_of(&store, "k1").as_deref(), Some(SECRET));
-    let _ = fs::remove_dir_all(&dir);
-}
-
-/// A client of `key` at the authorization server `issuer`, with a secret of its own.
-fn client_at(key: &str, issuer: &str) -> StoredClient {
-    StoredClient {
-        issuer: issuer.into(),
-        client_id: format!("cid-at-{issuer}"),
-        client_secret: Some(format!("{SECRET}-at-{issuer}")),
-        ..client(key)
-    }
-}
-
-#[test]
-fn a_server_keeps_a_client_per_issuer_through_encryption_in_place_and_rekey() {
-    let dir = temp_dir("issuers");
-    let db = dir.join("tokens.db");
-    let mut plain = TokenStore::open_with(&db, &Sealing::Plaintext).unwrap();
-    plain.save_client(&client_at("k1", "https://as-a")).unwrap();
-    plain.save_client(&client_at("k1", "https://as-b")).unwrap();
-    // Saving again for one issuer replaces that issuer's row only.
-    plain.save_client(&client_at("k1", "https://as-a")).unwrap();
-    drop(plain);
-    let key_file = dir.join("key");
-    let mut store = TokenStore::open_with(&db, &with_key_file(&key_file)).unwrap();
-    let new_file = dir.join("new.key");
-    let new = StoreKey::generate();
-    keys::write_new_key_file(&new_file, &new).unwrap();
-    store.rekey(new, KeySource::File(new_file)).unwrap();
-    for issuer in ["https://as-a", "https://as-b"] {
-        let c = store.load_client_for("k1", issuer).unwrap().unwrap();
-        assert_eq!(c.client_id, format!("cid-at-{issuer}"));
-        assert_eq!(
-            c.client_secret,
-            Some(format!("{SECRET}-at-{issuer}")),
-            "each row kept its own secret through the sealing and the rekey"
-        );
-    }
-    assert_eq!(store.load_client_for("k1", "https://as-c").unwrap(), None);
-    Connection::open(&db)
-        .unwrap()
-        .execute(
-            "UPDATE oauth_clients SET updated_at = 1 WHERE issuer = 'https://as-a'",
-            [],
-        )
-        .unwrap();
-    assert_eq!(
-        store.load_client("k1").unwrap().unwrap().issuer,
-        "https://as-b",
-        "without a token to go by, the newest client"
-    );
-    let mut token = token("k1");
-    token.issuer = Some("https://as-b".into());
-    assert_eq!(
-        store
-            .client_for_token("k1", Some(&token))
-            .unwrap()
-            .unwrap()
-            .issuer,
-        "https://as-b",
-        "a token is refreshed with the client of its own issuer"
-    );
     let _ = fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,159 @@
+//! The token queries: a server's token read (its times made sane, its secrets opened) and
+//! written (sealed, durable), its refresh token dropped, the row deleted, and the status view
+//! every process and the `sqlite3` shell read.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::error::StoreError;
+use super::group_commit::write_tx;
+use super::model::{StoredDpopKey, StoredToken, TokenStatusRow, from_columns};
+use super::token_store::TokenStore;
+use crate::clock::now_ms;
+
+/// The DPoP key of a token row: both columns or neither.
+fn dpop_of(
+    server_key: &str,
+    private_key: Option<String>,
+    jkt: Option<String>,
+) -> Option<StoredDpopKey> {
+    match (private_key, jkt) {
+        (Some(private_key), Some(jkt)) => Some(StoredDpopKey { private_key, jkt }),
+        (None, None) => None,
+        _ => {
+            // Written half by hand, or by a build before migration 0006 still running on this
+            // file: the token is used unbound.
+            tracing::warn!(
+                server_key,
+                "the stored token has only one of dpop_key and dpop_jkt; it is used without DPoP \
+                 (a refresh a DPoP server refuses leads to a login)"
+            );
+            None
+        }
+    }
+}
+
+impl TokenStore {
+    /// Reads a server's token. Its times come from a file other processes write too, so they
+    /// are made sane here, once, for every reader: `obtained_at` not before 1970 nor after now,
+    /// `expires_at` at most `MAX_LIFETIME` from now.
+    pub fn load_token(&self, server_key: &str) -> Result<Option<StoredToken>, StoreError> {
+        let now = now_ms();
+        let latest = now.saturating_add(crate::oauth::token::MAX_LIFETIME.as_millis() as i64);
+        let row = self
+            .conn
+            .query_row(
+                "SELECT server_key, server_name, server_url, resource, issuer, access_token,
+                        refresh_token, token_type, scope, expires_at, obtained_at, flow_id,
+                        dpop_key, dpop_jkt
+                 FROM oauth_tokens WHERE server_key = ?1",
+                [server_key],
+                |r| {
+                    Ok(StoredToken {
+                        server_key: r.get(0)?,
+                        server_name: r.get(1)?,
+                        server_url: r.get(2)?,
+                        resource: r.get(3)?,
+                        issuer: r.get(4)?,
+                        access_token: r.get(5)?,
+                        refresh_token: r.get(6)?,
+                        token_type: r.get(7)?,
+                        scope: r.get(8)?,
+                        expires_at: r.get::<_, Option<i64>>(9)?.map(|e| e.min(latest)),
+                        obtained_at: r.get::<_, i64>(10)?.clamp(0, now),
+                        flow_id: r.get(11)?,
+                        dpop: dpop_of(server_key, r.get(12)?, r.get(13)?),
+                    })
+                },
+            )
+            .optional()?;
+        let Some(mut token) = row else {
+            return Ok(None);
+        };
+        let key = token.server_key.clone();
+        let reveal = |column, stored| self.seal.reveal(&self.path, column, &key, stored);
+        token.access_token = reveal("access_token", Some(token.access_token))?.unwrap_or_default();
+        token.refresh_token = reveal("refresh_token", token.refresh_token)?;
+        if let Some(dpop) = &mut token.dpop {
+            dpop.private_key = reveal("dpop_key", Some(std::mem::take(&mut dpop.private_key)))?
+                .unwrap_or_default();
+        }
+        Ok(Some(token))
+    }
+
+    /// Writes a token durably (the transaction commits with `synchronous=FULL`).
+    pub fn save_token(&mut self, t: &StoredToken) -> Result<(), StoreError> {
+        let hide = |column, value| self.seal.hide(column, &t.server_key, value);
+        let access = hide("access_token", Some(&t.access_token));
+        let refresh = hide("refresh_token", t.refresh_token.as_deref());
+        let dpop_key = hide("dpop_key", t.dpop.as_ref().map(|d| d.private_key.as_str()));
+        let dpop_jkt = t.dpop.as_ref().map(|d| d.jkt.as_str());
+        write_tx(&mut self.conn, self.batched, |tx| {
+            self.seal.check_still_ours(tx, &self.path)?;
+            tx.execute(
+                "INSERT INTO oauth_tokens (server_key, server_name, server_url, resource, issuer,
+                   access_token, refresh_token, token_type, scope, expires_at, obtained_at,
+                   updated_at, flow_id, dpop_key, dpop_jkt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT(server_key) DO UPDATE SET server_name = excluded.server_name,
+                   server_url = excluded.server_url, resource = excluded.resource,
+                   issuer = excluded.issuer, access_token = excluded.access_token,
+                   refresh_token = excluded.refresh_token, token_type = excluded.token_type,
+                   scope = excluded.scope, expires_at = excluded.expires_at,
+                   obtained_at = excluded.obtained_at, updated_at = excluded.updated_at,
+                   flow_id = excluded.flow_id, dpop_key = excluded.dpop_key,
+                   dpop_jkt = excluded.dpop_jkt",
+                params![
+                    t.server_key,
+                    t.server_name,
+                    t.server_url,
+                    t.resource,
+                    t.issuer,
+                    access,
+                    refresh,
+                    t.token_type,
+                    t.scope,
+                    t.expires_at,
+                    t.obtained_at,
+                    now_ms(),
+                    t.flow_id,
+                    dpop_key,
+                    dpop_jkt
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets only the refresh token (it was refused for good); the access token stays.
+    pub fn drop_refresh_token(&mut self, server_key: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE oauth_tokens SET refresh_token = NULL, updated_at = ?2 WHERE server_key = ?1",
+            params![server_key, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_token(&mut self, server_key: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM oauth_tokens WHERE server_key = ?1",
+            [server_key],
+        )?;
+        Ok(())
+    }
+
+    /// Every server's row of the `oauth_token_status` view, by server name.
+    pub fn token_status(&self) -> Result<Vec<TokenStatusRow>, StoreError> {
+        let mut statement = self.conn.prepare(
+            "SELECT server_key, server_name, server_url, status, expires_at, has_refresh_token,
+                    scope, updated_at
+             FROM oauth_token_status ORDER BY server_name",
+        )?;
+        let rows = statement.query_map([], |r| {
+            from_columns! {
+                r => TokenStatusRow: server_key, server_name, server_url, status, expires_at,
+                has_refresh_token, scope, updated_at
+            }
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,139 @@
+//! The binary: its path, a browser command that follows the redirect to the loopback
+//! listener, a command run to its end within a bound, and the config file naming the test
+//! server.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use oauth_test_server::OAuthTestServer;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
+/// A "browser" that follows the redirect to the loopback listener.
+pub const CURL_BROWSER: &str = "curl -s -o /dev/null -L";
+
+/// The binary with `args`, without the environment a developer's shell may lend it (a
+/// `BROWSER`, a conformance context).
+pub fn bin(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("BROWSER")
+        .env_remove("MCP_CONFORMANCE_CONTEXT");
+    command
+}
+
+/// Runs `command` to its end; fails if it takes longer than `within`.
+pub async fn output_within(mut command: tokio::process::Command, within: Duration) -> Output {
+    tokio::time::timeout(within, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("the command did not end within {within:?}"))
+        .expect("the binary runs")
+}
+
+/// The binary with `args` and `env`, run to its end within 30 s.
+pub async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = bin(args);
+    command.envs(env.iter().copied());
+    output_within(command, Duration::from_secs(30)).await
+}
+
+/// stdout then stderr, as text.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `dir/mcp_config.json`, naming the test server under each of `names`.
+pub fn write_config(dir: &Path, srv: &OAuthTestServer, names: &[&str]) -> PathBuf {
+    let servers: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| serde_json::json!({"name": name, "url": srv.mcp_url(), "oauth": {}}))
+        .collect();
+    let config = dir.join("mcp_config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "mcpServers": servers }).to_string(),
+    )
+    .unwrap();
+    config
+}
+
+/// A fresh folder holding a config file that names the test server `srv`, and the path of a
+/// data directory in it (not created): (config, data).
+pub fn daemon_files(srv: &OAuthTestServer, name: &str) -> (PathBuf, PathBuf) {
+    let dir = super::temp_dir(name);
+    (write_config(&dir, srv, &["srv"]), dir.join("data"))
+}
+
+/// `command` on `config` and `data`, logging in with the curl browser.
+pub fn on_files<'a>(command: &[&'a str], config: &'a str, data: &'a str) -> Vec<&'a str> {
+    let files = [
+        "--config",
+        config,
+        "--data-dir",
+        data,
+        "--browser-command",
+        CURL_BROWSER,
+    ];
+    command.iter().copied().chain(files).collect()
+}
+
+/// The arguments of `auth VERB srv` on `config` and `data`, with the curl browser.
+pub fn auth_args<'a>(verb: &'a str, config: &'a str, data: &'a str) -> Vec<&'a str> {
+    on_files(&["auth", verb, "srv"], config, data)
+}
+
+/// The binary with `args` started in the background: stderr piped, killed if the test ends
+/// first.
+pub fn spawn(args: &[&str]) -> tokio::process::Child {
+    bin(args)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// Sends `signal` (`-INT`, `-TERM`, ...) to a running child.
+pub fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("the child runs").to_string();
+    std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+}
+
+/// Sends `signal` to a running `serve` and checks it stops cleanly within 10 s.
+pub async fn stop(child: &mut tokio::process::Child, signal: &str) {
+    self::signal(child, signal);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("serve stops within 10 s")
+        .unwrap();
+    assert!(status.success(), "serve exits 0 on {signal}: {status}");
+}
+
+/// Everything a child wrote to its piped stderr, once it has ended.
+pub async fn stderr_of(child: &mut tokio::process::Child) -> String {
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    stderr
+}
+
+/// Valid tokens in the database `db`, read without creating anything (0 without a database).
+pub fn valid_tokens(db: &Path) -> i64 {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM oauth_token_status WHERE status = 'valid'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .unwrap_or(0)
+}

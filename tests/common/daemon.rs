@@ -1,0 +1,118 @@
+//! A supervisor to test: its servers (the test server under some names), a config with short,
+//! bounded timeouts, its start, its status, waits on its phases, and its stored rows read as an
+//! outside reader reads them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mcpproxy_oauth::config::UpstreamConfig;
+use mcpproxy_oauth::oauth::browser::BrowserLauncher;
+use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::upstream::actor::ServerStatus;
+use mcpproxy_oauth::upstream::state::Policy;
+use oauth_test_server::OAuthTestServer;
+use url::Url;
+
+/// The test server's MCP endpoint, configured as the server `name`.
+pub fn upstream(name: &str, srv: &OAuthTestServer) -> UpstreamConfig {
+    UpstreamConfig::new(name, Url::parse(&srv.mcp_url()).unwrap())
+}
+
+/// The test server under each of `names`.
+pub fn upstreams(srv: &OAuthTestServer, names: &[&str]) -> Vec<UpstreamConfig> {
+    names.iter().map(|name| upstream(name, srv)).collect()
+}
+
+/// A supervisor's config for tests: `servers` kept in `dir`, logins through `browser` within
+/// 20 s, HTTP calls within 2 s, backoff from 100 ms up to 2 s. A test changes what it needs
+/// with struct update syntax.
+pub fn supervisor_config(
+    servers: Vec<UpstreamConfig>,
+    dir: &Path,
+    browser: BrowserLauncher,
+) -> SupervisorConfig {
+    SupervisorConfig {
+        browser,
+        policy: Policy {
+            backoff_base: 100,
+            backoff_cap: 2_000,
+            ..Policy::default()
+        },
+        login_timeout: Duration::from_secs(20),
+        http_timeout: Duration::from_secs(2),
+        ..SupervisorConfig::new(servers, dir.to_path_buf())
+    }
+}
+
+pub async fn start_supervisor(config: SupervisorConfig) -> SupervisorHandle {
+    SupervisorHandle::start(config)
+        .await
+        .expect("the supervisor starts")
+}
+
+/// The status of the server `name`.
+pub async fn status_of(handle: &SupervisorHandle, name: &str) -> ServerStatus {
+    handle
+        .status()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap()
+}
+
+/// Waits (bounded) until `check` holds for the status of `name`, looking again at every
+/// phase change (or after 100 ms); returns that status.
+pub async fn wait_for_status(
+    handle: &SupervisorHandle,
+    name: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&ServerStatus) -> bool,
+) -> ServerStatus {
+    let deadline = Instant::now() + within;
+    let mut changes = handle.subscribe();
+    loop {
+        let status = status_of(handle, name).await;
+        if check(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; {name} is {} ({:?})",
+            status.phase.name(),
+            status.detail
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), changes.recv()).await;
+    }
+}
+
+/// Waits (bounded) until `name` reaches `phase`.
+pub async fn wait_for_phase(handle: &SupervisorHandle, name: &str, phase: &str, within: Duration) {
+    let what = format!("{name} reaching {phase}");
+    wait_for_status(handle, name, &what, within, |s| s.phase.name() == phase).await;
+}
+
+/// The text a query reads from the database in `dir` (one row, one column).
+pub fn stored(dir: &Path, sql: &str) -> String {
+    let conn = rusqlite::Connection::open(database_path(dir)).unwrap();
+    conn.query_row(sql, [], |row| row.get(0)).unwrap()
+}
+
+/// The refresh token stored for the (only) server, read as an outside reader reads it:
+/// rusqlite for the row, the library's cipher with the key file beside the database.
+pub fn stored_refresh_token(dir: &std::path::Path) -> Option<String> {
+    use mcpproxy_oauth::store::{cipher, keys};
+    let conn = rusqlite::Connection::open(mcpproxy_oauth::supervisor::database_path(dir)).ok()?;
+    let (server_key, sealed): (String, Option<String>) = conn
+        .query_row(
+            "SELECT server_key, refresh_token FROM oauth_tokens",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()?;
+    let key = keys::read_key_file(&dir.join(keys::DEFAULT_KEY_FILE))
+        .expect("the key file beside the database");
+    let place = cipher::place("oauth_tokens", "refresh_token", &server_key);
+    Some(cipher::open(&key, &place, &sealed?).expect("the stored refresh token opens with the key"))
+}
