@@ -174,21 +174,24 @@ impl Limits {
         if ticket.over
             && let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
         {
-            // A fresh socket's send buffer takes a few hundred bytes without blocking.
-            let _ = stream.try_write(&self.refusal_bytes());
-            shut(stream);
+            refuse_now(stream, &self.refusal_bytes());
         }
         data.insert(ticket);
     }
 }
 
+/// Writes the 503 straight to the socket (a fresh socket's send buffer takes it without
+/// waiting; tokio's `try_write` would refuse before the reactor reported the socket
+/// writable) and shuts it both ways, so its dispatcher ends at once.
 #[cfg(target_os = "linux")]
-fn shut(stream: &actix_web::rt::net::TcpStream) {
-    let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Both);
+fn refuse_now(stream: &actix_web::rt::net::TcpStream, answer: &[u8]) {
+    use rustix::net::{SendFlags, Shutdown, send, shutdown};
+    let _ = send(stream, answer, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
+    let _ = shutdown(stream, Shutdown::Both);
 }
 
 #[cfg(not(target_os = "linux"))]
-fn shut(_: &actix_web::rt::net::TcpStream) {
+fn refuse_now(_: &actix_web::rt::net::TcpStream, _: &[u8]) {
     // The middleware answers the connection's first request with the 503 instead.
 }
 

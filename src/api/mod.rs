@@ -182,6 +182,9 @@ impl ApiServer {
                     })
                     .on_connect(move |connection, data| counted.on_connect(connection, data))
                     .max_connections(limits.per_worker_ceiling(WORKERS))
+                    // A client that goes away ends its connection at once (an event stream
+                    // would otherwise keep its subscriber place until the next heartbeat).
+                    .h1_allow_half_closed(false)
                     .workers(WORKERS)
                     .disable_signals()
                     // SSE streams never end by themselves: do not wait long for them.
