@@ -1,10 +1,13 @@
-//! Idle connections must not starve refreshes (issue #20). A real `serve` process, its
+//! The `serve` process as operators, other local users and attackers meet it (issue #20).
+//!
+//! Idle connections must not starve refreshes. A real `serve` process, its
 //! open-file limit lowered to 1,024 (a common default soft limit), keeps three servers of the
 //! OAuth test server authorized at 3 s tokens while this test opens 20,000 idle loopback
 //! connections to its API (or as many as this process's own hard limit allows: the message
 //! says so). Without the connection cap and the descriptor reserve, the daemon took sockets
 //! until `open` failed, and every refresh failed opening its lock file until tokens expired.
-//! Also: the event-subscriber cap answers 503 and the metrics count both refusals.
+//! Also: the event-subscriber cap answers 503 and the metrics count both refusals; another
+//! local user can read neither the key nor the data directory, and the API refuses them.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -404,6 +407,105 @@ async fn event_subscribers_beyond_the_cap_get_503() {
         "{metrics}"
     );
     drop(second);
+    serve.stop().await;
+    srv.shutdown().await;
+}
+
+/// Runs `args` as the user `nobody` (the caller checked `second_user_available`).
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .args(args)
+        .output()
+        .expect("runuser runs")
+}
+
+fn second_user_available() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("the test does not run as root, so it cannot act as another user".into());
+    }
+    for tool in ["runuser", "curl"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Err(format!(
+                "{tool} is not installed (.ci/run installs util-linux and curl)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_local_user_cannot_read_the_key_nor_use_the_api() {
+    if let Err(why) = second_user_available() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let srv = start(Config::default()).await;
+    let dir = temp_dir("second-user");
+    let serve = Serve::start(&dir, &[("one", srv.mcp_url())], &[], None).await;
+    // The parent is traversable by anyone (as a home directory often is); the data
+    // directory and the key are the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.join("data");
+    let key_file = data.join("api-key");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&key_file), 0o600, "the key file");
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap().trim(),
+        serve.key
+    );
+
+    let read_key = as_nobody(&["cat", key_file.to_str().unwrap()]);
+    assert!(!read_key.status.success(), "nobody read the key");
+    assert!(String::from_utf8_lossy(&read_key.stderr).contains("Permission denied"));
+    let list = as_nobody(&["ls", data.to_str().unwrap()]);
+    assert!(!list.status.success(), "nobody listed the data directory");
+    assert!(read_key.stdout.is_empty() && list.stdout.is_empty());
+
+    // The loopback API refuses them: reading state, logging a server out, the page.
+    let status = |args: &[&str]| {
+        let mut all = vec![
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ];
+        all.extend_from_slice(args);
+        let out = as_nobody(&all);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let servers = format!("{}/api/v1/servers", serve.base);
+    let logout = format!("{}/api/v1/servers/one/logout", serve.base);
+    let page = format!("{}/", serve.base);
+    let events = format!("{}/api/v1/events", serve.base);
+    assert_eq!(status(&[&servers]), "401", "GET servers without the key");
+    assert_eq!(
+        status(&["-X", "POST", &logout]),
+        "401",
+        "a logout without the key"
+    );
+    assert_eq!(status(&[&page]), "401", "the page without the key");
+    assert_eq!(status(&[&events]), "401", "the events without the key");
+    let wrong = format!("{page}?apikey=guessed-key-0123456789");
+    assert_eq!(status(&[&wrong]), "401", "a guessed key");
+    // The same request with the key goes through: what stops them is the key alone.
+    let with_key = format!("X-API-Key: {}", serve.key);
+    assert_eq!(status(&["-H", &with_key, &servers]), "200");
+    let view = serve.get("/api/v1/servers/one").await;
+    assert_ne!(
+        view["phase"], "logged_out",
+        "nobody's logout did not happen"
+    );
     serve.stop().await;
     srv.shutdown().await;
 }
