@@ -443,8 +443,22 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
     // A refresh fault: the error, its endpoint and status, and its correlation ID on the view.
     srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::TemporarilyUnavailable).times(50))
         .unwrap();
+    // Asked for through the API, the failed refresh answers 502 flow_failed with the failed
+    // flow and what the server does next, though the still-valid token keeps being served.
     let (status, answer) = d.post("/api/v1/servers/alpha/refresh").await;
-    assert!(status == 200 || status == 502, "{status} {answer}");
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "flow_failed", "{answer}");
+    assert_eq!(
+        answer["error"]["failure"]["kind"], "backing_off",
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temporarily_unavailable"),
+        "{answer}"
+    );
     let alpha = d
         .server_until("alpha", "showed the refresh failure", |v| {
             v["last_error"] != Value::Null
@@ -455,6 +469,11 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
         .unwrap()
         .to_string();
     assert_ne!(failed_id, refresh_id);
+    assert_eq!(answer["error"]["correlation_id"], failed_id.as_str());
+    assert_eq!(
+        alpha["authenticated"], true,
+        "the old token is still served"
+    );
     assert_eq!(alpha["last_error"]["status"], 503, "{alpha}");
     assert_eq!(alpha["last_error"]["endpoint"], "token endpoint");
     assert!(
@@ -578,6 +597,49 @@ async fn a_login_waiting_for_a_person_shows_its_link_and_flow() {
     );
     d.seen.lock().unwrap().push(text);
     d.assert_no_secret(&srv);
+    d.stop().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_with_one_url_each_get_their_own_login_link() {
+    let srv = start(Config::default()).await;
+    // Two accounts on one service: the same URL twice. The links are only printed.
+    let d = daemon(&srv, &["first", "second"], BrowserLauncher::PrintOnly).await;
+    let (status, second) = d.post("/api/v1/servers/second/login").await;
+    assert_eq!(status, 202, "{second}");
+    let second_url = second["auth_url"]
+        .as_str()
+        .expect("second's link")
+        .to_string();
+    let view = d
+        .server_until("second", "showed its link", |v| {
+            v["login_link"] != Value::Null
+        })
+        .await;
+    assert_eq!(view["login_link"]["url"], second_url.as_str());
+    assert_eq!(
+        d.server("first").await["login_link"],
+        Value::Null,
+        "not on first's card"
+    );
+    let (status, first) = d.post("/api/v1/servers/first/login").await;
+    assert_eq!(status, 202, "{first}");
+    let first_url = first["auth_url"]
+        .as_str()
+        .expect("first's link")
+        .to_string();
+    assert_ne!(first_url, second_url, "each login has its own link");
+    let view = d
+        .server_until("first", "showed its link", |v| {
+            v["login_link"] != Value::Null
+        })
+        .await;
+    assert_eq!(view["login_link"]["url"], first_url.as_str());
+    assert_eq!(
+        d.server("second").await["login_link"]["url"],
+        second_url.as_str()
+    );
     d.stop().await;
     srv.shutdown().await;
 }

@@ -136,6 +136,7 @@ impl ApiServer {
             addr: config.listen,
             source,
         })?;
+        links.attach(handle.clone());
         let sources = events::Sources::subscribe(&handle, &links)
             .await
             .map_err(|_| ApiError::SupervisorStopped)?;

@@ -307,7 +307,7 @@ async fn run_action(state: Data<AppState>, name: String, action: Action) -> Http
         && let Ok(all) = handle.status().await
         && let Some(status) = all.iter().find(|s| s.name == name)
         && status.running_flow_kind.as_deref() == Some("login")
-        && let Some(link) = state.links.get(&name)
+        && let Some(link) = state.links.for_server(status)
     {
         return HttpResponse::Accepted().json(json!({
             "correlation_id": status.running_flow,
