@@ -156,6 +156,28 @@ impl Serve {
         serde_json::from_str(&self.get_text(path).await).unwrap()
     }
 
+    /// Waits (bounded) until `n` servers are connected.
+    async fn until_all_connected(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = self.get("/api/v1/servers").await;
+            let connected = list["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["phase"] == "connected")
+                .count();
+            if connected == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the servers never all logged in: {list}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn metrics(&self) -> String {
         self.get_text("/metrics").await
     }
@@ -267,24 +289,7 @@ async fn twenty_thousand_idle_connections_do_not_fail_one_refresh() {
         log.contains("fewer API connections than --max-api-connections"),
         "{log}"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = serve.get("/api/v1/servers").await;
-        let connected = list["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["phase"] == "connected")
-            .count();
-        if connected == names.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the servers never all logged in: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    serve.until_all_connected(names.len()).await;
     let limit = metric(
         &serve.metrics().await,
         "mcpproxy_oauth_api_connection_limit",
@@ -556,24 +561,7 @@ async fn refreshes_go_on_when_the_log_reader_stops_reading() {
         Stdio::piped(),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = serve.get("/api/v1/servers").await;
-        let connected = list["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["phase"] == "connected")
-            .count();
-        if connected == names.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the servers never all logged in: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    serve.until_all_connected(names.len()).await;
     // 2 s tokens refresh every ~1.5 s: four servers fill a 64 KiB pipe of debug lines in
     // well under 40 s. Every 5 s window must still see refreshes.
     for window in 0..8 {
