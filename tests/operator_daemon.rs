@@ -586,3 +586,77 @@ async fn refreshes_go_on_when_the_log_reader_stops_reading() {
     drop(serve);
     srv.shutdown().await;
 }
+
+/// The key reaches the operator's terminal once, in the printed URL, and nothing else: not the
+/// log file at trace level (the HTTP server's own lines included), whichever way requests
+/// carried it (header, query, the page's cookie).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_never_reaches_the_log_at_any_level() {
+    let srv = start(Config::default()).await;
+    let dir = temp_dir("key-log");
+    let log_file = dir_created(&dir).join("trace.log");
+    let serve = Serve::start(
+        &dir,
+        &[("one", srv.mcp_url())],
+        &[
+            "--log-level",
+            "trace",
+            "--log-file",
+            log_file.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    serve.until_all_connected(1).await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let opened = no_redirects
+        .get(format!("{}/?apikey={}", serve.base, serve.key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 303);
+    let cookie = opened.headers()["set-cookie"].to_str().unwrap().to_string();
+    let pair = cookie.split(';').next().unwrap();
+    let cookie_value = pair.split_once('=').unwrap().1.to_string();
+    for request in [
+        serve
+            .http
+            .get(format!("{}/api/v1/servers", serve.base))
+            .header("Cookie", pair),
+        serve
+            .http
+            .get(format!("{}/api/v1/flows?apikey={}", serve.base, serve.key)),
+        serve
+            .http
+            .post(format!("{}/api/v1/servers/one/refresh", serve.base))
+            .bearer_auth(&serve.key),
+        // A wrong key is not logged either.
+        serve
+            .http
+            .get(format!("{}/metrics", serve.base))
+            .header("X-API-Key", "a-wrong-key-0123456789"),
+    ] {
+        request.send().await.unwrap();
+    }
+    serve.stop().await;
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.lines().count() > 50, "a trace log was written:\n{log}");
+    for (what, secret) in [
+        ("the key", serve_key_of(&dir)),
+        ("the cookie", cookie_value),
+        ("a wrong key", "a-wrong-key-0123456789".into()),
+    ] {
+        assert!(!log.contains(&secret), "{what} is in the trace log");
+    }
+    srv.shutdown().await;
+}
+
+fn serve_key_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("data").join("api-key"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
