@@ -270,6 +270,14 @@ fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -
     // Read-only: no migration, nothing created; no database yet means no token yet.
     let rows = match TokenStore::open_read_only(&database_path(&data_dir)) {
         Ok(Some(store)) => store.token_status(),
+        // With the config, every configured server is listed as missing, and why is said.
+        Ok(None) if config_path.is_some() => {
+            eprintln!(
+                "mcpproxy-oauth: no token database in {} yet: every configured server is missing",
+                data_dir.display()
+            );
+            Ok(Vec::new())
+        }
         Ok(None) => return no_database(&data_dir),
         Err(e) => return fail(e),
     };
