@@ -109,6 +109,30 @@ fn a_directory_without_a_database_is_named_and_fails() {
             "{args:?}: nothing created"
         );
     }
+    // With the config, the configured servers are listed as missing, and why is said.
+    let config = empty.join("mcp_config.json");
+    std::fs::write(
+        &config,
+        r#"{"mcpServers": [{"name": "srv", "url": "http://127.0.0.1:9/mcp", "oauth": {}}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "auth",
+            "status",
+            "--json",
+            "--data-dir",
+            empty_arg,
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no token database in"), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["status"], "missing", "{rows}");
 }
 
 #[tokio::test]
