@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The quick-start demo: the OAuth test server (auto-approving logins, 30 s access tokens) on
 # 127.0.0.1:$DEMO_PORT (9000), and `mcpproxy-oauth serve` keeping it authorized with its SQLite
-# store in .data/demo, its web page and API on http://127.0.0.1:$DEMO_API_PORT/ (9001). Watch
-# one login, then a silent refresh every ~22 s. Ctrl-C or SIGTERM stops both.
+# store in .data/demo, its web page and API on http://127.0.0.1:$DEMO_API_PORT/ (9001): serve
+# prints the URL to open, with the API key it keeps in .data/demo/api-key. Watch one login,
+# then a silent refresh every ~22 s. Ctrl-C or SIGTERM stops both.
 #
 # The test server keeps its clients and tokens in memory only, so each run starts from an
 # empty .data/demo: a registration stored by an earlier run would name a client the new server
@@ -43,7 +44,7 @@ for _ in $(seq 1 50); do
 done
 grep -q "^listening on" "$data/oauth-test-server.log" || { echo "the OAuth test server did not start"; exit 1; }
 echo "OAuth test server on http://127.0.0.1:$port (log: $data/oauth-test-server.log)"
-echo "web page and API on http://127.0.0.1:$api_port/"
+echo "web page and API on http://127.0.0.1:$api_port/ (every request needs the API key: open the URL below)"
 # The test server approves at once, so following its redirect is the whole "browser" login.
 target/debug/mcpproxy-oauth serve --config "$data/mcp_config.json" --data-dir "$data" \
   --listen "127.0.0.1:$api_port" --browser-command "curl -s -o /dev/null -L" "$@" &

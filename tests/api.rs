@@ -28,19 +28,17 @@ struct Daemon {
     http: reqwest::Client,
 }
 
-async fn daemon(
-    srv: &OAuthTestServer,
-    names: &[&str],
-    browser: BrowserLauncher,
-    key: Option<ApiKey>,
-) -> Daemon {
+/// The key every test daemon requires (every listener requires one).
+const API_KEY: &str = "test-api-key-0123456789";
+
+async fn daemon(srv: &OAuthTestServer, names: &[&str], browser: BrowserLauncher) -> Daemon {
     let servers = upstreams(srv, names);
     let links = AuthLinks::new(&servers);
     let dir = data_dir(&format!("api-{}", names[0]));
     let config = supervisor_config(servers, &dir, links.wrap(browser));
     let handle = start_supervisor(config).await;
     let mut api = ApiConfig::new("127.0.0.1:0".parse().unwrap());
-    api.api_key = key;
+    api.api_key = Some(ApiKey::new(API_KEY).unwrap());
     api.heartbeat = Duration::from_millis(200);
     api.action_wait = Duration::from_secs(5);
     let api = ApiServer::start(handle.clone(), links, api)
@@ -59,7 +57,13 @@ async fn daemon(
 }
 
 impl Daemon {
-    async fn call(&self, method: &str, path: &str, key: Option<&str>) -> (u16, Value) {
+    /// A request with the daemon's key.
+    async fn call(&self, method: &str, path: &str) -> (u16, Value) {
+        self.call_presenting(method, path, Some(API_KEY)).await
+    }
+
+    /// A request presenting `key` (`None`: no key at all).
+    async fn call_presenting(&self, method: &str, path: &str, key: Option<&str>) -> (u16, Value) {
         let mut request = self.http.request(
             reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
             format!("{}{path}", self.base),
@@ -76,13 +80,13 @@ impl Daemon {
     }
 
     async fn get(&self, path: &str) -> Value {
-        let (status, body) = self.call("GET", path, None).await;
+        let (status, body) = self.call("GET", path).await;
         assert_eq!(status, 200, "GET {path}: {body}");
         body
     }
 
     async fn post(&self, path: &str) -> (u16, Value) {
-        self.call("POST", path, None).await
+        self.call("POST", path).await
     }
 
     async fn server(&self, name: &str) -> Value {
@@ -107,6 +111,7 @@ impl Daemon {
         let response = self
             .http
             .get(format!("{}/api/v1/events", self.base))
+            .header("X-API-Key", API_KEY)
             .timeout(Duration::from_secs(120))
             .send()
             .await
@@ -130,7 +135,7 @@ impl Daemon {
     }
 
     async fn metrics(&self) -> prometheus_parse::Scrape {
-        let (status, body) = self.call("GET", "/metrics", None).await;
+        let (status, body) = self.call("GET", "/metrics").await;
         assert_eq!(status, 200);
         let text = body.as_str().expect("text format").to_string();
         let lines = text.lines().map(|l| Ok(l.to_string()));
@@ -200,7 +205,7 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
     })
     .await;
     let (browser, launches) = following_browser();
-    let d = daemon(&srv, &["alpha", "beta"], browser, None).await;
+    let d = daemon(&srv, &["alpha", "beta"], browser).await;
     let events = d.events().await;
     saw(&events, ": connected").await;
 
@@ -416,8 +421,22 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
     // A refresh fault: the error, its endpoint and status, and its correlation ID on the view.
     srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::TemporarilyUnavailable).times(50))
         .unwrap();
+    // Asked for through the API, the failed refresh answers 502 flow_failed with the failed
+    // flow and what the server does next, though the still-valid token keeps being served.
     let (status, answer) = d.post("/api/v1/servers/alpha/refresh").await;
-    assert!(status == 200 || status == 502, "{status} {answer}");
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "flow_failed", "{answer}");
+    assert_eq!(
+        answer["error"]["failure"]["kind"], "backing_off",
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temporarily_unavailable"),
+        "{answer}"
+    );
     let alpha = d
         .server_until("alpha", "showed the refresh failure", |v| {
             v["last_error"] != Value::Null
@@ -428,6 +447,11 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
         .unwrap()
         .to_string();
     assert_ne!(failed_id, refresh_id);
+    assert_eq!(answer["error"]["correlation_id"], failed_id.as_str());
+    assert_eq!(
+        alpha["authenticated"], true,
+        "the old token is still served"
+    );
     assert_eq!(alpha["last_error"]["status"], 503, "{alpha}");
     assert_eq!(alpha["last_error"]["endpoint"], "token endpoint");
     assert!(
@@ -502,7 +526,7 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
 async fn a_login_waiting_for_a_person_shows_its_link_and_flow() {
     let srv = start(Config::default()).await;
     // A browser nobody looks at: the link stays pending until the test "clicks" it.
-    let d = daemon(&srv, &["gamma"], BrowserLauncher::handler(|_| {}), None).await;
+    let d = daemon(&srv, &["gamma"], BrowserLauncher::handler(|_| {})).await;
     let events = d.events().await;
     saw(&events, ": connected").await;
     let (status, answer) = d.post("/api/v1/servers/gamma/login").await;
@@ -556,10 +580,53 @@ async fn a_login_waiting_for_a_person_shows_its_link_and_flow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_with_one_url_each_get_their_own_login_link() {
+    let srv = start(Config::default()).await;
+    // Two accounts on one service: the same URL twice. The links are only printed.
+    let d = daemon(&srv, &["first", "second"], BrowserLauncher::PrintOnly).await;
+    let (status, second) = d.post("/api/v1/servers/second/login").await;
+    assert_eq!(status, 202, "{second}");
+    let second_url = second["auth_url"]
+        .as_str()
+        .expect("second's link")
+        .to_string();
+    let view = d
+        .server_until("second", "showed its link", |v| {
+            v["login_link"] != Value::Null
+        })
+        .await;
+    assert_eq!(view["login_link"]["url"], second_url.as_str());
+    assert_eq!(
+        d.server("first").await["login_link"],
+        Value::Null,
+        "not on first's card"
+    );
+    let (status, first) = d.post("/api/v1/servers/first/login").await;
+    assert_eq!(status, 202, "{first}");
+    let first_url = first["auth_url"]
+        .as_str()
+        .expect("first's link")
+        .to_string();
+    assert_ne!(first_url, second_url, "each login has its own link");
+    let view = d
+        .server_until("first", "showed its link", |v| {
+            v["login_link"] != Value::Null
+        })
+        .await;
+    assert_eq!(view["login_link"]["url"], first_url.as_str());
+    assert_eq!(
+        d.server("second").await["login_link"]["url"],
+        second_url.as_str()
+    );
+    d.stop().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_have_one_documented_shape() {
     let srv = start(Config::default()).await;
     let (browser, _) = following_browser();
-    let d = daemon(&srv, &["delta"], browser, None).await;
+    let d = daemon(&srv, &["delta"], browser).await;
     let cases = [
         ("GET", "/api/v1/servers/nope", 404, "unknown_server"),
         (
@@ -588,7 +655,7 @@ async fn errors_have_one_documented_shape() {
         ),
     ];
     for (method, path, status, code) in cases {
-        let (got, body) = d.call(method, path, None).await;
+        let (got, body) = d.call(method, path).await;
         assert_eq!(got, status, "{method} {path}: {body}");
         assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
         assert!(
@@ -598,31 +665,11 @@ async fn errors_have_one_documented_shape() {
             "{body}"
         );
     }
-    // Another web site's page, or a rebound DNS name, cannot drive the API.
-    let response = d
-        .http
-        .post(format!("{}/api/v1/servers/delta/logout", d.base))
-        .header("Origin", "http://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "forbidden_origin", "{body}");
-    let response = d
-        .http
-        .get(format!("{}/api/v1/servers", d.base))
-        .header("Host", "rebound.example:80")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "forbidden_host", "{body}");
     let same_origin = d
         .http
         .get(format!("{}/api/v1/servers", d.base))
         .header("Origin", d.base.as_str())
+        .header("X-API-Key", API_KEY)
         .send()
         .await
         .unwrap();
@@ -631,7 +678,7 @@ async fn errors_have_one_documented_shape() {
         200,
         "the page's own origin is welcome"
     );
-    let (_, body) = d.call("GET", "/api/v1/servers/nope", None).await;
+    let (_, body) = d.call("GET", "/api/v1/servers/nope").await;
     assert!(
         body["error"]["message"].as_str().unwrap().contains("delta"),
         "names the configured servers: {body}"
@@ -639,6 +686,7 @@ async fn errors_have_one_documented_shape() {
     let response = d
         .http
         .delete(format!("{}/api/v1/servers", d.base))
+        .header("X-API-Key", API_KEY)
         .send()
         .await
         .unwrap();
@@ -654,61 +702,185 @@ async fn errors_have_one_documented_shape() {
     srv.shutdown().await;
 }
 
+/// Sends `request` and returns its status, headers and body text (kept for the secret scan).
+async fn answer(
+    d: &Daemon,
+    request: reqwest::RequestBuilder,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let response = request.send().await.expect("the API answers");
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let text = response.text().await.unwrap();
+    d.seen.lock().unwrap().push(text.clone());
+    (status, headers, text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_set_api_key_is_required_and_never_echoed() {
+async fn the_api_key_is_required_on_every_path_and_never_echoed() {
     let srv = start(Config::default()).await;
     let (browser, _) = following_browser();
-    let secret = "test-api-key-0123456789";
-    let d = daemon(&srv, &["eps"], browser, Some(ApiKey::new(secret).unwrap())).await;
+    let d = daemon(&srv, &["eps"], browser).await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    // Without the key (or with a wrong one) nothing is served, the page and the loopback
+    // listener included: another local user reaches a loopback port as easily as its owner.
     for path in [
+        "/",
         "/api/v1/servers",
+        "/api/v1/servers/eps",
         "/metrics",
         "/api/v1/events",
         "/api/v1/openapi.json",
+        "/api/v1/flows",
     ] {
-        let (status, body) = d.call("GET", path, None).await;
+        let (status, body) = d.call_presenting("GET", path, None).await;
         assert_eq!(status, 401, "{path}: {body}");
-        assert_eq!(body["error"]["code"], "unauthorized");
-        let (status, _) = d.call("GET", path, Some("test-api-key-0123456780")).await;
+        let (status, _) = d
+            .call_presenting("GET", path, Some("test-api-key-0123456780"))
+            .await;
         assert_eq!(status, 401, "a wrong key: {path}");
+        if path != "/" {
+            assert_eq!(body["error"]["code"], "unauthorized", "{path}");
+        }
     }
-    let (status, _) = d.call("POST", "/api/v1/servers/eps/refresh", None).await;
-    assert_eq!(status, 401, "actions too");
-    let (status, body) = d.call("GET", "/api/v1/servers", Some(secret)).await;
-    assert_eq!(status, 200, "{body}");
-    let response = d
-        .http
-        .get(format!("{}/api/v1/servers", d.base))
-        .header("X-API-Key", secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let (status, page) = d.call("GET", "/", None).await;
-    assert_eq!(
-        status, 200,
-        "the page itself holds no data and asks for the key"
+    for action in ["login", "logout", "refresh", "reconnect"] {
+        let (status, _) = d
+            .call_presenting("POST", &format!("/api/v1/servers/eps/{action}"), None)
+            .await;
+        assert_eq!(status, 401, "{action}");
+    }
+    // Under /mcp/ a refusal is 403 with a JSON-RPC body: never 401, which would start an
+    // MCP client's own OAuth login against this daemon.
+    let (status, body) = d.call_presenting("POST", "/mcp/eps", None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["jsonrpc"], "2.0", "{body}");
+    assert!(body["error"]["code"].is_i64(), "{body}");
+
+    // The key is accepted from each documented place.
+    let (status, body) = d.call("GET", "/api/v1/servers").await;
+    assert_eq!(status, 200, "Authorization: Bearer: {body}");
+    let servers = format!("{}/api/v1/servers", d.base);
+    let (status, ..) = answer(&d, d.http.get(&servers).header("X-API-Key", API_KEY)).await;
+    assert_eq!(status, 200, "X-API-Key");
+    let (status, ..) = answer(&d, d.http.get(format!("{servers}?apikey={API_KEY}"))).await;
+    assert_eq!(status, 200, "?apikey=");
+
+    // The page opened with ?apikey= keeps it as an HttpOnly, SameSite=Strict cookie that is
+    // not the key, and sends the browser to / (the key leaves the address bar); a reload
+    // works on the cookie alone.
+    let port = d.base.rsplit(':').next().unwrap().to_string();
+    let (status, headers, _) = answer(
+        &d,
+        no_redirects.get(format!("{}/?apikey={API_KEY}", d.base)),
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/");
+    let cookie = headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with(&format!("mcpproxy_oauth_{port}=")),
+        "{cookie}"
     );
-    assert!(page.as_str().unwrap().contains("<html"));
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(API_KEY),
+        "the cookie is not the key: {cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let (status, headers, page) = answer(
+        &d,
+        no_redirects
+            .get(format!("{}/", d.base))
+            .header("Cookie", &pair),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
+    assert!(!page.contains(API_KEY), "the page never holds the key");
+    assert_eq!(headers["x-frame-options"], "DENY", "no framing");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'sha256-"),
+        "only the page's own script: {csp}"
+    );
+    let (status, ..) = answer(&d, d.http.get(&servers).header("Cookie", &pair)).await;
+    assert_eq!(status, 200, "the page's calls carry the cookie");
+    let other_port = pair.replacen(&port, "1", 1);
+    let (status, ..) = answer(&d, d.http.get(&servers).header("Cookie", &other_port)).await;
+    assert_eq!(status, 401, "another daemon's cookie name");
+
+    // A rebinding name that starts like loopback, as Host or as Origin, is refused even with
+    // the key: the browser of a page at 127.0.0.1.evil.example would send it.
+    let rebound = format!("127.0.0.1.evil.example:{port}");
+    let (status, _, body) = answer(
+        &d,
+        d.http
+            .get(&servers)
+            .header("Host", &rebound)
+            .header("X-API-Key", API_KEY),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("forbidden_host"), "{body}");
+    let (status, _, body) = answer(
+        &d,
+        d.http
+            .post(format!("{}/api/v1/servers/eps/logout", d.base))
+            .header("Origin", format!("http://{rebound}"))
+            .header("X-API-Key", API_KEY),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("forbidden_origin"), "{body}");
+    for origin in ["http://evil.example", "null"] {
+        let (status, ..) = answer(
+            &d,
+            d.http
+                .get(&servers)
+                .header("Origin", origin)
+                .header("X-API-Key", API_KEY),
+        )
+        .await;
+        assert_eq!(status, 403, "{origin}");
+    }
+    for host in [format!("localhost:{port}"), format!("[::1]:{port}")] {
+        let (status, ..) = answer(
+            &d,
+            d.http
+                .get(&servers)
+                .header("Host", &host)
+                .header("X-API-Key", API_KEY),
+        )
+        .await;
+        assert_eq!(status, 200, "{host} is this listener");
+    }
     for text in d.seen.lock().unwrap().iter() {
-        assert!(!text.contains(secret), "the key was echoed: {text}");
+        assert!(!text.contains(API_KEY), "the key was echoed: {text}");
     }
     d.stop().await;
 
-    // A non-loopback address without a key does not start.
+    // No key, no listener: loopback included.
     let handle = SupervisorHandle::start(SupervisorConfig::new(Vec::new(), data_dir("nokey")))
         .await
         .unwrap();
-    let err = ApiServer::start(
-        handle.clone(),
-        AuthLinks::new(&[]),
-        ApiConfig::new("0.0.0.0:0".parse().unwrap()),
-    )
-    .await
-    .err()
-    .expect("refused");
-    assert!(matches!(err, ApiError::KeyRequired(_)), "{err}");
-    assert!(err.to_string().contains("--api-key-file"), "{err}");
+    for listen in ["127.0.0.1:0", "0.0.0.0:0"] {
+        let err = ApiServer::start(
+            handle.clone(),
+            AuthLinks::new(&[]),
+            ApiConfig::new(listen.parse().unwrap()),
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert!(matches!(err, ApiError::KeyRequired(_)), "{err}");
+        assert!(err.to_string().contains("--api-key-file"), "{err}");
+    }
     handle.shutdown().await;
     srv.shutdown().await;
 }
@@ -717,7 +889,7 @@ async fn a_set_api_key_is_required_and_never_echoed() {
 async fn the_openapi_document_matches_the_routes() {
     let srv = start(Config::default()).await;
     let (browser, _) = following_browser();
-    let d = daemon(&srv, &["zeta"], browser, None).await;
+    let d = daemon(&srv, &["zeta"], browser).await;
     let doc = d.get("/api/v1/openapi.json").await;
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -758,13 +930,14 @@ async fn the_openapi_document_matches_the_routes() {
             let response = d
                 .http
                 .get(format!("{}{concrete}", d.base))
+                .header("X-API-Key", API_KEY)
                 .send()
                 .await
                 .unwrap();
             assert_eq!(response.headers()["content-type"], "text/event-stream");
             (response.status().as_u16(), Value::Null)
         } else {
-            d.call(&method, &concrete, None).await
+            d.call(&method, &concrete).await
         };
         assert!(
             responses.get(status.to_string()).is_some(),
@@ -785,7 +958,7 @@ async fn the_openapi_document_matches_the_routes() {
 async fn diagnose_walks_the_steps_and_names_the_first_failure() {
     let srv = start(Config::default()).await;
     let (browser, _) = following_browser();
-    let mut d = daemon(&srv, &["eta"], browser, None).await;
+    let mut d = daemon(&srv, &["eta"], browser).await;
     // The daemon helper does not pass the configs on; a second API with them does.
     d.api.stop().await;
     let servers = vec![UpstreamConfig::new(
@@ -794,6 +967,7 @@ async fn diagnose_walks_the_steps_and_names_the_first_failure() {
     )];
     let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap());
     config.servers = servers.clone();
+    config.api_key = Some(ApiKey::new(API_KEY).unwrap());
     d.api = ApiServer::start(d.handle.clone(), AuthLinks::new(&servers), config)
         .await
         .unwrap();
@@ -855,7 +1029,7 @@ async fn diagnose_walks_the_steps_and_names_the_first_failure() {
     assert_eq!(report["steps"].as_array().unwrap().len(), 2, "{report}");
     srv.clear_faults();
 
-    let (status, body) = d.call("GET", "/api/v1/servers/nope/diagnose", None).await;
+    let (status, body) = d.call("GET", "/api/v1/servers/nope/diagnose").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("unknown_server"))

@@ -324,7 +324,12 @@ async fn serve_takes_its_flow_limits_from_the_command_line_and_refuses_bad_ones(
     })
     .await
     .expect("serve announces its API within 15 s");
-    let text = reqwest::get(format!("{api}/metrics"))
+    // Every request carries the API key serve created beside the database.
+    let key = std::fs::read_to_string(data.join("api-key")).unwrap();
+    let text = reqwest::Client::new()
+        .get(format!("{api}/metrics"))
+        .header("X-API-Key", key.trim())
+        .send()
         .await
         .unwrap()
         .text()

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncBufReadExt;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -31,7 +33,7 @@ async fn run_once(data: &Path, run: u32) {
         .env("DEMO_PORT", port.to_string())
         .env("DEMO_API_PORT", api_port.to_string())
         .env("DEMO_DATA_DIR", data)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -40,11 +42,31 @@ async fn run_once(data: &Path, run: u32) {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
+    // The demo prints the page's URL with the API key serve created; requests carry it.
+    let mut stdout = tokio::io::BufReader::new(script.stdout.take().unwrap()).lines();
+    let page_prefix = format!("http://127.0.0.1:{api_port}/?apikey=");
+    let page_url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            if let Some(at) = line.find(&page_prefix) {
+                return line[at..].trim().to_string();
+            }
+        }
+        panic!("run {run}: the demo ended without printing the page's URL");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("run {run}: the demo printed no page URL within 60 s"));
+    let key = std::fs::read_to_string(data.join("api-key")).unwrap();
+    assert_eq!(
+        page_url,
+        format!("{page_prefix}{}", key.trim()),
+        "run {run}"
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     let url = format!("http://127.0.0.1:{api_port}/api/v1/servers/demo");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::from("no answer yet");
     loop {
-        if let Ok(response) = http.get(&url).send().await
+        if let Ok(response) = http.get(&url).header("X-API-Key", key.trim()).send().await
             && let Ok(view) = response.json::<serde_json::Value>().await
         {
             if view["authenticated"] == true {

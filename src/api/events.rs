@@ -63,22 +63,31 @@ impl EventHub {
     }
 
     /// Hands `event` to every subscriber without waiting; drops those that are full or gone.
+    /// Dropped subscribers make one log line per publish, written after the lock is let go:
+    /// however many idle subscribers there are, they cannot flood the log.
     pub fn publish(&self, event: ApiEvent) {
         let event = Arc::new(event);
-        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subscribers.retain(|tx| match tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    queued = self.capacity,
-                    "an event subscriber reads too slowly; dropping it"
-                );
-                self.metrics.sse_dropped.inc();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
-        self.metrics.sse_subscribers.set(subscribers.len() as i64);
+        let mut dropped = 0u64;
+        {
+            let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+            subscribers.retain(|tx| match tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+            self.metrics.sse_subscribers.set(subscribers.len() as i64);
+        }
+        if dropped > 0 {
+            self.metrics.sse_dropped.inc_by(dropped);
+            tracing::warn!(
+                dropped,
+                queued = self.capacity,
+                "event subscribers read too slowly; dropping them"
+            );
+        }
     }
 }
 

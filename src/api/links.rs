@@ -3,9 +3,14 @@
 //! that cannot open no longer fails the login: the flow keeps waiting for its callback while
 //! the web page shows the link for a person to open (the URL holds a PKCE challenge and a
 //! state, never a verifier, code or token).
+//!
+//! Which server a URL is for: its `resource` parameter names the server's URL. Two servers
+//! may share a URL (two accounts on one service); then the URL is matched with the
+//! `auth_url` the server's actor publishes in its status while its login waits (set before
+//! the launcher runs), looked up by a task right after the launch, or at the next read.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 use url::Url;
@@ -14,6 +19,8 @@ use crate::clock::now_ms;
 use crate::config::UpstreamConfig;
 use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::discovery::resource_matches;
+use crate::supervisor::SupervisorHandle;
+use crate::upstream::actor::ServerStatus;
 
 /// The last authorization request of one server.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,9 +34,14 @@ pub struct AuthLink {
 #[derive(Default)]
 struct Book {
     links: HashMap<String, AuthLink>,
+    /// Links whose `resource` names several configured servers, until a status tells whose.
+    ambiguous: VecDeque<AuthLink>,
     /// Counts every link recorded, so a waiter can tell a new one from an old one.
     version: u64,
 }
+
+/// Ambiguous links kept at most (a login makes one; older ones are long over).
+const AMBIGUOUS_KEPT: usize = 32;
 
 /// Shared by the wrapped launcher (writer) and the API (reader). Cheap to clone.
 #[derive(Clone)]
@@ -38,6 +50,8 @@ pub struct AuthLinks {
     changed: watch::Sender<u64>,
     /// (name, url) of every configured server, to tell which server a URL is for.
     servers: Arc<Vec<(String, Url)>>,
+    /// The supervisor, once the API runs: its statuses tell servers sharing a URL apart.
+    supervisor: Arc<OnceLock<SupervisorHandle>>,
 }
 
 impl AuthLinks {
@@ -51,7 +65,13 @@ impl AuthLinks {
                     .map(|s| (s.name.clone(), s.url.clone()))
                     .collect(),
             ),
+            supervisor: Arc::default(),
         }
+    }
+
+    /// Lets links of servers that share a URL be told apart by the servers' statuses.
+    pub fn attach(&self, supervisor: SupervisorHandle) {
+        let _ = self.supervisor.set(supervisor);
     }
 
     /// A launcher that records every URL, then hands it to `inner`.
@@ -78,37 +98,98 @@ impl AuthLinks {
         })
     }
 
-    fn server_of(&self, url: &Url) -> Option<String> {
-        let resource = url
+    /// The configured servers whose URL is the link's `resource`.
+    fn servers_of(&self, url: &Url) -> Vec<String> {
+        let Some(resource) = url
             .query_pairs()
             .find(|(k, _)| k == "resource")
-            .map(|(_, v)| v.into_owned())?;
+            .map(|(_, v)| v.into_owned())
+        else {
+            return Vec::new();
+        };
         self.servers
             .iter()
-            .find(|(_, server_url)| resource_matches(server_url, &resource))
+            .filter(|(_, server_url)| resource_matches(server_url, &resource))
             .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn record(&self, url: Url, browser_error: Option<String>) {
-        let Some(server) = self.server_of(&url) else {
-            tracing::warn!("an authorization URL matched no configured server");
-            return;
+        let link = AuthLink {
+            browser_opened: browser_error.is_none(),
+            url,
+            browser_error,
+            at: now_ms(),
         };
+        let servers = self.servers_of(&link.url);
         let version = {
             let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            match servers.as_slice() {
+                [] => {
+                    tracing::warn!("an authorization URL matched no configured server");
+                    return;
+                }
+                [server] => {
+                    book.links.insert(server.clone(), link.clone());
+                }
+                _ => {
+                    if book.ambiguous.len() == AMBIGUOUS_KEPT {
+                        book.ambiguous.pop_front();
+                    }
+                    book.ambiguous.push_back(link.clone());
+                }
+            }
             book.version += 1;
-            book.links.insert(
-                server,
-                AuthLink {
-                    url,
-                    browser_opened: browser_error.is_none(),
-                    browser_error,
-                    at: now_ms(),
-                },
-            );
             book.version
         };
+        if servers.len() > 1 {
+            self.resolve_soon(link.url);
+        }
         self.changed.send_replace(version);
+    }
+
+    /// Asks the supervisor (on a task: the launcher, inside a flow, never waits) which
+    /// server's waiting login published `url`.
+    fn resolve_soon(&self, url: Url) {
+        let (Some(supervisor), Ok(runtime)) = (
+            self.supervisor.get().cloned(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let links = self.clone();
+        runtime.spawn(async move {
+            let Ok(statuses) = supervisor.status().await else {
+                return;
+            };
+            if let Some(status) = statuses
+                .iter()
+                .find(|s| s.auth_url.as_deref() == Some(url.as_str()))
+                && links.for_server(status).is_some()
+            {
+                let version = {
+                    let mut book = links.book.lock().unwrap_or_else(|p| p.into_inner());
+                    book.version += 1;
+                    book.version
+                };
+                links.changed.send_replace(version);
+            }
+        });
+    }
+
+    /// The server's link: its own, or the ambiguous one its status published.
+    pub fn for_server(&self, status: &ServerStatus) -> Option<AuthLink> {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(published) = status.auth_url.as_deref()
+            && let Some(at) = book
+                .ambiguous
+                .iter()
+                .position(|l| l.url.as_str() == published)
+            && let Some(link) = book.ambiguous.remove(at)
+        {
+            book.links.insert(status.name.clone(), link);
+        }
+        book.links.get(&status.name).cloned()
     }
 
     pub fn get(&self, server: &str) -> Option<AuthLink> {

@@ -24,6 +24,14 @@ pub struct Metrics {
     browser: IntCounterVec,
     pub sse_subscribers: IntGauge,
     pub sse_dropped: IntCounter,
+    /// Event subscribers refused beyond `--max-sse-subscribers`, and that cap.
+    pub sse_refused: IntCounter,
+    pub sse_subscriber_limit: IntGauge,
+    /// Open API connections (the ones being refused included), refusals beyond
+    /// `--max-api-connections`, and that cap.
+    pub api_connections: IntGauge,
+    pub api_connections_refused: IntCounter,
+    pub api_connection_limit: IntGauge,
     /// The scheduler's counters, copied in at each scrape.
     scheduler: IntGaugeVec,
 }
@@ -126,6 +134,35 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let gauge = |name: &str, help: &str| {
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let plain_counter = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
+        let sse_refused = plain_counter(
+            "sse_subscribers_refused_total",
+            "Event subscribers refused (503) because --max-sse-subscribers were connected.",
+        );
+        let sse_subscriber_limit = gauge(
+            "sse_subscriber_limit",
+            "The most event subscribers served at once (--max-sse-subscribers).",
+        );
+        let api_connections = gauge(
+            "api_connections",
+            "Open connections to the API listener, those being refused included.",
+        );
+        let api_connections_refused = plain_counter(
+            "api_connections_refused_total",
+            "Connections answered 503 and closed because --max-api-connections were open.",
+        );
+        let api_connection_limit = gauge(
+            "api_connection_limit",
+            "The most API connections served at once (--max-api-connections).",
+        );
         let scheduler = register(
             &registry,
             IntGaugeVec::new(
@@ -151,8 +188,19 @@ impl Metrics {
             browser,
             sse_subscribers,
             sse_dropped,
+            sse_refused,
+            sse_subscriber_limit,
+            api_connections,
+            api_connections_refused,
+            api_connection_limit,
             scheduler,
         }
+    }
+
+    /// The registry, for other parts of the listener (the gateway) to register their own
+    /// metrics on, so one scrape shows them all.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn observe_notice(&self, notice: &FlowNotice) {

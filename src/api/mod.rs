@@ -11,11 +11,15 @@
 //! - `servers`: gathering what a view needs from the supervisor
 //! - `events`: the event pump and the bounded fan-out to SSE subscribers
 //! - `metrics`: the Prometheus registry
-//! - `auth`: the API key (constant-time check) and the loopback rule
+//! - `auth`: the API key (constant-time check; where it comes from)
+//! - `guard`: Host, Origin and the key, checked on every request the listener serves
+//! - `limits`: the caps on connections and event subscribers, and the descriptor budget
 //! - `routes`: the handlers and the one JSON error shape
 
 pub mod auth;
 pub mod events;
+pub mod guard;
+pub mod limits;
 pub mod links;
 pub mod metrics;
 pub mod routes;
@@ -39,8 +43,13 @@ use metrics::Metrics;
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
-    /// Required for a non-loopback `listen`; checked on every request when given.
+    /// Required on every listener, loopback included (`ApiServer::start` refuses to start
+    /// without one); checked on every request.
     pub api_key: Option<ApiKey>,
+    /// The most API connections open at once; beyond, a connection is answered 503 and closed.
+    pub max_connections: usize,
+    /// The most event subscribers at once; beyond, `GET /api/v1/events` answers 503.
+    pub max_sse_subscribers: usize,
     /// Interval of the SSE `heartbeat` event.
     pub heartbeat: Duration,
     /// Events queued per SSE subscriber before it is dropped as too slow.
@@ -57,6 +66,8 @@ impl ApiConfig {
         ApiConfig {
             listen,
             api_key: None,
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+            max_sse_subscribers: limits::DEFAULT_MAX_SSE_SUBSCRIBERS,
             heartbeat: Duration::from_secs(15),
             subscriber_queue: 256,
             action_wait: Duration::from_secs(20),
@@ -68,7 +79,7 @@ impl ApiConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(
-        "--listen {0} is not a loopback address: an API key is required; give one with --api-key-file FILE or the environment variable {env}",
+        "--listen {0}: an API key is required on every listener, loopback included; serve creates DATA_DIR/api-key, or give one with --api-key-file FILE or the environment variable {env}",
         env = auth::API_KEY_ENV
     )]
     KeyRequired(SocketAddr),
@@ -85,12 +96,16 @@ pub enum ApiError {
     SupervisorStopped,
 }
 
+/// HTTP worker threads of the API.
+const WORKERS: usize = 2;
+
 /// What every handler shares.
 pub struct AppState {
     pub handle: SupervisorHandle,
     pub links: AuthLinks,
     pub hub: Arc<EventHub>,
     pub metrics: Arc<Metrics>,
+    pub limits: Arc<limits::Limits>,
     pub config: ApiConfig,
 }
 
@@ -109,7 +124,9 @@ impl ApiServer {
         links: AuthLinks,
         config: ApiConfig,
     ) -> Result<ApiServer, ApiError> {
-        auth::check_listen(config.listen, config.api_key.as_ref())?;
+        let Some(key) = config.api_key.clone() else {
+            return Err(ApiError::KeyRequired(config.listen));
+        };
         let listener =
             std::net::TcpListener::bind(config.listen).map_err(|source| ApiError::Bind {
                 addr: config.listen,
@@ -119,6 +136,7 @@ impl ApiServer {
             addr: config.listen,
             source,
         })?;
+        links.attach(handle.clone());
         let sources = events::Sources::subscribe(&handle, &links)
             .await
             .map_err(|_| ApiError::SupervisorStopped)?;
@@ -129,6 +147,12 @@ impl ApiServer {
             .spawn(move || {
                 let served = actix_web::rt::System::new().block_on(async move {
                     let metrics = Arc::new(Metrics::new());
+                    let limits = Arc::new(limits::Limits::new(
+                        config.max_connections,
+                        config.max_sse_subscribers,
+                        metrics.clone(),
+                    ));
+                    let guard = actix_web::web::Data::new(guard::Guard::new(key, addr));
                     let hub = Arc::new(EventHub::new(config.subscriber_queue, metrics.clone()));
                     actix_web::rt::spawn(events::pump(
                         handle.clone(),
@@ -142,14 +166,27 @@ impl ApiServer {
                         links,
                         hub,
                         metrics,
+                        limits: limits.clone(),
                         config,
                     });
+                    let counted = limits.clone();
                     let server = actix_web::HttpServer::new(move || {
+                        // Every route on the listener, whoever registers it, is behind the
+                        // guard; the connection cap is checked before anything else.
                         actix_web::App::new()
                             .app_data(state.clone())
+                            .app_data(guard.clone())
                             .configure(routes::configure)
+                            .wrap(routes::security_headers())
+                            .wrap(actix_web::middleware::from_fn(guard::guard))
+                            .wrap(actix_web::middleware::from_fn(limits::refuse_over_cap))
                     })
-                    .workers(2)
+                    .on_connect(move |connection, data| counted.on_connect(connection, data))
+                    .max_connections(limits.per_worker_ceiling(WORKERS))
+                    // A client that goes away ends its connection at once (an event stream
+                    // would otherwise keep its subscriber place until the next heartbeat).
+                    .h1_allow_half_closed(false)
+                    .workers(WORKERS)
                     .disable_signals()
                     // SSE streams never end by themselves: do not wait long for them.
                     .shutdown_timeout(1)
@@ -174,7 +211,7 @@ impl ApiServer {
             .await
             .map_err(|_| ApiError::Thread)?
             .map_err(|source| ApiError::Bind { addr, source })?;
-        tracing::info!(%addr, "operator API and web page on http://{addr}/");
+        tracing::info!(%addr, "operator API and web page on http://{addr}/ (every request needs the API key)");
         Ok(ApiServer {
             addr,
             server,

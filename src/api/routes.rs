@@ -1,26 +1,28 @@
 //! The HTTP surface. Every error answers the one shape
 //! `{"error": {"code": "...", "message": "...", "correlation_id": "..."?}}`: unknown server or
 //! path 404, wrong method 405 (with `Allow`), bad query 400, missing or wrong API key 401,
-//! another web origin or a non-loopback Host on a loopback listener 403, a failed flow 502,
-//! the supervisor gone 503.
+//! another web origin or a Host that is not this listener's 403 (`guard`), a failed flow 502,
+//! the supervisor gone, or a cap reached, 503.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use actix_web::body::{BoxBody, EitherBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{Method, StatusCode, header};
-use actix_web::middleware::{Next, from_fn};
+use actix_web::http::{StatusCode, header};
 use actix_web::web::{self, Bytes, Data};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
+use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::guard::{Guard, KeyVia};
 use super::servers;
 use super::view::rfc3339;
 use crate::clock::now_ms;
 use crate::store::db::FlowRow;
 use crate::supervisor::SupervisorError;
+use crate::upstream::state::{Failure, LoginReason, Phase};
 
 pub const PAGE: &str = include_str!("page.html");
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -106,6 +108,45 @@ fn unknown_server(state: &AppState, name: &str) -> HttpResponse {
     )
 }
 
+/// The API's actions on a server: `POST /api/v1/servers/{name}/<action>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Login,
+    Logout,
+    Refresh,
+    Reconnect,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [
+        Action::Login,
+        Action::Logout,
+        Action::Refresh,
+        Action::Reconnect,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Login => "login",
+            Action::Logout => "logout",
+            Action::Refresh => "refresh",
+            Action::Reconnect => "reconnect",
+        }
+    }
+
+    /// Its route, as listed in [`ROUTES`].
+    pub fn path(self) -> &'static str {
+        match self {
+            Action::Login => "/api/v1/servers/{name}/login",
+            Action::Logout => "/api/v1/servers/{name}/logout",
+            Action::Refresh => "/api/v1/servers/{name}/refresh",
+            Action::Reconnect => "/api/v1/servers/{name}/reconnect",
+        }
+    }
+}
+
+/// Registers the API's routes and its 404 on the App (no enclosing scope, so routes others
+/// register beside these, the gateway's `/mcp/` ones, are reached too).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
         actix_web::error::InternalError::from_response(
@@ -140,29 +181,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             }
         }))
     };
-    let api = web::scope("")
-        .wrap(from_fn(require_key))
-        .service(resource("/").route(web::get().to(page)))
+    cfg.service(resource("/").route(web::get().to(page)))
         .service(resource("/metrics").route(web::get().to(metrics)))
         .service(resource("/api/v1/openapi.json").route(web::get().to(openapi)))
         .service(resource("/api/v1/servers").route(web::get().to(list_servers)))
         .service(resource("/api/v1/servers/{name}").route(web::get().to(one_server)));
-    let api = ["login", "logout", "refresh", "reconnect"]
-        .into_iter()
-        .fold(api, |api, action| {
-            let path: &'static str = match action {
-                "login" => "/api/v1/servers/{name}/login",
-                "logout" => "/api/v1/servers/{name}/logout",
-                "refresh" => "/api/v1/servers/{name}/refresh",
-                _ => "/api/v1/servers/{name}/reconnect",
-            };
-            api.service(resource(path).route(web::post().to(
-                move |state: Data<AppState>, name: web::Path<String>| {
-                    run_action(state, name.into_inner(), action)
-                },
-            )))
-        })
-        .service(resource("/api/v1/servers/{name}/diagnose").route(web::get().to(diagnose)))
+    for action in Action::ALL {
+        cfg.service(resource(action.path()).route(web::post().to(
+            move |state: Data<AppState>, name: web::Path<String>| {
+                run_action(state, name.into_inner(), action)
+            },
+        )));
+    }
+    cfg.service(resource("/api/v1/servers/{name}/diagnose").route(web::get().to(diagnose)))
         .service(resource("/api/v1/flows").route(web::get().to(list_flows)))
         .service(resource("/api/v1/flows/{correlation_id}").route(web::get().to(one_flow)))
         .service(resource("/api/v1/events").route(web::get().to(events)))
@@ -176,76 +207,45 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 ),
             )
         }));
-    cfg.service(api);
 }
 
-/// The API key, when one is set, on everything but the static page (which holds no data
-/// and asks for the key itself).
-async fn require_key(
-    req: ServiceRequest,
-    next: Next<BoxBody>,
-) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
-    let state = req.app_data::<Data<AppState>>().cloned();
-    if let Some(refusal) = foreign_request(&req, state.as_ref().map(|s| s.get_ref())) {
-        return Ok(req.into_response(refusal).map_into_right_body());
-    }
-    let key = state.as_ref().and_then(|s| s.config.api_key.clone());
-    let open = req.path() == "/" && req.method() == Method::GET;
-    if let Some(key) = key
-        && !open
-        && !super::auth::presented(req.headers()).is_some_and(|k| key.matches(k))
-    {
-        let response = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+/// The page's inline script, hashed for its Content-Security-Policy (no other script runs).
+static CSP: LazyLock<String> = LazyLock::new(|| {
+    let script = PAGE
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map_or("", |(script, _)| script);
+    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
+    format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+});
+
+/// On every answer: no framing (clickjacking the page's buttons), no other script than the
+/// page's own, no MIME sniffing, and no `Referer` that could carry a URL with the key.
+pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((header::CONTENT_SECURITY_POLICY, CSP.as_str()))
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::REFERRER_POLICY, "no-referrer"))
+}
+
+/// The page. Opened with `?apikey=KEY` (the URL `serve` prints), it sets its cookie and sends
+/// the browser to `/`, so the key leaves the address bar and a reload works on the cookie.
+async fn page(req: HttpRequest, guard: Data<Guard>) -> HttpResponse {
+    if req.extensions().get::<KeyVia>() == Some(&KeyVia::Query) {
+        let cookie = format!(
+            "{}={}; Path=/; HttpOnly; SameSite=Strict",
+            guard.cookie_name(),
+            guard.key().cookie_value()
         );
-        return Ok(req.into_response(response).map_into_right_body());
+        return HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/"))
+            .insert_header((header::SET_COOKIE, cookie))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish();
     }
-    Ok(next.call(req).await?.map_into_left_body())
-}
-
-/// Another web site's page in the user's browser must not drive the API (a cross-site POST
-/// needs no preflight), nor a DNS name rebound to loopback: a request whose `Origin` is not
-/// this server, or, on a loopback listener, whose `Host` is not a loopback name, is refused.
-fn foreign_request(req: &ServiceRequest, state: Option<&AppState>) -> Option<HttpResponse> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let same = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.strip_prefix("http://"))
-            .is_some_and(|o| o.eq_ignore_ascii_case(host));
-        if !same {
-            return Some(error(
-                StatusCode::FORBIDDEN,
-                "forbidden_origin",
-                "requests from another web origin are refused; use the page this daemon serves, or a client without an Origin header",
-            ));
-        }
-    }
-    let loopback_listener = state.is_some_and(|s| s.config.listen.ip().is_loopback());
-    let hostname = host
-        .rsplit_once(':')
-        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-        .map_or(host, |(name, _)| name);
-    let loopback_name =
-        matches!(hostname, "127.0.0.1" | "localhost" | "[::1]") || hostname.starts_with("127.");
-    if loopback_listener && !loopback_name {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "forbidden_host",
-            format!("Host {hostname:?} is not a loopback name; use http://127.0.0.1:PORT/"),
-        ));
-    }
-    None
-}
-
-async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -289,12 +289,12 @@ async fn one_server(state: Data<AppState>, name: web::Path<String>) -> HttpRespo
 /// Starts the action's flow and answers when it ends, when it produced an authorization link
 /// (a login waiting for a person), or after `action_wait`, whichever is first. The flow keeps
 /// running after the answer.
-async fn run_action(state: Data<AppState>, name: String, action: &'static str) -> HttpResponse {
+async fn run_action(state: Data<AppState>, name: String, action: Action) -> HttpResponse {
     if !state.handle.servers().contains(&name) {
         return unknown_server(&state, &name);
     }
     let handle = state.handle.clone();
-    if action == "logout" {
+    if action == Action::Logout {
         return match handle.logout(&name).await {
             Ok(()) => {
                 state.links.clear(&name);
@@ -304,11 +304,11 @@ async fn run_action(state: Data<AppState>, name: String, action: &'static str) -
         };
     }
     // A login already waiting for a person: answer with its link rather than wait again.
-    if action != "refresh"
+    if action != Action::Refresh
         && let Ok(all) = handle.status().await
         && let Some(status) = all.iter().find(|s| s.name == name)
         && status.running_flow_kind.as_deref() == Some("login")
-        && let Some(link) = state.links.get(&name)
+        && let Some(link) = state.links.for_server(status)
     {
         return HttpResponse::Accepted().json(json!({
             "correlation_id": status.running_flow,
@@ -321,9 +321,9 @@ async fn run_action(state: Data<AppState>, name: String, action: &'static str) -
     let flow_name = name.clone();
     let flow = actix_web::rt::spawn(async move {
         match action {
-            "login" => handle.login(&flow_name).await,
-            "refresh" => handle.refresh(&flow_name).await,
-            _ => handle.reconnect(&flow_name).await,
+            Action::Login => handle.login(&flow_name).await,
+            Action::Refresh => handle.refresh(&flow_name).await,
+            Action::Reconnect | Action::Logout => handle.reconnect(&flow_name).await,
         }
     });
     let link_or_wait = async {
@@ -336,12 +336,19 @@ async fn run_action(state: Data<AppState>, name: String, action: &'static str) -
         done = flow => {
             let link = state.links.get(&name).filter(|l| l.at >= since);
             match done {
-                Ok(Ok(grant)) => HttpResponse::Ok().json(json!({
-                    "correlation_id": grant.flow_id,
-                    "auth_url": link.as_ref().filter(|l| !l.browser_opened).map(|l| l.url.as_str()),
-                    "browser_opened": link.as_ref().is_some_and(|l| l.browser_opened),
-                    "browser_error": link.as_ref().and_then(|l| l.browser_error.clone()),
-                })),
+                Ok(Ok(grant)) => {
+                    if action == Action::Refresh
+                        && let Some(failed) = failed_refresh(&state, &name, grant.flow_id.as_deref()).await
+                    {
+                        return failed;
+                    }
+                    HttpResponse::Ok().json(json!({
+                        "correlation_id": grant.flow_id,
+                        "auth_url": link.as_ref().filter(|l| !l.browser_opened).map(|l| l.url.as_str()),
+                        "browser_opened": link.as_ref().is_some_and(|l| l.browser_opened),
+                        "browser_error": link.as_ref().and_then(|l| l.browser_error.clone()),
+                    }))
+                }
                 Ok(Err(e)) => supervisor_error(&e),
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the flow task ended unexpectedly; see the daemon's log"),
             }
@@ -362,6 +369,78 @@ async fn run_action(state: Data<AppState>, name: String, action: &'static str) -
             }))
         }
     }
+}
+
+/// An asked-for refresh whose flow failed while the current token is still valid: the server
+/// goes on serving that token (its waiters get it), but the person who asked for a refresh
+/// hears that it failed: 502 `flow_failed` with the flow's error and what the server does next.
+async fn failed_refresh(
+    state: &AppState,
+    name: &str,
+    flow_id: Option<&str>,
+) -> Option<HttpResponse> {
+    let flow_id = flow_id?;
+    let row = state
+        .handle
+        .flows(None, Some(flow_id.to_string()), 1)
+        .await
+        .ok()?
+        .into_iter()
+        .next()
+        .filter(|row| row.state == "failed")?;
+    let error_text = row
+        .error
+        .clone()
+        .unwrap_or_else(|| "the refresh failed".into());
+    let status = state
+        .handle
+        .status()
+        .await
+        .ok()
+        .and_then(|all| all.into_iter().find(|s| s.name == name));
+    let failure = status.as_ref().and_then(|s| match &s.phase {
+        Phase::BackingOff {
+            retry_at,
+            last_error,
+            ..
+        } => Some(Failure::BackingOff {
+            retry_at: *retry_at,
+            last_error: last_error.clone(),
+        }),
+        Phase::Retrying {
+            retry_at,
+            until,
+            last_error,
+            ..
+        } => Some(Failure::Retrying {
+            retry_at: *retry_at,
+            until: *until,
+            last_error: last_error.clone(),
+        }),
+        Phase::ClientRejected { error, .. } => Some(Failure::ClientRejected {
+            error: error.clone(),
+        }),
+        Phase::NeedsLogin { reason, .. } => Some(Failure::NeedsLogin {
+            reason: reason.clone(),
+        }),
+        // The refresh token was refused, the access token still lasts: a login comes next.
+        _ if !s.has_refresh_token => Some(Failure::NeedsLogin {
+            reason: LoginReason::RefreshTokenRejected {
+                error: error_text.clone(),
+            },
+        }),
+        _ => None,
+    });
+    let next = status
+        .and_then(|s| s.detail)
+        .map(|d| format!("; {d}"))
+        .unwrap_or_default();
+    Some(HttpResponse::BadGateway().json(scrubbed(json!({"error": {
+        "code": "flow_failed",
+        "message": format!("{name}: the refresh failed ({error_text}); the current token is served until it expires{next}"),
+        "correlation_id": flow_id,
+        "failure": failure,
+    }}))))
 }
 
 /// Walks discovery, client identity and the token endpoint (no browser, no side effects).
@@ -441,21 +520,28 @@ async fn one_flow(state: Data<AppState>, id: web::Path<String>) -> HttpResponse 
 }
 
 async fn events(state: Data<AppState>) -> HttpResponse {
+    let Some(slot) = state.limits.subscriber_slot() else {
+        return state.limits.too_many_subscribers();
+    };
     let receiver = state.hub.subscribe();
     let heartbeat = state.config.heartbeat.max(Duration::from_millis(10));
     let ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let hello = Some(Bytes::from_static(b"retry: 2000\n: connected\n\n"));
+    // The slot lives in the stream's state: it is freed when the subscriber goes.
     let stream = futures_util::stream::unfold(
-        (receiver, ticks, hello),
-        |(mut receiver, mut ticks, mut hello)| async move {
+        (receiver, ticks, hello, slot),
+        |(mut receiver, mut ticks, mut hello, slot)| async move {
             if let Some(first) = hello.take() {
-                return Some((Ok::<_, actix_web::Error>(first), (receiver, ticks, hello)));
+                return Some((
+                    Ok::<_, actix_web::Error>(first),
+                    (receiver, ticks, hello, slot),
+                ));
             }
             let frame = tokio::select! {
                 event = receiver.recv() => event?.frame(),
                 _ = ticks.tick() => format!("event: heartbeat\ndata: {{\"at\":\"{}\"}}\n\n", rfc3339(now_ms())),
             };
-            Some((Ok(Bytes::from(frame)), (receiver, ticks, hello)))
+            Some((Ok(Bytes::from(frame)), (receiver, ticks, hello, slot)))
         },
     );
     HttpResponse::Ok()

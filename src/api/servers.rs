@@ -27,7 +27,7 @@ pub async fn view_of(
         Some(id) => handle.flow_trace(id).await?,
         None => Vec::new(),
     };
-    let login_link = links.get(&status.name).map(|l| AuthLinkView {
+    let login_link = links.for_server(status).map(|l| AuthLinkView {
         url: l.url.to_string(),
         browser_opened: l.browser_opened,
         browser_error: l.browser_error,

@@ -11,7 +11,7 @@ use mcpproxy_oauth::store::TokenStore;
 use mcpproxy_oauth::supervisor::{database_path, default_data_dir};
 use mcpproxy_oauth::telemetry::inert::safe;
 
-use super::{Common, fail, start};
+use super::{Common, Report, fail, no_database, start};
 
 #[derive(Subcommand, Debug)]
 pub enum AuthCommand {
@@ -47,6 +47,10 @@ pub enum AuthCommand {
         /// mcpproxy's mcp_config.json.
         #[arg(long)]
         config: PathBuf,
+        /// Where tokens.db lives: the server's stored token is reported beside the steps
+        /// (read only; default: $XDG_DATA_HOME/mcpproxy-oauth).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -58,7 +62,37 @@ pub enum AuthCommand {
     },
 }
 
-async fn doctor(name: &str, path: &std::path::Path, json: bool) -> ExitCode {
+/// What the store holds for `server`, for `auth doctor` (read only; never a secret).
+fn stored_token(server: &config::UpstreamConfig, data_dir: &std::path::Path) -> serde_json::Value {
+    let database = database_path(data_dir);
+    match TokenStore::open_read_only(&database) {
+        Ok(Some(store)) => match store.token_status() {
+            Ok(rows) => match rows.into_iter().find(|r| r.server_key == server.server_key) {
+                Some(row) => serde_json::json!({
+                    "database": database.display().to_string(),
+                    "token": true,
+                    "status": row.status,
+                    "expires_at": row.expires_at,
+                    "has_refresh_token": row.has_refresh_token,
+                }),
+                None => {
+                    serde_json::json!({"database": database.display().to_string(), "token": false})
+                }
+            },
+            Err(e) => {
+                serde_json::json!({"database": database.display().to_string(), "error": e.to_string()})
+            }
+        },
+        Ok(None) => {
+            serde_json::json!({"database": database.display().to_string(), "error": "no token database there"})
+        }
+        Err(e) => {
+            serde_json::json!({"database": database.display().to_string(), "error": e.to_string()})
+        }
+    }
+}
+
+async fn doctor(name: &str, path: &std::path::Path, data_dir: PathBuf, json: bool) -> ExitCode {
     let servers = match config::load(path) {
         Ok(servers) => servers,
         Err(e) => return fail(e),
@@ -73,11 +107,12 @@ async fn doctor(name: &str, path: &std::path::Path, json: bool) -> ExitCode {
     let timeout = Duration::from_secs(10);
     let http = mcpproxy_oauth::oauth::http::OAuthHttp::new(timeout);
     let report = mcpproxy_oauth::diagnose::diagnose(&http, server, timeout).await;
+    let stored = stored_token(server, &data_dir);
+    let mut out = Report::new();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        value["stored"] = stored;
+        out.line(serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
         for step in &report.steps {
             let mark = if step.ok { "ok  " } else { "FAIL" };
@@ -86,14 +121,36 @@ async fn doctor(name: &str, path: &std::path::Path, json: bool) -> ExitCode {
                 .map(|s| format!(" (HTTP {s})"))
                 .unwrap_or_default();
             // A step's detail and action can quote a server: made inert.
-            println!("{mark} {}: {}{status}", step.step, safe(&step.detail));
+            out.line(format_args!(
+                "{mark} {}: {}{status}",
+                step.step,
+                safe(&step.detail)
+            ));
             if let Some(action) = &step.action {
-                println!("     what to do: {}", safe(action));
+                out.line(format_args!("     what to do: {}", safe(action)));
             }
         }
+        let held = match (&stored["token"], &stored["error"]) {
+            (serde_json::Value::Bool(true), _) => format!(
+                "a token is stored ({}, expires in {}, refresh token: {})",
+                stored["status"].as_str().unwrap_or("?"),
+                remaining(stored["expires_at"].as_i64()),
+                if stored["has_refresh_token"] == true {
+                    "yes"
+                } else {
+                    "no"
+                }
+            ),
+            (_, serde_json::Value::String(e)) => safe(e).to_string(),
+            _ => "no token is stored for it".into(),
+        };
+        out.line(format_args!(
+            "     store: {held} in {}",
+            stored["database"].as_str().unwrap_or("")
+        ));
         match report.failed_step {
-            Some(step) => println!("{}: the {step} step fails", safe(name)),
-            None => println!("{}: every step passes", safe(name)),
+            Some(step) => out.line(format_args!("{}: the {step} step fails", safe(name))),
+            None => out.line(format_args!("{}: every step passes", safe(name))),
         }
     }
     if report.ok {
@@ -163,8 +220,17 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
         AuthCommand::Doctor {
             server,
             config: path,
+            data_dir,
             json,
-        } => doctor(&server, &path, json).await,
+        } => {
+            doctor(
+                &server,
+                &path,
+                data_dir.unwrap_or_else(default_data_dir),
+                json,
+            )
+            .await
+        }
         AuthCommand::Refresh { server, common } => {
             let (handle, _) = match start(&common, false, None).await {
                 Ok(started) => started,
@@ -204,7 +270,15 @@ fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -
     // Read-only: no migration, nothing created; no database yet means no token yet.
     let rows = match TokenStore::open_read_only(&database_path(&data_dir)) {
         Ok(Some(store)) => store.token_status(),
-        Ok(None) => Ok(Vec::new()),
+        // With the config, every configured server is listed as missing, and why is said.
+        Ok(None) if config_path.is_some() => {
+            eprintln!(
+                "mcpproxy-oauth: no token database in {} yet: every configured server is missing",
+                data_dir.display()
+            );
+            Ok(Vec::new())
+        }
+        Ok(None) => return no_database(&data_dir),
         Err(e) => return fail(e),
     };
     let mut rows: Vec<serde_json::Value> = match rows {
@@ -229,18 +303,16 @@ fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -
             Err(e) => return fail(e),
         }
     }
+    let mut out = Report::new();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
-        );
+        out.line(serde_json::to_string_pretty(&rows).unwrap_or_default());
     } else {
-        println!(
+        out.line(format_args!(
             "{:<20} {:<9} {:<22} {:<8} SCOPE",
             "SERVER", "STATUS", "EXPIRES IN", "REFRESH"
-        );
+        ));
         for row in &rows {
-            println!(
+            out.line(format_args!(
                 "{:<20} {:<9} {:<22} {:<8} {}",
                 safe(row["server_name"].as_str().unwrap_or("")),
                 safe(row["status"].as_str().unwrap_or("")),
@@ -251,7 +323,7 @@ fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -
                     "no"
                 },
                 safe(row["scope"].as_str().unwrap_or(""))
-            );
+            ));
         }
     }
     ExitCode::SUCCESS

@@ -10,7 +10,7 @@ use mcpproxy_oauth::supervisor::{database_path, default_data_dir};
 use mcpproxy_oauth::telemetry::inert::safe;
 use mcpproxy_oauth::telemetry::trace;
 
-use super::fail;
+use super::{Report, fail, no_database};
 
 #[derive(Subcommand, Debug)]
 pub enum LogsCommand {
@@ -51,7 +51,7 @@ pub fn logs(command: LogsCommand) -> ExitCode {
             let lines = trace::flow_lines(&correlation_id, text.lines());
             match trace::render(&correlation_id, &lines) {
                 Some(timeline) => {
-                    print!("{timeline}");
+                    Report::new().line(timeline.trim_end_matches('\n'));
                     ExitCode::SUCCESS
                 }
                 None => fail(format!(
@@ -65,23 +65,23 @@ pub fn logs(command: LogsCommand) -> ExitCode {
             json,
         } => {
             let data_dir = data_dir.unwrap_or_else(default_data_dir);
-            let flows = match TokenStore::open_read_only(&database_path(&data_dir))
-                .and_then(|s| s.map_or(Ok(Vec::new()), |s| s.recent_flows(limit)))
-            {
-                Ok(flows) => flows,
+            let flows = match TokenStore::open_read_only(&database_path(&data_dir)) {
+                Ok(Some(store)) => match store.recent_flows(limit) {
+                    Ok(flows) => flows,
+                    Err(e) => return fail(e),
+                },
+                Ok(None) => return no_database(&data_dir),
                 Err(e) => return fail(e),
             };
+            let mut report = Report::new();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&flows).unwrap_or_default()
-                );
+                report.line(serde_json::to_string_pretty(&flows).unwrap_or_default());
                 return ExitCode::SUCCESS;
             }
-            println!(
+            report.line(format_args!(
                 "{:<26} {:<16} {:<8} {:<10} {:>9}  {:<36} ERROR",
                 "STARTED", "SERVER", "KIND", "OUTCOME", "DURATION", "CORRELATION ID"
-            );
+            ));
             for flow in flows {
                 // Rows come from a file others write too: times outside 1970..9999 (which
                 // RFC 3339 cannot show) are clamped, never a panic.
@@ -92,7 +92,7 @@ pub fn logs(command: LogsCommand) -> ExitCode {
                     .finished_at
                     .map(|f| format!("{} ms", f.saturating_sub(flow.started_at)))
                     .unwrap_or_else(|| "running".into());
-                println!(
+                report.line(format_args!(
                     "{:<26} {:<16} {:<8} {:<10} {:>9}  {:<36} {}",
                     humantime::format_rfc3339_millis(started).to_string(),
                     safe(&flow.server_name),
@@ -101,7 +101,7 @@ pub fn logs(command: LogsCommand) -> ExitCode {
                     duration,
                     safe(&flow.flow_id),
                     safe(&flow.error.unwrap_or_default())
-                );
+                ));
             }
             ExitCode::SUCCESS
         }

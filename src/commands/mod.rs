@@ -77,6 +77,46 @@ impl KeyArgs {
     }
 }
 
+/// A command's report on standard output. A reader that goes away early (`logs flows |
+/// head -1`) is not an error: writing stops and the command ends as it would have, instead
+/// of panicking on the broken pipe like `println!`.
+pub(crate) struct Report {
+    out: std::io::StdoutLock<'static>,
+    closed: bool,
+}
+
+impl Report {
+    pub(crate) fn new() -> Self {
+        Report {
+            out: std::io::stdout().lock(),
+            closed: false,
+        }
+    }
+
+    /// Writes `text` and a newline; nothing once the reader is gone.
+    pub(crate) fn line(&mut self, text: impl std::fmt::Display) {
+        use std::io::Write;
+        if self.closed {
+            return;
+        }
+        if let Err(e) = writeln!(self.out, "{text}") {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("mcpproxy-oauth: cannot write to standard output: {e}");
+            }
+            self.closed = true;
+        }
+    }
+}
+
+/// The read-only commands' answer when `data_dir` holds no database yet.
+fn no_database(data_dir: &std::path::Path) -> ExitCode {
+    fail(format!(
+        "no token database in {}: nothing was stored there yet; pass the --data-dir that serve or `auth login` use (default {})",
+        data_dir.display(),
+        default_data_dir().display()
+    ))
+}
+
 /// Prints an error: known secrets scrubbed and control characters escaped, since an error
 /// can quote a server's text.
 fn fail(message: impl std::fmt::Display) -> ExitCode {

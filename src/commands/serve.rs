@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use mcpproxy_oauth::api::{ApiConfig, ApiKey, ApiServer, AuthLinks};
+use mcpproxy_oauth::api::auth::resolve_key;
+use mcpproxy_oauth::api::{ApiConfig, ApiServer, AuthLinks};
 use mcpproxy_oauth::config;
 use mcpproxy_oauth::upstream::state::Policy;
 
@@ -25,13 +26,24 @@ pub struct ServeArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     retry_interval: Duration,
     /// Serve the operator API, live events, /metrics and the web page on this address
-    /// (e.g. 127.0.0.1:8080). A non-loopback address requires an API key.
+    /// (e.g. 127.0.0.1:8080). Every request needs the API key; the page's URL with it is
+    /// printed at start.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// File holding the API key (at least 16 characters); also read from the environment
-    /// variable MCPPROXY_OAUTH_API_KEY. Checked on every request but the page itself.
+    /// File holding the API key (at least 16 characters); else the environment variable
+    /// MCPPROXY_OAUTH_API_KEY; else DATA_DIR/api-key, created (0600) on the first start.
     #[arg(long)]
     api_key_file: Option<PathBuf>,
+    /// The most API connections open at once (the page, clients, event streams); beyond,
+    /// a connection is answered 503 and closed. Lowered at start when the open-file limit
+    /// leaves less room beside what refreshes need.
+    #[arg(long, default_value_t = mcpproxy_oauth::api::limits::DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_api_connections: u32,
+    /// The most live event subscribers (GET /api/v1/events) at once; beyond, 503.
+    #[arg(long, default_value_t = mcpproxy_oauth::api::limits::DEFAULT_MAX_SSE_SUBSCRIBERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_sse_subscribers: u32,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -61,17 +73,48 @@ fn stagger(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The API key from `--api-key-file`, else the environment, else none.
-fn api_key(file: Option<&std::path::Path>) -> Result<Option<ApiKey>, String> {
-    if let Some(path) = file {
-        return ApiKey::from_file(path).map(Some).map_err(|e| e.to_string());
+/// The URL that opens the page with the key (the key is in it: printed, never logged).
+fn page_url(addr: std::net::SocketAddr, key: &str) -> String {
+    use std::net::IpAddr;
+    let host = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    format!(
+        "http://{host}:{}/?{}={key}",
+        addr.port(),
+        mcpproxy_oauth::api::guard::KEY_PARAM
+    )
+}
+
+/// Lifts the open-file limit and fits the API's connection cap under it, beside the
+/// descriptors kept for refreshes and the store.
+fn fit_connection_cap(api: &mut ApiConfig, refresh_limit: usize, servers: usize) {
+    use mcpproxy_oauth::api::limits;
+    let nofile = match limits::raise_nofile_limit() {
+        Ok((soft, hard)) => {
+            tracing::debug!(soft, hard, "open-file limit");
+            soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the open-file limit could not be read or raised");
+            return;
+        }
+    };
+    let reserve = limits::reserve(refresh_limit, servers);
+    if let Some(fits) = limits::connection_budget(nofile, reserve, api.max_connections, 2) {
+        tracing::warn!(
+            wanted = api.max_connections,
+            using = fits,
+            open_file_limit = nofile,
+            kept_for_refreshes = reserve,
+            "the open-file limit leaves room for fewer API connections than --max-api-connections; raise `ulimit -n` (the hard limit) for more"
+        );
+        api.max_connections = fits;
     }
-    match std::env::var(mcpproxy_oauth::api::auth::API_KEY_ENV) {
-        Ok(key) if !key.trim().is_empty() => ApiKey::new(&key)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", mcpproxy_oauth::api::auth::API_KEY_ENV)),
-        _ => Ok(None),
-    }
+    api.max_sse_subscribers = api.max_sse_subscribers.min(api.max_connections);
 }
 
 /// Ctrl-C or SIGTERM, whichever comes first: both get the same clean shutdown.
@@ -103,17 +146,34 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         Ok(servers) => servers,
         Err(e) => return fail(e),
     };
+    let data_dir = args
+        .common
+        .data_dir
+        .clone()
+        .unwrap_or_else(mcpproxy_oauth::supervisor::default_data_dir);
+    let mut key_text = None;
     let api = match args.listen {
         Some(listen) => {
             let mut api = ApiConfig::new(listen);
             api.servers = servers.clone();
-            api.api_key = match api_key(args.api_key_file.as_deref()) {
-                Ok(key) => key,
+            api.max_connections = args.max_api_connections as usize;
+            api.max_sse_subscribers = args.max_sse_subscribers as usize;
+            let env = std::env::var(mcpproxy_oauth::api::auth::API_KEY_ENV).ok();
+            match resolve_key(args.api_key_file.as_deref(), env, &data_dir) {
+                Ok((key, text, origin)) => {
+                    tracing::info!(key_from = %origin, "the API key");
+                    api.api_key = Some(key);
+                    key_text = Some(text);
+                }
                 Err(e) => return fail(e),
-            };
-            if let Err(e) = mcpproxy_oauth::api::auth::check_listen(listen, api.api_key.as_ref()) {
-                return fail(e);
             }
+            let refresh_limit = args
+                .tuning
+                .max_concurrent_refreshes
+                .map_or_else(mcpproxy_oauth::supervisor::default_refresh_limit, |n| {
+                    n as usize
+                });
+            fit_connection_cap(&mut api, refresh_limit, servers.len());
             Some(api)
         }
         None if args.api_key_file.is_some() => {
@@ -136,7 +196,15 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     };
     let api = match api {
         Some(config) => match ApiServer::start(handle.clone(), links, config).await {
-            Ok(server) => Some(server),
+            Ok(server) => {
+                if let Some(key) = &key_text {
+                    // The operator's own terminal (standard output), never a log line.
+                    println!("Open the web page: {}", page_url(server.addr(), key));
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }
+                Some(server)
+            }
             Err(e) => {
                 handle.shutdown().await;
                 return fail(e);

@@ -28,7 +28,7 @@ test.afterEach(async () => {
 
 test("log in, watch a refresh live, see a refresh fault, open the timeline, log out", async ({ page }) => {
   daemon = await startDaemon();
-  await page.goto(daemon.apiUrl + "/");
+  await page.goto(daemon.pageUrl);
   const card = page.getByTestId("card-demo");
   await expect(page.getByTestId("live")).toContainText("live");
   // Non-interactive and no token yet: the page asks for a login.
@@ -39,6 +39,11 @@ test("log in, watch a refresh live, see a refresh fault, open the timeline, log 
   await card.getByTestId("login").click();
   await expect(card.getByTestId("phase")).toHaveText("connected");
   await expect(card.getByTestId("expiry")).toContainText("expires in");
+  // The summary line counts down with the token row.
+  const validFor = async () => Number((await card.getByTestId("summary").textContent()).match(/valid for (\d+) s/)?.[1]);
+  const first = await validFor();
+  expect(first, "the summary says how long the token lasts").toBeGreaterThan(0);
+  await expect.poll(validFor, { timeout: 5_000, message: "the summary counts down" }).toBeLessThan(first);
   await shot(page, "2-logged-in");
 
   // A proactive refresh happens (75% of 8 s) and the countdown resets, without a reload.
@@ -105,7 +110,7 @@ test("log in, watch a refresh live, see a refresh fault, open the timeline, log 
 
 test("without a browser, the banner carries the authorization link and the login finishes from it", async ({ page }) => {
   daemon = await startDaemon({ noBrowser: true });
-  await page.goto(daemon.apiUrl + "/");
+  await page.goto(daemon.pageUrl);
   const card = page.getByTestId("card-demo");
   await expect(card.getByTestId("expiry")).toHaveText("no token");
   await card.getByTestId("login").click();
@@ -128,7 +133,7 @@ test("without a browser, the banner carries the authorization link and the login
 
 test("a server that requires DPoP gets a bound token, and the card says so", async ({ page }) => {
   daemon = await startDaemon({ dpopRequired: true });
-  await page.goto(daemon.apiUrl + "/");
+  await page.goto(daemon.pageUrl);
   const card = page.getByTestId("card-demo");
   await expect(card.getByTestId("dpop")).toHaveCount(0);
   await card.getByTestId("login").click();
@@ -140,17 +145,57 @@ test("a server that requires DPoP gets a bound token, and the card says so", asy
   await shot(page, "9-dpop-bound");
 });
 
-test("with an API key, the page asks for it and then works; the key never shows", async ({ page }) => {
+test("the page opens through the printed URL, keeps its key across a reload, and cannot be framed", async ({ page, context }) => {
+  daemon = await startDaemon();
+  const key = daemon.key;
+  expect(key).toMatch(/^[A-Za-z0-9_-]{43}$/);
+  expect(fs.readFileSync(path.join(daemon.dir, "data", "api-key"), "utf8").trim(), "the key serve created").toBe(key);
+  // Without the key nothing is served, the page included.
+  expect((await fetch(daemon.apiUrl + "/api/v1/servers")).status).toBe(401);
+  expect((await fetch(daemon.apiUrl + "/api/v1/events")).status).toBe(401);
+  const bare = await page.goto(daemon.apiUrl + "/");
+  expect(bare.status()).toBe(401);
+  await expect(page.locator("body")).toContainText("apikey=KEY");
+
+  // Opened through the printed URL: the key leaves the address bar for a cookie.
+  await page.goto(daemon.pageUrl);
+  expect(page.url()).toBe(daemon.apiUrl + "/");
+  const card = page.getByTestId("card-demo");
+  await expect(card).toBeVisible();
+  await expect(page.getByTestId("live")).toContainText("live");
+  const cookies = await context.cookies(daemon.apiUrl);
+  expect(cookies.length).toBe(1);
+  expect(cookies[0].httpOnly).toBe(true);
+  expect(cookies[0].sameSite).toBe("Strict");
+  expect(cookies[0].value).not.toBe(key);
+  expect(await page.evaluate(() => document.cookie), "the script cannot read it").toBe("");
+
+  // "Recent events" starts with the flows in the database: log in, then reload.
+  await card.getByTestId("login").click();
+  await expect(card.getByTestId("phase")).toHaveText("connected");
+  await page.reload();
+  await expect(card.getByTestId("phase")).toHaveText("connected");
+  await expect(page.getByTestId("event").first()).toContainText("demo: login succeeded");
+  expect(await page.content()).not.toContain(key);
+  await shot(page, "10-opened-by-url");
+
+  // Another page cannot frame it (X-Frame-Options DENY, frame-ancestors 'none').
+  await page.setContent(`<iframe id="f" src="${daemon.apiUrl}/"></iframe>`);
+  const frame = await (await page.locator("#f").elementHandle()).contentFrame();
+  await frame.waitForLoadState();
+  expect(await frame.locator('[data-testid="cards"]').count(), "no page inside a frame").toBe(0);
+  expect(frame.url(), "the browser refused to show it in a frame").toBe("chrome-error://chromewebdata/");
+
+  const log = fs.readFileSync(path.join(daemon.dir, "serve.log"), "utf8");
+  expect(log).not.toContain(key);
+});
+
+test("a key given in the environment is the one in the printed URL", async ({ page }) => {
   const key = "e2e-api-key-0123456789abcdef";
   daemon = await startDaemon({ apiKey: key });
-  const refused = await fetch(daemon.apiUrl + "/api/v1/servers");
-  expect(refused.status).toBe(401);
-  await page.goto(daemon.apiUrl + "/");
-  await expect(page.getByTestId("keybox")).toBeVisible();
-  await expect(page.getByTestId("card-demo")).toHaveCount(0);
-  await page.locator("#key").fill(key);
-  await page.locator("#key-save").click();
-  await expect(page.getByTestId("keybox")).toBeHidden();
+  expect(daemon.key).toBe(key);
+  expect(fs.existsSync(path.join(daemon.dir, "data", "api-key")), "no key file is created").toBe(false);
+  await page.goto(daemon.pageUrl);
   await expect(page.getByTestId("card-demo")).toBeVisible();
   await expect(page.getByTestId("live")).toContainText("live");
   expect(await page.content()).not.toContain(key);
