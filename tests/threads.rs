@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mcpproxy_oauth::api::{ApiConfig, ApiServer, AuthLinks};
+use mcpproxy_oauth::api::{ApiConfig, ApiKey, ApiServer, AuthLinks};
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use oauth_test_server::Config;
 
@@ -27,13 +27,11 @@ async fn the_supervisor_store_flows_and_api_threads_show_their_whole_names() {
     let links = AuthLinks::new(&servers);
     let config = supervisor_config(servers, &data_dir("threads"), BrowserLauncher::PrintOnly);
     let handle = start_supervisor(config).await;
-    let api = ApiServer::start(
-        handle.clone(),
-        links,
-        ApiConfig::new("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .expect("the API starts");
+    let mut api = ApiConfig::new("127.0.0.1:0".parse().unwrap());
+    api.api_key = Some(ApiKey::new("threads-test-api-key-0123").unwrap());
+    let api = ApiServer::start(handle.clone(), links, api)
+        .await
+        .expect("the API starts");
     // The flow runtime's workers start with the supervisor; a status call passes the actors.
     handle.status().await.unwrap();
     let names = thread_names();
