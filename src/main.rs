@@ -150,14 +150,18 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    if let Err(e) = logging::init(
+    // Held to the end of main: its drop writes out the queued log lines.
+    let _log = match logging::init(
         cli.log_format,
         cli.log_level.as_deref().unwrap_or(default_level),
         cli.log_file.as_ref(),
     ) {
-        eprintln!("mcpproxy-oauth: {e}");
-        return ExitCode::from(2);
-    }
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("mcpproxy-oauth: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::Serve(args) => commands::serve(args).await,
         Command::Auth(command) => commands::auth(command).await,

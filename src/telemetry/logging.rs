@@ -10,12 +10,18 @@
 //! pretty format also escapes control characters (`inert`), so a server's ESC or newline
 //! cannot forge a line; JSON escapes them by construction. The pretty writer scrubs the
 //! finished line once more.
+//!
+//! Lines leave through a bounded queue drained by one thread (`oauth-log`), so a reader that
+//! stops reading (a full pipe, a paused terminal, a full disk under `--log-file`) costs log
+//! lines, never a refresh: no flow, actor or API thread waits on the sink. Lines dropped while
+//! the queue was full are counted, and a line saying how many follows once it drains.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -32,7 +38,13 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
 
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+
 use super::{inert, redact, secrets};
+
+/// Lines the queue holds while the sink is slow or stuck; beyond them, lines are dropped
+/// (and counted). About 2 MiB of typical lines.
+const QUEUED_LINES: usize = 8_192;
 
 /// Whether a field holds embedded JSON (a body, headers, details).
 fn is_embedded_json(name: &str, text: &str) -> bool {
@@ -250,17 +262,29 @@ pub fn parse_filter(level: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(level).map_err(|_| invalid())
 }
 
+/// Keeps the log thread alive: dropping it (at the end of `main`) writes out every queued
+/// line, so a command's last lines are not lost.
+#[must_use = "dropping the guard stops the log thread; hold it until the process ends"]
+pub struct LogGuard {
+    _worker: WorkerGuard,
+}
+
 /// Installs the process-wide subscriber; an invalid `level` is an error naming the choices.
-pub fn init(format: LogFormat, level: &str, file: Option<&PathBuf>) -> Result<(), String> {
+pub fn init(format: LogFormat, level: &str, file: Option<&PathBuf>) -> Result<LogGuard, String> {
     let filter = parse_filter(level)?;
-    let writer: Box<dyn Write + Send> = match file {
+    let sink: Box<dyn Write + Send> = match file {
         Some(path) => Box::new(
             open_log_file(path)
                 .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?,
         ),
         None => Box::new(std::io::stderr()),
     };
-    let writer: SharedWriter = Arc::new(Mutex::new(writer));
+    let (queue, worker) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("oauth-log")
+        .finish(sink);
+    let writer: SharedWriter = Arc::new(Mutex::new(Box::new(DropCounting::new(queue, format))));
     match format {
         LogFormat::Json => tracing_subscriber::registry()
             .with(filter)
@@ -276,7 +300,65 @@ pub fn init(format: LogFormat, level: &str, file: Option<&PathBuf>) -> Result<()
                 .init()
         }
     }
-    Ok(())
+    Ok(LogGuard { _worker: worker })
+}
+
+/// The queue's writer, saying how many lines were dropped once the queue takes lines again.
+struct DropCounting {
+    queue: NonBlocking,
+    format: LogFormat,
+    /// Dropped lines already announced.
+    announced: AtomicUsize,
+}
+
+impl DropCounting {
+    fn new(queue: NonBlocking, format: LogFormat) -> Self {
+        DropCounting {
+            queue,
+            format,
+            announced: AtomicUsize::new(0),
+        }
+    }
+
+    fn notice(&self, dropped: usize) -> String {
+        let message = format!(
+            "{dropped} log lines were dropped: the log's reader did not keep up (refreshes went on)"
+        );
+        let timestamp = humantime::format_rfc3339_micros(SystemTime::now());
+        match self.format {
+            LogFormat::Json => {
+                let line = serde_json::json!({
+                    "timestamp": timestamp.to_string(),
+                    "level": "WARN",
+                    "target": module_path!(),
+                    "message": message,
+                    "dropped_lines": dropped,
+                });
+                format!("{line}\n")
+            }
+            LogFormat::Pretty => format!("{timestamp}  WARN {}: {message}\n", module_path!()),
+        }
+    }
+}
+
+impl Write for DropCounting {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let dropped = self.queue.error_counter().dropped_lines();
+        let written = self.queue.write(bytes)?;
+        let announced = self.announced.load(Ordering::Relaxed);
+        // The line just queued was not dropped: the queue has room again, so say what was lost.
+        if dropped > announced && self.queue.error_counter().dropped_lines() == dropped {
+            self.announced.store(dropped, Ordering::Relaxed);
+            let _ = self
+                .queue
+                .write(self.notice(dropped - announced).as_bytes());
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.queue.flush()
+    }
 }
 
 struct SharedLineWriter(SharedWriter);
@@ -325,6 +407,67 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A sink whose first write waits until the test lets it go: a reader that stopped reading.
+    struct StuckSink {
+        buffer: Buffer,
+        go: Option<std::sync::mpsc::Receiver<()>>,
+    }
+    impl Write for StuckSink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Some(go) = self.go.take() {
+                go.recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("the test lets the sink go");
+            }
+            self.buffer.write(bytes)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_reader_costs_lines_never_a_writer_and_the_loss_is_announced() {
+        let buffer = Buffer::default();
+        let (go, wait) = std::sync::mpsc::channel();
+        let sink = StuckSink {
+            buffer: buffer.clone(),
+            go: Some(wait),
+        };
+        let (queue, worker) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(4)
+            .finish(sink);
+        let mut writer = DropCounting::new(queue, LogFormat::Json);
+        // The sink is stuck: every write returns at once, and all but a few are dropped.
+        for n in 0..100 {
+            writer.write_all(format!("line {n}\n").as_bytes()).unwrap();
+        }
+        go.send(()).unwrap();
+        // Once the queue takes lines again, the next line brings the notice with it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !String::from_utf8_lossy(&buffer.0.lock().unwrap()).contains("dropped_lines") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no notice of the dropped lines"
+            );
+            writer.write_all(b"after\n").unwrap();
+            std::thread::yield_now();
+        }
+        drop(worker);
+        let text = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
+        let notice: Value = text
+            .lines()
+            .find(|l| l.contains("dropped_lines"))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .unwrap();
+        assert!(notice["dropped_lines"].as_u64().unwrap() >= 90, "{notice}");
+        assert_eq!(notice["level"], "WARN");
+        assert!(
+            text.contains("line 0\n"),
+            "the first lines got through: {text}"
+        );
     }
 
     #[test]
