@@ -292,12 +292,6 @@ async fn login_by_hand_after_a_failed_launch(
     })
     .await
     .expect("the URL is printed within 20 s");
-    let stderr_so_far = seen.join("\n");
-    assert!(stderr_so_far.contains(reason), "{stderr_so_far}");
-    assert!(
-        stderr_so_far.contains("the browser command failed"),
-        "logged too: {stderr_so_far}"
-    );
     // Play the user's browser: the test server approves at once and redirects to the callback.
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::limited(5))
@@ -317,7 +311,18 @@ async fn login_by_hand_after_a_failed_launch(
     tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout)
         .await
         .unwrap();
-    assert!(status.success(), "{stdout} {stderr_so_far}");
+    // Log lines leave through a queue, so the warning may follow the printed URL: read
+    // standard error to its end (the process has exited) before looking for it.
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    let stderr = seen.join("\n");
+    assert!(stderr.contains(reason), "{stderr}");
+    assert!(
+        stderr.contains("the browser command failed"),
+        "logged too: {stderr}"
+    );
+    assert!(status.success(), "{stdout} {stderr}");
     assert!(stdout.starts_with("srv: logged in"), "{stdout}");
     assert_eq!(srv.stats().token_requests_for("authorization_code"), 1);
     // The printed URL carries `state` by design (the user opens it); nothing else may.
