@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod connect;
+pub mod gateway;
 pub mod mcp;
 pub mod oauth;
 pub mod scheduler;

@@ -155,6 +155,11 @@ impl Metrics {
         }
     }
 
+    /// The registry `/metrics` renders, for other parts of the listener (the gateway).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn observe_notice(&self, notice: &FlowNotice) {
         let Some(outcome) = outcome(&notice.entry.step) else {
             return;

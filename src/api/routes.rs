@@ -180,7 +180,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The API key, when one is set, on everything but the static page (which holds no data
 /// and asks for the key itself).
-async fn require_key(
+pub(crate) async fn require_key(
     req: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {

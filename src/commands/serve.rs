@@ -34,6 +34,9 @@ pub struct ServeArgs {
     api_key_file: Option<PathBuf>,
     #[command(flatten)]
     tuning: Tuning,
+    /// The gateway's bounds (`/mcp/{server}` on --listen).
+    #[command(flatten)]
+    gateway: mcpproxy_oauth::gateway::GatewayFlags,
 }
 
 /// How many flows run at once and on how many threads: the defaults fit a laptop and 10,000
@@ -107,6 +110,12 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         Some(listen) => {
             let mut api = ApiConfig::new(listen);
             api.servers = servers.clone();
+            api.gateway.limits = args.gateway.limits();
+            api.gateway.passthrough =
+                match mcpproxy_oauth::gateway::read_passthrough(&args.common.config) {
+                    Ok(passthrough) => passthrough,
+                    Err(e) => return fail(e),
+                };
             api.api_key = match api_key(args.api_key_file.as_deref()) {
                 Ok(key) => key,
                 Err(e) => return fail(e),
