@@ -174,16 +174,25 @@ struct BridgeRow {
     latency: Option<Samples>,
     rate: f64,
     peak_rss_kib: Option<u64>,
+    private_kib: Option<u64>,
     note: String,
 }
 
-/// Peak resident memory of a process (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A memory figure of a process from `/proc/PID/status` (`VmHWM`: peak resident; `RssAnon`:
+/// resident private memory, without the pages of its binary and libraries), in KiB.
+fn memory_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| {
+            v.trim_start_matches(':')
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
 }
 
 /// Drives a spawned bridge: initialize, then `warmup + calls` sequential tools/call lines,
@@ -243,7 +252,7 @@ fn drive_bridge(name: &str, mut child: Child, warmup: usize, calls: usize) -> Br
         Ok((out, started.elapsed()))
     };
     let outcome = run();
-    let rss = peak_rss_kib(pid);
+    let (rss, private) = (memory_kib(pid, "VmHWM"), memory_kib(pid, "RssAnon"));
     let _ = child.kill();
     let _ = child.wait();
     match outcome {
@@ -255,6 +264,7 @@ fn drive_bridge(name: &str, mut child: Child, warmup: usize, calls: usize) -> Br
                 rate: calls as f64 / took.as_secs_f64(),
                 latency: Some(Samples::new(latencies)),
                 peak_rss_kib: rss,
+                private_kib: private,
                 note: String::new(),
             }
         }
@@ -266,6 +276,7 @@ fn drive_bridge(name: &str, mut child: Child, warmup: usize, calls: usize) -> Br
                 rate: 0.0,
                 latency: None,
                 peak_rss_kib: rss,
+                private_kib: private,
                 note: e,
             }
         }
@@ -320,13 +331,13 @@ fn markdown(http: &[HttpRow], bridges: &[BridgeRow], header: &str) -> String {
     }
     let _ = writeln!(
         doc,
-        "\n| stdio bridge | calls | p50 per call | p99 per call | calls/s | peak RSS (goal < 15 MiB) |"
+        "\n| stdio bridge | calls | p50 per call | p99 per call | calls/s | peak RSS (goal < 15 MiB) | of which private |"
     );
-    let _ = writeln!(doc, "| --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(doc, "| --- | --- | --- | --- | --- | --- | --- |");
     for b in bridges {
-        let rss = b
-            .peak_rss_kib
-            .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let mib =
+            |k: Option<u64>| k.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let rss = format!("{} | {}", mib(b.peak_rss_kib), mib(b.private_kib));
         match &b.latency {
             Some(l) => {
                 let _ = writeln!(
@@ -354,10 +365,20 @@ fn markdown(http: &[HttpRow], bridges: &[BridgeRow], header: &str) -> String {
             theirs.p50() / ours.p50(),
             theirs.p99() / ours.p99()
         );
+        if let Some(direct) = http.first().map(|r| r.direct.p50()) {
+            let _ = writeln!(
+                doc,
+                "Without the upstream's own time (each p50 minus the direct HTTP call's p50 of {}, 1 client): ours {}, mcp-remote {}, {:.1}x.",
+                us(direct),
+                us(ours.p50() - direct),
+                us(theirs.p50() - direct),
+                (theirs.p50() - direct) / (ours.p50() - direct).max(1.0)
+            );
+        }
     }
     let _ = writeln!(
         doc,
-        "\nThe upstream is the OAuth test server's MCP endpoint (it checks the token's RS256 signature on every call), on a runtime of its own; the client is reqwest with keep-alive, HTTP/1.1, on loopback. \"Added\" is the gateway's percentile minus the direct one; direct and gateway runs alternate in 4 rounds. The gateway is the daemon's listener in-process (`ApiServer`, 2 workers), with the API key checked on every call. Each bridge gets one line per call on stdin and answers on stdout; its peak RSS is `VmHWM` of its process after the calls (mcp-remote: the node process). Ours reads the daemon's token from the shared data directory; mcp-remote is given it with `--header`."
+        "\nThe upstream is the OAuth test server's MCP endpoint (it checks the token's RS256 signature on every call), on a runtime of its own; the client is reqwest with keep-alive, HTTP/1.1, on loopback. \"Added\" is the gateway's percentile minus the direct one; direct and gateway runs alternate in 4 rounds. The gateway is the daemon's listener in-process (`ApiServer`, 2 workers), with the API key checked on every call. Each bridge gets one line per call on stdin and answers on stdout; its peak RSS is `VmHWM` of its process after the calls (mcp-remote: the node process), and \"private\" its `RssAnon` then: the rest are pages of its binary and libraries, which every process of the same binary shares. Ours reads the daemon's token from the shared data directory; mcp-remote is given it with `--header`."
     );
     doc
 }
@@ -514,6 +535,7 @@ fn main() {
                     latency: None,
                     rate: 0.0,
                     peak_rss_kib: None,
+                    private_kib: None,
                     note: format!("node did not start: {e}"),
                 },
             });
@@ -524,6 +546,7 @@ fn main() {
             latency: None,
             rate: 0.0,
             peak_rss_kib: None,
+            private_kib: None,
             note: "not installed (make bench-gateway runs npm ci in benches/gateway)".into(),
         }),
     }

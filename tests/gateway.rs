@@ -474,6 +474,52 @@ async fn insufficient_scope_goes_to_the_step_up_and_the_call_is_retried() {
     daemon.finish(&[&srv]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_that_scope_cannot_cure_is_relayed_and_a_step_up_needing_a_person_is_a_503() {
+    let srv = test_server(Config {
+        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
+        ..Config::default()
+    })
+    .await;
+    // The first login asks for every scope the resource lists: a 403 naming them is not cured
+    // by a login. The client gets the server's own 403, without its challenge.
+    let daemon = Setup::oauth(&srv, "all").start().await;
+    daemon.handle.reconnect("all").await.expect("logged in");
+    srv.inject(Fault {
+        target: FaultTarget::Mcp,
+        kind: FaultKind::InsufficientScope,
+        count: Some(1),
+        delay_ms: None,
+    })
+    .unwrap();
+    let reply = daemon.call("all", "echo", 1).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(reply.headers.get("www-authenticate").is_none());
+    assert_eq!(
+        srv.stats().authorize_requests,
+        1,
+        "no login for scope already granted"
+    );
+    daemon.finish(&[&srv]).await;
+
+    // A daemon that may not open a browser, holding less scope: the step-up needs a person.
+    let mut setup = Setup::oauth(&srv, "less");
+    setup.servers[0].scope = Some("mcp:read".into());
+    setup.interactive = false;
+    let daemon = setup.start().await;
+    let logins = srv.stats().authorize_requests;
+    daemon.handle.login("less").await.expect("logged in");
+    let reply = daemon.call("less", "get_time", 2).await;
+    assert_unavailable(&reply, "needs_login");
+    assert_eq!(reply.body["error"]["data"]["action"], "login");
+    assert_eq!(
+        srv.stats().authorize_requests,
+        logins + 1,
+        "no login by itself"
+    );
+    daemon.finish(&[&srv]).await;
+}
+
 /// A raw HTTP/1.1 server that answers every request with the request head it received, and
 /// with headers a client must not see.
 async fn echo_upstream() -> String {

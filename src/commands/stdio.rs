@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use mcpproxy_oauth::api::AuthLinks;
 use mcpproxy_oauth::config;
-use mcpproxy_oauth::gateway::limits::parse_size;
+use mcpproxy_oauth::gateway::limits::{parse_size, positive_duration};
 use mcpproxy_oauth::gateway::metrics::GatewayMetrics;
 use mcpproxy_oauth::gateway::upstream::{Upstream, http_client};
 use mcpproxy_oauth::gateway::{GatewayLimits, read_passthrough, stdio};
@@ -39,11 +39,11 @@ pub struct StdioArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000), default_value_t = 64)]
     max_in_flight: u32,
     /// The longest wait for the server's answer to begin, and between two pieces of it.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = positive_duration, default_value = "60s")]
     upstream_timeout: Duration,
     /// The longest a message waits for a token while a refresh or login runs, before it is
     /// answered with an error naming the server's phase.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = positive_duration, default_value = "30s")]
     token_wait: Duration,
 }
 

@@ -143,7 +143,8 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     }
 }
 
-fn positive_duration(text: &str) -> Result<Duration, String> {
+/// A duration from 1 ms to 24 h.
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     if d.is_zero() || d > Duration::from_secs(24 * 3600) {
         return Err("from 1ms to 24h".into());
