@@ -859,7 +859,7 @@ async fn the_stdio_bridge_relays_a_session_and_ends_it_when_input_closes() {
     ));
     let (input, lines) = tokio::sync::mpsc::channel(8);
     let (output, mut answers) = tokio::sync::mpsc::channel(8);
-    let bridge = tokio::spawn(stdio::run(upstream, lines, output));
+    let bridge = tokio::spawn(stdio::run(upstream, lines, stdio::Output::Channel(output)));
     let send = |line: &str| InputLine::Message(line.as_bytes().to_vec());
     input
         .send(send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#))

@@ -133,13 +133,10 @@ pub async fn stdio(args: StdioArgs) -> ExitCode {
     let upstream = Arc::new(upstream);
     tracing::info!(server = %upstream.name, oauth = upstream.has_oauth(), "stdio bridge started; it ends when stdin closes");
     let input = stdio::read_lines(std::io::stdin(), upstream.limits.max_request_bytes);
-    let (output, writer) = stdio::write_lines(std::io::stdout());
-    stdio::run(upstream, input, output).await;
+    stdio::run(upstream, input, stdio::Output::writer(std::io::stdout())).await;
     if let Some(handle) = supervisor {
         handle.shutdown().await;
     }
-    // Every sender is gone: the writer flushes what is left and ends.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stdin closed: stdio bridge stopped");
     ExitCode::SUCCESS
 }

@@ -7,11 +7,12 @@
 //! The session (`Mcp-Session-Id` from the server, the protocol version from `initialize`'s
 //! result) is kept and sent on every request; for the stateless 2026-07-28 wire the version,
 //! `Mcp-Method` and `Mcp-Name` come from each message itself. Messages are handled
-//! concurrently (at most `max_in_flight`), lines are bounded by `max_request_bytes`. When
+//! concurrently (at most `max_in_flight`), lines are bounded by `max_request_bytes`; each
+//! answer is written by the task that has it. When
 //! stdin closes, the requests in flight finish (each bounded), the session is ended with a
 //! `DELETE`, and [`run`] returns.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,11 +131,7 @@ fn one_line(bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// Relays messages from `input` to `upstream` and its answers to `output` until `input`
 /// ends. See the module doc.
-pub async fn run(
-    upstream: Arc<Upstream>,
-    mut input: mpsc::Receiver<InputLine>,
-    output: mpsc::Sender<Vec<u8>>,
-) {
+pub async fn run(upstream: Arc<Upstream>, mut input: mpsc::Receiver<InputLine>, output: Output) {
     let session = Arc::new(Session::default());
     let permits = Arc::new(Semaphore::new(upstream.limits.max_in_flight));
     let mut tasks = tokio::task::JoinSet::new();
@@ -204,7 +201,7 @@ async fn exchange(
     session: &Session,
     message: Value,
     body: Bytes,
-    output: &mpsc::Sender<Vec<u8>>,
+    output: &Output,
 ) {
     let request_id = message.get("method").and(message.get("id")).cloned();
     let initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
@@ -259,7 +256,7 @@ async fn relay(
     answer: Answer,
     request_id: Option<&Value>,
     initialize: bool,
-    output: &mpsc::Sender<Vec<u8>>,
+    output: &Output,
 ) {
     let mut response = answer.response;
     let status = response.status();
@@ -379,7 +376,7 @@ async fn read_capped(
 /// The standalone GET stream: messages the server sends on its own (notifications, requests).
 /// Reopened with `Last-Event-ID` when it ends; given up when the server does not offer one
 /// (405, or any other refusal).
-async fn listen(upstream: Arc<Upstream>, session: Arc<Session>, output: mpsc::Sender<Vec<u8>>) {
+async fn listen(upstream: Arc<Upstream>, session: Arc<Session>, output: Output) {
     let mut last_event_id: Option<String> = None;
     let mut pause = Duration::from_secs(1);
     loop {
@@ -509,37 +506,36 @@ fn read_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Option<In
     }
 }
 
-/// Writes each message as one line to `out` on a thread of its own, flushing whenever no
-/// more is waiting; returns when every sender is gone.
-pub fn write_lines(
-    out: impl std::io::Write + Send + 'static,
-) -> (mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
-    let thread = std::thread::Builder::new()
-        .name("mcpproxy-oauth-stdout".into())
-        .spawn(move || {
-            let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-            while let Some(line) = rx.blocking_recv() {
-                let mut write = |line: &[u8]| -> std::io::Result<()> {
-                    use std::io::Write;
-                    out.write_all(line)?;
-                    out.write_all(b"\n")
-                };
-                if write(&line).is_err() {
-                    return;
-                }
-                while let Ok(line) = rx.try_recv() {
-                    if write(&line).is_err() {
-                        return;
-                    }
-                }
-                if std::io::Write::flush(&mut out).is_err() {
-                    return;
-                }
+/// Where answers go, one line per message: a channel (tests, embedders), or a writer written
+/// by the task that has the line (stdout: a pipe write is one syscall, with no thread to wake
+/// in between; a client that stops reading holds its own answers back, nothing else).
+#[derive(Clone)]
+pub enum Output {
+    Channel(mpsc::Sender<Vec<u8>>),
+    Writer(Arc<Mutex<Box<dyn std::io::Write + Send>>>),
+}
+
+impl Output {
+    /// A writer (stdout), flushed after each line.
+    pub fn writer(out: impl std::io::Write + Send + 'static) -> Self {
+        Output::Writer(Arc::new(Mutex::new(Box::new(
+            std::io::BufWriter::with_capacity(64 * 1024, out),
+        ))))
+    }
+
+    /// Sends one line; an error means nobody reads any more.
+    pub async fn send(&self, line: Vec<u8>) -> Result<(), ()> {
+        match self {
+            Output::Channel(tx) => tx.send(line).await.map_err(|_| ()),
+            Output::Writer(out) => {
+                let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                out.write_all(&line)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .and_then(|_| out.flush())
+                    .map_err(|_| ())
             }
-        })
-        .expect("a thread for stdout");
-    (tx, thread)
+        }
+    }
 }
 
 #[cfg(test)]
