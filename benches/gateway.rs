@@ -393,9 +393,9 @@ fn write_section(path: &Path, tables: &str) {
     let doc = match (doc.find(MARK_START), doc.find(MARK_END)) {
         (Some(start), Some(end)) if end > start => {
             format!(
-                "{}{section}{}",
+                "{}{section}\n{}",
                 &doc[..start],
-                &doc[end + MARK_END.len()..].trim_start_matches('\n')
+                doc[end + MARK_END.len()..].trim_start_matches('\n')
             )
         }
         _ => match doc.find("## Goals, and where they are missed") {
