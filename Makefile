@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test test-rust test-interop test-conformance test-e2e lint demo demo-server bench bench-criterion clean
+.PHONY: all build test test-rust test-interop test-gateway test-conformance test-e2e lint demo demo-server bench bench-gateway bench-criterion clean
 
 all: build
 
@@ -14,7 +14,7 @@ build:
 
 ## The whole test suite: every Rust test of the workspace, third-party clients, and the
 ## official MCP conformance suite.
-test: test-rust test-interop test-conformance test-e2e
+test: test-rust test-interop test-gateway test-conformance test-e2e
 
 test-rust: build
 	$(CARGO) test --workspace --locked
@@ -25,6 +25,12 @@ test-rust: build
 test-interop: build
 	cd tests/oauthserver/interop && npm ci --no-audit --no-fund --loglevel=error
 	node tests/oauthserver/interop/sdk-client.mjs target/debug/oauth-test-server
+
+## The MCP TypeScript SDK's clients (Streamable HTTP without an auth provider, and stdio)
+## through the gateway and the stdio bridge, against OAuth test servers with 2 s tokens.
+test-gateway: build
+	cd tests/gateway && npm ci --no-audit --no-fund --loglevel=error
+	node tests/gateway/gateway.mjs target/debug/mcpproxy-oauth target/debug/oauth-test-server
 
 ## The MCP conformance suites against `connect`: 0.1.16 (auth, backcompat, draft
 ## resource-mismatch) and the prerelease 0.2.0-alpha.12 at the 2025-11-25 and 2026-07-28 wires.
@@ -55,6 +61,15 @@ demo:
 BENCH_ARGS ?=
 bench:
 	timeout 7200 $(CARGO) bench --locked --bench system -- $(BENCH_ARGS)
+	$(MAKE) bench-gateway
+
+## The gateway's table alone (about a minute): a proxied tools/call against the direct call,
+## and our stdio bridge beside mcp-remote (installed here from benches/gateway's lock file).
+## Written into BENCHMARKS.md as table 6. GATEWAY_BENCH_ARGS=--quick runs fewer calls.
+GATEWAY_BENCH_ARGS ?=
+bench-gateway:
+	cd benches/gateway && npm ci --no-audit --no-fund --loglevel=error
+	timeout 900 $(CARGO) bench --locked --bench gateway -- $(GATEWAY_BENCH_ARGS)
 
 ## The criterion micro-benchmarks (hot path against a bare RwLock, token saves).
 bench-criterion:

@@ -21,6 +21,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use mcpproxy_oauth::clock::now_ms;
+#[path = "shared/machine.rs"]
+mod machine;
+use machine::machine;
+
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::store::db::StoredToken;
@@ -1034,20 +1038,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("nproc {nproc}; CPU {cpu}; kernel {}", kernel.trim())
 }
 
 fn main() {

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod diagnose;
+pub mod gateway;
 pub mod mcp;
 pub mod oauth;
 pub mod scheduler;

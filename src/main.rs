@@ -47,6 +47,8 @@ enum Command {
     /// Read flows back: one flow's timeline from a JSON log, or recent flows from the database.
     #[command(subcommand)]
     Logs(commands::LogsCommand),
+    /// Bridge one server to stdin/stdout (newline-delimited JSON-RPC) with the daemon's tokens.
+    Stdio(commands::StdioArgs),
     /// Manage the stored secrets: `tokens rekey` re-encrypts them with a new key.
     #[command(subcommand)]
     Tokens(commands::TokensCommand),
@@ -164,6 +166,7 @@ async fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => commands::serve(args).await,
+        Command::Stdio(args) => commands::stdio(args).await,
         Command::Auth(command) => commands::auth(command).await,
         Command::Logs(command) => commands::logs(command),
         Command::Tokens(command) => commands::tokens(command),

@@ -59,6 +59,8 @@ pub struct ApiConfig {
     pub action_wait: Duration,
     /// The configured servers, for `diagnose` (which needs their client settings).
     pub servers: Vec<crate::config::UpstreamConfig>,
+    /// The gateway's bounds and the servers it relays without OAuth (`/mcp/{server}`).
+    pub gateway: crate::gateway::GatewayConfig,
 }
 
 impl ApiConfig {
@@ -72,6 +74,7 @@ impl ApiConfig {
             subscriber_queue: 256,
             action_wait: Duration::from_secs(20),
             servers: Vec::new(),
+            gateway: crate::gateway::GatewayConfig::default(),
         }
     }
 }
@@ -161,6 +164,15 @@ impl ApiServer {
                         metrics.clone(),
                         sources,
                     ));
+                    let gateway = actix_web::web::Data::new(
+                        crate::gateway::Gateway::new(
+                            &handle,
+                            Some(&links),
+                            &config.gateway,
+                            metrics.registry(),
+                        )
+                        .await,
+                    );
                     let state = actix_web::web::Data::new(AppState {
                         handle,
                         links,
@@ -176,6 +188,9 @@ impl ApiServer {
                         actix_web::App::new()
                             .app_data(state.clone())
                             .app_data(guard.clone())
+                            .app_data(gateway.clone())
+                            // Before the API's routes: their scope answers every other path.
+                            .configure(crate::gateway::configure)
                             .configure(routes::configure)
                             .wrap(routes::security_headers())
                             .wrap(actix_web::middleware::from_fn(guard::guard))

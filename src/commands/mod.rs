@@ -7,11 +7,13 @@
 mod auth;
 mod logs;
 mod serve;
+mod stdio;
 mod tokens;
 
 pub use auth::{AuthCommand, auth};
 pub use logs::{LogsCommand, logs};
 pub use serve::{ServeArgs, Tuning, serve};
+pub use stdio::{StdioArgs, stdio};
 pub use tokens::{TokensCommand, tokens};
 
 use std::path::PathBuf;

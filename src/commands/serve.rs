@@ -46,6 +46,9 @@ pub struct ServeArgs {
     max_sse_subscribers: u32,
     #[command(flatten)]
     tuning: Tuning,
+    /// The gateway's bounds (`/mcp/{server}` on --listen).
+    #[command(flatten)]
+    gateway: mcpproxy_oauth::gateway::GatewayFlags,
 }
 
 /// How many flows run at once and on how many threads: the defaults fit a laptop and 10,000
@@ -156,6 +159,12 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         Some(listen) => {
             let mut api = ApiConfig::new(listen);
             api.servers = servers.clone();
+            api.gateway.limits = args.gateway.limits();
+            api.gateway.passthrough =
+                match mcpproxy_oauth::gateway::read_passthrough(&args.common.config) {
+                    Ok(passthrough) => passthrough,
+                    Err(e) => return fail(e),
+                };
             api.max_connections = args.max_api_connections as usize;
             api.max_sse_subscribers = args.max_sse_subscribers as usize;
             let env = std::env::var(mcpproxy_oauth::api::auth::API_KEY_ENV).ok();

@@ -51,6 +51,9 @@ pub struct Config {
     pub mcp_stateless: bool,
     /// Answer MCP requests as `text/event-stream` instead of JSON.
     pub mcp_sse_responses: bool,
+    /// Serve every MCP method but `tools/call` without looking at the token (an anonymous
+    /// `initialize` and `tools/list` succeed); `tools/call` still needs a valid one (401).
+    pub mcp_anonymous_discovery: bool,
     /// Announce this `expires_in` (seconds) in every token response instead of the TTL; the
     /// JWT keeps the real TTL. A server sending absurd lifetimes (`i64::MAX`, `u64::MAX`).
     pub announced_expires_in: Option<u64>,
@@ -129,6 +132,7 @@ impl Default for Config {
             authorization_server_moves: None,
             mcp_stateless: false,
             mcp_sse_responses: false,
+            mcp_anonymous_discovery: false,
             announced_expires_in: None,
             faults: Vec::new(),
             device_grant: false,

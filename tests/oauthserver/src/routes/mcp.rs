@@ -51,6 +51,12 @@ async fn answer(
         Intercept::Shape(_) => true,
     };
     state.lock().stats.mcp_requests += 1;
+    let anonymous = state.config.mcp_anonymous_discovery && {
+        let method = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|m| m.get("method").and_then(Value::as_str).map(String::from));
+        method.as_deref() != Some("tools/call")
+    };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -64,16 +70,17 @@ async fn answer(
         _ => (false, None),
     };
     let claims = match (bearer, injected_token_error) {
+        _ if anonymous => None,
         (None, _) => return unauthorized(&state, None),
         (Some(_), true) => {
             return unauthorized(&state, Some("the token was refused (injected fault)"));
         }
         (Some(token), false) => match validate(&state, token) {
-            Ok(claims) => claims,
+            Ok(claims) => Some(claims),
             Err(reason) => return unauthorized(&state, Some(&reason)),
         },
     };
-    if let Some(token) = bearer
+    if let Some(token) = bearer.filter(|_| !anonymous)
         && let Err(refused) = check_dpop_use(&state, &headers, dpop_scheme, token)
     {
         return *refused;
@@ -126,6 +133,7 @@ async fn answer(
             }))
         }
         "ping" => Ok(json!({})),
+        // `progress` and `progress_release` are callable but not listed: tests name them.
         "tools/list" => Ok(json!({"tools": [
             {"name": "echo", "description": "Returns its message argument.",
              "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}}},
@@ -137,10 +145,24 @@ async fn answer(
                 .get("name")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            if let Some(denied) = missing_tool_scope(&state, tool, &claims) {
+            let Some(claims) = &claims else {
+                return unauthorized(&state, None);
+            };
+            if let Some(denied) = missing_tool_scope(&state, tool, claims) {
                 return denied;
             }
             match tool {
+                "progress" => return progress(&params, id),
+                "progress_release" => {
+                    let key = params
+                        .pointer("/arguments/key")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let released = release(key);
+                    Ok(
+                        json!({"content": [{"type": "text", "text": released.to_string()}], "isError": !released}),
+                    )
+                }
                 "echo" => {
                     let text = params
                         .pointer("/arguments/message")
@@ -166,6 +188,105 @@ async fn answer(
 }
 
 const STATELESS_VERSION: &str = "2026-07-28";
+
+/// How long a `progress` call waits for each release before it gives up.
+const PROGRESS_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The releases waiting `progress` calls listen for, by key (the client picks the key).
+static RELEASES: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn releases_of(key: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+    let mut book = RELEASES.lock().unwrap_or_else(|p| p.into_inner());
+    book.entry(key.to_string())
+        .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(0)))
+        .clone()
+}
+
+/// Lets the `progress` call with `key` send its next message; false if none is running.
+fn release(key: &str) -> bool {
+    let book = RELEASES.lock().unwrap_or_else(|p| p.into_inner());
+    match book.get(key) {
+        Some(releases) => {
+            releases.add_permits(1);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The `progress` tool: an SSE answer that sends `steps` `notifications/progress` (with the
+/// request's `progressToken`), each after the client released the previous one with
+/// `progress_release(key)`, then the result. A client that sees a notification only when
+/// the stream ends (a buffering proxy) never releases it: after `PROGRESS_RELEASE_WAIT` the
+/// result says so (`isError`).
+fn progress(params: &Value, id: Value) -> Response {
+    let steps = params
+        .pointer("/arguments/steps")
+        .and_then(Value::as_u64)
+        .unwrap_or(3)
+        .clamp(1, 20);
+    let key = params
+        .pointer("/arguments/key")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let token = params
+        .pointer("/_meta/progressToken")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let releases = releases_of(&key);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let event = |message: Value| Bytes::from(format!("event: message\ndata: {message}\n\n"));
+        let mut released = 0;
+        for step in 1..=steps {
+            let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                "params": {"progressToken": token, "progress": step, "total": steps}});
+            if tx.send(event(note)).await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(PROGRESS_RELEASE_WAIT, releases.acquire()).await {
+                Ok(Ok(permit)) => {
+                    permit.forget();
+                    released += 1;
+                }
+                _ => break,
+            }
+        }
+        RELEASES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        let text = format!("{released} of {steps} notifications released");
+        let result = json!({"jsonrpc": "2.0", "id": id,
+            "result": {"content": [{"type": "text", "text": text}], "isError": released != steps}});
+        let _ = tx.send(event(result)).await;
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::new(ChannelBody(rx)),
+    )
+        .into_response()
+}
+
+/// A response body fed by a channel: each message is sent to the client as it comes.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
 
 /// The 2026-07-28 request checks: the version header, the same version in `_meta`, and the
 /// client capabilities beside it. A refusal is HTTP 400 with a JSON-RPC error body.
