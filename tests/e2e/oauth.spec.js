@@ -175,7 +175,9 @@ test("the page opens through the printed URL, keeps its key across a reload, and
   await expect(card.getByTestId("phase")).toHaveText("connected");
   await page.reload();
   await expect(card.getByTestId("phase")).toHaveText("connected");
-  await expect(page.getByTestId("event").first()).toContainText("demo: login succeeded");
+  // Short tokens may have refreshed since: the login is among the flows read back, not
+  // necessarily the newest.
+  await expect(page.getByTestId("event").filter({ hasText: "demo: login succeeded" }).first()).toBeVisible();
   expect(await page.content()).not.toContain(key);
   await shot(page, "10-opened-by-url");
 
