@@ -41,7 +41,6 @@ use crate::oauth::login::{LoginSettings, browser_login};
 use crate::oauth::scope::{select_scope, step_up, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::store::db::now_ms;
-use crate::upstream::flows::refresh_failure;
 use crate::upstream::state::{
     Effect, Event, Failure, LoginReason, Policy, RefreshFailure, RefreshPlan, Resolution, State,
     TokenFacts, step,
@@ -320,7 +319,7 @@ impl Driver {
             },
             Err(e) => {
                 let source = self.auth.endpoint.as_ref().map(|e| e.client.source);
-                let failure = refresh_failure(&e, source);
+                let failure = RefreshFailure::classify(&e, source);
                 tracing::warn!(error = %e, failure = ?failure, "refresh failed");
                 let error = e.to_string();
                 self.last_error = Some(e);

@@ -366,48 +366,6 @@ async fn finish(rt: &Runtime, flow_id: &str, error: Option<String>) {
     }
 }
 
-/// What the machine should make of a failed refresh. Only `invalid_grant` says the refresh
-/// token is dead; an error that says nothing about it never costs it.
-pub fn refresh_failure(e: &OAuthError, source: Option<ClientSource>) -> RefreshFailure {
-    let transient_status = |s: u16| s >= 500 || s == 429 || s == 408;
-    let retry_after =
-        |r: &Option<Duration>| r.map(|d| d.as_millis().min(i64::MAX as u128) as Millis);
-    match e {
-        OAuthError::Server {
-            code,
-            status,
-            retry_after: after,
-            ..
-        } => match code.as_str() {
-            "invalid_grant" => RefreshFailure::RefreshTokenDead,
-            "invalid_client" => RefreshFailure::ClientRejected {
-                registered: source == Some(ClientSource::Registered),
-            },
-            "invalid_scope" => RefreshFailure::ScopeRejected,
-            "server_error" | "temporarily_unavailable" | "slow_down" => RefreshFailure::Transient {
-                retry_after: retry_after(after),
-            },
-            _ if status.is_some_and(transient_status) => RefreshFailure::Transient {
-                retry_after: retry_after(after),
-            },
-            _ => RefreshFailure::Unexplained,
-        },
-        OAuthError::Http {
-            status,
-            retry_after: after,
-            ..
-        } if transient_status(*status) => RefreshFailure::Transient {
-            retry_after: retry_after(after),
-        },
-        OAuthError::Http { .. } => RefreshFailure::Unexplained,
-        OAuthError::Timeout { .. }
-        | OAuthError::Transport { .. }
-        | OAuthError::Malformed { .. }
-        | OAuthError::TokenAlreadyExpired { .. } => RefreshFailure::Transient { retry_after: None },
-        _ => RefreshFailure::Unexplained,
-    }
-}
-
 /// What a refresh flow starts from.
 pub struct RefreshRequest {
     /// The newest token this process holds.
@@ -529,7 +487,7 @@ pub async fn refresh(
                     tracing::warn!(error = %e, "could not register a client to refresh with");
                     event("failed", failure_details(&e, false, Duration::ZERO));
                     finish(&rt, &flow_id, Some(e.to_string())).await;
-                    return failed(refresh_failure(&e, None), e.to_string());
+                    return failed(RefreshFailure::classify(&e, None), e.to_string());
                 }
             }
         }
@@ -577,7 +535,7 @@ pub async fn refresh(
                 FlowOutcome::Token { token, endpoint: Some(endpoint), durable }
             }
             Err(e) => {
-                let failure = refresh_failure(&e, source);
+                let failure = RefreshFailure::classify(&e, source);
                 // A rotated refresh token must never be lost, even in a failed response.
                 let rotated = match &e {
                     OAuthError::TokenAlreadyExpired { rotated_refresh_token: Some(r), .. } => Some(r.secret().clone()),

@@ -36,6 +36,8 @@
 
 use serde::Serialize;
 
+pub use super::failure::{Failure, LoginReason, RefreshFailure, clock};
+
 pub type Millis = i64;
 
 /// The longest `Retry-After` honoured: a server asking for more is retried after this.
@@ -91,75 +93,6 @@ impl TokenFacts {
                 .saturating_add(lifetime / 4 * 3)
                 .saturating_sub(spread),
         )
-    }
-}
-
-/// Why a server needs a browser login.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "code", rename_all = "snake_case")]
-pub enum LoginReason {
-    NoStoredToken,
-    /// The access token expired (or was refused) and there is no refresh token.
-    NoRefreshToken,
-    /// The authorization server said the refresh token is dead (`invalid_grant`).
-    RefreshTokenRejected {
-        error: String,
-    },
-    /// Refreshing failed for longer than the retry ceiling.
-    RetryCeiling {
-        error: String,
-    },
-    /// The last browser login failed, timed out or was abandoned.
-    LoginFailed {
-        error: String,
-    },
-    /// The upstream answered 403 `insufficient_scope`: a login for `scope` (the union of the
-    /// granted and the demanded scopes) is needed.
-    InsufficientScope {
-        scope: String,
-    },
-    /// As `InsufficientScope`, but `max_step_ups` logins for more scope did not satisfy the
-    /// server: no more step-ups until a token lives to its proactive refresh or a login is
-    /// asked for explicitly.
-    StepUpLimit {
-        scope: String,
-        logins: u32,
-    },
-    /// The protected resource names another authorization server now (SEP-2352): the tokens
-    /// and client of the old one are of no use there.
-    AuthorizationServerMoved {
-        issuer: String,
-    },
-}
-
-impl std::fmt::Display for LoginReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LoginReason::NoStoredToken => f.write_str("no stored token"),
-            LoginReason::NoRefreshToken => {
-                f.write_str("the access token is no longer usable and there is no refresh token")
-            }
-            LoginReason::RefreshTokenRejected { error } => {
-                write!(f, "the refresh token was rejected ({error})")
-            }
-            LoginReason::RetryCeiling { error } => {
-                write!(
-                    f,
-                    "refreshing kept failing past the retry ceiling ({error})"
-                )
-            }
-            LoginReason::LoginFailed { error } => write!(f, "the last login failed ({error})"),
-            LoginReason::InsufficientScope { scope } => {
-                write!(f, "the server needs the scope \"{scope}\"")
-            }
-            LoginReason::StepUpLimit { scope, logins } => write!(
-                f,
-                "the server still refuses for lack of scope after {logins} logins for more scope (\"{scope}\"); run a login to ask again"
-            ),
-            LoginReason::AuthorizationServerMoved { issuer } => {
-                write!(f, "the resource moved to the authorization server {issuer}")
-            }
-        }
     }
 }
 
@@ -356,27 +289,6 @@ impl State {
     }
 }
 
-/// Why a refresh failed, as far as the machine's decision goes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RefreshFailure {
-    /// 5xx, 429, timeouts, dropped connections, malformed bodies: back off, keep everything.
-    Transient { retry_after: Option<Millis> },
-    /// An error that says nothing about the refresh token (a firewall's HTML 403, a proxy's
-    /// 404, `invalid_request`, a missing client row): retried slowly, never a reason to drop it.
-    Unexplained,
-    /// `invalid_grant`: the refresh token is dead.
-    RefreshTokenDead,
-    /// `invalid_client`; `registered`: the client was dynamically registered (not configured).
-    ClientRejected { registered: bool },
-    /// `invalid_scope`.
-    ScopeRejected,
-    /// Under the flow lock the stored token was gone: another process logged out.
-    TokenGone,
-    /// The token was refused and the resource now names another authorization server than
-    /// the one that issued it (`issuer`: the new one).
-    AuthorizationServerMoved { issuer: String },
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A caller needs a usable token (a reconnect, or `access_token()` without one).
@@ -454,63 +366,6 @@ pub enum Effect {
     AnnounceReauthentication {
         reason: LoginReason,
     },
-}
-
-/// Why a caller gets no token, as a stable, serializable value.
-#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Failure {
-    #[error("re-authentication required: {reason}")]
-    NeedsLogin { reason: LoginReason },
-    #[error("refreshing is backing off after failures ({last_error}); next attempt at {}", clock(*retry_at))]
-    BackingOff {
-        retry_at: Millis,
-        last_error: String,
-    },
-    #[error(
-        "refreshing keeps failing ({last_error}); next attempt at {}, a login is needed after {}",
-        clock(*retry_at),
-        clock(*until)
-    )]
-    Retrying {
-        retry_at: Millis,
-        until: Millis,
-        last_error: String,
-    },
-    #[error(
-        "the authorization server rejected the configured client ({error}); check oauth.client_id and oauth.client_secret in the config"
-    )]
-    ClientRejected { error: String },
-    #[error("the login failed: {error}")]
-    LoginFailed { error: String },
-    #[error("logged out; run a login")]
-    LoggedOut,
-    /// A 403 that more scope would not cure.
-    #[error("forbidden: {error}")]
-    Forbidden { error: String },
-    #[error("the token store failed: {error}")]
-    Store { error: String },
-    #[error("the server's actor stopped")]
-    Stopped,
-}
-
-impl Failure {
-    /// A 403 `insufficient_scope` that demands nothing beyond `granted`: a login would bring
-    /// the same token again (the daemon and `connect` say it alike).
-    pub fn scope_already_granted(granted: Option<&str>) -> Failure {
-        Failure::Forbidden {
-            error: format!(
-                "the server answered 403 insufficient_scope but asks for no scope beyond the granted \"{}\"",
-                granted.unwrap_or_default()
-            ),
-        }
-    }
-}
-
-/// A time for people: RFC 3339 in UTC, to the second.
-pub fn clock(at: Millis) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 #[derive(Debug, Clone, PartialEq)]
