@@ -28,7 +28,8 @@ use actix::prelude::*;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{broadcast, oneshot};
 
-pub mod clock;
+/// The hot path's clock (moved to [`crate::clock::coarse`]).
+pub use crate::clock::coarse as clock;
 
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
@@ -473,6 +474,7 @@ fn build(
         flow_hook: config.flow_hook.clone(),
         scheduler: scheduler.clone(),
         flow_threads,
+        clock: crate::clock::Clock::system(),
     });
     let mut upstreams = Upstreams::default();
     for server in config.servers {

@@ -45,6 +45,15 @@ pub enum LoginReason {
     AuthorizationServerMoved {
         issuer: String,
     },
+    /// The authorization server rejected the dynamically registered client, and a login (not
+    /// a new registration before a refresh) registers a new one (`Policy::reregister` off).
+    ClientRejected {
+        error: String,
+    },
+    /// `Policy::max_logins` logins were made already (one `connect` run).
+    LoginLimit {
+        logins: u32,
+    },
 }
 
 impl std::fmt::Display for LoginReason {
@@ -74,6 +83,13 @@ impl std::fmt::Display for LoginReason {
             LoginReason::AuthorizationServerMoved { issuer } => {
                 write!(f, "the resource moved to the authorization server {issuer}")
             }
+            LoginReason::ClientRejected { error } => write!(
+                f,
+                "the authorization server rejected the registered client ({error}); a login registers a new one"
+            ),
+            LoginReason::LoginLimit { logins } => {
+                write!(f, "{logins} logins were made already, the most allowed")
+            }
         }
     }
 }
@@ -97,6 +113,12 @@ pub enum RefreshFailure {
     /// The token was refused and the resource now names another authorization server than
     /// the one that issued it (`issuer`: the new one).
     AuthorizationServerMoved { issuer: String },
+    /// The token the refresh started from has no refresh token.
+    NoRefreshToken,
+    /// The refresh token is bound to a DPoP key (RFC 9449) that cannot be used any more.
+    DpopKeyUnusable,
+    /// No client identity is known to refresh with (no stored client row).
+    NoClient,
 }
 
 impl RefreshFailure {

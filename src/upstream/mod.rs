@@ -1,6 +1,11 @@
-//! One upstream server: its pure OAuth state machine and the actor that drives it.
+//! One upstream server: its pure OAuth state machine (`state`, with the failure types of
+//! `failure`), the actor that drives it (`actor`, answering `messages`, publishing a
+//! `snapshot` and a `status`), and the flows it runs (`flows`).
 
 pub mod actor;
 pub mod failure;
 pub mod flows;
+pub mod messages;
+pub mod snapshot;
 pub mod state;
+pub mod status;
