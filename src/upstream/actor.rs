@@ -33,7 +33,7 @@ use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::dpop::{Dpop, DpopKey};
 use crate::oauth::token::TokenEndpoint;
-use crate::scheduler::{Owner, TimerKind, instant_at};
+use crate::scheduler::{Owner, TimerKind};
 use crate::store::{StoredClient, StoredToken, lock};
 
 /// How long a logout waits for a running flow of another process before deleting anyway.
@@ -300,19 +300,18 @@ impl UpstreamActor {
             self.rt.scheduler.cancel(self.owner, TimerKind::Machine);
             return;
         };
-        let now = self.now();
-        let (_, when) = self.rt.scheduler.arm(
+        let to = ctx.address().downgrade().recipient();
+        let (_, when) = self.rt.scheduler.arm_at(
             self.owner,
             TimerKind::Machine,
-            instant_at(deadline.at, now),
-            deadline.latest.map(|l| instant_at(l, now)),
-            ctx.address().downgrade().recipient(),
+            deadline.at,
+            deadline.latest,
+            to,
         );
-        let wait = when.saturating_duration_since(tokio::time::Instant::now());
         self.scheduled = Some(Scheduled {
             at: deadline.at,
             latest: deadline.latest,
-            fires_at: deadline.at.max(now + wait.as_millis() as Millis),
+            fires_at: deadline.at.max(when),
         });
     }
 
