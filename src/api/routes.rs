@@ -306,7 +306,7 @@ async fn run_action(state: Data<AppState>, name: String, action: &'static str) -
     if action != "refresh"
         && let Ok(all) = handle.status().await
         && let Some(status) = all.iter().find(|s| s.name == name)
-        && status.running_flow_kind.as_deref() == Some("login")
+        && status.running_flow_kind == Some(crate::telemetry::flow_logger::FlowKind::Login)
         && let Some(link) = state.links.get(&name)
     {
         return HttpResponse::Accepted().json(json!({

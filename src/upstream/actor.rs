@@ -35,6 +35,7 @@ use crate::oauth::dpop::{Dpop, DpopKey};
 use crate::oauth::token::TokenEndpoint;
 use crate::scheduler::{Owner, TimerKind};
 use crate::store::{StoredClient, StoredToken, lock};
+use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 
 /// How long a logout waits for a running flow of another process before deleting anyway.
 const LOGOUT_LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -105,8 +106,9 @@ pub struct UpstreamActor {
     waiters: Vec<oneshot::Sender<Reply>>,
     /// Whoever waits for the drain (shutdown), answered on `Effect::Drained`.
     pub(super) drained: Vec<oneshot::Sender<()>>,
+    /// The running flow: its id (the correlation ID), kind and start.
     running_flow: Option<String>,
-    running_flow_kind: &'static str,
+    running_flow_kind: FlowKind,
     running_flow_started_at: Millis,
     /// The running load or flow, so a logout can cancel it.
     flow_handle: Option<SpawnHandle>,
@@ -161,7 +163,7 @@ impl UpstreamActor {
             waiters: Vec::new(),
             drained: Vec::new(),
             running_flow: None,
-            running_flow_kind: "",
+            running_flow_kind: FlowKind::Refresh,
             running_flow_started_at: 0,
             flow_handle: None,
             last_flow: None,
@@ -347,7 +349,7 @@ impl UpstreamActor {
                     });
                     return;
                 };
-                let flow_id = self.begin_flow("refresh");
+                let flow_id = self.begin_flow(FlowKind::Refresh);
                 let request = RefreshRequest {
                     current,
                     endpoint: self.endpoint.clone(),
@@ -362,7 +364,7 @@ impl UpstreamActor {
             Effect::StartLogin(plan) => {
                 let generation = self.state.generation;
                 let counted = self.rt.scheduler.login_running();
-                let flow_id = self.begin_flow("login");
+                let flow_id = self.begin_flow(FlowKind::Login);
                 let request = LoginRequest {
                     previous: self.endpoint.clone(),
                     plan,
@@ -607,7 +609,7 @@ impl UpstreamActor {
         });
     }
 
-    fn begin_flow(&mut self, kind: &'static str) -> String {
+    fn begin_flow(&mut self, kind: FlowKind) -> String {
         *self.auth_url.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let flow_id = uuid::Uuid::new_v4().to_string();
         self.running_flow = Some(flow_id.clone());
@@ -625,7 +627,7 @@ impl UpstreamActor {
     ) {
         // The decision taken on this outcome (connected, retry at T, re-login, wait) is
         // logged inside the flow's span, so the flow's trace ends with it.
-        let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %self.config.name, flow_kind = self.running_flow_kind);
+        let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %self.config.name, flow_kind = self.running_flow_kind.as_str());
         let _entered = span.enter();
         let kind = self.running_flow_kind;
         self.flow_handle = None;
@@ -702,7 +704,7 @@ impl UpstreamActor {
     }
 
     /// The flow's last trace event: what the machine decided on its outcome.
-    fn announce_decision(&self, flow_id: &str, kind: &'static str) {
+    fn announce_decision(&self, flow_id: &str, kind: FlowKind) {
         let phase = &self.state.phase;
         let decision = match phase {
             Phase::Connected => "use the new token".to_string(),
@@ -740,8 +742,13 @@ impl UpstreamActor {
         } else {
             tracing::info!(decision = %decision, "decision taken");
         }
-        self.rt
-            .flow_event(flow_id, &self.config.name, kind, "decision", details);
+        self.rt.flow_event(
+            flow_id,
+            &self.config.name,
+            kind,
+            FlowStep::Decision,
+            details,
+        );
     }
 
     /// Replaces the current token (the machine took it), binding its DPoP key.
@@ -903,10 +910,7 @@ impl UpstreamActor {
                 .then(|| published(&self.device_prompt))
                 .flatten(),
             running_flow: self.running_flow.clone(),
-            running_flow_kind: self
-                .running_flow
-                .as_ref()
-                .map(|_| self.running_flow_kind.into()),
+            running_flow_kind: self.running_flow.as_ref().map(|_| self.running_flow_kind),
             running_flow_started_at: self
                 .running_flow
                 .as_ref()

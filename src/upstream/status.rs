@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::state::{Millis, Phase, clock};
+use crate::telemetry::flow_logger::FlowKind;
 
 /// A phase change, for subscribers.
 #[derive(Debug, Clone, Serialize)]
@@ -48,8 +49,8 @@ pub struct ServerStatus {
     /// expires. Holds no secret (the device code stays in the flow).
     pub device_login: Option<crate::oauth::device::DevicePrompt>,
     pub running_flow: Option<String>,
-    /// Kind (`refresh` / `login`) and start (unix ms) of the running flow.
-    pub running_flow_kind: Option<String>,
+    /// Kind and start (unix ms) of the running flow.
+    pub running_flow_kind: Option<FlowKind>,
     pub running_flow_started_at: Option<Millis>,
     pub last_flow: Option<String>,
     /// When the machine's next deadline fires: the proactive refresh, a retry, a save.

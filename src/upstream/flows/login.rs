@@ -22,6 +22,7 @@ use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
 use crate::store::{StoreError, StoredClient, StoredToken, lock};
+use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime};
 use crate::upstream::state::LoginPlan;
 
@@ -80,13 +81,13 @@ pub async fn login(
         "oauth_flow",
         correlation_id = %flow_id,
         server = %config.name,
-        flow_kind = "login"
+        flow_kind = FlowKind::Login.as_str()
     );
     let cx = FlowContext {
         rt: &rt,
         config: &config,
         flow_id: &flow_id,
-        kind: "login",
+        kind: FlowKind::Login,
         fence: &fence,
     };
     run(&cx, request).instrument(span).await
@@ -104,7 +105,7 @@ async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
     cx.hook();
     let (rt, config) = (cx.rt, cx.config);
     cx.event(
-        "started",
+        FlowStep::Started,
         json!({"server_url": config.url.as_str(), "fresh_client": plan.fresh_client}),
     );
     let started = Instant::now();
@@ -121,13 +122,13 @@ async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
             match lock::acquire(&rt.lock_dir, key, rt.login_timeout).await {
                 Ok(lock) => (lock, true),
                 Err(e) => {
-                    cx.event("failed", json!({"error": e.to_string()}));
+                    cx.event(FlowStep::Failed, json!({"error": e.to_string()}));
                     return not_tried(e.to_string());
                 }
             }
         }
         Err(e) => {
-            cx.event("failed", json!({"error": e.to_string()}));
+            cx.event(FlowStep::Failed, json!({"error": e.to_string()}));
             return not_tried(e.to_string());
         }
     };
@@ -141,7 +142,7 @@ async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
     if let Some(stored) = newer {
         tracing::info!("another process logged in meanwhile");
         cx.event(
-            "adopted",
+            FlowStep::Adopted,
             json!({"reason": "another process logged in meanwhile", "expires_at": stored.expires_at}),
         );
         cx.finish(None).await;
@@ -168,12 +169,15 @@ async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
         }
         Ok(Err(e)) => {
             let permanent = e.class() == ErrorClass::Permanent;
-            cx.event("failed", failure_details(&e, permanent, started.elapsed()));
+            cx.event(
+                FlowStep::Failed,
+                failure_details(&e, permanent, started.elapsed()),
+            );
             e.to_string()
         }
         Err(_) => {
             let error = format!("the login was not completed within {:?}", rt.login_timeout);
-            cx.event("failed", json!({"error": error}));
+            cx.event(FlowStep::Failed, json!({"error": error}));
             error
         }
     };
@@ -198,7 +202,7 @@ async fn save(
         Ok(()) => true,
         Err(SaveError::Fenced) => {
             let error = "a logout or a newer login overtook this login; its token is discarded";
-            cx.event("failed", json!({"error": error}));
+            cx.event(FlowStep::Failed, json!({"error": error}));
             cx.finish(Some(error.into())).await;
             return FlowOutcome::LoginFailed {
                 error: error.into(),
@@ -213,7 +217,7 @@ async fn save(
         }
     };
     cx.event(
-        "token obtained",
+        FlowStep::TokenObtained,
         token_details(&token, saved, started.elapsed()),
     );
     FlowOutcome::Token {

@@ -32,7 +32,7 @@ use crate::oauth::token::TokenEndpoint;
 use crate::scheduler::Scheduler;
 use crate::store::db::FlowStart;
 use crate::store::{StoreError, StoredClient, StoredToken, TokenRegistry};
-use crate::telemetry::flow_logger::{FlowEvent, FlowLogger};
+use crate::telemetry::flow_logger::{FlowEvent, FlowKind, FlowLogger, FlowStep};
 
 /// What every flow of every server shares.
 pub struct Runtime {
@@ -76,8 +76,8 @@ impl Runtime {
         &self,
         flow_id: &str,
         server: &str,
-        kind: &'static str,
-        step: &'static str,
+        kind: FlowKind,
+        step: FlowStep,
         details: serde_json::Value,
     ) {
         self.flow_log
@@ -183,7 +183,7 @@ pub(super) struct FlowContext<'a> {
     pub rt: &'a Runtime,
     pub config: &'a UpstreamConfig,
     pub flow_id: &'a str,
-    pub kind: &'static str,
+    pub kind: FlowKind,
     pub fence: &'a Fence,
 }
 
@@ -191,11 +191,11 @@ impl FlowContext<'_> {
     /// Runs the test hook, if one is set.
     fn hook(&self) {
         if let Some(hook) = &self.rt.flow_hook {
-            (hook.0)(&self.config.name, self.kind);
+            (hook.0)(&self.config.name, self.kind.as_str());
         }
     }
 
-    fn event(&self, step: &'static str, details: serde_json::Value) {
+    fn event(&self, step: FlowStep, details: serde_json::Value) {
         self.rt
             .flow_event(self.flow_id, &self.config.name, self.kind, step, details);
     }
@@ -207,7 +207,7 @@ impl FlowContext<'_> {
             self.config.server_key.clone(),
             self.config.name.clone(),
             self.rt.owner.clone(),
-            self.kind,
+            self.kind.as_str(),
         );
         let lease_ms = lease.as_millis() as i64;
         let start = self

@@ -21,6 +21,7 @@ use crate::oauth::dpop::{self, Dpop};
 use crate::oauth::scope::select_scope;
 use crate::oauth::token::TokenEndpoint;
 use crate::store::{StoredClient, StoredToken, lock};
+use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime, dpop_binding};
 use crate::upstream::state::{RefreshFailure, RefreshPlan, TokenId};
 
@@ -62,13 +63,13 @@ pub async fn refresh(
         "oauth_flow",
         correlation_id = %flow_id,
         server = %config.name,
-        flow_kind = "refresh"
+        flow_kind = FlowKind::Refresh.as_str()
     );
     let cx = FlowContext {
         rt: &rt,
         config: &config,
         flow_id: &flow_id,
-        kind: "refresh",
+        kind: FlowKind::Refresh,
         fence: &fence,
     };
     run(&cx, request).instrument(span).await
@@ -84,7 +85,7 @@ async fn run(cx: &FlowContext<'_>, request: RefreshRequest) -> FlowOutcome {
     } = request;
     cx.hook();
     cx.event(
-        "started",
+        FlowStep::Started,
         json!({
             "token_endpoint": endpoint.as_ref().map(|e| e.token_endpoint.clone()),
             "reregister": plan.reregister,
@@ -161,7 +162,7 @@ async fn run(cx: &FlowContext<'_>, request: RefreshRequest) -> FlowOutcome {
                 "the stored DPoP key cannot be used ({e}): the refresh token is bound to it, so a login is needed"
             );
             tracing::warn!(error = %error, "refresh impossible");
-            cx.event("failed", json!({"error": error}));
+            cx.event(FlowStep::Failed, json!({"error": error}));
             cx.finish(Some(error.clone())).await;
             return failed(RefreshFailure::DpopKeyUnusable, error);
         }
@@ -187,7 +188,7 @@ async fn store_moved_on(
         None => {
             tracing::info!("the stored token is gone: another process logged out");
             let reason = "the token was deleted by another process (logout)";
-            cx.event("adopted", json!({"reason": reason}));
+            cx.event(FlowStep::Adopted, json!({"reason": reason}));
             let error = "logged out by another process".to_string();
             cx.finish(Some(error.clone())).await;
             Some(failed(RefreshFailure::TokenGone, error))
@@ -196,7 +197,7 @@ async fn store_moved_on(
             tracing::info!("another process refreshed meanwhile; its token is the newest");
             let reason = "another process refreshed meanwhile";
             cx.event(
-                "adopted",
+                FlowStep::Adopted,
                 json!({"reason": reason, "expires_at": stored.expires_at}),
             );
             cx.finish(None).await;
@@ -227,13 +228,13 @@ async fn reregister(
         Ok(registered) => registered,
         Err(e) => {
             tracing::warn!(error = %e, "could not register a client to refresh with");
-            cx.event("failed", failure_details(&e, false, Duration::ZERO));
+            cx.event(FlowStep::Failed, failure_details(&e, false, Duration::ZERO));
             cx.finish(Some(e.to_string())).await;
             return Err(failed(RefreshFailure::classify(&e, None), e.to_string()));
         }
     };
     cx.event(
-        "registered",
+        FlowStep::Registered,
         json!({"reason": reason, "client_id": fresh.client.client_id}),
     );
     // Discovery found another authorization server than the token's: the resource moved.
@@ -311,7 +312,10 @@ async fn present(cx: &FlowContext<'_>, call: Call<'_>, refresh_token: RefreshTok
                 _ => e.to_string(),
             };
             tracing::warn!(error = %error, failure = ?failure, "refresh failed");
-            cx.event("failed", failure_details(&e, permanent, started.elapsed()));
+            cx.event(
+                FlowStep::Failed,
+                failure_details(&e, permanent, started.elapsed()),
+            );
             cx.finish(Some(error.clone())).await;
             return FlowOutcome::RefreshFailed {
                 failure,
@@ -353,7 +357,7 @@ async fn present(cx: &FlowContext<'_>, call: Call<'_>, refresh_token: RefreshTok
     );
     let mut details = token_details(&token, saved, started.elapsed());
     details["rotated"] = rotated.into();
-    cx.event("token obtained", details);
+    cx.event(FlowStep::TokenObtained, details);
     FlowOutcome::Token {
         token,
         endpoint: Some(endpoint),
@@ -400,7 +404,7 @@ async fn resource_moved(
         "the resource now trusts the authorization server {to}, not {from}: a login there replaces this server's tokens (with that server's own client)"
     );
     tracing::info!(from, to = %to, "the resource moved to another authorization server; its refresh token is not presented there");
-    cx.event("resource moved", json!({"from": from, "to": to}));
+    cx.event(FlowStep::ResourceMoved, json!({"from": from, "to": to}));
     cx.finish(Some(error.clone())).await;
     FlowOutcome::RefreshFailed {
         failure: RefreshFailure::AuthorizationServerMoved { issuer: to },
