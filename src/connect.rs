@@ -72,6 +72,26 @@ pub struct ConnectOptions {
     pub dpop: bool,
 }
 
+impl ConnectOptions {
+    /// A run against `server_url` that opens logins with `browser`: a dynamically registered
+    /// or metadata-document client, the usual scope selection, an ephemeral redirect port, no
+    /// tool call, a browser login, DPoP only where the resource requires it, two minutes in
+    /// all.
+    pub fn new(server_url: Url, browser: BrowserLauncher) -> Self {
+        ConnectOptions {
+            server_url,
+            client: ClientConfig::default(),
+            scope: None,
+            browser,
+            redirect_port: 0,
+            call_tool: None,
+            timeout: Duration::from_secs(120),
+            device_code: false,
+            dpop: false,
+        }
+    }
+}
+
 /// What a successful run saw.
 #[derive(Debug)]
 pub struct ConnectReport {
@@ -101,7 +121,8 @@ pub enum ConnectError {
     /// The machine neither handed out a token nor failed within its bound of steps: a bug of
     /// the policy, never an answer about the server.
     #[error(
-        "the authorization policy reached no decision after {steps} steps (it stopped in phase {phase}); this is a bug: rerun with --log-level debug and report the log"
+        "the authorization policy reached no decision after {steps} steps (it stopped in phase \
+         {phase}); this is a bug: rerun with --log-level debug and report the log"
     )]
     Undecided { steps: usize, phase: &'static str },
 }
@@ -568,7 +589,12 @@ impl Authorizer {
         } else {
             token.scope.as_deref()
         };
-        let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "refresh");
+        let span = tracing::info_span!(
+            "oauth_flow",
+            correlation_id = %uuid::Uuid::new_v4(),
+            server = %self.options.server_url,
+            flow_kind = "refresh",
+        );
         let fresh = endpoint
             .refresh(
                 &self.http,
@@ -595,7 +621,12 @@ impl Authorizer {
         challenge: &BearerChallenge,
         scope: Option<String>,
     ) -> Result<(), OAuthError> {
-        let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "login");
+        let span = tracing::info_span!(
+            "oauth_flow",
+            correlation_id = %uuid::Uuid::new_v4(),
+            server = %self.options.server_url,
+            flow_kind = "login",
+        );
         self.authorize_in(challenge, scope).instrument(span).await
     }
 

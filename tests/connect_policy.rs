@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use mcpproxy_oauth::connect::{ConnectOptions, connect};
-use mcpproxy_oauth::oauth::client_identity::ClientConfig;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget};
 use serde_json::json;
 use url::Url;
@@ -26,15 +25,9 @@ async fn a_rejected_registered_client_is_replaced_by_a_login_with_a_new_registra
         .unwrap();
     let (browser, launches) = following_browser();
     let options = ConnectOptions {
-        server_url: Url::parse(&srv.mcp_url()).unwrap(),
-        client: ClientConfig::default(),
-        scope: None,
-        browser,
-        redirect_port: 0,
         call_tool: Some(("echo".into(), json!({"message": "hello"}))),
-        device_code: false,
         timeout: Duration::from_secs(20),
-        dpop: false,
+        ..ConnectOptions::new(Url::parse(&srv.mcp_url()).unwrap(), browser)
     };
     let report = connect(options)
         .await

@@ -418,7 +418,12 @@ mod tests {
             seq: 2,
             elapsed_ms: 1,
             step: FlowStep::Failed,
-            details: serde_json::from_value(serde_json::json!({"endpoint": "token endpoint", "status": 400, "error": "invalid_grant"})).unwrap(),
+            details: serde_json::from_value(serde_json::json!({
+                "endpoint": "token endpoint",
+                "status": 400,
+                "error": "invalid_grant"
+            }))
+            .unwrap(),
         };
         let v = server_view(
             &s,

@@ -71,7 +71,8 @@ pub enum OAuthError {
     #[error("the {endpoint} sent an unusable response: {reason}")]
     Malformed { endpoint: Endpoint, reason: String },
     #[error(
-        "authorization server metadata names issuer {found}, but it was fetched for {expected}; refusing to use it (RFC 8414 §3.3)"
+        "authorization server metadata names issuer {found}, but it was fetched for {expected}; \
+         refusing to use it (RFC 8414 §3.3)"
     )]
     IssuerMismatch { expected: String, found: String },
     #[error(
@@ -85,7 +86,8 @@ pub enum OAuthError {
     #[error("{0}")]
     Discovery(String),
     #[error(
-        "no client identity for {issuer}: it offers no dynamic registration; configure a client ID (--client-id, or oauth.client_id in the config)"
+        "no client identity for {issuer}: it offers no dynamic registration; configure a client ID \
+         (--client-id, or oauth.client_id in the config)"
     )]
     NoClientIdentity { issuer: String },
     /// The server issued a token that had already expired (expires_in <= 0).
@@ -106,7 +108,8 @@ pub enum OAuthError {
     #[error("authorization was retried {attempts} times without success (step-up limit)")]
     TooManyAuthorizations { attempts: u32 },
     #[error(
-        "the authorization server {issuer} offers no device authorization endpoint (RFC 8628): log in with the browser instead (without --device-code / oauth.device_code)"
+        "the authorization server {issuer} offers no device authorization endpoint (RFC 8628): log \
+         in with the browser instead (without --device-code / oauth.device_code)"
     )]
     DeviceGrantUnsupported { issuer: String },
     #[error("the device login was denied at {verification_uri}; start the login again to retry")]

@@ -339,7 +339,8 @@ impl SupervisorHandle {
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !valid {
             return Err(SupervisorError::InvalidInput(format!(
-                "a protocol version is 1 to 32 characters of letters, digits, '.', '_' and '-' (like 2026-07-28); got {} characters that are not",
+                "a protocol version is 1 to 32 characters of letters, digits, '.', '_' and '-' (like \
+                 2026-07-28); got {} characters that are not",
                 version.chars().count()
             )));
         }

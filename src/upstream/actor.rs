@@ -9,18 +9,13 @@
 //! `access_token()` on a still-valid token is a lock-free read that never reaches this
 //! mailbox.
 
+use actix::prelude::*;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use actix::prelude::*;
 use tokio::sync::{broadcast, oneshot};
 
-use super::flows::{
-    self, Fence, FlowOutcome, LoginRequest, RefreshRequest, Runtime, endpoint_from_stored, facts,
-    save_fenced,
-};
+use super::flows::{self, Fence, LoginRequest, RefreshRequest, Runtime, facts};
 pub use super::messages::*;
 pub use super::snapshot::{Snapshot, TokenSnapshot};
 use super::state::{
@@ -31,24 +26,21 @@ pub use super::status::{ServerStatus, StateChange};
 use super::status::{phase_detail, routine_change};
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
-use crate::oauth::dpop::{Dpop, DpopKey};
+use crate::oauth::dpop::Dpop;
 use crate::oauth::token::TokenEndpoint;
 use crate::scheduler::{Owner, TimerKind};
-use crate::store::{StoredClient, StoredToken, lock};
-use crate::telemetry::flow_logger::{FlowKind, FlowStep};
-
-/// How long a logout waits for a running flow of another process before deleting anyway.
-const LOGOUT_LOCK_WAIT: Duration = Duration::from_secs(30);
+use crate::store::{StoredClient, StoredToken};
+use crate::telemetry::flow_logger::FlowKind;
 
 /// Who fed an event, for the effects that answer callers.
 pub struct Caller {
-    waits: Waits,
+    pub(super) waits: Waits,
     /// The challenge the caller's report came with: kept for the next flow unless the
     /// machine answered the caller alone (the report changed nothing).
     challenge: Option<BearerChallenge>,
 }
 
-enum Waits {
+pub(super) enum Waits {
     Nobody,
     /// Wants a token: answered alone (`AnswerCaller`), with everyone (`ResolveWaiters`), or
     /// it waits with them.
@@ -81,62 +73,62 @@ impl Caller {
 
 /// The deadline handed to the scheduler, so an unchanged one is not armed again.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Scheduled {
+pub(super) struct Scheduled {
     at: Millis,
     latest: Option<Millis>,
     /// When the scheduler fires it (`at`, moved later by its stagger).
-    fires_at: Millis,
+    pub(super) fires_at: Millis,
 }
 
 pub struct UpstreamActor {
-    config: Arc<UpstreamConfig>,
-    rt: Arc<Runtime>,
-    policy: Policy,
-    snapshot: Snapshot,
-    events: broadcast::Sender<StateChange>,
-    state: State,
+    pub(super) config: Arc<UpstreamConfig>,
+    pub(super) rt: Arc<Runtime>,
+    pub(super) policy: Policy,
+    pub(super) snapshot: Snapshot,
+    pub(super) events: broadcast::Sender<StateChange>,
+    pub(super) state: State,
     /// The secrets of the token whose facts the machine holds.
-    current: Option<StoredToken>,
+    pub(super) current: Option<StoredToken>,
     /// The token the published snapshot shows.
     published: Option<TokenId>,
     /// A client a login obtained whose save failed with its token: saved with it.
-    unsaved_client: Option<StoredClient>,
-    endpoint: Option<TokenEndpoint>,
-    last_challenge: Option<BearerChallenge>,
-    waiters: Vec<oneshot::Sender<Reply>>,
+    pub(super) unsaved_client: Option<StoredClient>,
+    pub(super) endpoint: Option<TokenEndpoint>,
+    pub(super) last_challenge: Option<BearerChallenge>,
+    pub(super) waiters: Vec<oneshot::Sender<Reply>>,
     /// Whoever waits for the drain (shutdown), answered on `Effect::Drained`.
     pub(super) drained: Vec<oneshot::Sender<()>>,
     /// The running flow: its id (the correlation ID), kind and start.
-    running_flow: Option<String>,
-    running_flow_kind: FlowKind,
-    running_flow_started_at: Millis,
+    pub(super) running_flow: Option<String>,
+    pub(super) running_flow_kind: FlowKind,
+    pub(super) running_flow_started_at: Millis,
     /// The running load or flow, so a logout can cancel it.
-    flow_handle: Option<SpawnHandle>,
-    last_flow: Option<String>,
+    pub(super) flow_handle: Option<SpawnHandle>,
+    pub(super) last_flow: Option<String>,
     /// This actor's id in the scheduler, which holds its one deadline.
-    owner: Owner,
-    scheduled: Option<Scheduled>,
+    pub(super) owner: Owner,
+    pub(super) scheduled: Option<Scheduled>,
     /// The machine's generation, shared with running flows, which check it before each write.
-    generation: Arc<AtomicU64>,
+    pub(super) generation: Arc<AtomicU64>,
     /// How often a timer fired, for status: a spinning machine shows here first.
-    timers_fired: u64,
+    pub(super) timers_fired: u64,
     /// Events the effects of a step produced at once, fed after it: `apply` is never
     /// re-entered.
-    queue: VecDeque<Event>,
+    pub(super) queue: VecDeque<Event>,
     /// Restarted after a panic: reload from the store as soon as the actor runs again.
-    reload_on_start: bool,
+    pub(super) reload_on_start: bool,
     /// The running login's authorization URL, published by its launcher.
-    auth_url: flows::Published<String>,
+    pub(super) auth_url: flows::Published<String>,
     /// The running device login's prompt (user code, verification URL, expiry).
-    device_prompt: flows::Published<crate::oauth::device::DevicePrompt>,
+    pub(super) device_prompt: flows::Published<crate::oauth::device::DevicePrompt>,
     /// The DPoP key of the current token (RFC 9449) with the nonces its servers handed out,
     /// shared with the published snapshot and the flows.
-    dpop: Option<Dpop>,
+    pub(super) dpop: Option<Dpop>,
     /// The key logins prove where they use DPoP (kept across failed logins, with the nonces
     /// their token endpoint handed out); becomes `dpop` when a login's token is bound to it.
-    login_dpop: Option<Dpop>,
+    pub(super) login_dpop: Option<Dpop>,
     /// What the embedding runtime last reported having negotiated with the server.
-    protocol_version: Option<String>,
+    pub(super) protocol_version: Option<String>,
 }
 
 impl UpstreamActor {
@@ -180,7 +172,7 @@ impl UpstreamActor {
         }
     }
 
-    fn now(&self) -> Millis {
+    pub(super) fn now(&self) -> Millis {
         self.rt.clock.now_ms()
     }
 
@@ -331,7 +323,7 @@ impl UpstreamActor {
         self.arm_deadline(ctx);
     }
 
-    fn fence(&self) -> Fence {
+    pub(super) fn fence(&self) -> Fence {
         Fence::new(self.generation.clone(), self.state.generation)
     }
 
@@ -386,7 +378,11 @@ impl UpstreamActor {
                     ctx.cancel_future(handle);
                 }
                 if let Some(flow) = self.running_flow.take() {
-                    tracing::info!(server = %self.config.name, correlation_id = %flow, "the running flow was cancelled");
+                    tracing::info!(
+                        server = %self.config.name,
+                        correlation_id = %flow,
+                        "the running flow was cancelled",
+                    );
                     self.last_flow = Some(flow);
                 }
             }
@@ -395,7 +391,12 @@ impl UpstreamActor {
             Effect::ResolveWaiters(resolution) => {
                 let reply = self.reply(resolution);
                 if let Err(e) = &reply {
-                    tracing::debug!(server = %self.config.name, waiters = self.waiters.len(), error = %e.failure, "answering waiters with a failure");
+                    tracing::debug!(
+                        server = %self.config.name,
+                        waiters = self.waiters.len(),
+                        error = %e.failure,
+                        "answering waiters with a failure",
+                    );
                 }
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(reply.clone());
@@ -412,7 +413,12 @@ impl UpstreamActor {
             Effect::DropRefreshToken => self.drop_refresh_token(ctx),
             Effect::ForgetToken => self.set_current(None),
             Effect::AnnounceReauthentication { reason } => {
-                tracing::warn!(server = %self.config.name, reason = ?reason, "re-authentication required for {}: {reason}", self.config.name);
+                tracing::warn!(
+                    server = %self.config.name,
+                    reason = ?reason,
+                    "re-authentication required for {}: {reason}",
+                    self.config.name,
+                );
             }
             Effect::Drained => {
                 for done in self.drained.drain(..) {
@@ -420,335 +426,6 @@ impl UpstreamActor {
                 }
             }
         }
-    }
-
-    /// The key a login proves where it uses DPoP: the current token's, else the one earlier
-    /// logins proved (its token endpoint's nonces carry over), else a new one.
-    fn login_key(&mut self) -> Dpop {
-        match (&self.dpop, &self.login_dpop) {
-            (Some(current), _) => current.clone(),
-            (None, Some(earlier)) => earlier.clone(),
-            (None, None) => self
-                .login_dpop
-                .insert(Dpop::new(DpopKey::generate()))
-                .clone(),
-        }
-    }
-
-    /// Reads the server's stored token and client.
-    fn load_stored(
-        &self,
-    ) -> impl std::future::Future<
-        Output = Result<(Option<StoredToken>, Option<StoredClient>), crate::store::StoreError>,
-    > + 'static {
-        let key = self.config.server_key.clone();
-        let registry = self.rt.registry.clone();
-        async move { registry.call(move |s| s.load_token_and_client(&key)).await }
-    }
-
-    fn load(&mut self, ctx: &mut Context<Self>) {
-        let generation = self.state.generation;
-        let load = self.load_stored().into_actor(self);
-        let handle = ctx.spawn(load.map(move |result, act, ctx| {
-            act.flow_handle = None;
-            let event = match result {
-                Ok((token, client)) => {
-                    if generation != act.state.generation {
-                        return;
-                    }
-                    act.adopt_client(client.as_ref());
-                    let event = Event::Loaded {
-                        generation,
-                        token: token.as_ref().map(facts),
-                    };
-                    return act.apply(event, token, Caller::nobody(), ctx);
-                }
-                Err(e) => Event::LoadFailed {
-                    generation,
-                    error: format!("cannot read the token store: {e}"),
-                },
-            };
-            act.apply(event, None, Caller::nobody(), ctx);
-        }));
-        self.flow_handle = Some(handle);
-    }
-
-    fn adopt_client(&mut self, client: Option<&StoredClient>) {
-        if let Some(client) = client {
-            self.endpoint = Some(endpoint_from_stored(client));
-        }
-    }
-
-    /// Runs a flow as this actor's one flow, on the flow threads (its HTTP and TLS do not hold
-    /// up the actors' mailboxes); its outcome comes back here. Cancelling the actor's future
-    /// (a logout) aborts the task. A panic inside it is caught: the actor stops, and its
-    /// supervisor restarts it with its state reloaded from the store (other servers go on).
-    fn spawn_flow(
-        &mut self,
-        flow_id: String,
-        generation: u64,
-        flow: impl std::future::Future<Output = FlowOutcome> + Send + 'static,
-        ctx: &mut Context<Self>,
-    ) {
-        let flow = AbortOnDrop(self.rt.flow_threads.spawn(flow));
-        let handle = ctx.spawn(flow.into_actor(self).map(move |outcome, act, ctx| {
-            match outcome {
-                Ok(outcome) => act.flow_done(flow_id, generation, outcome, ctx),
-                Err(_) => {
-                    tracing::error!(server = %act.config.name, correlation_id = %flow_id, "the flow panicked; restarting the server's actor, which reloads its state from the store");
-                    act.reload_on_start = true;
-                    ctx.stop();
-                }
-            }
-        }));
-        self.flow_handle = Some(handle);
-    }
-
-    /// Saves the token in memory (and the client its login obtained) again, fenced; the
-    /// machine hears how it went.
-    fn save_token(&mut self, ctx: &mut Context<Self>) {
-        let Some(token) = self.current.clone() else {
-            return;
-        };
-        let id = TokenId::of(&token.access_token);
-        let (registry, fence, client) = (
-            self.rt.registry.clone(),
-            self.fence(),
-            self.unsaved_client.clone(),
-        );
-        let save = async move { save_fenced(&registry, &fence, &token, client, None).await };
-        ctx.spawn(save.into_actor(self).map(move |result, act, ctx| {
-            let event = match result {
-                Ok(()) => {
-                    tracing::info!(server = %act.config.name, "the token kept in memory is now in the store");
-                    act.unsaved_client = None;
-                    Event::Saved { token: id }
-                }
-                Err(flows::SaveError::Fenced) => return,
-                Err(flows::SaveError::Store(error)) => {
-                    tracing::warn!(server = %act.config.name, error = %error, "the token still cannot be saved; it stays in memory and is retried");
-                    Event::SaveFailed { token: id, error }
-                }
-            };
-            act.apply(event, None, Caller::nobody(), ctx);
-        }));
-    }
-
-    fn drop_refresh_token(&mut self, ctx: &mut Context<Self>) {
-        if let Some(t) = self.current.as_mut() {
-            t.refresh_token = None;
-        }
-        let key = self.config.server_key.clone();
-        let registry = self.rt.registry.clone();
-        let fence = self.fence();
-        let dropped = async move {
-            let result = registry
-                .call(move |s| {
-                    if fence.is_current() {
-                        s.drop_refresh_token(&key)?;
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "could not forget the refused refresh token");
-            }
-        };
-        ctx.spawn(dropped.into_actor(self));
-    }
-
-    /// Logout: under the flow lock (so another process's refresh cannot write the token back
-    /// after the delete; a flow stuck for longer does not stop the logout), the stored token
-    /// is revoked where the server offers it and deleted; the caller hears how it went.
-    fn revoke_and_delete(&mut self, caller: &mut Caller) {
-        let Waits::Logout(done) = std::mem::replace(&mut caller.waits, Waits::Nobody) else {
-            return;
-        };
-        let (registry, http) = (self.rt.registry.clone(), self.rt.http.clone());
-        let lock_dir = self.rt.lock_dir.clone();
-        let key = self.config.server_key.clone();
-        let server = self.config.name.clone();
-        // On the flow threads, like every flow: the revocation is HTTP.
-        self.rt.flow_threads.spawn(async move {
-            let _lock = match lock::acquire(&lock_dir, &key, LOGOUT_LOCK_WAIT).await {
-                Ok(lock) => Some(lock),
-                Err(e) => {
-                    tracing::warn!(server = %server, error = %e, "logging out without the flow lock");
-                    None
-                }
-            };
-            // The store, not this actor's memory, says what to revoke: the token may have been
-            // obtained by another process.
-            let stored = {
-                let key = key.clone();
-                registry
-                    .call(move |s| s.load_token_and_client(&key))
-                    .await
-            };
-            if let Ok((Some(token), Some(client))) = &stored
-                && let Some(revocation) = &client.revocation_endpoint
-            {
-                // Best effort: the local forget below happens whatever the server says.
-                let endpoint = endpoint_from_stored(client);
-                let refresh_token = token.refresh_token.as_deref();
-                let revoked = endpoint
-                    .revoke(&http, revocation, refresh_token, &token.access_token)
-                    .await;
-                if let Err(e) = revoked {
-                    tracing::warn!(server = %server, error = %e, "revocation at the authorization server failed");
-                }
-            }
-            let deleted = registry.call(move |s| s.delete_token(&key)).await;
-            let _ = done.send(deleted.map_err(|e| UpstreamError {
-                server,
-                failure: Failure::Store {
-                    error: e.to_string(),
-                },
-                flow_id: None,
-            }));
-        });
-    }
-
-    fn begin_flow(&mut self, kind: FlowKind) -> String {
-        *self.auth_url.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let flow_id = uuid::Uuid::new_v4().to_string();
-        self.running_flow = Some(flow_id.clone());
-        self.running_flow_kind = kind;
-        self.running_flow_started_at = self.now();
-        flow_id
-    }
-
-    fn flow_done(
-        &mut self,
-        flow_id: String,
-        generation: u64,
-        outcome: FlowOutcome,
-        ctx: &mut Context<Self>,
-    ) {
-        // The decision taken on this outcome (connected, retry at T, re-login, wait) is
-        // logged inside the flow's span, so the flow's trace ends with it.
-        let span = tracing::info_span!("oauth_flow", correlation_id = %flow_id, server = %self.config.name, flow_kind = self.running_flow_kind.as_str());
-        let _entered = span.enter();
-        let kind = self.running_flow_kind;
-        self.flow_handle = None;
-        if generation != self.state.generation {
-            tracing::info!(
-                "the flow was overtaken (logout or a newer login); its result is ignored"
-            );
-            return;
-        }
-        // This flow is over before the machine reacts: the reaction may start the next one.
-        self.last_flow = Some(flow_id.clone());
-        self.running_flow = None;
-        let (event, offered) = match outcome {
-            FlowOutcome::Token {
-                token,
-                endpoint,
-                saved,
-                client,
-            } => {
-                if let Some(endpoint) = endpoint {
-                    self.endpoint = Some(endpoint);
-                }
-                self.unsaved_client = client;
-                let token_facts = facts(&token);
-                let event = Event::TokenObtained {
-                    generation,
-                    token: token_facts,
-                    saved,
-                };
-                (event, Some(token))
-            }
-            FlowOutcome::StoreAhead { token } => {
-                let event = Event::StoreAhead {
-                    generation,
-                    token: facts(&token),
-                };
-                (event, Some(token))
-            }
-            FlowOutcome::RefreshFailed {
-                failure,
-                error,
-                rotated_refresh_token,
-                endpoint,
-            } => {
-                if let Some(endpoint) = endpoint {
-                    self.endpoint = Some(endpoint);
-                }
-                if let (Some(rotated), Some(current)) =
-                    (rotated_refresh_token, self.current.as_mut())
-                {
-                    current.refresh_token = Some(rotated);
-                }
-                let event = Event::RefreshFailed {
-                    generation,
-                    failure,
-                    error,
-                };
-                (event, None)
-            }
-            FlowOutcome::LoginFailed {
-                error,
-                dynamic_client,
-            } => {
-                let event = Event::LoginFailed {
-                    generation,
-                    error,
-                    dynamic_client,
-                };
-                (event, None)
-            }
-        };
-        self.apply(event, offered, Caller::nobody(), ctx);
-        self.announce_decision(&flow_id, kind);
-    }
-
-    /// The flow's last trace event: what the machine decided on its outcome.
-    fn announce_decision(&self, flow_id: &str, kind: FlowKind) {
-        let phase = &self.state.phase;
-        let decision = match phase {
-            Phase::Connected => "use the new token".to_string(),
-            Phase::BackingOff { retry_at, .. } => format!("retry at {retry_at}"),
-            Phase::Retrying {
-                retry_at, until, ..
-            } => {
-                format!("retry slowly: next at {retry_at}, until {until}")
-            }
-            Phase::Authorizing => "re-login: a browser login started".into(),
-            Phase::Refreshing if self.state.reregistered => {
-                "register a new client and refresh again".into()
-            }
-            Phase::Refreshing if self.state.scope_omitted => "refresh again without scope".into(),
-            Phase::Refreshing => "refresh again".into(),
-            Phase::NeedsLogin { .. } => "wait for a login".into(),
-            Phase::ClientRejected { retry_at, .. } => {
-                format!("fix the configured client; retry at {retry_at}")
-            }
-            Phase::LoggedOut => "logged out".into(),
-            Phase::Idle | Phase::Loading | Phase::StoreUnavailable { .. } => {
-                phase.name().to_string()
-            }
-        };
-        let mut details = serde_json::to_value(phase).unwrap_or_default();
-        details["decision"] = decision.clone().into();
-        if let Phase::Connected = phase {
-            details["next_refresh_at"] = self
-                .state
-                .token
-                .and_then(|t| t.refresh_at(self.state.jitter))
-                .into();
-            details["unsaved"] = self.state.unsaved.is_some().into();
-            tracing::debug!(decision = %decision, "decision taken");
-        } else {
-            tracing::info!(decision = %decision, "decision taken");
-        }
-        self.rt.flow_event(
-            flow_id,
-            &self.config.name,
-            kind,
-            FlowStep::Decision,
-            details,
-        );
     }
 
     /// Replaces the current token (the machine took it), binding its DPoP key.
@@ -782,7 +459,7 @@ impl UpstreamActor {
         self.current = token;
     }
 
-    fn reply(&self, resolution: Resolution) -> Reply {
+    pub(super) fn reply(&self, resolution: Resolution) -> Reply {
         let flow_id = self.running_flow.clone().or_else(|| self.last_flow.clone());
         match (resolution, &self.current) {
             (Resolution::Ready, Some(token)) => Ok(Grant {
@@ -861,66 +538,35 @@ impl UpstreamActor {
             return;
         }
         let generation = self.state.generation;
-        ctx.spawn(self.load_stored().into_actor(self).map(move |result, act, ctx| {
-            let Ok((stored, client)) = result else { return };
-            if generation != act.state.generation || !act.state.watches_store() {
-                return;
-            }
-            let held = act.state.token.map(|t| t.id);
-            let stored_id = stored.as_ref().map(|t| TokenId::of(&t.access_token));
-            if stored_id.is_some() && stored_id != held {
-                act.adopt_client(client.as_ref());
-            }
-            let stored_facts = stored.as_ref().map(facts);
-            act.apply(Event::StoreChanged(stored_facts), stored, Caller::nobody(), ctx);
-            if act.state.token.map(|t| t.id) != held {
-                tracing::info!(server = %act.config.name, stored = stored_id.is_some(), "another process changed the stored token");
-            }
-        }));
-    }
-
-    pub(super) fn status(&self) -> ServerStatus {
-        let token = self.current.as_ref();
-        let connected = matches!(self.state.phase, Phase::Connected);
-        let authorizing = matches!(self.state.phase, Phase::Authorizing);
-        fn published<T: Clone>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
-            slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
-        }
-        ServerStatus {
-            name: self.config.name.clone(),
-            url: self.config.url.to_string(),
-            server_key: self.config.server_key.clone(),
-            phase: self.state.phase.clone(),
-            detail: phase_detail(&self.state.phase),
-            expires_at: token.and_then(|t| t.expires_at),
-            has_token: token.is_some(),
-            has_refresh_token: token.is_some_and(|t| t.refresh_token.is_some()),
-            scope: token.and_then(|t| t.scope.clone()),
-            next_attempt_at: self.state.phase.next_attempt_at(),
-            next_refresh_at: self
-                .state
-                .token
-                .filter(|t| connected && t.has_refresh_token)
-                .and_then(|t| t.refresh_at(self.state.jitter)),
-            refresh_failures: self.state.transient_failures,
-            unsaved_token: self.state.unsaved.is_some(),
-            timers_fired: self.timers_fired,
-            auth_url: authorizing.then(|| published(&self.auth_url)).flatten(),
-            device_login: authorizing
-                .then(|| published(&self.device_prompt))
-                .flatten(),
-            running_flow: self.running_flow.clone(),
-            running_flow_kind: self.running_flow.as_ref().map(|_| self.running_flow_kind),
-            running_flow_started_at: self
-                .running_flow
-                .as_ref()
-                .map(|_| self.running_flow_started_at),
-            last_flow: self.last_flow.clone(),
-            timer_at: self.scheduled.map(|s| s.fires_at),
-            token_type: token.map(|t| t.token_type.clone()),
-            dpop_jkt: token.and_then(|t| t.dpop.as_ref().map(|d| d.jkt.clone())),
-            protocol_version: self.protocol_version.clone(),
-        }
+        ctx.spawn(
+            self.load_stored()
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    let Ok((stored, client)) = result else { return };
+                    if generation != act.state.generation || !act.state.watches_store() {
+                        return;
+                    }
+                    let held = act.state.token.map(|t| t.id);
+                    let stored_id = stored.as_ref().map(|t| TokenId::of(&t.access_token));
+                    if stored_id.is_some() && stored_id != held {
+                        act.adopt_client(client.as_ref());
+                    }
+                    let stored_facts = stored.as_ref().map(facts);
+                    act.apply(
+                        Event::StoreChanged(stored_facts),
+                        stored,
+                        Caller::nobody(),
+                        ctx,
+                    );
+                    if act.state.token.map(|t| t.id) != held {
+                        tracing::info!(
+                            server = %act.config.name,
+                            stored = stored_id.is_some(),
+                            "another process changed the stored token",
+                        );
+                    }
+                }),
+        );
     }
 }
 
@@ -967,24 +613,5 @@ impl Supervised for UpstreamActor {
         self.rt.scheduler.forget(self.owner);
         self.scheduled = None;
         self.snapshot.store(None);
-    }
-}
-
-/// A flow task on the flow threads that is aborted when the actor drops its future.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -78,7 +78,8 @@ impl std::fmt::Display for LoginReason {
             }
             LoginReason::StepUpLimit { scope, logins } => write!(
                 f,
-                "the server still refuses for lack of scope after {logins} logins for more scope (\"{scope}\"); run a login to ask again"
+                "the server still refuses for lack of scope after {logins} logins for more scope \
+                 (\"{scope}\"); run a login to ask again"
             ),
             LoginReason::AuthorizationServerMoved { issuer } => {
                 write!(f, "the resource moved to the authorization server {issuer}")
@@ -211,7 +212,8 @@ pub enum Failure {
         last_error: String,
     },
     #[error(
-        "the authorization server rejected the configured client ({error}); check oauth.client_id and oauth.client_secret in the config"
+        "the authorization server rejected the configured client ({error}); check oauth.client_id \
+         and oauth.client_secret in the config"
     )]
     ClientRejected { error: String },
     #[error("the login failed: {error}")]

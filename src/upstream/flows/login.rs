@@ -77,20 +77,8 @@ pub async fn login(
     fence: Fence,
     request: LoginRequest,
 ) -> FlowOutcome {
-    let span = tracing::info_span!(
-        "oauth_flow",
-        correlation_id = %flow_id,
-        server = %config.name,
-        flow_kind = FlowKind::Login.as_str()
-    );
-    let cx = FlowContext {
-        rt: &rt,
-        config: &config,
-        flow_id: &flow_id,
-        kind: FlowKind::Login,
-        fence: &fence,
-    };
-    run(&cx, request).instrument(span).await
+    let cx = FlowContext::new(&rt, &config, &flow_id, FlowKind::Login, &fence);
+    run(&cx, request).instrument(cx.span()).await
 }
 
 async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
@@ -210,7 +198,10 @@ async fn save(
             };
         }
         Err(SaveError::Store(e)) => {
-            tracing::error!(error = %e, "the new token could not be stored; it is kept in memory and its save is retried");
+            tracing::error!(
+                error = %e,
+                "the new token could not be stored; it is kept in memory and its save is retried",
+            );
             // The flow's end was in the failed transaction: recorded on its own.
             cx.finish(None).await;
             false
@@ -352,7 +343,11 @@ async fn stored_client_at(cx: &FlowContext<'_>, issuer: &str) -> Option<TokenEnd
         .await;
     match client {
         Ok(Some(client)) => {
-            tracing::info!(client_id = %client.client_id, issuer = %client.issuer, "reusing the client stored for this authorization server");
+            tracing::info!(
+                client_id = %client.client_id,
+                issuer = %client.issuer,
+                "reusing the client stored for this authorization server",
+            );
             Some(endpoint_from_stored(&client))
         }
         Ok(None) => None,

@@ -187,7 +187,34 @@ pub(super) struct FlowContext<'a> {
     pub fence: &'a Fence,
 }
 
-impl FlowContext<'_> {
+impl<'a> FlowContext<'a> {
+    pub fn new(
+        rt: &'a Runtime,
+        config: &'a UpstreamConfig,
+        flow_id: &'a str,
+        kind: FlowKind,
+        fence: &'a Fence,
+    ) -> Self {
+        FlowContext {
+            rt,
+            config,
+            flow_id,
+            kind,
+            fence,
+        }
+    }
+
+    /// The flow's span: every line logged inside it, by any module, carries the flow's
+    /// correlation ID, server and kind.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "oauth_flow",
+            correlation_id = %self.flow_id,
+            server = %self.config.name,
+            flow_kind = self.kind.as_str(),
+        )
+    }
+
     /// Runs the test hook, if one is set.
     fn hook(&self) {
         if let Some(hook) = &self.rt.flow_hook {

@@ -59,20 +59,8 @@ pub async fn refresh(
     fence: Fence,
     request: RefreshRequest,
 ) -> FlowOutcome {
-    let span = tracing::info_span!(
-        "oauth_flow",
-        correlation_id = %flow_id,
-        server = %config.name,
-        flow_kind = FlowKind::Refresh.as_str()
-    );
-    let cx = FlowContext {
-        rt: &rt,
-        config: &config,
-        flow_id: &flow_id,
-        kind: FlowKind::Refresh,
-        fence: &fence,
-    };
-    run(&cx, request).instrument(span).await
+    let cx = FlowContext::new(&rt, &config, &flow_id, FlowKind::Refresh, &fence);
+    run(&cx, request).instrument(cx.span()).await
 }
 
 async fn run(cx: &FlowContext<'_>, request: RefreshRequest) -> FlowOutcome {
@@ -279,15 +267,9 @@ struct Call<'a> {
 /// Presents the refresh token and saves what comes back (a rotated refresh token too, from a
 /// failed answer: it must never be lost).
 async fn present(cx: &FlowContext<'_>, call: Call<'_>, refresh_token: RefreshToken) -> FlowOutcome {
-    let Call {
-        current,
-        endpoint,
-        registered,
-        omit_scope,
-        dpop,
-    } = call;
+    let (current, endpoint, dpop) = (call.current, call.endpoint, call.dpop);
     let rt = cx.rt;
-    let scope = if omit_scope {
+    let scope = if call.omit_scope {
         None
     } else {
         current.scope.as_deref()
@@ -307,7 +289,8 @@ async fn present(cx: &FlowContext<'_>, call: Call<'_>, refresh_token: RefreshTok
             // backoff) presents the same refresh token, which a rotating server refuses.
             let error = match &e {
                 OAuthError::Timeout { .. } => format!(
-                    "{e}; the server may have consumed the refresh token (a rotating server then refuses it and a login follows)"
+                    "{e}; the server may have consumed the refresh token (a rotating server then \
+                     refuses it and a login follows)"
                 ),
                 _ => e.to_string(),
             };
@@ -321,7 +304,7 @@ async fn present(cx: &FlowContext<'_>, call: Call<'_>, refresh_token: RefreshTok
                 failure,
                 error,
                 rotated_refresh_token: rotated,
-                endpoint: registered.then_some(endpoint),
+                endpoint: call.registered.then_some(endpoint),
             };
         }
     };
@@ -342,7 +325,10 @@ async fn present(cx: &FlowContext<'_>, call: Call<'_>, refresh_token: RefreshTok
             return failed(RefreshFailure::TokenGone, "overtaken by a logout".into());
         }
         Err(SaveError::Store(e)) => {
-            tracing::error!(error = %e, "the refreshed token could not be persisted; it is kept in memory and its save is retried");
+            tracing::error!(
+                error = %e,
+                "the refreshed token could not be persisted; it is kept in memory and its save is retried",
+            );
             // The flow's end was in the failed transaction: recorded on its own.
             cx.finish(None).await;
             false
@@ -401,9 +387,14 @@ async fn resource_moved(
     endpoint: Option<TokenEndpoint>,
 ) -> FlowOutcome {
     let error = format!(
-        "the resource now trusts the authorization server {to}, not {from}: a login there replaces this server's tokens (with that server's own client)"
+        "the resource now trusts the authorization server {to}, not {from}: a login there replaces \
+         this server's tokens (with that server's own client)"
     );
-    tracing::info!(from, to = %to, "the resource moved to another authorization server; its refresh token is not presented there");
+    tracing::info!(
+        from,
+        to = %to,
+        "the resource moved to another authorization server; its refresh token is not presented there",
+    );
     cx.event(FlowStep::ResourceMoved, json!({"from": from, "to": to}));
     cx.finish(Some(error.clone())).await;
     FlowOutcome::RefreshFailed {

@@ -289,13 +289,11 @@ pub(super) fn obtained(
     } else {
         // A "successful" flow whose token is already unusable is a failure, never a
         // success: back off instead of looping.
-        transient_failure(
+        bad_token(
             next,
             fx,
             now,
-            None,
-            false,
-            "the server issued a token that is already expired".into(),
+            "the server issued a token that is already expired",
         );
     }
 }
@@ -561,6 +559,11 @@ pub(super) fn transient_failure(
     }
 }
 
+/// The server issues tokens that do not work: back off as after a transient failure.
+fn bad_token(next: &mut State, fx: &mut Vec<Effect>, now: Millis, error: &str) {
+    transient_failure(next, fx, now, None, false, error.into());
+}
+
 /// In a waiting phase: a still-usable token serves the caller, else it hears why it waits.
 pub(super) fn serve_or_explain(next: &State, fx: &mut Vec<Effect>, now: Millis) {
     if next.token.is_some_and(|t| t.usable(now)) {
@@ -727,13 +730,11 @@ pub(super) fn refused(
                 // Refused again, fresh from a refresh that answered a refusal: the server
                 // issues unusable tokens. Refreshing at once would loop; back off instead.
                 next.suspect_tokens = true;
-                transient_failure(
+                bad_token(
                     next,
                     fx,
                     now,
-                    None,
-                    false,
-                    "the server refused a token it had just issued".into(),
+                    "the server refused a token it had just issued",
                 );
             } else {
                 next.refresh_after_refusal = true;

@@ -21,20 +21,8 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
         with(c, |n| n.phase = Phase::Refreshing),
         vec![refresh()],
     ));
-    rows.push((
-        c.clone(),
-        refused_now(),
-        with(c, |n| {
-            n.phase = Phase::Refreshing;
-            n.refresh_after_refusal = true;
-            n.token = Some(refused(valid()));
-            n.refused = Some(id(1));
-        }),
-        vec![refresh_with(RefreshPlan {
-            after_refusal: true,
-            ..RefreshPlan::default()
-        })],
-    ));
+    let (after, fx) = refused_and_refreshing(c);
+    rows.push((c.clone(), refused_now(), after, fx));
     let just_refreshed = State {
         refresh_after_refusal: true,
         ..connected_to(c, fresh())
@@ -70,12 +58,7 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
         no_rt.clone(),
         refused_now(),
         after.clone(),
-        vec![
-            AnnounceReauthentication {
-                reason: LoginReason::NoRefreshToken,
-            },
-            login_of(&after),
-        ],
+        announced_login(LoginReason::NoRefreshToken, &after),
     ));
     rows.push((
         no_rt.clone(),
@@ -104,12 +87,7 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
         no_rt_due.clone(),
         Event::Due(Timer::Refresh),
         after.clone(),
-        vec![
-            AnnounceReauthentication {
-                reason: LoginReason::NoRefreshToken,
-            },
-            login_of(&after),
-        ],
+        announced_login(LoginReason::NoRefreshToken, &after),
     ));
     rows.push((
         c.clone(),

@@ -72,24 +72,14 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
         l.clone(),
         loaded(Some(no_rt)),
         after.clone(),
-        vec![
-            AnnounceReauthentication {
-                reason: LoginReason::NoRefreshToken,
-            },
-            login_of(&after),
-        ],
+        announced_login(LoginReason::NoRefreshToken, &after),
     ));
     let after = login_started(l);
     rows.push((
         l.clone(),
         loaded(None),
         after.clone(),
-        vec![
-            AnnounceReauthentication {
-                reason: LoginReason::NoStoredToken,
-            },
-            login_of(&after),
-        ],
+        announced_login(LoginReason::NoStoredToken, &after),
     ));
     // A token refused before is not trusted again when read back.
     let refusing = with(l, |n| n.refused = Some(id(1)));

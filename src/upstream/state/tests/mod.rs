@@ -107,6 +107,27 @@ fn login_of(s: &State) -> Effect {
     })
 }
 
+/// Announced because of `reason`, the login `after` starts.
+fn announced_login(reason: LoginReason, after: &State) -> Vec<Effect> {
+    vec![AnnounceReauthentication { reason }, login_of(after)]
+}
+
+/// A refusal of the current token of `c` (connected to `valid()`): refused, and refreshed
+/// after checking where the resource's authorization server is now.
+fn refused_and_refreshing(c: &State) -> (State, Vec<Effect>) {
+    let after = with(c, |n| {
+        n.phase = Phase::Refreshing;
+        n.refresh_after_refusal = true;
+        n.token = Some(refused(valid()));
+        n.refused = Some(id(1));
+    });
+    let plan = RefreshPlan {
+        after_refusal: true,
+        ..RefreshPlan::default()
+    };
+    (after, vec![refresh_with(plan)])
+}
+
 fn login_started(s: &State) -> State {
     with(s, |n| {
         n.phase = Phase::Authorizing;

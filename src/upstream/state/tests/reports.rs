@@ -175,20 +175,8 @@ fn answered_alone(s: &Samples) -> Vec<Row> {
         rows.push((x.clone(), forbidden, x.clone(), alone(Resolution::Ready)));
     }
     // About the current token, named: it is refused (and not trusted when read back).
-    rows.push((
-        c.clone(),
-        Event::Refused { token: Some(id(1)) },
-        with(c, |n| {
-            n.phase = Phase::Refreshing;
-            n.refresh_after_refusal = true;
-            n.token = Some(refused(valid()));
-            n.refused = Some(id(1));
-        }),
-        vec![refresh_with(RefreshPlan {
-            after_refusal: true,
-            ..RefreshPlan::default()
-        })],
-    ));
+    let (after, fx) = refused_and_refreshing(c);
+    rows.push((c.clone(), Event::Refused { token: Some(id(1)) }, after, fx));
     rows
 }
 

@@ -52,12 +52,7 @@ fn needs_login(s: &Samples) -> Vec<Row> {
         window_over.clone(),
         Event::Due(Timer::Browser),
         after.clone(),
-        vec![
-            AnnounceReauthentication {
-                reason: LoginReason::NoStoredToken,
-            },
-            login_of(&after),
-        ],
+        announced_login(LoginReason::NoStoredToken, &after),
     ));
     let kept_rt = State {
         token: Some(expired()),
