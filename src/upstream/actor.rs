@@ -19,11 +19,10 @@ use super::flows::{self, Fence, LoginRequest, RefreshRequest, Runtime, facts};
 pub use super::messages::*;
 pub use super::snapshot::{Snapshot, TokenSnapshot};
 use super::state::{
-    Effect, Event, Failure, Millis, Phase, Policy, RefreshFailure, Resolution, State, TokenFacts,
-    TokenId, step,
+    Effect, Event, Failure, Millis, Policy, RefreshFailure, Resolution, State, TokenFacts, TokenId,
+    step,
 };
 pub use super::status::{ServerStatus, StateChange};
-use super::status::{phase_detail, routine_change};
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
 use crate::oauth::dpop::Dpop;
@@ -259,27 +258,6 @@ impl UpstreamActor {
             });
             self.snapshot.store(snapshot);
         }
-    }
-
-    fn announce_phase(&self, before: &Phase) {
-        let phase = &self.state.phase;
-        if phase == before {
-            return;
-        }
-        let detail = phase_detail(phase);
-        let (server, from, to) = (&self.config.name, before.name(), phase.name());
-        if routine_change(before, phase) {
-            tracing::debug!(server = %server, from, to, "state changed");
-        } else {
-            let detail = detail.as_deref().unwrap_or("");
-            tracing::info!(server = %server, from, to, detail, "state changed");
-        }
-        let _ = self.events.send(StateChange {
-            server: self.config.name.clone(),
-            phase: phase.clone(),
-            detail,
-            at: self.now(),
-        });
     }
 
     /// Hands the machine's earliest deadline to the scheduler (or takes it back).

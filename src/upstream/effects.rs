@@ -10,10 +10,10 @@ use actix::prelude::*;
 use super::actor::{Caller, UpstreamActor, Waits};
 use super::flows::{self, FlowOutcome, endpoint_from_stored, facts, save_fenced};
 use super::messages::UpstreamError;
-use super::state::{Event, Failure, Phase, TokenId};
+use super::state::{Event, Failure, TokenId};
 use crate::oauth::dpop::{Dpop, DpopKey};
 use crate::store::{StoredClient, StoredToken, lock};
-use crate::telemetry::flow_logger::{FlowKind, FlowStep};
+use crate::telemetry::flow_logger::FlowKind;
 
 /// How long a logout waits for a running flow of another process before deleting anyway.
 const LOGOUT_LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -311,54 +311,6 @@ impl UpstreamActor {
         };
         self.apply(event, offered, Caller::nobody(), ctx);
         self.announce_decision(&flow_id, kind);
-    }
-
-    /// The flow's last trace event: what the machine decided on its outcome.
-    fn announce_decision(&self, flow_id: &str, kind: FlowKind) {
-        let phase = &self.state.phase;
-        let decision = match phase {
-            Phase::Connected => "use the new token".to_string(),
-            Phase::BackingOff { retry_at, .. } => format!("retry at {retry_at}"),
-            Phase::Retrying {
-                retry_at, until, ..
-            } => {
-                format!("retry slowly: next at {retry_at}, until {until}")
-            }
-            Phase::Authorizing => "re-login: a browser login started".into(),
-            Phase::Refreshing if self.state.reregistered => {
-                "register a new client and refresh again".into()
-            }
-            Phase::Refreshing if self.state.scope_omitted => "refresh again without scope".into(),
-            Phase::Refreshing => "refresh again".into(),
-            Phase::NeedsLogin { .. } => "wait for a login".into(),
-            Phase::ClientRejected { retry_at, .. } => {
-                format!("fix the configured client; retry at {retry_at}")
-            }
-            Phase::LoggedOut => "logged out".into(),
-            Phase::Idle | Phase::Loading | Phase::StoreUnavailable { .. } => {
-                phase.name().to_string()
-            }
-        };
-        let mut details = serde_json::to_value(phase).unwrap_or_default();
-        details["decision"] = decision.clone().into();
-        if let Phase::Connected = phase {
-            details["next_refresh_at"] = self
-                .state
-                .token
-                .and_then(|t| t.refresh_at(self.state.jitter))
-                .into();
-            details["unsaved"] = self.state.unsaved.is_some().into();
-            tracing::debug!(decision = %decision, "decision taken");
-        } else {
-            tracing::info!(decision = %decision, "decision taken");
-        }
-        self.rt.flow_event(
-            flow_id,
-            &self.config.name,
-            kind,
-            FlowStep::Decision,
-            details,
-        );
     }
 }
 

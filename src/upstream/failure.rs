@@ -4,10 +4,13 @@
 
 use serde::Serialize;
 
-use super::state::{MAX_RETRY_AFTER, Millis};
+use crate::clock::Millis;
 use crate::oauth::OAuthError;
 use crate::oauth::client_identity::ClientSource;
 use crate::oauth::error::{CodeMeaning, ErrorCode, transient_status};
+
+/// The longest `Retry-After` honoured: a server asking for more is retried after this.
+pub const MAX_RETRY_AFTER: Millis = 3_600_000;
 
 /// Why a server needs a browser login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -51,7 +51,7 @@ mod rules;
 mod timer;
 mod token;
 
-pub use super::failure::{Failure, LoginReason, RefreshFailure, clock};
+pub use super::failure::{Failure, LoginReason, MAX_RETRY_AFTER, RefreshFailure, clock};
 pub use phase::Phase;
 pub use timer::{Deadline, Timer};
 pub use token::{TokenFacts, TokenId};
@@ -59,9 +59,6 @@ pub use token::{TokenFacts, TokenId};
 use rules::*;
 
 pub use crate::clock::Millis;
-
-/// The longest `Retry-After` honoured: a server asking for more is retried after this.
-pub const MAX_RETRY_AFTER: Millis = 3_600_000;
 
 /// Tunables, with production defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]

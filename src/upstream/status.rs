@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 
-use super::actor::UpstreamActor;
 use super::state::{Millis, Phase, clock};
 use crate::telemetry::flow_logger::FlowKind;
 
@@ -115,51 +114,5 @@ pub fn phase_detail(phase: &Phase) -> Option<String> {
         } => Some(format!("{error}; retry at {}", clock(*retry_at))),
         Phase::LoggedOut => Some("logged out; run a login".into()),
         _ => None,
-    }
-}
-
-impl UpstreamActor {
-    pub(super) fn status(&self) -> ServerStatus {
-        let token = self.current.as_ref();
-        let connected = matches!(self.state.phase, Phase::Connected);
-        let authorizing = matches!(self.state.phase, Phase::Authorizing);
-        fn published<T: Clone>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
-            slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
-        }
-        ServerStatus {
-            name: self.config.name.clone(),
-            url: self.config.url.to_string(),
-            server_key: self.config.server_key.clone(),
-            phase: self.state.phase.clone(),
-            detail: phase_detail(&self.state.phase),
-            expires_at: token.and_then(|t| t.expires_at),
-            has_token: token.is_some(),
-            has_refresh_token: token.is_some_and(|t| t.refresh_token.is_some()),
-            scope: token.and_then(|t| t.scope.clone()),
-            next_attempt_at: self.state.phase.next_attempt_at(),
-            next_refresh_at: self
-                .state
-                .token
-                .filter(|t| connected && t.has_refresh_token)
-                .and_then(|t| t.refresh_at(self.state.jitter)),
-            refresh_failures: self.state.transient_failures,
-            unsaved_token: self.state.unsaved.is_some(),
-            timers_fired: self.timers_fired,
-            auth_url: authorizing.then(|| published(&self.auth_url)).flatten(),
-            device_login: authorizing
-                .then(|| published(&self.device_prompt))
-                .flatten(),
-            running_flow: self.running_flow.clone(),
-            running_flow_kind: self.running_flow.as_ref().map(|_| self.running_flow_kind),
-            running_flow_started_at: self
-                .running_flow
-                .as_ref()
-                .map(|_| self.running_flow_started_at),
-            last_flow: self.last_flow.clone(),
-            timer_at: self.scheduled.map(|s| s.fires_at),
-            token_type: token.map(|t| t.token_type.clone()),
-            dpop_jkt: token.and_then(|t| t.dpop.as_ref().map(|d| d.jkt.clone())),
-            protocol_version: self.protocol_version.clone(),
-        }
     }
 }
