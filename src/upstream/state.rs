@@ -47,6 +47,7 @@
 //!   unsaved token get to finish; `Drained` says when nothing is left.
 
 mod phase;
+mod reports;
 mod rules;
 mod timer;
 mod token;
@@ -56,6 +57,7 @@ pub use phase::Phase;
 pub use timer::{Deadline, Timer};
 pub use token::{TokenFacts, TokenId};
 
+use reports::{ForbiddenReport, forbidden, refused};
 use rules::*;
 
 pub use crate::clock::Millis;
