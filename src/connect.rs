@@ -3,21 +3,25 @@
 //!
 //! The decisions are the daemon's: every 401 and 403 goes into the supervisor's state machine
 //! ([`crate::upstream::state::step`]) through a thin driver ([`Driver`]) that performs its
-//! effects here (no store, no lock, no timers: one process, one run). So a 401 is answered by a
-//! refresh when a refresh token is at hand, else by a login; a 403 `insufficient_scope` naming
-//! scope not yet granted by a login for the union of scopes, at most `max_step_ups` times; a
-//! refresh that fails transiently ends the run with the daemon's explanation (a one-shot run
-//! does not wait out a backoff). At most [`MAX_AUTHORIZATIONS`] authorization requests are made
-//! in one run, whatever the machine says.
+//! effects here (no store, no lock, no timers: one process, one run) and keeps no policy of
+//! its own. So a 401 is answered by a refresh when a refresh token is at hand, else by a
+//! login; a 403 `insufficient_scope` naming scope not yet granted by a login for the union of
+//! scopes, at most `max_step_ups` times (any other 403 is `forbidden`); a refresh that fails
+//! transiently ends the run with the daemon's explanation (a one-shot run does not wait out a
+//! backoff). Where a run differs from a daemon it says so in the machine's [`Policy`]: at most
+//! [`MAX_AUTHORIZATIONS`] logins (`max_logins`), and no client registered again before a
+//! refresh (`reregister` off: a registered client the server rejects is replaced by a login
+//! that registers a new one).
 //!
 //! With `device_code` the logins use the RFC 8628 device grant (`oauth::device`) instead of a
 //! browser redirect.
 //!
-//! A 401 after a token was accepted re-reads the protected resource metadata: when it names
-//! another authorization server (SEP-2352), the refresh fails as `AuthorizationServerMoved`
-//! without presenting the old server's refresh token, and the login happens at the new one,
-//! with its own registration. Client identities are kept by issuer, so one server's client is
-//! never presented at another.
+//! After a refusal of a token that was accepted (the machine's plans say `after_refusal`),
+//! the protected resource metadata is read again before the refresh or the login: when it
+//! names another authorization server (SEP-2352), the refresh fails as
+//! `AuthorizationServerMoved` without presenting the old server's refresh token, and the login
+//! happens at the new one, with its own registration. Client identities are kept by issuer, so
+//! one server's client is never presented at another.
 //!
 //! DPoP (RFC 9449) is used when `--dpop` asks for it or the resource requires it
 //! ([`crate::oauth::dpop::policy`]): one key for the run, a proof on every token request and,
@@ -39,12 +43,11 @@ use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::dpop::{self, Dpop, DpopKey};
 use crate::oauth::http::OAuthHttp;
 use crate::oauth::login::{LoginSettings, browser_login};
-use crate::oauth::scope::{select_scope, step_up, with_offline_access};
+use crate::oauth::scope::{select_scope, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
-use crate::upstream::flows::refresh_failure;
 use crate::upstream::state::{
-    Effect, Event, Failure, LoginReason, Policy, RefreshFailure, RefreshPlan, Resolution, State,
-    TokenFacts, step,
+    Effect, Event, Failure, LoginPlan, LoginReason, Policy, RefreshFailure, RefreshPlan,
+    Resolution, State, TokenFacts, TokenId, step,
 };
 
 /// Authorization requests allowed in one run (the MCP specification asks clients to bound
@@ -67,6 +70,26 @@ pub struct ConnectOptions {
     pub device_code: bool,
     /// Use DPoP (RFC 9449) even where the resource does not require it (`--dpop`).
     pub dpop: bool,
+}
+
+impl ConnectOptions {
+    /// A run against `server_url` that opens logins with `browser`: a dynamically registered
+    /// or metadata-document client, the usual scope selection, an ephemeral redirect port, no
+    /// tool call, a browser login, DPoP only where the resource requires it, two minutes in
+    /// all.
+    pub fn new(server_url: Url, browser: BrowserLauncher) -> Self {
+        ConnectOptions {
+            server_url,
+            client: ClientConfig::default(),
+            scope: None,
+            browser,
+            redirect_port: 0,
+            call_tool: None,
+            timeout: Duration::from_secs(120),
+            device_code: false,
+            dpop: false,
+        }
+    }
 }
 
 /// What a successful run saw.
@@ -98,7 +121,8 @@ pub enum ConnectError {
     /// The machine neither handed out a token nor failed within its bound of steps: a bug of
     /// the policy, never an answer about the server.
     #[error(
-        "the authorization policy reached no decision after {steps} steps (it stopped in phase {phase}); this is a bug: rerun with --log-level debug and report the log"
+        "the authorization policy reached no decision after {steps} steps (it stopped in phase \
+         {phase}); this is a bug: rerun with --log-level debug and report the log"
     )]
     Undecided { steps: usize, phase: &'static str },
 }
@@ -166,23 +190,20 @@ async fn with_authorization(
         match result {
             Ok(value) => return Ok(value),
             Err(McpError::Unauthorized(challenge)) => {
-                if driver.auth.token.is_some() {
-                    driver.moved_to = driver.auth.rediscover(&challenge).await?;
-                }
-                driver.ask(Event::Unauthorized, &challenge).await?;
-            }
-            Err(McpError::Forbidden(challenge)) if challenge.is_insufficient_scope() => {
-                let granted = driver.auth.token.as_ref().and_then(|t| t.scope.clone());
-                let Some(scope) = step_up(granted.as_deref(), challenge.scope.as_deref()) else {
-                    return Err(ConnectError::Policy(Failure::scope_already_granted(
-                        granted.as_deref(),
-                    )));
-                };
-                tracing::info!(scope = %scope, "insufficient_scope: authorizing again with more scopes");
-                driver.step_up_scope = Some(scope.clone());
                 driver
-                    .ask(Event::InsufficientScope { scope }, &challenge)
+                    .ask(Event::Refused { token: None }, &challenge)
                     .await?;
+            }
+            // Any other 403 ends the run with the server's own answer (the machine would only
+            // call it forbidden).
+            Err(McpError::Forbidden(challenge)) if challenge.is_insufficient_scope() => {
+                let event = Event::Forbidden {
+                    token: None,
+                    insufficient_scope: challenge.is_insufficient_scope(),
+                    granted: driver.auth.token.as_ref().and_then(|t| t.scope.clone()),
+                    demanded: challenge.scope.clone(),
+                };
+                driver.ask(event, &challenge).await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -199,11 +220,9 @@ struct Driver {
     auth: Authorizer,
     /// The engine error behind the machine's last failed flow, returned typed.
     last_error: Option<OAuthError>,
-    /// The resource names another authorization server now (found by `rediscover`): the next
-    /// refresh fails as such instead of presenting the old server's refresh token.
-    moved_to: Option<String>,
-    /// After a 403: the union of scopes the next login asks for.
-    step_up_scope: Option<String>,
+    /// The resource metadata was read again since the last refusal: once per refusal is
+    /// enough, whether the refresh or the login reads it.
+    reread_since_refusal: bool,
 }
 
 /// Machine events one question may take (a load, a refresh, a login and their results).
@@ -211,23 +230,28 @@ const MAX_EVENTS_PER_QUESTION: usize = 16;
 
 impl Driver {
     fn new(auth: Authorizer) -> Self {
-        // The daemon's policy; the browser opens at once, as the user ran `connect` for it.
+        // The daemon's policy, with a run's differences: the browser opens at once (the user
+        // ran `connect` for it), logins are bounded, and nothing is registered again.
         let policy = Policy {
             interactive: true,
+            max_logins: Some(MAX_AUTHORIZATIONS),
+            reregister: false,
             ..Policy::default()
         };
         Driver {
             state: State::new(policy, 0.0),
             auth,
             last_error: None,
-            moved_to: None,
-            step_up_scope: None,
+            reread_since_refusal: false,
         }
     }
 
     /// Feeds `event`, performing the machine's effects, until it answers: `Ok` when a usable
     /// token is at hand.
     async fn ask(&mut self, event: Event, challenge: &BearerChallenge) -> Result<(), ConnectError> {
+        if matches!(event, Event::Refused { .. }) {
+            self.reread_since_refusal = false;
+        }
         let mut queue = VecDeque::from([event]);
         let mut answer = None;
         for _ in 0..MAX_EVENTS_PER_QUESTION {
@@ -243,9 +267,13 @@ impl Driver {
                         generation: self.state.generation,
                         token: self.auth.token.as_ref().map(token_facts),
                     }),
-                    Effect::StartRefresh(plan) => queue.push_back(self.refresh(plan).await),
-                    Effect::StartLogin => queue.push_back(self.login(challenge).await),
-                    Effect::ResolveWaiters(resolution) => answer = Some(resolution),
+                    Effect::StartRefresh(plan) => {
+                        queue.push_back(self.refresh(plan, challenge).await?)
+                    }
+                    Effect::StartLogin(plan) => queue.push_back(self.login(plan, challenge).await?),
+                    Effect::ResolveWaiters(resolution) | Effect::AnswerCaller(resolution) => {
+                        answer = Some(resolution)
+                    }
                     Effect::DropRefreshToken => {
                         if let Some(token) = self.auth.token.as_mut() {
                             token.refresh_token = None;
@@ -255,8 +283,12 @@ impl Driver {
                     Effect::AnnounceReauthentication { reason } => {
                         tracing::info!(reason = %reason, "re-authentication required: {reason}")
                     }
-                    // One run waits for no timer; no flow outlives its effect here.
-                    Effect::ArmTimer { .. } | Effect::CancelTimer | Effect::CancelFlow => {}
+                    // Every token of a run is "saved" (there is no store), no run logs out or
+                    // drains, and no flow outlives its effect here.
+                    Effect::SaveToken
+                    | Effect::RevokeAndDelete
+                    | Effect::CancelFlow
+                    | Effect::Drained => {}
                 }
             }
         }
@@ -275,7 +307,7 @@ impl Driver {
         match (&failure, self.last_error.take()) {
             (
                 Failure::NeedsLogin {
-                    reason: LoginReason::StepUpLimit { .. },
+                    reason: LoginReason::StepUpLimit { .. } | LoginReason::LoginLimit { .. },
                 },
                 _,
             ) => ConnectError::OAuth(OAuthError::TooManyAuthorizations {
@@ -293,34 +325,47 @@ impl Driver {
         }
     }
 
-    async fn refresh(&mut self, plan: RefreshPlan) -> Event {
+    /// After a refusal (the plan says so), the resource's metadata once more: the issuer it
+    /// names now, if it is another one.
+    async fn moved_since_refusal(
+        &mut self,
+        after_refusal: bool,
+        challenge: &BearerChallenge,
+    ) -> Result<Option<String>, ConnectError> {
+        if !after_refusal || std::mem::replace(&mut self.reread_since_refusal, true) {
+            return Ok(None);
+        }
+        Ok(self.auth.rediscover(challenge).await?)
+    }
+
+    async fn refresh(
+        &mut self,
+        plan: RefreshPlan,
+        challenge: &BearerChallenge,
+    ) -> Result<Event, ConnectError> {
         let generation = self.state.generation;
-        if let Some(issuer) = self.moved_to.take() {
-            return Event::RefreshFailed {
+        if let Some(issuer) = self
+            .moved_since_refusal(plan.after_refusal, challenge)
+            .await?
+        {
+            return Ok(Event::RefreshFailed {
                 generation,
                 failure: RefreshFailure::AuthorizationServerMoved {
                     issuer: issuer.clone(),
                 },
                 error: format!("the resource moved to the authorization server {issuer}"),
-            };
+            });
         }
-        if plan.reregister {
-            // A one-shot run has no registration to repair: the daemon's re-registration is
-            // a login here (the machine asks for one when this refresh fails as unexplained).
-            return Event::RefreshFailed {
-                generation,
-                failure: RefreshFailure::Unexplained,
-                error: "the authorization server rejected the registered client".into(),
-            };
-        }
-        match self.auth.refresh(plan.omit_scope).await {
+        // `plan.reregister` never comes: the policy has `reregister` off.
+        Ok(match self.auth.refresh(plan.omit_scope).await {
             Ok(token) => Event::TokenObtained {
                 generation,
                 token: token_facts(&token),
+                saved: true,
             },
             Err(e) => {
                 let source = self.auth.endpoint.as_ref().map(|e| e.client.source);
-                let failure = refresh_failure(&e, source);
+                let failure = RefreshFailure::classify(&e, source);
                 tracing::warn!(error = %e, failure = ?failure, "refresh failed");
                 let error = e.to_string();
                 self.last_error = Some(e);
@@ -330,13 +375,22 @@ impl Driver {
                     error,
                 }
             }
-        }
+        })
     }
 
-    async fn login(&mut self, challenge: &BearerChallenge) -> Event {
+    async fn login(
+        &mut self,
+        plan: LoginPlan,
+        challenge: &BearerChallenge,
+    ) -> Result<Event, ConnectError> {
         let generation = self.state.generation;
-        self.moved_to = None;
-        let scope = match self.step_up_scope.take() {
+        self.moved_since_refusal(plan.after_refusal, challenge)
+            .await?;
+        if plan.fresh_client {
+            // The server rejected the registered client: this login registers a new one.
+            self.auth.endpoint = None;
+        }
+        let scope = match plan.step_up_scope {
             Some(scope) => Ok(self.auth.for_refresh_tokens(Some(scope))),
             None => self.auth.initial_scope(challenge).await,
         };
@@ -344,22 +398,23 @@ impl Driver {
             Ok(scope) => self.auth.authorize(challenge, scope).await,
             Err(e) => Err(e),
         };
-        match result {
-            Ok(()) => Event::TokenObtained {
+        Ok(match (result, self.auth.token.as_ref()) {
+            (Ok(()), Some(token)) => Event::TokenObtained {
                 generation,
-                token: self
-                    .auth
-                    .token
-                    .as_ref()
-                    .map(token_facts)
-                    .expect("a login sets the token"),
+                token: token_facts(token),
+                saved: true,
             },
-            Err(e) => {
+            (Ok(()), None) => unreachable!("a login that succeeds sets the token"),
+            (Err(e), _) => {
                 let error = e.to_string();
                 self.last_error = Some(e);
-                Event::LoginFailed { generation, error }
+                Event::LoginFailed {
+                    generation,
+                    error,
+                    dynamic_client: false,
+                }
             }
-        }
+        })
     }
 }
 
@@ -371,6 +426,7 @@ fn token_facts(token: &TokenSet) -> TokenFacts {
             .unwrap_or(0)
     };
     TokenFacts {
+        id: TokenId::of(token.access_token.secret()),
         obtained_at: ms(token.obtained_at),
         expires_at: token.expires_at.map(ms),
         has_refresh_token: token.refresh_token.is_some(),
@@ -533,7 +589,12 @@ impl Authorizer {
         } else {
             token.scope.as_deref()
         };
-        let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "refresh");
+        let span = tracing::info_span!(
+            "oauth_flow",
+            correlation_id = %uuid::Uuid::new_v4(),
+            server = %self.options.server_url,
+            flow_kind = "refresh",
+        );
         let fresh = endpoint
             .refresh(
                 &self.http,
@@ -554,18 +615,18 @@ impl Authorizer {
         Ok(self.token.clone().expect("set above"))
     }
 
-    /// Runs one browser login for `scope`, within the run's authorization bound.
+    /// Runs one browser (or device) login for `scope`.
     async fn authorize(
         &mut self,
         challenge: &BearerChallenge,
         scope: Option<String>,
     ) -> Result<(), OAuthError> {
-        if self.authorizations >= MAX_AUTHORIZATIONS {
-            return Err(OAuthError::TooManyAuthorizations {
-                attempts: self.authorizations,
-            });
-        }
-        let span = tracing::info_span!("oauth_flow", correlation_id = %uuid::Uuid::new_v4(), server = %self.options.server_url, flow_kind = "login");
+        let span = tracing::info_span!(
+            "oauth_flow",
+            correlation_id = %uuid::Uuid::new_v4(),
+            server = %self.options.server_url,
+            flow_kind = "login",
+        );
         self.authorize_in(challenge, scope).instrument(span).await
     }
 

@@ -1,9 +1,14 @@
 //! One scheduler for every deadline of every actor, as mini-redis keeps one sorted map of
 //! expirations instead of a timer per key: a `BTreeSet` of `(when, arming)` and one task that
 //! sleeps until the earliest entry and is woken by a `Notify` when an earlier one is armed.
-//! When an entry is due the task sends its owner a [`Due`] message; the owner acts on it only
-//! if it is still its newest arming of that kind (so a message already in the mailbox when
-//! the owner re-armed is ignored).
+//! When an entry is due the task sends its owner a [`Due`] message. An upstream actor asks its
+//! state machine what expired (a stale message finds nothing); other owners act on it only if
+//! it is still their newest arming of that kind.
+//!
+//! Time is the daemon's [`Clock`]: deadlines are kept on a timeline counted from the
+//! scheduler's start, which is the system clock's (to the nanosecond, so an `Instant` armed is
+//! the `Instant` fired) or a manual clock's, on which tests run servers through many token
+//! lifetimes without waiting.
 //!
 //! Why one place: 10,000 servers are 10,000 deadlines, not 10,000 timers on the actors'
 //! thread; deadlines due together can be spread (a bounded per-owner stagger, never past the
@@ -20,6 +25,8 @@ use actix::{Message, WeakRecipient};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::clock::{Clock, Millis};
 
 /// Which of an owner's deadlines: each owner has at most one entry per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -98,8 +105,84 @@ pub struct SchedulerCounters {
     pub logins_peak: usize,
 }
 
+/// A point on the scheduler's timeline: how long after its start.
+type Tick = Duration;
+
+/// The scheduler's timeline on its clock.
+struct Timeline {
+    clock: Clock,
+    /// The start, on the system clock (`Instant`s convert exactly) and on `clock`.
+    start: Instant,
+    start_ms: Millis,
+}
+
+impl Timeline {
+    fn new(clock: Clock) -> Self {
+        Timeline {
+            start: Instant::now(),
+            start_ms: clock.now_ms(),
+            clock,
+        }
+    }
+
+    fn now(&self) -> Tick {
+        if self.clock.is_manual() {
+            self.of_ms(self.clock.now_ms())
+        } else {
+            Instant::now().saturating_duration_since(self.start)
+        }
+    }
+
+    fn of_ms(&self, at: Millis) -> Tick {
+        if self.clock.is_manual() {
+            Duration::from_millis(at.saturating_sub(self.start_ms).max(0) as u64)
+        } else {
+            self.of_instant(Instant::now() + ms_after(at, self.clock.now_ms()))
+        }
+    }
+
+    fn of_instant(&self, at: Instant) -> Tick {
+        if self.clock.is_manual() {
+            self.now() + at.saturating_duration_since(Instant::now())
+        } else {
+            at.saturating_duration_since(self.start)
+        }
+    }
+
+    fn to_ms(&self, tick: Tick) -> Millis {
+        let now = self.now();
+        let ms = |d: Duration| d.as_millis() as Millis;
+        match tick.checked_sub(now) {
+            Some(ahead) => self.clock.now_ms() + ms(ahead),
+            None => self.clock.now_ms() - ms(now - tick),
+        }
+    }
+
+    fn to_instant(&self, tick: Tick) -> Instant {
+        if self.clock.is_manual() {
+            Instant::now() + tick.saturating_sub(self.now())
+        } else {
+            self.start + tick
+        }
+    }
+
+    async fn sleep_until(&self, tick: Tick) {
+        if self.clock.is_manual() {
+            let at = self.start_ms + tick.as_millis() as Millis;
+            self.clock.sleep_until(at).await;
+        } else {
+            tokio::time::sleep_until(self.start + tick).await;
+        }
+    }
+}
+
+/// How long from `now` until `at` (zero if past).
+fn ms_after(at: Millis, now: Millis) -> Duration {
+    Duration::from_millis(at.saturating_sub(now).max(0) as u64)
+}
+
 struct Entry {
-    when: Instant,
+    when: Tick,
     arming: u64,
     to: WeakRecipient<Due>,
 }
@@ -110,7 +193,7 @@ type Key = (Owner, TimerKind);
 struct Book {
     /// `(when, arming)` sorted: the first is the next to fire; arming ids break ties in
     /// arming order.
-    queue: BTreeSet<(Instant, u64, Key)>,
+    queue: BTreeSet<(Tick, u64, Key)>,
     entries: HashMap<Key, Entry>,
 }
 
@@ -125,6 +208,7 @@ impl Book {
 
 struct Inner {
     config: SchedulerConfig,
+    timeline: Timeline,
     book: Mutex<Book>,
     wake: Notify,
     stopped: AtomicBool,
@@ -156,10 +240,17 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler on the system clock.
     pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler::with_clock(config, Clock::system())
+    }
+
+    /// A scheduler on `clock` (the daemon's: a manual one in tests).
+    pub fn with_clock(config: SchedulerConfig, clock: Clock) -> Self {
         Scheduler {
             inner: Arc::new(Inner {
                 config,
+                timeline: Timeline::new(clock),
                 book: Mutex::default(),
                 wake: Notify::new(),
                 stopped: AtomicBool::new(false),
@@ -199,7 +290,41 @@ impl Scheduler {
         latest: Option<Instant>,
         to: WeakRecipient<Due>,
     ) -> (u64, Instant) {
-        let when = self.staggered(owner, at, latest).max(Instant::now());
+        let timeline = &self.inner.timeline;
+        let at = timeline.of_instant(at);
+        let latest = latest.map(|l| timeline.of_instant(l));
+        let (arming, when) = self.arm_tick(owner, kind, at, latest, to);
+        (arming, timeline.to_instant(when))
+    }
+
+    /// [`Scheduler::arm`] with times in unix ms on the scheduler's clock (the state machine's
+    /// time).
+    pub fn arm_at(
+        &self,
+        owner: Owner,
+        kind: TimerKind,
+        at: Millis,
+        latest: Option<Millis>,
+        to: WeakRecipient<Due>,
+    ) -> (u64, Millis) {
+        let timeline = &self.inner.timeline;
+        let at = timeline.of_ms(at);
+        let latest = latest.map(|l| timeline.of_ms(l));
+        let (arming, when) = self.arm_tick(owner, kind, at, latest, to);
+        (arming, timeline.to_ms(when))
+    }
+
+    fn arm_tick(
+        &self,
+        owner: Owner,
+        kind: TimerKind,
+        at: Tick,
+        latest: Option<Tick>,
+        to: WeakRecipient<Due>,
+    ) -> (u64, Tick) {
+        let when = self
+            .staggered(owner, at, latest)
+            .max(self.inner.timeline.now());
         let arming = self.inner.next_arming.fetch_add(1, Ordering::Relaxed);
         let key = (owner, kind);
         let earliest = {
@@ -221,8 +346,8 @@ impl Scheduler {
     }
 
     /// `at` moved later by this owner's fixed fraction of the allowed spread.
-    fn staggered(&self, owner: Owner, at: Instant, latest: Option<Instant>) -> Instant {
-        let Some(room) = latest.and_then(|l| l.checked_duration_since(at)) else {
+    fn staggered(&self, owner: Owner, at: Tick, latest: Option<Tick>) -> Tick {
+        let Some(room) = latest.and_then(|l| l.checked_sub(at)) else {
             return at;
         };
         let spread = room.min(self.inner.config.stagger);
@@ -255,12 +380,12 @@ impl Scheduler {
     /// until an earlier one is armed. Returns after [`Scheduler::stop`].
     pub async fn run(self) {
         while !self.inner.stopped.load(Ordering::Acquire) {
-            let next = self.fire_due(Instant::now());
+            let next = self.fire_due(self.inner.timeline.now());
             let woken = self.inner.wake.notified();
             match next {
                 Some(when) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(when) => {}
+                        _ = self.inner.timeline.sleep_until(when) => {}
                         _ = woken => {}
                     }
                 }
@@ -270,7 +395,7 @@ impl Scheduler {
     }
 
     /// Sends every entry due at `now` to its owner, earliest first; the next entry's time.
-    fn fire_due(&self, now: Instant) -> Option<Instant> {
+    fn fire_due(&self, now: Tick) -> Option<Tick> {
         let mut due = Vec::new();
         let next = {
             let mut book = self.book();
@@ -300,7 +425,7 @@ impl Scheduler {
                 self.forget(owner);
                 continue;
             };
-            let lateness = now.saturating_duration_since(when);
+            let lateness = now.saturating_sub(when);
             if lateness > self.inner.config.late_after {
                 self.inner.late.fetch_add(1, Ordering::Relaxed);
             }
@@ -357,11 +482,6 @@ fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// Converts a unix-ms deadline (the state machine's clock) to the scheduler's clock.
-pub fn instant_at(at_ms: i64, now_ms: i64) -> Instant {
-    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms).max(0) as u64)
 }
 
 #[derive(Default)]

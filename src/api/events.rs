@@ -13,13 +13,14 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::links::AuthLinks;
-use super::metrics::{Metrics, outcome};
+use super::metrics::Metrics;
 use super::servers;
 use super::view::rfc3339;
 use crate::clock::now_ms;
 use crate::supervisor::SupervisorHandle;
-use crate::telemetry::flow_logger::FlowNotice;
+use crate::telemetry::flow_logger::{FlowEnd, FlowKind, FlowNotice, FlowStep};
 use crate::upstream::actor::StateChange;
+use crate::upstream::state::Phase;
 
 /// One event: its SSE `event:` name and its JSON `data:`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -106,24 +107,24 @@ pub fn notice_event(n: &FlowNotice) -> Option<ApiEvent> {
         data
     };
     let detail = |key: &str| n.entry.details.get(key).cloned().unwrap_or(Value::Null);
-    let event = match (n.entry.step.as_str(), n.flow_kind) {
-        ("started", _) => "oauth.flow_started",
-        ("token obtained" | "adopted", "refresh") => "oauth.token_refreshed",
-        ("token obtained" | "adopted", _) => "oauth.login_completed",
-        ("failed", "refresh") => "oauth.refresh_failed",
-        ("failed", _) => "oauth.login_failed",
-        _ => return None,
+    let event = match (n.entry.step, n.flow_kind) {
+        (FlowStep::Started, _) => "oauth.flow_started",
+        (FlowStep::TokenObtained | FlowStep::Adopted, FlowKind::Refresh) => "oauth.token_refreshed",
+        (FlowStep::TokenObtained | FlowStep::Adopted, FlowKind::Login) => "oauth.login_completed",
+        (FlowStep::Failed, FlowKind::Refresh) => "oauth.refresh_failed",
+        (FlowStep::Failed, FlowKind::Login) => "oauth.login_failed",
+        (FlowStep::Registered | FlowStep::ResourceMoved | FlowStep::Decision, _) => return None,
     };
-    let extra = match outcome(&n.entry.step) {
-        Some("failure") => json!({
+    let extra = match n.entry.step.end() {
+        Some(FlowEnd::Failure) => json!({
             "endpoint": detail("endpoint"),
             "status": detail("status"),
             "error": detail("error"),
             "class": detail("class"),
             "duration_ms": n.entry.elapsed_ms,
         }),
-        Some(outcome) => json!({
-            "outcome": outcome,
+        Some(end) => json!({
+            "outcome": end.as_str(),
             "token_expires_at": detail("expires_at").as_i64().map(rfc3339),
             "duration_ms": n.entry.elapsed_ms,
         }),
@@ -148,13 +149,13 @@ async fn publish_view(handle: &SupervisorHandle, links: &AuthLinks, hub: &EventH
 }
 
 async fn on_change(handle: &SupervisorHandle, links: &AuthLinks, hub: &EventHub, c: StateChange) {
-    if c.phase.name() == "needs_login" {
+    if matches!(c.phase, Phase::NeedsLogin { .. }) {
         hub.publish(ApiEvent {
             event: "oauth.login_required",
             data: json!({"server": c.server, "reason": c.detail, "at": rfc3339(c.at)}),
         });
     }
-    if c.phase.name() != "authorizing" {
+    if c.phase != Phase::Authorizing {
         // A login that ended, one way or the other, leaves no link to open.
         links.clear(&c.server);
     }

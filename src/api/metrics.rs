@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 use crate::scheduler::SchedulerCounters;
-use crate::telemetry::flow_logger::FlowNotice;
+use crate::telemetry::flow_logger::{FlowEnd, FlowKind, FlowNotice};
 use crate::upstream::actor::ServerStatus;
 
 pub struct Metrics {
@@ -34,16 +34,6 @@ pub struct Metrics {
     pub api_connection_limit: IntGauge,
     /// The scheduler's counters, copied in at each scrape.
     scheduler: IntGaugeVec,
-}
-
-/// The outcome a flow step ends the flow with, if it ends it.
-pub fn outcome(step: &str) -> Option<&'static str> {
-    match step {
-        "token obtained" => Some("success"),
-        "adopted" => Some("adopted"),
-        "failed" => Some("failure"),
-        _ => None,
-    }
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -204,19 +194,18 @@ impl Metrics {
     }
 
     pub fn observe_notice(&self, notice: &FlowNotice) {
-        let Some(outcome) = outcome(&notice.entry.step) else {
+        let Some(outcome) = notice.entry.step.end().map(FlowEnd::as_str) else {
             return;
         };
         let counter = match notice.flow_kind {
-            "refresh" => &self.refreshes,
-            "login" => &self.logins,
-            _ => return,
+            FlowKind::Refresh => &self.refreshes,
+            FlowKind::Login => &self.logins,
         };
         counter
             .with_label_values(&[notice.server.as_str(), outcome])
             .inc();
         self.flow_duration
-            .with_label_values(&[notice.flow_kind, outcome])
+            .with_label_values(&[notice.flow_kind.as_str(), outcome])
             .observe(notice.entry.elapsed_ms as f64 / 1000.0);
     }
 

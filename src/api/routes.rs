@@ -307,7 +307,7 @@ async fn run_action(state: Data<AppState>, name: String, action: Action) -> Http
     if action != Action::Refresh
         && let Ok(all) = handle.status().await
         && let Some(status) = all.iter().find(|s| s.name == name)
-        && status.running_flow_kind.as_deref() == Some("login")
+        && status.running_flow_kind == Some(crate::telemetry::flow_logger::FlowKind::Login)
         && let Some(link) = state.links.for_server(status)
     {
         return HttpResponse::Accepted().json(json!({

@@ -61,9 +61,9 @@ pub async fn view(
     links: &AuthLinks,
     name: &str,
 ) -> Result<Option<ServerView>, SupervisorError> {
-    let statuses = handle.status().await?;
-    match statuses.iter().find(|s| s.name == name) {
-        Some(status) => Ok(Some(view_of(handle, links, status).await?)),
-        None => Ok(None),
+    match handle.server_status(name).await {
+        Ok(status) => Ok(Some(view_of(handle, links, &status).await?)),
+        Err(SupervisorError::UnknownServer { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }

@@ -9,8 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::store::db::FlowRow;
-use crate::telemetry::flow_logger::TraceEntry;
+use crate::telemetry::flow_logger::{FlowKind, TraceEntry};
 use crate::upstream::actor::ServerStatus;
+use crate::upstream::state::Phase;
 
 /// RFC 3339 UTC with milliseconds, the format of every `*_at` field.
 pub fn rfc3339(ms: i64) -> String {
@@ -36,7 +37,7 @@ pub struct Health {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ActiveFlow {
     pub correlation_id: String,
-    pub kind: String,
+    pub kind: FlowKind,
     pub started_at: Option<String>,
 }
 
@@ -124,22 +125,34 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
     let has_token = status.has_token;
     let unexpired = status.expires_at.is_none_or(|e| e > now);
     let authenticated = has_token && unexpired;
-    let phase = status.phase.name();
+    let phase = &status.phase;
     let failing = matches!(
         phase,
-        "backing_off" | "retrying" | "client_rejected" | "store_unavailable"
+        Phase::BackingOff { .. }
+            | Phase::Retrying { .. }
+            | Phase::ClientRejected { .. }
+            | Phase::StoreUnavailable { .. }
     );
     let oauth_status = match phase {
-        "client_rejected" | "store_unavailable" => "error",
+        Phase::ClientRejected { .. } | Phase::StoreUnavailable { .. } => "error",
         _ if authenticated => "authenticated",
         _ if failing => "error",
         _ if has_token => "expired",
-        "needs_login" if inputs.last_failure.is_some() => "error",
+        Phase::NeedsLogin { .. } if inputs.last_failure.is_some() => "error",
         _ => "none",
     };
     let detail = status.detail.clone();
+    let failing_health = |summary: String, action| Health {
+        level: if authenticated {
+            "degraded"
+        } else {
+            "unhealthy"
+        },
+        summary,
+        action,
+    };
     let health = match phase {
-        "connected" => Health {
+        Phase::Connected => Health {
             level: "healthy",
             summary: match status.expires_at {
                 Some(e) => format!("authorized; the token is valid for {}", remaining(e - now)),
@@ -147,16 +160,16 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
             },
             action: "none",
         },
-        "loading" | "refreshing" => Health {
+        Phase::Loading | Phase::Refreshing => Health {
             level: if authenticated { "healthy" } else { "degraded" },
-            summary: if phase == "loading" {
+            summary: if *phase == Phase::Loading {
                 "reading the stored token".into()
             } else {
                 "refreshing the token".into()
             },
             action: "wait",
         },
-        "authorizing" => Health {
+        Phase::Authorizing => Health {
             level: "degraded",
             summary: match &status.device_login {
                 Some(d) => format!(
@@ -175,7 +188,7 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
                 "wait"
             },
         },
-        "needs_login" => Health {
+        Phase::NeedsLogin { .. } => Health {
             level: "unhealthy",
             summary: format!(
                 "a login is required: {}",
@@ -183,43 +196,33 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
             ),
             action: "login",
         },
-        "backing_off" | "retrying" => Health {
-            level: if authenticated {
-                "degraded"
-            } else {
-                "unhealthy"
-            },
-            summary: if authenticated {
+        Phase::BackingOff { .. } | Phase::Retrying { .. } => failing_health(
+            if authenticated {
                 "refreshing fails; retrying automatically while the current token lasts".into()
             } else {
                 "refreshing fails and the token has expired; retrying automatically".into()
             },
-            action: "wait",
-        },
-        "client_rejected" => Health {
-            level: if authenticated {
-                "degraded"
-            } else {
-                "unhealthy"
-            },
-            summary: detail
+            "wait",
+        ),
+        Phase::ClientRejected { .. } => failing_health(
+            detail
                 .clone()
                 .unwrap_or_else(|| "the authorization server rejected the client".into()),
-            action: "fix_config",
-        },
-        "store_unavailable" => Health {
+            "fix_config",
+        ),
+        Phase::StoreUnavailable { .. } => Health {
             level: "unhealthy",
             summary: detail
                 .clone()
                 .unwrap_or_else(|| "the token store cannot be read".into()),
             action: "wait",
         },
-        "logged_out" => Health {
+        Phase::LoggedOut => Health {
             level: "unhealthy",
             summary: "logged out".into(),
             action: "login",
         },
-        _ => Health {
+        Phase::Idle => Health {
             level: if authenticated { "healthy" } else { "degraded" },
             summary: "not connected yet".into(),
             action: "reconnect",
@@ -248,7 +251,7 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
     let last_refresh_at = inputs
         .flows
         .iter()
-        .find(|f| f.kind == "refresh" && f.state == "succeeded")
+        .find(|f| FlowKind::parse(&f.kind) == Some(FlowKind::Refresh) && f.state == "succeeded")
         .and_then(|f| f.finished_at)
         .map(rfc3339);
     ServerView {
@@ -258,13 +261,17 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
         oauth_status,
         token_expires_at: status.expires_at.map(rfc3339),
         health,
-        phase: phase.to_string(),
+        phase: phase.name().to_string(),
         phase_detail: detail,
-        active_flow: status.running_flow.as_ref().map(|id| ActiveFlow {
-            correlation_id: id.clone(),
-            kind: status.running_flow_kind.clone().unwrap_or_default(),
-            started_at: status.running_flow_started_at.map(rfc3339),
-        }),
+        active_flow: status
+            .running_flow
+            .as_ref()
+            .zip(status.running_flow_kind)
+            .map(|(id, kind)| ActiveFlow {
+                correlation_id: id.clone(),
+                kind,
+                started_at: status.running_flow_started_at.map(rfc3339),
+            }),
         last_flow_id: status.last_flow.clone(),
         last_refresh_at,
         next_refresh_at: status.next_refresh_at.map(rfc3339),
@@ -279,7 +286,7 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
             .map(String::from)
             .collect(),
         last_error,
-        login_link: inputs.login_link.filter(|_| phase == "authorizing"),
+        login_link: inputs.login_link.filter(|_| *phase == Phase::Authorizing),
         device_login: status.device_login.as_ref().map(|d| DeviceLoginView {
             user_code: d.user_code.clone(),
             verification_uri: d.verification_uri.clone(),
@@ -296,7 +303,8 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
 mod tests {
     use super::*;
 
-    use crate::upstream::state::{LoginReason, Phase};
+    use crate::telemetry::flow_logger::FlowStep;
+    use crate::upstream::state::LoginReason;
 
     fn status(phase: Phase) -> ServerStatus {
         ServerStatus {
@@ -409,8 +417,13 @@ mod tests {
         let failure = TraceEntry {
             seq: 2,
             elapsed_ms: 1,
-            step: "failed".into(),
-            details: serde_json::from_value(serde_json::json!({"endpoint": "token endpoint", "status": 400, "error": "invalid_grant"})).unwrap(),
+            step: FlowStep::Failed,
+            details: serde_json::from_value(serde_json::json!({
+                "endpoint": "token endpoint",
+                "status": 400,
+                "error": "invalid_grant"
+            }))
+            .unwrap(),
         };
         let v = server_view(
             &s,

@@ -71,7 +71,8 @@ pub enum OAuthError {
     #[error("the {endpoint} sent an unusable response: {reason}")]
     Malformed { endpoint: Endpoint, reason: String },
     #[error(
-        "authorization server metadata names issuer {found}, but it was fetched for {expected}; refusing to use it (RFC 8414 §3.3)"
+        "authorization server metadata names issuer {found}, but it was fetched for {expected}; \
+         refusing to use it (RFC 8414 §3.3)"
     )]
     IssuerMismatch { expected: String, found: String },
     #[error(
@@ -85,7 +86,8 @@ pub enum OAuthError {
     #[error("{0}")]
     Discovery(String),
     #[error(
-        "no client identity for {issuer}: it offers no dynamic registration; configure a client ID (--client-id, or oauth.client_id in the config)"
+        "no client identity for {issuer}: it offers no dynamic registration; configure a client ID \
+         (--client-id, or oauth.client_id in the config)"
     )]
     NoClientIdentity { issuer: String },
     /// The server issued a token that had already expired (expires_in <= 0).
@@ -106,7 +108,8 @@ pub enum OAuthError {
     #[error("authorization was retried {attempts} times without success (step-up limit)")]
     TooManyAuthorizations { attempts: u32 },
     #[error(
-        "the authorization server {issuer} offers no device authorization endpoint (RFC 8628): log in with the browser instead (without --device-code / oauth.device_code)"
+        "the authorization server {issuer} offers no device authorization endpoint (RFC 8628): log \
+         in with the browser instead (without --device-code / oauth.device_code)"
     )]
     DeviceGrantUnsupported { issuer: String },
     #[error("the device login was denied at {verification_uri}; start the login again to retry")]
@@ -130,58 +133,139 @@ fn description_suffix(description: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// OAuth error codes after which the same request can never succeed.
-const PERMANENT_CODES: &[&str] = &[
-    "invalid_grant",
-    "invalid_client",
-    "unauthorized_client",
-    "invalid_scope",
-    "invalid_request",
-    "unsupported_grant_type",
-    "unsupported_response_type",
-    "invalid_target",
-    "access_denied",
-    "invalid_client_metadata",
-    "invalid_redirect_uri",
-];
+/// An OAuth error code (RFC 6749 §5.2 and §4.1.2.1, RFC 8628 §3.5, RFC 7591 §3.2.2, RFC 8707
+/// §2, RFC 9449 §7), every code this client knows by name and every other one as `Extension`,
+/// as oauth2-rs's `BasicErrorResponseType` does. Decisions match on this, never on the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    AccessDenied,
+    UnsupportedResponseType,
+    ServerError,
+    TemporarilyUnavailable,
+    InvalidTarget,
+    AuthorizationPending,
+    SlowDown,
+    ExpiredToken,
+    InvalidClientMetadata,
+    InvalidRedirectUri,
+    InvalidDpopProof,
+    UseDpopNonce,
+    /// A code no specification above defines: it says nothing by itself (the HTTP status does).
+    Extension(String),
+}
+
+/// What an error code says about the request that drew it: the one table both of the
+/// decisions read ([`OAuthError::class`] for a one-shot call, and the daemon's refresh
+/// classifier, `upstream::failure::RefreshFailure::classify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeMeaning {
+    /// The grant presented (code, refresh token, device code) is dead: `invalid_grant`,
+    /// `expired_token`.
+    GrantDead,
+    /// The client is unknown or refused: `invalid_client`, `unauthorized_client`.
+    ClientRejected,
+    /// The scope asked for is refused: `invalid_scope`.
+    ScopeRejected,
+    /// The server is busy or down: `server_error`, `temporarily_unavailable`, `slow_down`.
+    RetryLater,
+    /// This request was refused for a reason that says nothing about the grant or the client
+    /// (`invalid_request`, `unsupported_grant_type`, `access_denied`, ...): sending the same
+    /// request again cannot succeed, but the credentials behind it may still be good.
+    RequestRefused,
+    /// The code alone says nothing (a device login's `authorization_pending`, a DPoP nonce
+    /// demand, an extension code): the HTTP status decides.
+    SaysNothing,
+}
+
+impl ErrorCode {
+    pub fn parse(code: &str) -> ErrorCode {
+        match code {
+            "invalid_request" => ErrorCode::InvalidRequest,
+            "invalid_client" => ErrorCode::InvalidClient,
+            "invalid_grant" => ErrorCode::InvalidGrant,
+            "unauthorized_client" => ErrorCode::UnauthorizedClient,
+            "unsupported_grant_type" => ErrorCode::UnsupportedGrantType,
+            "invalid_scope" => ErrorCode::InvalidScope,
+            "access_denied" => ErrorCode::AccessDenied,
+            "unsupported_response_type" => ErrorCode::UnsupportedResponseType,
+            "server_error" => ErrorCode::ServerError,
+            "temporarily_unavailable" => ErrorCode::TemporarilyUnavailable,
+            "invalid_target" => ErrorCode::InvalidTarget,
+            "authorization_pending" => ErrorCode::AuthorizationPending,
+            "slow_down" => ErrorCode::SlowDown,
+            "expired_token" => ErrorCode::ExpiredToken,
+            "invalid_client_metadata" => ErrorCode::InvalidClientMetadata,
+            "invalid_redirect_uri" => ErrorCode::InvalidRedirectUri,
+            "invalid_dpop_proof" => ErrorCode::InvalidDpopProof,
+            "use_dpop_nonce" => ErrorCode::UseDpopNonce,
+            other => ErrorCode::Extension(other.to_string()),
+        }
+    }
+
+    pub fn meaning(&self) -> CodeMeaning {
+        use CodeMeaning::*;
+        match self {
+            ErrorCode::InvalidGrant | ErrorCode::ExpiredToken => GrantDead,
+            ErrorCode::InvalidClient | ErrorCode::UnauthorizedClient => ClientRejected,
+            ErrorCode::InvalidScope => ScopeRejected,
+            ErrorCode::ServerError | ErrorCode::TemporarilyUnavailable | ErrorCode::SlowDown => {
+                RetryLater
+            }
+            ErrorCode::InvalidRequest
+            | ErrorCode::UnsupportedGrantType
+            | ErrorCode::UnsupportedResponseType
+            | ErrorCode::InvalidTarget
+            | ErrorCode::AccessDenied
+            | ErrorCode::InvalidClientMetadata
+            | ErrorCode::InvalidRedirectUri => RequestRefused,
+            ErrorCode::AuthorizationPending
+            | ErrorCode::InvalidDpopProof
+            | ErrorCode::UseDpopNonce
+            | ErrorCode::Extension(_) => SaysNothing,
+        }
+    }
+}
+
+/// An HTTP status that means "later": 5xx, 429, 408.
+pub fn transient_status(status: u16) -> bool {
+    status >= 500 || status == 429 || status == 408
+}
 
 impl OAuthError {
     pub fn class(&self) -> ErrorClass {
         use OAuthError::*;
+        let transient = |retry_after: &Option<Duration>| ErrorClass::Transient {
+            retry_after: *retry_after,
+        };
         match self {
             Server {
                 code,
                 status,
                 retry_after,
                 ..
-            } => {
-                if PERMANENT_CODES.contains(&code.as_str()) {
-                    ErrorClass::Permanent
-                } else if matches!(
-                    code.as_str(),
-                    "server_error" | "temporarily_unavailable" | "slow_down"
-                ) || status.is_some_and(|s| s >= 500 || s == 429 || s == 408)
-                {
-                    ErrorClass::Transient {
-                        retry_after: *retry_after,
-                    }
-                } else {
-                    ErrorClass::Permanent
+            } => match ErrorCode::parse(code).meaning() {
+                CodeMeaning::RetryLater => transient(retry_after),
+                CodeMeaning::SaysNothing if status.is_some_and(transient_status) => {
+                    transient(retry_after)
                 }
-            }
+                CodeMeaning::GrantDead
+                | CodeMeaning::ClientRejected
+                | CodeMeaning::ScopeRejected
+                | CodeMeaning::RequestRefused
+                | CodeMeaning::SaysNothing => ErrorClass::Permanent,
+            },
             Http {
                 status,
                 retry_after,
                 ..
-            } => {
-                if *status >= 500 || *status == 429 || *status == 408 {
-                    ErrorClass::Transient {
-                        retry_after: *retry_after,
-                    }
-                } else {
-                    ErrorClass::Permanent
-                }
-            }
+            } if transient_status(*status) => transient(retry_after),
+            Http { .. } => ErrorClass::Permanent,
             Timeout { .. } | Transport { .. } | Malformed { .. } | TokenAlreadyExpired { .. } => {
                 ErrorClass::Transient { retry_after: None }
             }
@@ -210,6 +294,11 @@ impl OAuthError {
             OAuthError::Server { code, .. } => Some(code),
             _ => None,
         }
+    }
+
+    /// The OAuth error code as a value to match on, where the server sent one.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.oauth_code().map(ErrorCode::parse)
     }
 }
 
@@ -321,6 +410,20 @@ mod tests {
         for (e, retry_after) in transient {
             assert_eq!(e.class(), ErrorClass::Transient { retry_after }, "{e}");
         }
+    }
+
+    #[test]
+    fn codes_parse_to_their_names_and_unknown_ones_are_extensions() {
+        assert_eq!(ErrorCode::parse("invalid_grant"), ErrorCode::InvalidGrant);
+        assert_eq!(ErrorCode::parse("use_dpop_nonce"), ErrorCode::UseDpopNonce);
+        assert_eq!(
+            ErrorCode::parse("something_new"),
+            ErrorCode::Extension("something_new".into())
+        );
+        assert_eq!(
+            server("invalid_request", Some(400)).error_code(),
+            Some(ErrorCode::InvalidRequest)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! old notices, it never slows a flow.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -20,15 +21,127 @@ const EVENTS_PER_FLOW: usize = 64;
 /// Notices an observer may fall behind by before it loses the oldest.
 const NOTICES_BUFFERED: usize = 1024;
 
+/// What kind of flow: the daemon runs refreshes and logins (browser or device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowKind {
+    Refresh,
+    Login,
+}
+
+impl FlowKind {
+    pub const ALL: [FlowKind; 2] = [FlowKind::Refresh, FlowKind::Login];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowKind::Refresh => "refresh",
+            FlowKind::Login => "login",
+        }
+    }
+
+    /// A kind as the store records it (`oauth_flows.kind`); `None` for text this build does
+    /// not know.
+    pub fn parse(text: &str) -> Option<FlowKind> {
+        FlowKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl fmt::Display for FlowKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step of a flow's trace, as its events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum FlowStep {
+    #[serde(rename = "started")]
+    Started,
+    /// Another process's write ended the flow: a newer token in the store, or its logout.
+    #[serde(rename = "adopted")]
+    Adopted,
+    /// A new client was registered.
+    #[serde(rename = "registered")]
+    Registered,
+    /// The resource names another authorization server now (SEP-2352).
+    #[serde(rename = "resource moved")]
+    ResourceMoved,
+    #[serde(rename = "token obtained")]
+    TokenObtained,
+    #[serde(rename = "failed")]
+    Failed,
+    /// What the state machine decided on the flow's outcome (its last event).
+    #[serde(rename = "decision")]
+    Decision,
+}
+
+/// How a flow ended, for metrics and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowEnd {
+    Success,
+    Adopted,
+    Failure,
+}
+
+impl FlowEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowEnd::Success => "success",
+            FlowEnd::Adopted => "adopted",
+            FlowEnd::Failure => "failure",
+        }
+    }
+}
+
+impl FlowStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowStep::Started => "started",
+            FlowStep::Adopted => "adopted",
+            FlowStep::Registered => "registered",
+            FlowStep::ResourceMoved => "resource moved",
+            FlowStep::TokenObtained => "token obtained",
+            FlowStep::Failed => "failed",
+            FlowStep::Decision => "decision",
+        }
+    }
+
+    /// How the flow ends at this step, if it ends there.
+    pub fn end(self) -> Option<FlowEnd> {
+        match self {
+            FlowStep::TokenObtained => Some(FlowEnd::Success),
+            FlowStep::Adopted => Some(FlowEnd::Adopted),
+            FlowStep::Failed => Some(FlowEnd::Failure),
+            FlowStep::Started
+            | FlowStep::Registered
+            | FlowStep::ResourceMoved
+            | FlowStep::Decision => None,
+        }
+    }
+}
+
+impl fmt::Display for FlowStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step compares with its name, for readers of traces that still hold text.
+impl PartialEq<&str> for FlowStep {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One event of one flow, as sent by the flow.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct FlowEvent {
     pub correlation_id: String,
     pub server: String,
-    pub flow_kind: &'static str,
-    /// What happened: `started`, `token obtained`, `failed`, `decision`, ...
-    pub step: &'static str,
+    pub flow_kind: FlowKind,
+    /// What happened.
+    pub step: FlowStep,
     /// Already redacted details (no secrets are ever put here).
     pub details: Map<String, Value>,
     pub at: Instant,
@@ -38,8 +151,8 @@ impl FlowEvent {
     pub fn new(
         correlation_id: &str,
         server: &str,
-        flow_kind: &'static str,
-        step: &'static str,
+        flow_kind: FlowKind,
+        step: FlowStep,
         details: Value,
     ) -> Self {
         let details = match details {
@@ -63,7 +176,7 @@ impl FlowEvent {
 pub struct TraceEntry {
     pub seq: u64,
     pub elapsed_ms: u64,
-    pub step: String,
+    pub step: FlowStep,
     pub details: Map<String, Value>,
 }
 
@@ -76,7 +189,7 @@ pub struct GetTrace(pub String);
 pub struct FlowNotice {
     pub correlation_id: String,
     pub server: String,
-    pub flow_kind: &'static str,
+    pub flow_kind: FlowKind,
     #[serde(flatten)]
     pub entry: TraceEntry,
 }
@@ -142,7 +255,7 @@ impl Handler<FlowEvent> for FlowLogger {
                 .at
                 .saturating_duration_since(trace.started)
                 .as_millis() as u64,
-            step: event.step.to_string(),
+            step: event.step,
             details: event.details,
         };
         trace.next_seq += 1;
@@ -153,10 +266,10 @@ impl Handler<FlowEvent> for FlowLogger {
             target: "mcpproxy_oauth::flow",
             correlation_id = %event.correlation_id,
             server = %event.server,
-            flow_kind = event.flow_kind,
+            flow_kind = event.flow_kind.as_str(),
             seq = entry.seq,
             elapsed_ms = entry.elapsed_ms,
-            step = event.step,
+            step = event.step.as_str(),
             details = %details,
             "flow {}", event.step
         );
@@ -206,12 +319,18 @@ mod tests {
             logger.do_send(FlowEvent::new(
                 "f1",
                 "srv",
-                "refresh",
-                "step",
+                FlowKind::Refresh,
+                FlowStep::Registered,
                 json!({"i": i}),
             ));
         }
-        logger.do_send(FlowEvent::new("f2", "srv", "login", "started", Value::Null));
+        logger.do_send(FlowEvent::new(
+            "f2",
+            "srv",
+            FlowKind::Login,
+            FlowStep::Started,
+            Value::Null,
+        ));
         let trace = logger.send(GetTrace("f1".into())).await.unwrap();
         assert_eq!(trace.len(), EVENTS_PER_FLOW, "bounded per flow");
         assert_eq!(
@@ -223,14 +342,14 @@ mod tests {
         assert!(trace.windows(2).all(|w| w[0].elapsed_ms <= w[1].elapsed_ms));
         assert_eq!(
             logger.send(GetTrace("f2".into())).await.unwrap()[0].step,
-            "started"
+            FlowStep::Started
         );
         for i in 0..FLOWS_KEPT {
             logger.do_send(FlowEvent::new(
                 &format!("g{i}"),
                 "srv",
-                "refresh",
-                "started",
+                FlowKind::Refresh,
+                FlowStep::Started,
                 Value::Null,
             ));
         }
@@ -240,6 +359,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn kinds_and_steps_keep_their_names_in_json_and_the_store() {
+        for kind in FlowKind::ALL {
+            assert_eq!(FlowKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        assert_eq!(FlowKind::parse("something else"), None);
+        assert_eq!(
+            serde_json::to_value(FlowStep::TokenObtained).unwrap(),
+            "token obtained"
+        );
+        assert_eq!(FlowStep::ResourceMoved.to_string(), "resource moved");
+        assert_eq!(FlowStep::Adopted.end(), Some(FlowEnd::Adopted));
+        assert_eq!(FlowStep::Decision.end(), None);
+    }
+
     #[actix::test]
     async fn observers_get_every_event_with_its_flow() {
         let logger = FlowLogger::default().start();
@@ -247,15 +382,15 @@ mod tests {
         logger.do_send(FlowEvent::new(
             "f1",
             "srv",
-            "refresh",
-            "started",
+            FlowKind::Refresh,
+            FlowStep::Started,
             Value::Null,
         ));
         logger.do_send(FlowEvent::new(
             "f1",
             "srv",
-            "refresh",
-            "failed",
+            FlowKind::Refresh,
+            FlowStep::Failed,
             json!({"status": 503}),
         ));
         let first = notices.recv().await.unwrap();
@@ -264,10 +399,10 @@ mod tests {
                 first.correlation_id.as_str(),
                 first.server.as_str(),
                 first.flow_kind,
-                first.entry.step.as_str(),
+                first.entry.step,
                 first.entry.seq
             ),
-            ("f1", "srv", "refresh", "started", 1)
+            ("f1", "srv", FlowKind::Refresh, FlowStep::Started, 1)
         );
         let second = notices.recv().await.unwrap();
         assert_eq!(second.entry.seq, 2);

@@ -1,264 +1,66 @@
 //! The OAuth state machine of one upstream server, as a pure function:
 //! `step(state, event, now) -> (state, effects)`. No I/O and no clock: time comes in as `now`
-//! (unix milliseconds), and what must happen (load, refresh, open a browser, arm a timer, answer
-//! waiters) goes out as [`Effect`]s that the `UpstreamActor` performs, feeding results back as
-//! events. `step` matches every (phase, event) pair explicitly: there is no catch-all arm, so a
-//! new phase or event cannot slip through unnoticed, and the tests list every pair.
+//! (unix milliseconds), and what must happen (load, refresh, log in, save, answer waiters)
+//! goes out as [`Effect`]s that the `UpstreamActor` (or `connect`'s driver) performs, feeding
+//! results back as events. The machine takes every decision; the drivers report facts. Its
+//! deadlines are named [`Timer`]s read from the state ([`State::deadline`]), never armed and
+//! forgotten: quinn-proto's `poll_timeout` / `handle_timeout` shape.
+//!
+//! `step` matches every (phase, event) pair explicitly: there is no catch-all arm, so a new
+//! phase or event cannot slip through unnoticed, and the tests list every pair.
 //!
 //! Policies (the recovery ladder):
 //! - Reconnect loads the persisted token first; a usable token connects, an expired one with a
 //!   refresh token refreshes; a browser opens only when no refresh token can work.
-//! - Proactive refresh at 75% of the token's lifetime, minus up to 5% of it as per-server jitter;
-//!   a refresh time already past waits `min_timer_gap`. A token without a refresh token arms one timer,
-//!   for the moment it stops being usable.
+//! - Proactive refresh at 75% of the token's lifetime, minus up to 5% of it as per-server
+//!   jitter; a refresh time already past waits `min_timer_gap`. A token without a refresh
+//!   token has its timer at the moment it stops being usable.
 //! - A token is handed out only while it stays valid for a safety margin (10% of its lifetime,
 //!   at most 5 s).
+//! - A token whose save failed keeps serving from memory; its save is retried (1 s, doubling
+//!   to 30 s), and its refresh token is not spent again (no rotation the store would miss)
+//!   until the access token is about to stop being handed out.
 //! - Transient refresh failures back off exponentially with jitter (`backoff_base` up to
 //!   `backoff_cap`, never sooner than `Retry-After`, which is capped at one hour) for
 //!   `fast_attempts`; then the server is `Retrying`, one attempt per `retry_interval`, until
 //!   `retry_ceiling` after the first failure. All the while the refresh token is kept and a
 //!   still-valid access token is served. Only past the ceiling does it need a login.
-//! - Only a dead refresh token (`invalid_grant`) is dropped. `invalid_client` re-registers a
-//!   dynamically registered client once, and is `ClientRejected` for a configured one;
-//!   `invalid_scope` retries once without `scope`; anything unexplained retries slowly.
+//! - Only a dead refresh token (`invalid_grant`, or a DPoP key it is bound to that cannot be
+//!   used) is dropped. `invalid_client` re-registers a dynamically registered client once (or,
+//!   where `Policy::reregister` is off, logs in with a new one), and is `ClientRejected` for a
+//!   configured one; `invalid_scope` retries once without `scope`; anything unexplained
+//!   retries slowly.
 //! - The browser opens by itself unless a browser login failed within `browser_window`; a
 //!   server waiting only for that window opens it when the window ends (interactive hosts). A
-//!   login asked for explicitly always may.
+//!   login asked for explicitly always may. A failed login with a dynamic client makes the
+//!   next one register a new client.
 //! - No phase is terminal: every waiting phase has a timer or a store change that leads back
 //!   to `Connected` once the authorization server is healthy again.
-//! - A 403 `insufficient_scope` logs in again for the union of the granted and the demanded
-//!   scopes (SEP-2350), at most `max_step_ups` times until a token lives to its proactive
-//!   refresh: a server that demands ever more scope cannot keep a browser opening.
+//! - A 403 `insufficient_scope` demanding scope not yet granted logs in again for the union
+//!   of the granted and the demanded scopes (SEP-2350), at most `max_step_ups` times until a
+//!   token lives to its proactive refresh; any other 403 is `forbidden` at once.
 //! - A refused token whose resource now names another authorization server (SEP-2352) is not
 //!   refreshed at the old one: the login goes to the new server, with its own client.
 //! - Flows are fenced: each carries the `generation` it started in; logout and login bump it,
 //!   and a result from an older generation is ignored.
+//! - Draining (shutdown): nothing new starts, a login is cancelled, a running refresh and an
+//!   unsaved token get to finish; `Drained` says when nothing is left.
 
-use serde::Serialize;
+mod phase;
+mod reports;
+mod rules;
+mod timer;
+mod token;
 
-pub type Millis = i64;
+pub use super::failure::{Failure, LoginReason, MAX_RETRY_AFTER, RefreshFailure, clock};
+pub use phase::Phase;
+pub use timer::{Deadline, Timer};
+pub use token::{TokenFacts, TokenId};
 
-/// The longest `Retry-After` honoured: a server asking for more is retried after this.
-pub const MAX_RETRY_AFTER: Millis = 3_600_000;
+use reports::{ForbiddenReport, forbidden, refused};
+use rules::*;
 
-/// What the machine knows about the current token. No secrets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenFacts {
-    pub obtained_at: Millis,
-    /// `None`: the server did not say; the token is used until refused.
-    pub expires_at: Option<Millis>,
-    pub has_refresh_token: bool,
-    /// The upstream answered 401 to this token.
-    pub refused: bool,
-}
-
-impl TokenFacts {
-    fn lifetime(&self) -> Option<Millis> {
-        self.expires_at
-            .map(|e| e.saturating_sub(self.obtained_at).max(0))
-    }
-
-    /// How long before expiry a token stops being handed out.
-    pub fn safety_margin(&self) -> Millis {
-        self.lifetime().map(|l| (l / 10).min(5_000)).unwrap_or(0)
-    }
-
-    /// When the token stops being handed out (`None`: never, by time).
-    pub fn unusable_at(&self) -> Option<Millis> {
-        self.expires_at
-            .map(|e| e.saturating_sub(self.safety_margin()))
-    }
-
-    /// Valid for at least the safety margin at `now`, and not refused.
-    pub fn usable(&self, now: Millis) -> bool {
-        !self.refused && self.unusable_at().is_none_or(|u| now < u)
-    }
-
-    /// Refused this early (within half its lifetime, at most 5 s, after issue), a token was
-    /// bad from the start: the server is issuing unusable tokens, and refreshing at once would
-    /// loop.
-    pub fn refused_when_fresh(&self, now: Millis) -> bool {
-        let window = self.lifetime().map(|l| (l / 2).min(5_000)).unwrap_or(5_000);
-        now.saturating_sub(self.obtained_at) < window
-    }
-
-    /// When to refresh ahead of expiry: 75% of the lifetime, minus `jitter` (0..1) of 5% of it.
-    pub fn refresh_at(&self, jitter: f64) -> Option<Millis> {
-        let lifetime = self.lifetime()?;
-        let spread = (lifetime as f64 * 0.05 * jitter.clamp(0.0, 1.0)) as Millis;
-        Some(
-            self.obtained_at
-                .saturating_add(lifetime / 4 * 3)
-                .saturating_sub(spread),
-        )
-    }
-}
-
-/// Why a server needs a browser login.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "code", rename_all = "snake_case")]
-pub enum LoginReason {
-    NoStoredToken,
-    /// The access token expired (or was refused) and there is no refresh token.
-    NoRefreshToken,
-    /// The authorization server said the refresh token is dead (`invalid_grant`).
-    RefreshTokenRejected {
-        error: String,
-    },
-    /// Refreshing failed for longer than the retry ceiling.
-    RetryCeiling {
-        error: String,
-    },
-    /// The last browser login failed, timed out or was abandoned.
-    LoginFailed {
-        error: String,
-    },
-    /// The upstream answered 403 `insufficient_scope`: a login for `scope` (the union of the
-    /// granted and the demanded scopes) is needed.
-    InsufficientScope {
-        scope: String,
-    },
-    /// As `InsufficientScope`, but `max_step_ups` logins for more scope did not satisfy the
-    /// server: no more step-ups until a token lives to its proactive refresh or a login is
-    /// asked for explicitly.
-    StepUpLimit {
-        scope: String,
-        logins: u32,
-    },
-    /// The protected resource names another authorization server now (SEP-2352): the tokens
-    /// and client of the old one are of no use there.
-    AuthorizationServerMoved {
-        issuer: String,
-    },
-}
-
-impl std::fmt::Display for LoginReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LoginReason::NoStoredToken => f.write_str("no stored token"),
-            LoginReason::NoRefreshToken => {
-                f.write_str("the access token is no longer usable and there is no refresh token")
-            }
-            LoginReason::RefreshTokenRejected { error } => {
-                write!(f, "the refresh token was rejected ({error})")
-            }
-            LoginReason::RetryCeiling { error } => {
-                write!(
-                    f,
-                    "refreshing kept failing past the retry ceiling ({error})"
-                )
-            }
-            LoginReason::LoginFailed { error } => write!(f, "the last login failed ({error})"),
-            LoginReason::InsufficientScope { scope } => {
-                write!(f, "the server needs the scope \"{scope}\"")
-            }
-            LoginReason::StepUpLimit { scope, logins } => write!(
-                f,
-                "the server still refuses for lack of scope after {logins} logins for more scope (\"{scope}\"); run a login to ask again"
-            ),
-            LoginReason::AuthorizationServerMoved { issuer } => {
-                write!(f, "the resource moved to the authorization server {issuer}")
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
-pub enum Phase {
-    /// Nothing asked yet.
-    Idle,
-    /// Reading the persisted token.
-    Loading,
-    Connected,
-    Refreshing,
-    Authorizing,
-    /// No refresh token can work right now. `browser_at`: when the browser opens by itself
-    /// (interactive hosts, once the window after a failed login ends); `refresh_at`: when a
-    /// kept refresh token is tried again (past the retry ceiling).
-    NeedsLogin {
-        reason: LoginReason,
-        browser_at: Option<Millis>,
-        refresh_at: Option<Millis>,
-    },
-    /// The fast attempts after transient failures.
-    BackingOff {
-        attempt: u32,
-        retry_at: Millis,
-        last_error: String,
-    },
-    /// After the fast attempts: one attempt per `retry_interval`, until `until`.
-    Retrying {
-        attempt: u32,
-        retry_at: Millis,
-        until: Millis,
-        last_error: String,
-    },
-    /// The authorization server refused our configured client (`invalid_client`): the
-    /// configuration needs a fix; the refresh token is kept and tried again at `retry_at`.
-    ClientRejected {
-        retry_at: Millis,
-        error: String,
-    },
-    /// The token store could not be read; loading is tried again at `retry_at`.
-    StoreUnavailable {
-        attempt: u32,
-        retry_at: Millis,
-        error: String,
-    },
-    /// Logged out (here or by another process): nothing is used or refreshed until a login.
-    LoggedOut,
-}
-
-impl Phase {
-    /// The stable name of the phase, as serialized.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Loading => "loading",
-            Phase::Connected => "connected",
-            Phase::Refreshing => "refreshing",
-            Phase::Authorizing => "authorizing",
-            Phase::NeedsLogin { .. } => "needs_login",
-            Phase::BackingOff { .. } => "backing_off",
-            Phase::Retrying { .. } => "retrying",
-            Phase::ClientRejected { .. } => "client_rejected",
-            Phase::StoreUnavailable { .. } => "store_unavailable",
-            Phase::LoggedOut => "logged_out",
-        }
-    }
-
-    /// A flow (load, refresh or login) runs: requests join it instead of starting another.
-    pub fn flow_running(&self) -> bool {
-        matches!(
-            self,
-            Phase::Loading | Phase::Refreshing | Phase::Authorizing
-        )
-    }
-
-    /// When the machine acts next by itself, if it waits for time.
-    pub fn next_attempt_at(&self) -> Option<Millis> {
-        match self {
-            Phase::BackingOff { retry_at, .. }
-            | Phase::Retrying { retry_at, .. }
-            | Phase::ClientRejected { retry_at, .. }
-            | Phase::StoreUnavailable { retry_at, .. } => Some(*retry_at),
-            Phase::NeedsLogin {
-                browser_at,
-                refresh_at,
-                ..
-            } => earliest(*browser_at, *refresh_at),
-            _ => None,
-        }
-    }
-}
-
-fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
+pub use crate::clock::Millis;
 
 /// Tunables, with production defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -281,6 +83,14 @@ pub struct Policy {
     /// Logins for more scope (403 `insufficient_scope`) allowed until a token lives to its
     /// proactive refresh.
     pub max_step_ups: u32,
+    /// Logins allowed in all (`None`: no bound). `connect` bounds one run's authorization
+    /// requests (the MCP specification asks clients to bound step-up retries); a daemon
+    /// does not.
+    pub max_logins: Option<u32>,
+    /// A dynamically registered client the authorization server rejects is registered again
+    /// before the refresh is retried. `false` (`connect`: one run has no registration to
+    /// repair): a login with a new client follows instead.
+    pub reregister: bool,
 }
 
 impl Default for Policy {
@@ -295,8 +105,20 @@ impl Default for Policy {
             retry_ceiling: 24 * 3_600_000,
             min_timer_gap: 1_000,
             max_step_ups: 2,
+            max_logins: None,
+            reregister: true,
         }
     }
+}
+
+/// The token in memory is not in the store: its save failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsaved {
+    pub token: TokenId,
+    /// Failed saves of it so far.
+    pub attempts: u32,
+    /// When the save is tried again (`None` while one runs).
+    pub retry_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -331,6 +153,25 @@ pub struct State {
     pub scope_omitted: bool,
     /// Logins for more scope since a token last lived to its proactive refresh.
     pub step_ups: u32,
+    /// Connected: when the current token's proactive refresh is due (for a token without a
+    /// refresh token: when it stops being handed out). Read through [`Timer::Refresh`].
+    pub refresh_due: Option<Millis>,
+    /// The token in memory whose save failed, until a save of it (or a newer token) succeeds.
+    pub unsaved: Option<Unsaved>,
+    /// The access token the upstream refused, so a reload or another process's store does
+    /// not make it trusted again.
+    pub refused: Option<TokenId>,
+    /// After a 403 `insufficient_scope`: the union of the granted and the demanded scopes,
+    /// asked for by the next login; cleared by a login's token.
+    pub step_up_scope: Option<String>,
+    /// The last login with a dynamically registered client failed: the next one registers a
+    /// new client (the authorization server may have forgotten ours).
+    pub fresh_client: bool,
+    /// Logins started, for `Policy::max_logins`.
+    pub logins: u32,
+    /// Shutting down: no flow starts; [`Effect::Drained`] once nothing runs or waits to be
+    /// saved.
+    pub draining: bool,
 }
 
 impl State {
@@ -352,29 +193,22 @@ impl State {
             reregistered: false,
             scope_omitted: false,
             step_ups: 0,
+            refresh_due: None,
+            unsaved: None,
+            refused: None,
+            step_up_scope: None,
+            fresh_client: false,
+            logins: 0,
+            draining: false,
         }
     }
-}
 
-/// Why a refresh failed, as far as the machine's decision goes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RefreshFailure {
-    /// 5xx, 429, timeouts, dropped connections, malformed bodies: back off, keep everything.
-    Transient { retry_after: Option<Millis> },
-    /// An error that says nothing about the refresh token (a firewall's HTML 403, a proxy's
-    /// 404, `invalid_request`, a missing client row): retried slowly, never a reason to drop it.
-    Unexplained,
-    /// `invalid_grant`: the refresh token is dead.
-    RefreshTokenDead,
-    /// `invalid_client`; `registered`: the client was dynamically registered (not configured).
-    ClientRejected { registered: bool },
-    /// `invalid_scope`.
-    ScopeRejected,
-    /// Under the flow lock the stored token was gone: another process logged out.
-    TokenGone,
-    /// The token was refused and the resource now names another authorization server than
-    /// the one that issued it (`issuer`: the new one).
-    AuthorizationServerMoved { issuer: String },
+    /// Whether another process's writes to the store matter now: not while a flow runs (it
+    /// re-reads the store under the lock), not before the first load, and not while the
+    /// store is behind this process (a failed save).
+    pub fn watches_store(&self) -> bool {
+        !self.phase.flow_running() && self.phase != Phase::Idle && self.unsaved.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -385,12 +219,17 @@ pub enum Event {
     Login,
     /// An explicit refresh.
     Refresh,
-    /// The upstream refused the current token (the actor drops reports about older tokens).
-    Unauthorized,
-    /// The upstream answered 403 `insufficient_scope` to the current token; `scope` is the
-    /// union of the granted and the demanded scopes, which a login would ask for.
-    InsufficientScope {
-        scope: String,
+    /// The upstream answered 401 to the token `token` (`None`: the current one).
+    Refused {
+        token: Option<TokenId>,
+    },
+    /// The upstream answered 403 to the token `token` (`None`: the current one), with
+    /// `insufficient_scope` or not, demanding `demanded`; `granted` is the token's scope.
+    Forbidden {
+        token: Option<TokenId>,
+        insufficient_scope: bool,
+        granted: Option<String>,
+        demanded: Option<String>,
     },
     Loaded {
         generation: u64,
@@ -401,8 +240,15 @@ pub enum Event {
         generation: u64,
         error: String,
     },
-    /// A refresh or login produced a token, already persisted.
+    /// A refresh or login produced a token; `saved`: it is in the store.
     TokenObtained {
+        generation: u64,
+        token: TokenFacts,
+        saved: bool,
+    },
+    /// Under the flow lock, the store held a token newer than the one the flow started from
+    /// (another process refreshed or logged in meanwhile). The flow stopped there.
+    StoreAhead {
         generation: u64,
         token: TokenFacts,
     },
@@ -411,24 +257,59 @@ pub enum Event {
         failure: RefreshFailure,
         error: String,
     },
+    /// `dynamic_client`: the login went with a dynamically registered client (a stored one
+    /// or one it obtained), which the authorization server may have forgotten.
     LoginFailed {
         generation: u64,
         error: String,
+        dynamic_client: bool,
     },
-    /// The armed timer fired.
-    Timer,
+    /// The save of the token `token` asked for by [`Effect::SaveToken`] succeeded.
+    Saved {
+        token: TokenId,
+    },
+    SaveFailed {
+        token: TokenId,
+        error: String,
+    },
+    /// `timer` is due (the driver feeds every expired timer, earliest first).
+    Due(Timer),
     Logout,
     /// Another process stored (`Some`) or deleted (`None`) this server's token.
     StoreChanged(Option<TokenFacts>),
+    /// Shutting down.
+    Drain,
 }
 
 /// What a refresh should do besides presenting the refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RefreshPlan {
-    /// Register a new client first (the authorization server forgot ours).
+    /// Register a new client first (the authorization server forgot ours, or none is known).
     pub reregister: bool,
     /// Send no `scope` (the server refused the one we asked for).
     pub omit_scope: bool,
+    /// The upstream refused the token: first check that the resource still trusts the
+    /// authorization server that issued it (SEP-2352).
+    pub after_refusal: bool,
+    /// The store is behind this process (a failed save): the token in memory is the newest,
+    /// whatever the store holds.
+    pub store_behind: bool,
+}
+
+/// What a login should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginPlan {
+    /// Register a new client instead of reusing a stored one.
+    pub fresh_client: bool,
+    /// Scope asked for on top of the usual selection (after a 403 `insufficient_scope`).
+    pub step_up_scope: Option<String>,
+    /// When the login was asked for.
+    pub requested_at: Millis,
+    /// Report a token another process stored after `requested_at` (or by a login this one
+    /// waited for) instead of logging in: [`Event::StoreAhead`].
+    pub adopt: bool,
+    /// The upstream refused a token: read the resource's metadata again before logging in.
+    pub after_refusal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -436,16 +317,20 @@ pub enum Effect {
     /// Read the stored token and client (tagged with the current generation).
     LoadToken,
     StartRefresh(RefreshPlan),
-    StartLogin,
+    StartLogin(LoginPlan),
     /// Abandon the running load or flow; its result, if any, is ignored.
     CancelFlow,
-    /// Replaces any armed timer; `at` is always later than now.
-    ArmTimer {
-        at: Millis,
-    },
-    CancelTimer,
-    /// Answer everyone waiting for a token.
+    /// Save the token in memory (and a client its login obtained) again; answer with
+    /// `Saved` or `SaveFailed`.
+    SaveToken,
+    /// Logout: revoke the stored token at the authorization server where it offers RFC 7009
+    /// (best effort) and delete the stored row, under the server's flow lock; answer the
+    /// caller who logged out.
+    RevokeAndDelete,
+    /// Answer everyone waiting for a token (the caller of this event included).
     ResolveWaiters(Resolution),
+    /// Answer the caller of this event alone; whoever waits for a flow goes on waiting.
+    AnswerCaller(Resolution),
     /// The refresh token was refused for good: forget it, keep the access token.
     DropRefreshToken,
     /// Forget the token in memory (a logout, here or elsewhere, deletes the stored row).
@@ -454,67 +339,13 @@ pub enum Effect {
     AnnounceReauthentication {
         reason: LoginReason,
     },
-}
-
-/// Why a caller gets no token, as a stable, serializable value.
-#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Failure {
-    #[error("re-authentication required: {reason}")]
-    NeedsLogin { reason: LoginReason },
-    #[error("refreshing is backing off after failures ({last_error}); next attempt at {}", clock(*retry_at))]
-    BackingOff {
-        retry_at: Millis,
-        last_error: String,
-    },
-    #[error(
-        "refreshing keeps failing ({last_error}); next attempt at {}, a login is needed after {}",
-        clock(*retry_at),
-        clock(*until)
-    )]
-    Retrying {
-        retry_at: Millis,
-        until: Millis,
-        last_error: String,
-    },
-    #[error(
-        "the authorization server rejected the configured client ({error}); check oauth.client_id and oauth.client_secret in the config"
-    )]
-    ClientRejected { error: String },
-    #[error("the login failed: {error}")]
-    LoginFailed { error: String },
-    #[error("logged out; run a login")]
-    LoggedOut,
-    /// A 403 that more scope would not cure.
-    #[error("forbidden: {error}")]
-    Forbidden { error: String },
-    #[error("the token store failed: {error}")]
-    Store { error: String },
-    #[error("the server's actor stopped")]
-    Stopped,
-}
-
-impl Failure {
-    /// A 403 `insufficient_scope` that demands nothing beyond `granted`: a login would bring
-    /// the same token again (the daemon and `connect` say it alike).
-    pub fn scope_already_granted(granted: Option<&str>) -> Failure {
-        Failure::Forbidden {
-            error: format!(
-                "the server answered 403 insufficient_scope but asks for no scope beyond the granted \"{}\"",
-                granted.unwrap_or_default()
-            ),
-        }
-    }
-}
-
-/// A time for people: RFC 3339 in UTC, to the second.
-pub fn clock(at: Millis) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
+    /// Draining, and nothing runs or waits to be saved: shutdown may go on.
+    Drained,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolution {
+    /// The current token: the machine says so only while it holds a usable one.
     Ready,
     Failed(Failure),
 }
@@ -551,18 +382,39 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
     let current = state.generation;
     match (&state.phase, event) {
         // -- Logout, from every phase: forget the token, cancel what runs, fence old flows.
-        (every_phase!(), Logout) => logged_out(&mut next, fx),
+        (every_phase!(), Logout) => logged_out(&mut next, fx, true),
+        (every_phase!(), Drain) => drain(&mut next, fx),
+
+        // -- Deadlines, saves and reports about a token: their own tables.
+        (every_phase!(), Due(timer)) => due(state, &mut next, fx, timer, now),
+        (every_phase!(), Saved { token }) => saved(&mut next, token, now),
+        (every_phase!(), SaveFailed { token, .. }) => save_failed(&mut next, token, now),
+        (every_phase!(), Refused { token }) => refused(state, &mut next, fx, token, now),
+        (
+            every_phase!(),
+            Forbidden {
+                token,
+                insufficient_scope,
+                granted,
+                demanded,
+            },
+        ) => {
+            let report = ForbiddenReport {
+                token,
+                insufficient_scope,
+                granted,
+                demanded,
+            };
+            forbidden(state, &mut next, fx, report, now)
+        }
 
         // -- Requests while a flow runs join it.
-        (
-            Loading | Refreshing | Authorizing,
-            Reconnect | Refresh | Unauthorized | InsufficientScope { .. },
-        ) => {}
+        (Loading | Refreshing | Authorizing, Reconnect | Refresh) => {}
         (Loading | Refreshing, Login) => next.login_after_flow = true,
         (Authorizing, Login) => {}
 
         // -- Idle: the first request loads the persisted token.
-        (Idle, Reconnect | Unauthorized | InsufficientScope { .. }) => load(&mut next, fx),
+        (Idle, Reconnect) => load(&mut next, fx),
         (Idle, Refresh) => {
             next.refresh_after_load = true;
             load(&mut next, fx);
@@ -573,15 +425,17 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
         }
 
         // -- An explicit login: from any phase without a running flow.
-        (settled_phase!(), Login) => start_login(&mut next, fx, None),
+        (settled_phase!(), Login) => start_login(&mut next, fx, None, now),
 
         // -- Loading.
         (Loading, Loaded { generation, token }) if generation == current => {
+            let token = token.map(|t| known(&next, t));
             next.token = token;
+            next.unsaved = None;
             next.store_failures = 0;
             if std::mem::take(&mut next.login_after_flow) {
                 next.refresh_after_load = false;
-                start_login(&mut next, fx, None);
+                start_login(&mut next, fx, None, now);
             } else if std::mem::take(&mut next.refresh_after_load) && token.is_some() {
                 refresh_or_login(&mut next, fx, now);
             } else {
@@ -602,7 +456,6 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
                 retry_at,
                 error: error.clone(),
             };
-            fx.push(Effect::ArmTimer { at: retry_at });
             fx.push(Effect::ResolveWaiters(Resolution::Failed(Failure::Store {
                 error,
             })));
@@ -613,74 +466,22 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
             Some(t) => decide(&mut next, fx, t, now),
             None => needs_login(&mut next, fx, now, LoginReason::NoStoredToken),
         },
-        (Connected, Unauthorized) => {
-            let fresh = next.token.is_some_and(|t| t.refused_when_fresh(now));
-            if let Some(t) = next.token.as_mut() {
-                t.refused = true;
-            }
-            if fresh && state.refresh_after_refusal {
-                // Refused again, fresh from a refresh that answered a refusal: the server
-                // issues unusable tokens. Refreshing at once would loop; back off instead.
-                next.suspect_tokens = true;
-                transient_failure(
-                    &mut next,
-                    fx,
-                    now,
-                    None,
-                    false,
-                    "the server refused a token it had just issued".into(),
-                );
-            } else {
-                next.refresh_after_refusal = true;
-                refresh_or_login(&mut next, fx, now);
-            }
-        }
-        (Connected, InsufficientScope { scope }) => step_up(&mut next, fx, now, scope),
         (Connected, Refresh) => {
             next.transient_failures = 0;
             refresh_or_login(&mut next, fx, now);
         }
-        (Connected, Timer) => {
-            // This token lived to its proactive refresh: the server's tokens work again.
-            next.suspect_tokens = false;
-            next.refresh_after_refusal = false;
-            next.transient_failures = 0;
-            next.failing_since = None;
-            next.step_ups = 0;
-            refresh_or_login(&mut next, fx, now);
-        }
 
         // -- Results of flows.
-        (Refreshing | Authorizing, TokenObtained { generation, token })
-            if generation == current =>
-        {
-            let login_wanted = std::mem::take(&mut next.login_after_flow);
-            next.token = Some(token);
-            next.reregistered = false;
-            next.scope_omitted = false;
-            if matches!(state.phase, Authorizing) {
-                next.last_browser_failure = None;
-            }
-            if login_wanted {
-                start_login(&mut next, fx, None);
-            } else if token.usable(now) {
-                if !next.suspect_tokens {
-                    next.transient_failures = 0;
-                    next.failing_since = None;
-                }
-                connected(&mut next, fx, token, now);
-            } else {
-                // A "successful" flow whose token is already unusable is a failure, never a
-                // success: back off instead of looping.
-                transient_failure(
-                    &mut next,
-                    fx,
-                    now,
-                    None,
-                    false,
-                    "the server issued a token that is already expired".into(),
-                );
-            }
+        (
+            Refreshing | Authorizing,
+            TokenObtained {
+                generation,
+                token,
+                saved,
+            },
+        ) if generation == current => obtained(state, &mut next, fx, token, saved, now),
+        (Refreshing | Authorizing, StoreAhead { generation, token }) if generation == current => {
+            store_ahead(state, &mut next, fx, token, now)
         }
         (
             Refreshing,
@@ -690,19 +491,14 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
                 error,
             },
         ) if generation == current => refresh_failed(&mut next, fx, now, failure, error),
-        (Authorizing, LoginFailed { generation, error }) if generation == current => {
-            next.last_browser_failure = Some(now);
-            fx.push(Effect::ResolveWaiters(Resolution::Failed(
-                Failure::LoginFailed {
-                    error: error.clone(),
-                },
-            )));
-            // A failed login does not throw away a token that still works.
-            match next.token {
-                Some(t) if t.usable(now) || t.has_refresh_token => decide(&mut next, fx, t, now),
-                _ => needs_login(&mut next, fx, now, LoginReason::LoginFailed { error }),
-            }
-        }
+        (
+            Authorizing,
+            LoginFailed {
+                generation,
+                error,
+                dynamic_client,
+            },
+        ) if generation == current => login_failed(&mut next, fx, error, dynamic_client, now),
         // A result from an older generation (a flow that was cancelled or fenced), or for a
         // flow of another kind: ignored.
         (
@@ -710,447 +506,68 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
             Loaded { .. }
             | LoadFailed { .. }
             | TokenObtained { .. }
+            | StoreAhead { .. }
             | RefreshFailed { .. }
             | LoginFailed { .. },
         ) => {}
 
         // -- Backing off and retrying: the timer brings the next attempt.
-        // A step-up waits for the refresh to recover: it needs the authorization server too.
-        (
-            BackingOff { .. } | Retrying { .. } | ClientRejected { .. },
-            Reconnect | InsufficientScope { .. },
-        ) => serve_or_explain(&next, fx, now),
-        (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Unauthorized) => {
-            if let Some(t) = next.token.as_mut() {
-                t.refused = true;
-            }
-            serve_or_explain(&next, fx, now);
+        (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Reconnect) => {
+            serve_or_explain(&next, fx, now)
         }
         (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Refresh) => {
             next.transient_failures = 0;
             next.failing_since = None;
             refresh_or_login(&mut next, fx, now);
         }
-        (BackingOff { .. } | Retrying { .. } | ClientRejected { .. }, Timer) => {
-            refresh_or_login(&mut next, fx, now)
-        }
 
         // -- Waiting for a login. Another process (`auth login`, another daemon) may have
         // stored a token meanwhile: read the store again before deciding.
-        (NeedsLogin { .. }, Reconnect | Unauthorized | InsufficientScope { .. }) => {
-            load(&mut next, fx)
-        }
+        (NeedsLogin { .. }, Reconnect) => load(&mut next, fx),
         (NeedsLogin { .. }, Refresh) => {
             next.transient_failures = 0;
             next.failing_since = None;
             refresh_or_login(&mut next, fx, now);
         }
-        (
-            NeedsLogin {
-                reason,
-                browser_at,
-                refresh_at,
-            },
-            Timer,
-        ) => {
-            if browser_at.is_some_and(|at| at <= now) {
-                start_login(&mut next, fx, Some(reason.clone()));
-            } else if refresh_at.is_some_and(|at| at <= now)
-                && next.token.is_some_and(|t| t.has_refresh_token)
-            {
-                next.phase = Refreshing;
-                fx.push(Effect::StartRefresh(RefreshPlan::default()));
-            } else if let Some(at) = earliest(*browser_at, *refresh_at).filter(|at| *at > now) {
-                // Early (a timer of another phase): wait for the right moment.
-                fx.push(Effect::ArmTimer { at });
-            }
-        }
 
         // -- The store could not be read: try again.
-        (StoreUnavailable { .. }, Reconnect | Unauthorized | InsufficientScope { .. } | Timer) => {
-            load(&mut next, fx)
-        }
+        (StoreUnavailable { .. }, Reconnect) => load(&mut next, fx),
         (StoreUnavailable { .. }, Refresh) => {
             next.refresh_after_load = true;
             load(&mut next, fx);
         }
 
         // -- Logged out: nothing is used or refreshed until a login (here or elsewhere).
-        (LoggedOut, Reconnect | Unauthorized | InsufficientScope { .. } | Refresh) => fx.push(
-            Effect::ResolveWaiters(Resolution::Failed(Failure::LoggedOut)),
-        ),
-
-        // -- Timers of a phase that has moved on are stale.
-        (Idle | Loading | Refreshing | Authorizing | LoggedOut, Timer) => {}
+        (LoggedOut, Reconnect | Refresh) => fx.push(Effect::ResolveWaiters(Resolution::Failed(
+            Failure::LoggedOut,
+        ))),
 
         // -- Another process changed the stored token.
         (Idle | Loading | Refreshing | Authorizing, StoreChanged(_)) => {
             // Not loaded yet, or a flow runs: the flow re-reads the store under the lock.
         }
+        (settled_phase!(), StoreChanged(_)) if next.unsaved.is_some() => {
+            // The store is behind this process (a failed save): what it holds is older.
+        }
         (settled_phase!(), StoreChanged(Some(t))) => {
-            next.token = Some(t);
-            next.transient_failures = 0;
-            next.failing_since = None;
-            next.suspect_tokens = false;
-            next.refresh_after_refusal = false;
-            decide(&mut next, fx, t, now);
+            let t = known(&next, t);
+            let ours = next
+                .token
+                .is_some_and(|c| c.id == t.id && c.has_refresh_token == t.has_refresh_token);
+            if !ours {
+                adopt(&mut next, fx, t, now);
+            }
         }
         (settled_phase!(), StoreChanged(None)) => {
             if state.token.is_some() {
-                logged_out(&mut next, fx);
+                logged_out(&mut next, fx, false);
             }
         }
+    }
+    if next.draining && !next.phase.flow_running() && next.unsaved.is_none() {
+        effects.push(Effect::Drained);
     }
     (next, effects)
-}
-
-fn load(next: &mut State, fx: &mut Vec<Effect>) {
-    next.phase = Phase::Loading;
-    fx.push(Effect::LoadToken);
-}
-
-fn logged_out(next: &mut State, fx: &mut Vec<Effect>) {
-    if next.phase.flow_running() {
-        fx.push(Effect::CancelFlow);
-    }
-    let (policy, jitter, last_browser_failure) =
-        (next.policy, next.jitter, next.last_browser_failure);
-    *next = State {
-        phase: Phase::LoggedOut,
-        generation: next.generation + 1,
-        last_browser_failure,
-        ..State::new(policy, jitter)
-    };
-    fx.push(Effect::CancelTimer);
-    fx.push(Effect::ForgetToken);
-    fx.push(Effect::ResolveWaiters(Resolution::Failed(
-        Failure::LoggedOut,
-    )));
-}
-
-/// Connected with `t`; the one timer goes to its proactive refresh, or, without a refresh
-/// token, to the moment it stops being usable.
-fn connected(next: &mut State, fx: &mut Vec<Effect>, t: TokenFacts, now: Millis) {
-    next.phase = Phase::Connected;
-    fx.push(Effect::ResolveWaiters(Resolution::Ready));
-    let at = if t.has_refresh_token {
-        // A refresh time already past (a token loaded late, or one that lived shorter than its
-        // flow) waits the minimal gap, so nothing spins.
-        t.refresh_at(next.jitter).map(|at| {
-            if at > now {
-                at
-            } else {
-                now + next.policy.min_timer_gap
-            }
-        })
-    } else {
-        t.unusable_at().filter(|at| *at > now)
-    };
-    match at {
-        Some(at) => fx.push(Effect::ArmTimer { at }),
-        None => fx.push(Effect::CancelTimer),
-    }
-}
-
-/// A stored or obtained token: use it, refresh it, or log in.
-fn decide(next: &mut State, fx: &mut Vec<Effect>, t: TokenFacts, now: Millis) {
-    if t.usable(now) {
-        connected(next, fx, t, now);
-    } else {
-        refresh_or_login(next, fx, now);
-    }
-}
-
-fn refresh_or_login(next: &mut State, fx: &mut Vec<Effect>, now: Millis) {
-    match next.token {
-        Some(t) if t.has_refresh_token => {
-            next.phase = Phase::Refreshing;
-            fx.push(Effect::StartRefresh(RefreshPlan::default()));
-        }
-        Some(t) if t.usable(now) => connected(next, fx, t, now),
-        Some(_) => needs_login(next, fx, now, LoginReason::NoRefreshToken),
-        None => needs_login(next, fx, now, LoginReason::NoStoredToken),
-    }
-}
-
-/// The browser may open by itself now, or from when (`None`: never, by itself).
-fn browser_allowed_at(next: &State, now: Millis) -> Option<Millis> {
-    if !next.policy.interactive {
-        return None;
-    }
-    Some(match next.last_browser_failure {
-        Some(failed) => (failed + next.policy.browser_window).max(now),
-        None => now,
-    })
-}
-
-/// No refresh token can work now: open the browser if allowed, else wait (with a timer for
-/// the end of the browser window, and for a kept refresh token).
-fn needs_login(next: &mut State, fx: &mut Vec<Effect>, now: Millis, reason: LoginReason) {
-    let browser_at = browser_allowed_at(next, now);
-    if browser_at == Some(now) {
-        start_login(next, fx, Some(reason));
-        return;
-    }
-    let refresh_at = next
-        .token
-        .is_some_and(|t| t.has_refresh_token)
-        .then(|| now + retry_delay(next));
-    fx.push(Effect::AnnounceReauthentication {
-        reason: reason.clone(),
-    });
-    match next.token {
-        Some(t) if t.usable(now) => fx.push(Effect::ResolveWaiters(Resolution::Ready)),
-        _ => fx.push(Effect::ResolveWaiters(Resolution::Failed(
-            Failure::NeedsLogin {
-                reason: reason.clone(),
-            },
-        ))),
-    }
-    match earliest(browser_at, refresh_at) {
-        Some(at) => fx.push(Effect::ArmTimer { at }),
-        None => fx.push(Effect::CancelTimer),
-    }
-    next.phase = Phase::NeedsLogin {
-        reason,
-        browser_at,
-        refresh_at,
-    };
-}
-
-/// `reason`: why the login starts by itself; `None` for an explicit login.
-fn start_login(next: &mut State, fx: &mut Vec<Effect>, reason: Option<LoginReason>) {
-    match reason {
-        Some(reason) => fx.push(Effect::AnnounceReauthentication { reason }),
-        // Asked for by someone: the step-up budget starts again.
-        None => next.step_ups = 0,
-    }
-    next.generation += 1;
-    next.login_after_flow = false;
-    next.phase = Phase::Authorizing;
-    fx.push(Effect::StartLogin);
-}
-
-fn refresh_failed(
-    next: &mut State,
-    fx: &mut Vec<Effect>,
-    now: Millis,
-    failure: RefreshFailure,
-    error: String,
-) {
-    if failure == RefreshFailure::TokenGone {
-        logged_out(next, fx);
-        return;
-    }
-    if failure == RefreshFailure::RefreshTokenDead {
-        fx.push(Effect::DropRefreshToken);
-        if let Some(t) = next.token.as_mut() {
-            t.has_refresh_token = false;
-        }
-    }
-    if std::mem::take(&mut next.login_after_flow) {
-        start_login(next, fx, None);
-        return;
-    }
-    match failure {
-        RefreshFailure::RefreshTokenDead => match next.token {
-            Some(t) if t.usable(now) => connected(next, fx, t, now),
-            _ => needs_login(next, fx, now, LoginReason::RefreshTokenRejected { error }),
-        },
-        RefreshFailure::ClientRejected { registered: true } if !next.reregistered => {
-            next.reregistered = true;
-            fx.push(Effect::StartRefresh(RefreshPlan {
-                reregister: true,
-                omit_scope: next.scope_omitted,
-            }));
-        }
-        RefreshFailure::ClientRejected { .. } => {
-            let retry_at = now + retry_delay(next);
-            next.phase = Phase::ClientRejected {
-                retry_at,
-                error: error.clone(),
-            };
-            fx.push(Effect::ArmTimer { at: retry_at });
-            match next.token {
-                Some(t) if t.usable(now) => fx.push(Effect::ResolveWaiters(Resolution::Ready)),
-                _ => fx.push(Effect::ResolveWaiters(Resolution::Failed(
-                    Failure::ClientRejected { error },
-                ))),
-            }
-        }
-        RefreshFailure::ScopeRejected if !next.scope_omitted => {
-            next.scope_omitted = true;
-            fx.push(Effect::StartRefresh(RefreshPlan {
-                reregister: false,
-                omit_scope: true,
-            }));
-        }
-        RefreshFailure::ScopeRejected | RefreshFailure::Unexplained => {
-            transient_failure(next, fx, now, None, true, error)
-        }
-        RefreshFailure::Transient { retry_after } => {
-            transient_failure(next, fx, now, retry_after, false, error)
-        }
-        RefreshFailure::AuthorizationServerMoved { issuer } => {
-            // The refresh token belongs to the old server; the stored row keeps it until a
-            // login at the new one replaces it (each server's client stays, by issuer).
-            if let Some(t) = next.token.as_mut() {
-                t.has_refresh_token = false;
-                t.refused = true;
-            }
-            needs_login(
-                next,
-                fx,
-                now,
-                LoginReason::AuthorizationServerMoved { issuer },
-            );
-        }
-        RefreshFailure::TokenGone => unreachable!("handled above"),
-    }
-}
-
-/// A 403 `insufficient_scope` while connected: a login for `scope` if the budget and the
-/// browser allow it; otherwise the caller hears why, and the token keeps serving the calls
-/// that need no more scope.
-fn step_up(next: &mut State, fx: &mut Vec<Effect>, now: Millis, scope: String) {
-    if next.step_ups >= next.policy.max_step_ups {
-        let reason = LoginReason::StepUpLimit {
-            scope,
-            logins: next.step_ups,
-        };
-        fx.push(Effect::AnnounceReauthentication {
-            reason: reason.clone(),
-        });
-        fx.push(Effect::ResolveWaiters(Resolution::Failed(
-            Failure::NeedsLogin { reason },
-        )));
-        return;
-    }
-    let reason = LoginReason::InsufficientScope { scope };
-    if browser_allowed_at(next, now) == Some(now) {
-        next.step_ups += 1;
-        start_login(next, fx, Some(reason));
-    } else {
-        fx.push(Effect::AnnounceReauthentication {
-            reason: reason.clone(),
-        });
-        fx.push(Effect::ResolveWaiters(Resolution::Failed(
-            Failure::NeedsLogin { reason },
-        )));
-    }
-}
-
-/// The delay before fast attempt `attempt` (1-based): exponential from `backoff_base` up to
-/// `backoff_cap`, jittered by 0..+20%, never sooner than `Retry-After` (at most one hour).
-fn fast_delay(next: &State, attempt: u32, retry_after: Option<Millis>) -> Millis {
-    let policy = next.policy;
-    let exponential = policy
-        .backoff_base
-        .saturating_mul(1 << (attempt.max(1) - 1).min(20))
-        .min(policy.backoff_cap);
-    jittered(next, exponential).max(retry_after.unwrap_or(0).min(MAX_RETRY_AFTER))
-}
-
-fn retry_delay(next: &State) -> Millis {
-    jittered(next, next.policy.retry_interval)
-}
-
-/// Up to 20% later, by the server's jitter, so many servers do not retry in the same instant.
-fn jittered(next: &State, delay: Millis) -> Millis {
-    ((delay as f64 * (1.0 + 0.2 * next.jitter.clamp(0.0, 1.0))) as Millis)
-        .max(next.policy.min_timer_gap)
-}
-
-/// A refresh failed but the refresh token may still work: back off (fast attempts), then
-/// retry slowly (`long`: at once), then, past the ceiling, ask for a login keeping the token.
-fn transient_failure(
-    next: &mut State,
-    fx: &mut Vec<Effect>,
-    now: Millis,
-    retry_after: Option<Millis>,
-    long: bool,
-    error: String,
-) {
-    next.transient_failures += 1;
-    let attempt = next.transient_failures;
-    let since = *next.failing_since.get_or_insert(now);
-    let until = since.saturating_add(next.policy.retry_ceiling);
-    if now >= until {
-        needs_login(next, fx, now, LoginReason::RetryCeiling { error });
-        return;
-    }
-    let (phase, failure) = if long || attempt > next.policy.fast_attempts {
-        let delay = retry_delay(next).max(retry_after.unwrap_or(0).min(MAX_RETRY_AFTER));
-        let retry_at = (now + delay).min(until);
-        (
-            Phase::Retrying {
-                attempt,
-                retry_at,
-                until,
-                last_error: error.clone(),
-            },
-            Failure::Retrying {
-                retry_at,
-                until,
-                last_error: error,
-            },
-        )
-    } else {
-        let retry_at = now + fast_delay(next, attempt, retry_after);
-        (
-            Phase::BackingOff {
-                attempt,
-                retry_at,
-                last_error: error.clone(),
-            },
-            Failure::BackingOff {
-                retry_at,
-                last_error: error,
-            },
-        )
-    };
-    fx.push(Effect::ArmTimer {
-        at: phase.next_attempt_at().unwrap_or(now + 1),
-    });
-    next.phase = phase;
-    // Waiters are not held for minutes: a still-valid token serves them, else they hear why.
-    match next.token {
-        Some(t) if t.usable(now) => fx.push(Effect::ResolveWaiters(Resolution::Ready)),
-        _ => fx.push(Effect::ResolveWaiters(Resolution::Failed(failure))),
-    }
-}
-
-/// In a waiting phase: a still-usable token serves the caller, else it hears why it waits.
-fn serve_or_explain(next: &State, fx: &mut Vec<Effect>, now: Millis) {
-    if next.token.is_some_and(|t| t.usable(now)) {
-        fx.push(Effect::ResolveWaiters(Resolution::Ready));
-        return;
-    }
-    let failure = match &next.phase {
-        Phase::BackingOff {
-            retry_at,
-            last_error,
-            ..
-        } => Failure::BackingOff {
-            retry_at: *retry_at,
-            last_error: last_error.clone(),
-        },
-        Phase::Retrying {
-            retry_at,
-            until,
-            last_error,
-            ..
-        } => Failure::Retrying {
-            retry_at: *retry_at,
-            until: *until,
-            last_error: last_error.clone(),
-        },
-        Phase::ClientRejected { error, .. } => Failure::ClientRejected {
-            error: error.clone(),
-        },
-        other => unreachable!("serve_or_explain in {other:?}"),
-    };
-    fx.push(Effect::ResolveWaiters(Resolution::Failed(failure)));
 }
 
 #[cfg(test)]

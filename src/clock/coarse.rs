@@ -5,8 +5,7 @@
 //! safe only while the token's safety margin is several ticks, and [`coarse_is_safe`] says
 //! when it is (otherwise the precise clock is read). Never past expiry either way.
 
-use crate::clock::now_ms;
-use crate::upstream::state::Millis;
+use super::{Millis, now_ms};
 
 /// A token's safety margin must be at least this many coarse ticks for the coarse clock.
 const TICKS_OF_MARGIN: i64 = 4;

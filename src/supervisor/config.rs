@@ -1,0 +1,96 @@
+//! What a supervisor is started with, and where its files go by default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::config::UpstreamConfig;
+use crate::oauth::browser::BrowserLauncher;
+use crate::scheduler::SchedulerConfig;
+use crate::upstream::flows::FlowHook;
+use crate::upstream::state::Policy;
+
+/// Everything the supervisor needs.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub servers: Vec<UpstreamConfig>,
+    /// Holds `tokens.db` and the `locks/` folder.
+    pub data_dir: PathBuf,
+    pub browser: BrowserLauncher,
+    pub policy: Policy,
+    /// How long a browser login may take.
+    pub login_timeout: Duration,
+    /// Bound of every OAuth HTTP request but refreshes.
+    pub http_timeout: Duration,
+    /// Bound of a refresh request: generous, because abandoning a refresh the server has
+    /// already processed costs the refresh token on servers that rotate it.
+    pub refresh_timeout: Duration,
+    /// How long `shutdown` waits for running refreshes and their saves.
+    pub shutdown_grace: Duration,
+    /// At most this many refreshes run at once, over all servers (the scheduler's flow limit).
+    pub max_concurrent_refreshes: usize,
+    /// Worker threads of the runtime that runs flows' HTTP and TLS.
+    pub flow_threads: usize,
+    /// The most a proactive refresh is moved later so refreshes due together are spread
+    /// (never past the moment its token stops being handed out).
+    pub refresh_stagger: Duration,
+    /// Test-only: called at the start of every flow with the server's name and the flow's
+    /// kind (tests inject panics with it).
+    #[doc(hidden)]
+    pub flow_hook: Option<FlowHook>,
+    /// How often the store is checked for tokens stored or deleted by another process
+    /// (`auth login`, `auth logout`, another daemon).
+    pub store_poll_interval: Duration,
+    /// How the store's secret columns are protected (default: encrypted, see `store::keys`).
+    pub sealing: crate::store::Sealing,
+    /// The clock the daemon reads: the state machines' `now`, the scheduler's deadlines, the
+    /// tokens' times. The system's; tests drive a manual one (virtual time).
+    pub clock: Clock,
+}
+
+impl SupervisorConfig {
+    pub fn new(servers: Vec<UpstreamConfig>, data_dir: PathBuf) -> Self {
+        SupervisorConfig {
+            servers,
+            data_dir,
+            browser: BrowserLauncher::from_settings(None, false),
+            policy: Policy::default(),
+            login_timeout: Duration::from_secs(300),
+            http_timeout: Duration::from_secs(15),
+            refresh_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            flow_hook: None,
+            max_concurrent_refreshes: default_refresh_limit(),
+            flow_threads: default_flow_threads(),
+            refresh_stagger: SchedulerConfig::default().stagger,
+            store_poll_interval: Duration::from_secs(1),
+            sealing: crate::store::Sealing::default(),
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// 16 refreshes per core, between 8 and 256: each holds a connection and a lock file.
+pub fn default_refresh_limit() -> usize {
+    crate::scheduler::default_flow_limit()
+}
+
+/// One flow thread per core, between 2 and 8: flows mostly wait for the network.
+pub fn default_flow_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cores.clamp(2, 8)
+}
+
+/// `$XDG_DATA_HOME/mcpproxy-oauth`, else `~/.local/share/mcpproxy-oauth`.
+pub fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("mcpproxy-oauth")
+}
+
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tokens.db")
+}

@@ -1,0 +1,158 @@
+//! Idle and Loading: the first request loads the stored token, and the load decides.
+
+use super::*;
+
+pub(super) fn rows(s: &Samples) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let i = &s.idle;
+    let loading = |x: &State| with(x, |n| n.phase = Phase::Loading);
+    rows.push((i.clone(), Event::Reconnect, loading(i), vec![LoadToken]));
+    rows.push((i.clone(), refused_now(), loading(i), vec![LoadToken]));
+    rows.push((
+        i.clone(),
+        Event::Login,
+        with(&loading(i), |n| n.login_after_flow = true),
+        vec![LoadToken],
+    ));
+    rows.push((
+        i.clone(),
+        Event::Refresh,
+        with(&loading(i), |n| n.refresh_after_load = true),
+        vec![LoadToken],
+    ));
+    rows.extend(ignored(i, results(0)));
+    rows.extend(ignored(i, vec![Event::Due(Timer::Refresh), sc()]));
+    rows.push((
+        i.clone(),
+        Event::Logout,
+        logged_out_state(i),
+        logged_out_effects(false, true),
+    ));
+
+    // Loading
+    let l = &s.loading;
+    rows.extend(ignored(
+        l,
+        vec![
+            Event::Reconnect,
+            Event::Refresh,
+            refused_now(),
+            Event::Due(Timer::Retry),
+            sc(),
+        ],
+    ));
+    rows.push((
+        l.clone(),
+        Event::Login,
+        with(l, |n| n.login_after_flow = true),
+        vec![],
+    ));
+    let loaded = |token| Event::Loaded {
+        generation: 0,
+        token,
+    };
+    rows.push((
+        l.clone(),
+        loaded(Some(valid())),
+        connected_to(l, valid()),
+        vec![ready()],
+    ));
+    rows.push((
+        l.clone(),
+        loaded(Some(expired())),
+        with(l, |n| {
+            n.phase = Phase::Refreshing;
+            n.token = Some(expired());
+        }),
+        vec![refresh()],
+    ));
+    let no_rt = token(-1_000, false);
+    let after = login_started(&with(l, |n| n.token = Some(no_rt)));
+    rows.push((
+        l.clone(),
+        loaded(Some(no_rt)),
+        after.clone(),
+        announced_login(LoginReason::NoRefreshToken, &after),
+    ));
+    let after = login_started(l);
+    rows.push((
+        l.clone(),
+        loaded(None),
+        after.clone(),
+        announced_login(LoginReason::NoStoredToken, &after),
+    ));
+    // A token refused before is not trusted again when read back.
+    let refusing = with(l, |n| n.refused = Some(id(1)));
+    let after = with(&refusing, |n| {
+        n.phase = Phase::Refreshing;
+        n.token = Some(refused(valid()));
+    });
+    rows.push((refusing, loaded(Some(valid())), after, vec![refresh()]));
+    let wants_login = with(l, |n| n.login_after_flow = true);
+    let after = login_started(&with(&wants_login, |n| n.token = Some(valid())));
+    rows.push((
+        wants_login,
+        loaded(Some(valid())),
+        after.clone(),
+        vec![login_of(&after)],
+    ));
+    let wants_refresh = with(l, |n| n.refresh_after_load = true);
+    rows.push((
+        wants_refresh.clone(),
+        loaded(Some(valid())),
+        with(&wants_refresh, |n| {
+            n.phase = Phase::Refreshing;
+            n.token = Some(valid());
+            n.refresh_after_load = false;
+        }),
+        vec![refresh()],
+    ));
+    rows.push((
+        l.clone(),
+        Event::Loaded {
+            generation: 7,
+            token: Some(valid()),
+        },
+        l.clone(),
+        vec![],
+    ));
+    let load_failed = || Event::LoadFailed {
+        generation: 0,
+        error: "db".into(),
+    };
+    rows.push((
+        l.clone(),
+        load_failed(),
+        with(l, |n| {
+            n.phase = Phase::StoreUnavailable {
+                attempt: 1,
+                retry_at: NOW + 1_000,
+                error: "db".into(),
+            };
+            n.store_failures = 1;
+        }),
+        vec![failed(Failure::Store { error: "db".into() })],
+    ));
+    let second = with(l, |n| n.store_failures = 1);
+    rows.push((
+        second.clone(),
+        load_failed(),
+        with(&second, |n| {
+            n.phase = Phase::StoreUnavailable {
+                attempt: 2,
+                retry_at: NOW + 2_000,
+                error: "db".into(),
+            };
+            n.store_failures = 2;
+        }),
+        vec![failed(Failure::Store { error: "db".into() })],
+    ));
+    rows.extend(ignored(l, results(0).into_iter().skip(2).collect()));
+    rows.push((
+        l.clone(),
+        Event::Logout,
+        logged_out_state(l),
+        logged_out_effects(true, true),
+    ));
+    rows
+}

@@ -1,0 +1,261 @@
+//! The waiting phases: NeedsLogin, BackingOff, Retrying, ClientRejected, StoreUnavailable and
+//! LoggedOut. Each explains itself to callers, waits for its deadline, and takes what another
+//! process stores.
+
+use super::*;
+
+pub(super) fn rows(s: &Samples) -> Vec<Row> {
+    let mut rows = needs_login(s);
+    rows.extend(retrying(s));
+    rows.extend(store_unavailable(s));
+    rows.extend(logged_out(s));
+    rows
+}
+
+fn needs_login(s: &Samples) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let n = &s.needs_login;
+    let loading = with(n, |x| x.phase = Phase::Loading);
+    rows.push((
+        n.clone(),
+        Event::Reconnect,
+        loading.clone(),
+        vec![LoadToken],
+    ));
+    rows.push((n.clone(), refused_now(), loading, vec![LoadToken]));
+    let after = login_started(n);
+    rows.push((
+        n.clone(),
+        Event::Login,
+        after.clone(),
+        vec![login_of(&after)],
+    ));
+    rows.push((
+        n.clone(),
+        Event::Refresh,
+        n.clone(),
+        vec![
+            AnnounceReauthentication {
+                reason: LoginReason::NoStoredToken,
+            },
+            failed(Failure::NeedsLogin {
+                reason: LoginReason::NoStoredToken,
+            }),
+        ],
+    ));
+    rows.extend(ignored(n, results(0)));
+    // The browser window has not ended: nothing happens.
+    rows.push((n.clone(), Event::Due(Timer::Browser), n.clone(), vec![]));
+    let window_over = due_now(n);
+    let after = login_started(&window_over);
+    rows.push((
+        window_over.clone(),
+        Event::Due(Timer::Browser),
+        after.clone(),
+        announced_login(LoginReason::NoStoredToken, &after),
+    ));
+    let kept_rt = State {
+        token: Some(expired()),
+        phase: Phase::NeedsLogin {
+            reason: LoginReason::RetryCeiling { error: "e".into() },
+            browser_at: None,
+            refresh_at: Some(NOW),
+        },
+        ..n.clone()
+    };
+    rows.push((
+        kept_rt.clone(),
+        Event::Due(Timer::Retry),
+        with(&kept_rt, |x| x.phase = Phase::Refreshing),
+        vec![refresh()],
+    ));
+    // The kept refresh token went meanwhile: its timer ends, nothing else happens.
+    let gone_rt = with(&kept_rt, |x| x.token = Some(token(-1_000, false)));
+    rows.push((
+        gone_rt.clone(),
+        Event::Due(Timer::Retry),
+        with(&gone_rt, |x| {
+            x.phase = Phase::NeedsLogin {
+                reason: LoginReason::RetryCeiling { error: "e".into() },
+                browser_at: None,
+                refresh_at: None,
+            }
+        }),
+        vec![],
+    ));
+    rows.push((
+        n.clone(),
+        Event::Logout,
+        logged_out_state(n),
+        logged_out_effects(false, true),
+    ));
+    rows.push((n.clone(), sc(), adopted(n, fresh()), vec![ready()]));
+    rows.push((n.clone(), Event::StoreChanged(None), n.clone(), vec![]));
+    rows
+}
+
+/// BackingOff, Retrying, ClientRejected: the same rules, each explaining itself.
+fn retrying(s: &Samples) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let waiting = [
+        (
+            &s.backing_off,
+            Failure::BackingOff {
+                retry_at: NOW + 1_000,
+                last_error: "e".into(),
+            },
+        ),
+        (
+            &s.retrying,
+            Failure::Retrying {
+                retry_at: NOW + 1_000,
+                until: NOW + 10_000_000,
+                last_error: "e".into(),
+            },
+        ),
+        (
+            &s.client_rejected,
+            Failure::ClientRejected {
+                error: "invalid_client".into(),
+            },
+        ),
+    ];
+    for (w, why) in waiting {
+        rows.push((
+            w.clone(),
+            Event::Reconnect,
+            w.clone(),
+            vec![failed(why.clone())],
+        ));
+        rows.push((
+            w.clone(),
+            refused_now(),
+            with(w, |x| {
+                x.token = Some(refused(expired()));
+                x.refused = Some(id(1));
+            }),
+            vec![failed(why.clone())],
+        ));
+        let after = login_started(w);
+        rows.push((
+            w.clone(),
+            Event::Login,
+            after.clone(),
+            vec![login_of(&after)],
+        ));
+        rows.push((
+            w.clone(),
+            Event::Refresh,
+            with(w, |x| {
+                x.phase = Phase::Refreshing;
+                x.transient_failures = 0;
+                x.failing_since = None;
+            }),
+            vec![refresh()],
+        ));
+        rows.extend(ignored(w, results(0)));
+        rows.push((w.clone(), Event::Due(Timer::Retry), w.clone(), vec![]));
+        let due = due_now(w);
+        rows.push((
+            due.clone(),
+            Event::Due(Timer::Retry),
+            with(&due, |x| x.phase = Phase::Refreshing),
+            vec![refresh()],
+        ));
+        rows.push((
+            w.clone(),
+            Event::Logout,
+            logged_out_state(w),
+            logged_out_effects(false, true),
+        ));
+        rows.push((w.clone(), sc(), adopted(w, fresh()), vec![ready()]));
+        rows.push((
+            w.clone(),
+            Event::StoreChanged(None),
+            logged_out_state(w),
+            logged_out_effects(false, false),
+        ));
+        let serving = with(w, |x| x.token = Some(valid()));
+        rows.push((
+            serving.clone(),
+            Event::Reconnect,
+            serving.clone(),
+            vec![ready()],
+        ));
+    }
+    rows
+}
+
+fn store_unavailable(s: &Samples) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let u = &s.store_unavailable;
+    for e in [Event::Reconnect, refused_now()] {
+        rows.push((
+            u.clone(),
+            e,
+            with(u, |x| x.phase = Phase::Loading),
+            vec![LoadToken],
+        ));
+    }
+    let due = due_now(u);
+    rows.push((
+        due.clone(),
+        Event::Due(Timer::Retry),
+        with(&due, |x| x.phase = Phase::Loading),
+        vec![LoadToken],
+    ));
+    rows.push((
+        u.clone(),
+        Event::Refresh,
+        with(u, |x| {
+            x.phase = Phase::Loading;
+            x.refresh_after_load = true;
+        }),
+        vec![LoadToken],
+    ));
+    let after = login_started(u);
+    rows.push((
+        u.clone(),
+        Event::Login,
+        after.clone(),
+        vec![login_of(&after)],
+    ));
+    rows.extend(ignored(u, results(0)));
+    rows.push((
+        u.clone(),
+        Event::Logout,
+        logged_out_state(u),
+        logged_out_effects(false, true),
+    ));
+    rows.push((u.clone(), sc(), adopted(u, fresh()), vec![ready()]));
+    rows.push((u.clone(), Event::StoreChanged(None), u.clone(), vec![]));
+    rows
+}
+
+fn logged_out(s: &Samples) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let o = &s.logged_out;
+    for e in [Event::Reconnect, refused_now(), Event::Refresh] {
+        rows.push((o.clone(), e, o.clone(), vec![failed(Failure::LoggedOut)]));
+    }
+    let after = login_started(o);
+    rows.push((
+        o.clone(),
+        Event::Login,
+        after.clone(),
+        vec![login_of(&after)],
+    ));
+    rows.extend(ignored(o, results(1)));
+    rows.extend(ignored(
+        o,
+        vec![Event::Due(Timer::Retry), Event::StoreChanged(None)],
+    ));
+    rows.push((
+        o.clone(),
+        Event::Logout,
+        logged_out_state(o),
+        logged_out_effects(false, true),
+    ));
+    rows.push((o.clone(), sc(), adopted(o, fresh()), vec![ready()]));
+    rows
+}
