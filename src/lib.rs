@@ -18,3 +18,9 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod upstream;
+
+/// README.md's Rust examples, compiled by `cargo test` as doctests (and run where they need no
+/// network), so that they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

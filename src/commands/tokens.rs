@@ -1,4 +1,6 @@
-//! `tokens rekey`: every stored secret re-encrypted with a new key, in one transaction.
+//! `tokens rekey`: every stored secret re-encrypted with a new key, in one transaction. It
+//! runs alone: while a daemon or an `auth` command has the database open (they keep the old
+//! key in memory), it is refused with nothing changed (see `store::holder`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,8 +16,8 @@ use super::fail;
 
 #[derive(Subcommand, Debug)]
 pub enum TokensCommand {
-    /// Re-encrypt every stored secret with a new random key (stop running daemons first:
-    /// they hold the old key).
+    /// Re-encrypt every stored secret with a new random key. Refused while a daemon or an
+    /// `auth` command has the database open (they hold the old key): stop them first.
     Rekey {
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -43,7 +45,7 @@ pub fn tokens(command: TokensCommand) -> ExitCode {
         ));
     }
     let spec = KeySpec { key_file };
-    let mut store = match TokenStore::open_with(&database, &Sealing::Encrypted(spec)) {
+    let mut store = match TokenStore::open_alone(&database, &Sealing::Encrypted(spec)) {
         Ok(store) => store,
         Err(e) => return fail(e),
     };

@@ -8,6 +8,12 @@
 //! whichever comes first. `access_denied` and `expired_token` end the login with their own
 //! errors. The user code and verification URL are for the person (logged and shown); the device
 //! code is a secret: it is registered with the log scrubber and never logged.
+//!
+//! What the server announces for the person is checked before anything shows it: the
+//! verification URIs must be `https` (or `http` on a loopback address), without credentials,
+//! at most [`MAX_URI_LEN`] bytes; the user code at most [`MAX_USER_CODE_CHARS`] characters,
+//! without control characters. Anything else ends the login with an error naming the field
+//! (never quoting it), before the browser command, a log line or the status sees it.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -22,7 +28,7 @@ use super::client_identity::{
 };
 use super::dpop::Dpop;
 use super::error::{Endpoint, ErrorClass, OAuthError};
-use super::http::{OAuthHttp, require_secure_url};
+use super::http::{OAuthHttp, is_loopback, require_secure_url};
 use super::metadata::Discovery;
 use super::token::{TokenEndpoint, TokenSet, client_authenticated, token_set};
 
@@ -36,6 +42,12 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest lifetime believed for a device code (an hour): the login ends by then.
 const MAX_CODE_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The longest user code shown. RFC 8628 §6.1 suggests about 8 characters for a person to
+/// type; a longer one is no code for a person (and could fill a terminal or a page).
+pub const MAX_USER_CODE_CHARS: usize = 64;
+/// The longest verification URI accepted, in bytes.
+pub const MAX_URI_LEN: usize = 2048;
 
 /// What the person is shown: the user code and where to enter it. Holds no secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -96,6 +108,49 @@ struct AuthorizationResponse {
     interval: Option<u64>,
 }
 
+/// A device authorization answer the login cannot show: the field, and what it must be.
+fn unshowable(field: &str, must: &str) -> OAuthError {
+    OAuthError::Malformed {
+        endpoint: Endpoint::Authorization,
+        reason: format!(
+            "the device authorization's {field} {must}; the login stopped before showing it \
+             (nothing was opened): report it to the authorization server's operator"
+        ),
+    }
+}
+
+/// A verification URI fit to show and open: `https`, or `http` on a loopback address, with a
+/// host and without credentials (`https://bank.example@evil.example/`), bounded in length.
+/// Returned as the URL parser writes it (control characters a server slipped in are gone).
+fn checked_uri(field: &str, uri: &str) -> Result<String, OAuthError> {
+    let must = "must be an https URL (or http on a loopback address) without credentials, at \
+                most 2048 bytes";
+    let url = (uri.len() <= MAX_URI_LEN)
+        .then(|| Url::parse(uri).ok())
+        .flatten()
+        .filter(|url| match url.scheme() {
+            "https" => url.host().is_some(),
+            "http" => is_loopback(url),
+            _ => false,
+        })
+        .filter(|url| url.username().is_empty() && url.password().is_none())
+        .ok_or_else(|| unshowable(field, must))?;
+    Ok(url.to_string())
+}
+
+/// A user code fit to show: 1 to [`MAX_USER_CODE_CHARS`] characters, none a control
+/// character (an escape sequence would redraw the operator's terminal).
+fn checked_user_code(code: &str) -> Result<String, OAuthError> {
+    let chars = code.chars().count();
+    if chars == 0 || chars > MAX_USER_CODE_CHARS || code.chars().any(char::is_control) {
+        return Err(unshowable(
+            "user_code",
+            "must be 1 to 64 characters, none of them a control character",
+        ));
+    }
+    Ok(code.to_string())
+}
+
 /// The interval between polls for a server's `interval`: a 0 would poll without pause and a
 /// huge one overflow the clock, so at least a second and at most the code's longest life.
 fn announced_interval(interval: Option<u64>) -> Duration {
@@ -145,11 +200,14 @@ pub async fn request_authorization(
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as i64)
         .unwrap_or(i64::MAX);
+    let complete = answer.verification_uri_complete.as_deref();
     Ok(DeviceAuthorization {
         prompt: DevicePrompt {
-            user_code: answer.user_code,
-            verification_uri: answer.verification_uri,
-            verification_uri_complete: answer.verification_uri_complete,
+            user_code: checked_user_code(&answer.user_code)?,
+            verification_uri: checked_uri("verification_uri", &answer.verification_uri)?,
+            verification_uri_complete: complete
+                .map(|uri| checked_uri("verification_uri_complete", uri))
+                .transpose()?,
             expires_at,
         },
         device_code: answer.device_code,
@@ -438,6 +496,60 @@ mod tests {
             MAX_CODE_LIFETIME,
             "no clock overflow"
         );
+    }
+
+    #[test]
+    fn only_https_or_loopback_verification_uris_and_short_user_codes_are_shown() {
+        for good in [
+            "https://as.example/device",
+            "http://127.0.0.1:9000/device?user_code=BCDF-GHJK",
+            "http://localhost/device",
+            "http://[::1]:8080/device",
+        ] {
+            assert!(checked_uri("verification_uri", good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            checked_uri("verification_uri", "https://as.example/de\nvice").unwrap(),
+            "https://as.example/device",
+            "shown as parsed, never as given"
+        );
+        let long = format!("https://as.example/{}", "a".repeat(MAX_URI_LEN));
+        for bad in [
+            "javascript:alert(document.cookie)//",
+            "data:text/html,<script>alert(1)</script>",
+            "file:///etc/passwd",
+            "http://as.example/device",
+            "http://127.0.0.1.evil.example/device",
+            "https://bank.example@evil.example/device",
+            "/device",
+            "",
+            &long,
+        ] {
+            let message = checked_uri("verification_uri_complete", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("verification_uri_complete must be an https URL"),
+                "{bad}: {message}"
+            );
+            assert!(
+                bad.len() < 3 || !message.contains(bad),
+                "not quoted: {message}"
+            );
+        }
+        assert_eq!(checked_user_code("BCDF-GHJK").unwrap(), "BCDF-GHJK");
+        assert!(checked_user_code(&"W".repeat(MAX_USER_CODE_CHARS)).is_ok());
+        for bad in [
+            String::new(),
+            "W".repeat(MAX_USER_CODE_CHARS + 1),
+            "AB\u{1b}[2JCD".into(),
+        ] {
+            let message = checked_user_code(&bad).unwrap_err().to_string();
+            assert!(
+                message.contains("user_code must be 1 to 64 characters"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,11 @@ impl StoreKey {
         StoreKey(XChaCha20Poly1305::generate_key(&mut OsRng).into())
     }
 
+    /// A key from its 32 bytes (a key file of raw bytes).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        StoreKey(bytes)
+    }
+
     /// Reads the text form (standard base64 of 32 bytes, surrounding whitespace ignored).
     pub fn from_base64(text: &str) -> Result<Self, String> {
         let bytes = STANDARD

@@ -11,7 +11,7 @@ pub enum StoreError {
     Unusable { path: PathBuf, reason: String },
     #[error(
         "the token database {path} has schema version {found}, newer than this build knows \
-         ({known}); upgrade mcpproxy-oauth or use another --data-dir"
+         ({known}); nothing was changed: upgrade mcpproxy-oauth or use another --data-dir"
     )]
     TooNew {
         path: PathBuf,

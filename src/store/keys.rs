@@ -9,7 +9,7 @@
 //! a missing key is an error (a new key could not open it, and nothing may be overwritten).
 
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -74,8 +74,12 @@ pub enum KeyError {
          encrypted with"
     )]
     Missing { looked: String },
+    /// The source holds something that is not a key.
     #[error("cannot use {source_}: {reason}")]
     Unusable { source_: KeySource, reason: String },
+    /// The key file could not be read (or its mode fixed): a matter of the file system.
+    #[error("cannot use {source_}: {reason}")]
+    Unreadable { source_: KeySource, reason: String },
 }
 
 /// The key file a spec uses: `--key-file`, else `key` beside the database.
@@ -96,22 +100,10 @@ pub fn resolve(
     database: &Path,
     encrypted: bool,
 ) -> Result<(StoreKey, KeySource), KeyError> {
-    if spec.key_file.is_none()
-        && let Some(text) = std::env::var_os(KEY_ENV)
-    {
-        let key = StoreKey::from_base64(&text.to_string_lossy()).map_err(|reason| {
-            KeyError::Unusable {
-                source_: KeySource::Env,
-                reason: format!("{reason}; it must be the base64 of 32 random bytes"),
-            }
-        })?;
-        crate::telemetry::secrets::register(&key.to_base64());
-        return Ok((key, KeySource::Env));
+    if let Some(found) = existing(spec, database, Tighten::Yes) {
+        return found;
     }
     let file = key_file_for(spec, database);
-    if file.exists() {
-        return Ok((read_key_file(&file)?, KeySource::File(file)));
-    }
     if encrypted {
         return Err(KeyError::Missing {
             looked: format!("the key file {}", file.display()),
@@ -125,18 +117,91 @@ pub fn resolve(
     Ok((key, KeySource::File(file)))
 }
 
+/// Whether reading a key file may fix its mode (`Yes` for a store being opened for use; `No`
+/// while the database is still being checked, before anything may change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tighten {
+    Yes,
+    No,
+}
+
+/// The key a spec names if there is one (the environment, else the key file), read without
+/// creating anything; `None` when no source exists yet.
+pub(super) fn existing(
+    spec: &KeySpec,
+    database: &Path,
+    tighten: Tighten,
+) -> Option<Result<(StoreKey, KeySource), KeyError>> {
+    if spec.key_file.is_none()
+        && let Some(text) = std::env::var_os(KEY_ENV)
+    {
+        let key =
+            StoreKey::from_base64(&text.to_string_lossy()).map_err(|reason| KeyError::Unusable {
+                source_: KeySource::Env,
+                reason: format!("{reason}; it must be the base64 of 32 random bytes"),
+            });
+        return Some(key.map(|key| {
+            crate::telemetry::secrets::register(&key.to_base64());
+            (key, KeySource::Env)
+        }));
+    }
+    let file = key_file_for(spec, database);
+    if !file.exists() {
+        return None;
+    }
+    let key = match tighten {
+        Tighten::Yes => read_key_file(&file),
+        Tighten::No => read_key_bytes(&file),
+    };
+    Some(key.map(|key| (key, KeySource::File(file))))
+}
+
+/// The most a key file is read of: a key is 32 bytes, or 44 characters of base64 and a
+/// newline. A bigger file (`/dev/zero` given by mistake) is refused without reading it all.
+const KEY_FILE_READ_LIMIT: u64 = 4096;
+
 /// Reads a key file, tightening its mode to 0600 (refused when that is impossible).
 pub fn read_key_file(path: &Path) -> Result<StoreKey, KeyError> {
-    let unusable = |reason: String| KeyError::Unusable {
+    perms::private_file(path).map_err(|e| KeyError::Unreadable {
         source_: KeySource::File(path.to_path_buf()),
-        reason,
+        reason: e.to_string(),
+    })?;
+    read_key_bytes(path)
+}
+
+/// A key file's key: the base64 of 32 bytes (what `openssl rand -base64 32` and this program
+/// write, surrounding whitespace ignored), or exactly 32 raw bytes (`head -c 32 /dev/urandom`)
+/// that are not all printable text: a 32-byte line someone typed is not taken for a key (32
+/// random bytes are all printable once in about 10^14). Anything else is refused with what a
+/// key file must hold, never with its content.
+fn read_key_bytes(path: &Path) -> Result<StoreKey, KeyError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(KEY_FILE_READ_LIMIT + 1).read_to_end(&mut bytes))
+        .map_err(|e| KeyError::Unreadable {
+            source_: KeySource::File(path.to_path_buf()),
+            reason: e.to_string(),
+        })?;
+    let text = bytes
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+    let key = match <[u8; 32]>::try_from(bytes.as_slice()) {
+        Ok(raw) if !text => Ok(StoreKey::from_bytes(raw)),
+        _ if bytes.len() as u64 > KEY_FILE_READ_LIMIT => {
+            Err(format!("it holds more than {KEY_FILE_READ_LIMIT} bytes"))
+        }
+        _ if !text => Err(format!(
+            "its {} bytes are neither text nor 32 raw bytes",
+            bytes.len()
+        )),
+        _ => StoreKey::from_base64(&String::from_utf8_lossy(&bytes)),
     };
-    perms::private_file(path).map_err(|e| unusable(e.to_string()))?;
-    let text = std::fs::read_to_string(path).map_err(|e| unusable(e.to_string()))?;
-    let key = StoreKey::from_base64(&text).map_err(|reason| {
-        unusable(format!(
-            "{reason}; a key file holds the base64 of 32 random bytes"
-        ))
+    let key = key.map_err(|reason| KeyError::Unusable {
+        source_: KeySource::File(path.to_path_buf()),
+        reason: format!(
+            "the key file must hold base64 of 32 bytes, as `openssl rand -base64 32` prints, or \
+             exactly 32 raw bytes ({reason})"
+        ),
     })?;
     crate::telemetry::secrets::register(&key.to_base64());
     Ok(key)
@@ -147,7 +212,7 @@ pub fn read_key_file(path: &Path) -> Result<StoreKey, KeyError> {
 pub fn create_key_file(path: &Path) -> Result<StoreKey, KeyError> {
     match write_new_key_file(path, &StoreKey::generate()) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        other => other.map_err(|e| KeyError::Unusable {
+        other => other.map_err(|e| KeyError::Unreadable {
             source_: KeySource::File(path.to_path_buf()),
             reason: e.to_string(),
         })?,

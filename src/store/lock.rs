@@ -3,8 +3,7 @@
 //! two handles in one process conflict too, which keeps it testable in one test binary.
 //! The folder is kept 0700 and the files 0600 (see `perms`).
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -38,15 +37,7 @@ fn open_lock_file(lock_dir: &Path, server_key: &str) -> Result<(File, PathBuf), 
     };
     perms::private_dir(lock_dir).map_err(|e| unusable(e.to_string()))?;
     let path = lock_path(lock_dir, server_key);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(perms::FILE_MODE)
-        .open(&path)
-        .map_err(|e| unusable(format!("cannot open {}: {e}", path.display())))?;
-    perms::private_file(&path).map_err(|e| unusable(e.to_string()))?;
+    let file = perms::open_private_file(&path).map_err(|e| unusable(e.to_string()))?;
     Ok((file, path))
 }
 

@@ -4,7 +4,9 @@
 //! - `model`: the rows (token, DPoP key, client, status, flow) and the flow retention;
 //!   `error`: `StoreError`;
 //! - `cipher` (one value sealed), `keys` (where the key comes from), `perms` (file modes),
-//!   `lock` (the per-server flow lock), `open` (open failures, the file-level steps);
+//!   `lock` (the per-server flow lock), `holder` (who has the database open: shared, or
+//!   alone for a rekey), `preflight` (the checks before any change), `open` (open failures, the
+//!   file-level steps);
 //! - `migrations`: the schema, its check and its migrations; `sealing`: the secret columns;
 //! - `token_store`: `TokenStore`, the one connection, and the open sequence;
 //! - its queries: `group_commit` (writes that commit together), `tokens`, `clients`,
@@ -17,12 +19,14 @@ pub mod db;
 mod error;
 mod flow_history;
 mod group_commit;
+pub mod holder;
 pub mod keys;
 pub mod lock;
 mod migrations;
 mod model;
 mod open;
 pub mod perms;
+mod preflight;
 pub mod registry;
 mod sealing;
 #[cfg(test)]

@@ -2,11 +2,13 @@
 //! database and its `-wal`/`-shm` files (and lock files) 0600, whatever the umask and whatever
 //! modes files that already existed had. A looser mode is tightened with a warning; when it
 //! cannot be tightened (another owner, an immutable file) the caller decides whether that is
-//! a refusal (anything that writes tokens) or a warning (read-only commands).
+//! a refusal (anything that writes tokens) or a warning (read-only commands). What this code
+//! creates is created with its mode (never created loose and then tightened), so a fresh data
+//! directory starts without a warning.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Folders: only the owner may list, enter or create files.
@@ -24,10 +26,11 @@ impl std::fmt::Display for ModeError {
     }
 }
 
-/// Creates `dir` (and its parents) if needed, then makes it 0700.
+/// Creates `dir` if needed (0700; its missing parents with the umask's mode, like `mkdir
+/// -p`), then makes sure it is 0700.
 pub fn private_dir(dir: &Path) -> Result<(), ModeError> {
     if !dir.exists() {
-        fs::create_dir_all(dir).map_err(|e| {
+        create_private_dir(dir).map_err(|e| {
             ModeError(format!(
                 "cannot create the folder {}: {e}; create it (mode 0700) or choose another --data-dir",
                 dir.display()
@@ -49,6 +52,21 @@ pub fn private_dir(dir: &Path) -> Result<(), ModeError> {
     tighten(dir, &meta, DIR_MODE, "700")
 }
 
+/// Opens `path` for reading and writing, created 0600 when missing (a lock file), and makes
+/// sure of its mode.
+pub fn open_private_file(path: &Path) -> Result<fs::File, ModeError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(|e| ModeError(format!("cannot open {}: {e}", path.display())))?;
+    private_file(path)?;
+    Ok(file)
+}
+
 /// Makes `path` 0600 if it exists; a missing file is fine (SQLite creates its companions
 /// later, with the database's mode).
 pub fn private_file(path: &Path) -> Result<(), ModeError> {
@@ -64,11 +82,24 @@ pub fn private_file(path: &Path) -> Result<(), ModeError> {
     }
 }
 
+/// `dir` created 0700 (the umask can only take more away), its parents as `mkdir -p` makes
+/// them; a folder another process created meanwhile is fine.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
 fn tighten(path: &Path, meta: &fs::Metadata, want: u32, chmod: &str) -> Result<(), ModeError> {
     let mode = meta.permissions().mode() & 0o777;
     if mode == want {
         return Ok(());
     }
+    let was_open = mode & 0o077 != 0;
     fs::set_permissions(path, fs::Permissions::from_mode(want)).map_err(|e| {
         ModeError(format!(
             "{} is mode {mode:04o}, open to other users, and cannot be restricted to {want:04o}: {e}; \
@@ -77,12 +108,18 @@ fn tighten(path: &Path, meta: &fs::Metadata, want: u32, chmod: &str) -> Result<(
             path.display()
         ))
     })?;
-    tracing::warn!(
-        path = %path.display(),
-        was = format!("{mode:04o}"),
-        now = format!("{want:04o}"),
-        "a file or folder holding tokens was open to other users; its mode was tightened"
-    );
+    if was_open {
+        tracing::warn!(
+            path = %path.display(),
+            was = format!("{mode:04o}"),
+            now = format!("{want:04o}"),
+            "a file or folder holding tokens was open to other users; its mode was tightened"
+        );
+    } else {
+        // Stricter than needed (a umask of 0277, a chmod by hand): the owner gets its access
+        // back, which exposes nothing.
+        tracing::debug!(path = %path.display(), was = format!("{mode:04o}"), now = format!("{want:04o}"), "mode set");
+    }
     Ok(())
 }
 

@@ -46,7 +46,7 @@ fn seal_column(
 }
 
 /// The sealed key check, if the file is encrypted (also for files older than `oauth_meta`).
-fn read_key_check(conn: &Connection) -> Result<Option<String>, StoreError> {
+pub(super) fn read_key_check(conn: &Connection) -> Result<Option<String>, StoreError> {
     let has_meta: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'oauth_meta')",
         [],
@@ -64,7 +64,7 @@ fn read_key_check(conn: &Connection) -> Result<Option<String>, StoreError> {
         .optional()?)
 }
 
-fn verify_key(
+pub(super) fn verify_key(
     path: &Path,
     key: &StoreKey,
     source: &KeySource,

@@ -1,5 +1,6 @@
-//! `TokenStore`: the one connection to the token database, and the open sequence (modes,
-//! pragmas, integrity, schema check, migrations, sealing; the steps live in `open`, `perms`,
+//! `TokenStore`: the one connection to the token database, and the open sequence (the checks
+//! before any change, the data directory's hold, modes, pragmas, integrity, schema check,
+//! migrations, sealing; the steps live in `preflight`, `holder`, `open`, `perms`,
 //! `migrations` and `sealing`). The queries are in the rooms beside it (`tokens`, `clients`,
 //! `flow_history`, `group_commit`). Only the `TokenRegistry` actor's thread touches a
 //! `TokenStore`.
@@ -15,6 +16,7 @@ use rusqlite::Connection;
 
 use super::cipher::StoreKey;
 use super::error::StoreError;
+use super::holder::{self, Hold, Holding};
 use super::keys::{KeySource, Sealing};
 use super::migrations::{checked_version, migrate};
 use super::model::FlowRetention;
@@ -22,6 +24,7 @@ use super::open::{
     Access, BUSY_TIMEOUT, OpenFailure, create_private, folder_of, move_aside, with_companions,
 };
 use super::perms;
+use super::preflight::{check_before_changes, check_schema_first};
 use super::sealing::Seal;
 
 pub struct TokenStore {
@@ -36,6 +39,8 @@ pub struct TokenStore {
     pub(super) retention: FlowRetention,
     /// Flows recorded since the last pruning step.
     pub(super) flows_since_prune: u32,
+    /// The data directory's hold (see `holder`), for as long as this store lives.
+    hold: Option<Holding>,
 }
 
 impl TokenStore {
@@ -50,9 +55,34 @@ impl TokenStore {
 
     /// `open`, with the secret columns protected as `sealing` says: a plain-text database is
     /// encrypted in place (one transaction) when a key is given; an encrypted one needs its
-    /// key, and nothing is changed when it is missing or wrong.
+    /// key, and nothing is changed when it is missing or wrong. A foreign, half-migrated or
+    /// newer file is refused before anything changes too. Holds the data directory shared
+    /// (beside other daemons and commands) while the store lives.
     pub fn open_with(path: &Path, sealing: &Sealing) -> Result<Self, StoreError> {
+        Self::open_held(path, sealing, Hold::Shared)
+    }
+
+    /// `open_with`, alone: refused, with nothing changed, while another process has the
+    /// database open for writing (a daemon, an `auth` command: they keep the key in memory).
+    /// For `tokens rekey`.
+    pub fn open_alone(path: &Path, sealing: &Sealing) -> Result<Self, StoreError> {
+        Self::open_held(path, sealing, Hold::Alone)
+    }
+
+    /// Checks first (a refused file is left as it was), then opens; the hold is taken before
+    /// anything changes for a store alone, and before the key is read for a shared one (a
+    /// rekey is either over or has not begun: the key read matches the file's).
+    fn open_held(path: &Path, sealing: &Sealing, how: Hold) -> Result<Self, StoreError> {
+        check_before_changes(path, sealing)?;
+        let alone = match how {
+            Hold::Alone => Some(holder::hold(path, how)?),
+            Hold::Shared => None,
+        };
         let mut store = Self::open_unsealed(path)?;
+        store.hold = Some(match alone {
+            Some(holding) => holding,
+            None => holder::hold(path, how)?,
+        });
         store.seal = Seal::apply(&mut store.conn, &store.path, sealing)?;
         Ok(store)
     }
@@ -101,7 +131,8 @@ impl TokenStore {
     /// Opens an existing database read-only, for commands that only look (`auth status`,
     /// `logs flows`): no migration, nothing created or moved (a corrupt file is reported, and
     /// moved aside by the next read-write open). `None` when there is no database yet. A mode
-    /// that cannot be tightened is a warning here: reading does not expose anything new.
+    /// that cannot be tightened is a warning here: reading does not expose anything new. Modes
+    /// are looked at once the file is known to be ours: a foreign file is left as it was.
     pub fn open_read_only(path: &Path) -> Result<Option<Self>, StoreError> {
         let unusable = |reason: String| StoreError::Unusable {
             path: path.to_path_buf(),
@@ -110,15 +141,12 @@ impl TokenStore {
         if !path.exists() {
             return Ok(None);
         }
+        check_schema_first(path)?;
         let warn = |r: Result<(), perms::ModeError>| {
             if let Err(e) = r {
                 tracing::warn!(error = %e, "a token file keeps a loose mode");
             }
         };
-        warn(perms::private_dir(folder_of(path)));
-        for file in with_companions(path) {
-            warn(perms::private_file(&file));
-        }
         let mut store = match Self::open_checked(path, Access::ReadOnly) {
             Ok(store) => store,
             Err(OpenFailure::Corrupt(detail)) => {
@@ -130,6 +158,7 @@ impl TokenStore {
             Err(failure) => return Err(unusable(failure.explain(path))),
         };
         let version = checked_version(&mut store.conn, path)?;
+        warn(perms::private_dir(folder_of(path)));
         for file in with_companions(path) {
             warn(perms::private_file(&file));
         }
@@ -184,6 +213,7 @@ impl TokenStore {
             batched: false,
             retention: FlowRetention::default(),
             flows_since_prune: 0,
+            hold: None,
         })
     }
 

@@ -70,6 +70,10 @@ pub struct Config {
     /// Answer `slow_down` to the first this many polls of each device code (besides polls
     /// that come sooner than the interval, which always get `slow_down`).
     pub device_slow_down_polls: u32,
+    /// A hostile device authorization server: announce these instead of the real verification
+    /// URIs and user code (each `None` keeps the real one). The real user code still approves
+    /// at `/device`; a client that checks what it shows never gets that far.
+    pub device_announced: DeviceAnnounced,
     /// DPoP (RFC 9449): advertise `dpop_signing_alg_values_supported: ["ES256"]`, check any
     /// proof presented, and bind the tokens of a request with a valid proof (`cnf.jkt`,
     /// `token_type: DPoP`). Bearer tokens are still issued to clients without a proof.
@@ -112,6 +116,18 @@ pub struct Config {
     pub trusted_workload_issuers: Vec<TrustedIssuer>,
 }
 
+/// What a device authorization answer announces instead of the real values (see
+/// `Config::device_announced`).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceAnnounced {
+    /// Replaces `verification_uri` (and the start of `verification_uri_complete`).
+    pub verification_uri: Option<String>,
+    /// Replaces `verification_uri_complete` alone.
+    pub verification_uri_complete: Option<String>,
+    /// Replaces `user_code` in the answer.
+    pub user_code: Option<String>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -139,6 +155,7 @@ impl Default for Config {
             device_interval_secs: 5,
             device_code_ttl: Duration::from_secs(600),
             device_slow_down_polls: 0,
+            device_announced: DeviceAnnounced::default(),
             dpop: false,
             dpop_required: false,
             dpop_nonce: None,

@@ -23,7 +23,7 @@ pub mod test_keys;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::Config;
+pub use config::{Config, DeviceAnnounced};
 pub use dpop::NonceRotation;
 pub use faults::{Fault, FaultKind, FaultTarget};
 pub use grants::{IdpPolicy, JwtClient, KeySource, TrustedIssuer};

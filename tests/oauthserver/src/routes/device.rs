@@ -9,6 +9,8 @@
 //! `Config::device_slow_down_polls` polls and to any poll sooner than the interval (which then
 //! grows by 5 s, RFC 8628 §3.5), `expired_token` after `expires_in`, `access_denied` after a
 //! denial. Approved codes are redeemed once, for tokens as the code grant issues them.
+//! `Config::device_announced` makes the answer announce other verification URIs or another
+//! user code (a hostile server, for the client's checks).
 
 use std::collections::HashMap;
 
@@ -126,8 +128,16 @@ pub async fn authorize(
         },
     );
     drop(inner);
-    let verification_uri = format!("{}/device", state.issuer());
-    let complete = format!("{verification_uri}?user_code={user_code}");
+    let announced = &state.config.device_announced;
+    let verification_uri = announced
+        .verification_uri
+        .clone()
+        .unwrap_or_else(|| format!("{}/device", state.issuer()));
+    let complete = announced
+        .verification_uri_complete
+        .clone()
+        .unwrap_or_else(|| format!("{verification_uri}?user_code={user_code}"));
+    let user_code = announced.user_code.clone().unwrap_or(user_code);
     let body = serde_json::json!({
         "device_code": device_code,
         "user_code": user_code,
