@@ -80,6 +80,9 @@ pub struct SupervisorConfig {
     pub store_poll_interval: Duration,
     /// How the store's secret columns are protected (default: encrypted, see `store::keys`).
     pub sealing: crate::store::Sealing,
+    /// Where the tokens live (default: SQLite, `data_dir/tokens.db`). PostgreSQL is refused
+    /// by `SupervisorHandle::start` until the daemon is wired to it (#21, part 2).
+    pub store: crate::store::StoreChoice,
 }
 
 impl SupervisorConfig {
@@ -99,6 +102,7 @@ impl SupervisorConfig {
             refresh_stagger: SchedulerConfig::default().stagger,
             store_poll_interval: Duration::from_secs(1),
             sealing: crate::store::Sealing::default(),
+            store: crate::store::StoreChoice::default(),
         }
     }
 }
@@ -519,6 +523,12 @@ fn build(
 impl SupervisorHandle {
     /// Opens the token store and starts one actor per server on a dedicated thread.
     pub async fn start(config: SupervisorConfig) -> Result<Self, SupervisorError> {
+        if let crate::store::StoreChoice::Postgres(url) = &config.store {
+            return Err(SupervisorError::InvalidInput(format!(
+                "the daemon does not run on a PostgreSQL store yet ({url}); leave the store at \
+                 SQLite (the library's store::Store already opens PostgreSQL)"
+            )));
+        }
         let mut names: Vec<String> = config.servers.iter().map(|s| s.name.clone()).collect();
         names.sort();
         let (events, _) = broadcast::channel(256);

@@ -8,7 +8,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
@@ -115,7 +117,12 @@ pub(super) fn pool_failure(target: &str, e: PoolError) -> StoreError {
         PoolError::Backend(e) => db_failure(target, "connecting", &e),
         PoolError::Timeout(kind) => StoreError::Unreachable {
             target: target.to_string(),
-            reason: format!("no connection within the deadline ({kind:?})"),
+            reason: match kind {
+                TimeoutType::Wait => "no pooled connection was free within the deadline",
+                TimeoutType::Create => "no new connection within the connect deadline",
+                TimeoutType::Recycle => "a pooled connection did not pass its check in time",
+            }
+            .to_string(),
         },
         other => StoreError::Unreachable {
             target: target.to_string(),
