@@ -442,7 +442,13 @@ async fn a_stopped_database_fails_fast_and_after_a_restart_nothing_is_lost() {
     let health = store.health().await;
     assert!(health.reachable && health.error.is_none(), "{health:?}");
 
+    let mut changes = store.changes().await;
     server.stop();
+    // Not heard at once any more: the fallback tells readers to re-read, every poll.
+    for _ in 0..2 {
+        let change = ends_within("the fallback poll", Duration::from_secs(5), changes.next()).await;
+        assert_eq!(change, StoreChange::Any);
+    }
     let started = Instant::now();
     assert_unreachable("load", store.load_token("srv-01").await, started.elapsed());
     let started = Instant::now();
@@ -565,4 +571,90 @@ async fn the_daemon_refuses_a_postgres_store_it_does_not_run_on_yet() {
     );
     assert!(!text.contains("pw-sekret"), "{text}");
     assert!(!dir.exists(), "nothing was created");
+}
+
+/// Instances share one key: a store opened with another key, with no key at all, or in plain
+/// text is refused with the fix, and nothing is changed; a plain-text store that holds
+/// secrets is not encrypted in place (a gap, refused with the reason).
+#[actix::test]
+async fn a_shared_store_opens_only_with_its_key() {
+    let Some(server) = Postgres::start("keys") else {
+        return;
+    };
+    let dir = temp_dir("keys");
+    let url = server.create_database("keys").await;
+    let store = open(&url, &dir, StoreOptions::default()).await.unwrap();
+    store
+        .save_token(&token("srv", "at-keyed"), None, None)
+        .await
+        .unwrap();
+    let choice: StoreChoice = url.parse().unwrap();
+    let other_dir = temp_dir("keys-other");
+    let refusal = |sealing: Sealing| {
+        let choice = choice.clone();
+        async move {
+            match Store::open(
+                &choice,
+                Path::new("/unused"),
+                &sealing,
+                StoreOptions::default(),
+            )
+            .await
+            {
+                Ok(_) => panic!("opened with {sealing:?}"),
+                Err(e) => e,
+            }
+        }
+    };
+    let missing = refusal(sealing(&other_dir)).await;
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+    mcpproxy_oauth::store::keys::create_key_file(&other_dir.join("key")).unwrap();
+    let wrong = refusal(sealing(&other_dir)).await;
+    assert!(matches!(wrong, StoreError::WrongKey { .. }), "{wrong}");
+    let plain = refusal(Sealing::Plaintext).await;
+    assert!(
+        matches!(plain, StoreError::EncryptedNeedsKey { .. }),
+        "{plain}"
+    );
+    let none = refusal(Sealing::Encrypted(KeySpec { key_file: None })).await;
+    assert!(
+        none.to_string().contains("the same key on every instance"),
+        "{none}"
+    );
+    assert_eq!(
+        store.load_token("srv").await.unwrap().unwrap().access_token,
+        "at-keyed"
+    );
+
+    let plain_url = server.create_database("keys_plain").await;
+    let plain_choice: StoreChoice = plain_url.parse().unwrap();
+    let clear = Store::open(
+        &plain_choice,
+        Path::new("/unused"),
+        &Sealing::Plaintext,
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    clear
+        .save_token(&token("srv", "at-clear"), None, None)
+        .await
+        .unwrap();
+    let keyed = Store::open(
+        &plain_choice,
+        Path::new("/unused"),
+        &sealing(&dir),
+        StoreOptions::default(),
+    )
+    .await;
+    let error = keyed
+        .err()
+        .expect("a plain-text store with secrets is not encrypted in place");
+    assert!(error.to_string().contains("not supported yet"), "{error}");
+    assert_eq!(
+        clear.load_token("srv").await.unwrap().unwrap().access_token,
+        "at-clear"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other_dir);
 }
