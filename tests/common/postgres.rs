@@ -95,7 +95,17 @@ impl Postgres {
         } else {
             None
         };
-        let dir = super::temp_dir(&format!("pg-{name}"));
+        // Run as `nobody`, the server must reach its folder: /tmp (1777) rather than a TMPDIR
+        // that may sit in root's home.
+        let dir = match run_as {
+            Some(_) => Path::new("/tmp").join(format!(
+                "mcpproxy-oauth-pg-{name}-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4()
+            )),
+            None => super::data_dir(&format!("pg-{name}")),
+        };
+        std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
