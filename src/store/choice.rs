@@ -111,6 +111,13 @@ impl FromStr for StoreChoice {
         let database = config
             .get_dbname()
             .ok_or_else(|| refused("URL names no database (postgres://USER@HOST:PORT/DB)"))?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(refused(
+                "URL asks for TLS (sslmode=require), which this build does not speak to \
+                 PostgreSQL yet (reach the database over a private network or a TLS tunnel, \
+                 with sslmode=disable)",
+            ));
+        }
         if let Some(password) = config.get_password() {
             crate::telemetry::secrets::register(&String::from_utf8_lossy(password));
         }
@@ -180,6 +187,7 @@ mod tests {
             ("postgres://h:5432/db", "no user"),
             ("postgres://u@h:5432", "no database"),
             ("postgres://u:secret-pw-000@h:notaport/db", "does not parse"),
+            ("postgres://u:secret-pw-000@h/db?sslmode=require", "TLS"),
         ] {
             let e = text.parse::<StoreChoice>().unwrap_err().to_string();
             assert!(e.contains(problem), "{text}: {e}");
