@@ -3,7 +3,8 @@
 //! (PostgreSQL refuses root; `nobody` owns the folder), listening on 127.0.0.1 only (no Unix
 //! socket) on a free port, started by the test, ready within a bounded wait, stopped (fast
 //! shutdown) on drop, even when the test panics. `stop` and `start` stop it and start it again
-//! on the same folder and port.
+//! on the same folder and port. Self-contained (no other module of tests/common), so a
+//! benchmark can include it with `#[path = "../tests/common/postgres.rs"]`.
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -97,14 +98,15 @@ impl Postgres {
         };
         // Run as `nobody`, the server must reach its folder: /tmp (1777) rather than a TMPDIR
         // that may sit in root's home.
-        let dir = match run_as {
-            Some(_) => Path::new("/tmp").join(format!(
-                "mcpproxy-oauth-pg-{name}-{}-{}",
-                std::process::id(),
-                uuid::Uuid::new_v4()
-            )),
-            None => super::data_dir(&format!("pg-{name}")),
+        let base = match run_as {
+            Some(_) => PathBuf::from("/tmp"),
+            None => std::env::temp_dir(),
         };
+        let dir = base.join(format!(
+            "mcpproxy-oauth-pg-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         if let Some((uid, gid)) = run_as {
