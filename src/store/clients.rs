@@ -7,6 +7,7 @@ use rusqlite::{OptionalExtension, params};
 use super::error::StoreError;
 use super::group_commit::write_tx;
 use super::model::{StoredClient, StoredToken, from_columns, without_management_token};
+use super::sql::{CLIENT_COLUMNS, UPSERT_CLIENT};
 use super::token_store::TokenStore;
 use crate::clock::now_ms;
 
@@ -60,12 +61,7 @@ impl TokenStore {
         filter: &str,
         params: impl rusqlite::Params,
     ) -> Result<Option<StoredClient>, StoreError> {
-        let sql = format!(
-            "SELECT server_key, issuer, client_id, client_secret, token_endpoint_auth_method,
-                    source, redirect_uri, authorization_endpoint, token_endpoint,
-                    revocation_endpoint, resource, iss_parameter_supported, registration_json
-             FROM oauth_clients {filter}"
-        );
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients {filter}");
         let client = self
             .conn
             .query_row(&sql, params, |r| {
@@ -97,20 +93,7 @@ impl TokenStore {
         write_tx(&mut self.conn, self.batched, |tx| {
             self.seal.check_still_ours(tx, &self.path)?;
             tx.execute(
-                "INSERT INTO oauth_clients (server_key, issuer, client_id, client_secret,
-                   token_endpoint_auth_method, source, redirect_uri, authorization_endpoint,
-                   token_endpoint, revocation_endpoint, resource, iss_parameter_supported,
-                   registration_json, registered_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
-                 ON CONFLICT(server_key, issuer) DO UPDATE SET client_id = excluded.client_id,
-                   client_secret = excluded.client_secret,
-                   token_endpoint_auth_method = excluded.token_endpoint_auth_method,
-                   source = excluded.source, redirect_uri = excluded.redirect_uri,
-                   authorization_endpoint = excluded.authorization_endpoint,
-                   token_endpoint = excluded.token_endpoint,
-                   revocation_endpoint = excluded.revocation_endpoint, resource = excluded.resource,
-                   iss_parameter_supported = excluded.iss_parameter_supported,
-                   registration_json = excluded.registration_json, updated_at = excluded.updated_at",
+                UPSERT_CLIENT,
                 params![
                     c.server_key,
                     c.issuer,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::keys::KeySource;
 
+/// Where an error names a `path`, a PostgreSQL store is named by its URL without a password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot use the token database {path}: {reason}")]
@@ -31,6 +32,17 @@ pub enum StoreError {
     HalfMigrated { path: PathBuf },
     #[error("token database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the PostgreSQL token store {target} is unreachable ({reason}); tokens in memory stay \
+         in use and it is tried again: check that the database runs and this host reaches it"
+    )]
+    Unreachable { target: String, reason: String },
+    #[error("the PostgreSQL token store {target} refused {what}: {reason}")]
+    Refused {
+        target: String,
+        what: String,
+        reason: String,
+    },
     #[error("the token registry has stopped")]
     Closed,
     #[error("the token database did not commit the write ({0}); nothing of it was stored")]

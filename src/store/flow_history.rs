@@ -211,6 +211,12 @@ impl TokenStore {
     /// warning: only history is at stake, and the next step tries again).
     fn count_flow(&mut self) {
         self.flows_since_prune += 1;
+        self.prune_if_due();
+    }
+
+    /// One pruning step if `every_flows` flows were recorded since the last (not inside a
+    /// transaction: a claim records its flow in one, and prunes after it).
+    pub(super) fn prune_if_due(&mut self) {
         if self.batched || self.flows_since_prune < self.retention.every_flows {
             return;
         }

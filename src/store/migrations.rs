@@ -33,6 +33,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0007_clients_by_issuer",
         include_str!("../../migrations/0007_clients_by_issuer.sql"),
     ),
+    (
+        "0008_leases",
+        include_str!("../../migrations/0008_leases.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to.
@@ -41,7 +45,7 @@ fn known_version() -> i64 {
 }
 
 /// Tables added by later migrations: ours, but not required of an older version.
-const LATER_OBJECTS: &[&str] = &["oauth_meta"];
+const LATER_OBJECTS: &[&str] = &["oauth_meta", "oauth_leases"];
 
 /// The tables and views of our schema; a file with none of them and other tables is foreign.
 const OUR_OBJECTS: &[&str] = &[

@@ -24,6 +24,11 @@ pub const SECRET_COLUMNS: &[(&str, &str)] = &[
 /// What the key check value says, sealed; it proves a key is the database's key.
 const KEY_CHECK: &str = "mcpproxy-oauth store key check";
 
+/// The key check value for `key`: sealed, it proves a key is the database's key.
+pub(super) fn key_check_value(key: &StoreKey) -> String {
+    cipher::seal(key, &key_check_place(), KEY_CHECK)
+}
+
 fn key_check_place() -> String {
     cipher::place("oauth_meta", "key_check", "")
 }
@@ -95,6 +100,14 @@ impl Seal {
         Seal {
             key: None,
             encrypted: false,
+        }
+    }
+
+    /// An encrypted store's seal with its key (the backend has checked the key).
+    pub(super) fn keyed(key: StoreKey, source: KeySource) -> Self {
+        Seal {
+            key: Some((key, source)),
+            encrypted: true,
         }
     }
 
@@ -209,14 +222,20 @@ impl Seal {
         conn: &Connection,
         path: &Path,
     ) -> Result<(), StoreError> {
-        match (&self.key, read_key_check(conn)?) {
+        self.check_is_ours(read_key_check(conn)?.as_deref(), path)
+    }
+
+    /// The pure half of [`Self::check_still_ours`]: refuses writing under this seal into a
+    /// database whose key check is `check` (read by the backend inside its transaction).
+    pub(super) fn check_is_ours(&self, check: Option<&str>, path: &Path) -> Result<(), StoreError> {
+        match (&self.key, check) {
             (None, None) => Ok(()),
             (None, Some(_)) => Err(StoreError::EncryptedNeedsKey {
                 path: path.to_path_buf(),
             }),
             (Some((key, source)), check) => {
                 let ours = check
-                    .and_then(|c| cipher::open(key, &key_check_place(), &c).ok())
+                    .and_then(|c| cipher::open(key, &key_check_place(), c).ok())
                     .is_some_and(|text| text == KEY_CHECK);
                 if ours {
                     Ok(())
@@ -258,7 +277,7 @@ impl Seal {
         })?;
         tx.execute(
             "UPDATE oauth_meta SET value = ?1 WHERE name = 'key_check'",
-            [cipher::seal(&new, &key_check_place(), KEY_CHECK)],
+            [key_check_value(&new)],
         )?;
         tx.commit()?;
         self.key = Some((new, new_source));
@@ -298,7 +317,7 @@ fn encrypt_in_place(
     }
     tx.execute(
         "INSERT INTO oauth_meta (name, value) VALUES ('key_check', ?1)",
-        [cipher::seal(key, &key_check_place(), KEY_CHECK)],
+        [key_check_value(key)],
     )?;
     tx.commit()?;
     if sealed > 0 {

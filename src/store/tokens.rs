@@ -2,16 +2,47 @@
 //! written (sealed, durable), its refresh token dropped, the row deleted, and the status view
 //! every process and the `sqlite3` shell read.
 
+use std::path::Path;
+
 use rusqlite::{OptionalExtension, params};
 
 use super::error::StoreError;
 use super::group_commit::write_tx;
 use super::model::{StoredDpopKey, StoredToken, TokenStatusRow, from_columns};
+use super::sealing::Seal;
+use super::sql::{TOKEN_COLUMNS, UPSERT_TOKEN};
 use super::token_store::TokenStore;
 use crate::clock::now_ms;
 
+/// A stored token's times, made sane once for every reader (the rows come from a database
+/// other processes write too): `obtained_at` not before 1970 nor after now, `expires_at` at
+/// most `MAX_LIFETIME` from now.
+pub(super) fn sane_times(expires_at: Option<i64>, obtained_at: i64) -> (Option<i64>, i64) {
+    let now = now_ms();
+    let latest = now.saturating_add(crate::oauth::token::MAX_LIFETIME.as_millis() as i64);
+    (expires_at.map(|e| e.min(latest)), obtained_at.clamp(0, now))
+}
+
+/// A token row's secret columns opened with the store's seal (and registered with the log
+/// scrubber).
+pub(super) fn opened(
+    seal: &Seal,
+    path: &Path,
+    mut token: StoredToken,
+) -> Result<StoredToken, StoreError> {
+    let key = token.server_key.clone();
+    let reveal = |column, stored| seal.reveal(path, column, &key, stored);
+    token.access_token = reveal("access_token", Some(token.access_token))?.unwrap_or_default();
+    token.refresh_token = reveal("refresh_token", token.refresh_token)?;
+    if let Some(dpop) = &mut token.dpop {
+        dpop.private_key =
+            reveal("dpop_key", Some(std::mem::take(&mut dpop.private_key)))?.unwrap_or_default();
+    }
+    Ok(token)
+}
+
 /// The DPoP key of a token row: both columns or neither.
-fn dpop_of(
+pub(super) fn dpop_of(
     server_key: &str,
     private_key: Option<String>,
     jkt: Option<String>,
@@ -34,20 +65,15 @@ fn dpop_of(
 
 impl TokenStore {
     /// Reads a server's token. Its times come from a file other processes write too, so they
-    /// are made sane here, once, for every reader: `obtained_at` not before 1970 nor after now,
-    /// `expires_at` at most `MAX_LIFETIME` from now.
+    /// are made sane here, once, for every reader (see [`sane_times`]).
     pub fn load_token(&self, server_key: &str) -> Result<Option<StoredToken>, StoreError> {
-        let now = now_ms();
-        let latest = now.saturating_add(crate::oauth::token::MAX_LIFETIME.as_millis() as i64);
         let row = self
             .conn
             .query_row(
-                "SELECT server_key, server_name, server_url, resource, issuer, access_token,
-                        refresh_token, token_type, scope, expires_at, obtained_at, flow_id,
-                        dpop_key, dpop_jkt
-                 FROM oauth_tokens WHERE server_key = ?1",
+                &format!("SELECT {TOKEN_COLUMNS} FROM oauth_tokens WHERE server_key = ?1"),
                 [server_key],
                 |r| {
+                    let (expires_at, obtained_at) = sane_times(r.get(9)?, r.get(10)?);
                     Ok(StoredToken {
                         server_key: r.get(0)?,
                         server_name: r.get(1)?,
@@ -58,26 +84,18 @@ impl TokenStore {
                         refresh_token: r.get(6)?,
                         token_type: r.get(7)?,
                         scope: r.get(8)?,
-                        expires_at: r.get::<_, Option<i64>>(9)?.map(|e| e.min(latest)),
-                        obtained_at: r.get::<_, i64>(10)?.clamp(0, now),
+                        expires_at,
+                        obtained_at,
                         flow_id: r.get(11)?,
                         dpop: dpop_of(server_key, r.get(12)?, r.get(13)?),
                     })
                 },
             )
             .optional()?;
-        let Some(mut token) = row else {
-            return Ok(None);
-        };
-        let key = token.server_key.clone();
-        let reveal = |column, stored| self.seal.reveal(&self.path, column, &key, stored);
-        token.access_token = reveal("access_token", Some(token.access_token))?.unwrap_or_default();
-        token.refresh_token = reveal("refresh_token", token.refresh_token)?;
-        if let Some(dpop) = &mut token.dpop {
-            dpop.private_key = reveal("dpop_key", Some(std::mem::take(&mut dpop.private_key)))?
-                .unwrap_or_default();
+        match row {
+            Some(token) => Ok(Some(opened(&self.seal, &self.path, token)?)),
+            None => Ok(None),
         }
-        Ok(Some(token))
     }
 
     /// Writes a token durably (the transaction commits with `synchronous=FULL`).
@@ -90,18 +108,7 @@ impl TokenStore {
         write_tx(&mut self.conn, self.batched, |tx| {
             self.seal.check_still_ours(tx, &self.path)?;
             tx.execute(
-                "INSERT INTO oauth_tokens (server_key, server_name, server_url, resource, issuer,
-                   access_token, refresh_token, token_type, scope, expires_at, obtained_at,
-                   updated_at, flow_id, dpop_key, dpop_jkt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                 ON CONFLICT(server_key) DO UPDATE SET server_name = excluded.server_name,
-                   server_url = excluded.server_url, resource = excluded.resource,
-                   issuer = excluded.issuer, access_token = excluded.access_token,
-                   refresh_token = excluded.refresh_token, token_type = excluded.token_type,
-                   scope = excluded.scope, expires_at = excluded.expires_at,
-                   obtained_at = excluded.obtained_at, updated_at = excluded.updated_at,
-                   flow_id = excluded.flow_id, dpop_key = excluded.dpop_key,
-                   dpop_jkt = excluded.dpop_jkt",
+                UPSERT_TOKEN,
                 params![
                     t.server_key,
                     t.server_name,
@@ -127,7 +134,8 @@ impl TokenStore {
     /// Forgets only the refresh token (it was refused for good); the access token stays.
     pub fn drop_refresh_token(&mut self, server_key: &str) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE oauth_tokens SET refresh_token = NULL, updated_at = ?2 WHERE server_key = ?1",
+            "UPDATE oauth_tokens SET refresh_token = NULL, refresh_ambiguous_at = NULL,
+               refresh_ambiguous_flow = NULL, updated_at = ?2 WHERE server_key = ?1",
             params![server_key, now_ms()],
         )?;
         Ok(())

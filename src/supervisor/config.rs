@@ -43,6 +43,9 @@ pub struct SupervisorConfig {
     pub store_poll_interval: Duration,
     /// How the store's secret columns are protected (default: encrypted, see `store::keys`).
     pub sealing: crate::store::Sealing,
+    /// Where the tokens live (default: SQLite, `data_dir/tokens.db`). PostgreSQL is refused
+    /// by `SupervisorHandle::start` until the daemon is wired to it (#21, part 2).
+    pub store: crate::store::StoreChoice,
     /// The clock the daemon reads: the state machines' `now`, the scheduler's deadlines, the
     /// tokens' times. The system's; tests drive a manual one (virtual time).
     pub clock: Clock,
@@ -65,6 +68,7 @@ impl SupervisorConfig {
             refresh_stagger: SchedulerConfig::default().stagger,
             store_poll_interval: Duration::from_secs(1),
             sealing: crate::store::Sealing::default(),
+            store: crate::store::StoreChoice::default(),
             clock: Clock::system(),
         }
     }

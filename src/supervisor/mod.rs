@@ -187,6 +187,12 @@ fn run_actors(
 impl SupervisorHandle {
     /// Opens the token store and starts one actor per server on a dedicated thread.
     pub async fn start(config: SupervisorConfig) -> Result<Self, SupervisorError> {
+        if let crate::store::StoreChoice::Postgres(url) = &config.store {
+            return Err(SupervisorError::InvalidInput(format!(
+                "the daemon does not run on a PostgreSQL store yet ({url}); leave the store at \
+                 SQLite (the library's store::Store already opens PostgreSQL)"
+            )));
+        }
         let mut names: Vec<String> = config.servers.iter().map(|s| s.name.clone()).collect();
         names.sort();
         let (events, _) = broadcast::channel(256);

@@ -1,6 +1,7 @@
 //! What the integration tests share, one module a concern: folders (`dirs`), the OAuth test
 //! server and the engine (`engine`), log capture and the secret scan (`logs`), a supervisor
-//! to test (`daemon`), the binary and its config file (`cli`), and bounded waits (`waits`).
+//! to test (`daemon`), the binary and its config file (`cli`), a real PostgreSQL (`postgres`),
+//! and bounded waits (`waits`).
 //! Each `tests/*.rs` binary compiles all of it and uses a part.
 #![allow(dead_code, unused_imports)]
 
@@ -9,6 +10,7 @@ mod daemon;
 mod dirs;
 mod engine;
 mod logs;
+mod postgres;
 mod waits;
 
 pub use cli::*;
@@ -16,4 +18,5 @@ pub use daemon::*;
 pub use dirs::*;
 pub use engine::*;
 pub use logs::*;
+pub use postgres::*;
 pub use waits::*;
