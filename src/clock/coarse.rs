@@ -1,16 +1,17 @@
 //! The hot path's clock. `SystemTime::now()` costs about as much as the rest of a token read;
 //! the kernel's coarse realtime clock (the time at the last tick, read from the vDSO without a
-//! syscall or `rdtsc`) costs a few nanoseconds. It lags true time by at most one tick, so a
-//! token read with it may be handed out up to one tick past its hand-out deadline: that is
-//! safe only while the token's safety margin is several ticks, and [`coarse_is_safe`] says
-//! when it is (otherwise the precise clock is read). Never past expiry either way.
+//! syscall or `rdtsc`) costs a few nanoseconds. It lags true time by about a tick, and more on
+//! a virtual machine whose CPU just woke (7 ms with a 4 ms tick was seen), so a token read with
+//! it may be handed out a little past its hand-out deadline: that is safe only while the
+//! token's safety margin is several ticks, and [`coarse_is_safe`] says when it is (otherwise
+//! the precise clock is read). Never past expiry either way.
 
 use super::{Millis, now_ms};
 
 /// A token's safety margin must be at least this many coarse ticks for the coarse clock.
 const TICKS_OF_MARGIN: i64 = 4;
 
-/// Unix time in ms from the coarse clock (at most one tick behind [`now_ms`]).
+/// Unix time in ms from the coarse clock (about a tick behind [`now_ms`]).
 #[cfg(target_os = "linux")]
 #[inline]
 pub fn coarse_now_ms() -> Millis {
@@ -56,14 +57,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_coarse_clock_lags_the_precise_one_by_at_most_a_tick() {
-        let tick = tick_ms().unwrap_or(0);
+    fn the_coarse_clock_lags_the_precise_one_by_less_than_the_margin_it_needs() {
+        // The bound the hand-out relies on is the margin of TICKS_OF_MARGIN ticks, not one
+        // tick: a woken virtual CPU's coarse clock was seen a tick and more behind.
+        let tick = TICKS_OF_MARGIN * tick_ms().unwrap_or(0);
+        // The precise clock read on both sides: a preemption between two reads widens the
+        // window, never the bound, so the check holds on a loaded machine.
         for _ in 0..1_000 {
+            let before = now_ms();
             let coarse = coarse_now_ms();
-            let precise = now_ms();
+            let after = now_ms();
             assert!(
-                coarse <= precise + 1 && precise - coarse <= tick + 1,
-                "coarse {coarse} precise {precise} tick {tick}"
+                coarse <= after + 1 && before - coarse <= tick + 1,
+                "coarse {coarse} precise {before}..{after} tick {tick}"
             );
         }
     }
