@@ -60,7 +60,7 @@ mod tests {
     fn the_coarse_clock_lags_the_precise_one_by_less_than_the_margin_it_needs() {
         // The bound the hand-out relies on is the margin of TICKS_OF_MARGIN ticks, not one
         // tick: a woken virtual CPU's coarse clock was seen a tick and more behind.
-        let tick = TICKS_OF_MARGIN * tick_ms().unwrap_or(0);
+        let margin = TICKS_OF_MARGIN * tick_ms().unwrap_or(0);
         // The precise clock read on both sides: a preemption between two reads widens the
         // window, never the bound, so the check holds on a loaded machine.
         for _ in 0..1_000 {
@@ -68,8 +68,8 @@ mod tests {
             let coarse = coarse_now_ms();
             let after = now_ms();
             assert!(
-                coarse <= after + 1 && before - coarse <= tick + 1,
-                "coarse {coarse} precise {before}..{after} tick {tick}"
+                coarse <= after + 1 && before - coarse <= margin + 1,
+                "coarse {coarse} precise {before}..{after} margin {margin}"
             );
         }
     }
