@@ -544,10 +544,11 @@ async fn a_database_that_never_answers_fails_within_the_connect_deadline() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The library's config names the store; until the daemon runs on PostgreSQL (#21, part 2),
-/// starting it on one is refused with the reason, never silently run on SQLite.
+/// The library's config names the store: a daemon on a PostgreSQL store that does not answer
+/// fails to start within the connect deadline, saying which store (without its password), and
+/// never falls back to SQLite (nothing is created in the data directory).
 #[actix::test]
-async fn the_daemon_refuses_a_postgres_store_it_does_not_run_on_yet() {
+async fn the_daemon_on_an_unreachable_postgres_store_fails_with_the_reason() {
     use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
     let dir = data_dir("refused-store");
     let config = SupervisorConfig::new(Vec::new(), dir.clone());
@@ -558,14 +559,16 @@ async fn the_daemon_refuses_a_postgres_store_it_does_not_run_on_yet() {
             .unwrap(),
         ..config
     };
+    let started = std::time::Instant::now();
     let Err(error) = SupervisorHandle::start(config).await else {
-        panic!("started on a PostgreSQL store");
+        panic!("started on a PostgreSQL store that does not answer");
     };
-    let text = error.to_string();
     assert!(
-        text.contains("does not run on a PostgreSQL store yet"),
-        "{text}"
+        started.elapsed() < Duration::from_secs(30),
+        "failed within the connect deadline"
     );
+    let text = error.to_string();
+    assert!(text.contains("postgres://u@127.0.0.1:1/db"), "{text}");
     assert!(!text.contains("pw-sekret"), "{text}");
     assert!(!dir.exists(), "nothing was created");
 }
