@@ -491,6 +491,11 @@ impl SupervisorHandle {
         Ok(self.inner.store.leases().await?)
     }
 
+    /// One server's lease row, by server key.
+    pub async fn lease(&self, server_key: &str) -> Result<Option<LeaseRow>, SupervisorError> {
+        Ok(self.inner.store.lease(server_key).await?)
+    }
+
     /// Whether the store answers now (bounded), and where it is.
     pub async fn store_health(&self) -> StoreHealth {
         self.inner.store.health().await
