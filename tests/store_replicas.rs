@@ -69,23 +69,25 @@ impl Instance {
     }
 }
 
-fn start_instance(shared: &Shared, n: usize) -> Instance {
+/// Starts instance `n`; with `listen`, its operator API on that loopback address.
+fn start_instance(shared: &Shared, n: usize, listen: Option<&str>) -> Instance {
     let data = shared.dir.join(format!("data-{n}"));
     let log = shared.dir.join(format!("instance-{n}.log"));
     let data = data.to_str().unwrap().to_string();
-    let args = shared.args(
-        &[
-            "--log-format",
-            "json",
-            "--log-file",
-            log.to_str().unwrap(),
-            "serve",
-            "--non-interactive",
-            "--refresh-stagger",
-            "0s",
-        ],
-        &data,
-    );
+    let mut command = vec![
+        "--log-format",
+        "json",
+        "--log-file",
+        log.to_str().unwrap(),
+        "serve",
+        "--non-interactive",
+        "--refresh-stagger",
+        "0s",
+    ];
+    if let Some(listen) = listen {
+        command.extend(["--listen", listen]);
+    }
+    let args = shared.args(&command, &data);
     let child = bin(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -93,6 +95,45 @@ fn start_instance(shared: &Shared, n: usize) -> Instance {
         .spawn()
         .expect("serve starts");
     Instance { child, log }
+}
+
+/// Starts `count` instances (the first with its API on `listen`) and waits until every server
+/// has been refreshed once since: the instances run and the tokens are fresh.
+async fn start_instances(
+    servers: &[OAuthTestServer],
+    shared: &Shared,
+    count: usize,
+    listen: &str,
+) -> Vec<Instance> {
+    let first: Vec<u64> = refreshes(servers).iter().map(|n| n + 1).collect();
+    let instances = (0..count)
+        .map(|n| start_instance(shared, n, (n == 0).then_some(listen)))
+        .collect();
+    let what = "a first refresh of every server after the instances started";
+    wait_for_refreshes(servers, &first, what, Duration::from_secs(60)).await;
+    instances
+}
+
+/// A free loopback address for an instance's operator API.
+fn free_listen_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port");
+    format!("127.0.0.1:{port}")
+}
+
+/// A request to the API of the instance whose data directory is `data` (its key is there).
+fn api_request(
+    data: &std::path::Path,
+    listen: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    let key = std::fs::read_to_string(data.join("api-key")).expect("serve wrote its API key");
+    reqwest::Client::new()
+        .request(method, format!("http://{listen}{path}"))
+        .header("X-API-Key", key.trim())
 }
 
 /// Refresh requests each test server has answered (or held), by server.
@@ -172,12 +213,19 @@ fn name(i: usize) -> String {
     format!("srv{i:02}")
 }
 
-async fn setup(pg: &Postgres, label: &str) -> (Vec<OAuthTestServer>, Shared) {
-    let mut servers = Vec::with_capacity(SERVERS);
-    for _ in 0..SERVERS {
+/// `count` test servers whose tokens live `ttl`, a database of the test's own, a shared key,
+/// the config naming every server, and the one login of each.
+async fn setup(
+    pg: &Postgres,
+    label: &str,
+    count: usize,
+    ttl: Duration,
+) -> (Vec<OAuthTestServer>, Shared) {
+    let mut servers = Vec::with_capacity(count);
+    for _ in 0..count {
         servers.push(
             start(Config {
-                access_token_ttl: TTL,
+                access_token_ttl: ttl,
                 rotate_refresh_tokens: true,
                 ..Config::default()
             })
@@ -185,17 +233,12 @@ async fn setup(pg: &Postgres, label: &str) -> (Vec<OAuthTestServer>, Shared) {
         );
     }
     let dir = temp_dir(label);
-    let entries: Vec<serde_json::Value> = servers
+    let named: Vec<(String, &OAuthTestServer)> = servers
         .iter()
         .enumerate()
-        .map(|(i, s)| serde_json::json!({"name": name(i), "url": s.mcp_url(), "oauth": {}}))
+        .map(|(i, s)| (name(i), s))
         .collect();
-    let config = dir.join("mcp_config.json");
-    std::fs::write(
-        &config,
-        serde_json::json!({ "mcpServers": entries }).to_string(),
-    )
-    .unwrap();
+    let config = write_servers_config(&dir, &named);
     let key_file = dir.join("shared.key");
     mcpproxy_oauth::store::keys::create_key_file(&key_file).unwrap();
     let store_url = pg.create_database(label).await;
@@ -212,7 +255,7 @@ async fn setup(pg: &Postgres, label: &str) -> (Vec<OAuthTestServer>, Shared) {
     login.kill_on_drop(true);
     let out = output_within(login, Duration::from_secs(120)).await;
     assert!(out.status.success(), "auth login --all: {}", text(&out));
-    assert_eq!(logins(&servers), vec![1; SERVERS], "one login per server");
+    assert_eq!(logins(&servers), vec![1; count], "one login per server");
     (servers, shared)
 }
 
@@ -227,18 +270,9 @@ async fn three_instances_share_twenty_servers_with_one_refresh_per_lifetime() {
     let Some(pg) = Postgres::start("replicas") else {
         return;
     };
-    let (servers, shared) = setup(&pg, "replicas").await;
-    let mut instances: Vec<Instance> = (0..INSTANCES).map(|n| start_instance(&shared, n)).collect();
-
-    // Every instance has started and every server has been refreshed once since.
-    let first: Vec<u64> = refreshes(&servers).iter().map(|n| n + 1).collect();
-    wait_for_refreshes(
-        &servers,
-        &first,
-        "a first refresh of every server",
-        Duration::from_secs(60),
-    )
-    .await;
+    let (servers, shared) = setup(&pg, "replicas", SERVERS, TTL).await;
+    let listen = free_listen_address();
+    let mut instances = start_instances(&servers, &shared, INSTANCES, &listen).await;
 
     let before = refreshes(&servers);
     let started = Instant::now();
@@ -277,6 +311,52 @@ async fn three_instances_share_twenty_servers_with_one_refresh_per_lifetime() {
         .unwrap()
         .get(0);
     assert!(owners >= 2, "refresh flows ran on {owners} instance(s)");
+
+    // The operator API of instance 0 shows who holds each server's lease (one of the three)
+    // and the store's health; /metrics has the store's gauges.
+    let data0 = shared.dir.join("data-0");
+    let get = |path: &str| api_request(&data0, &listen, reqwest::Method::GET, path).send();
+    let view: serde_json::Value = ends_within(
+        "GET /api/v1/servers/srv00",
+        Duration::from_secs(10),
+        async {
+            get("/api/v1/servers/srv00")
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    let holder = view["lease"]["holder"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        instances
+            .iter()
+            .any(|i| holder.starts_with(&format!("pid {} ", i.pid()))),
+        "the lease holder shown is one of the instances: {view}"
+    );
+    assert!(
+        view["lease"]["fence"].as_i64().unwrap_or(0) > LIFETIMES as i64,
+        "{view}"
+    );
+    let metrics = ends_within("GET /metrics", Duration::from_secs(10), async {
+        get("/metrics").await.unwrap().text().await.unwrap()
+    })
+    .await;
+    for line in [
+        "mcpproxy_oauth_store{backend=\"postgres\",measure=\"up\"} 1",
+        "mcpproxy_oauth_store{backend=\"postgres\",measure=\"listening\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    for server in &servers {
+        assert_no_secret(server, &view.to_string());
+        assert_no_secret(server, &metrics);
+    }
 
     // Kill -9 mid-refresh. Every refresh is held at its server (never answered, never
     // processed) from now until the kill: the killed instance dies holding leases whose
@@ -352,6 +432,109 @@ async fn three_instances_share_twenty_servers_with_one_refresh_per_lifetime() {
         .filter_map(|(n, i)| (n != victim).then_some(i))
         .collect();
     for mut instance in survivors {
+        stop(&mut instance.child, "-TERM").await;
+        assert_logs_hold_no_secret(&servers, std::slice::from_ref(&instance));
+    }
+}
+
+/// PostgreSQL stopped for 10 s under two running instances and started again: the tokens they
+/// hold keep being served through the gateway while the database is down (nothing is refreshed
+/// that could not be recorded), no refresh token is lost, and every server is refreshed again
+/// afterwards without a login or a reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_for_ten_seconds_costs_no_token_and_no_login() {
+    const COUNT: usize = 3;
+    let Some(mut pg) = Postgres::start("replicas-down") else {
+        return;
+    };
+    // Refreshed at about 10 s: a refresh falls due while the database is down; handed out
+    // until 12.6 s, so every token is still served when the database stops.
+    let (servers, shared) = setup(&pg, "replicas_down", COUNT, Duration::from_secs(14)).await;
+    let listen = free_listen_address();
+    let mut instances = start_instances(&servers, &shared, 2, &listen).await;
+    let data0 = shared.dir.join("data-0");
+
+    let before = refreshes(&servers);
+    let refused_before: u64 = servers.iter().map(|s| s.stats().mcp_401).sum();
+    pg.stop();
+    let stopped = Instant::now();
+    // While it is down, every server's token is served: an MCP request through the gateway
+    // reaches the server with a token it accepts.
+    for i in 0..COUNT {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "replicas-test", "version": "1"}}});
+        let path = format!("/mcp/{}", name(i));
+        let response = ends_within(
+            "a gateway request while the database is down",
+            Duration::from_secs(10),
+            async {
+                api_request(&data0, &listen, reqwest::Method::POST, &path)
+                    .header("accept", "application/json, text/event-stream")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+            },
+        )
+        .await;
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "{} served while the database is down",
+            name(i)
+        );
+    }
+    let refused: u64 = servers.iter().map(|s| s.stats().mcp_401).sum();
+    assert_eq!(refused, refused_before, "no token the servers refused");
+    // The outage lasts 10 s (a duration of the scenario, not a wait for something).
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
+    let during = refreshes(&servers);
+    pg.start_again();
+
+    // Back: every server refreshed again with the refresh token the store kept.
+    let wanted: Vec<u64> = during.iter().map(|n| n + 1).collect();
+    wait_for_refreshes(
+        &servers,
+        &wanted,
+        "every server refreshed after the restart",
+        Duration::from_secs(60),
+    )
+    .await;
+    // A refresh claimed in the instant before the stop may still reach its server (its token
+    // is then kept in memory and saved once the database is back); none starts while it is down.
+    assert!(
+        during.iter().zip(&before).all(|(d, b)| d - b <= 1),
+        "no refresh started while its result could not be recorded: {before:?} -> {during:?}"
+    );
+    assert_eq!(reuses(&servers), 0, "no refresh token was presented twice");
+    assert_eq!(
+        logins(&servers),
+        vec![1; COUNT],
+        "no login after the outage"
+    );
+    // The instance with the API shows every server connected again (one that backed off while
+    // the database was down adopts the other instance's token at its next attempt).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view: serde_json::Value =
+            ends_within("GET /api/v1/servers", Duration::from_secs(20), async {
+                let response =
+                    api_request(&data0, &listen, reqwest::Method::GET, "/api/v1/servers");
+                response.send().await.unwrap().json().await.unwrap()
+            })
+            .await;
+        let servers_shown = view["servers"].as_array().expect("the servers");
+        if servers_shown.iter().all(|s| s["phase"] == "connected") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every server connected again within 30 s: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for mut instance in instances.drain(..) {
         stop(&mut instance.child, "-TERM").await;
         assert_logs_hold_no_secret(&servers, std::slice::from_ref(&instance));
     }
