@@ -534,6 +534,52 @@ async fn a_database_down_for_ten_seconds_costs_no_token_and_no_login() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The read-only commands read the shared store too (with the shared key), and say what
+    // they cannot do there; MCPPROXY_OAUTH_STORE works as --store does.
+    let key = shared.key_file.to_str().unwrap();
+    let store = ["--store", shared.store_url.as_str(), "--key-file", key];
+    let status = run(&[&["auth", "status", "--json"][..], &store].concat(), &[]).await;
+    assert!(status.status.success(), "auth status: {}", text(&status));
+    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let valid = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            (r["status"] == "valid" || r["status"] == "expiring") && r["has_refresh_token"] == true
+        })
+        .count();
+    assert_eq!(
+        valid, COUNT,
+        "every server's token is usable, with its refresh token, in the shared store: {rows}"
+    );
+    let flows = run(
+        &["logs", "flows", "--json", "--key-file", key],
+        &[("MCPPROXY_OAUTH_STORE", shared.store_url.as_str())],
+    )
+    .await;
+    assert!(flows.status.success(), "logs flows: {}", text(&flows));
+    let flows: serde_json::Value = serde_json::from_slice(&flows.stdout).unwrap();
+    assert!(
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "refresh" && f["state"] == "succeeded"),
+        "the shared flow history: {flows}"
+    );
+    let rekey = run(&[&["tokens", "rekey"][..], &store[..2]].concat(), &[]).await;
+    assert!(!rekey.status.success());
+    assert!(
+        text(&rekey).contains("SQLite store only"),
+        "{}",
+        text(&rekey)
+    );
+    for server in &servers {
+        assert_no_secret(server, &format!("{rows}{flows}{}", text(&rekey)));
+    }
+
     for mut instance in instances.drain(..) {
         stop(&mut instance.child, "-TERM").await;
         assert_logs_hold_no_secret(&servers, std::slice::from_ref(&instance));

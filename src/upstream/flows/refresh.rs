@@ -120,10 +120,6 @@ async fn run(cx: &FlowContext<'_>, request: RefreshRequest) -> FlowOutcome {
             ambiguous_since = mark.since,
             "an earlier refresh got no answer and no newer token was stored; presenting the stored refresh token again",
         );
-        cx.event(
-            FlowStep::Adopted,
-            json!({"reason": "re-read after an unanswered refresh: no newer token stored", "ambiguous_flow": mark.flow_id}),
-        );
     }
     let stored_client = start.client;
     let Some(refresh_token) = current.refresh_token.clone() else {
