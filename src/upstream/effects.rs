@@ -179,8 +179,8 @@ impl UpstreamActor {
         let server = self.config.name.clone();
         // On the flow threads, like every flow: the revocation is HTTP.
         self.rt.flow_threads.spawn(async move {
-            // SQLite only: PostgreSQL has no shared lock folder (a gap: another instance's
-            // refresh running now may still write its token after this delete).
+            // SQLite only: PostgreSQL has no shared lock folder; there the delete moves the
+            // server's lease one fence on, so a refresh running elsewhere writes nothing back.
             let _lock = match &store {
                 Store::Sqlite(_) => match lock::acquire(&lock_dir, &key, LOGOUT_LOCK_WAIT).await {
                     Ok(lock) => Some(lock),

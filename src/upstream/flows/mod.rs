@@ -417,10 +417,19 @@ impl<'a> FlowContext<'a> {
         match written.map_err(|e| SaveError::Store(e.to_string()))? {
             Written::Done => Ok(()),
             Written::Overtaken => Err(SaveError::Fenced),
-            Written::LeaseLost { fence_now } => Err(SaveError::Store(format!(
-                "the server's lease was taken over by another flow (fence now {fence_now:?}); \
-                 nothing was written"
-            ))),
+            Written::LeaseLost { fence_now } => {
+                drop(slot);
+                // A logout elsewhere moves the fence on with its delete: the token is gone,
+                // and this one must not come back. Else another flow took the lease over
+                // (this one outlived it): the token is kept in memory, its save retried.
+                match self.rt.store.load_token(&self.config.server_key).await {
+                    Ok(None) => Err(SaveError::Fenced),
+                    _ => Err(SaveError::Store(format!(
+                        "the server's lease was taken over by another flow (fence now \
+                         {fence_now:?}); nothing was written"
+                    ))),
+                }
+            }
         }
     }
 
