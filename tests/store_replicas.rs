@@ -311,6 +311,17 @@ async fn three_instances_share_twenty_servers_with_one_refresh_per_lifetime() {
         .unwrap()
         .get(0);
     assert!(owners >= 2, "refresh flows ran on {owners} instance(s)");
+    // Every instance learned other instances' tokens from the store's changes (LISTEN/NOTIFY
+    // to the store watcher), or adopted them under the lease, instead of refreshing itself.
+    for instance in &instances {
+        let log = std::fs::read_to_string(&instance.log).unwrap_or_default();
+        assert!(
+            log.contains("another process changed the stored token")
+                || log.contains("another process refreshed meanwhile"),
+            "{} never took another instance's token",
+            instance.log.display()
+        );
+    }
 
     // The operator API of instance 0 shows who holds each server's lease (one of the three)
     // and the store's health; /metrics has the store's gauges.
