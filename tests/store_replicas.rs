@@ -321,6 +321,11 @@ async fn three_instances_share_twenty_servers_with_one_refresh_per_lifetime() {
             "{} never took another instance's token",
             instance.log.display()
         );
+        assert!(
+            log.contains(&format!("\"store\":\"{}\"", shared.store_url)),
+            "{} names the store it runs on",
+            instance.log.display()
+        );
     }
 
     // The operator API of instance 0 shows who holds each server's lease (one of the three)
