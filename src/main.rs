@@ -168,7 +168,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => commands::serve(args).await,
         Command::Stdio(args) => commands::stdio(args).await,
         Command::Auth(command) => commands::auth(command).await,
-        Command::Logs(command) => commands::logs(command),
+        Command::Logs(command) => commands::logs(command).await,
         Command::Tokens(command) => commands::tokens(command),
         Command::Connect(args) => {
             let options = match connect_options(args) {

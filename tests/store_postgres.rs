@@ -544,10 +544,53 @@ async fn a_database_that_never_answers_fails_within_the_connect_deadline() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The library's config names the store; until the daemon runs on PostgreSQL (#21, part 2),
-/// starting it on one is refused with the reason, never silently run on SQLite.
+/// A logout on one instance ends the lease of a refresh running on another: the refresh's
+/// token is refused (`LeaseLost`), the logout stands, and the lease is free for the next claim.
 #[actix::test]
-async fn the_daemon_refuses_a_postgres_store_it_does_not_run_on_yet() {
+async fn a_logout_is_not_undone_by_a_refresh_in_flight_elsewhere() {
+    let Some(server) = Postgres::start("logout") else {
+        return;
+    };
+    let dir = temp_dir("logout");
+    let url = server.create_database("logout").await;
+    let a = open(&url, &dir, StoreOptions::default()).await.unwrap();
+    let b = open(&url, &dir, StoreOptions::default()).await.unwrap();
+    a.save_token(&token("srv", "at-1"), None, None)
+        .await
+        .unwrap();
+    let mut claim = a
+        .claim(&request("srv", "a", "f-1", Duration::ZERO))
+        .await
+        .unwrap();
+    b.delete_token("srv").await.unwrap();
+    let refreshed = token("srv", "at-2");
+    let written = claim
+        .finish(FlowEnd::Saved {
+            token: &refreshed,
+            client: None,
+            guard: None,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(written, Written::LeaseLost { .. }), "{written:?}");
+    assert!(
+        b.load_token("srv").await.unwrap().is_none(),
+        "the logout stands"
+    );
+    let next = b
+        .try_claim(&request("srv", "b", "f-2", Duration::ZERO))
+        .await
+        .unwrap();
+    if let Err(busy) = &next {
+        panic!("the lease is free after the logout: {busy:?}");
+    }
+}
+
+/// The library's config names the store: a daemon on a PostgreSQL store that does not answer
+/// fails to start within the connect deadline, saying which store (without its password), and
+/// never falls back to SQLite (nothing is created in the data directory).
+#[actix::test]
+async fn the_daemon_on_an_unreachable_postgres_store_fails_with_the_reason() {
     use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
     let dir = data_dir("refused-store");
     let config = SupervisorConfig::new(Vec::new(), dir.clone());
@@ -558,14 +601,16 @@ async fn the_daemon_refuses_a_postgres_store_it_does_not_run_on_yet() {
             .unwrap(),
         ..config
     };
+    let started = std::time::Instant::now();
     let Err(error) = SupervisorHandle::start(config).await else {
-        panic!("started on a PostgreSQL store");
+        panic!("started on a PostgreSQL store that does not answer");
     };
-    let text = error.to_string();
     assert!(
-        text.contains("does not run on a PostgreSQL store yet"),
-        "{text}"
+        started.elapsed() < Duration::from_secs(30),
+        "failed within the connect deadline"
     );
+    let text = error.to_string();
+    assert!(text.contains("postgres://u@127.0.0.1:1/db"), "{text}");
     assert!(!text.contains("pw-sekret"), "{text}");
     assert!(!dir.exists(), "nothing was created");
 }

@@ -10,11 +10,14 @@ use prometheus::{
 };
 
 use crate::scheduler::SchedulerCounters;
+use crate::store::StoreHealth;
 use crate::telemetry::flow_logger::{FlowEnd, FlowKind, FlowNotice};
 use crate::upstream::actor::ServerStatus;
 
 pub struct Metrics {
     registry: Registry,
+    /// The token store's health, by backend and measure.
+    store: prometheus::GaugeVec,
     refreshes: IntCounterVec,
     logins: IntCounterVec,
     flow_duration: HistogramVec,
@@ -167,8 +170,23 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let store = register(
+            &registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "store",
+                    "The token store at this scrape, by backend and measure: up (1 when it \
+                     answered a bounded check), check_seconds (how long the check took), \
+                     listening (PostgreSQL: 1 when changes are heard at once, 0 while the \
+                     listener falls back to polling).",
+                ),
+                &["backend", "measure"],
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             registry,
+            store,
             refreshes,
             logins,
             flow_duration,
@@ -215,13 +233,28 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with the gauges set from `statuses` and `scheduler` first.
+    /// The text exposition, with the gauges set from `statuses`, `scheduler` and `store`
+    /// first.
     pub fn render(
         &self,
         statuses: &[ServerStatus],
         scheduler: &SchedulerCounters,
+        store: &StoreHealth,
         now_ms: i64,
     ) -> String {
+        self.store.reset();
+        let mut measures = vec![
+            ("up", if store.reachable { 1.0 } else { 0.0 }),
+            ("check_seconds", store.latency_ms as f64 / 1000.0),
+        ];
+        if let Some(listening) = store.listening {
+            measures.push(("listening", if listening { 1.0 } else { 0.0 }));
+        }
+        for (measure, value) in measures {
+            self.store
+                .with_label_values(&[store.backend, measure])
+                .set(value);
+        }
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         for (measure, value) in [
             ("entries", count(scheduler.entries as u64)),

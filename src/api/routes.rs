@@ -259,14 +259,16 @@ async fn openapi() -> HttpResponse {
 }
 
 async fn metrics(state: Data<AppState>) -> HttpResponse {
+    let store = state.handle.store_health().await;
     match state.handle.status().await {
         Ok(statuses) => HttpResponse::Ok()
             .content_type(prometheus::TEXT_FORMAT)
-            .body(
-                state
-                    .metrics
-                    .render(&statuses, &state.handle.scheduler_counters(), now_ms()),
-            ),
+            .body(state.metrics.render(
+                &statuses,
+                &state.handle.scheduler_counters(),
+                &store,
+                now_ms(),
+            )),
         Err(e) => supervisor_error(&e),
     }
 }

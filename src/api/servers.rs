@@ -27,6 +27,8 @@ pub async fn view_of(
         Some(id) => handle.flow_trace(id).await?,
         None => Vec::new(),
     };
+    // Only shown: a lease that cannot be read now leaves the field empty.
+    let lease = handle.lease(&status.server_key).await.unwrap_or_default();
     let login_link = links.for_server(status).map(|l| AuthLinkView {
         url: l.url.to_string(),
         browser_opened: l.browser_opened,
@@ -38,6 +40,7 @@ pub async fn view_of(
             flows: &flows,
             last_failure: trace.iter().rev().find(|e| e.step == "failed"),
             login_link,
+            lease: lease.as_ref(),
             now: now_ms(),
         },
     ))

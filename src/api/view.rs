@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::store::LeaseRow;
 use crate::store::db::FlowRow;
 use crate::telemetry::flow_logger::{FlowKind, TraceEntry};
 use crate::upstream::actor::ServerStatus;
@@ -88,6 +89,35 @@ pub struct ServerView {
     pub dpop_jkt: Option<String>,
     /// The MCP protocol version the embedding runtime reported for this server.
     pub protocol_version: Option<String>,
+    /// The server's lease row; `None` until a flow claimed it (or when it cannot be read).
+    pub lease: Option<LeaseView>,
+}
+
+/// Who holds (or last held) a server's lease: with several instances on one PostgreSQL
+/// store, which one refreshes it; on SQLite, which process.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LeaseView {
+    /// The instance (`pid N (uuid)`, as it records itself in `oauth_flows.owner`).
+    pub holder: String,
+    /// Whether it holds it now (a claim not released and not expired).
+    pub held: bool,
+    /// One higher at every claim of the server.
+    pub fence: i64,
+    pub flow_id: Option<String>,
+    pub claimed_at: String,
+    /// Until when a held lease holds without a release.
+    pub expires_at: Option<String>,
+}
+
+fn lease_view(row: &LeaseRow, now: i64) -> LeaseView {
+    LeaseView {
+        holder: row.owner.clone(),
+        held: row.expires_at.is_some_and(|e| e > now),
+        fence: row.fence,
+        flow_id: row.flow_id.clone(),
+        claimed_at: rfc3339(row.claimed_at),
+        expires_at: row.expires_at.map(rfc3339),
+    }
 }
 
 /// A device login's prompt (RFC 8628) as the API shows it; no secret in it.
@@ -106,6 +136,8 @@ pub struct ViewInputs<'a> {
     /// The `failed` event of the last flow, when it failed and its trace is still kept.
     pub last_failure: Option<&'a TraceEntry>,
     pub login_link: Option<AuthLinkView>,
+    /// The server's lease row.
+    pub lease: Option<&'a LeaseRow>,
     pub now: i64,
 }
 
@@ -296,6 +328,7 @@ pub fn server_view(status: &ServerStatus, inputs: ViewInputs<'_>) -> ServerView 
         token_type: status.token_type.clone(),
         dpop_jkt: status.dpop_jkt.clone(),
         protocol_version: status.protocol_version.clone(),
+        lease: inputs.lease.map(|row| lease_view(row, now)),
     }
 }
 
@@ -340,6 +373,7 @@ mod tests {
             flows: &[],
             last_failure: None,
             login_link: None,
+            lease: None,
             now,
         }
     }
@@ -431,6 +465,7 @@ mod tests {
                 flows: &flows,
                 last_failure: Some(&failure),
                 login_link: None,
+                lease: None,
                 now: 3,
             },
         );

@@ -11,7 +11,7 @@ use mcpproxy_oauth::store::TokenStore;
 use mcpproxy_oauth::supervisor::{database_path, default_data_dir};
 use mcpproxy_oauth::telemetry::inert::safe;
 
-use super::{Common, Report, fail, no_database, start};
+use super::{Common, ReadStoreArgs, Report, fail, no_database, start};
 
 #[derive(Subcommand, Debug)]
 pub enum AuthCommand {
@@ -33,6 +33,8 @@ pub enum AuthCommand {
         config: Option<PathBuf>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: ReadStoreArgs,
     },
     /// Forget a server's token (revoking it at the server where possible).
     Logout {
@@ -166,7 +168,15 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             json,
             config,
             data_dir,
-        } => status(json, config, data_dir),
+            store,
+        } => match store.open_postgres().await {
+            Ok(Some(shared)) => match shared.token_status().await {
+                Ok(rows) => status_rows(json, config, Ok(rows)),
+                Err(e) => fail(e),
+            },
+            Ok(None) => status(json, config, data_dir),
+            Err(e) => fail(e),
+        },
         AuthCommand::Login {
             server,
             all,
@@ -281,6 +291,15 @@ fn status(json: bool, config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -
         Ok(None) => return no_database(&data_dir),
         Err(e) => return fail(e),
     };
+    status_rows(json, config_path, rows)
+}
+
+/// Prints the status rows (with `config_path`, configured servers without a row as missing).
+fn status_rows(
+    json: bool,
+    config_path: Option<PathBuf>,
+    rows: Result<Vec<mcpproxy_oauth::store::TokenStatusRow>, mcpproxy_oauth::store::StoreError>,
+) -> ExitCode {
     let mut rows: Vec<serde_json::Value> = match rows {
         Ok(rows) => rows
             .into_iter()

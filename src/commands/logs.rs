@@ -10,7 +10,7 @@ use mcpproxy_oauth::supervisor::{database_path, default_data_dir};
 use mcpproxy_oauth::telemetry::inert::safe;
 use mcpproxy_oauth::telemetry::trace;
 
-use super::{Report, fail, no_database};
+use super::{ReadStoreArgs, Report, fail, no_database};
 
 #[derive(Subcommand, Debug)]
 pub enum LogsCommand {
@@ -29,10 +29,12 @@ pub enum LogsCommand {
         limit: u32,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: ReadStoreArgs,
     },
 }
 
-pub fn logs(command: LogsCommand) -> ExitCode {
+pub async fn logs(command: LogsCommand) -> ExitCode {
     match command {
         LogsCommand::Trace {
             correlation_id,
@@ -63,14 +65,20 @@ pub fn logs(command: LogsCommand) -> ExitCode {
             data_dir,
             limit,
             json,
+            store,
         } => {
             let data_dir = data_dir.unwrap_or_else(default_data_dir);
-            let flows = match TokenStore::open_read_only(&database_path(&data_dir)) {
-                Ok(Some(store)) => match store.recent_flows(limit) {
-                    Ok(flows) => flows,
-                    Err(e) => return fail(e),
+            let flows = match store.open_postgres().await {
+                Ok(Some(shared)) => shared.recent_flows(limit).await.map_err(|e| e.to_string()),
+                Ok(None) => match TokenStore::open_read_only(&database_path(&data_dir)) {
+                    Ok(Some(store)) => store.recent_flows(limit).map_err(|e| e.to_string()),
+                    Ok(None) => return no_database(&data_dir),
+                    Err(e) => Err(e.to_string()),
                 },
-                Ok(None) => return no_database(&data_dir),
+                Err(e) => Err(e),
+            };
+            let flows = match flows {
+                Ok(flows) => flows,
                 Err(e) => return fail(e),
             };
             let mut report = Report::new();

@@ -24,7 +24,9 @@ use clap::Args;
 use mcpproxy_oauth::api::AuthLinks;
 use mcpproxy_oauth::config::{self, UpstreamConfig};
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
-use mcpproxy_oauth::store::{KeySpec, Sealing};
+use mcpproxy_oauth::store::{
+    KeySpec, STORE_ENV, Sealing, Store, StoreChoice, StoreChoiceError, StoreOptions,
+};
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, default_data_dir};
 use mcpproxy_oauth::telemetry::inert::safe;
 use mcpproxy_oauth::upstream::state::Policy;
@@ -52,6 +54,56 @@ pub struct Common {
     refresh_timeout: Duration,
     #[command(flatten)]
     key: KeyArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Where the tokens live: `--store`, else `MCPPROXY_OAUTH_STORE`, else SQLite.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArgs {
+    /// `sqlite` (tokens.db in the data directory, the default) or
+    /// postgres://USER@HOST:PORT/DB, one database several instances share (they need the same
+    /// --key-file or MCPPROXY_OAUTH_KEY). A password goes in MCPPROXY_OAUTH_STORE, not here.
+    #[arg(long, env = STORE_ENV, hide_env_values = true)]
+    store: Option<String>,
+}
+
+impl StoreArgs {
+    fn choice(&self) -> Result<StoreChoice, String> {
+        match &self.store {
+            None => Ok(StoreChoice::Sqlite),
+            Some(text) => text.parse().map_err(|e: StoreChoiceError| e.to_string()),
+        }
+    }
+}
+
+/// The store and key flags of a command that only reads the store (`auth status`, `logs
+/// flows`): the key is needed only to open a PostgreSQL store.
+#[derive(Args, Debug, Clone)]
+pub struct ReadStoreArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// PostgreSQL: the store key file every instance shares (default: MCPPROXY_OAUTH_KEY).
+    #[arg(long = "key-file")]
+    key_file: Option<PathBuf>,
+}
+
+impl ReadStoreArgs {
+    /// The PostgreSQL store it names, opened; `None` for SQLite (the caller reads the file).
+    async fn open_postgres(&self) -> Result<Option<Store>, String> {
+        let choice = self.store.choice()?;
+        if !choice.is_postgres() {
+            return Ok(None);
+        }
+        let sealing = Sealing::Encrypted(KeySpec {
+            key_file: self.key_file.clone(),
+        });
+        let nowhere = std::path::Path::new("");
+        Store::open(&choice, nowhere, &sealing, StoreOptions::default())
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// How the token database's secrets are protected.
@@ -161,6 +213,7 @@ async fn start_with(
     supervisor.refresh_timeout = common.refresh_timeout;
     supervisor.policy = policy;
     supervisor.sealing = common.key.sealing();
+    supervisor.store = common.store.choice()?;
     if let Some(n) = tuning.max_concurrent_refreshes {
         supervisor.max_concurrent_refreshes = n as usize;
     }

@@ -226,6 +226,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     }
     tracing::info!(
         servers = servers.len(),
+        store = %handle.store().target(),
         "mcpproxy-oauth is keeping servers authorized; Ctrl-C or SIGTERM stops"
     );
     for server in &servers {

@@ -12,7 +12,7 @@ use mcpproxy_oauth::store::{KeySpec, Sealing, TokenStore};
 use mcpproxy_oauth::supervisor::{database_path, default_data_dir};
 use mcpproxy_oauth::telemetry::inert::safe;
 
-use super::fail;
+use super::{StoreArgs, fail};
 
 #[derive(Subcommand, Debug)]
 pub enum TokensCommand {
@@ -27,6 +27,8 @@ pub enum TokensCommand {
         /// Where the new key goes (must not exist). Default: replaces the current key file.
         #[arg(long)]
         new_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -35,7 +37,18 @@ pub fn tokens(command: TokensCommand) -> ExitCode {
         data_dir,
         key_file,
         new_key_file,
+        store,
     } = command;
+    match store.choice() {
+        Ok(choice) if choice.is_postgres() => {
+            return fail(format!(
+                "tokens rekey works on the SQLite store only for now; the PostgreSQL store {choice} \
+                 keeps its key (stop every instance and rekey there once this is supported)"
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return fail(e),
+    }
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
     let database = database_path(&data_dir);
     if !database.exists() {

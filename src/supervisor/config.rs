@@ -43,8 +43,9 @@ pub struct SupervisorConfig {
     pub store_poll_interval: Duration,
     /// How the store's secret columns are protected (default: encrypted, see `store::keys`).
     pub sealing: crate::store::Sealing,
-    /// Where the tokens live (default: SQLite, `data_dir/tokens.db`). PostgreSQL is refused
-    /// by `SupervisorHandle::start` until the daemon is wired to it (#21, part 2).
+    /// Where the tokens live (default: SQLite, `data_dir/tokens.db`), or a PostgreSQL database
+    /// several instances share (they need the same key: `sealing` with a key file or
+    /// `MCPPROXY_OAUTH_KEY`); flows then claim the server's lease row before any token request.
     pub store: crate::store::StoreChoice,
     /// The clock the daemon reads: the state machines' `now`, the scheduler's deadlines, the
     /// tokens' times. The system's; tests drive a manual one (virtual time).

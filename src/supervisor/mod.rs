@@ -47,7 +47,9 @@ use crate::mcp::BearerChallenge;
 use crate::oauth::http::OAuthHttp;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerCounters};
 use crate::store::db::FlowRow;
-use crate::store::{TokenRegistry, TokenStatusRow};
+use crate::store::{
+    LeaseRow, Store, StoreChoice, StoreHealth, StoreOptions, TokenRegistry, TokenStatusRow,
+};
 use crate::telemetry::flow_logger::{
     FlowLogger, FlowNotice, GetTrace, SubscribeNotices, TraceEntry,
 };
@@ -63,7 +65,7 @@ struct Parts {
     runtime: Arc<Runtime>,
     upstreams: Upstreams,
     store_watcher: Addr<StoreWatcher>,
-    registry: TokenRegistry,
+    store: Store,
     moved_aside: Option<PathBuf>,
     flow_log: Addr<FlowLogger>,
 }
@@ -75,7 +77,7 @@ struct Inner {
     /// gone stops).
     _store_watcher: Addr<StoreWatcher>,
     names: Vec<String>,
-    registry: TokenRegistry,
+    store: Store,
     events: broadcast::Sender<StateChange>,
     moved_aside: Option<PathBuf>,
     flow_log: Addr<FlowLogger>,
@@ -88,14 +90,39 @@ pub struct SupervisorHandle {
     inner: Arc<Inner>,
 }
 
+/// Opens the store `config.store` names: SQLite in the data directory (the registry actor,
+/// a corrupt file moved aside), or PostgreSQL (the pool and its change listener).
+async fn open_store(
+    config: &SupervisorConfig,
+) -> Result<(Store, Option<PathBuf>), SupervisorError> {
+    match &config.store {
+        StoreChoice::Sqlite => {
+            let (registry, moved_aside) =
+                TokenRegistry::start_with(&database_path(&config.data_dir), &config.sealing)?;
+            Ok((
+                Store::sqlite(registry, config.store_poll_interval),
+                moved_aside,
+            ))
+        }
+        StoreChoice::Postgres(_) => {
+            let options = StoreOptions {
+                poll_interval: config.store_poll_interval,
+                ..StoreOptions::default()
+            };
+            let database = database_path(&config.data_dir);
+            let store = Store::open(&config.store, &database, &config.sealing, options).await?;
+            Ok((store, None))
+        }
+    }
+}
+
 /// Opens the store and starts the actors, on the actors' thread.
-fn build(
+async fn build(
     config: SupervisorConfig,
     events: broadcast::Sender<StateChange>,
     flow_threads: tokio::runtime::Handle,
 ) -> Result<Parts, SupervisorError> {
-    let (registry, moved_aside) =
-        TokenRegistry::start_with(&database_path(&config.data_dir), &config.sealing)?;
+    let (store, moved_aside) = open_store(&config).await?;
     let flow_log = FlowLogger::default().start();
     let scheduler_config = SchedulerConfig {
         stagger: config.refresh_stagger,
@@ -105,9 +132,10 @@ fn build(
     let scheduler = Scheduler::with_clock(scheduler_config, config.clock.clone());
     flow_threads.spawn(scheduler.clone().run());
     let runtime = Arc::new(Runtime {
-        registry: registry.clone(),
+        store: store.clone(),
         http: OAuthHttp::new(config.http_timeout),
         refresh_http: OAuthHttp::new(config.refresh_timeout),
+        refresh_timeout: config.refresh_timeout,
         lock_dir: config.data_dir.join("locks"),
         browser: config.browser.clone(),
         owner: format!("pid {} ({})", std::process::id(), uuid::Uuid::new_v4()),
@@ -119,8 +147,10 @@ fn build(
         clock: config.clock.clone(),
     });
     let mut upstreams = Upstreams::default();
+    let mut watched = Vec::with_capacity(config.servers.len());
     for server in config.servers {
         let server = Arc::new(server);
+        let server_key = server.server_key.clone();
         let snapshot: Snapshot = Arc::new(ArcSwapOption::empty());
         let (rt, policy, snap, events) = (
             runtime.clone(),
@@ -133,11 +163,12 @@ fn build(
             let (rt, snap, events) = (rt.clone(), snap.clone(), events.clone());
             UpstreamActor::new(server.clone(), rt, policy, snap, events)
         });
+        watched.push((server_key, addr.clone()));
         upstreams.insert(name, Upstream { addr, snapshot });
     }
     let store_watcher = StoreWatcher::new(
-        upstreams.values().map(|u| u.addr.clone()).collect(),
-        registry.clone(),
+        watched,
+        store.clone(),
         scheduler,
         config.clock,
         config.store_poll_interval,
@@ -147,7 +178,7 @@ fn build(
         runtime,
         upstreams,
         store_watcher,
-        registry,
+        store,
         moved_aside,
         flow_log,
     })
@@ -164,15 +195,17 @@ fn run_actors(
     let flows = flow_threads.handle().clone();
     let requested = stopping.requested();
     actix_rt::System::new().block_on(async move {
-        match build(config, events, flows) {
+        match build(config, events, flows).await {
             Ok(parts) => {
-                let (registry, scheduler) =
-                    (parts.registry.clone(), parts.runtime.scheduler.clone());
+                let (store, scheduler) = (parts.store.clone(), parts.runtime.scheduler.clone());
                 let _ = ready.send(Ok(parts));
                 requested.await;
                 scheduler.stop();
-                // Queued store writes finish before the system goes away.
-                let _ = registry.call(|_| Ok(())).await;
+                // Queued store writes finish before the system goes away (SQLite's registry;
+                // PostgreSQL's writes are answered once committed).
+                if let Store::Sqlite(sqlite) = &store {
+                    let _ = sqlite.registry().call(|_| Ok(())).await;
+                }
             }
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -187,12 +220,6 @@ fn run_actors(
 impl SupervisorHandle {
     /// Opens the token store and starts one actor per server on a dedicated thread.
     pub async fn start(config: SupervisorConfig) -> Result<Self, SupervisorError> {
-        if let crate::store::StoreChoice::Postgres(url) = &config.store {
-            return Err(SupervisorError::InvalidInput(format!(
-                "the daemon does not run on a PostgreSQL store yet ({url}); leave the store at \
-                 SQLite (the library's store::Store already opens PostgreSQL)"
-            )));
-        }
         let mut names: Vec<String> = config.servers.iter().map(|s| s.name.clone()).collect();
         names.sort();
         let (events, _) = broadcast::channel(256);
@@ -225,7 +252,7 @@ impl SupervisorHandle {
                 upstreams: parts.upstreams,
                 _store_watcher: parts.store_watcher,
                 names,
-                registry: parts.registry,
+                store: parts.store,
                 events,
                 moved_aside: parts.moved_aside,
                 flow_log: parts.flow_log,
@@ -402,7 +429,7 @@ impl SupervisorHandle {
 
     /// The `oauth_token_status` view of the database.
     pub async fn token_status(&self) -> Result<Vec<TokenStatusRow>, SupervisorError> {
-        Ok(self.inner.registry.call(|s| s.token_status()).await?)
+        Ok(self.inner.store.token_status().await?)
     }
 
     /// The last events of a recent flow (bounded), in order.
@@ -426,8 +453,8 @@ impl SupervisorHandle {
     ) -> Result<Vec<FlowRow>, SupervisorError> {
         Ok(self
             .inner
-            .registry
-            .call(move |s| s.flows(server.as_deref(), flow_id.as_deref(), limit))
+            .store
+            .flows(server.as_deref(), flow_id.as_deref(), limit)
             .await?)
     }
 
@@ -456,6 +483,27 @@ impl SupervisorHandle {
     /// Phase changes of every server, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
         self.inner.events.subscribe()
+    }
+
+    /// Every server's lease row (who holds or last held it, its fence, until when), by
+    /// server key.
+    pub async fn leases(&self) -> Result<Vec<LeaseRow>, SupervisorError> {
+        Ok(self.inner.store.leases().await?)
+    }
+
+    /// One server's lease row, by server key.
+    pub async fn lease(&self, server_key: &str) -> Result<Option<LeaseRow>, SupervisorError> {
+        Ok(self.inner.store.lease(server_key).await?)
+    }
+
+    /// Whether the store answers now (bounded), and where it is.
+    pub async fn store_health(&self) -> StoreHealth {
+        self.inner.store.health().await
+    }
+
+    /// The store this daemon runs on.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// Where a corrupt database was moved at start, if it was.

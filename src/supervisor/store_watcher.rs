@@ -2,7 +2,9 @@
 //! (`auth login`, `auth logout`, another daemon) and tells every server's actor to look. It
 //! looks every `store_poll_interval` (a scheduler entry, on the daemon's clock) at
 //! `PRAGMA data_version`, which changes only when another connection commits: a look costs one
-//! pragma, not a query per server.
+//! pragma, not a query per server. On PostgreSQL it hears the store's changes instead
+//! (LISTEN/NOTIFY, naming the server, with the listener's bounded poll as fallback) and tells
+//! only the server whose token changed: waiters on every instance learn a new token at once.
 
 use std::time::Duration;
 
@@ -10,12 +12,13 @@ use actix::prelude::*;
 
 use crate::clock::{Clock, Millis};
 use crate::scheduler::{Due, Owner, Scheduler, TimerKind};
-use crate::store::TokenRegistry;
+use crate::store::{Store, StoreChange};
 use crate::upstream::actor::{self, UpstreamActor};
 
 pub struct StoreWatcher {
-    upstreams: Vec<Addr<UpstreamActor>>,
-    registry: TokenRegistry,
+    /// Every server's actor, with its server key.
+    upstreams: Vec<(String, Addr<UpstreamActor>)>,
+    store: Store,
     scheduler: Scheduler,
     clock: Clock,
     /// This actor's id in the scheduler, and the arming of its waiting look (a `Due` for an
@@ -29,15 +32,15 @@ pub struct StoreWatcher {
 
 impl StoreWatcher {
     pub fn new(
-        upstreams: Vec<Addr<UpstreamActor>>,
-        registry: TokenRegistry,
+        upstreams: Vec<(String, Addr<UpstreamActor>)>,
+        store: Store,
         scheduler: Scheduler,
         clock: Clock,
         interval: Duration,
     ) -> Self {
         StoreWatcher {
             upstreams,
-            registry,
+            store,
             owner: scheduler.new_owner(),
             scheduler,
             clock,
@@ -64,7 +67,22 @@ impl Actor for StoreWatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.arm_poll(ctx);
+        match &self.store {
+            Store::Sqlite(_) => self.arm_poll(ctx),
+            Store::Postgres(_) => {
+                let (store, me) = (self.store.clone(), ctx.address().downgrade());
+                actix::spawn(async move {
+                    let mut changes = store.changes().await;
+                    loop {
+                        let change = changes.next().await;
+                        let Some(me) = me.upgrade() else { return };
+                        if me.send(Changed(change)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -78,7 +96,10 @@ impl Handler<Due> for StoreWatcher {
         if due.kind != TimerKind::StorePoll || self.poll != Some(due.arming) {
             return;
         }
-        let registry = self.registry.clone();
+        let Store::Sqlite(sqlite) = &self.store else {
+            return;
+        };
+        let registry = sqlite.registry().clone();
         let look = async move { registry.call(|s| s.data_version()).await };
         ctx.spawn(look.into_actor(self).map(|version, act, ctx| {
             // The next look is armed once this one is answered: a slow registry never has
@@ -91,10 +112,32 @@ impl Handler<Due> for StoreWatcher {
             act.data_version = Some(version);
             if changed {
                 tracing::debug!("the token store was changed by another process");
-                for upstream in &act.upstreams {
+                for (_, upstream) in &act.upstreams {
                     upstream.do_send(actor::CheckStore);
                 }
             }
         }));
+    }
+}
+
+/// PostgreSQL: one change the listener heard.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Changed(StoreChange);
+
+impl Handler<Changed> for StoreWatcher {
+    type Result = ();
+    fn handle(&mut self, Changed(change): Changed, _: &mut Context<Self>) {
+        let only = match &change {
+            StoreChange::Token(key) => Some(key.as_str()),
+            // A released lease: the claim that waits for it hears it itself.
+            StoreChange::Lease(_) => return,
+            StoreChange::Any => None,
+        };
+        for (key, upstream) in &self.upstreams {
+            if only.is_none_or(|only| only == key) {
+                upstream.do_send(actor::CheckStore);
+            }
+        }
     }
 }

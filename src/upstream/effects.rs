@@ -12,7 +12,7 @@ use super::flows::{self, FlowOutcome, endpoint_from_stored, facts, save_fenced};
 use super::messages::UpstreamError;
 use super::state::{Event, Failure, TokenId};
 use crate::oauth::dpop::{Dpop, DpopKey};
-use crate::store::{StoredClient, StoredToken, lock};
+use crate::store::{RefreshTokenId, Store, StoredClient, StoredToken, lock};
 use crate::telemetry::flow_logger::FlowKind;
 
 /// How long a logout waits for a running flow of another process before deleting anyway.
@@ -39,8 +39,8 @@ impl UpstreamActor {
         Output = Result<(Option<StoredToken>, Option<StoredClient>), crate::store::StoreError>,
     > + 'static {
         let key = self.config.server_key.clone();
-        let registry = self.rt.registry.clone();
-        async move { registry.call(move |s| s.load_token_and_client(&key)).await }
+        let store = self.rt.store.clone();
+        async move { store.load_token_and_client(&key).await }
     }
 
     pub(super) fn load(&mut self, ctx: &mut Context<Self>) {
@@ -112,12 +112,12 @@ impl UpstreamActor {
             return;
         };
         let id = TokenId::of(&token.access_token);
-        let (registry, fence, client) = (
-            self.rt.registry.clone(),
+        let (store, fence, client) = (
+            self.rt.store.clone(),
             self.fence(),
             self.unsaved_client.clone(),
         );
-        let save = async move { save_fenced(&registry, &fence, &token, client, None).await };
+        let save = async move { save_fenced(&store, &fence, &token, client, None).await };
         ctx.spawn(save.into_actor(self).map(move |result, act, ctx| {
             let event = match result {
                 Ok(()) => {
@@ -139,24 +139,28 @@ impl UpstreamActor {
         }));
     }
 
+    /// After `invalid_grant`: forgets the refused refresh token here, and in the store only if
+    /// the row still holds that very token (another process's newer one is never dropped).
     pub(super) fn drop_refresh_token(&mut self, ctx: &mut Context<Self>) {
-        if let Some(t) = self.current.as_mut() {
-            t.refresh_token = None;
-        }
+        let refused = self
+            .current
+            .as_mut()
+            .and_then(|t| t.refresh_token.take())
+            .map(|r| RefreshTokenId::of(&r));
+        let Some(refused) = refused else { return };
         let key = self.config.server_key.clone();
-        let registry = self.rt.registry.clone();
+        let store = self.rt.store.clone();
         let fence = self.fence();
         let dropped = async move {
-            let result = registry
-                .call(move |s| {
-                    if fence.is_current() {
-                        s.drop_refresh_token(&key)?;
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "could not forget the refused refresh token");
+            if !fence.is_current() {
+                return;
+            }
+            match store.drop_refresh_token_if(&key, refused).await {
+                Ok(true) => {}
+                Ok(false) => tracing::info!(
+                    "the stored refresh token is not the refused one (another process stored a newer one); it is kept"
+                ),
+                Err(e) => tracing::error!(error = %e, "could not forget the refused refresh token"),
             }
         };
         ctx.spawn(dropped.into_actor(self));
@@ -169,27 +173,27 @@ impl UpstreamActor {
         let Waits::Logout(done) = std::mem::replace(&mut caller.waits, Waits::Nobody) else {
             return;
         };
-        let (registry, http) = (self.rt.registry.clone(), self.rt.http.clone());
+        let (store, http) = (self.rt.store.clone(), self.rt.http.clone());
         let lock_dir = self.rt.lock_dir.clone();
         let key = self.config.server_key.clone();
         let server = self.config.name.clone();
         // On the flow threads, like every flow: the revocation is HTTP.
         self.rt.flow_threads.spawn(async move {
-            let _lock = match lock::acquire(&lock_dir, &key, LOGOUT_LOCK_WAIT).await {
-                Ok(lock) => Some(lock),
-                Err(e) => {
-                    tracing::warn!(server = %server, error = %e, "logging out without the flow lock");
-                    None
-                }
+            // SQLite only: PostgreSQL has no shared lock folder; there the delete moves the
+            // server's lease one fence on, so a refresh running elsewhere writes nothing back.
+            let _lock = match &store {
+                Store::Sqlite(_) => match lock::acquire(&lock_dir, &key, LOGOUT_LOCK_WAIT).await {
+                    Ok(lock) => Some(lock),
+                    Err(e) => {
+                        tracing::warn!(server = %server, error = %e, "logging out without the flow lock");
+                        None
+                    }
+                },
+                Store::Postgres(_) => None,
             };
             // The store, not this actor's memory, says what to revoke: the token may have been
             // obtained by another process.
-            let stored = {
-                let key = key.clone();
-                registry
-                    .call(move |s| s.load_token_and_client(&key))
-                    .await
-            };
+            let stored = store.load_token_and_client(&key).await;
             if let Ok((Some(token), Some(client))) = &stored
                 && let Some(revocation) = &client.revocation_endpoint
             {
@@ -203,7 +207,7 @@ impl UpstreamActor {
                     tracing::warn!(server = %server, error = %e, "revocation at the authorization server failed");
                 }
             }
-            let deleted = registry.call(move |s| s.delete_token(&key)).await;
+            let deleted = store.delete_token(&key).await;
             let _ = done.send(deleted.map_err(|e| UpstreamError {
                 server,
                 failure: Failure::Store {

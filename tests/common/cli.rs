@@ -49,9 +49,16 @@ pub fn text(out: &Output) -> String {
 
 /// `dir/mcp_config.json`, naming the test server under each of `names`.
 pub fn write_config(dir: &Path, srv: &OAuthTestServer, names: &[&str]) -> PathBuf {
-    let servers: Vec<serde_json::Value> = names
+    let servers: Vec<(String, &OAuthTestServer)> =
+        names.iter().map(|name| (name.to_string(), srv)).collect();
+    write_servers_config(dir, &servers)
+}
+
+/// `dir/mcp_config.json`, naming each test server under its name.
+pub fn write_servers_config(dir: &Path, named: &[(String, &OAuthTestServer)]) -> PathBuf {
+    let servers: Vec<serde_json::Value> = named
         .iter()
-        .map(|name| serde_json::json!({"name": name, "url": srv.mcp_url(), "oauth": {}}))
+        .map(|(name, srv)| serde_json::json!({"name": name, "url": srv.mcp_url(), "oauth": {}}))
         .collect();
     let config = dir.join("mcp_config.json");
     std::fs::write(

@@ -124,17 +124,29 @@ impl PgStore {
         .await
     }
 
+    /// Deletes a server's token (a logout) and, in the same transaction, moves its lease one
+    /// fence on (released): a refresh another instance is running now finds its fence gone
+    /// and writes nothing back (`LeaseLost`). The fenced write locks the lease row, so a save
+    /// in flight either commits before the delete (and is deleted) or is refused.
     pub async fn delete_token(&self, server_key: &str) -> Result<(), StoreError> {
         self.bounded("deleting a token", async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    "DELETE FROM oauth_tokens WHERE server_key = $1",
-                    &[&server_key],
-                )
-                .await
-                .map_err(|e| self.fail("deleting a token", &e))?;
-            Ok(())
+            let mut client = self.client().await?;
+            let fail = |e: tokio_postgres::Error| self.fail("deleting a token", &e);
+            let tx = client.transaction().await.map_err(fail)?;
+            tx.execute(
+                "UPDATE oauth_leases SET fence = fence + 1, expires_at = NULL
+                 WHERE server_key = $1",
+                &[&server_key],
+            )
+            .await
+            .map_err(fail)?;
+            tx.execute(
+                "DELETE FROM oauth_tokens WHERE server_key = $1",
+                &[&server_key],
+            )
+            .await
+            .map_err(fail)?;
+            tx.commit().await.map_err(fail)
         })
         .await
     }

@@ -21,7 +21,7 @@ use crate::oauth::login::{LoginSettings, browser_login};
 use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
-use crate::store::{StoreError, StoredClient, StoredToken, lock};
+use crate::store::{StoredClient, StoredToken};
 use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime};
 use crate::upstream::state::LoginPlan;
@@ -101,29 +101,18 @@ async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
         error,
         dynamic_client: false,
     };
-    // Waiting for the lock means another flow of this server ran when this login was asked
-    // for: a login it completed is this one's answer too (one browser for both).
-    let key = &config.server_key;
-    let (_lock, waited) = match lock::acquire(&rt.lock_dir, key, std::time::Duration::ZERO).await {
-        Ok(lock) => (lock, false),
-        Err(StoreError::LockTimeout { .. }) => {
-            match lock::acquire(&rt.lock_dir, key, rt.login_timeout).await {
-                Ok(lock) => (lock, true),
-                Err(e) => {
-                    cx.event(FlowStep::Failed, json!({"error": e.to_string()}));
-                    return not_tried(e.to_string());
-                }
-            }
-        }
+    // Waiting for the lock (PostgreSQL: the lease) means another flow of this server ran
+    // when this login was asked for: a login it completed is this one's answer too (one
+    // browser for both).
+    let began = match cx.begin(rt.login_timeout, rt.login_timeout).await {
+        Ok(began) => began,
         Err(e) => {
             cx.event(FlowStep::Failed, json!({"error": e.to_string()}));
             return not_tried(e.to_string());
         }
     };
-    let start = cx
-        .begin_and_read(rt.login_timeout)
-        .await
-        .unwrap_or_default();
+    let (_lock, waited) = (began._lock, began.waited);
+    let start = began.read.unwrap_or_default();
     let newer = start.token.filter(|t| {
         plan.adopt && (t.obtained_at >= plan.requested_at || (waited && start.token_by_login))
     });
@@ -336,11 +325,7 @@ fn publishing(browser: BrowserLauncher, auth_url: Published<String>) -> BrowserL
 /// store answers (a failed read only means a new registration).
 async fn stored_client_at(cx: &FlowContext<'_>, issuer: &str) -> Option<TokenEndpoint> {
     let (key, issuer) = (cx.config.server_key.clone(), issuer.to_string());
-    let client = cx
-        .rt
-        .registry
-        .call(move |s| s.load_client_for(&key, &issuer))
-        .await;
+    let client = cx.rt.store.load_client_for(&key, &issuer).await;
     match client {
         Ok(Some(client)) => {
             tracing::info!(

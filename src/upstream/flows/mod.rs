@@ -31,15 +31,24 @@ use crate::oauth::http::OAuthHttp;
 use crate::oauth::token::TokenEndpoint;
 use crate::scheduler::Scheduler;
 use crate::store::db::FlowStart;
-use crate::store::{StoreError, StoredClient, StoredToken, TokenRegistry};
+use crate::store::lock::{self, FlowLock};
+use crate::store::{
+    Claim, ClaimRequest, FlowEnd, Store, StoreError, StoredClient, StoredToken, WriteGuard,
+    Written, lease_for,
+};
 use crate::telemetry::flow_logger::{FlowEvent, FlowKind, FlowLogger, FlowStep};
 
 /// What every flow of every server shares.
 pub struct Runtime {
-    pub registry: TokenRegistry,
+    /// The token store: SQLite (flows exclusive by the file lock in `lock_dir`) or PostgreSQL
+    /// (flows exclusive by the lease row, claimed before any token request).
+    pub store: Store,
     pub http: OAuthHttp,
     /// The same client with the longer refresh deadline.
     pub refresh_http: OAuthHttp,
+    /// That deadline: a PostgreSQL refresh's lease outlives it (`lease_for`).
+    pub refresh_timeout: Duration,
+    /// SQLite: the per-server flow locks.
     pub lock_dir: PathBuf,
     pub browser: BrowserLauncher,
     /// Who runs flows here, as recorded in `oauth_flows.owner`.
@@ -140,36 +149,60 @@ pub enum SaveError {
     Store(String),
 }
 
+impl Fence {
+    /// The fence as the store's guard, checked inside the write's transaction.
+    pub fn guard(&self) -> WriteGuard {
+        let fence = self.clone();
+        WriteGuard::new(move || fence.is_current())
+    }
+}
+
 /// Saves `token` (and `client`, if given) in one transaction, unless `fence` says the flow
 /// was overtaken; with `finish`, the flow is marked succeeded in the same transaction.
-/// Concurrent saves share one commit (the registry's group commit); the answer comes once it
-/// is durable.
+/// SQLite: concurrent saves share one commit (the registry's group commit); the answer comes
+/// once it is durable. PostgreSQL: a save outside any claim (the actor's retry of a token it
+/// keeps in memory).
 pub async fn save_fenced(
-    registry: &TokenRegistry,
+    store: &Store,
     fence: &Fence,
     token: &StoredToken,
     client: Option<StoredClient>,
     finish: Option<&str>,
 ) -> Result<(), SaveError> {
-    let (token, fence, finish) = (token.clone(), fence.clone(), finish.map(String::from));
-    let saved = registry
-        .write(move |s| {
-            if !fence.is_current() {
-                return Ok(false);
-            }
-            match &finish {
-                Some(flow) => s.save_and_finish(&token, client.as_ref(), flow)?,
-                None => {
-                    if let Some(client) = &client {
-                        s.save_client(client)?;
+    let saved = match store {
+        Store::Sqlite(s) => {
+            let (token, fence, finish) = (token.clone(), fence.clone(), finish.map(String::from));
+            s.registry()
+                .write(move |s| {
+                    if !fence.is_current() {
+                        return Ok(false);
                     }
-                    s.save_token(&token)?;
-                }
+                    match &finish {
+                        Some(flow) => s.save_and_finish(&token, client.as_ref(), flow)?,
+                        None => {
+                            if let Some(client) = &client {
+                                s.save_client(client)?;
+                            }
+                            s.save_token(&token)?;
+                        }
+                    }
+                    Ok(true)
+                })
+                .await
+        }
+        Store::Postgres(_) => {
+            let written = store
+                .save_token(token, client.as_ref(), Some(&fence.guard()))
+                .await;
+            if let (Ok(Written::Done), Some(flow)) = (&written, finish)
+                && let Err(e) = store.finish_flow(flow, None).await
+            {
+                tracing::warn!(error = %e, "could not record the flow end");
             }
-            Ok(true)
-        })
-        .await
-        .map_err(|e| SaveError::Store(e.to_string()))?;
+            written.map(|w| w == Written::Done)
+        }
+    }
+    .map_err(|e| SaveError::Store(e.to_string()))?;
     if saved {
         Ok(())
     } else {
@@ -177,14 +210,30 @@ pub async fn save_fenced(
     }
 }
 
+/// What a flow holds while it runs, and what it read once it held it.
+pub(super) struct Began {
+    /// What the flow starts from. SQLite: a read that failed under the lock (the flow
+    /// decides whether to go on).
+    pub read: Result<FlowStart, StoreError>,
+    /// Another flow of the server held it when this one asked.
+    pub waited: bool,
+    /// PostgreSQL: a refresh under an earlier claim got no answer (the server may have
+    /// consumed the refresh token the row holds).
+    pub ambiguous: Option<crate::store::Ambiguous>,
+    /// SQLite: the server's file lock, held until the flow ends.
+    pub _lock: Option<FlowLock>,
+}
+
 /// What one flow of one server works with: the runtime, the server, the flow's id and kind,
-/// and its fence.
+/// its fence, and (PostgreSQL) the claim it holds.
 pub(super) struct FlowContext<'a> {
     pub rt: &'a Runtime,
     pub config: &'a UpstreamConfig,
     pub flow_id: &'a str,
     pub kind: FlowKind,
     pub fence: &'a Fence,
+    /// PostgreSQL: the server's lease, from `begin` until `finish` (or a finishing `save`).
+    claim: tokio::sync::Mutex<Option<Claim>>,
 }
 
 impl<'a> FlowContext<'a> {
@@ -201,6 +250,7 @@ impl<'a> FlowContext<'a> {
             flow_id,
             kind,
             fence,
+            claim: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -227,8 +277,70 @@ impl<'a> FlowContext<'a> {
             .flow_event(self.flow_id, &self.config.name, self.kind, step, details);
     }
 
-    /// Records the flow and reads what it starts from (token, client), in one registry job.
+    /// Makes this flow the server's only one (waiting up to `wait` for another's end), records
+    /// it, and reads what it starts from; `deadline` bounds its token requests. SQLite: the
+    /// file lock, then the flow row (a row that cannot be written does not stop the flow: the
+    /// lock is what makes it exclusive). PostgreSQL: the lease row, claimed before any token
+    /// request, with the re-read in the same transaction; no claim, no flow (what it obtained
+    /// could not be recorded). An `Err` holds nothing and recorded nothing.
+    async fn begin(&self, wait: Duration, deadline: Duration) -> Result<Began, StoreError> {
+        let key = &self.config.server_key;
+        match &self.rt.store {
+            Store::Sqlite(_) => {
+                let (held, waited) = match lock::try_acquire(&self.rt.lock_dir, key)? {
+                    Some(held) => (held, false),
+                    None if wait.is_zero() => {
+                        return Err(StoreError::LockTimeout {
+                            server_key: key.clone(),
+                            waited_ms: 0,
+                        });
+                    }
+                    None => (lock::acquire(&self.rt.lock_dir, key, wait).await?, true),
+                };
+                // The flow row's lease is the wait, as before the claim existed.
+                Ok(Began {
+                    read: self.begin_and_read(wait).await,
+                    waited,
+                    ambiguous: None,
+                    _lock: Some(held),
+                })
+            }
+            Store::Postgres(_) => {
+                let request = ClaimRequest {
+                    server_key: key.clone(),
+                    server_name: self.config.name.clone(),
+                    flow_id: self.flow_id.to_string(),
+                    kind: self.kind.as_str(),
+                    owner: self.rt.owner.clone(),
+                    lease: lease_for(deadline),
+                    wait,
+                };
+                let mut claim = self.rt.store.claim(&request).await?;
+                let read = claim.take_read();
+                let began = Began {
+                    read: Ok(FlowStart {
+                        not_recorded: None,
+                        token: read.token,
+                        client: read.client,
+                        token_by_login: read.token_by_login,
+                    }),
+                    waited: claim.waited(),
+                    ambiguous: read.ambiguous,
+                    _lock: None,
+                };
+                tracing::debug!(fence = claim.lease().fence, "claimed the server's lease");
+                *self.claim.lock().await = Some(claim);
+                Ok(began)
+            }
+        }
+    }
+
+    /// SQLite: records the flow and reads what it starts from (token, client), in one
+    /// registry job.
     async fn begin_and_read(&self, lease: Duration) -> Result<FlowStart, StoreError> {
+        let Store::Sqlite(sqlite) = &self.rt.store else {
+            unreachable!("a PostgreSQL flow begins with its claim")
+        };
         let (flow, key, name, owner, kind) = (
             self.flow_id.to_string(),
             self.config.server_key.clone(),
@@ -237,9 +349,8 @@ impl<'a> FlowContext<'a> {
             self.kind.as_str(),
         );
         let lease_ms = lease.as_millis() as i64;
-        let start = self
-            .rt
-            .registry
+        let start = sqlite
+            .registry()
             .call(move |s| s.begin_flow_and_read(&flow, &key, &name, kind, &owner, lease_ms))
             .await?;
         if let Some(e) = &start.not_recorded {
@@ -248,29 +359,94 @@ impl<'a> FlowContext<'a> {
         Ok(start)
     }
 
-    /// Records the flow's end (a failure's `error` is scrubbed by the store).
+    /// Records the flow's end (a failure's `error` is scrubbed by the store), releasing its
+    /// claim.
     async fn finish(&self, error: Option<String>) {
-        let flow = self.flow_id.to_string();
-        let finished = self
-            .rt
-            .registry
-            .call(move |s| s.with_short_busy_timeout(|s| s.finish_flow(&flow, error.as_deref())))
-            .await;
+        let claim = self.claim.lock().await.take();
+        let finished = match claim {
+            Some(mut claim) => {
+                let end = match error {
+                    Some(error) => FlowEnd::Failed(error),
+                    None => FlowEnd::Succeeded,
+                };
+                // A claim whose finish fails is dropped: it is released in the background,
+                // or expires.
+                claim.finish(end).await.map(|_| ())
+            }
+            None => {
+                self.rt
+                    .store
+                    .finish_flow(self.flow_id, error.as_deref())
+                    .await
+            }
+        };
         if let Err(e) = finished {
             tracing::warn!(error = %e, "could not record the flow end");
         }
     }
 
-    /// Saves `token` (and `client`) fenced; with `finish`, the flow is marked succeeded in
-    /// the same transaction.
+    /// Saves `token` (and `client`) fenced; with `finish`, the flow is marked succeeded (and
+    /// its claim released) in the same transaction. Under a claim, only while the lease row
+    /// holds the claim's fence.
     async fn save(
         &self,
         token: &StoredToken,
         client: Option<StoredClient>,
         finish: bool,
     ) -> Result<(), SaveError> {
-        let finish = finish.then_some(self.flow_id);
-        save_fenced(&self.rt.registry, self.fence, token, client, finish).await
+        let mut slot = self.claim.lock().await;
+        let Some(claim) = slot.as_mut() else {
+            let finish = finish.then_some(self.flow_id);
+            return save_fenced(&self.rt.store, self.fence, token, client, finish).await;
+        };
+        let guard = self.fence.guard();
+        let written = if finish {
+            let end = FlowEnd::Saved {
+                token,
+                client: client.as_ref(),
+                guard: Some(guard),
+            };
+            let written = claim.finish(end).await;
+            if written.is_ok() {
+                *slot = None;
+            }
+            written
+        } else {
+            claim.save(token, client.as_ref(), Some(&guard)).await
+        };
+        match written.map_err(|e| SaveError::Store(e.to_string()))? {
+            Written::Done => Ok(()),
+            Written::Overtaken => Err(SaveError::Fenced),
+            Written::LeaseLost { fence_now } => {
+                drop(slot);
+                // A logout elsewhere moves the fence on with its delete: the token is gone,
+                // and this one must not come back. Else another flow took the lease over
+                // (this one outlived it): the token is kept in memory, its save retried.
+                match self.rt.store.load_token(&self.config.server_key).await {
+                    Ok(None) => Err(SaveError::Fenced),
+                    _ => Err(SaveError::Store(format!(
+                        "the server's lease was taken over by another flow (fence now \
+                         {fence_now:?}); nothing was written"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// PostgreSQL: marks the stored token ambiguous under the claim (a refresh presenting
+    /// `presented` got no answer); the next claim of any instance reads the mark.
+    async fn mark_ambiguous(&self, presented: &str) {
+        let slot = self.claim.lock().await;
+        let Some(claim) = slot.as_ref() else { return };
+        let id = crate::store::RefreshTokenId::of(presented);
+        match claim.mark_ambiguous(id).await {
+            Ok(marked) => tracing::warn!(
+                marked,
+                "the refresh got no answer: the stored token is marked ambiguous, and the next \
+                 attempt re-reads it before presenting anything"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not mark the unanswered refresh"),
+        }
     }
 }
 

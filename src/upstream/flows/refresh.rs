@@ -20,7 +20,7 @@ use crate::oauth::discovery::{discover, protected_resource_metadata, same_issuer
 use crate::oauth::dpop::{self, Dpop};
 use crate::oauth::scope::select_scope;
 use crate::oauth::token::TokenEndpoint;
-use crate::store::{StoredClient, StoredToken, lock};
+use crate::store::{StoredClient, StoredToken};
 use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime, dpop_binding};
 use crate::upstream::state::{RefreshFailure, RefreshPlan, TokenId};
@@ -82,9 +82,11 @@ async fn run(cx: &FlowContext<'_>, request: RefreshRequest) -> FlowOutcome {
     );
     let rt = cx.rt;
     let _slot = rt.scheduler.refresh_slot().await;
-    let lock = lock::acquire(&rt.lock_dir, &cx.config.server_key, REFRESH_LOCK_WAIT).await;
-    let _lock = match lock {
-        Ok(lock) => lock,
+    // Claimed before any token request: on PostgreSQL the lease row (fenced, shared by every
+    // instance), on SQLite the file lock; the token is re-read under it.
+    let deadline = rt.refresh_timeout;
+    let began = match cx.begin(REFRESH_LOCK_WAIT, deadline).await {
+        Ok(began) => began,
         Err(e) => {
             return failed(
                 RefreshFailure::Transient { retry_after: None },
@@ -92,7 +94,8 @@ async fn run(cx: &FlowContext<'_>, request: RefreshRequest) -> FlowOutcome {
             );
         }
     };
-    let start = match cx.begin_and_read(REFRESH_LOCK_WAIT).await {
+    let _lock = began._lock;
+    let start = match began.read {
         Ok(start) => start,
         Err(e) => {
             let error = format!("cannot read the token store: {e}");
@@ -107,6 +110,16 @@ async fn run(cx: &FlowContext<'_>, request: RefreshRequest) -> FlowOutcome {
         && let Some(outcome) = store_moved_on(cx, start.token.as_ref(), &current).await
     {
         return outcome;
+    }
+    if let Some(mark) = &began.ambiguous {
+        // The stored token is still the one this instance holds: nobody recorded an answer
+        // to that refresh. Presenting it again is the only way on; a server that did rotate
+        // it refuses it (`invalid_grant`), and the refused token alone is then dropped.
+        tracing::warn!(
+            ambiguous_flow = mark.flow_id.as_deref().unwrap_or("unknown"),
+            ambiguous_since = mark.since,
+            "an earlier refresh got no answer and no newer token was stored; presenting the stored refresh token again",
+        );
     }
     let stored_client = start.client;
     let Some(refresh_token) = current.refresh_token.clone() else {
@@ -233,18 +246,10 @@ async fn reregister(
         .as_deref()
         .filter(|old| !same_issuer(&client.issuer, old))
         .map(|old| (old.to_string(), client.issuer.clone()));
-    let fence = cx.fence.clone();
-    let saved = cx
-        .rt
-        .registry
-        .call(move |s| {
-            if fence.is_current() {
-                s.save_client(&client)
-            } else {
-                Ok(())
-            }
-        })
-        .await;
+    let saved = match cx.fence.is_current() {
+        true => cx.rt.store.save_client(&client).await,
+        false => Ok(()),
+    };
     if let Err(e) = saved {
         tracing::warn!(error = %e, "the new client identity could not be stored");
     }
@@ -282,6 +287,9 @@ async fn present(cx: &FlowContext<'_>, call: Call<'_>, refresh_token: RefreshTok
     let set = match answer {
         Ok(set) => set,
         Err(e) => {
+            if matches!(e, OAuthError::Timeout { .. }) {
+                cx.mark_ambiguous(refresh_token.secret()).await;
+            }
             let failure = RefreshFailure::classify(&e, Some(endpoint.client.source));
             let rotated = keep_rotated(cx, current, &e).await;
             let permanent = failure == RefreshFailure::RefreshTokenDead;
