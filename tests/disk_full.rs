@@ -79,7 +79,8 @@ fn free_bytes(dir: &Path) -> u64 {
     s.f_bavail * s.f_frsize
 }
 
-/// Writes `path` until the disk is full (ENOSPC), in ever smaller pieces, down to one page.
+/// Writes `path` until the disk is full (ENOSPC), in ever smaller pieces, down to one page
+/// (quickly: a tmpfs needs no sync, and a save landing mid-fill would release the ballast early).
 fn fill(path: &Path) {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -89,7 +90,7 @@ fn fill(path: &Path) {
     for piece in [1 << 20, 4096] {
         let bytes = vec![0x5a_u8; piece];
         loop {
-            match file.write_all(&bytes).and_then(|()| file.sync_data()) {
+            match file.write_all(&bytes) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
                     break;
@@ -248,6 +249,15 @@ fn refreshes(srv: &OAuthTestServer) -> u64 {
     srv.stats().token_requests_for("refresh_token")
 }
 
+/// Waits (bounded) until one more refresh happened and the token row holds its refresh token.
+async fn until_a_refresh_is_saved(s: &Setup, what: &str) {
+    let done = refreshes(&s.srv);
+    wait_until(what, Duration::from_secs(20), || {
+        refreshes(&s.srv) > done && stored_refresh_token(&s.tmpfs.dir) == newest_issued(&s.srv)
+    })
+    .await;
+}
+
 /// After the restart: connected from the stored token, a refresh works with it, and the
 /// server saw one login, no reuse and no refused grant. The log holds no secret.
 async fn restart_costs_no_login(s: &Setup) {
@@ -283,6 +293,8 @@ async fn on_a_full_disk_the_ballast_takes_the_saves_and_a_kill_9_costs_no_login(
         return;
     };
     let data = &s.tmpfs.dir;
+    // Filled right after a saved refresh: the next is 3 s away, so no save lands mid-fill.
+    until_a_refresh_is_saved(&s, "a refresh saved before the fill").await;
     fill(&data.join("filler"));
     // Refreshes go on (4 s tokens refresh every 3 s), each rotating the refresh token.
     let before = refreshes(&s.srv);
@@ -308,13 +320,7 @@ async fn on_a_full_disk_the_ballast_takes_the_saves_and_a_kill_9_costs_no_login(
     );
     // The token row holds the newest refresh token: kill -9 right after it got there (the
     // next refresh is 3 s away).
-    let done = refreshes(&s.srv);
-    wait_until(
-        "the newest refresh token in the token row",
-        Duration::from_secs(20),
-        || refreshes(&s.srv) > done && stored_refresh_token(data) == newest_issued(&s.srv),
-    )
-    .await;
+    until_a_refresh_is_saved(&s, "the newest refresh token in the token row").await;
     daemon.kill_9().await;
     assert_eq!(
         stored_refresh_token(data),
