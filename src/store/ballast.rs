@@ -127,6 +127,11 @@ impl Ballast {
                  in memory only. The ballast is re-created once there is room",
                 BALLAST_BYTES >> 20
             ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
+                path = %self.path.display(), free_bytes = %free,
+                "the disk holding the token database ({dir}) is full, and its ballast was \
+                 already gone (deleted by hand?); free space there now (`df {dir}`)"
+            ),
             Err(e) => tracing::warn!(
                 path = %self.path.display(), free_bytes = %free, error = %e,
                 "the disk holding the token database ({dir}) is full, and its ballast could \
@@ -226,6 +231,17 @@ mod tests {
         assert!(ballast.write(|| Err::<(), _>(full())).is_err());
         assert!(!dir.join(BALLAST_FILE).exists(), "released on SQLITE_FULL");
         // The temp dir has room: the next successful write creates it again.
+        let has_room = free_bytes(&dir).is_some_and(|f| f >= ROOM_TO_RECREATE);
+        ballast.write(|| Ok(())).unwrap();
+        assert_eq!(dir.join(BALLAST_FILE).exists(), has_room);
+    }
+
+    #[test]
+    fn a_ballast_deleted_by_hand_is_no_failure_and_comes_back() {
+        let dir = dir();
+        let mut ballast = Ballast::keep(&dir);
+        std::fs::remove_file(dir.join(BALLAST_FILE)).unwrap();
+        assert!(ballast.write(|| Err::<(), _>(full())).is_err());
         let has_room = free_bytes(&dir).is_some_and(|f| f >= ROOM_TO_RECREATE);
         ballast.write(|| Ok(())).unwrap();
         assert_eq!(dir.join(BALLAST_FILE).exists(), has_room);
