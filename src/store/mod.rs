@@ -17,9 +17,11 @@
 //! - `registry`: the `TokenRegistry` actor that owns the `TokenStore`;
 //! - `postgres`: the PostgreSQL backend (its own rooms inside);
 //! - `backend`: `Store`, the one interface over both; `claim`: the flow claim (`Claim`);
-//!   `changes`: one stream of store changes for both.
+//!   `changes`: one stream of store changes for both;
+//! - `ballast`: the reserve of free space that a full disk releases for the saves.
 
 mod backend;
+mod ballast;
 mod changes;
 mod choice;
 pub mod cipher;
@@ -50,6 +52,7 @@ mod token_store;
 mod tokens;
 
 pub use backend::{SqliteStore, Store, StoreHealth};
+pub use ballast::{BALLAST_BYTES, BALLAST_FILE};
 pub use changes::{StoreChange, StoreChanges};
 pub use choice::{PgUrl, STORE_ENV, StoreChoice, StoreChoiceError};
 pub use claim::{Busy, Claim};

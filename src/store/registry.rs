@@ -16,10 +16,12 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
+use super::ballast::Ballast;
 use super::error::StoreError;
 use super::group_commit::GroupJob;
 use super::keys::Sealing;
 use super::model::FlowRetention;
+use super::open::folder_of;
 use super::token_store::TokenStore;
 
 /// Time of every store job (reads and writes alike: a job is a closure), queueing included,
@@ -38,6 +40,8 @@ pub static STORE_CALL_SECONDS: LazyLock<prometheus::Histogram> = LazyLock::new(|
 pub struct RegistryActor {
     store: TokenStore,
     queue: Arc<WriteQueue>,
+    /// The reserve a full disk releases for the saves (see `ballast`).
+    ballast: Ballast,
 }
 
 /// Writes waiting for the next group commit, and counts of what was committed.
@@ -110,9 +114,10 @@ impl Handler<Flush> for RegistryActor {
         self.queue
             .writes
             .fetch_add(group.len() as u64, Ordering::Relaxed);
+        let store = &mut self.store;
         let committed = self
-            .store
-            .group_commit(group.iter_mut().map(|w| w.as_job()));
+            .ballast
+            .write(|| store.group_commit(group.iter_mut().map(|w| w.as_job())));
         for write in group {
             write.answer(committed.as_ref().map(|_| ()));
         }
@@ -193,16 +198,18 @@ impl TokenRegistry {
             Ok(deleted) => tracing::info!(deleted, "old flow history pruned"),
             Err(e) => tracing::warn!(error = %e, "old flow history could not be pruned now"),
         }
-        let once = Mutex::new(Some(store));
+        let once = Mutex::new(Some((store, Ballast::keep(folder_of(path)))));
         let queue = Arc::new(WriteQueue::default());
         let actor_queue = queue.clone();
         let thread = || std::thread::Builder::new().name(THREAD_NAME.into());
         let addr = SyncArbiter::start_with_thread_builder(1, thread, move || {
-            let store = once.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let taken = once.lock().unwrap_or_else(|p| p.into_inner()).take();
             // One thread is started, and an actor is never rebuilt without a restart request.
+            let (store, ballast) = taken.expect("the registry runs on exactly one thread");
             RegistryActor {
-                store: store.expect("the registry runs on exactly one thread"),
+                store,
                 queue: actor_queue.clone(),
+                ballast,
             }
         });
         Ok((

@@ -144,3 +144,31 @@ pub fn valid_tokens(db: &Path) -> i64 {
         })
         .unwrap_or(0)
 }
+
+/// The API of a starting `serve --listen 127.0.0.1:0`: reads its standard output (piped) until
+/// it prints the page's URL, within 30 s; (base URL, API key). `log` is named if it ends first.
+pub async fn serve_api(child: &mut tokio::process::Child, log: &Path) -> (String, String) {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child
+        .stdout
+        .take()
+        .expect("serve's standard output is piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("http://127.0.0.1:") {
+                return line[at..].trim().to_string();
+            }
+        }
+        panic!(
+            "serve ended without printing the page's URL; see {}",
+            log.display()
+        );
+    })
+    .await
+    .expect("serve prints the page's URL within 30 s");
+    let (base, key) = url
+        .split_once("/?apikey=")
+        .expect("the URL carries the key");
+    (base.to_string(), key.to_string())
+}
