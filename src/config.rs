@@ -447,7 +447,7 @@ fn client_field(
         )
     })?;
     let secret = secret_field(object, prefix, "client_secret")?;
-    let key_file = string_field(object, prefix, "client_key_file")?;
+    let key = secret_field(object, prefix, "client_key")?;
     let alg = match string_field(object, prefix, "client_key_alg")? {
         None => None,
         Some(alg) => Some(SigningAlg::parse(&alg).ok_or_else(|| {
@@ -459,7 +459,7 @@ fn client_field(
     };
     let kid = string_field(object, prefix, "client_key_id")?;
     let method = string_field(object, prefix, "token_endpoint_auth_method")?;
-    let auth = match (secret, key_file, method.as_deref()) {
+    let auth = match (secret, key, method.as_deref()) {
         (Some(_), Some(_), _) => {
             return Err((
                 format!("{prefix}client_key_file"),
@@ -470,11 +470,9 @@ fn client_field(
             ClientAuthConfig::SecretBasic(secret)
         }
         (Some(secret), None, Some("client_secret_post")) => ClientAuthConfig::SecretPost(secret),
-        (None, Some(key_file), None | Some("private_key_jwt")) => ClientAuthConfig::PrivateKeyJwt {
-            key_file: PathBuf::from(key_file),
-            alg,
-            kid,
-        },
+        (None, Some(key), None | Some("private_key_jwt")) => {
+            ClientAuthConfig::PrivateKeyJwt { key, alg, kid }
+        }
         (None, None, None | Some("none")) if !required_auth => ClientAuthConfig::None,
         (None, None, _) => {
             return Err((
@@ -620,7 +618,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(
-            matches!(jwt, GrantConfig::ClientCredentials { client } if client.auth == ClientAuthConfig::PrivateKeyJwt { key_file: "/k.pem".into(), alg: Some(SigningAlg::Es256), kid: Some("k1".into()) })
+            matches!(jwt, GrantConfig::ClientCredentials { client } if client.auth == ClientAuthConfig::PrivateKeyJwt { key: SecretSource::File("/k.pem".into()), alg: Some(SigningAlg::Es256), kid: Some("k1".into()) })
         );
         let enterprise = grant_of(json!({"grant": "enterprise", "client_id": "mcp-client", "client_secret_file": "/s",
             "idp": {"issuer": "https://idp.example", "token_endpoint": "https://idp.example/token", "client_id": "idp-client"},

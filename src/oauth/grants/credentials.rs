@@ -102,9 +102,10 @@ pub enum ClientAuthConfig {
     None,
     SecretBasic(SecretSource),
     SecretPost(SecretSource),
-    /// `private_key_jwt` with a PEM key file (`alg`: from the key when not given).
+    /// `private_key_jwt` with a PEM private key, usually a file (`alg`: from the key when not
+    /// given).
     PrivateKeyJwt {
-        key_file: PathBuf,
+        key: SecretSource,
         alg: Option<SigningAlg>,
         kid: Option<String>,
     },
@@ -138,8 +139,14 @@ impl ClientConfigured {
             ClientAuthConfig::None => ClientAuth::None,
             ClientAuthConfig::SecretBasic(source) => ClientAuth::SecretBasic(secret(source)?),
             ClientAuthConfig::SecretPost(source) => ClientAuth::SecretPost(secret(source)?),
-            ClientAuthConfig::PrivateKeyJwt { key_file, alg, kid } => {
-                let key = ClientKey::read_pem_file(key_file, *alg)?;
+            ClientAuthConfig::PrivateKeyJwt { key, alg, kid } => {
+                let key = match key {
+                    SecretSource::File(path) => ClientKey::read_pem_file(path, *alg)?,
+                    other => {
+                        let pem = other.read("the client key")?;
+                        ClientKey::from_pem(pem.as_bytes(), *alg, &other.to_string())?
+                    }
+                };
                 ClientAuth::PrivateKeyJwt(match kid {
                     Some(kid) => key.with_kid(kid.clone()),
                     None => key,
