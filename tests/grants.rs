@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use common::{captured_logs, start, temp_dir};
+use common::{captured_logs, enterprise_servers, mcp_status, start, temp_dir};
 use mcpproxy_oauth::oauth::dpop::{Dpop, DpopKey};
 use mcpproxy_oauth::oauth::error::{ErrorClass, OAuthError};
 use mcpproxy_oauth::oauth::grants::client_key::{ClientKey, ClientKeyError, SigningAlg};
@@ -61,20 +61,6 @@ fn jwt_key(pem: &str, alg: Option<SigningAlg>) -> ClientKey {
     ClientKey::read_pem_file(&key_file("client.pem", pem), alg).expect("the client key loads")
 }
 
-/// Calls the MCP endpoint with `token`; its HTTP status.
-async fn mcp_status(srv: &OAuthTestServer, token: &TokenSet) -> u16 {
-    reqwest::Client::new()
-        .post(srv.mcp_url())
-        .bearer_auth(token.access_token.secret())
-        .header("accept", "application/json, text/event-stream")
-        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 fn cc_server_config() -> Config {
     Config {
         client_credentials: true,
@@ -121,7 +107,7 @@ async fn client_credentials_with_a_secret_gets_a_token_without_refresh_token() {
         assert_eq!(set.scope.as_deref(), Some("mcp:read"));
         assert_eq!(set.token_type, "Bearer");
         assert!(set.is_valid_for(Duration::from_secs(3000), SystemTime::now()));
-        assert_eq!(mcp_status(&srv, &set).await, 200);
+        assert_eq!(mcp_status(&srv, set.access_token.secret()).await, 200);
     }
     let stats = srv.stats();
     assert_eq!(stats.token_requests_for(CC), 2);
@@ -144,7 +130,7 @@ async fn private_key_jwt_signs_with_es256_and_rs256_keys_read_from_pem_files() {
             .await
             .unwrap_or_else(|e| panic!("{client_id} {alg:?}: {e}"));
         assert!(set.refresh_token.is_none());
-        assert_eq!(mcp_status(&srv, &set).await, 200);
+        assert_eq!(mcp_status(&srv, set.access_token.secret()).await, 200);
     }
     let stats = srv.stats();
     assert_eq!(stats.client_assertions, 4, "{stats:?}");
@@ -346,25 +332,7 @@ async fn a_dpop_nonce_retry_signs_a_fresh_client_assertion() {
 /// `xaa-client` at the authorization server, which trusts the IdP and knows `xaa-client` by
 /// its secret (the conformance suite's shape).
 async fn enterprise() -> (OAuthTestServer, OAuthTestServer) {
-    let idp = start(Config {
-        idp: true,
-        private_key_jwt: true,
-        jwt_clients: vec![JwtClient {
-            client_id: "idp-client".into(),
-            keys: KeySource::Jwks(client_es256_jwks()),
-        }],
-        idp_client_ids: vec![("idp-client".into(), "xaa-client".into())],
-        ..Config::default()
-    })
-    .await;
-    let auth = start(Config {
-        jwt_bearer: true,
-        preregistered_client: Some(("xaa-client".into(), Some(XAA_SECRET.into()))),
-        trusted_idps: vec![idp.as_trusted_issuer()],
-        ..Config::default()
-    })
-    .await;
-    (idp, auth)
+    enterprise_servers(XAA_SECRET, Config::default()).await
 }
 
 fn idp_client() -> GrantClient {
@@ -440,7 +408,7 @@ async fn enterprise_managed_authorization_from_id_token_to_mcp_call() {
         .expect("the authorization server redeems the ID-JAG");
     assert!(set.refresh_token.is_none(), "renewal is a new exchange");
     assert_eq!(set.scope.as_deref(), Some("mcp:read"), "the ID-JAG's scope");
-    assert_eq!(mcp_status(&auth, &set).await, 200);
+    assert_eq!(mcp_status(&auth, set.access_token.secret()).await, 200);
 
     // Renewal: a new exchange and a new grant (an ID-JAG is used once).
     let again = redeem(&http, &auth, &first, None).await.unwrap_err();
@@ -555,7 +523,7 @@ async fn workload_identity_redeems_a_platform_jwt_read_from_a_file() {
             .await
             .expect("the platform JWT is redeemed, again and again");
         assert!(set.refresh_token.is_none());
-        assert_eq!(mcp_status(&auth, &set).await, 200);
+        assert_eq!(mcp_status(&auth, set.access_token.secret()).await, 200);
     }
     let expired = Assertion::workload(&platform.expired_token(&auth.issuer()));
     let wrong_audience =

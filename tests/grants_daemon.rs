@@ -19,7 +19,6 @@ use mcpproxy_oauth::oauth::grants::credentials::{
     ClientAuthConfig, ClientConfigured, GrantConfig, IdpConfig, SecretSource,
 };
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
-use mcpproxy_oauth::upstream::state::Policy;
 use oauth_test_server::test_keys::{CLIENT_ES256_PEM, client_es256_jwks};
 use oauth_test_server::{
     Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, KeySource, OAuthTestServer,
@@ -32,19 +31,6 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const CC_SECRET: &str = "daemon-cc-secret-5b1f";
 const XAA_SECRET: &str = "daemon-xaa-secret-9c2d";
 const TTL: u64 = 4;
-
-/// The ladder compressed: fast attempts from 50 ms, then one every 300 ms.
-fn fast_policy() -> Policy {
-    Policy {
-        backoff_base: 50,
-        backoff_cap: 200,
-        fast_attempts: 3,
-        retry_interval: 300,
-        retry_ceiling: 120_000,
-        min_timer_gap: 20,
-        ..Policy::default()
-    }
-}
 
 /// One credential kind under test: its servers (the MCP server's authorization server
 /// first), its config, and how to break and repair its credential.
@@ -151,24 +137,7 @@ async fn client_credentials_jwt() -> Kind {
 
 async fn enterprise() -> Kind {
     let dir = data_dir("grants-daemon-enterprise");
-    let idp = start(Config {
-        idp: true,
-        private_key_jwt: true,
-        jwt_clients: vec![JwtClient {
-            client_id: "idp-client".into(),
-            keys: KeySource::Jwks(client_es256_jwks()),
-        }],
-        idp_client_ids: vec![("idp-client".into(), "xaa-client".into())],
-        ..Config::default()
-    })
-    .await;
-    let auth = start(Config {
-        jwt_bearer: true,
-        preregistered_client: Some(("xaa-client".into(), Some(XAA_SECRET.into()))),
-        trusted_idps: vec![idp.as_trusted_issuer()],
-        ..token_ttl(TTL)
-    })
-    .await;
+    let (idp, auth) = enterprise_servers(XAA_SECRET, token_ttl(TTL)).await;
     let id_token = idp.issue_id_token("idp-client", "alice");
     let id_token_file = write(&dir, "id-token", &id_token);
     let key = write(&dir, "idp-client.pem", CLIENT_ES256_PEM);
@@ -286,19 +255,6 @@ async fn read_until(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     reads
-}
-
-async fn mcp_status(srv: &OAuthTestServer, token: &str) -> u16 {
-    reqwest::Client::new()
-        .post(srv.mcp_url())
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 /// Breaks the kind's credential so the servers refuse it for good, or repairs it.
