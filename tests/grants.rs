@@ -655,3 +655,93 @@ async fn no_assertion_id_token_client_key_or_secret_reaches_a_log_line_or_an_err
         }
     }
 }
+
+/// `connect` with `grant` against `srv`: the run's result and the browser launches.
+async fn connect_with(
+    srv: &OAuthTestServer,
+    grant: mcpproxy_oauth::oauth::grants::credentials::GrantConfig,
+) -> (
+    Result<mcpproxy_oauth::connect::ConnectReport, mcpproxy_oauth::connect::ConnectError>,
+    u32,
+) {
+    let (browser, launches) = common::following_browser();
+    let options = mcpproxy_oauth::connect::ConnectOptions {
+        call_tool: Some(("echo".into(), serde_json::json!({"message": "granted"}))),
+        grant: Some(grant),
+        ..common::connect_options(srv, browser)
+    };
+    let result = mcpproxy_oauth::connect::connect(options).await;
+    (result, launches.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn connect_with_a_grant_calls_a_tool_and_a_refused_credential_ends_the_run_at_once() {
+    use mcpproxy_oauth::connect::ConnectError;
+    use mcpproxy_oauth::oauth::grants::credentials::{
+        ClientAuthConfig, ClientConfigured, GrantConfig, SecretSource,
+    };
+    let _ = captured_logs();
+    let srv = start(cc_server_config()).await;
+    let secret = key_file("cc-secret", CC_SECRET);
+    let grant = |secret: SecretSource| GrantConfig::ClientCredentials {
+        client: ClientConfigured {
+            client_id: "cc-client".into(),
+            auth: ClientAuthConfig::SecretBasic(secret),
+        },
+    };
+    let (report, launches) = connect_with(&srv, grant(SecretSource::File(secret))).await;
+    let report = report.expect("the grant's token calls the tool");
+    assert_eq!(report.tool_result.unwrap()["content"][0]["text"], "granted");
+    assert_eq!(
+        (report.authorizations, report.refreshes, launches),
+        (1, 0, 0)
+    );
+
+    let (failed, launches) = connect_with(
+        &srv,
+        grant(SecretSource::Inline("a-wrong-secret-1234".into())),
+    )
+    .await;
+    let e = failed.expect_err("a refused secret ends the run");
+    assert!(
+        matches!(&e, ConnectError::Grant(g) if g.oauth_code() == Some("invalid_client")),
+        "{e:?}"
+    );
+    assert_eq!(launches, 0, "never a browser");
+    let stats = srv.stats();
+    assert_eq!(stats.token_requests_for(CC), 2, "one grant a run, no retry");
+    assert_eq!(stats.authorize_requests + stats.registrations, 0);
+
+    let platform = Platform::kubernetes("https://kubernetes.default.svc");
+    let wif = start(Config {
+        jwt_bearer: true,
+        trusted_workload_issuers: vec![platform.trusted()],
+        ..Config::default()
+    })
+    .await;
+    let jwt = platform.token(&wif.issuer(), Duration::from_secs(600));
+    let file = key_file("workload-token", &jwt);
+    let (report, _) = connect_with(
+        &wif,
+        GrantConfig::Workload {
+            token: SecretSource::File(file),
+        },
+    )
+    .await;
+    report.expect("the workload JWT's token calls the tool");
+    assert_eq!(wif.stats().jwt_bearer_grants_for("workload"), 1);
+
+    let logs = captured_logs();
+    let text = format!("{logs} {e} {e:?}");
+    for secret in srv.secrets().all().chain(wif.secrets().all()).chain([
+        CC_SECRET,
+        "a-wrong-secret-1234",
+        jwt.as_str(),
+    ]) {
+        assert!(
+            !text.contains(secret),
+            "a secret ({} chars) leaked",
+            secret.len()
+        );
+    }
+}
