@@ -316,10 +316,19 @@ async fn lifetimes_faults_restart_and_denial(kind: &Kind) {
         "{}: the reads ran throughout ({reads})",
         kind.name
     );
-    let status = status_of(&handle, "srv").await;
+    let status = wait_for_status(&handle, "srv", "connected", Duration::from_secs(10), |s| {
+        s.phase.name() == "connected"
+    })
+    .await;
     assert!(
         !status.has_refresh_token,
         "{}: a grant keeps no refresh token",
+        kind.name
+    );
+    let (renews, expires) = (status.next_refresh_at.unwrap(), status.expires_at.unwrap());
+    assert!(
+        renews < expires,
+        "{}: status shows the renewal before expiry",
         kind.name
     );
 
