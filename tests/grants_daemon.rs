@@ -7,6 +7,8 @@
 //! stored token and renews by the grant, a refused credential that waits in `client_rejected`
 //! (never a browser) until it is repaired, and every log line and status scanned for the
 //! secrets (client secret, key, ID token, workload JWT, assertions, ID-JAGs, tokens).
+//! And the binary on a config file: `oauth.grant` read (its secret from the environment), the
+//! grant run by `auth login`, a malformed grant named by its field.
 
 mod common;
 
@@ -478,4 +480,66 @@ async fn workload_identity_in_serve_rereads_its_rotating_token_file() {
         1,
         "the expired file was read"
     );
+}
+
+/// The binary on a config file: `oauth.grant` with a secret in an environment variable, then
+/// a config error for a malformed grant, naming the field; no secret in any output.
+#[tokio::test]
+async fn the_binary_reads_a_grant_from_the_config_and_names_a_malformed_one() {
+    let srv = start(Config {
+        client_credentials: true,
+        preregistered_client: Some(("cc-client".into(), Some(CC_SECRET.into()))),
+        ..Config::default()
+    })
+    .await;
+    let dir = temp_dir("grants-daemon-cli");
+    let config = dir.join("mcp_config.json");
+    let write_config = |oauth: serde_json::Value| {
+        let text = serde_json::json!({"mcpServers": [{"name": "srv", "url": srv.mcp_url(), "oauth": oauth}]});
+        std::fs::write(&config, text.to_string()).unwrap();
+    };
+    write_config(serde_json::json!({
+        "grant": "client_credentials", "client_id": "cc-client",
+        "client_secret_env": "GRANTS_TEST_CC_SECRET"}));
+    let data = dir.join("data");
+    let (config_arg, data_arg) = (config.to_str().unwrap(), data.to_str().unwrap());
+    let env = [("GRANTS_TEST_CC_SECRET", CC_SECRET)];
+    let login = run(&auth_args("login", config_arg, data_arg), &env).await;
+    assert!(login.status.success(), "{}", text(&login));
+    assert!(text(&login).contains("srv: logged in"), "{}", text(&login));
+    let status = run(
+        &[
+            "auth",
+            "status",
+            "--json",
+            "--config",
+            config_arg,
+            "--data-dir",
+            data_arg,
+        ],
+        &env,
+    )
+    .await;
+    assert!(status.status.success(), "{}", text(&status));
+    assert_eq!(
+        valid_tokens(&mcpproxy_oauth::supervisor::database_path(&data)),
+        1
+    );
+    let stats = srv.stats();
+    assert_eq!(stats.token_requests_for(CC), 1);
+    assert_eq!(stats.authorize_requests, 0, "no browser login");
+
+    write_config(serde_json::json!({"grant": "client_credentials", "client_id": "cc-client"}));
+    let refused = run(&auth_args("login", config_arg, data_arg), &env).await;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("server srv: field oauth.client_secret: this client needs"),
+        "{}",
+        text(&refused)
+    );
+    for out in [&login, &status, &refused] {
+        let out = text(out);
+        assert!(!out.contains(CC_SECRET), "the client secret leaked: {out}");
+        assert_no_secret(&srv, &out);
+    }
 }
