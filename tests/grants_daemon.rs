@@ -420,7 +420,11 @@ async fn lifetimes_faults_restart_and_denial(kind: &Kind) {
     // Every secret the client held or the servers issued and received, nowhere in the logs,
     // the status or the rejected phase's detail.
     let logs = captured_logs();
-    assert!(logs.contains("token granted"), "the grant flow logged");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("token granted") && l.contains("\"correlation_id\"")),
+        "the grant flow's lines carry its correlation ID"
+    );
     let mut secrets = kind.held.clone();
     for srv in [Some(&kind.auth), kind.fault_at.as_ref()]
         .into_iter()
