@@ -1,19 +1,26 @@
 //! The upstream server list, read from mcpproxy's `mcp_config.json` shape:
 //! `{"mcpServers": [{"name", "url", "oauth": {"client_id", "client_secret", "scopes",
-//! "redirect_port", "extra_params", "device_code", "dpop"}}]}`. Servers with an `oauth` object (it may be empty) are
+//! "redirect_port", "extra_params", "device_code", "dpop", "grant"}}]}`. `oauth.grant` names a
+//! credential kind that replaces the interactive login (`client_credentials`, `enterprise`,
+//! `workload`; see `parse_grant` for each kind's fields): its secrets are named by file or
+//! environment variable and read at each grant. Servers with an `oauth` object (it may be empty) are
 //! the ones this subsystem keeps authorized. Unknown fields are ignored; a bad field is an
 //! error naming the server and the exact sub-field, with the type expected and never the
 //! value (it may be a secret); valid JSON of another shape is a "wrong shape" error. The read
 //! is bounded (`MAX_CONFIG_BYTES`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use url::Url;
 
 use crate::oauth::client_identity::ClientConfig;
+use crate::oauth::grants::client_key::SigningAlg;
+use crate::oauth::grants::credentials::{
+    ClientAuthConfig, ClientConfigured, GrantConfig, IdpConfig, SecretSource,
+};
 
 /// One OAuth-protected upstream server.
 #[derive(Debug, Clone)]
@@ -35,6 +42,9 @@ pub struct UpstreamConfig {
     /// `oauth.dpop`: use DPoP-bound tokens (RFC 9449) even where the server does not require
     /// them (where it does, they are used anyway).
     pub dpop: bool,
+    /// `oauth.grant`: the server's tokens come from this credential kind (client credentials,
+    /// enterprise-managed authorization, workload identity), never from a browser login.
+    pub grant: Option<GrantConfig>,
 }
 
 impl UpstreamConfig {
@@ -53,6 +63,7 @@ impl UpstreamConfig {
             extra_params: BTreeMap::new(),
             device_code: false,
             dpop: false,
+            grant: None,
         }
     }
 }
@@ -136,6 +147,7 @@ struct RawOAuth {
     client_metadata_url: Option<String>,
     device_code: bool,
     dpop: bool,
+    grant: Option<GrantConfig>,
 }
 
 /// The JSON type of a value, for messages that must not echo the value (it may be a secret).
@@ -236,6 +248,13 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         server.extra_params = oauth.extra_params;
         server.device_code = oauth.device_code;
         server.dpop = oauth.dpop;
+        if oauth.grant.is_some() && oauth.device_code {
+            return Err(field(
+                "oauth.device_code",
+                "a device login is an interactive login; a server with oauth.grant has none (remove one of them)".into(),
+            ));
+        }
+        server.grant = oauth.grant;
         servers.push(server);
     }
     Ok(servers)
@@ -347,7 +366,19 @@ fn parse_oauth(value: &serde_json::Value) -> Result<RawOAuth, (String, String)> 
             .collect::<Result<_, _>>()?,
         Some(other) => return Err(bad("extra_params", "an object of strings", other)),
     };
+    let grant = match object.get("grant") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(kind)) => Some(parse_grant(kind, object)?),
+        Some(other) => {
+            return Err(bad(
+                "grant",
+                "\"client_credentials\", \"enterprise\" or \"workload\"",
+                other,
+            ));
+        }
+    };
     Ok(RawOAuth {
+        grant,
         device_code: boolean("device_code")?,
         client_id: string("client_id")?,
         client_secret: string("client_secret")?,
@@ -359,9 +390,338 @@ fn parse_oauth(value: &serde_json::Value) -> Result<RawOAuth, (String, String)> 
     })
 }
 
+/// A string field of `object` (`None` when absent or null); errors name `prefix` + `name`.
+fn string_field(
+    object: &serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+    name: &str,
+) -> Result<Option<String>, (String, String)> {
+    match object.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+        Some(serde_json::Value::String(_)) => Err((
+            format!("{prefix}{name}"),
+            "a non-empty string is expected, not an empty one".into(),
+        )),
+        Some(other) => Err((
+            format!("{prefix}{name}"),
+            format!("a string is expected, not {}", json_type(other)),
+        )),
+    }
+}
+
+/// One secret given by at most one of `{base}` (inline), `{base}_file` and `{base}_env`.
+fn secret_field(
+    object: &serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+    base: &str,
+) -> Result<Option<SecretSource>, (String, String)> {
+    let inline = string_field(object, prefix, base)?.map(SecretSource::Inline);
+    let file = string_field(object, prefix, &format!("{base}_file"))?
+        .map(|f| SecretSource::File(PathBuf::from(f)));
+    let env = string_field(object, prefix, &format!("{base}_env"))?.map(SecretSource::Env);
+    let mut given = [inline, file, env].into_iter().flatten();
+    let first = given.next();
+    if given.next().is_some() {
+        return Err((
+            format!("{prefix}{base}"),
+            format!("give one of {base}, {base}_file and {base}_env, not several"),
+        ));
+    }
+    Ok(first)
+}
+
+/// A client's ID and authentication under `prefix` (`oauth.` or `oauth.idp.`): a secret
+/// (`client_secret`, `_file`, `_env`; `token_endpoint_auth_method` `client_secret_basic`, the
+/// default, or `client_secret_post`) or a key (`client_key_file`, `client_key_alg`,
+/// `client_key_id`), or neither (`required_auth` false: a public client).
+fn client_field(
+    object: &serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+    required_auth: bool,
+) -> Result<ClientConfigured, (String, String)> {
+    let client_id = string_field(object, prefix, "client_id")?.ok_or_else(|| {
+        (
+            format!("{prefix}client_id"),
+            "a client_id is required for this grant".to_string(),
+        )
+    })?;
+    let secret = secret_field(object, prefix, "client_secret")?;
+    let key = secret_field(object, prefix, "client_key")?;
+    let alg = match string_field(object, prefix, "client_key_alg")? {
+        None => None,
+        Some(alg) => Some(SigningAlg::parse(&alg).ok_or_else(|| {
+            (
+                format!("{prefix}client_key_alg"),
+                format!("{alg:?} is not ES256 or RS256"),
+            )
+        })?),
+    };
+    let kid = string_field(object, prefix, "client_key_id")?;
+    let method = string_field(object, prefix, "token_endpoint_auth_method")?;
+    let auth = match (secret, key, method.as_deref()) {
+        (Some(_), Some(_), _) => {
+            return Err((
+                format!("{prefix}client_key_file"),
+                "give a client secret or a client key, not both".into(),
+            ));
+        }
+        (Some(secret), None, None | Some("client_secret_basic")) => {
+            ClientAuthConfig::SecretBasic(secret)
+        }
+        (Some(secret), None, Some("client_secret_post")) => ClientAuthConfig::SecretPost(secret),
+        (None, Some(key), None | Some("private_key_jwt")) => {
+            ClientAuthConfig::PrivateKeyJwt { key, alg, kid }
+        }
+        (None, None, None | Some("none")) if !required_auth => ClientAuthConfig::None,
+        (None, None, _) => {
+            return Err((
+                format!("{prefix}client_secret"),
+                "this client needs client_secret_file (or client_secret_env, client_secret) or client_key_file".into(),
+            ));
+        }
+        (_, _, Some(other)) => {
+            return Err((
+                format!("{prefix}token_endpoint_auth_method"),
+                format!(
+                    "{other:?} does not go with the credential given (client_secret_basic or client_secret_post with a secret, private_key_jwt with a key)"
+                ),
+            ));
+        }
+    };
+    Ok(ClientConfigured { client_id, auth })
+}
+
+/// `oauth.grant` and the fields of its kind.
+fn parse_grant(
+    kind: &str,
+    object: &serde_json::Map<String, serde_json::Value>,
+) -> Result<GrantConfig, (String, String)> {
+    let required = |source: Option<SecretSource>, field: &str, what: &str| {
+        source.ok_or_else(|| {
+            (
+                format!("oauth.{field}_file"),
+                format!("{what} is required: give {field}_file (or {field}_env)"),
+            )
+        })
+    };
+    match kind {
+        "client_credentials" => Ok(GrantConfig::ClientCredentials {
+            client: client_field(object, "oauth.", true)?,
+        }),
+        "enterprise" => {
+            let idp = match object.get("idp") {
+                Some(serde_json::Value::Object(idp)) => idp,
+                None | Some(serde_json::Value::Null) => {
+                    return Err((
+                        "oauth.idp".into(),
+                        r#"the enterprise IdP is required: {"issuer", "token_endpoint", "client_id", ...}"#.into(),
+                    ));
+                }
+                Some(other) => {
+                    return Err((
+                        "oauth.idp".into(),
+                        format!("an object is expected, not {}", json_type(other)),
+                    ));
+                }
+            };
+            let token_endpoint =
+                string_field(idp, "oauth.idp.", "token_endpoint")?.ok_or_else(|| {
+                    (
+                        "oauth.idp.token_endpoint".to_string(),
+                        "the IdP's token endpoint (an https URL) is required".to_string(),
+                    )
+                })?;
+            if Url::parse(&token_endpoint).is_err() {
+                return Err((
+                    "oauth.idp.token_endpoint".into(),
+                    format!("{token_endpoint:?} is not a URL"),
+                ));
+            }
+            let issuer = string_field(idp, "oauth.idp.", "issuer")?
+                .unwrap_or_else(|| token_endpoint.clone());
+            let id_token = secret_field(object, "oauth.", "id_token")?;
+            let refresh_token = secret_field(object, "oauth.", "idp_refresh_token")?;
+            let (subject, subject_is_refresh_token) = match (id_token, refresh_token) {
+                (Some(_), Some(_)) => {
+                    return Err((
+                        "oauth.idp_refresh_token".into(),
+                        "give an ID token or an IdP refresh token, not both".into(),
+                    ));
+                }
+                (None, Some(refresh)) => (refresh, true),
+                (id_token, None) => (
+                    required(id_token, "id_token", "the user's ID token")?,
+                    false,
+                ),
+            };
+            Ok(GrantConfig::Enterprise {
+                idp: IdpConfig {
+                    issuer,
+                    token_endpoint,
+                    client: client_field(idp, "oauth.idp.", false)?,
+                },
+                subject,
+                subject_is_refresh_token,
+                client: client_field(object, "oauth.", false)?,
+            })
+        }
+        "workload" => Ok(GrantConfig::Workload {
+            token: required(
+                secret_field(object, "oauth.", "token")?,
+                "token",
+                "the workload's platform JWT",
+            )?,
+        }),
+        other => Err((
+            "oauth.grant".into(),
+            format!(
+                "{other:?} is not a grant this build knows: \"client_credentials\", \"enterprise\" or \"workload\""
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn grant_of(oauth: serde_json::Value) -> Result<Option<GrantConfig>, String> {
+        let text = serde_json::json!({"mcpServers": [{"name": "g", "url": "https://g.example/mcp", "oauth": oauth}]});
+        parse(&text.to_string())
+            .map(|mut servers| servers.remove(0).grant)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn each_grant_kind_reads_its_fields() {
+        use serde_json::json;
+        let cc = grant_of(json!({"grant": "client_credentials", "client_id": "svc", "client_secret_file": "/run/secret"}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            cc,
+            GrantConfig::ClientCredentials {
+                client: ClientConfigured {
+                    client_id: "svc".into(),
+                    auth: ClientAuthConfig::SecretBasic(SecretSource::File("/run/secret".into())),
+                }
+            }
+        );
+        let post = grant_of(json!({"grant": "client_credentials", "client_id": "svc", "client_secret_env": "SVC_SECRET", "token_endpoint_auth_method": "client_secret_post"}))
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(post, GrantConfig::ClientCredentials { client } if client.auth == ClientAuthConfig::SecretPost(SecretSource::Env("SVC_SECRET".into())))
+        );
+        let jwt = grant_of(json!({"grant": "client_credentials", "client_id": "svc", "client_key_file": "/k.pem", "client_key_alg": "es256", "client_key_id": "k1"}))
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(jwt, GrantConfig::ClientCredentials { client } if client.auth == ClientAuthConfig::PrivateKeyJwt { key: SecretSource::File("/k.pem".into()), alg: Some(SigningAlg::Es256), kid: Some("k1".into()) })
+        );
+        let enterprise = grant_of(json!({"grant": "enterprise", "client_id": "mcp-client", "client_secret_file": "/s",
+            "idp": {"issuer": "https://idp.example", "token_endpoint": "https://idp.example/token", "client_id": "idp-client"},
+            "id_token_file": "/id"}))
+        .unwrap()
+        .unwrap();
+        let GrantConfig::Enterprise {
+            idp,
+            subject,
+            subject_is_refresh_token,
+            client,
+        } = enterprise
+        else {
+            panic!("{enterprise:?}")
+        };
+        assert_eq!(
+            (idp.issuer.as_str(), idp.client.auth.method()),
+            ("https://idp.example", "none")
+        );
+        assert_eq!(subject, SecretSource::File("/id".into()));
+        assert!(!subject_is_refresh_token);
+        assert_eq!(client.auth.method(), "client_secret_basic");
+        let workload =
+            grant_of(json!({"grant": "workload", "token_file": "/var/run/token"})).unwrap();
+        assert_eq!(
+            workload,
+            Some(GrantConfig::Workload {
+                token: SecretSource::File("/var/run/token".into())
+            })
+        );
+        assert_eq!(
+            grant_of(json!({})).unwrap(),
+            None,
+            "no grant: an interactive login"
+        );
+    }
+
+    #[test]
+    fn malformed_grants_name_the_field_and_never_echo_a_secret() {
+        use serde_json::json;
+        for (oauth, expected) in [
+            (
+                json!({"grant": "password"}),
+                "field oauth.grant: \"password\" is not a grant",
+            ),
+            (json!({"grant": 1}), "field oauth.grant:"),
+            (
+                json!({"grant": "client_credentials", "client_secret_file": "/s"}),
+                "field oauth.client_id: a client_id is required",
+            ),
+            (
+                json!({"grant": "client_credentials", "client_id": "c"}),
+                "field oauth.client_secret: this client needs",
+            ),
+            (
+                json!({"grant": "client_credentials", "client_id": "c", "client_secret": "inline-secret-9f2e", "client_secret_file": "/s"}),
+                "field oauth.client_secret: give one of",
+            ),
+            (
+                json!({"grant": "client_credentials", "client_id": "c", "client_secret_file": "/s", "client_key_file": "/k"}),
+                "field oauth.client_key_file: give a client secret or a client key",
+            ),
+            (
+                json!({"grant": "client_credentials", "client_id": "c", "client_key_file": "/k", "client_key_alg": "HS256"}),
+                "field oauth.client_key_alg",
+            ),
+            (
+                json!({"grant": "client_credentials", "client_id": "c", "client_secret": "inline-secret-9f2e", "token_endpoint_auth_method": "private_key_jwt"}),
+                "field oauth.token_endpoint_auth_method",
+            ),
+            (
+                json!({"grant": "enterprise", "client_id": "c", "id_token_file": "/i"}),
+                "field oauth.idp: the enterprise IdP is required",
+            ),
+            (
+                json!({"grant": "enterprise", "client_id": "c", "idp": {"client_id": "i"}, "id_token_file": "/i"}),
+                "field oauth.idp.token_endpoint",
+            ),
+            (
+                json!({"grant": "enterprise", "client_id": "c", "idp": {"token_endpoint": "https://i/t", "client_id": "i"}}),
+                "field oauth.id_token_file: the user's ID token is required",
+            ),
+            (
+                json!({"grant": "workload"}),
+                "field oauth.token_file: the workload's platform JWT is required",
+            ),
+            (
+                json!({"grant": "workload", "token_file": ""}),
+                "field oauth.token_file: a non-empty string",
+            ),
+            (
+                json!({"grant": "workload", "token_file": "/t", "device_code": true}),
+                "field oauth.device_code",
+            ),
+        ] {
+            let e = grant_of(oauth.clone()).unwrap_err();
+            assert!(
+                e.starts_with(&format!("server g: {expected}")),
+                "{oauth}: {e}"
+            );
+            assert!(!e.contains("inline-secret-9f2e"), "{e}");
+        }
+    }
 
     #[test]
     fn dpop_is_a_boolean_and_off_by_default() {

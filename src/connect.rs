@@ -23,6 +23,12 @@
 //! happens at the new one, with its own registration. Client identities are kept by issuer, so
 //! one server's client is never presented at another.
 //!
+//! With `--grant` (client credentials, enterprise-managed authorization, workload identity;
+//! [`GrantArgs`]) the run never logs in: the machine's policy is a grant server's, and where it
+//! asks for a refresh (the first token too) the configured grant runs once
+//! ([`credentials::obtain`]). A failed grant ends the run with its error (no retry, no other
+//! grant): the conformance suite's workload scenario checks exactly that.
+//!
 //! DPoP (RFC 9449) is used when `--dpop` asks for it or the resource requires it
 //! ([`crate::oauth::dpop::policy`]): one key for the run, a proof on every token request and,
 //! with a DPoP-bound token, on every MCP request.
@@ -41,6 +47,11 @@ use crate::oauth::browser::BrowserLauncher;
 use crate::oauth::client_identity::ClientConfig;
 use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::dpop::{self, Dpop, DpopKey};
+use crate::oauth::grants::client_key::SigningAlg;
+use crate::oauth::grants::credentials::{
+    self, ClientAuthConfig, ClientConfigured, GrantConfig, GrantTarget, IdpConfig, SecretSource,
+};
+use crate::oauth::grants::{GrantError, TokenServer};
 use crate::oauth::http::OAuthHttp;
 use crate::oauth::login::{LoginSettings, browser_login};
 use crate::oauth::scope::{select_scope, with_offline_access};
@@ -70,6 +81,8 @@ pub struct ConnectOptions {
     pub device_code: bool,
     /// Use DPoP (RFC 9449) even where the resource does not require it (`--dpop`).
     pub dpop: bool,
+    /// Obtain tokens with this grant instead of a login (`--grant`).
+    pub grant: Option<GrantConfig>,
 }
 
 impl ConnectOptions {
@@ -88,6 +101,7 @@ impl ConnectOptions {
             timeout: Duration::from_secs(120),
             device_code: false,
             dpop: false,
+            grant: None,
         }
     }
 }
@@ -113,6 +127,8 @@ pub enum ConnectError {
     OAuth(#[from] OAuthError),
     #[error(transparent)]
     Mcp(#[from] McpError),
+    #[error(transparent)]
+    Grant(#[from] GrantError),
     #[error("gave up after {0:?} (the --timeout deadline)")]
     Timeout(Duration),
     /// The state machine's answer when no engine error explains it better.
@@ -219,7 +235,7 @@ struct Driver {
     state: State,
     auth: Authorizer,
     /// The engine error behind the machine's last failed flow, returned typed.
-    last_error: Option<OAuthError>,
+    last_error: Option<ConnectError>,
     /// The resource metadata was read again since the last refusal: once per refusal is
     /// enough, whether the refresh or the login reads it.
     reread_since_refusal: bool,
@@ -236,6 +252,7 @@ impl Driver {
             interactive: true,
             max_logins: Some(MAX_AUTHORIZATIONS),
             reregister: false,
+            grant: auth.options.grant.is_some(),
             ..Policy::default()
         };
         Driver {
@@ -320,7 +337,7 @@ impl Driver {
                 | Failure::Retrying { .. }
                 | Failure::ClientRejected { .. },
                 Some(e),
-            ) => ConnectError::OAuth(e),
+            ) => e,
             _ => ConnectError::Policy(failure),
         }
     }
@@ -356,6 +373,9 @@ impl Driver {
                 error: format!("the resource moved to the authorization server {issuer}"),
             });
         }
+        if self.auth.options.grant.is_some() {
+            return Ok(self.grant(challenge).await);
+        }
         // `plan.reregister` never comes: the policy has `reregister` off.
         Ok(match self.auth.refresh(plan.omit_scope).await {
             Ok(token) => Event::TokenObtained {
@@ -366,14 +386,7 @@ impl Driver {
             Err(e) => {
                 let source = self.auth.endpoint.as_ref().map(|e| e.client.source);
                 let failure = RefreshFailure::classify(&e, source);
-                tracing::warn!(error = %e, failure = ?failure, "refresh failed");
-                let error = e.to_string();
-                self.last_error = Some(e);
-                Event::RefreshFailed {
-                    generation,
-                    failure,
-                    error,
-                }
+                self.failed(generation, failure, e, "refresh")
             }
         })
     }
@@ -384,6 +397,17 @@ impl Driver {
         challenge: &BearerChallenge,
     ) -> Result<Event, ConnectError> {
         let generation = self.state.generation;
+        if self.auth.options.grant.is_some() {
+            // A grant server never logs in: the grant runs, and its failure is the login's.
+            return Ok(match self.grant(challenge).await {
+                Event::RefreshFailed { error, .. } => Event::LoginFailed {
+                    generation,
+                    error,
+                    dynamic_client: false,
+                },
+                event => event,
+            });
+        }
         self.moved_since_refusal(plan.after_refusal, challenge)
             .await?;
         if plan.fresh_client {
@@ -407,7 +431,7 @@ impl Driver {
             (Ok(()), None) => unreachable!("a login that succeeds sets the token"),
             (Err(e), _) => {
                 let error = e.to_string();
-                self.last_error = Some(e);
+                self.last_error = Some(e.into());
                 Event::LoginFailed {
                     generation,
                     error,
@@ -415,6 +439,43 @@ impl Driver {
                 }
             }
         })
+    }
+}
+
+impl Driver {
+    /// Runs the configured grant once; its token or its failure, as the machine's event.
+    async fn grant(&mut self, challenge: &BearerChallenge) -> Event {
+        let generation = self.state.generation;
+        match self.auth.grant(challenge).await {
+            Ok(token) => Event::TokenObtained {
+                generation,
+                token: token_facts(&token),
+                saved: true,
+            },
+            Err(e) => {
+                let failure = crate::upstream::flows::grant_failure(&e);
+                self.failed(generation, failure, e, "grant")
+            }
+        }
+    }
+
+    /// A refresh or grant (`what`) failed with `e`: kept to explain the run's end, and told
+    /// to the machine as `failure`.
+    fn failed(
+        &mut self,
+        generation: u64,
+        failure: RefreshFailure,
+        e: impl Into<ConnectError> + std::fmt::Display,
+        what: &str,
+    ) -> Event {
+        tracing::warn!(error = %e, failure = ?failure, "{what} failed");
+        let error = e.to_string();
+        self.last_error = Some(e.into());
+        Event::RefreshFailed {
+            generation,
+            failure,
+            error,
+        }
     }
 }
 
@@ -615,6 +676,41 @@ impl Authorizer {
         Ok(self.token.clone().expect("set above"))
     }
 
+    /// Runs the configured grant at the server's authorization server (discovered once).
+    async fn grant(&mut self, challenge: &BearerChallenge) -> Result<TokenSet, GrantError> {
+        let grant = self
+            .options
+            .grant
+            .clone()
+            .expect("grant runs only with --grant");
+        let discovery = self.discovery(challenge).await?.clone();
+        self.settle_dpop(&discovery, challenge);
+        let scope = self
+            .options
+            .scope
+            .clone()
+            .or_else(|| select_scope(challenge.scope.as_deref(), discovery.resource_scopes()));
+        let target = GrantTarget {
+            server: TokenServer::from(&discovery.authorization_server),
+            resource: discovery.resource.clone(),
+            scope,
+        };
+        let span = tracing::info_span!(
+            "oauth_flow",
+            correlation_id = %uuid::Uuid::new_v4(),
+            server = %self.options.server_url,
+            flow_kind = "grant",
+            grant = grant.kind(),
+        );
+        self.authorizations += 1;
+        let token = credentials::obtain(&self.http, &grant, &target, self.dpop.as_ref())
+            .instrument(span)
+            .await?;
+        tracing::info!(grant = grant.kind(), "token granted");
+        self.token = Some(token);
+        Ok(self.token.clone().expect("set above"))
+    }
+
     /// Runs one browser (or device) login for `scope`.
     async fn authorize(
         &mut self,
@@ -664,5 +760,240 @@ impl Authorizer {
         self.token = Some(token);
         self.endpoint = Some(endpoint);
         Ok(())
+    }
+}
+
+/// `connect`'s grant flags: the same credential kinds as a server's `oauth.grant`, on the
+/// command line. Secrets come from files or the environment (the command line is visible to
+/// other users); under the MCP conformance runner, what a flag leaves out is taken from its
+/// `MCP_CONFORMANCE_CONTEXT` (see [`grant_config`]).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GrantArgs {
+    /// Obtain tokens with this grant instead of a login: client_credentials, enterprise or
+    /// workload.
+    #[arg(long, value_parser = ["client_credentials", "enterprise", "workload"])]
+    pub grant: Option<String>,
+    /// The client's secret in this file (client_credentials; enterprise: at the MCP
+    /// authorization server). Else --client-secret / MCPPROXY_OAUTH_CLIENT_SECRET.
+    #[arg(long)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// client_secret_basic (the default) or client_secret_post.
+    #[arg(long, value_parser = ["client_secret_basic", "client_secret_post"])]
+    pub token_endpoint_auth_method: Option<String>,
+    /// private_key_jwt: the client's PEM private key (PKCS#8 EC P-256 or RSA).
+    #[arg(long)]
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// The key's signing algorithm, ES256 or RS256 (default: from the key).
+    #[arg(long)]
+    pub client_key_alg: Option<String>,
+    /// enterprise: the IdP's token endpoint.
+    #[arg(long)]
+    pub idp_token_endpoint: Option<String>,
+    /// enterprise: the IdP's issuer (default: its token endpoint).
+    #[arg(long)]
+    pub idp_issuer: Option<String>,
+    /// enterprise: this client's ID at the IdP.
+    #[arg(long)]
+    pub idp_client_id: Option<String>,
+    /// enterprise: the user's ID token from the IdP, in this file (else MCPPROXY_OAUTH_ID_TOKEN).
+    #[arg(long)]
+    pub id_token_file: Option<std::path::PathBuf>,
+    /// workload: the platform's JWT in this file (else MCPPROXY_OAUTH_WORKLOAD_TOKEN).
+    #[arg(long)]
+    pub workload_token_file: Option<std::path::PathBuf>,
+}
+
+/// The grant `args` ask for, its missing parts taken from the environment variables named in
+/// the flags' help and then from the conformance runner's `context` (`client_id`,
+/// `client_secret`, `private_key_pem`, `signing_algorithm`, `idp_*`, `valid_jwt`); `client_id`
+/// and `client_secret` are `--client-id` and `--client-secret` as given.
+pub fn grant_config(
+    args: &GrantArgs,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    context: Option<&Value>,
+) -> Result<Option<GrantConfig>, String> {
+    let Some(kind) = args.grant.as_deref() else {
+        return Ok(None);
+    };
+    let from_context = |key: &str| {
+        context
+            .and_then(|c| c.get(key))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|_| SecretSource::Env(name.into()))
+    };
+    let file = |path: &Option<std::path::PathBuf>| path.clone().map(SecretSource::File);
+    let client_id = client_id.or_else(|| from_context("client_id"));
+    let alg = match args
+        .client_key_alg
+        .clone()
+        .or_else(|| from_context("signing_algorithm"))
+    {
+        Some(alg) => Some(
+            SigningAlg::parse(&alg)
+                .ok_or_else(|| format!("--client-key-alg {alg:?} is not ES256 or RS256"))?,
+        ),
+        None => None,
+    };
+    let secret = file(&args.client_secret_file)
+        .or_else(|| client_secret.map(SecretSource::Inline))
+        .or_else(|| from_context("client_secret").map(SecretSource::Inline));
+    let key = file(&args.client_key_file)
+        .or_else(|| from_context("private_key_pem").map(SecretSource::Inline));
+    let auth = match (key, secret, args.token_endpoint_auth_method.as_deref()) {
+        (Some(key), _, _) => ClientAuthConfig::PrivateKeyJwt {
+            key,
+            alg,
+            kid: None,
+        },
+        (None, Some(secret), Some("client_secret_post")) => ClientAuthConfig::SecretPost(secret),
+        (None, Some(secret), _) => ClientAuthConfig::SecretBasic(secret),
+        (None, None, _) => ClientAuthConfig::None,
+    };
+    let client = |auth: ClientAuthConfig| -> Result<ClientConfigured, String> {
+        Ok(ClientConfigured {
+            client_id: client_id
+                .clone()
+                .ok_or_else(|| format!("--grant {kind} needs --client-id"))?,
+            auth,
+        })
+    };
+    Ok(Some(match kind {
+        "client_credentials" => {
+            if auth == ClientAuthConfig::None {
+                return Err(
+                    "--grant client_credentials needs a client secret (--client-secret-file, \
+                     MCPPROXY_OAUTH_CLIENT_SECRET) or a key (--client-key-file)"
+                        .into(),
+                );
+            }
+            GrantConfig::ClientCredentials {
+                client: client(auth)?,
+            }
+        }
+        "enterprise" => {
+            let token_endpoint = args
+                .idp_token_endpoint
+                .clone()
+                .or_else(|| from_context("idp_token_endpoint"))
+                .ok_or("--grant enterprise needs --idp-token-endpoint")?;
+            let idp_client_id = args
+                .idp_client_id
+                .clone()
+                .or_else(|| from_context("idp_client_id"))
+                .ok_or("--grant enterprise needs --idp-client-id")?;
+            let subject = file(&args.id_token_file)
+                .or_else(|| env("MCPPROXY_OAUTH_ID_TOKEN"))
+                .or_else(|| from_context("idp_id_token").map(SecretSource::Inline))
+                .ok_or("--grant enterprise needs --id-token-file (or MCPPROXY_OAUTH_ID_TOKEN)")?;
+            GrantConfig::Enterprise {
+                idp: IdpConfig {
+                    issuer: args
+                        .idp_issuer
+                        .clone()
+                        .or_else(|| from_context("idp_issuer"))
+                        .unwrap_or_else(|| token_endpoint.clone()),
+                    token_endpoint,
+                    client: ClientConfigured {
+                        client_id: idp_client_id,
+                        auth: ClientAuthConfig::None,
+                    },
+                },
+                subject,
+                subject_is_refresh_token: false,
+                client: client(auth)?,
+            }
+        }
+        "workload" => GrantConfig::Workload {
+            token: file(&args.workload_token_file)
+                .or_else(|| env("MCPPROXY_OAUTH_WORKLOAD_TOKEN"))
+                .or_else(|| from_context("valid_jwt").map(SecretSource::Inline))
+                .ok_or(
+                    "--grant workload needs --workload-token-file (or MCPPROXY_OAUTH_WORKLOAD_TOKEN)",
+                )?,
+        },
+        other => return Err(format!("--grant {other:?} is not a grant this build knows")),
+    }))
+}
+
+#[cfg(test)]
+mod grant_flag_tests {
+    use super::*;
+
+    fn args(grant: &str) -> GrantArgs {
+        GrantArgs {
+            grant: Some(grant.into()),
+            ..GrantArgs::default()
+        }
+    }
+
+    #[test]
+    fn flags_and_the_conformance_context_give_each_kind() {
+        assert_eq!(
+            grant_config(&GrantArgs::default(), None, None, None),
+            Ok(None)
+        );
+        let context = serde_json::json!({
+            "client_id": "cc", "client_secret": "s3cret-from-context",
+            "private_key_pem": "-----BEGIN PRIVATE KEY-----", "signing_algorithm": "ES256",
+            "idp_client_id": "idp-c", "idp_id_token": "id.token.jwt",
+            "idp_issuer": "http://127.0.0.1:1", "idp_token_endpoint": "http://127.0.0.1:1/token",
+            "valid_jwt": "workload.jwt.value",
+        });
+        let cc = grant_config(&args("client_credentials"), None, None, Some(&context))
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&cc, GrantConfig::ClientCredentials { client } if client.client_id == "cc" && client.auth.method() == "private_key_jwt"),
+            "a key in the context wins: {cc:?}"
+        );
+        let basic = grant_config(
+            &args("client_credentials"),
+            Some("flag-client".into()),
+            Some("flag-secret".into()),
+            None,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            matches!(&basic, GrantConfig::ClientCredentials { client } if client.client_id == "flag-client" && client.auth == ClientAuthConfig::SecretBasic(SecretSource::Inline("flag-secret".into())))
+        );
+        let GrantConfig::Enterprise {
+            idp,
+            subject,
+            client,
+            ..
+        } = grant_config(&args("enterprise"), None, None, Some(&context))
+            .unwrap()
+            .unwrap()
+        else {
+            panic!("enterprise")
+        };
+        assert_eq!(idp.client.client_id, "idp-c");
+        assert_eq!(subject, SecretSource::Inline("id.token.jwt".into()));
+        assert_eq!(client.client_id, "cc");
+        assert_eq!(
+            grant_config(&args("workload"), None, None, Some(&context)).unwrap(),
+            Some(GrantConfig::Workload {
+                token: SecretSource::Inline("workload.jwt.value".into())
+            })
+        );
+    }
+
+    #[test]
+    fn a_missing_part_is_named() {
+        for (kind, says) in [
+            ("client_credentials", "needs a client secret"),
+            ("enterprise", "--idp-token-endpoint"),
+            ("workload", "--workload-token-file"),
+        ] {
+            let e = grant_config(&args(kind), Some("c".into()), None, None).unwrap_err();
+            assert!(e.contains(says), "{kind}: {e}");
+        }
     }
 }

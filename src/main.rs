@@ -97,6 +97,8 @@ struct ConnectArgs {
     /// Use DPoP-bound tokens (RFC 9449) even where the server does not require them.
     #[arg(long)]
     dpop: bool,
+    #[command(flatten)]
+    grant: mcpproxy_oauth::connect::GrantArgs,
 }
 
 /// Credentials handed over by the MCP conformance runner, where it runs us.
@@ -123,6 +125,12 @@ fn connect_options(args: ConnectArgs) -> Result<ConnectOptions, String> {
             .and_then(Value::as_str)
             .map(String::from)
     };
+    let grant = mcpproxy_oauth::connect::grant_config(
+        &args.grant,
+        args.client_id.clone(),
+        args.client_secret.as_ref().map(|s| s.secret().clone()),
+        context.as_ref(),
+    )?;
     let client = ClientConfig {
         client_id: args.client_id.or_else(|| from_context("client_id")),
         client_secret: args
@@ -141,6 +149,7 @@ fn connect_options(args: ConnectArgs) -> Result<ConnectOptions, String> {
         timeout: args.timeout,
         device_code: args.device_code,
         dpop: args.dpop,
+        grant,
     })
 }
 

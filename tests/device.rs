@@ -157,6 +157,7 @@ async fn connect_device_code_logs_in_after_one_slow_down() {
 fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
     ConnectOptions {
         device_code: true,
+        grant: None,
         ..connect_options(srv, browser)
     }
 }

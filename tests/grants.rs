@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use common::{captured_logs, start, temp_dir};
+use common::{captured_logs, enterprise_servers, mcp_status, start, temp_dir};
 use mcpproxy_oauth::oauth::dpop::{Dpop, DpopKey};
 use mcpproxy_oauth::oauth::error::{ErrorClass, OAuthError};
 use mcpproxy_oauth::oauth::grants::client_key::{ClientKey, ClientKeyError, SigningAlg};
@@ -61,20 +61,6 @@ fn jwt_key(pem: &str, alg: Option<SigningAlg>) -> ClientKey {
     ClientKey::read_pem_file(&key_file("client.pem", pem), alg).expect("the client key loads")
 }
 
-/// Calls the MCP endpoint with `token`; its HTTP status.
-async fn mcp_status(srv: &OAuthTestServer, token: &TokenSet) -> u16 {
-    reqwest::Client::new()
-        .post(srv.mcp_url())
-        .bearer_auth(token.access_token.secret())
-        .header("accept", "application/json, text/event-stream")
-        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 fn cc_server_config() -> Config {
     Config {
         client_credentials: true,
@@ -121,7 +107,7 @@ async fn client_credentials_with_a_secret_gets_a_token_without_refresh_token() {
         assert_eq!(set.scope.as_deref(), Some("mcp:read"));
         assert_eq!(set.token_type, "Bearer");
         assert!(set.is_valid_for(Duration::from_secs(3000), SystemTime::now()));
-        assert_eq!(mcp_status(&srv, &set).await, 200);
+        assert_eq!(mcp_status(&srv, set.access_token.secret()).await, 200);
     }
     let stats = srv.stats();
     assert_eq!(stats.token_requests_for(CC), 2);
@@ -144,7 +130,7 @@ async fn private_key_jwt_signs_with_es256_and_rs256_keys_read_from_pem_files() {
             .await
             .unwrap_or_else(|e| panic!("{client_id} {alg:?}: {e}"));
         assert!(set.refresh_token.is_none());
-        assert_eq!(mcp_status(&srv, &set).await, 200);
+        assert_eq!(mcp_status(&srv, set.access_token.secret()).await, 200);
     }
     let stats = srv.stats();
     assert_eq!(stats.client_assertions, 4, "{stats:?}");
@@ -346,25 +332,7 @@ async fn a_dpop_nonce_retry_signs_a_fresh_client_assertion() {
 /// `xaa-client` at the authorization server, which trusts the IdP and knows `xaa-client` by
 /// its secret (the conformance suite's shape).
 async fn enterprise() -> (OAuthTestServer, OAuthTestServer) {
-    let idp = start(Config {
-        idp: true,
-        private_key_jwt: true,
-        jwt_clients: vec![JwtClient {
-            client_id: "idp-client".into(),
-            keys: KeySource::Jwks(client_es256_jwks()),
-        }],
-        idp_client_ids: vec![("idp-client".into(), "xaa-client".into())],
-        ..Config::default()
-    })
-    .await;
-    let auth = start(Config {
-        jwt_bearer: true,
-        preregistered_client: Some(("xaa-client".into(), Some(XAA_SECRET.into()))),
-        trusted_idps: vec![idp.as_trusted_issuer()],
-        ..Config::default()
-    })
-    .await;
-    (idp, auth)
+    enterprise_servers(XAA_SECRET, Config::default()).await
 }
 
 fn idp_client() -> GrantClient {
@@ -440,7 +408,7 @@ async fn enterprise_managed_authorization_from_id_token_to_mcp_call() {
         .expect("the authorization server redeems the ID-JAG");
     assert!(set.refresh_token.is_none(), "renewal is a new exchange");
     assert_eq!(set.scope.as_deref(), Some("mcp:read"), "the ID-JAG's scope");
-    assert_eq!(mcp_status(&auth, &set).await, 200);
+    assert_eq!(mcp_status(&auth, set.access_token.secret()).await, 200);
 
     // Renewal: a new exchange and a new grant (an ID-JAG is used once).
     let again = redeem(&http, &auth, &first, None).await.unwrap_err();
@@ -555,7 +523,7 @@ async fn workload_identity_redeems_a_platform_jwt_read_from_a_file() {
             .await
             .expect("the platform JWT is redeemed, again and again");
         assert!(set.refresh_token.is_none());
-        assert_eq!(mcp_status(&auth, &set).await, 200);
+        assert_eq!(mcp_status(&auth, set.access_token.secret()).await, 200);
     }
     let expired = Assertion::workload(&platform.expired_token(&auth.issuer()));
     let wrong_audience =
@@ -685,5 +653,95 @@ async fn no_assertion_id_token_client_key_or_secret_reaches_a_log_line_or_an_err
                 secret.len()
             );
         }
+    }
+}
+
+/// `connect` with `grant` against `srv`: the run's result and the browser launches.
+async fn connect_with(
+    srv: &OAuthTestServer,
+    grant: mcpproxy_oauth::oauth::grants::credentials::GrantConfig,
+) -> (
+    Result<mcpproxy_oauth::connect::ConnectReport, mcpproxy_oauth::connect::ConnectError>,
+    u32,
+) {
+    let (browser, launches) = common::following_browser();
+    let options = mcpproxy_oauth::connect::ConnectOptions {
+        call_tool: Some(("echo".into(), serde_json::json!({"message": "granted"}))),
+        grant: Some(grant),
+        ..common::connect_options(srv, browser)
+    };
+    let result = mcpproxy_oauth::connect::connect(options).await;
+    (result, launches.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn connect_with_a_grant_calls_a_tool_and_a_refused_credential_ends_the_run_at_once() {
+    use mcpproxy_oauth::connect::ConnectError;
+    use mcpproxy_oauth::oauth::grants::credentials::{
+        ClientAuthConfig, ClientConfigured, GrantConfig, SecretSource,
+    };
+    let _ = captured_logs();
+    let srv = start(cc_server_config()).await;
+    let secret = key_file("cc-secret", CC_SECRET);
+    let grant = |secret: SecretSource| GrantConfig::ClientCredentials {
+        client: ClientConfigured {
+            client_id: "cc-client".into(),
+            auth: ClientAuthConfig::SecretBasic(secret),
+        },
+    };
+    let (report, launches) = connect_with(&srv, grant(SecretSource::File(secret))).await;
+    let report = report.expect("the grant's token calls the tool");
+    assert_eq!(report.tool_result.unwrap()["content"][0]["text"], "granted");
+    assert_eq!(
+        (report.authorizations, report.refreshes, launches),
+        (1, 0, 0)
+    );
+
+    let (failed, launches) = connect_with(
+        &srv,
+        grant(SecretSource::Inline("a-wrong-secret-1234".into())),
+    )
+    .await;
+    let e = failed.expect_err("a refused secret ends the run");
+    assert!(
+        matches!(&e, ConnectError::Grant(g) if g.oauth_code() == Some("invalid_client")),
+        "{e:?}"
+    );
+    assert_eq!(launches, 0, "never a browser");
+    let stats = srv.stats();
+    assert_eq!(stats.token_requests_for(CC), 2, "one grant a run, no retry");
+    assert_eq!(stats.authorize_requests + stats.registrations, 0);
+
+    let platform = Platform::kubernetes("https://kubernetes.default.svc");
+    let wif = start(Config {
+        jwt_bearer: true,
+        trusted_workload_issuers: vec![platform.trusted()],
+        ..Config::default()
+    })
+    .await;
+    let jwt = platform.token(&wif.issuer(), Duration::from_secs(600));
+    let file = key_file("workload-token", &jwt);
+    let (report, _) = connect_with(
+        &wif,
+        GrantConfig::Workload {
+            token: SecretSource::File(file),
+        },
+    )
+    .await;
+    report.expect("the workload JWT's token calls the tool");
+    assert_eq!(wif.stats().jwt_bearer_grants_for("workload"), 1);
+
+    let logs = captured_logs();
+    let text = format!("{logs} {e} {e:?}");
+    for secret in srv.secrets().all().chain(wif.secrets().all()).chain([
+        CC_SECRET,
+        "a-wrong-secret-1234",
+        jwt.as_str(),
+    ]) {
+        assert!(
+            !text.contains(secret),
+            "a secret ({} chars) leaked",
+            secret.len()
+        );
     }
 }

@@ -16,19 +16,6 @@ use mcpproxy_oauth::upstream::state::Policy;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use url::Url;
 
-/// The ladder compressed: fast attempts from 50 ms, then one attempt every 300 ms.
-fn fast_policy() -> Policy {
-    Policy {
-        backoff_base: 50,
-        backoff_cap: 200,
-        fast_attempts: 3,
-        retry_interval: 300,
-        retry_ceiling: 120_000,
-        min_timer_gap: 20,
-        ..Policy::default()
-    }
-}
-
 /// The test server as "srv", a browser that follows redirects (its launches counted), logins
 /// within 10 s, the store looked at every 200 ms.
 async fn supervisor(

@@ -143,6 +143,7 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
         redirect_port: 0,
         call_tool: None,
         device_code: false,
+        grant: None,
         timeout: Duration::from_secs(1),
         dpop: false,
     };

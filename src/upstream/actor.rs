@@ -138,6 +138,16 @@ impl UpstreamActor {
         snapshot: Snapshot,
         events: broadcast::Sender<StateChange>,
     ) -> Self {
+        // A grant server's policy: renewal is the grant, and no browser ever opens.
+        let policy = if config.grant.is_some() {
+            Policy {
+                grant: true,
+                interactive: false,
+                ..policy
+            }
+        } else {
+            policy
+        };
         UpstreamActor {
             state: State::new(policy, rand::random::<f64>()),
             owner: rt.scheduler.new_owner(),
@@ -308,6 +318,9 @@ impl UpstreamActor {
     fn perform(&mut self, effect: Effect, caller: &mut Caller, ctx: &mut Context<Self>) {
         match effect {
             Effect::LoadToken => self.load(ctx),
+            // A server with `oauth.grant` renews and "logs in" by its grant, never a browser.
+            Effect::StartRefresh(_) if self.config.grant.is_some() => self.start_grant(false, ctx),
+            Effect::StartLogin(_) if self.config.grant.is_some() => self.start_grant(true, ctx),
             Effect::StartRefresh(plan) => {
                 let generation = self.state.generation;
                 let Some(current) = self.current.clone() else {

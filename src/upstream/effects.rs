@@ -218,6 +218,27 @@ impl UpstreamActor {
         });
     }
 
+    /// Runs the server's grant (`oauth.grant`) as its one flow: for a renewal, or where the
+    /// machine asked for a login (`as_login`).
+    pub(super) fn start_grant(&mut self, as_login: bool, ctx: &mut Context<Self>) {
+        let generation = self.state.generation;
+        let kind = if as_login {
+            FlowKind::Login
+        } else {
+            FlowKind::Refresh
+        };
+        let flow_id = self.begin_flow(kind);
+        let request = flows::GrantRequest {
+            current: self.current.clone(),
+            challenge: self.last_challenge.clone(),
+            dpop: self.login_key(),
+            as_login,
+        };
+        let (rt, config, fence) = (self.rt.clone(), self.config.clone(), self.fence());
+        let flow = flows::grant(rt, config, flow_id.clone(), fence, request);
+        self.spawn_flow(flow_id, generation, flow, ctx);
+    }
+
     pub(super) fn begin_flow(&mut self, kind: FlowKind) -> String {
         *self.auth_url.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let flow_id = uuid::Uuid::new_v4().to_string();

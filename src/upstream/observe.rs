@@ -98,7 +98,8 @@ impl UpstreamActor {
             next_refresh_at: self
                 .state
                 .token
-                .filter(|t| connected && t.has_refresh_token)
+                // A grant server renews by its grant, refresh token or not.
+                .filter(|t| connected && (t.has_refresh_token || self.policy.grant))
                 .and_then(|t| t.refresh_at(self.state.jitter)),
             refresh_failures: self.state.transient_failures,
             unsaved_token: self.state.unsaved.is_some(),

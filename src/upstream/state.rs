@@ -43,6 +43,11 @@
 //!   refreshed at the old one: the login goes to the new server, with its own client.
 //! - Flows are fenced: each carries the `generation` it started in; logout and login bump it,
 //!   and a result from an older generation is ignored.
+//! - A grant server (`Policy::grant`) renews by running its grant again where another server
+//!   presents its refresh token: the same proactive margin, backoff, retries and ceiling. It
+//!   never waits for a browser: its first token is a grant, and past the retry ceiling (or
+//!   after a refused credential, which is `ClientRejected`) it tries again every
+//!   `retry_interval`.
 //! - Draining (shutdown): nothing new starts, a login is cancelled, a running refresh and an
 //!   unsaved token get to finish; `Drained` says when nothing is left.
 
@@ -91,6 +96,12 @@ pub struct Policy {
     /// before the refresh is retried. `false` (`connect`: one run has no registration to
     /// repair): a login with a new client follows instead.
     pub reregister: bool,
+    /// The server's tokens come from a grant without a user (client credentials,
+    /// enterprise-managed authorization, workload identity): no refresh token is needed to
+    /// renew, the grant is run again (`StartRefresh`) at the same proactive margin, and the
+    /// grant is what runs where a login would (the driver never opens a browser for such a
+    /// server). A token that cannot be renewed waits for the next attempt, never for a person.
+    pub grant: bool,
 }
 
 impl Default for Policy {
@@ -107,6 +118,7 @@ impl Default for Policy {
             max_step_ups: 2,
             max_logins: None,
             reregister: true,
+            grant: false,
         }
     }
 }

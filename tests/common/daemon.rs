@@ -44,6 +44,20 @@ pub fn supervisor_config(
     }
 }
 
+/// The recovery ladder compressed for tests: fast attempts from 50 ms, then one attempt
+/// every 300 ms, a two-minute ceiling.
+pub fn fast_policy() -> Policy {
+    Policy {
+        backoff_base: 50,
+        backoff_cap: 200,
+        fast_attempts: 3,
+        retry_interval: 300,
+        retry_ceiling: 120_000,
+        min_timer_gap: 20,
+        ..Policy::default()
+    }
+}
+
 pub async fn start_supervisor(config: SupervisorConfig) -> SupervisorHandle {
     SupervisorHandle::start(config)
         .await

@@ -126,6 +126,7 @@ pub fn connect_options(srv: &OAuthTestServer, browser: BrowserLauncher) -> Conne
         redirect_port: 0,
         call_tool: None,
         device_code: false,
+        grant: None,
         timeout: Duration::from_secs(20),
         dpop: false,
     }

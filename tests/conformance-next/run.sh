@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs the prerelease MCP conformance suite (0.2.0-alpha.12, pinned in package.json) against
 # `mcpproxy-oauth connect`, at both wires: the `auth` suite at 2025-11-25 and at 2026-07-28,
+# the credential-kind extension scenarios (client credentials with a secret and with a key,
+# enterprise-managed authorization, workload identity) at both wires, with `--grant KIND` and
+# everything else from the runner's MCP_CONFORMANCE_CONTEXT,
 # the draft auth scenarios of 2026-07-28 at their own wire and forced to 2025-11-25, the DPoP
 # extension scenarios (auth/dpop, auth/dpop-nonce) at both wires, three 2026-07-28 wire
 # scenarios, and the 2025-03-26 backcompat suite. The command line and the
@@ -30,13 +33,26 @@ core=(request-metadata http-standard-headers json-schema-ref-no-deref)
 # The DPoP extension (RFC 9449, SEP-1932): extension scenarios are on no spec timeline, so they
 # are forced, at both wires.
 dpop=(auth/dpop auth/dpop-nonce)
+# The credential kinds (extensions, forced at both wires): `connect --grant KIND`, the client
+# ID, secret, private key, IdP and ID token or workload JWT taken from MCP_CONFORMANCE_CONTEXT
+# as flags or files would give them.
+grants=(auth/client-credentials-basic auth/client-credentials-jwt
+  auth/enterprise-managed-authorization auth/wif-jwt-bearer)
+grant_kind() {
+  case $1 in
+    auth/client-credentials-*) echo client_credentials ;;
+    auth/enterprise-managed-authorization) echo enterprise ;;
+    auth/wif-jwt-bearer) echo workload ;;
+  esac
+}
 
 # The checker must fail a client that does nothing, on failed checks of a scenario that ran
 # (not merely because nothing ran), or a pass proves nothing.
 conformance do-nothing true --scenario auth/metadata-default --spec-version 2026-07-28
 conformance do-nothing true --scenario auth/iss-wrong-issuer --spec-version 2026-07-28
 conformance do-nothing true --scenario auth/dpop-nonce --spec-version 2026-07-28 --force
-for scenario in auth/metadata-default auth/iss-wrong-issuer auth/dpop-nonce; do
+conformance do-nothing true --scenario auth/client-credentials-basic --spec-version 2026-07-28 --force
+for scenario in auth/metadata-default auth/iss-wrong-issuer auth/dpop-nonce auth/client-credentials-basic; do
   if verdict=$(node "$checker" "$out/do-nothing" "$scenario") || ! grep -q "FAILURE" <<<"$verdict"; then
     echo "the conformance checker did not fail a client that does nothing in $scenario: $verdict"
     tail -n 40 "$out"/runner-do-nothing-*.log
@@ -59,6 +75,13 @@ for wire in 2026-07-28 2025-11-25; do
   done
   wait
 done
+for wire in 2026-07-28 2025-11-25; do
+  for scenario in "${grants[@]}"; do
+    conformance "grants-$wire" "$client --grant $(grant_kind "$scenario")" --scenario "$scenario" \
+      --spec-version "$wire" --force &
+  done
+  wait
+done
 
 failed=0
 for dir in wire-2025-11-25 wire-2026-07-28; do
@@ -68,6 +91,10 @@ done
 for wire in 2026-07-28 2025-11-25; do
   echo "== draft auth scenarios and the DPoP extension at wire $wire"
   node "$checker" "$out/draft-$wire" "${draft[@]}" "${dpop[@]}" || failed=1
+done
+for wire in 2026-07-28 2025-11-25; do
+  echo "== credential kinds (client credentials, enterprise-managed, workload identity) at wire $wire"
+  node "$checker" "$out/grants-$wire" "${grants[@]}" || failed=1
 done
 echo "== 2026-07-28 wire scenarios"
 node "$checker" "$out/core" "${core[@]}" || failed=1

@@ -20,6 +20,7 @@
 
 pub mod client_credentials;
 pub mod client_key;
+pub mod credentials;
 pub mod jwt_bearer;
 pub mod token_exchange;
 
@@ -136,13 +137,23 @@ pub enum GrantError {
     /// The client's key cannot sign.
     #[error(transparent)]
     Key(#[from] ClientKeyError),
+    /// A configured secret (client secret, ID token, workload token) cannot be read: the
+    /// config or the file needs a fix. Names the source, never the value.
+    #[error("cannot read {what} from {source_name}: {reason}")]
+    Credential {
+        what: String,
+        source_name: String,
+        reason: String,
+    },
 }
 
 impl GrantError {
     pub fn class(&self) -> ErrorClass {
         match self {
             GrantError::OAuth(e) | GrantError::Idp { source: e, .. } => e.class(),
-            GrantError::PolicyDenied { .. } | GrantError::Key(_) => ErrorClass::Permanent,
+            GrantError::PolicyDenied { .. }
+            | GrantError::Key(_)
+            | GrantError::Credential { .. } => ErrorClass::Permanent,
         }
     }
 
@@ -155,7 +166,7 @@ impl GrantError {
         match self {
             GrantError::OAuth(e) | GrantError::Idp { source: e, .. } => e.oauth_code(),
             GrantError::PolicyDenied { .. } => Some("access_denied"),
-            GrantError::Key(_) => None,
+            GrantError::Key(_) | GrantError::Credential { .. } => None,
         }
     }
 }

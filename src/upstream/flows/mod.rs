@@ -6,6 +6,7 @@
 //! refresh failed); what follows is the state machine's decision. This module holds what both
 //! flows work with ([`FlowContext`]); `rows` maps the stored rows.
 
+mod grant;
 mod login;
 mod refresh;
 mod rows;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use actix::Addr;
 use serde_json::json;
 
+pub use grant::{GrantRequest, failure_of as grant_failure, grant};
 pub use login::{LoginRequest, Published, login};
 pub use refresh::{RefreshRequest, refresh};
 pub use rows::{dpop_binding, endpoint_from_stored, facts};
@@ -122,6 +124,18 @@ pub enum FlowOutcome {
         /// The login went with a dynamically registered client (stored or new).
         dynamic_client: bool,
     },
+}
+
+impl FlowOutcome {
+    /// A refresh (or grant) that failed with nothing rotated and no client to keep.
+    fn refresh_failed(failure: RefreshFailure, error: String) -> FlowOutcome {
+        FlowOutcome::RefreshFailed {
+            failure,
+            error,
+            rotated_refresh_token: None,
+            endpoint: None,
+        }
+    }
 }
 
 /// The generation a flow started in, checked on the registry thread right before each write:
@@ -446,6 +460,58 @@ impl<'a> FlowContext<'a> {
                  attempt re-reads it before presenting anything"
             ),
             Err(e) => tracing::warn!(error = %e, "could not mark the unanswered refresh"),
+        }
+    }
+}
+
+impl FlowContext<'_> {
+    /// Takes a refresh slot and the server's cross-process lock (waiting at most `wait`),
+    /// then records the flow and reads the store under the lock. A failure is transient.
+    async fn lock_and_begin(
+        &self,
+        wait: Duration,
+    ) -> Result<(crate::store::lock::FlowLock, FlowStart), FlowOutcome> {
+        let failed = |error: String| {
+            FlowOutcome::refresh_failed(RefreshFailure::Transient { retry_after: None }, error)
+        };
+        let _slot = self.rt.scheduler.refresh_slot().await;
+        let lock = crate::store::lock::acquire(&self.rt.lock_dir, &self.config.server_key, wait)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        match self.begin_and_read(wait).await {
+            Ok(start) => Ok((lock, start)),
+            Err(e) => {
+                let error = format!("cannot read the token store: {e}");
+                self.finish(Some(error.clone())).await;
+                Err(failed(error))
+            }
+        }
+    }
+
+    /// Saves a token the flow obtained, fenced, marking the flow succeeded: `Ok(true)` when
+    /// durable, `Ok(false)` when only in memory (the machine retries the save); a flow a
+    /// logout overtook ends with `TokenGone`. `what` names the token in the logs.
+    async fn save_obtained(&self, token: &StoredToken, what: &str) -> Result<bool, FlowOutcome> {
+        match self.save(token, None, true).await {
+            Ok(()) => Ok(true),
+            Err(SaveError::Fenced) => {
+                tracing::info!("a logout overtook this flow; the {what} token is discarded");
+                let error = "overtaken by a logout".to_string();
+                self.finish(Some(error.clone())).await;
+                Err(FlowOutcome::refresh_failed(
+                    RefreshFailure::TokenGone,
+                    error,
+                ))
+            }
+            Err(SaveError::Store(e)) => {
+                tracing::error!(
+                    error = %e,
+                    "the {what} token could not be persisted; it is kept in memory and its save is retried",
+                );
+                // The flow's end was in the failed transaction: recorded on its own.
+                self.finish(None).await;
+                Ok(false)
+            }
         }
     }
 }

@@ -93,7 +93,7 @@ pub(super) fn known(next: &State, t: TokenFacts) -> TokenFacts {
 pub(super) fn connected(next: &mut State, fx: &mut Vec<Effect>, t: TokenFacts, now: Millis) {
     next.phase = Phase::Connected;
     fx.push(Effect::ResolveWaiters(Resolution::Ready));
-    next.refresh_due = if t.has_refresh_token {
+    next.refresh_due = if renewable(next, Some(t)) {
         // A refresh time already past (a token loaded late, or one that lived shorter than
         // its flow) waits the minimal gap, so nothing spins.
         t.refresh_at(next.jitter).map(|at| {
@@ -128,9 +128,15 @@ pub(super) fn adopt(next: &mut State, fx: &mut Vec<Effect>, t: TokenFacts, now: 
     decide(next, fx, t, now);
 }
 
+/// Whether `t` can be renewed without a person: it has a refresh token, or the server's
+/// tokens come from a grant (`Policy::grant`), which is simply run again.
+pub(super) fn renewable(next: &State, t: Option<TokenFacts>) -> bool {
+    next.policy.grant || t.is_some_and(|t| t.has_refresh_token)
+}
+
 pub(super) fn refresh_or_login(next: &mut State, fx: &mut Vec<Effect>, now: Millis) {
     match next.token {
-        Some(t) if t.has_refresh_token => start_refresh(next, fx, RefreshPlan::default()),
+        _ if renewable(next, next.token) => start_refresh(next, fx, RefreshPlan::default()),
         Some(t) if t.usable(now) => connected(next, fx, t, now),
         Some(_) => needs_login(next, fx, now, LoginReason::NoRefreshToken),
         None => needs_login(next, fx, now, LoginReason::NoStoredToken),
@@ -139,7 +145,7 @@ pub(super) fn refresh_or_login(next: &mut State, fx: &mut Vec<Effect>, now: Mill
 
 /// The browser may open by itself now, or from when (`None`: never, by itself).
 fn browser_allowed_at(next: &State, now: Millis) -> Option<Millis> {
-    if !next.policy.interactive {
+    if !next.policy.interactive || next.policy.grant {
         return None;
     }
     Some(match next.last_browser_failure {
@@ -156,15 +162,17 @@ pub(super) fn needs_login(
     now: Millis,
     reason: LoginReason,
 ) {
+    // A grant server's first token (none stored yet) is a grant, at once.
+    if next.policy.grant && reason == LoginReason::NoStoredToken {
+        start_refresh(next, fx, RefreshPlan::default());
+        return;
+    }
     let browser_at = browser_allowed_at(next, now);
     if browser_at == Some(now) {
         start_login(next, fx, Some(reason), now);
         return;
     }
-    let refresh_at = next
-        .token
-        .is_some_and(|t| t.has_refresh_token)
-        .then(|| now + retry_delay(next));
+    let refresh_at = renewable(next, next.token).then(|| now + retry_delay(next));
     fx.push(Effect::AnnounceReauthentication {
         reason: reason.clone(),
     });
@@ -630,7 +638,7 @@ pub(super) fn due(
             },
             Timer::Retry,
         ) => {
-            if next.token.is_some_and(|t| t.has_refresh_token) {
+            if renewable(next, next.token) {
                 start_refresh(next, fx, RefreshPlan::default());
             } else {
                 next.phase = NeedsLogin {

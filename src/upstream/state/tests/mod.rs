@@ -9,6 +9,7 @@ use Effect::*;
 
 mod connected;
 mod flows;
+mod grants;
 mod idle;
 mod model;
 mod properties;

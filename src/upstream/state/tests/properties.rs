@@ -5,9 +5,11 @@ use proptest::prelude::*;
 use super::model::{Op, World, action};
 use super::*;
 
-fn policy(interactive: bool) -> Policy {
+/// `grant`: a server with `oauth.grant` (renewal by its grant, never a browser).
+fn policy(interactive: bool, grant: bool) -> Policy {
     Policy {
         interactive,
+        grant,
         ..Policy::default()
     }
 }
@@ -67,9 +69,10 @@ proptest! {
     fn any_sequence_keeps_the_invariants_and_recovers(
         actions in proptest::collection::vec(action(), 0..60),
         interactive in any::<bool>(),
+        grant in any::<bool>(),
         jitter in 0.0f64..1.0,
     ) {
-        let mut world = World::new(policy(interactive), jitter);
+        let mut world = World::new(policy(interactive, grant), jitter);
         world.run(&actions)?;
         for _ in 0..30 {
             if world.state.phase == Phase::Connected && world.op.is_none() {
@@ -87,8 +90,9 @@ proptest! {
         actions in proptest::collection::vec(action(), 0..40),
         after in proptest::collection::vec(action(), 0..20),
         interactive in any::<bool>(),
+        grant in any::<bool>(),
     ) {
-        let mut world = World::new(policy(interactive), 0.5);
+        let mut world = World::new(policy(interactive, grant), 0.5);
         world.run(&actions)?;
         world.feed(Event::Drain, false)?;
         world.run(&after)?;
@@ -108,10 +112,11 @@ proptest! {
     fn a_failing_server_costs_a_bounded_number_of_events_per_hour(
         kinds in proptest::collection::vec(0u8..12, 1..200),
         interactive in any::<bool>(),
+        grant in any::<bool>(),
         jitter in 0.0f64..1.0,
         start in 0u8..5,
     ) {
-        let mut world = World::new(policy(interactive), jitter);
+        let mut world = World::new(policy(interactive, grant), jitter);
         world.caller(start)?;
         let end = world.now + HOUR;
         let mut kinds = kinds.into_iter().cycle();
