@@ -1,6 +1,6 @@
 //! The upstream server list, read from mcpproxy's `mcp_config.json` shape:
 //! `{"mcpServers": [{"name", "url", "oauth": {"client_id", "client_secret", "scopes",
-//! "redirect_port", "extra_params", "device_code", "dpop"}}]}`. Servers with an `oauth` object (it may be empty) are
+//! "redirect_port", "extra_params", "device_code", "dpop", "callback_url"}}]}`. Servers with an `oauth` object (it may be empty) are
 //! the ones this subsystem keeps authorized. Unknown fields are ignored; a bad field is an
 //! error naming the server and the exact sub-field, with the type expected and never the
 //! value (it may be a secret); valid JSON of another shape is a "wrong shape" error. The read
@@ -35,6 +35,10 @@ pub struct UpstreamConfig {
     /// `oauth.dpop`: use DPoP-bound tokens (RFC 9449) even where the server does not require
     /// them (where it does, they are used anyway).
     pub dpop: bool,
+    /// `oauth.callback_url`: the public redirect URI (a reverse proxy's, for a daemon in a
+    /// container or on a remote host) instead of a loopback listener; the daemon's API
+    /// listener serves its path. `serve --callback-url` sets it for servers without one.
+    pub callback_url: Option<Url>,
 }
 
 impl UpstreamConfig {
@@ -53,6 +57,7 @@ impl UpstreamConfig {
             extra_params: BTreeMap::new(),
             device_code: false,
             dpop: false,
+            callback_url: None,
         }
     }
 }
@@ -136,6 +141,7 @@ struct RawOAuth {
     client_metadata_url: Option<String>,
     device_code: bool,
     dpop: bool,
+    callback_url: Option<String>,
 }
 
 /// The JSON type of a value, for messages that must not echo the value (it may be a secret).
@@ -236,6 +242,12 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         server.extra_params = oauth.extra_params;
         server.device_code = oauth.device_code;
         server.dpop = oauth.dpop;
+        server.callback_url = match oauth.callback_url {
+            Some(text) => {
+                Some(callback_url(&text).map_err(|reason| field("oauth.callback_url", reason))?)
+            }
+            None => None,
+        };
         servers.push(server);
     }
     Ok(servers)
@@ -259,6 +271,63 @@ fn parse_url(text: &str) -> Result<Url, String> {
     }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("{url} is not http(s)"));
+    }
+    Ok(url)
+}
+
+/// Paths of the daemon's listener a callback URL cannot take: they serve something else.
+const RESERVED_PATHS: &[&str] = &["/", "/metrics", "/api/", "/mcp/"];
+
+/// A public callback URL (the redirect URI of a daemon behind a reverse proxy): `https`, or
+/// `http` on a loopback address (RFC 8252 §7.3, OAuth 2.1 §2.3.1); no user, query or fragment;
+/// a path the daemon's listener can serve for it. Errors say what to change.
+pub fn callback_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim()).map_err(|e| {
+        format!(
+            "{text:?} is not a URL ({e}); give the public address that reaches the daemon's \
+             callback, e.g. https://proxy.example/oauth/callback"
+        )
+    })?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(format!(
+                "{url} is plain http on a non-loopback host: the authorization code would cross \
+                 the network in clear; use https (terminated by the reverse proxy), or http on \
+                 127.0.0.1, [::1] or localhost"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "{url} has the scheme {other}: a callback URL is https (or http on loopback)"
+            ));
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("it holds a user name or password; remove them".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{url} has a query or fragment: the authorization server appends its own query \
+             (RFC 6749 §3.1.2); give the bare address"
+        ));
+    }
+    let path = url.path();
+    if RESERVED_PATHS
+        .iter()
+        .any(|r| path == *r || (r.ends_with('/') && r.len() > 1 && path.starts_with(r)))
+    {
+        return Err(format!(
+            "{url} has the path {path}, which the daemon's listener serves for something else; \
+             use a path of its own such as /oauth/callback"
+        ));
     }
     Ok(url)
 }
@@ -356,6 +425,7 @@ fn parse_oauth(value: &serde_json::Value) -> Result<RawOAuth, (String, String)> 
         extra_params,
         client_metadata_url: string("client_metadata_url")?,
         dpop: boolean("dpop")?,
+        callback_url: string("callback_url")?,
     })
 }
 
@@ -556,6 +626,51 @@ mod tests {
         assert!(
             message.contains(&shape.display().to_string()) && message.contains("wrong shape"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn callback_urls_are_https_or_loopback_http_with_a_path_of_their_own() {
+        for good in [
+            "https://proxy.example/oauth/callback",
+            "http://127.0.0.1:8080/oauth/callback",
+            "http://[::1]:9/cb",
+            "http://localhost/cb",
+        ] {
+            assert_eq!(callback_url(good).unwrap().as_str(), good);
+        }
+        for (bad, says) in [
+            ("http://proxy.example/oauth/callback", "use https"),
+            ("ftp://proxy.example/cb", "scheme ftp"),
+            ("https://proxy.example/cb?x=1", "query or fragment"),
+            ("https://proxy.example/cb#f", "query or fragment"),
+            ("https://proxy.example", "path /"),
+            ("https://proxy.example/api/v1/cb", "path /api/v1/cb"),
+            ("https://proxy.example/mcp/x", "path /mcp/x"),
+            ("https://u:p@proxy.example/cb", "user name or password"),
+            ("proxy.example/cb", "not a URL"),
+        ] {
+            let e = callback_url(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let servers = parse(
+            r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"callback_url": "https://p.example/oauth/callback"}},
+                               {"name": "b", "url": "https://b.example/mcp", "oauth": {}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            servers[0].callback_url.as_ref().unwrap().as_str(),
+            "https://p.example/oauth/callback"
+        );
+        assert!(servers[1].callback_url.is_none());
+        let e = parse(
+            r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"callback_url": "http://p.example/cb"}}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("server a: field oauth.callback_url: ") && e.contains("use https"),
+            "{e}"
         );
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::start;
 use oauth_test_server::Config;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
 /// The daemon's open-file limit in this test (soft and hard).
@@ -98,27 +98,11 @@ impl Serve {
             }
         }
         let mut child = command.spawn().expect("serve starts");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(at) = line.find("http://127.0.0.1:") {
-                    return line[at..].trim().to_string();
-                }
-            }
-            panic!(
-                "serve ended without printing the page's URL; see {}",
-                dir.join("serve.log").display()
-            );
-        })
-        .await
-        .expect("serve prints the page's URL within 30 s");
-        let (base, key) = url
-            .split_once("/?apikey=")
-            .expect("the URL carries the key");
+        let (base, key) = common::printed_page(&mut child, &dir.join("serve.log")).await;
         Serve {
             child,
-            base: base.to_string(),
-            key: key.to_string(),
+            base,
+            key,
             dir: dir.to_path_buf(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))

@@ -40,6 +40,9 @@ pub struct Guard {
     key: ApiKey,
     /// The bound address (its real port, when `listen` asked for port 0).
     bound: SocketAddr,
+    /// Public callback paths: a browser redirected there by an authorization server (through a
+    /// reverse proxy, with the proxy's Host) has no key; `state` and PKCE protect them.
+    callback_paths: std::sync::Arc<[String]>,
 }
 
 /// How a request proved it has the key (in the request's extensions once admitted).
@@ -60,7 +63,17 @@ pub enum Refusal {
 
 impl Guard {
     pub fn new(key: ApiKey, bound: SocketAddr) -> Self {
-        Guard { key, bound }
+        Guard {
+            key,
+            bound,
+            callback_paths: std::sync::Arc::from(Vec::new()),
+        }
+    }
+
+    /// Lets a GET to one of `paths` (the public callback paths) through unchecked.
+    pub fn with_callback_paths(mut self, paths: &[String]) -> Self {
+        self.callback_paths = std::sync::Arc::from(paths.to_vec());
+        self
     }
 
     pub fn key(&self) -> &ApiKey {
@@ -233,6 +246,11 @@ pub async fn guard<B: MessageBody + 'static>(
         );
         return Ok(req.into_response(response).map_into_right_body());
     };
+    if req.method() == actix_web::http::Method::GET
+        && guard.callback_paths.iter().any(|p| p == req.path())
+    {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
     let text = |name: header::HeaderName| {
         req.headers()
             .get(name)

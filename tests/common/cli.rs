@@ -97,6 +97,30 @@ pub fn spawn(args: &[&str]) -> tokio::process::Child {
         .expect("the binary starts")
 }
 
+/// The API's base URL and key, from the page's URL a starting `serve --listen 127.0.0.1:...`
+/// prints on its standard output (piped), within 30 s; `log` is named if it ends first.
+pub async fn printed_page(child: &mut tokio::process::Child, log: &Path) -> (String, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("http://127.0.0.1:") {
+                return line[at..].trim().to_string();
+            }
+        }
+        panic!(
+            "serve ended without printing the page's URL; see {}",
+            log.display()
+        );
+    })
+    .await
+    .expect("serve prints the page's URL within 30 s");
+    let (base, key) = url
+        .split_once("/?apikey=")
+        .expect("the URL carries the key");
+    (base.to_string(), key.to_string())
+}
+
 /// Sends `signal` (`-INT`, `-TERM`, ...) to a running child.
 pub fn signal(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().expect("the child runs").to_string();
