@@ -1,5 +1,7 @@
 //! The request guard, wrapped around the whole App: every route on the listener passes it,
-//! the page, `/metrics` and the gateway's `/mcp/` paths included. In order:
+//! the page, `/metrics` and the gateway's `/mcp/` paths included. Only a GET to a configured
+//! public callback path (`oauth.callback_url`) does not: the browser the authorization server
+//! sends there has no key and the proxy's Host; `state` and PKCE guard it. In order:
 //!
 //! 1. **Host**, on a loopback listener: exactly `localhost`, `127.0.0.1`, `[::1]` (or the
 //!    address bound) with the listener's port. A name that merely resolves to loopback

@@ -198,7 +198,8 @@ impl ApiServer {
                     let counted = limits.clone();
                     let server = actix_web::HttpServer::new(move || {
                         // Every route on the listener, whoever registers it, is behind the
-                        // guard; the connection cap is checked before anything else.
+                        // guard (but the public callback paths, see `guard`); the connection
+                        // cap is checked before anything else.
                         actix_web::App::new()
                             .app_data(state.clone())
                             .app_data(guard.clone())
