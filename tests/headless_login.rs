@@ -314,10 +314,10 @@ async fn pasted_back_through_the_api_wrong_state_iss_and_replayed_code_are_refus
     srv.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_login_paste_prints_the_link_refuses_a_wrong_state_and_completes_with_the_right_url() {
-    let srv = start(Config::default()).await;
-    let (config, data) = daemon_files(&srv, "paste-cli");
+/// `auth login srv --paste` on `config`: the printed link approved by a "browser" elsewhere, a
+/// wrong-state address pasted (refused, the login waits on), then the right one. Checks the
+/// login completed with one code, and that no code is in the output; returns the link.
+async fn login_by_pasting(srv: &OAuthTestServer, config: &Path, data: &Path) -> String {
     let mut child = bin(&[
         "auth",
         "login",
@@ -397,13 +397,57 @@ async fn auth_login_paste_prints_the_link_refuses_a_wrong_state_and_completes_wi
         Some(&1)
     );
     let codes = srv.secrets().authorization_codes;
-    assert_eq!(codes.len(), 1);
+    assert_eq!(codes.len(), 1, "one login, one code");
     let everything = format!("{stdout}{said}");
     assert!(
         !everything.contains(codes[0].as_str()),
         "the code leaked: {everything}"
     );
-    assert_no_secret_but_auth_links(&srv, &everything);
+    assert_no_secret_but_auth_links(srv, &everything);
+    link
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_login_paste_prints_the_link_refuses_a_wrong_state_and_completes_with_the_right_url() {
+    let srv = start(Config::default()).await;
+    let (config, data) = daemon_files(&srv, "paste-cli");
+    let link = login_by_pasting(&srv, &config, &data).await;
+    assert!(
+        param(&link, "redirect_uri").starts_with("http://127.0.0.1:"),
+        "the loopback redirect URI: {link}"
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_own_callback_url_is_used_by_auth_login_paste_and_refused_without_it() {
+    let srv = start(Config::default()).await;
+    let dir = temp_dir("paste-cli-public");
+    let public = "https://proxy.example/srv/callback";
+    let config = dir.join("mcp_config.json");
+    let servers = serde_json::json!({"mcpServers": [
+        {"name": "srv", "url": srv.mcp_url(), "oauth": {"callback_url": public}}
+    ]});
+    std::fs::write(&config, servers.to_string()).unwrap();
+    let data = dir.join("data");
+    let (config_text, data_text) = (config.to_str().unwrap(), data.to_str().unwrap());
+    let out = run(
+        &[
+            "auth",
+            "login",
+            "srv",
+            "--config",
+            config_text,
+            "--data-dir",
+            data_text,
+        ],
+        &[],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--paste"), "{}", text(&out));
+    let link = login_by_pasting(&srv, &config, &data).await;
+    assert_eq!(param(&link, "redirect_uri"), public);
     srv.shutdown().await;
 }
 
