@@ -1,5 +1,7 @@
 //! The request guard, wrapped around the whole App: every route on the listener passes it,
-//! the page, `/metrics` and the gateway's `/mcp/` paths included. In order:
+//! the page, `/metrics` and the gateway's `/mcp/` paths included. Only a GET to a configured
+//! public callback path (`oauth.callback_url`) does not: the browser the authorization server
+//! sends there has no key and the proxy's Host; `state` and PKCE guard it. In order:
 //!
 //! 1. **Host**, on a loopback listener: exactly `localhost`, `127.0.0.1`, `[::1]` (or the
 //!    address bound) with the listener's port. A name that merely resolves to loopback
@@ -40,6 +42,9 @@ pub struct Guard {
     key: ApiKey,
     /// The bound address (its real port, when `listen` asked for port 0).
     bound: SocketAddr,
+    /// Public callback paths: a browser redirected there by an authorization server (through a
+    /// reverse proxy, with the proxy's Host) has no key; `state` and PKCE protect them.
+    callback_paths: std::sync::Arc<[String]>,
 }
 
 /// How a request proved it has the key (in the request's extensions once admitted).
@@ -60,7 +65,17 @@ pub enum Refusal {
 
 impl Guard {
     pub fn new(key: ApiKey, bound: SocketAddr) -> Self {
-        Guard { key, bound }
+        Guard {
+            key,
+            bound,
+            callback_paths: std::sync::Arc::from(Vec::new()),
+        }
+    }
+
+    /// Lets a GET to one of `paths` (the public callback paths) through unchecked.
+    pub fn with_callback_paths(mut self, paths: &[String]) -> Self {
+        self.callback_paths = std::sync::Arc::from(paths.to_vec());
+        self
     }
 
     pub fn key(&self) -> &ApiKey {
@@ -233,6 +248,11 @@ pub async fn guard<B: MessageBody + 'static>(
         );
         return Ok(req.into_response(response).map_into_right_body());
     };
+    if req.method() == actix_web::http::Method::GET
+        && guard.callback_paths.iter().any(|p| p == req.path())
+    {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
     let text = |name: header::HeaderName| {
         req.headers()
             .get(name)

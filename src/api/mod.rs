@@ -99,6 +99,17 @@ pub enum ApiError {
     SupervisorStopped,
 }
 
+/// The paths of the servers' public callback URLs, each once.
+fn callback_paths(servers: &[crate::config::UpstreamConfig]) -> Vec<String> {
+    let mut paths: Vec<String> = servers
+        .iter()
+        .filter_map(|s| s.callback_url.as_ref().map(|u| u.path().to_string()))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
 /// HTTP worker threads of the API.
 const WORKERS: usize = 2;
 
@@ -155,7 +166,10 @@ impl ApiServer {
                         config.max_sse_subscribers,
                         metrics.clone(),
                     ));
-                    let guard = actix_web::web::Data::new(guard::Guard::new(key, addr));
+                    let callback_paths = callback_paths(&config.servers);
+                    let guard = actix_web::web::Data::new(
+                        guard::Guard::new(key, addr).with_callback_paths(&callback_paths),
+                    );
                     let hub = Arc::new(EventHub::new(config.subscriber_queue, metrics.clone()));
                     actix_web::rt::spawn(events::pump(
                         handle.clone(),
@@ -184,13 +198,15 @@ impl ApiServer {
                     let counted = limits.clone();
                     let server = actix_web::HttpServer::new(move || {
                         // Every route on the listener, whoever registers it, is behind the
-                        // guard; the connection cap is checked before anything else.
+                        // guard (but the public callback paths, see `guard`); the connection
+                        // cap is checked before anything else.
                         actix_web::App::new()
                             .app_data(state.clone())
                             .app_data(guard.clone())
                             .app_data(gateway.clone())
                             // Before the API's routes: their scope answers every other path.
                             .configure(crate::gateway::configure)
+                            .configure(|cfg| routes::configure_callbacks(cfg, &callback_paths))
                             .configure(routes::configure)
                             .wrap(routes::security_headers())
                             .wrap(actix_web::middleware::from_fn(guard::guard))

@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/api/v1/servers", "GET"),
     ("/api/v1/servers/{name}", "GET"),
     ("/api/v1/servers/{name}/login", "POST"),
+    ("/api/v1/servers/{name}/login/complete", "POST"),
     ("/api/v1/servers/{name}/logout", "POST"),
     ("/api/v1/servers/{name}/refresh", "POST"),
     ("/api/v1/servers/{name}/reconnect", "POST"),
@@ -193,6 +194,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             },
         )));
     }
+    cfg.service(
+        resource("/api/v1/servers/{name}/login/complete").route(web::post().to(complete_login)),
+    );
     cfg.service(resource("/api/v1/servers/{name}/diagnose").route(web::get().to(diagnose)))
         .service(resource("/api/v1/flows").route(web::get().to(list_flows)))
         .service(resource("/api/v1/flows/{correlation_id}").route(web::get().to(one_flow)))
@@ -207,6 +211,101 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 ),
             )
         }));
+}
+
+/// Registers the public callback paths (`oauth.callback_url`, `serve --callback-url`): a
+/// browser sent there by the authorization server, through the reverse proxy, finishes the
+/// login waiting for its `state`. The guard lets these through without the key (the browser has
+/// none); `state`, PKCE and `iss` are what protects them, as on a loopback listener.
+pub fn configure_callbacks(cfg: &mut web::ServiceConfig, paths: &[String]) {
+    for path in paths {
+        cfg.service(web::resource(path.as_str()).route(web::get().to(public_callback)));
+    }
+}
+
+/// A redirect to a public callback path: the verdict as a small page (never the code).
+async fn public_callback(state: Data<AppState>, req: HttpRequest) -> HttpResponse {
+    use crate::oauth::callback::DeliveryError;
+    let (status, title, message) = match state
+        .handle
+        .callbacks()
+        .redirected(req.query_string())
+        .await
+    {
+        Ok(()) => (
+            StatusCode::OK,
+            "Signed in",
+            "Authorization complete. You can close this tab and return to mcpproxy-oauth."
+                .to_string(),
+        ),
+        Err(e @ DeliveryError::Failed(_)) => {
+            (StatusCode::BAD_REQUEST, "Sign-in failed", e.to_string())
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            "Sign-in response rejected",
+            e.to_string(),
+        ),
+    };
+    let message = crate::telemetry::secrets::scrub(&message)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body><h1>{title}</h1><p>{message}</p></body></html>"
+        ))
+}
+
+/// `POST /api/v1/servers/{name}/login/complete` with `{"url": "..."}`: the address a browser
+/// ended on, pasted back, finishes the server's waiting login. Its verdict: 200, or an error
+/// naming why (the login keeps waiting unless the error says it failed). The URL and its code
+/// are secrets: registered for scrubbing, never echoed.
+async fn complete_login(
+    state: Data<AppState>,
+    name: web::Path<String>,
+    body: Bytes,
+) -> HttpResponse {
+    use crate::oauth::callback::DeliveryError;
+    let name = name.into_inner();
+    if !state.handle.servers().contains(&name) {
+        return unknown_server(&state, &name);
+    }
+    #[derive(Deserialize)]
+    struct Pasted {
+        url: String,
+    }
+    let Ok(Pasted { url }) = serde_json::from_slice::<Pasted>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the body must be JSON {\"url\": \"...\"}: the whole address the browser ended on after approving",
+        );
+    };
+    crate::telemetry::secrets::register(url.trim());
+    match state.handle.callbacks().paste(&name, &url).await {
+        Ok(()) => {
+            state.links.clear(&name);
+            HttpResponse::Ok().json(json!({
+                "server": name,
+                "completed": true,
+                "message": "the authorization response was accepted and its code exchanged; the token is being stored",
+            }))
+        }
+        Err(e) => {
+            let status = match e {
+                DeliveryError::NotWaiting(_) => StatusCode::CONFLICT,
+                DeliveryError::NotAResponse(_) | DeliveryError::Refused(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                DeliveryError::Failed(_) => StatusCode::BAD_GATEWAY,
+            };
+            error(status, e.code(), e.to_string())
+        }
+    }
 }
 
 /// The page's inline script, hashed for its Content-Security-Policy (no other script runs).

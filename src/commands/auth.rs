@@ -21,6 +21,11 @@ pub enum AuthCommand {
         server: Option<String>,
         #[arg(long, conflicts_with = "server")]
         all: bool,
+        /// For a host without a browser: print the authorization link, then read from standard
+        /// input the address the browser (on any machine) ended on after approving, and finish
+        /// the login with it. A wrong address is refused and another is read.
+        #[arg(long, conflicts_with = "all", requires = "server")]
+        paste: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -180,8 +185,11 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
         AuthCommand::Login {
             server,
             all,
-            common,
+            paste,
+            mut common,
         } => {
+            // The link is printed, not opened: the browser is elsewhere.
+            common.no_browser |= paste;
             let (handle, servers) = match start(&common, true, None).await {
                 Ok(started) => started,
                 Err(e) => return fail(e),
@@ -191,9 +199,26 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
                 (None, true) => servers.iter().map(|s| s.name.clone()).collect(),
                 (None, false) => return fail("name a server, or pass --all"),
             };
+            if !paste
+                && let Some(s) = servers
+                    .iter()
+                    .find(|s| s.callback_url.is_some() && names.contains(&s.name))
+            {
+                handle.shutdown().await;
+                return fail(format!(
+                    "{} logs in through its public callback URL, which only the daemon serves: \
+                     log in through the daemon (POST /api/v1/servers/{}/login), or here with \
+                     --paste",
+                    s.name, s.name
+                ));
+            }
             let mut failed = false;
             for name in names {
-                match handle.login(&name).await {
+                let result = match paste {
+                    true => login_pasting(&handle, &name).await,
+                    false => handle.login(&name).await,
+                };
+                match result {
                     Ok(grant) => println!(
                         "{}: logged in (flow {})",
                         safe(&name),
@@ -260,6 +285,54 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
                 }
                 Err(e) => fail(e),
             }
+        }
+    }
+}
+
+/// A login finished by pasting: the link is printed (by the launcher), each line read from
+/// standard input is delivered to the waiting login, and its verdict printed, until the login
+/// ends (or its timeout). Input is read on a thread of its own, so a terminal left open does
+/// not keep the command from ending.
+async fn login_pasting(
+    handle: &mcpproxy_oauth::supervisor::SupervisorHandle,
+    name: &str,
+) -> Result<mcpproxy_oauth::upstream::actor::Grant, mcpproxy_oauth::supervisor::SupervisorError> {
+    use std::io::BufRead;
+    let (lines, mut pasted) = tokio::sync::mpsc::channel::<String>(1);
+    std::thread::Builder::new()
+        .name("paste-input".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                // A secret from the moment it is read.
+                mcpproxy_oauth::telemetry::secrets::register(line.trim());
+                if lines.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        })
+        .ok();
+    eprintln!(
+        "After approving, paste here the whole address your browser ended on (it may say the \
+         page cannot be reached) and press Enter."
+    );
+    let login = handle.login(name);
+    tokio::pin!(login);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            result = &mut login => return result,
+            line = pasted.recv(), if reading => match line {
+                Some(line) if line.trim().is_empty() => {}
+                Some(line) => match handle.callbacks().paste(name, &line).await {
+                    Ok(()) => eprintln!("{}: the address was accepted; finishing the login", safe(name)),
+                    Err(e) => eprintln!("mcpproxy-oauth: {}", safe(&e.to_string())),
+                },
+                None => {
+                    reading = false;
+                    eprintln!("mcpproxy-oauth: standard input ended; the login waits for its redirect until the login timeout");
+                }
+            },
         }
     }
 }

@@ -44,6 +44,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = mcpproxy_oauth::api::limits::DEFAULT_MAX_SSE_SUBSCRIBERS as u32,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_sse_subscribers: u32,
+    /// The public redirect URI for logins, for a daemon behind a reverse proxy or in a
+    /// container (e.g. https://proxy.example/oauth/callback): https, or http on loopback. The
+    /// proxy forwards its path unchanged to --listen, which serves it. A server's own
+    /// oauth.callback_url wins.
+    #[arg(long, value_parser = callback_url)]
+    callback_url: Option<Box<url::Url>>,
     #[command(flatten)]
     tuning: Tuning,
     /// The gateway's bounds (`/mcp/{server}` on --listen).
@@ -66,6 +72,10 @@ pub struct Tuning {
     /// spread (never past the moment its token stops being handed out). Default 1s; at most 1h.
     #[arg(long, value_parser = stagger)]
     pub(super) refresh_stagger: Option<Duration>,
+}
+
+fn callback_url(text: &str) -> Result<Box<url::Url>, String> {
+    config::callback_url(text).map(Box::new)
 }
 
 fn stagger(text: &str) -> Result<Duration, String> {
@@ -145,10 +155,22 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         ..Policy::default()
     };
     // Read once: the API's list and the supervisor's are the same list.
-    let servers = match config::load(&args.common.config) {
+    let mut servers = match config::load(&args.common.config) {
         Ok(servers) => servers,
         Err(e) => return fail(e),
     };
+    for server in servers.iter_mut().filter(|s| s.callback_url.is_none()) {
+        server.callback_url = args.callback_url.as_deref().cloned();
+    }
+    if args.listen.is_none()
+        && let Some(server) = servers.iter().find(|s| s.callback_url.is_some())
+    {
+        return fail(format!(
+            "{} logs in through a public callback URL, which the API listener serves: add \
+             --listen ADDRESS (the address the reverse proxy forwards to)",
+            server.name
+        ));
+    }
     let data_dir = args
         .common
         .data_dir

@@ -3,14 +3,20 @@
 //! error), and closes. A callback with the wrong `state` is refused and logged; the listener
 //! keeps waiting for the real one. Stray requests (favicons, preconnects) are answered or
 //! ignored without disturbing the wait.
+//!
+//! A login can also hear its authorization response without its own listener: a URL pasted
+//! back (`auth login --paste`, the API, the page) or a redirect to the daemon's public callback
+//! path, both delivered through [`Callbacks`] and judged by the same [`judge`] as a loopback
+//! redirect. The one who delivered it hears the verdict; a refused delivery leaves the login
+//! waiting.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::error::{Endpoint, OAuthError};
@@ -68,7 +74,7 @@ impl CallbackListener {
 
     /// Waits for the one valid callback and returns its authorization code. The caller bounds
     /// the wait (a user may take minutes).
-    pub async fn wait_for_code(self, expected: ExpectedCallback) -> Result<String, OAuthError> {
+    pub async fn wait_for_code(&self, expected: ExpectedCallback) -> Result<String, OAuthError> {
         let expected = Arc::new(expected);
         let (outcomes, mut received) = mpsc::channel::<Result<String, OAuthError>>(4);
         loop {
@@ -87,6 +93,280 @@ impl CallbackListener {
                     );
                 }
                 Some(outcome) = received.recv() => return outcome,
+            }
+        }
+    }
+}
+
+/// Logins waiting for their authorization response, by server name: where a pasted URL (CLI,
+/// API, page) or a redirect to the daemon's public callback path is delivered. One per
+/// supervisor, shared by its flows and its API.
+#[derive(Clone, Default)]
+pub struct Callbacks {
+    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
+}
+
+struct Waiting {
+    state: String,
+    deliveries: mpsc::Sender<Delivery>,
+}
+
+/// A response delivered to a waiting login, and where its verdict goes.
+pub struct Delivery {
+    params: HashMap<String, String>,
+    answer: oneshot::Sender<Result<(), DeliveryError>>,
+}
+
+/// The verdict on a delivered response. Messages never quote the URL or its code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// No login of that server (or with that `state`) is waiting.
+    #[error("{0}")]
+    NotWaiting(String),
+    /// The text is not an authorization response.
+    #[error("{0}")]
+    NotAResponse(String),
+    /// Refused (wrong `state`, `iss`, a code the token endpoint refused): the login keeps
+    /// waiting for the right one.
+    #[error("{0} The login keeps waiting for the right URL.")]
+    Refused(String),
+    /// The login ended with this error (the authorization server's own `error=`, or an
+    /// exchange that failed for another reason than the code).
+    #[error("the login failed: {0}")]
+    Failed(String),
+}
+
+impl DeliveryError {
+    /// The API's error code for it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeliveryError::NotWaiting(_) => "no_login_waiting",
+            DeliveryError::NotAResponse(_) => "not_an_authorization_response",
+            DeliveryError::Refused(_) => "response_refused",
+            DeliveryError::Failed(_) => "login_failed",
+        }
+    }
+}
+
+/// The most text taken as a pasted URL (a browser's address bar holds far less).
+const MAX_PASTED: usize = 8 * 1024;
+
+impl std::fmt::Debug for Callbacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        f.debug_struct("Callbacks")
+            .field("waiting", &names)
+            .finish()
+    }
+}
+
+impl Callbacks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `server`'s login, waiting for the response to `state`, until the inbox drops.
+    pub fn expect(&self, server: &str, state: &str) -> Inbox {
+        let (deliveries, receiver) = mpsc::channel(4);
+        self.lock().insert(
+            server.to_string(),
+            Waiting {
+                state: state.to_string(),
+                deliveries,
+            },
+        );
+        Inbox {
+            receiver,
+            callbacks: self.clone(),
+            server: server.to_string(),
+            state: state.to_string(),
+        }
+    }
+
+    /// Whether a login of `server` waits for its response.
+    pub fn is_waiting(&self, server: &str) -> bool {
+        self.lock().contains_key(server)
+    }
+
+    /// Delivers the URL a browser ended on (pasted by a person) to `server`'s waiting login and
+    /// returns its verdict once the login has judged it (and exchanged its code).
+    pub async fn paste(&self, server: &str, pasted: &str) -> Result<(), DeliveryError> {
+        let params = response_params(pasted)?;
+        let sender = self.lock().get(server).map(|w| w.deliveries.clone());
+        let Some(sender) = sender else {
+            return Err(DeliveryError::NotWaiting(format!(
+                "no login of {server} is waiting for its authorization response: start one \
+                 (auth login --paste, or POST /api/v1/servers/{server}/login), open its link, \
+                 then paste the address the browser ended on"
+            )));
+        };
+        deliver(sender, params).await
+    }
+
+    /// Delivers a redirect to the daemon's public callback path (its query string) to the
+    /// login waiting for its `state`.
+    pub async fn redirected(&self, query: &str) -> Result<(), DeliveryError> {
+        let params = response_params(&format!("?{query}"))?;
+        let state = params.get("state").cloned().unwrap_or_default();
+        let sender = self
+            .lock()
+            .values()
+            .find(|w| !state.is_empty() && w.state == state)
+            .map(|w| w.deliveries.clone());
+        let Some(sender) = sender else {
+            return Err(DeliveryError::NotWaiting(
+                "no sign-in in progress here matches this response (it may have finished, \
+                 timed out or been started again); start the login again"
+                    .into(),
+            ));
+        };
+        deliver(sender, params).await
+    }
+}
+
+async fn deliver(
+    sender: mpsc::Sender<Delivery>,
+    params: HashMap<String, String>,
+) -> Result<(), DeliveryError> {
+    let gone = || {
+        DeliveryError::NotWaiting(
+            "the login this response was for ended before it was judged; start the login again"
+                .into(),
+        )
+    };
+    let (answer, verdict) = oneshot::channel();
+    sender
+        .send(Delivery { params, answer })
+        .await
+        .map_err(|_| gone())?;
+    verdict.await.map_err(|_| gone())?
+}
+
+/// The parameters of a pasted authorization response: the whole URL, or its query. Its code
+/// is registered as a secret before anything else looks at it.
+fn response_params(pasted: &str) -> Result<HashMap<String, String>, DeliveryError> {
+    let text = pasted.trim();
+    let not_a_response = || {
+        DeliveryError::NotAResponse(
+            "this is not the address the browser ended on: it has no state and no code or \
+             error parameter; copy the whole address from the browser's address bar after \
+             approving (the page itself may say it cannot be reached)"
+                .into(),
+        )
+    };
+    if text.len() > MAX_PASTED {
+        return Err(DeliveryError::NotAResponse(format!(
+            "the pasted text is longer than {MAX_PASTED} bytes; paste only the address the \
+             browser ended on"
+        )));
+    }
+    crate::telemetry::secrets::register(text);
+    let query = match url::Url::parse(text) {
+        Ok(url) => url.query().unwrap_or_default().to_string(),
+        Err(_) => text.trim_start_matches('?').to_string(),
+    };
+    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    if let Some(code) = params.get("code") {
+        crate::telemetry::secrets::register(code);
+    }
+    let carries = |k: &str| params.get(k).is_some_and(|v| !v.is_empty());
+    if !carries("state") || !(carries("code") || carries("error")) {
+        return Err(not_a_response());
+    }
+    Ok(params)
+}
+
+/// A waiting login's end of [`Callbacks`]: it leaves the registry when dropped (unless a newer
+/// login of the same server took its place).
+pub struct Inbox {
+    receiver: mpsc::Receiver<Delivery>,
+    callbacks: Callbacks,
+    server: String,
+    state: String,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut waiting = self.callbacks.lock();
+        if waiting
+            .get(&self.server)
+            .is_some_and(|w| w.state == self.state)
+        {
+            waiting.remove(&self.server);
+        }
+    }
+}
+
+/// What ended a wait for the authorization response.
+pub enum Received {
+    /// A redirect to the loopback listener carried this code.
+    Redirect(String),
+    /// A delivered response carried this code; its deliverer waits for the verdict.
+    Delivered { code: String, answer: Answer },
+}
+
+/// Where the verdict on a delivered response goes.
+pub struct Answer(oneshot::Sender<Result<(), DeliveryError>>);
+
+impl Answer {
+    pub fn accepted(self) {
+        let _ = self.0.send(Ok(()));
+    }
+
+    /// The code was refused; the login keeps waiting.
+    pub fn refused(self, why: String) {
+        let _ = self.0.send(Err(DeliveryError::Refused(why)));
+    }
+
+    /// The login ends with `error`.
+    pub fn failed(self, error: &OAuthError) {
+        let _ = self.0.send(Err(DeliveryError::Failed(error.to_string())));
+    }
+}
+
+/// Waits for the next authorization response that passes [`judge`]: a redirect to `listener`
+/// or a delivery to `inbox`. A delivery the judge refuses is answered with why, and the wait
+/// goes on; one that carries the authorization server's own error ends it, as a redirect does.
+pub async fn next_response(
+    listener: Option<&CallbackListener>,
+    mut inbox: Option<&mut Inbox>,
+    expected: &ExpectedCallback,
+) -> Result<Received, OAuthError> {
+    let redirect = async {
+        match listener {
+            Some(listener) => listener.wait_for_code(expected.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(redirect);
+    loop {
+        let delivery = async {
+            match inbox.as_mut() {
+                Some(inbox) => inbox.receiver.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            code = &mut redirect => return code.map(Received::Redirect),
+            Some(delivery) = delivery => {
+                let Delivery { params, answer } = delivery;
+                let (_, _, message, outcome) = judge(&params, expected);
+                match outcome {
+                    Some(Ok(code)) => return Ok(Received::Delivered { code, answer: Answer(answer) }),
+                    Some(Err(e @ OAuthError::Server { .. })) => {
+                        Answer(answer).failed(&e);
+                        return Err(e);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "refused a delivered authorization response; the login keeps waiting");
+                        let _ = answer.send(Err(DeliveryError::Refused(message)));
+                    }
+                    None => {
+                        let _ = answer.send(Err(DeliveryError::Refused(message)));
+                    }
+                }
             }
         }
     }
@@ -335,11 +615,109 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn deliveries_are_judged_like_redirects_and_only_the_right_one_or_an_error_ends_the_wait()
+    {
+        let callbacks = Callbacks::default();
+        let url = |pairs: &str| format!("http://127.0.0.1:1/callback?{pairs}");
+        let not_waiting = callbacks.paste("a", &url("state=st&code=code-1234")).await;
+        assert!(matches!(not_waiting, Err(DeliveryError::NotWaiting(_))));
+        let mut inbox = callbacks.expect("a", "st");
+        assert!(callbacks.is_waiting("a"));
+        let expected = expected(true);
+        let good = "state=st&code=the-code-5678&iss=https%3A%2F%2Fas.example";
+        // The login's side: it answers as `browser_login` does after its code exchange.
+        let login = async {
+            let received = next_response(None, Some(&mut inbox), &expected).await;
+            let Ok(Received::Delivered { code, answer }) = received else {
+                panic!("the first response that passes the judge is handed over");
+            };
+            assert_eq!(code, "the-code-5678");
+            answer.refused("the authorization server refused this code".into());
+            let received = next_response(None, Some(&mut inbox), &expected).await;
+            let Ok(Received::Delivered { answer, .. }) = received else {
+                panic!("the wait goes on after a refused code");
+            };
+            answer.accepted();
+            let ended = next_response(None, Some(&mut inbox), &expected).await;
+            assert!(
+                matches!(ended, Err(OAuthError::Server { ref code, .. }) if code == "access_denied")
+            );
+        };
+        let person = async {
+            let nothing = callbacks.paste("a", "https://example.com/").await;
+            assert!(
+                matches!(nothing, Err(DeliveryError::NotAResponse(_))),
+                "{nothing:?}"
+            );
+            let forged = callbacks
+                .paste(
+                    "a",
+                    &url("state=forged&code=code-1234&iss=https://as.example"),
+                )
+                .await;
+            assert!(
+                matches!(&forged, Err(DeliveryError::Refused(m)) if m.contains("state mismatch")),
+                "{forged:?}"
+            );
+            let foreign = callbacks
+                .paste(
+                    "a",
+                    &url("state=st&code=code-1234&iss=https://evil.example"),
+                )
+                .await;
+            assert!(
+                matches!(foreign, Err(DeliveryError::Refused(_))),
+                "{foreign:?}"
+            );
+            let unsaid = callbacks.paste("a", &url("state=st&code=code-1234")).await;
+            assert!(
+                matches!(unsaid, Err(DeliveryError::Refused(_))),
+                "iss promised"
+            );
+            let unknown = callbacks.redirected("state=other&code=code-1234").await;
+            assert!(
+                matches!(unknown, Err(DeliveryError::NotWaiting(_))),
+                "{unknown:?}"
+            );
+            let replayed = callbacks.redirected(good).await;
+            assert!(
+                matches!(replayed, Err(DeliveryError::Refused(_))),
+                "{replayed:?}"
+            );
+            assert_eq!(callbacks.paste("a", &url(good)).await, Ok(()));
+            let denied = callbacks
+                .paste(
+                    "a",
+                    &url("state=st&error=access_denied&iss=https://as.example"),
+                )
+                .await;
+            assert!(
+                matches!(denied, Err(DeliveryError::Failed(_))),
+                "{denied:?}"
+            );
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(login, person)
+        })
+        .await
+        .expect("every delivery is answered");
+        assert!(
+            crate::telemetry::secrets::scrub("x the-code-5678 x").contains("[redacted:"),
+            "a delivered code is registered as a secret"
+        );
+        drop(inbox);
+        assert!(
+            !callbacks.is_waiting("a"),
+            "a login that ended leaves the registry"
+        );
+    }
+
+    #[tokio::test]
     async fn one_valid_callback_over_real_sockets_after_strays_and_a_forgery() {
         let listener = CallbackListener::bind(0).await.unwrap();
         let uri = listener.redirect_uri().to_string();
         assert!(uri.starts_with("http://127.0.0.1:") && uri.ends_with("/callback"));
-        let waiting = tokio::spawn(listener.wait_for_code(expected(false)));
+        let waiting = tokio::spawn(async move { listener.wait_for_code(expected(false)).await });
         let http = reqwest::Client::new();
         let base = uri.trim_end_matches("/callback").to_string();
         let stray = http

@@ -1,16 +1,22 @@
 //! One browser login, start to finish: bind the loopback redirect listener, settle the client
 //! identity, build the PKCE authorization request, open the browser, wait for the one valid
 //! callback, exchange the code. Callers bound the wait (a person may take minutes).
+//!
+//! Without a local browser ([`Headless`]): the redirect URI may be a public callback URL (a
+//! reverse proxy's) instead of the loopback listener, and the response may be delivered
+//! through [`Callbacks`] (pasted back, or redirected to the daemon's callback path). Every
+//! response goes through the same judge and the same code exchange; a delivered one whose code
+//! the token endpoint refuses (a replayed or foreign code) is answered and the login waits on.
 
 use std::time::SystemTime;
 
 use url::Url;
 
 use super::browser::BrowserLauncher;
-use super::callback::{CallbackListener, ExpectedCallback};
+use super::callback::{CallbackListener, Callbacks, ExpectedCallback, Received, next_response};
 use super::client_identity::{ClientConfig, obtain_client};
 use super::dpop::Dpop;
-use super::error::OAuthError;
+use super::error::{CodeMeaning, Endpoint, ErrorCode, OAuthError};
 use super::http::OAuthHttp;
 use super::metadata::Discovery;
 use super::token::{TokenEndpoint, TokenSet};
@@ -26,6 +32,17 @@ pub struct LoginSettings {
     pub extra_params: Vec<(String, String)>,
 }
 
+/// How a login may finish without a redirect to its own loopback listener.
+#[derive(Debug, Clone, Default)]
+pub struct Headless {
+    /// The public redirect URI (a reverse proxy's, a container's published port), used instead
+    /// of a loopback listener; its responses arrive through `deliveries`.
+    pub callback_url: Option<Url>,
+    /// Where pasted URLs and redirects to the public callback path reach this login, and the
+    /// server name they are delivered under.
+    pub deliveries: Option<(Callbacks, String)>,
+}
+
 /// Runs a browser login. `previous` is the endpoint (client identity included) of an earlier
 /// login, reused when its redirect URI is still ours, so a login does not register again. With
 /// `dpop`, the code exchange carries a proof of its key (RFC 9449 §5).
@@ -37,31 +54,35 @@ pub async fn browser_login(
     scope: Option<&str>,
     dpop: Option<&Dpop>,
 ) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
-    let port = previous
-        .as_ref()
-        .and_then(|e| Url::parse(&e.redirect_uri).ok())
-        .and_then(|u| u.port())
-        .unwrap_or(settings.redirect_port);
-    // The registered client's port may be taken (another program, another login): another
-    // loopback port works, at the cost of registering again for its redirect URI.
-    let listener = match CallbackListener::bind(port).await {
-        Ok(listener) => listener,
-        Err(e) if port != settings.redirect_port || port != 0 => {
-            let fallback = if port != settings.redirect_port {
-                settings.redirect_port
-            } else {
-                0
-            };
-            tracing::warn!(port, fallback, error = %e, "the redirect port is busy; using another loopback port");
-            match CallbackListener::bind(fallback).await {
-                Ok(listener) => listener,
-                Err(_) if fallback != 0 => CallbackListener::bind(0).await?,
-                Err(e) => return Err(e),
-            }
+    let headless = Headless::default();
+    browser_login_headless(http, discovery, settings, previous, scope, dpop, &headless).await
+}
+
+/// [`browser_login`], with the ways of [`Headless`] to finish it.
+pub async fn browser_login_headless(
+    http: &OAuthHttp,
+    discovery: &Discovery,
+    settings: &LoginSettings,
+    previous: Option<TokenEndpoint>,
+    scope: Option<&str>,
+    dpop: Option<&Dpop>,
+    headless: &Headless,
+) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
+    let (listener, redirect_uri) = match &headless.callback_url {
+        Some(_) if headless.deliveries.is_none() => {
+            return Err(OAuthError::Callback(
+                "a public callback URL needs the daemon that serves its path (serve --listen); \
+                 this command cannot receive it"
+                    .into(),
+            ));
         }
-        Err(e) => return Err(e),
+        Some(url) => (None, url.to_string()),
+        None => {
+            let listener = bind_listener(previous.as_ref(), settings).await?;
+            let uri = listener.redirect_uri().to_string();
+            (Some(listener), uri)
+        }
     };
-    let redirect_uri = listener.redirect_uri().to_string();
     let endpoint = match previous {
         Some(endpoint) if endpoint.redirect_uri == redirect_uri => endpoint,
         _ => {
@@ -88,6 +109,11 @@ pub async fn browser_login(
         }
     };
     let pending = endpoint.authorization_request(scope, &settings.extra_params)?;
+    // Registered before the link is shown: a person may paste back at once.
+    let mut inbox = headless
+        .deliveries
+        .as_ref()
+        .map(|(callbacks, server)| callbacks.expect(server, &pending.state));
     tracing::info!(
         scope = scope.unwrap_or(""),
         "opening the browser for authorization"
@@ -100,10 +126,39 @@ pub async fn browser_login(
             .authorization_server
             .authorization_response_iss_parameter_supported,
     };
-    let code = listener.wait_for_code(expected).await?;
-    let token = endpoint
-        .exchange_code(http, &code, &pending, SystemTime::now(), dpop)
-        .await?;
+    let now = SystemTime::now;
+    let token = loop {
+        match next_response(listener.as_ref(), inbox.as_mut(), &expected).await? {
+            Received::Redirect(code) => {
+                break endpoint
+                    .exchange_code(http, &code, &pending, now(), dpop)
+                    .await?;
+            }
+            Received::Delivered { code, answer } => {
+                match endpoint
+                    .exchange_code(http, &code, &pending, now(), dpop)
+                    .await
+                {
+                    Ok(token) => {
+                        answer.accepted();
+                        break token;
+                    }
+                    Err(e) if code_refused(&e) => {
+                        tracing::warn!(error = %e, "the token endpoint refused a delivered authorization code; the login keeps waiting");
+                        answer.refused(format!(
+                            "The authorization server refused this response's code ({e}): it was \
+                             used already or belongs to another sign-in."
+                        ));
+                    }
+                    Err(e) => {
+                        answer.failed(&e);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    };
+    drop(inbox);
     tracing::info!(
         scope = token.scope.as_deref().unwrap_or(""),
         has_refresh_token = token.refresh_token.is_some(),
@@ -111,4 +166,42 @@ pub async fn browser_login(
         "authorization complete"
     );
     Ok((endpoint, token))
+}
+
+/// The token endpoint refused the code itself (`invalid_grant`): a replayed code, or one from
+/// another sign-in. The PKCE verifier this login holds stays good for its own code.
+fn code_refused(e: &OAuthError) -> bool {
+    matches!(e, OAuthError::Server { endpoint: Endpoint::Token, code, .. }
+        if ErrorCode::parse(code).meaning() == CodeMeaning::GrantDead)
+}
+
+/// The loopback redirect listener: on the port of `previous`'s redirect URI when it has one.
+async fn bind_listener(
+    previous: Option<&TokenEndpoint>,
+    settings: &LoginSettings,
+) -> Result<CallbackListener, OAuthError> {
+    let port = previous
+        .and_then(|e| Url::parse(&e.redirect_uri).ok())
+        .and_then(|u| u.port())
+        .unwrap_or(settings.redirect_port);
+    // The registered client's port may be taken (another program, another login): another
+    // loopback port works, at the cost of registering again for its redirect URI.
+    let listener = match CallbackListener::bind(port).await {
+        Ok(listener) => listener,
+        Err(e) if port != settings.redirect_port || port != 0 => {
+            let fallback = if port != settings.redirect_port {
+                settings.redirect_port
+            } else {
+                0
+            };
+            tracing::warn!(port, fallback, error = %e, "the redirect port is busy; using another loopback port");
+            match CallbackListener::bind(fallback).await {
+                Ok(listener) => listener,
+                Err(_) if fallback != 0 => CallbackListener::bind(0).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(listener)
 }

@@ -145,6 +145,7 @@ async fn build(
         scheduler: scheduler.clone(),
         flow_threads,
         clock: config.clock.clone(),
+        callbacks: Default::default(),
     });
     let mut upstreams = Upstreams::default();
     let mut watched = Vec::with_capacity(config.servers.len());
@@ -286,6 +287,12 @@ impl SupervisorHandle {
     /// The configured server names, sorted.
     pub fn servers(&self) -> &[String] {
         &self.inner.names
+    }
+
+    /// Where an authorization response pasted back, or sent to the public callback path,
+    /// reaches its waiting login.
+    pub fn callbacks(&self) -> &crate::oauth::callback::Callbacks {
+        &self.inner.runtime.callbacks
     }
 
     /// Makes the server usable: loads the persisted token, refreshes it, or logs in.

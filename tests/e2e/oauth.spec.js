@@ -131,6 +131,40 @@ test("without a browser, the banner carries the authorization link and the login
   await popup.close();
 });
 
+test("a browser on another machine: the address it ended on, pasted into the card, finishes the login", async ({ page }) => {
+  daemon = await startDaemon({ noBrowser: true });
+  await page.goto(daemon.pageUrl);
+  const card = page.getByTestId("card-demo");
+  await expect(card.getByTestId("expiry")).toHaveText("no token");
+  await card.getByTestId("login").click();
+  const href = await page.getByTestId("banner-demo").getByTestId("auth-link").getAttribute("href");
+  // The person's browser elsewhere approves and ends on the loopback redirect URI, which it
+  // cannot reach: that address is what they copy. (Node's fetch stops at the redirect.)
+  const approved = await fetch(href, { redirect: "manual" });
+  expect(approved.status).toBe(302);
+  const endedOn = approved.headers.get("location");
+  expect(endedOn).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/callback\?/);
+  const code = new URL(endedOn).searchParams.get("code");
+  const field = card.getByTestId("paste-url");
+  // A wrong state is refused with the reason, and the login keeps waiting.
+  const forged = new URL(endedOn);
+  forged.searchParams.set("state", "forged-state-0123456789");
+  await field.fill(forged.toString());
+  await card.getByTestId("paste-submit").click();
+  await expect(card.getByTestId("paste-result")).toContainText("state mismatch");
+  await expect(card.getByTestId("phase")).toHaveText("authorizing");
+  await shot(page, "9-paste-refused");
+  await card.getByTestId("paste-url").fill(endedOn);
+  await card.getByTestId("paste-submit").click();
+  await expect(card.getByTestId("phase")).toHaveText("connected");
+  await expect(card.getByTestId("paste-url")).toHaveCount(0);
+  await shot(page, "10-logged-in-by-paste");
+  const html = await page.content();
+  const log = fs.readFileSync(path.join(daemon.dir, "serve.log"), "utf8");
+  expect(html.includes(code), "the code on the page").toBe(false);
+  expect(log.includes(code), "the code in the log").toBe(false);
+});
+
 test("a server that requires DPoP gets a bound token, and the card says so", async ({ page }) => {
   daemon = await startDaemon({ dpopRequired: true });
   await page.goto(daemon.pageUrl);

@@ -1,6 +1,8 @@
 //! The login flow: under the server's lock, a browser login (or a device login, RFC 8628)
 //! with a client fit for the authorization server it goes to, and the token saved with that
-//! client. It reports another process's login instead when one stored a token meanwhile.
+//! client. It reports another process's login instead when one stored a token meanwhile. A
+//! browser login also takes its response pasted back or at the daemon's public callback URL
+//! (`rt.callbacks`, `oauth.callback_url`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +19,7 @@ use crate::oauth::client_identity::ClientSource;
 use crate::oauth::device::DevicePrompt;
 use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::dpop::{self, Dpop};
-use crate::oauth::login::{LoginSettings, browser_login};
+use crate::oauth::login::{Headless, LoginSettings, browser_login_headless};
 use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
@@ -287,14 +289,20 @@ async fn obtain(
             redirect_port: config.redirect_port,
             extra_params: config.extra_params.clone().into_iter().collect(),
         };
+        // A pasted URL or a redirect to the daemon's public callback path may finish it too.
+        let headless = Headless {
+            callback_url: config.callback_url.clone(),
+            deliveries: Some((rt.callbacks.clone(), config.name.clone())),
+        };
         let http = &rt.http;
-        browser_login(
+        browser_login_headless(
             http,
             &discovery,
             &settings,
             previous,
             scope.as_deref(),
             dpop.as_ref(),
+            &headless,
         )
         .await?
     };

@@ -67,6 +67,9 @@ pub struct Runtime {
     pub flow_threads: tokio::runtime::Handle,
     /// The daemon's one clock (the machine's `now`, tokens' times, the scheduler's deadlines).
     pub clock: Clock,
+    /// Logins waiting for an authorization response pasted back or sent to the public
+    /// callback path (the API and `auth login --paste` deliver through it).
+    pub callbacks: crate::oauth::callback::Callbacks,
 }
 
 /// A test-only hook run at the start of every flow with `(server, kind)`.
