@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test test-rust test-interop test-gateway test-conformance test-e2e lint demo demo-server bench bench-gateway bench-criterion clean
+.PHONY: all build test test-rust test-interop test-gateway test-conformance test-e2e lint demo demo-server bench bench-gateway bench-store bench-criterion clean
 
 all: build
 
@@ -62,6 +62,7 @@ BENCH_ARGS ?=
 bench:
 	timeout 7200 $(CARGO) bench --locked --bench system -- $(BENCH_ARGS)
 	$(MAKE) bench-gateway
+	$(MAKE) bench-store
 
 ## The gateway's table alone (about a minute): a proxied tools/call against the direct call,
 ## and our stdio bridge beside mcp-remote (installed here from benches/gateway's lock file).
@@ -70,6 +71,14 @@ GATEWAY_BENCH_ARGS ?=
 bench-gateway:
 	cd benches/gateway && npm ci --no-audit --no-fund --loglevel=error
 	timeout 900 $(CARGO) bench --locked --bench gateway -- $(GATEWAY_BENCH_ARGS)
+
+## The store's section (a few minutes): refreshes per second through PostgreSQL beside SQLite,
+## the lease hand-off between two instances, statements per refresh with three instances; on a
+## PostgreSQL the bench starts from Debian's binaries. Written into BENCHMARKS.md as section 7.
+## STORE_BENCH_ARGS=--quick runs small sizes.
+STORE_BENCH_ARGS ?=
+bench-store:
+	timeout 900 $(CARGO) bench --locked --bench store -- $(STORE_BENCH_ARGS)
 
 ## The criterion micro-benchmarks (hot path against a bare RwLock, token saves).
 bench-criterion:

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 #[path = "shared/machine.rs"]
 mod machine;
-use machine::machine;
+#[path = "shared/section.rs"]
+mod section;
+use machine::{load_average, machine};
 
 use mcpproxy_oauth::api::{ApiConfig, ApiKey, ApiServer, AuthLinks};
 use mcpproxy_oauth::config::UpstreamConfig;
@@ -289,15 +291,6 @@ fn mcp_remote_version(dir: &Path) -> Option<String> {
     manifest["version"].as_str().map(String::from)
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn markdown(http: &[HttpRow], bridges: &[BridgeRow], header: &str) -> String {
     let mut doc = String::new();
     let _ = writeln!(
@@ -381,29 +374,6 @@ fn markdown(http: &[HttpRow], bridges: &[BridgeRow], header: &str) -> String {
         "\nThe upstream is the OAuth test server's MCP endpoint (it checks the token's RS256 signature on every call), on a runtime of its own; the client is reqwest with keep-alive, HTTP/1.1, on loopback. \"Added\" is the gateway's percentile minus the direct one; direct and gateway runs alternate in 4 rounds. The gateway is the daemon's listener in-process (`ApiServer`, 2 workers), with the API key checked on every call. Each bridge gets one line per call on stdin and answers on stdout; its peak RSS is `VmHWM` of its process after the calls (mcp-remote: the node process), and \"private\" its `RssAnon` then: the rest are pages of its binary and libraries, which every process of the same binary shares. Ours reads the daemon's token from the shared data directory; mcp-remote is given it with `--header`."
     );
     doc
-}
-
-/// Puts the section between its markers in BENCHMARKS.md (before the goals' analysis when it
-/// is new), with the hand-written analysis after the tables.
-fn write_section(path: &Path, tables: &str) {
-    let analysis =
-        std::fs::read_to_string("benches/BENCHMARKS-gateway-analysis.md").unwrap_or_default();
-    let section = format!("{MARK_START}\n{tables}\n{analysis}{MARK_END}\n");
-    let doc = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let doc = match (doc.find(MARK_START), doc.find(MARK_END)) {
-        (Some(start), Some(end)) if end > start => {
-            format!(
-                "{}{section}\n{}",
-                &doc[..start],
-                doc[end + MARK_END.len()..].trim_start_matches('\n')
-            )
-        }
-        _ => match doc.find("## Goals, and where they are missed") {
-            Some(at) => format!("{}{section}\n{}", &doc[..at], &doc[at..]),
-            None => format!("{doc}\n{section}"),
-        },
-    };
-    std::fs::write(path, doc).expect("BENCHMARKS.md is writable");
 }
 
 fn main() {
@@ -567,7 +537,8 @@ fn main() {
     println!("{tables}");
     let out =
         std::env::var("BENCH_OUT").map_or_else(|_| PathBuf::from("BENCHMARKS.md"), PathBuf::from);
-    write_section(&out, &tables);
+    let analysis = "benches/BENCHMARKS-gateway-analysis.md";
+    section::write_section(&out, MARK_START, MARK_END, &tables, analysis);
     progress(&format!("table written to {}", out.display()));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -505,6 +505,43 @@ async fn a_database_down_for_ten_seconds_costs_no_token_and_no_login() {
     );
     let refused: u64 = servers.iter().map(|s| s.stats().mcp_401).sum();
     assert_eq!(refused, refused_before, "no token the servers refused");
+    // The operator still sees every server, from the instance's memory, and the store's
+    // health says it is down (the history read from the database is left out).
+    for path in ["/api/v1/servers", "/api/v1/servers/srv00"] {
+        let (status, view) = ends_within(
+            "the server view while the database is down",
+            Duration::from_secs(20),
+            async {
+                let response = api_request(&data0, &listen, reqwest::Method::GET, path)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                (status, response.json::<serde_json::Value>().await.unwrap())
+            },
+        )
+        .await;
+        assert_eq!(status, 200, "GET {path} while the database is down: {view}");
+        let shown: Vec<&serde_json::Value> = match view["servers"].as_array() {
+            Some(list) => list.iter().collect(),
+            None => vec![&view],
+        };
+        for server in &shown {
+            assert!(
+                server["phase"].is_string() && server["token_expires_at"].is_string(),
+                "GET {path}: every server with its state from memory: {view}"
+            );
+        }
+        if path == "/api/v1/servers" {
+            assert_eq!(shown.len(), COUNT, "{view}");
+            assert_eq!(view["store"]["backend"], "postgres", "{view}");
+            assert_eq!(view["store"]["reachable"], false, "{view}");
+            assert!(view["store"]["error"].is_string(), "{view}");
+        }
+        for server in &servers {
+            assert_no_secret(server, &view.to_string());
+        }
+    }
     // The outage lasts 10 s (a duration of the scenario, not a wait for something).
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
     let during = refreshes(&servers);

@@ -374,7 +374,9 @@ async fn metrics(state: Data<AppState>) -> HttpResponse {
 
 async fn list_servers(state: Data<AppState>) -> HttpResponse {
     match servers::views(&state.handle, &state.links).await {
-        Ok(views) => HttpResponse::Ok().json(scrubbed(json!({ "servers": views }))),
+        Ok((views, store)) => {
+            HttpResponse::Ok().json(scrubbed(json!({ "servers": views, "store": store })))
+        }
         Err(e) => supervisor_error(&e),
     }
 }

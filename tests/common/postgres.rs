@@ -25,6 +25,9 @@ pub struct Postgres {
     port: u16,
     /// The user it runs as, when the tests run as root.
     run_as: Option<(u32, u32)>,
+    /// `name=value` server settings beyond the defaults below (the benchmarks'), passed with
+    /// `-c` after them, so they win.
+    settings: Vec<String>,
     child: Option<Child>,
 }
 
@@ -76,6 +79,12 @@ impl Postgres {
     /// Starts a fresh server, or says why none can run here and returns `None` (outside CI
     /// only: in CI, where `.ci/run` installs `postgresql`, a missing server fails the test).
     pub fn start(name: &str) -> Option<Postgres> {
+        Postgres::start_with(name, &[])
+    }
+
+    /// `start`, with `name=value` server settings that override the defaults (`fsync=on` for
+    /// a benchmark that measures durable commits, `shared_preload_libraries=...`).
+    pub fn start_with(name: &str, settings: &[&str]) -> Option<Postgres> {
         let Some(bin) = binaries() else {
             let why = "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin (Debian's \
                        `postgresql` package; .ci/run installs it)";
@@ -117,6 +126,7 @@ impl Postgres {
             dir,
             port: 0,
             run_as,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         server.initdb();
@@ -192,6 +202,7 @@ impl Postgres {
             // Tests do not survive a power cut: no fsync (commits still reach the OS before
             // they are acknowledged, so a stop, fast or immediate, loses nothing).
             .args(["-c", "fsync=off"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
