@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 #[path = "shared/machine.rs"]
 mod machine;
-use machine::machine;
+use machine::{load_average, machine};
 
 use mcpproxy_oauth::api::{ApiConfig, ApiKey, ApiServer, AuthLinks};
 use mcpproxy_oauth::config::UpstreamConfig;
@@ -287,15 +287,6 @@ fn mcp_remote_version(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("node_modules/mcp-remote/package.json")).ok()?;
     let manifest: Value = serde_json::from_str(&text).ok()?;
     manifest["version"].as_str().map(String::from)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn markdown(http: &[HttpRow], bridges: &[BridgeRow], header: &str) -> String {

@@ -14,3 +14,14 @@ pub fn machine() -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("nproc {nproc}; CPU {cpu}; kernel {}", kernel.trim())
 }
+
+/// The 1, 5 and 15 minute load averages: the machine is shared, and other builds running
+/// beside a bench change its figures.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
