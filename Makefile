@@ -57,9 +57,11 @@ demo:
 
 ## Benchmarks: five tables (hot path beside rmcp, stampedes, scale, cold start, durable
 ## writes) printed and written to BENCHMARKS.md, in release. Bounded: 2 hours at most (the
-## issue's sizes); `make bench BENCH_ARGS=--quick` runs small sizes in a few minutes.
+## issue's sizes); `make bench BENCH_ARGS=--quick` runs small sizes in a few minutes. The scale
+## and cold-start tables run the OAuth test server's release binary as its own process.
 BENCH_ARGS ?=
 bench:
+	$(CARGO) build --release --locked -p oauth-test-server --bin oauth-test-server
 	timeout 7200 $(CARGO) bench --locked --bench system -- $(BENCH_ARGS)
 	$(MAKE) bench-gateway
 	$(MAKE) bench-store

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use mcpproxy_oauth::clock::now_ms;
 #[path = "shared/machine.rs"]
 mod machine;
-use machine::machine;
+use machine::{load_average, machine};
 
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
@@ -62,6 +62,9 @@ static GLOBAL: Counting = Counting;
 
 struct Sizes {
     quick: bool,
+    /// `--only scale` (or hot, stampede, writes): run that part alone, print its tables, and
+    /// leave BENCHMARKS.md alone unless BENCH_OUT names a file (for profiling one part).
+    only: Option<String>,
     hot_ops: u64,
     stampede: usize,
     scale: Vec<usize>,
@@ -73,11 +76,17 @@ struct Sizes {
 
 impl Sizes {
     fn from_args() -> Sizes {
-        let quick = std::env::args().any(|a| a == "--quick")
+        let args: Vec<String> = std::env::args().collect();
+        let quick = args.iter().any(|a| a == "--quick")
             || std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
-        if quick {
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned());
+        let mut sizes = if quick {
             Sizes {
                 quick,
+                only,
                 hot_ops: 200_000,
                 stampede: 1_000,
                 scale: vec![100, 300],
@@ -89,6 +98,7 @@ impl Sizes {
         } else {
             Sizes {
                 quick,
+                only,
                 hot_ops: 2_000_000,
                 stampede: 1_000,
                 scale: vec![1_000, 10_000],
@@ -97,7 +107,34 @@ impl Sizes {
                 cold: 10_000,
                 writes: 2_000,
             }
+        };
+        // Overrides, for profiling one size or trying a larger point: BENCH_SCALE=10000
+        // (comma-separated), BENCH_TTL=60s, BENCH_LIFETIMES=1, BENCH_COLD=10000 (0: none).
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(list) = env("BENCH_SCALE") {
+            sizes.scale = list
+                .split(',')
+                .map(|n| {
+                    n.trim()
+                        .parse()
+                        .expect("BENCH_SCALE: numbers, comma-separated")
+                })
+                .collect();
         }
+        if let Some(ttl) = env("BENCH_TTL") {
+            sizes.ttl = humantime::parse_duration(&ttl).expect("BENCH_TTL: a duration, e.g. 60s");
+        }
+        if let Some(n) = env("BENCH_LIFETIMES") {
+            sizes.lifetimes = n.parse().expect("BENCH_LIFETIMES: a number");
+        }
+        if let Some(n) = env("BENCH_COLD") {
+            sizes.cold = n.parse().expect("BENCH_COLD: a number");
+        }
+        sizes
+    }
+
+    fn runs(&self, part: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == part)
     }
 }
 
@@ -112,7 +149,12 @@ fn progress(line: &str) {
 // Measuring the process: RSS, CPU time of the daemon's threads, open descriptors.
 
 fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_of("/proc/self/status")
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` file.
+fn rss_of(status: &str) -> u64 {
+    let status = std::fs::read_to_string(status).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -228,6 +270,105 @@ impl Drop for TestServer {
     }
 }
 
+/// The OAuth test server's binary as a process of its own, for the scale and cold-start
+/// tables: the RSS and CPU they report are then the daemon's alone (the server keeps every
+/// client, token family and issued JWT). `make bench` builds it (`target/release`);
+/// OAUTH_TEST_SERVER_BIN names another build.
+struct ServerProcess {
+    child: std::process::Child,
+    /// `host:port` of its listener.
+    addr: String,
+    mcp_url: String,
+}
+
+impl ServerProcess {
+    fn start(access_token_ttl: Duration) -> ServerProcess {
+        use std::io::BufRead;
+        let bin = std::env::var("OAUTH_TEST_SERVER_BIN").map_or_else(
+            |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/oauth-test-server"),
+            PathBuf::from,
+        );
+        let mut child = std::process::Command::new(&bin)
+            .args(["--port", "0", "--access-token-ttl"])
+            .arg(format!("{}ms", access_token_ttl.as_millis()))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the OAuth test server {} ({e}): build it with \
+                     `cargo build --release --locked -p oauth-test-server` (make bench does)",
+                    bin.display()
+                )
+            });
+        let stdout = child.stdout.take().expect("piped");
+        let (mut listening, mut mcp_url) = (None, None);
+        // It prints three lines at once, then nothing: read until both are known.
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.expect("the test server's stdout");
+            if let Some(url) = line.strip_prefix("listening on ") {
+                listening = Some(Url::parse(url).expect("a URL"));
+            } else if let Some(url) = line.strip_prefix("mcp endpoint ") {
+                mcp_url = Some(url.to_string());
+            }
+            if listening.is_some() && mcp_url.is_some() {
+                break;
+            }
+        }
+        let (Some(listening), Some(mcp_url)) = (listening, mcp_url) else {
+            let _ = child.kill();
+            panic!(
+                "the OAuth test server {} exited before it listened",
+                bin.display()
+            );
+        };
+        ServerProcess {
+            child,
+            addr: format!(
+                "{}:{}",
+                listening.host_str().unwrap(),
+                listening.port_or_known_default().unwrap()
+            ),
+            mcp_url,
+        }
+    }
+
+    /// Its counters, through `GET /control/stats` (a plain HTTP/1.0 exchange).
+    fn stats(&self) -> oauth_test_server::Stats {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(&self.addr).expect("the test server");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            socket,
+            "GET /control/stats HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut answer = String::new();
+        socket
+            .read_to_string(&mut answer)
+            .expect("the stats answer");
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .expect("an HTTP answer");
+        serde_json::from_str(body).expect("the test server's stats as JSON")
+    }
+
+    /// Its resident memory.
+    fn rss_bytes(&self) -> u64 {
+        rss_of(&format!("/proc/{}/status", self.child.id()))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The bench's own runtime: its threads are named `bench-driver`, so their CPU is not the
 /// daemon's.
 fn driver_runtime(workers: usize) -> tokio::runtime::Runtime {
@@ -253,10 +394,10 @@ fn following_browser() -> BrowserLauncher {
     })
 }
 
-fn supervisor_config(srv: &OAuthTestServer, names: &[String], dir: &Path) -> SupervisorConfig {
+fn supervisor_config(mcp_url: &str, names: &[String], dir: &Path) -> SupervisorConfig {
     let servers = names
         .iter()
-        .map(|n| UpstreamConfig::new(n, Url::parse(&srv.mcp_url()).unwrap()))
+        .map(|n| UpstreamConfig::new(n, Url::parse(mcp_url).unwrap()))
         .collect();
     SupervisorConfig {
         browser: following_browser(),
@@ -520,7 +661,7 @@ fn hot_path(sizes: &Sizes) -> Table {
     let dir = temp_dir("hot");
     let names = vec!["srv".to_string()];
     let handle = runtime.block_on(async {
-        let handle = SupervisorHandle::start(supervisor_config(srv.get(), &names, &dir))
+        let handle = SupervisorHandle::start(supervisor_config(&srv.get().mcp_url(), &names, &dir))
             .await
             .unwrap();
         handle.reconnect("srv").await.expect("logged in");
@@ -632,7 +773,7 @@ fn stampede(sizes: &Sizes) -> Table {
     let dir = temp_dir("stampede");
     let names = vec!["srv".to_string()];
     runtime.block_on(async {
-        let first = SupervisorHandle::start(supervisor_config(srv.get(), &names, &dir))
+        let first = SupervisorHandle::start(supervisor_config(&srv.get().mcp_url(), &names, &dir))
             .await
             .unwrap();
         first.reconnect("srv").await.expect("logged in");
@@ -660,7 +801,7 @@ fn stampede(sizes: &Sizes) -> Table {
     let counts = (refreshes(), reuse());
     let handle = runtime
         .block_on(SupervisorHandle::start(supervisor_config(
-            srv.get(),
+            &srv.get().mcp_url(),
             &names,
             &dir,
         )))
@@ -724,29 +865,52 @@ fn stampede(sizes: &Sizes) -> Table {
 
 struct ScaleRow {
     servers: usize,
-    lifetimes: u32,
-    rss_mib: f64,
+    run: Duration,
+    /// RSS growth once every server is logged in, before the run: the idle daemon.
+    idle_rss: u64,
+    /// Peak RSS growth during the run.
+    peak_rss: u64,
     cpu_share: f64,
     peak_refreshes: u64,
     past_expiry: u64,
     late: u64,
     refreshes: u64,
+    /// The OAuth test server's own RSS at the end (its process, not counted above).
+    server_rss: u64,
 }
 
-/// Runs `servers` servers at the TTL for `lifetimes` lifetimes; returns the row and the
-/// folder whose store holds their (valid) tokens.
+impl ScaleRow {
+    /// The daemon's CPU per refresh, in ms (none without refreshes).
+    fn cpu_per_refresh_ms(&self) -> Option<f64> {
+        (self.refreshes > 0)
+            .then(|| self.cpu_share * self.run.as_secs_f64() * 1000.0 / self.refreshes as f64)
+    }
+}
+
+/// How long a scale run lasts: `lifetimes` TTLs, or BENCH_RUN (e.g. `60s`, for a long TTL).
+fn run_length(sizes: &Sizes) -> Duration {
+    std::env::var("BENCH_RUN")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map_or(sizes.ttl * sizes.lifetimes, |v| {
+            humantime::parse_duration(&v).expect("BENCH_RUN: a duration, e.g. 60s")
+        })
+}
+
+/// Runs `servers` servers at the TTL for the run length; returns the row and the folder whose
+/// store holds their (valid) tokens.
 fn scale_run(
     sizes: &Sizes,
     servers: usize,
     runtime: &tokio::runtime::Runtime,
-    srv: &TestServer,
+    srv: &ServerProcess,
 ) -> (ScaleRow, PathBuf) {
     let dir = temp_dir(&format!("scale-{servers}"));
     let names = names(servers);
     let rss_before = rss_bytes();
     progress(&format!("3/5 scale: {servers} servers, logging in"));
     let handle = runtime.block_on(async {
-        let handle = SupervisorHandle::start(supervisor_config(srv.get(), &names, &dir))
+        let handle = SupervisorHandle::start(supervisor_config(&srv.mcp_url, &names, &dir))
             .await
             .unwrap();
         login_all(&handle, 64).await;
@@ -756,11 +920,12 @@ fn scale_run(
         .iter()
         .map(|n| handle.server_tokens(n).unwrap())
         .collect();
-    let refreshes_at = |s: &TestServer| s.get().stats().token_requests_for("refresh_token");
-    let run_for = sizes.ttl * sizes.lifetimes;
+    let idle_rss = rss_bytes().saturating_sub(rss_before);
+    let refreshes_at = |s: &ServerProcess| s.stats().token_requests_for("refresh_token");
+    let run_for = run_length(sizes);
     progress(&format!(
-        "3/5 scale: {servers} servers for {} lifetime(s) of {:?}",
-        sizes.lifetimes, sizes.ttl
+        "3/5 scale: {servers} servers for {run_for:?} (TTL {:?})",
+        sizes.ttl
     ));
     let (cpu_start, wall_start, refreshes_start) =
         (daemon_cpu_seconds(), Instant::now(), refreshes_at(srv));
@@ -809,17 +974,20 @@ fn scale_run(
             .expect("the sampling thread ends");
     });
     let cpu = daemon_cpu_seconds() - cpu_start;
-    let wall = wall_start.elapsed().as_secs_f64();
+    let wall = wall_start.elapsed();
     let row = ScaleRow {
         servers,
-        lifetimes: sizes.lifetimes,
-        rss_mib: peak_rss.saturating_sub(rss_before) as f64 / (1024.0 * 1024.0),
-        cpu_share: cpu / wall,
+        run: wall,
+        idle_rss,
+        peak_rss: peak_rss.saturating_sub(rss_before),
+        cpu_share: cpu / wall.as_secs_f64(),
         peak_refreshes,
         past_expiry,
         late,
         refreshes: refreshes_at(srv) - refreshes_start,
+        server_rss: srv.rss_bytes(),
     };
+    drop(tokens);
     runtime.block_on(handle.shutdown());
     (row, dir)
 }
@@ -837,11 +1005,11 @@ fn cold_start(
     servers: usize,
     dir: &Path,
     runtime: &tokio::runtime::Runtime,
-    srv: &TestServer,
+    srv: &ServerProcess,
 ) -> ColdRow {
     let names = names(servers);
     progress(&format!("4/5 cold start: {servers} valid tokens"));
-    let config = supervisor_config(srv.get(), &names, dir);
+    let config = supervisor_config(&srv.mcp_url, &names, dir);
     let limit = config.max_concurrent_refreshes;
     let valid_connected = runtime.block_on(async {
         let started = Instant::now();
@@ -856,7 +1024,7 @@ fn cold_start(
     let fds = PeakSampler::start(open_fds);
     let (expired_refreshed, peak_flows) = runtime.block_on(async {
         let started = Instant::now();
-        let handle = SupervisorHandle::start(supervisor_config(srv.get(), &names, dir))
+        let handle = SupervisorHandle::start(supervisor_config(&srv.mcp_url, &names, dir))
             .await
             .unwrap();
         all_answer(&handle).await;
@@ -875,23 +1043,27 @@ fn cold_start(
     }
 }
 
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
 fn scale_and_cold(sizes: &Sizes) -> (Table, Table) {
     let runtime = driver_runtime(2);
-    let srv = TestServer::start(Config {
-        access_token_ttl: sizes.ttl,
-        ..Config::default()
-    });
+    let srv = ServerProcess::start(sizes.ttl);
     let mut scale = Table::new(
         &format!("3. Scale: supervised servers at a {:?} TTL", sizes.ttl),
         &[
             "servers",
-            "lifetimes run",
-            "RSS growth (goal < 150 MiB)",
+            "run",
+            "daemon RSS growth, idle / peak (goal < 150 MiB)",
+            "per idle server (goal < 15 KiB)",
             "daemon CPU, share of one core (goal < 10%)",
+            "CPU per refresh (goal < 0.4 ms)",
             "peak refreshes/s",
             "refreshes",
             "tokens handed out past expiry (goal 0)",
             "server-seconds without a usable token (goal 0)",
+            "test server RSS (own process)",
         ],
     );
     let mut cold = Table::new(
@@ -909,13 +1081,20 @@ fn scale_and_cold(sizes: &Sizes) -> (Table, Table) {
         let (row, dir) = scale_run(sizes, servers, &runtime, &srv);
         scale.row(vec![
             row.servers.to_string(),
-            row.lifetimes.to_string(),
-            format!("{:.1} MiB", row.rss_mib),
+            format!("{:.0} s", row.run.as_secs_f64()),
+            format!("{} / {}", mib(row.idle_rss), mib(row.peak_rss)),
+            format!(
+                "{:.1} KiB",
+                row.idle_rss as f64 / 1024.0 / row.servers as f64
+            ),
             format!("{:.1}%", row.cpu_share * 100.0),
+            row.cpu_per_refresh_ms()
+                .map_or("-".into(), |ms| format!("{ms:.2} ms")),
             row.peak_refreshes.to_string(),
             row.refreshes.to_string(),
             row.past_expiry.to_string(),
             row.late.to_string(),
+            mib(row.server_rss),
         ]);
         if servers == cold_size {
             let c = cold_start(servers, &dir, &runtime, &srv);
@@ -930,18 +1109,22 @@ fn scale_and_cold(sizes: &Sizes) -> (Table, Table) {
         let _ = std::fs::remove_dir_all(&dir);
     }
     scale.note = format!(
-        "Each run logs every server in (not timed), then runs {} lifetime(s) of the TTL (the issue asks \
-for several; {} bound the run's time). RSS growth: peak RSS during the run minus RSS before the daemon \
-started (the OAuth test server shares the process: its memory for the servers' token families is \
-included). CPU: the daemon's threads only (the test server's and the bench driver's threads are \
-excluded by name), over the run's wall time. Every server's token is read once a second: one handed \
-out with its expiry passed counts in \"past expiry\"; a server with no usable token at that moment \
-(its refresh came after expiry) counts one server-second.",
-        sizes.lifetimes, sizes.lifetimes
+        "Each run logs every server in (not timed), then runs for {:?} ({} lifetime(s) of the TTL \
+unless BENCH_RUN says otherwise). The OAuth test server runs as its own process (its release \
+binary), so RSS and CPU are the daemon's: RSS growth is this process's RSS minus its RSS before \
+the daemon started, once every server is logged in (idle) and at its peak during the run; per idle \
+server is the idle growth divided by the servers (the allocator keeps what the logins freed, so \
+it is an upper bound). CPU: the daemon's threads only (the bench driver's threads are excluded by \
+name), over the run's wall time; per refresh, that CPU divided by the refreshes the test server \
+answered. Every server's token is read once a second: one handed out with its expiry passed counts \
+in \"past expiry\"; a server with no usable token at that moment (its refresh came after expiry) \
+counts one server-second. The daemon logs as `serve` does (JSON lines at info, to a file).",
+        run_length(sizes),
+        sizes.lifetimes
     );
     cold.note = "Valid: time from `SupervisorHandle::start` until every server's `access_token()` has \
 answered. Expired: every stored token's expiry set in the past, then the same. Peak fds sampled every 5 ms \
-(the whole process: the test server's sockets included)."
+(the daemon's process; the test server is another process)."
         .into();
     drop(srv);
     (scale, cold)
@@ -1052,31 +1235,59 @@ fn main() {
     let sizes = Sizes::from_args();
     let started = Instant::now();
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let load_before = load_average();
     progress(&format!(
         "{} run on {}",
         if sizes.quick { "quick" } else { "full" },
         machine()
     ));
-    let hot = hot_path(&sizes);
-    println!("{}", hot.markdown());
-    let stampede = stampede(&sizes);
-    println!("{}", stampede.markdown());
-    let (scale, cold) = scale_and_cold(&sizes);
-    println!("{}\n{}", scale.markdown(), cold.markdown());
-    let writes = durable_writes(&sizes);
-    println!("{}", writes.markdown());
+    // The daemon logs as `serve` does (JSON lines at info, to a file): log lines are part
+    // of a refresh's cost.
+    let logs = temp_dir("logs");
+    let _log = mcpproxy_oauth::telemetry::logging::init(
+        mcpproxy_oauth::telemetry::logging::LogFormat::Json,
+        "info",
+        Some(&logs.join("daemon.log")),
+    )
+    .expect("the daemon's log file");
+    let mut tables = Vec::new();
+    if sizes.runs("hot") {
+        tables.push(hot_path(&sizes));
+    }
+    if sizes.runs("stampede") {
+        tables.push(stampede(&sizes));
+    }
+    if sizes.runs("scale") {
+        let (scale, cold) = scale_and_cold(&sizes);
+        tables.extend([scale, cold]);
+    }
+    if sizes.runs("writes") {
+        tables.push(durable_writes(&sizes));
+    }
+    for table in &tables {
+        println!("{}", table.markdown());
+    }
+    let load_after = load_average();
 
-    let out =
-        std::env::var("BENCH_OUT").map_or_else(|_| PathBuf::from("BENCHMARKS.md"), PathBuf::from);
+    let out = match (std::env::var("BENCH_OUT"), &sizes.only) {
+        (Ok(out), _) => PathBuf::from(out),
+        (Err(_), None) => PathBuf::from("BENCHMARKS.md"),
+        (Err(_), Some(_)) => {
+            progress("--only: BENCHMARKS.md left as it was (BENCH_OUT names a file to write)");
+            let _ = std::fs::remove_dir_all(&logs);
+            return;
+        }
+    };
     let mut doc = String::new();
     let _ = write!(
         doc,
-        "# Benchmarks\n\n`make bench` ({} sizes), {date}, on {}. Whole run: {:?}.\n\n",
+        "# Benchmarks\n\n`make bench` ({} sizes), {date}, on {}; load average {load_before} \
+         before, {load_after} after. Whole run: {:?}.\n\n",
         if sizes.quick { "quick" } else { "the issue's" },
         machine(),
         started.elapsed()
     );
-    for table in [&hot, &stampede, &scale, &cold, &writes] {
+    for table in &tables {
         doc += &table.markdown();
         doc += "\n";
     }
@@ -1085,6 +1296,7 @@ fn main() {
         doc += &text;
     }
     std::fs::write(&out, doc).expect("BENCHMARKS.md is writable");
+    let _ = std::fs::remove_dir_all(&logs);
     progress(&format!(
         "tables written to {} ({:?})",
         out.display(),

@@ -64,7 +64,8 @@ impl TokenStore {
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients {filter}");
         let client = self
             .conn
-            .query_row(&sql, params, |r| {
+            .prepare_cached(&sql)?
+            .query_row(params, |r| {
                 from_columns! {
                     r => StoredClient: server_key, issuer, client_id, client_secret,
                     token_endpoint_auth_method, source, redirect_uri, authorization_endpoint,
@@ -92,25 +93,22 @@ impl TokenStore {
         let registration = c.registration_json.as_deref().map(without_management_token);
         write_tx(&mut self.conn, self.batched, |tx| {
             self.seal.check_still_ours(tx, &self.path)?;
-            tx.execute(
-                UPSERT_CLIENT,
-                params![
-                    c.server_key,
-                    c.issuer,
-                    c.client_id,
-                    secret,
-                    c.token_endpoint_auth_method,
-                    c.source,
-                    c.redirect_uri,
-                    c.authorization_endpoint,
-                    c.token_endpoint,
-                    c.revocation_endpoint,
-                    c.resource,
-                    c.iss_parameter_supported,
-                    registration,
-                    now
-                ],
-            )?;
+            tx.prepare_cached(UPSERT_CLIENT)?.execute(params![
+                c.server_key,
+                c.issuer,
+                c.client_id,
+                secret,
+                c.token_endpoint_auth_method,
+                c.source,
+                c.redirect_uri,
+                c.authorization_endpoint,
+                c.token_endpoint,
+                c.revocation_endpoint,
+                c.resource,
+                c.iss_parameter_supported,
+                registration,
+                now
+            ])?;
             Ok(())
         })
     }

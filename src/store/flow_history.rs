@@ -29,11 +29,8 @@ impl TokenStore {
     pub fn flow_kind(&self, flow_id: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT kind FROM oauth_flows WHERE flow_id = ?1",
-                [flow_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT kind FROM oauth_flows WHERE flow_id = ?1")?
+            .query_row([flow_id], |r| r.get(0))
             .optional()?)
     }
 
@@ -48,10 +45,12 @@ impl TokenStore {
         lease_ms: i64,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        self.conn.execute(
-            "INSERT INTO oauth_flows (flow_id, server_key, server_name, kind, state, owner, \
+        self.conn
+            .prepare_cached(
+                "INSERT INTO oauth_flows (flow_id, server_key, server_name, kind, state, owner, \
              lease_expires_at, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)",
-            params![
+            )?
+            .execute(params![
                 flow_id,
                 server_key,
                 server_name,
@@ -59,8 +58,7 @@ impl TokenStore {
                 owner,
                 now + lease_ms,
                 now
-            ],
-        )?;
+            ])?;
         self.count_flow();
         Ok(())
     }
@@ -73,11 +71,12 @@ impl TokenStore {
         };
         // The error may quote a server's text: known secrets never reach the table.
         let error = error.map(|e| crate::telemetry::secrets::scrub(e).into_owned());
-        self.conn.execute(
-            "UPDATE oauth_flows SET state = ?2, finished_at = ?3, lease_expires_at = NULL, \
+        self.conn
+            .prepare_cached(
+                "UPDATE oauth_flows SET state = ?2, finished_at = ?3, lease_expires_at = NULL, \
              error = ?4 WHERE flow_id = ?1",
-            params![flow_id, state, now_ms(), error],
-        )?;
+            )?
+            .execute(params![flow_id, state, now_ms(), error])?;
         Ok(())
     }
 

@@ -19,6 +19,13 @@ pub trait GroupJob: Send {
 /// Runs `f` as one write: in its own `BEGIN IMMEDIATE` transaction, or, inside a group
 /// commit (`batched`), in the group's transaction (the group commits, and each job has its
 /// own savepoint there).
+/// Runs a transaction-control statement (`BEGIN`, `SAVEPOINT`, `COMMIT`) from the
+/// connection's statement cache: every refresh runs the same few, and parsing them each time
+/// showed in the refresh's profile (BENCHMARKS.md, table 3's breakdown).
+fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 pub(super) fn write_tx<R>(
     conn: &mut Connection,
     batched: bool,
@@ -43,12 +50,12 @@ impl TokenStore {
         if self.batched {
             return f(self);
         }
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        cached(&self.conn, "BEGIN IMMEDIATE")?;
         self.batched = true;
         let result = f(self);
         self.batched = false;
         match result {
-            Ok(r) => match self.conn.execute_batch("COMMIT") {
+            Ok(r) => match cached(&self.conn, "COMMIT") {
                 Ok(()) => Ok(r),
                 Err(e) => Err(self.roll_back(e)),
             },
@@ -72,25 +79,24 @@ impl TokenStore {
         &mut self,
         jobs: impl Iterator<Item = &'a mut dyn GroupJob>,
     ) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        cached(&self.conn, "BEGIN IMMEDIATE")?;
         self.batched = true;
         for job in jobs {
-            if let Err(e) = self.conn.execute_batch("SAVEPOINT group_job") {
+            if let Err(e) = cached(&self.conn, "SAVEPOINT group_job") {
                 return Err(self.roll_back(e));
             }
             let ok = job.run(self);
             let end = if ok {
-                "RELEASE group_job"
+                cached(&self.conn, "RELEASE group_job")
             } else {
-                "ROLLBACK TO group_job; RELEASE group_job"
+                cached(&self.conn, "ROLLBACK TO group_job")
+                    .and_then(|()| cached(&self.conn, "RELEASE group_job"))
             };
-            if let Err(e) = self.conn.execute_batch(end) {
+            if let Err(e) = end {
                 return Err(self.roll_back(e));
             }
         }
         self.batched = false;
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(|e| self.roll_back(e))
+        cached(&self.conn, "COMMIT").map_err(|e| self.roll_back(e))
     }
 }

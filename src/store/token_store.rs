@@ -175,6 +175,9 @@ impl TokenStore {
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let step = |step: &'static str| move |e| OpenFailure::classify(step, e);
         let conn = Connection::open_with_flags(path, flags).map_err(step("open"))?;
+        // The refresh path's statements (reads, upserts, flow rows, transaction control)
+        // all stay prepared: parsing them per refresh was a tenth of its CPU.
+        conn.set_prepared_statement_cache_capacity(32);
         conn.busy_timeout(BUSY_TIMEOUT).map_err(step("open"))?;
         if access == Access::ReadWrite {
             // Switching the journal mode needs a lock that SQLite does not wait for with the

@@ -69,28 +69,27 @@ impl TokenStore {
     pub fn load_token(&self, server_key: &str) -> Result<Option<StoredToken>, StoreError> {
         let row = self
             .conn
-            .query_row(
-                &format!("SELECT {TOKEN_COLUMNS} FROM oauth_tokens WHERE server_key = ?1"),
-                [server_key],
-                |r| {
-                    let (expires_at, obtained_at) = sane_times(r.get(9)?, r.get(10)?);
-                    Ok(StoredToken {
-                        server_key: r.get(0)?,
-                        server_name: r.get(1)?,
-                        server_url: r.get(2)?,
-                        resource: r.get(3)?,
-                        issuer: r.get(4)?,
-                        access_token: r.get(5)?,
-                        refresh_token: r.get(6)?,
-                        token_type: r.get(7)?,
-                        scope: r.get(8)?,
-                        expires_at,
-                        obtained_at,
-                        flow_id: r.get(11)?,
-                        dpop: dpop_of(server_key, r.get(12)?, r.get(13)?),
-                    })
-                },
-            )
+            .prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM oauth_tokens WHERE server_key = ?1"
+            ))?
+            .query_row([server_key], |r| {
+                let (expires_at, obtained_at) = sane_times(r.get(9)?, r.get(10)?);
+                Ok(StoredToken {
+                    server_key: r.get(0)?,
+                    server_name: r.get(1)?,
+                    server_url: r.get(2)?,
+                    resource: r.get(3)?,
+                    issuer: r.get(4)?,
+                    access_token: r.get(5)?,
+                    refresh_token: r.get(6)?,
+                    token_type: r.get(7)?,
+                    scope: r.get(8)?,
+                    expires_at,
+                    obtained_at,
+                    flow_id: r.get(11)?,
+                    dpop: dpop_of(server_key, r.get(12)?, r.get(13)?),
+                })
+            })
             .optional()?;
         match row {
             Some(token) => Ok(Some(opened(&self.seal, &self.path, token)?)),
@@ -107,26 +106,23 @@ impl TokenStore {
         let dpop_jkt = t.dpop.as_ref().map(|d| d.jkt.as_str());
         write_tx(&mut self.conn, self.batched, |tx| {
             self.seal.check_still_ours(tx, &self.path)?;
-            tx.execute(
-                UPSERT_TOKEN,
-                params![
-                    t.server_key,
-                    t.server_name,
-                    t.server_url,
-                    t.resource,
-                    t.issuer,
-                    access,
-                    refresh,
-                    t.token_type,
-                    t.scope,
-                    t.expires_at,
-                    t.obtained_at,
-                    now_ms(),
-                    t.flow_id,
-                    dpop_key,
-                    dpop_jkt
-                ],
-            )?;
+            tx.prepare_cached(UPSERT_TOKEN)?.execute(params![
+                t.server_key,
+                t.server_name,
+                t.server_url,
+                t.resource,
+                t.issuer,
+                access,
+                refresh,
+                t.token_type,
+                t.scope,
+                t.expires_at,
+                t.obtained_at,
+                now_ms(),
+                t.flow_id,
+                dpop_key,
+                dpop_jkt
+            ])?;
             Ok(())
         })
     }

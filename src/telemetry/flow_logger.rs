@@ -259,20 +259,23 @@ impl Handler<FlowEvent> for FlowLogger {
             details: event.details,
         };
         trace.next_seq += 1;
-        let details = Value::Object(entry.details.clone()).to_string();
         // The flow's steps are detail (debug); the one info line of a refresh is "token
-        // refreshed", and failures are warnings of their own.
-        tracing::debug!(
-            target: "mcpproxy_oauth::flow",
-            correlation_id = %event.correlation_id,
-            server = %event.server,
-            flow_kind = event.flow_kind.as_str(),
-            seq = entry.seq,
-            elapsed_ms = entry.elapsed_ms,
-            step = event.step.as_str(),
-            details = %details,
-            "flow {}", event.step
-        );
+        // refreshed", and failures are warnings of their own. The details are copied and
+        // serialised only when the line is written (not at info, the daemon's default).
+        if tracing::enabled!(target: "mcpproxy_oauth::flow", tracing::Level::DEBUG) {
+            let details = Value::Object(entry.details.clone()).to_string();
+            tracing::debug!(
+                target: "mcpproxy_oauth::flow",
+                correlation_id = %event.correlation_id,
+                server = %event.server,
+                flow_kind = event.flow_kind.as_str(),
+                seq = entry.seq,
+                elapsed_ms = entry.elapsed_ms,
+                step = event.step.as_str(),
+                details = %details,
+                "flow {}", event.step
+            );
+        }
         if self.notices.receiver_count() > 0 {
             let _ = self.notices.send(FlowNotice {
                 correlation_id: event.correlation_id.clone(),
