@@ -52,8 +52,8 @@ fn seal_column(
 
 /// The sealed key check, if the file is encrypted (also for files older than `oauth_meta`).
 pub(super) fn read_key_check(conn: &Connection) -> Result<Option<String>, StoreError> {
-    let has_meta: bool = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'oauth_meta')")?
-.query_row(
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'oauth_meta')",
         [],
         |r| r.get(0),
     )?;
@@ -61,8 +61,11 @@ pub(super) fn read_key_check(conn: &Connection) -> Result<Option<String>, StoreE
         return Ok(None);
     }
     Ok(conn
-        .prepare_cached("SELECT value FROM oauth_meta WHERE name = 'key_check'")?
-        .query_row([], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM oauth_meta WHERE name = 'key_check'",
+            [],
+            |r| r.get(0),
+        )
         .optional()?)
 }
 
