@@ -1,9 +1,9 @@
 //! The binary: its path, a browser command that follows the redirect to the loopback
-//! listener, a command run to its end within a bound, and the config file naming the test
-//! server.
+//! listener, a command run to its end within a bound, the config file naming the test
+//! server, and a running `serve` with its API.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use oauth_test_server::OAuthTestServer;
@@ -171,4 +171,66 @@ pub async fn serve_api(child: &mut tokio::process::Child, log: &Path) -> (String
         .split_once("/?apikey=")
         .expect("the URL carries the key");
     (base.to_string(), key.to_string())
+}
+
+/// `serve` on `config` and `data`, its API on an ephemeral loopback port, logging in through
+/// `browser`, no API key lent by the environment; standard output piped (the API's address is
+/// read from it) and killed if the test ends first. The caller adds flags and standard error.
+pub fn serve_command(config: &Path, data: &Path, browser: &str) -> tokio::process::Command {
+    let mut command = bin(&["serve", "--listen", "127.0.0.1:0"]);
+    command
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .args(["--browser-command", browser])
+        .env_remove("MCPPROXY_OAUTH_API_KEY")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// A daemon's standard error appended to the file `log`: a pipe nobody reads would stop the
+/// daemon once full.
+pub fn log_to(log: &Path) -> Stdio {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Stdio::from(file)
+}
+
+/// A running `serve --listen 127.0.0.1:0`: the process, its API's base URL and key, and a
+/// client for the API whose requests are bounded.
+pub struct Serve {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub key: String,
+    pub http: reqwest::Client,
+}
+
+impl Serve {
+    /// Starts `command` (a `serve_command`) and reads the API's address it prints (within
+    /// 30 s; `log` is named if it ends first); the client's requests last at most `timeout`.
+    pub async fn start(
+        mut command: tokio::process::Command,
+        log: &Path,
+        timeout: Duration,
+    ) -> Serve {
+        let mut child = command.spawn().expect("serve starts");
+        let (base, key) = serve_api(&mut child, log).await;
+        let http = reqwest::Client::builder().timeout(timeout).build().unwrap();
+        Serve {
+            child,
+            base,
+            key,
+            http,
+        }
+    }
+
+    /// A request to the API's `path`, with the key.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", &self.key)
+    }
 }
