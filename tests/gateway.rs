@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{following_browser, temp_dir};
+use common::{following_browser, temp_dir, token_ttl};
 use mcpproxy_oauth::api::{ApiConfig, ApiKey, ApiServer, AuthLinks};
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::gateway::metrics::GatewayMetrics;
@@ -363,11 +363,7 @@ async fn an_anonymous_initialize_works_and_only_tools_call_needs_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_with_a_failing_refresh_is_a_503_until_the_server_recovers() {
-    let srv = test_server(Config {
-        access_token_ttl: Duration::from_secs(2),
-        ..Config::default()
-    })
-    .await;
+    let srv = test_server(token_ttl(2)).await;
     let daemon = Setup::oauth(&srv, "ttl").start().await;
     daemon.handle.reconnect("ttl").await.expect("logged in");
     srv.inject(Fault {

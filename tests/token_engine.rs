@@ -15,11 +15,7 @@ use url::Url;
 
 #[tokio::test]
 async fn login_registers_authorizes_and_the_token_calls_tools() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(120),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(120)).await;
     let before = SystemTime::now();
     let session = login(&srv, OAuthHttp::default()).await;
     let token = &session.token;
@@ -69,11 +65,7 @@ async fn login_registers_authorizes_and_the_token_calls_tools() {
 
 #[tokio::test]
 async fn an_expired_token_is_refused_with_a_typed_challenge_and_refresh_rotates() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(30),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(30)).await;
     let session = login(&srv, OAuthHttp::default()).await;
     srv.advance_clock(Duration::from_secs(32));
     let mut mcp = McpClient::new(Url::parse(&srv.mcp_url()).unwrap(), Duration::from_secs(10));
