@@ -24,7 +24,7 @@ use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::authorize::check_resource;
-use super::token::{Denied, authenticate, deny, issue_tokens, missing_access_token_body};
+use super::token::{Denied, Grant, authenticate, deny, issue_tokens, missing_access_token_body};
 use crate::dpop::wall_clock_s;
 use crate::faults::FaultKind;
 use crate::grants::{JwtRefusal, Refused, audience_matches, claim, expiry_s, peek, verify};
@@ -210,11 +210,9 @@ fn authenticate_assertion(
 pub(super) fn client_credentials_grant(
     state: &AppState,
     inner: &mut Inner,
-    client: &Client,
-    form: &Params,
-    shape: Option<FaultKind>,
-    jkt: Option<&str>,
+    grant: Grant,
 ) -> Result<Value, Denied> {
+    let Grant(client, form, shape, jkt) = grant;
     if client.auth_methods.iter().all(|m| *m == AuthMethod::None) {
         return Err(deny(
             "unauthorized_client",
