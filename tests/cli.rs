@@ -53,18 +53,8 @@ async fn the_conformance_context_supplies_preregistered_credentials() {
     })
     .await;
     let context = r#"{"client_id":"ctx-client","client_secret":"ctx-secret"}"#;
-    let out = run(
-        &[
-            "connect",
-            "--browser-command",
-            CURL_BROWSER,
-            "--timeout",
-            "20s",
-            &srv.mcp_url(),
-        ],
-        &[("MCP_CONFORMANCE_CONTEXT", context)],
-    )
-    .await;
+    let url = srv.mcp_url();
+    let out = run(&connect_args(&url), &[("MCP_CONFORMANCE_CONTEXT", context)]).await;
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -154,38 +144,14 @@ async fn two_processes_logging_in_at_once_run_one_flow() {
     assert_eq!(rows[0]["has_refresh_token"], true);
     assert_no_secret(&srv, &stdout);
 
-    let refreshed = run(
-        &[
-            "auth",
-            "refresh",
-            "srv",
-            "--config",
-            &config,
-            "--data-dir",
-            &data,
-        ],
-        &[],
-    )
-    .await;
+    let refreshed = run(&auth_args("refresh", &config, &data), &[]).await;
     assert!(
         refreshed.status.success(),
         "{}",
         String::from_utf8_lossy(&refreshed.stderr)
     );
     assert_eq!(srv.stats().token_requests_for("refresh_token"), 1);
-    let logout = run(
-        &[
-            "auth",
-            "logout",
-            "srv",
-            "--config",
-            &config,
-            "--data-dir",
-            &data,
-        ],
-        &[],
-    )
-    .await;
+    let logout = run(&auth_args("logout", &config, &data), &[]).await;
     assert!(logout.status.success());
     assert_eq!(srv.stats().revocations, 1);
     let after = run(
@@ -296,12 +262,8 @@ async fn serve_takes_its_flow_limits_from_the_command_line_and_refuses_bad_ones(
     use tokio::io::AsyncBufReadExt;
     let srv = start(Config::default()).await;
     let (config, data) = daemon_files(&srv, "tuning");
-    let mut child = spawn(&[
+    let tuned = [
         "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
         "--non-interactive",
         "--listen",
         "127.0.0.1:0",
@@ -311,7 +273,12 @@ async fn serve_takes_its_flow_limits_from_the_command_line_and_refuses_bad_ones(
         "2",
         "--refresh-stagger",
         "250ms",
-    ]);
+    ];
+    let mut child = spawn(&on_files(
+        &tuned,
+        config.to_str().unwrap(),
+        data.to_str().unwrap(),
+    ));
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let api = tokio::time::timeout(std::time::Duration::from_secs(15), async {
         while let Some(line) = lines.next_line().await.unwrap() {

@@ -40,28 +40,17 @@ impl std::ops::Deref for Daemon {
 
 impl Daemon {
     /// Starts `serve` on the test server under each of `names`, with `extra` flags and
-    /// `nofile` as its RLIMIT_NOFILE, logging to `dir/serve.log`; returns once it printed the
-    /// page's URL.
+    /// `nofile` as its RLIMIT_NOFILE, its standard error going to `stderr` (by default to
+    /// `dir/serve.log`); returns once it printed the page's URL.
     async fn start(
         srv: &OAuthTestServer,
         names: &[&str],
         dir: &Path,
         extra: &[&str],
         nofile: Option<u64>,
+        stderr: Option<Stdio>,
     ) -> Daemon {
-        let log = log_to(&dir.join("serve.log"));
-        Self::start_logging_to(srv, names, dir, extra, nofile, log).await
-    }
-
-    /// `start`, with the daemon's standard error going to `stderr`.
-    async fn start_logging_to(
-        srv: &OAuthTestServer,
-        names: &[&str],
-        dir: &Path,
-        extra: &[&str],
-        nofile: Option<u64>,
-        stderr: Stdio,
-    ) -> Daemon {
+        let stderr = stderr.unwrap_or_else(|| log_to(&dir.join("serve.log")));
         let config = write_config(dir, srv, names);
         let mut command = serve_command(&config, &dir.join("data"), CURL_BROWSER);
         command.args(extra).stderr(stderr);
@@ -215,7 +204,7 @@ async fn twenty_thousand_idle_connections_do_not_fail_one_refresh() {
     let srv = start(token_ttl(3)).await;
     let names = ["one", "two", "three"];
     let dir = temp_dir("limits");
-    let serve = Daemon::start(&srv, &names, &dir, &[], Some(DAEMON_NOFILE)).await;
+    let serve = Daemon::start(&srv, &names, &dir, &[], Some(DAEMON_NOFILE), None).await;
     // The open-file limit leaves room for fewer connections than the default cap: cut.
     let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
     assert!(
@@ -311,7 +300,7 @@ async fn event_subscribers_beyond_the_cap_get_503() {
     let srv = start(Config::default()).await;
     let dir = temp_dir("subscribers");
     let subscribers = ["--max-sse-subscribers", "2"];
-    let serve = Daemon::start(&srv, &["one"], &dir, &subscribers, None).await;
+    let serve = Daemon::start(&srv, &["one"], &dir, &subscribers, None, None).await;
     let subscribe = || {
         serve
             .api(reqwest::Method::GET, "/api/v1/events")
@@ -393,7 +382,7 @@ async fn another_local_user_cannot_read_the_key_nor_use_the_api() {
     }
     let srv = start(Config::default()).await;
     let dir = temp_dir("second-user");
-    let serve = Daemon::start(&srv, &["one"], &dir, &[], None).await;
+    let serve = Daemon::start(&srv, &["one"], &dir, &[], None, None).await;
     // The parent is traversable by anyone (as a home directory often is); the data
     // directory and the key are the owner's alone.
     use std::os::unix::fs::PermissionsExt;
@@ -472,13 +461,13 @@ async fn refreshes_go_on_when_the_log_reader_stops_reading() {
     let dir = temp_dir("log-reader");
     // Standard error is a pipe this test holds and never reads, as a harness that waited
     // for the start-up line would.
-    let serve = Daemon::start_logging_to(
+    let serve = Daemon::start(
         &srv,
         &names,
         &dir,
         &["--log-level", "mcpproxy_oauth=debug,warn"],
         None,
-        Stdio::piped(),
+        Some(Stdio::piped()),
     )
     .await;
     serve.until_all_connected(names.len()).await;
@@ -521,7 +510,7 @@ async fn the_key_never_reaches_the_log_at_any_level() {
         "--log-file",
         log_file.to_str().unwrap(),
     ];
-    let serve = Daemon::start(&srv, &["one"], &dir, &flags, None).await;
+    let serve = Daemon::start(&srv, &["one"], &dir, &flags, None, None).await;
     serve.until_all_connected(1).await;
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -89,6 +89,18 @@ pub fn on_files<'a>(command: &[&'a str], config: &'a str, data: &'a str) -> Vec<
     command.iter().copied().chain(files).collect()
 }
 
+/// The arguments of `connect` to `url`, logging in with the curl browser within 20 s.
+pub fn connect_args(url: &str) -> [&str; 6] {
+    [
+        "connect",
+        "--browser-command",
+        CURL_BROWSER,
+        "--timeout",
+        "20s",
+        url,
+    ]
+}
+
 /// The arguments of `auth VERB srv` on `config` and `data`, with the curl browser.
 pub fn auth_args<'a>(verb: &'a str, config: &'a str, data: &'a str) -> Vec<&'a str> {
     on_files(&["auth", verb, "srv"], config, data)

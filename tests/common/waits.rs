@@ -40,12 +40,21 @@ impl Deadline {
 
     /// Fails if the deadline has passed, saying `last` was seen; else sleeps `every`.
     pub async fn again(&self, last: impl std::fmt::Display, every: Duration) {
+        self.check(&format!("; last seen: {last}"));
+        tokio::time::sleep(every).await;
+    }
+
+    /// Fails if the deadline has passed; else sleeps `every`.
+    pub async fn wait(&self, every: Duration) {
+        self.check("");
+        tokio::time::sleep(every).await;
+    }
+
+    fn check(&self, seen: &str) {
+        let (what, within) = (&self.what, self.within);
         assert!(
             Instant::now() < self.at,
-            "{}: not within {:?}; last seen: {last}",
-            self.what,
-            self.within
+            "{what}: not within {within:?}{seen}"
         );
-        tokio::time::sleep(every).await;
     }
 }
