@@ -225,14 +225,8 @@ async fn faults_at_other_targets() {
     );
 
     arm_once(&srv, FaultTarget::Jwks, FaultKind::MalformedJson);
-    let jwks = http()
-        .get(format!("{}/jwks.json", srv.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let jwks = http().get(format!("{}/jwks.json", srv.url())).send();
+    let jwks = jwks.await.unwrap().text().await.unwrap();
     assert!(serde_json::from_str::<Value>(&jwks).is_err());
 
     arm_once(&srv, FaultTarget::Register, FaultKind::RateLimited);

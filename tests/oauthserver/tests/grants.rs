@@ -9,22 +9,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use oauth_test_server::test_keys::{
-    CLIENT_ES256_PEM, CLIENT_RS256_PEM, client_es256_jwks, client_rs256_jwks,
+use oauth_test_server::grants::{
+    CLIENT_ASSERTION_TYPE as ASSERTION_TYPE, CLIENT_CREDENTIALS, ID_JAG_TOKEN_TYPE as ID_JAG,
+    ID_TOKEN_TYPE as ID_TOKEN, JWT_BEARER, TOKEN_EXCHANGE,
 };
+use oauth_test_server::test_keys::{CLIENT_ES256_PEM, CLIENT_RS256_PEM, client_rs256_jwks};
 use oauth_test_server::{
     Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, KeySource, OAuthTestServer,
     Platform, TrustedIssuer,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-
-const CLIENT_CREDENTIALS: &str = "client_credentials";
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
-const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
-const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 const SECRET: &str = "conformance-like-secret";
 
@@ -236,10 +231,7 @@ async fn private_key_jwt_es256_from_registered_jwks_once_per_jti() {
     let srv = start(Config {
         client_credentials: true,
         private_key_jwt: true,
-        jwt_clients: vec![JwtClient {
-            client_id: "jwt-client".into(),
-            keys: KeySource::Jwks(client_es256_jwks()),
-        }],
+        jwt_clients: vec![JwtClient::es256("jwt-client")],
         ..Config::default()
     })
     .await;

@@ -30,15 +30,10 @@ use crate::faults::FaultKind;
 use crate::grants::{JwtRefusal, Refused, audience_matches, claim, expiry_s, peek, verify};
 use crate::state::{AppState, AuthMethod, Client, Inner, random_token};
 
-pub const CLIENT_CREDENTIALS: &str = "client_credentials";
-pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-pub const ID_JAG_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id-jag";
-pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
-pub const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
-/// The `typ` header of an ID-JAG.
-pub const ID_JAG_TYP: &str = "oauth-id-jag+jwt";
+pub use crate::grants::{
+    CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS, ID_JAG_TOKEN_TYPE, ID_JAG_TYP, ID_TOKEN_TYPE,
+    JWT_BEARER, REFRESH_TOKEN_TYPE, TOKEN_EXCHANGE,
+};
 
 type Params = HashMap<String, String>;
 

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::authorize::check_resource;
@@ -356,9 +357,9 @@ fn requested_resource(
 fn authorization_code_grant(
     state: &AppState,
     inner: &mut Inner,
-    grant_request: Grant,
-) -> Result<serde_json::Value, Denied> {
-    let Grant(client, form, shape, jkt) = grant_request;
+    asked: Grant,
+) -> Result<Value, Denied> {
+    let Grant(client, form, shape, jkt) = asked;
     let code = required(form, "code")?;
     let now = state.now_ms();
     let grant = inner
@@ -425,11 +426,7 @@ fn authorization_code_grant(
     ))
 }
 
-fn refresh_token_grant(
-    state: &AppState,
-    inner: &mut Inner,
-    grant: Grant,
-) -> Result<serde_json::Value, Denied> {
+fn refresh_token_grant(state: &AppState, inner: &mut Inner, grant: Grant) -> Result<Value, Denied> {
     let Grant(client, form, shape, jkt) = grant;
     let presented = required(form, "refresh_token")?;
     let record = inner
