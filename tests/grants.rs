@@ -20,19 +20,16 @@ use mcpproxy_oauth::oauth::grants::{
 };
 use mcpproxy_oauth::oauth::http::OAuthHttp;
 use mcpproxy_oauth::oauth::token::TokenSet;
+use oauth_test_server::grants::{CLIENT_CREDENTIALS as CC, JWT_BEARER, TOKEN_EXCHANGE};
 use oauth_test_server::test_keys::{
     CLIENT_ES256_PEM, CLIENT_ES256_SEC1_PEM, CLIENT_RS256_PEM, CLIENT_RS256_PKCS1_PEM,
-    client_es256_jwks, client_rs256_jwks,
 };
 use oauth_test_server::{
-    Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, KeySource, NonceRotation,
-    OAuthTestServer, Platform,
+    Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, NonceRotation, OAuthTestServer,
+    Platform,
 };
 use oauth2::ClientSecret;
 
-const CC: &str = "client_credentials";
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const CC_SECRET: &str = "cc-client-secret-7d1e";
 const XAA_SECRET: &str = "xaa-client-secret-42b9";
 
@@ -66,16 +63,7 @@ fn cc_server_config() -> Config {
         client_credentials: true,
         private_key_jwt: true,
         preregistered_client: Some(("cc-client".into(), Some(CC_SECRET.into()))),
-        jwt_clients: vec![
-            JwtClient {
-                client_id: "es-client".into(),
-                keys: KeySource::Jwks(client_es256_jwks()),
-            },
-            JwtClient {
-                client_id: "rs-client".into(),
-                keys: KeySource::Jwks(client_rs256_jwks()),
-            },
-        ],
+        jwt_clients: vec![JwtClient::es256("es-client"), JwtClient::rs256("rs-client")],
         ..Config::default()
     }
 }
