@@ -46,12 +46,7 @@ async fn connect_prints_a_summary_and_exits_zero() {
 
 #[tokio::test]
 async fn the_conformance_context_supplies_preregistered_credentials() {
-    let srv = start(Config {
-        dynamic_registration: false,
-        preregistered_client: Some(("ctx-client".into(), Some("ctx-secret".into()))),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(preregistered_only("ctx-client", "ctx-secret")).await;
     let context = r#"{"client_id":"ctx-client","client_secret":"ctx-secret"}"#;
     let url = srv.mcp_url();
     let out = run(&connect_args(&url), &[("MCP_CONFORMANCE_CONTEXT", context)]).await;

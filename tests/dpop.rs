@@ -23,14 +23,21 @@ use serde_json::json;
 const TTL: Duration = Duration::from_secs(60);
 const NONCE_LIFETIME: Duration = Duration::from_secs(20);
 
+/// A server that requires DPoP.
+fn dpop_required() -> Config {
+    Config {
+        dpop_required: true,
+        ..Config::default()
+    }
+}
+
 /// A server that requires DPoP, with access tokens living `TTL` and nonces `NONCE_LIFETIME`
 /// of its (adjustable) clock.
 fn dpop_server_config() -> Config {
     Config {
         access_token_ttl: TTL,
-        dpop_required: true,
         dpop_nonce: Some(NonceRotation::EveryMs(NONCE_LIFETIME.as_millis() as u64)),
-        ..Config::default()
+        ..dpop_required()
     }
 }
 
@@ -178,11 +185,7 @@ async fn a_bound_token_is_refreshed_and_used_through_several_lifetimes_with_rota
 
 #[tokio::test]
 async fn a_replayed_proof_is_refused_and_the_client_carries_on_with_fresh_ones() {
-    let srv = start(Config {
-        dpop_required: true,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(dpop_required()).await;
     let mut s = dpop_login(&srv, DpopKey::generate()).await;
     let token = s.access();
     s.mcp.initialize(Some(&token)).await.expect("initialize");
@@ -263,11 +266,7 @@ async fn a_replayed_proof_is_refused_and_the_client_carries_on_with_fresh_ones()
 
 #[tokio::test]
 async fn a_refresh_token_is_bound_to_its_key() {
-    let srv = start(Config {
-        dpop_required: true,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(dpop_required()).await;
     let s = dpop_login(&srv, DpopKey::generate()).await;
     let other = Dpop::new(DpopKey::generate()).with_required(true);
     let refused = s.refresh_with(Some(&other)).await;
@@ -337,9 +336,8 @@ fn options(srv: &OAuthTestServer, dpop: bool) -> ConnectOptions {
 async fn connect_uses_dpop_where_the_server_requires_it_with_a_nonce_per_request() {
     project_logs();
     let srv = start(Config {
-        dpop_required: true,
         dpop_nonce: Some(NonceRotation::EveryRequest),
-        ..Config::default()
+        ..dpop_required()
     })
     .await;
     let report = connect(options(&srv, false))
@@ -557,9 +555,8 @@ async fn the_daemon_refreshes_a_bound_token_through_several_lifetimes_with_rotat
     // endpoint carries the next nonce, good for one request.
     let srv = start(Config {
         access_token_ttl: Duration::from_secs(2),
-        dpop_required: true,
         dpop_nonce: Some(NonceRotation::EveryRequest),
-        ..Config::default()
+        ..dpop_required()
     })
     .await;
     let dir = temp_dir("daemon-dpop-lifetimes");
@@ -647,9 +644,8 @@ async fn the_daemon_logs_in_by_device_code_with_dpop() {
     let srv = start(Config {
         device_grant: true,
         device_interval_secs: 1,
-        dpop_required: true,
         dpop_nonce: Some(NonceRotation::EveryRequest),
-        ..Config::default()
+        ..dpop_required()
     })
     .await;
     let dir = temp_dir("daemon-dpop-device");
@@ -684,9 +680,8 @@ async fn the_daemon_logs_in_by_device_code_with_dpop() {
 #[tokio::test]
 async fn a_restarted_daemon_refreshes_with_the_stored_key_and_a_replayed_proof_is_refused() {
     let srv = start(Config {
-        dpop_required: true,
         access_token_ttl: TTL,
-        ..Config::default()
+        ..dpop_required()
     })
     .await;
     let dir = temp_dir("daemon-dpop-restart");

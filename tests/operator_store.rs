@@ -281,6 +281,14 @@ fn commands_that_open_a_database<'a>(config: &'a str, data: &'a str) -> Vec<Vec<
 }
 
 /// A data directory (mode `dir_mode`) beside a config naming the test server: (config, data).
+/// Sets the schema version of the token database in `data` to `version`.
+fn set_schema_version(data: &Path, version: i32) {
+    rusqlite::Connection::open(data.join("tokens.db"))
+        .unwrap()
+        .pragma_update(None, "user_version", version)
+        .unwrap();
+}
+
 fn files_for(srv: &OAuthTestServer, name: &str, dir_mode: u32) -> (PathBuf, PathBuf) {
     let (config, data) = daemon_files(srv, name);
     std::fs::create_dir_all(&data).unwrap();
@@ -315,10 +323,7 @@ async fn a_foreign_or_refused_database_is_left_exactly_as_it_was() {
     // Ours, at a schema version newer than this build.
     let (config, data) = files_for(&srv, "newer", 0o700);
     logged_in(&config, &data, &[]).await;
-    rusqlite::Connection::open(data.join("tokens.db"))
-        .unwrap()
-        .pragma_update(None, "user_version", 99)
-        .unwrap();
+    set_schema_version(&data, 99);
     cases.push(("newer", config, data, "newer than this build knows"));
 
     // Ours, encrypted with another key than the key file beside it (left loose: not re-moded).
@@ -332,10 +337,7 @@ async fn a_foreign_or_refused_database_is_left_exactly_as_it_was() {
     // Ours, with the tables but schema version 0.
     let (config, data) = files_for(&srv, "half", 0o700);
     logged_in(&config, &data, &[]).await;
-    rusqlite::Connection::open(data.join("tokens.db"))
-        .unwrap()
-        .pragma_update(None, "user_version", 0)
-        .unwrap();
+    set_schema_version(&data, 0);
     cases.push(("half migrated", config, data, "schema version 0"));
 
     let requests_before = srv.stats().authorize_requests;

@@ -86,11 +86,7 @@ async fn an_expired_token_is_refused_with_a_typed_challenge_and_refresh_rotates(
     );
 
     let old_refresh = session.token.refresh_token.clone().unwrap();
-    let fresh = session
-        .endpoint
-        .refresh(&session.http, &old_refresh, None, SystemTime::now(), None)
-        .await
-        .unwrap();
+    let fresh = session.refresh_with_login_token().await.unwrap();
     assert_ne!(
         fresh.refresh_token.as_ref().unwrap().secret(),
         old_refresh.secret(),
@@ -141,11 +137,7 @@ async fn without_rotation_the_old_refresh_token_is_kept() {
     .await;
     let session = login(&srv, OAuthHttp::default()).await;
     let refresh_token = session.token.refresh_token.clone().unwrap();
-    let fresh = session
-        .endpoint
-        .refresh(&session.http, &refresh_token, None, SystemTime::now(), None)
-        .await
-        .unwrap();
+    let fresh = session.refresh_with_login_token().await.unwrap();
     assert_eq!(
         fresh.refresh_token.unwrap().secret(),
         refresh_token.secret()
