@@ -254,7 +254,6 @@ async fn auth_doctor_passes_on_a_healthy_server_and_names_a_failing_step() {
 
 #[tokio::test]
 async fn serve_takes_its_flow_limits_from_the_command_line_and_refuses_bad_ones() {
-    use tokio::io::AsyncBufReadExt;
     let srv = start(Config::default()).await;
     let (config, data) = daemon_files(&srv, "tuning");
     let tuned = [
@@ -274,18 +273,14 @@ async fn serve_takes_its_flow_limits_from_the_command_line_and_refuses_bad_ones(
         config.to_str().unwrap(),
         data.to_str().unwrap(),
     ));
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let api = tokio::time::timeout(std::time::Duration::from_secs(15), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("operator API and web page on http://") {
-                let rest = &line[at + "operator API and web page on ".len()..];
-                return rest[..rest[7..].find('/').unwrap() + 7].to_string();
-            }
-        }
-        panic!("serve ended before announcing its API");
+    let mut lines = stderr_lines(&mut child);
+    let within = std::time::Duration::from_secs(15);
+    let api = read_until(&mut lines, &mut String::new(), within, "its API", |line| {
+        let at = line.find("operator API and web page on http://")?;
+        let rest = &line[at + "operator API and web page on ".len()..];
+        Some(rest[..rest[7..].find('/').unwrap() + 7].to_string())
     })
-    .await
-    .expect("serve announces its API within 15 s");
+    .await;
     // Every request carries the API key serve created beside the database.
     let key = std::fs::read_to_string(data.join("api-key")).unwrap();
     let text = reqwest::Client::new()

@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::*;
 use oauth_test_server::{Config, OAuthTestServer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use url::Url;
 
 /// A `serve --listen 127.0.0.1:0` process whose browser is elsewhere (`true` opens nothing).
@@ -317,7 +317,7 @@ async fn login_by_pasting(srv: &OAuthTestServer, config: &Path, data: &Path) -> 
     .spawn()
     .expect("the binary starts");
     let mut stdin = child.stdin.take().unwrap();
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut stderr = stderr_lines(&mut child);
     let mut said = String::new();
     // Reads standard error until a line holds `needle`; returns that line.
     async fn until_line(
@@ -325,20 +325,11 @@ async fn login_by_pasting(srv: &OAuthTestServer, config: &Path, data: &Path) -> 
         said: &mut String,
         needle: &str,
     ) -> String {
-        ends_within(
-            &format!("a line with {needle:?}"),
-            Duration::from_secs(20),
-            async {
-                while let Some(line) = lines.next_line().await.unwrap() {
-                    said.push_str(&line);
-                    said.push('\n');
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                panic!("the command ended without saying {needle:?}: {said}");
-            },
-        )
+        let what = format!("a line with {needle:?}");
+        let within = Duration::from_secs(20);
+        read_until(lines, said, within, &what, |line| {
+            line.contains(needle).then(|| line.to_string())
+        })
         .await
     }
     // The launcher prints the link on a line of its own, indented.

@@ -15,7 +15,6 @@ use common::*;
 use mcpproxy_oauth::store::cipher::StoreKey;
 use mcpproxy_oauth::store::{KeySpec, Sealing, TokenStore};
 use oauth_test_server::{Config, OAuthTestServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A file as these tests compare it: its bytes, mode and modification time.
 #[derive(PartialEq, Eq)]
@@ -99,31 +98,14 @@ async fn serve_until_ready(
     tokio::task::JoinHandle<String>,
 ) {
     let mut child = spawn(&[&["serve", "--non-interactive"], args].concat());
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = stderr_lines(&mut child);
     let mut seen = String::new();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("keeping servers authorized") {
-                return true;
-            }
-        }
-        false
+    let within = Duration::from_secs(30);
+    read_until(&mut lines, &mut seen, within, "serve's start", |line| {
+        line.contains("keeping servers authorized").then_some(())
     })
     .await;
-    assert!(
-        matches!(ready, Ok(true)),
-        "serve did not start within 30 s:\n{seen}"
-    );
-    let rest = tokio::spawn(async move {
-        let mut rest = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            rest.push_str(&line);
-            rest.push('\n');
-        }
-        rest
-    });
+    let rest = rest_of(lines);
     (child, seen, rest)
 }
 

@@ -157,6 +157,61 @@ pub fn valid_tokens(db: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+/// Reads `lines` (a child's output) until `found` gives a value, within `within`, appending
+/// every line read to `seen`; fails naming `what` and what was seen if the output ends or the
+/// time runs out first.
+pub async fn read_until<R, T>(
+    lines: &mut tokio::io::Lines<R>,
+    seen: &mut String,
+    within: Duration,
+    what: &str,
+    mut found: impl FnMut(&str) -> Option<T>,
+) -> T
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let read = tokio::time::timeout(within, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(value) = found(&line) {
+                return Some(value);
+            }
+        }
+        None
+    })
+    .await;
+    match read {
+        Ok(Some(value)) => value,
+        Ok(None) => panic!("the output ended without {what}:\n{seen}"),
+        Err(_) => panic!("no {what} within {within:?}:\n{seen}"),
+    }
+}
+
+/// The rest of `lines`, read to their end in a task of its own.
+pub fn rest_of<R>(mut lines: tokio::io::Lines<R>) -> tokio::task::JoinHandle<String>
+where
+    R: tokio::io::AsyncBufRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    })
+}
+
+/// The lines of `child`'s piped standard error.
+pub fn stderr_lines(
+    child: &mut tokio::process::Child,
+) -> tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>> {
+    use tokio::io::AsyncBufReadExt;
+    let stderr = child.stderr.take().expect("standard error is piped");
+    tokio::io::BufReader::new(stderr).lines()
+}
+
 /// The API of a starting `serve --listen 127.0.0.1:0`: reads its standard output (piped) until
 /// it prints the page's URL, within 30 s; (base URL, API key). `log` is named if it ends first.
 pub async fn serve_api(child: &mut tokio::process::Child, log: &Path) -> (String, String) {
@@ -166,19 +221,13 @@ pub async fn serve_api(child: &mut tokio::process::Child, log: &Path) -> (String
         .take()
         .expect("serve's standard output is piped");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("http://127.0.0.1:") {
-                return line[at..].trim().to_string();
-            }
-        }
-        panic!(
-            "serve ended without printing the page's URL; see {}",
-            log.display()
-        );
+    let what = format!("the page's URL (see {})", log.display());
+    let within = Duration::from_secs(30);
+    let url = read_until(&mut lines, &mut String::new(), within, &what, |line| {
+        let at = line.find("http://127.0.0.1:")?;
+        Some(line[at..].trim().to_string())
     })
-    .await
-    .expect("serve prints the page's URL within 30 s");
+    .await;
     let (base, key) = url
         .split_once("/?apikey=")
         .expect("the URL carries the key");
