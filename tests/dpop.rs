@@ -93,6 +93,15 @@ impl Session {
             .await
     }
 
+    /// A refresh with the session's own key, which must succeed (`why` says what it shows)
+    /// with a DPoP-bound token.
+    async fn refresh_own(&self, why: &str) -> TokenSet {
+        let fresh = self.refresh_with(Some(&self.dpop)).await;
+        let fresh = fresh.unwrap_or_else(|e| panic!("{why}: {e}"));
+        assert_eq!(fresh.token_type, "DPoP", "{why}");
+        fresh
+    }
+
     async fn echo(&mut self, message: &str) -> serde_json::Value {
         let token = self.access();
         self.mcp
@@ -124,10 +133,8 @@ async fn a_bound_token_is_refreshed_and_used_through_several_lifetimes_with_rota
             "lifetime {lifetime}: the expired token is refused with a DPoP challenge: {refused:?}"
         );
         let fresh = s
-            .refresh_with(Some(&s.dpop))
-            .await
-            .unwrap_or_else(|e| panic!("lifetime {lifetime}: the refresh succeeds: {e}"));
-        assert_eq!(fresh.token_type, "DPoP");
+            .refresh_own(&format!("lifetime {lifetime}: the refresh succeeds"))
+            .await;
         assert_ne!(fresh.access_token.secret(), &token, "a new access token");
         s.token = fresh;
         let said = format!("lifetime {lifetime}");
@@ -257,11 +264,7 @@ async fn a_replayed_proof_is_refused_and_the_client_carries_on_with_fresh_ones()
     let body: serde_json::Value = replay.json().await.unwrap();
     assert_eq!(body["error"], "invalid_dpop_proof");
     assert_eq!(srv.stats().dpop_refusals_for("replay"), 2);
-    let fresh = s
-        .refresh_with(Some(&s.dpop))
-        .await
-        .expect("the client's own refresh works");
-    assert_eq!(fresh.token_type, "DPoP");
+    s.refresh_own("the client's own refresh works").await;
 }
 
 #[tokio::test]
@@ -281,11 +284,7 @@ async fn a_refresh_token_is_bound_to_its_key() {
         "no proof at all is refused: {refused:?}"
     );
     assert_eq!(srv.stats().dpop_refusals_for("missing"), 1);
-    let fresh = s
-        .refresh_with(Some(&s.dpop))
-        .await
-        .expect("the bound key refreshes");
-    assert_eq!(fresh.token_type, "DPoP");
+    s.refresh_own("the bound key refreshes").await;
 }
 
 #[tokio::test]

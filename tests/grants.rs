@@ -33,6 +33,15 @@ use oauth2::ClientSecret;
 const CC_SECRET: &str = "cc-client-secret-7d1e";
 const XAA_SECRET: &str = "xaa-client-secret-42b9";
 
+/// An authorization server taking `platform`'s workload JWTs in the jwt-bearer grant.
+fn trusting_workloads_of(platform: &Platform) -> Config {
+    Config {
+        jwt_bearer: true,
+        trusted_workload_issuers: vec![platform.trusted()],
+        ..Config::default()
+    }
+}
+
 fn token_server(srv: &OAuthTestServer) -> TokenServer {
     TokenServer {
         issuer: srv.issuer(),
@@ -490,12 +499,7 @@ async fn a_policy_denial_is_permanent_and_says_so_while_idp_outages_are_transien
 #[tokio::test]
 async fn workload_identity_redeems_a_platform_jwt_read_from_a_file() {
     let platform = Platform::kubernetes("https://kubernetes.default.svc");
-    let auth = start(Config {
-        jwt_bearer: true,
-        trusted_workload_issuers: vec![platform.trusted()],
-        ..Config::default()
-    })
-    .await;
+    let auth = start(trusting_workloads_of(&platform)).await;
     let http = OAuthHttp::default();
     let server = token_server(&auth);
     let file = key_file(
@@ -701,12 +705,7 @@ async fn connect_with_a_grant_calls_a_tool_and_a_refused_credential_ends_the_run
     assert_eq!(stats.authorize_requests + stats.registrations, 0);
 
     let platform = Platform::kubernetes("https://kubernetes.default.svc");
-    let wif = start(Config {
-        jwt_bearer: true,
-        trusted_workload_issuers: vec![platform.trusted()],
-        ..Config::default()
-    })
-    .await;
+    let wif = start(trusting_workloads_of(&platform)).await;
     let jwt = platform.token(&wif.issuer(), Duration::from_secs(600));
     let file = key_file("workload-token", &jwt);
     let (report, _) = connect_with(
