@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 #[path = "shared/machine.rs"]
 mod machine;
+#[path = "shared/run.rs"]
+mod run;
 #[path = "shared/section.rs"]
 mod section;
 use machine::{load_average, machine};
@@ -376,24 +378,17 @@ fn markdown(http: &[HttpRow], bridges: &[BridgeRow], header: &str) -> String {
     doc
 }
 
+/// What a test build of this bench says instead of running it.
+const HOW_TO_RUN: &str =
+    "the gateway benchmark runs with `make bench-gateway` (or `cargo bench --bench gateway`)";
+
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!(
-            "the gateway benchmark runs with `make bench-gateway` (or `cargo bench --bench gateway`)"
-        );
+    let Some(run) = run::begin(HOW_TO_RUN) else {
         return;
-    }
+    };
     let quick = std::env::args().any(|a| a == "--quick");
     let (http_calls, bridge_calls) = if quick { (2_000, 300) } else { (20_000, 2_000) };
-    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let load_before = load_average();
-    let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-gateway-bench-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = run::fresh_dir("gateway-bench");
 
     // The upstream on a runtime (and thread) of its own.
     let upstream_rt = tokio::runtime::Builder::new_multi_thread()
@@ -526,12 +521,13 @@ fn main() {
     });
     upstream_rt.block_on(srv.shutdown());
     let header = format!(
-        "`make bench-gateway` ({} sizes), {date}, on {}; load average {} before, {} after. Whole run: {:.1?}.",
+        "`make bench-gateway` ({} sizes), {}, on {}; load average {} before, {} after. Whole run: {:.1?}.",
         if quick { "quick" } else { "full" },
+        run.date,
         machine(),
-        load_before,
+        run.load_before,
         load_average(),
-        started.elapsed()
+        run.started.elapsed()
     );
     let tables = markdown(&http, &bridges, &header);
     println!("{tables}");

@@ -28,11 +28,14 @@ mod machine;
 #[path = "../tests/common/postgres.rs"]
 #[allow(dead_code)]
 mod postgres;
+#[path = "shared/run.rs"]
+mod run;
 #[path = "shared/section.rs"]
 mod section;
+#[path = "shared/token.rs"]
+mod token;
 
 use machine::{load_average, machine};
-use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::store::{
@@ -41,6 +44,7 @@ use mcpproxy_oauth::store::{
 use mcpproxy_oauth::supervisor::{ServerTokens, SupervisorConfig, SupervisorHandle, database_path};
 use oauth_test_server::{Config, OAuthTestServer};
 use postgres::Postgres;
+use token::sample_token;
 use url::Url;
 
 const MARK_START: &str = "<!-- store bench: start -->";
@@ -107,13 +111,7 @@ fn runtime(workers: usize, name: &str) -> tokio::runtime::Runtime {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "mcpproxy-oauth-store-bench-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    run::fresh_dir(&format!("store-bench-{name}"))
 }
 
 /// What every measure shares: the OAuth test server (on a runtime of its own), PostgreSQL,
@@ -135,6 +133,14 @@ impl Bench {
 
     fn refreshes(srv: &OAuthTestServer) -> u64 {
         srv.stats().token_requests_for("refresh_token")
+    }
+
+    /// Runs `sql` on the bench's PostgreSQL (its `postgres` database); `what` names it if it fails.
+    fn pg_execute(&self, sql: &str, what: &str) {
+        self.rt.block_on(async {
+            let client = self.pg.connect("postgres").await;
+            client.batch_execute(sql).await.expect(what);
+        });
     }
 
     /// A fresh database on the bench's PostgreSQL, as a `--store` choice.
@@ -271,22 +277,8 @@ fn refresh_throughput(bench: &Bench, sizes: &Sizes, label: &str, store: StoreCho
 }
 
 fn stored_token(name: &str, n: usize) -> StoredToken {
-    let url = "https://mcp.example/mcp";
-    StoredToken {
-        server_key: mcpproxy_oauth::config::server_key(name, url),
-        server_name: name.into(),
-        server_url: url.into(),
-        resource: Some(url.into()),
-        issuer: Some("https://as.example".into()),
-        access_token: format!("eyJ{n:08}") + &"a".repeat(800),
-        refresh_token: Some(format!("rt_{n:08}") + &"b".repeat(60)),
-        token_type: "Bearer".into(),
-        scope: Some("read write".into()),
-        expires_at: Some(now_ms() + 3_600_000),
-        obtained_at: now_ms(),
-        flow_id: None,
-        dpop: None,
-    }
+    let key = mcpproxy_oauth::config::server_key(name, "https://mcp.example/mcp");
+    sample_token(key, name, &format!("{n:08}"))
 }
 
 /// The store's part of a refresh alone, on every server at once, `each` times per server:
@@ -538,13 +530,10 @@ fn three_instances(bench: &Bench, sizes: &Sizes) -> Replicas {
         bench.rt.block_on(all_answer(&handle));
         instances.push(handle);
     }
-    bench.rt.block_on(async {
-        let client = bench.pg.connect("postgres").await;
-        client
-            .batch_execute("SELECT pg_stat_statements_reset()")
-            .await
-            .expect("pg_stat_statements resets");
-    });
+    bench.pg_execute(
+        "SELECT pg_stat_statements_reset()",
+        "pg_stat_statements resets",
+    );
     let (before, reuses) = (Bench::refreshes(srv), srv.stats().refresh_token_reuse);
     let started = Instant::now();
     // The duration of the scenario, not a wait for something.
@@ -671,18 +660,15 @@ fn markdown(
     doc
 }
 
+/// What a test build of this bench says instead of running it.
+const HOW_TO_RUN: &str =
+    "the store benchmark runs with `make bench-store` (or `cargo bench --bench store`)";
+
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!(
-            "the store benchmark runs with `make bench-store` (or `cargo bench --bench store`)"
-        );
+    let Some(run) = run::begin(HOW_TO_RUN) else {
         return;
-    }
+    };
     let sizes = Sizes::from_args();
-    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let load_before = load_average();
-    let started = Instant::now();
     let Some(pg) = Postgres::start_with(
         "store-bench",
         &["fsync=on", "shared_preload_libraries=pg_stat_statements"],
@@ -719,13 +705,10 @@ fn main() {
         dir,
         key_file,
     };
-    bench.rt.block_on(async {
-        let client = bench.pg.connect("postgres").await;
-        client
-            .batch_execute("CREATE EXTENSION pg_stat_statements")
-            .await
-            .expect("pg_stat_statements (Debian's postgresql package ships it)");
-    });
+    bench.pg_execute(
+        "CREATE EXTENSION pg_stat_statements",
+        "pg_stat_statements (Debian's postgresql package ships it)",
+    );
 
     let mut throughput = Vec::new();
     for label in ["SQLite", "PostgreSQL"] {
@@ -761,12 +744,13 @@ fn main() {
     drop(rt);
     drop(pg);
     let header = format!(
-        "`make bench-store` ({} sizes), {date}, on {}; load average {} before, {} after (a shared machine: other builds ran beside it). Whole run: {:.1?}. PostgreSQL {}, started by the bench (Debian's binaries, loopback).",
+        "`make bench-store` ({} sizes), {}, on {}; load average {} before, {} after (a shared machine: other builds ran beside it). Whole run: {:.1?}. PostgreSQL {}, started by the bench (Debian's binaries, loopback).",
         if sizes.quick { "quick" } else { "full" },
+        run.date,
         machine(),
-        load_before,
+        run.load_before,
         load_average(),
-        started.elapsed(),
+        run.started.elapsed(),
         postgres_version()
     );
     let tables = markdown(&header, &throughput, &handoffs, &replicas);

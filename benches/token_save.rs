@@ -5,28 +5,15 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mcpproxy_oauth::clock::now_ms;
+use mcpproxy_oauth::store::StoredToken;
 use mcpproxy_oauth::store::cipher::{self, StoreKey};
-use mcpproxy_oauth::store::db::StoredToken;
 use mcpproxy_oauth::store::{KeySpec, Sealing, TokenStore};
 
+#[path = "shared/token.rs"]
+mod token;
+
 fn token() -> StoredToken {
-    StoredToken {
-        server_key: "srv_0123456789abcdef".into(),
-        server_name: "srv".into(),
-        server_url: "https://mcp.example/mcp".into(),
-        resource: Some("https://mcp.example/mcp".into()),
-        issuer: Some("https://as.example".into()),
-        // A typical JWT access token is about 800 bytes.
-        access_token: "eyJ".to_string() + &"a".repeat(800),
-        refresh_token: Some("rt_".to_string() + &"b".repeat(60)),
-        token_type: "Bearer".into(),
-        scope: Some("read write".into()),
-        expires_at: Some(now_ms() + 3_600_000),
-        obtained_at: now_ms(),
-        flow_id: None,
-        dpop: None,
-    }
+    token::sample_token("srv_0123456789abcdef".into(), "srv", "")
 }
 
 fn token_saves(c: &mut Criterion) {

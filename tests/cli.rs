@@ -46,25 +46,10 @@ async fn connect_prints_a_summary_and_exits_zero() {
 
 #[tokio::test]
 async fn the_conformance_context_supplies_preregistered_credentials() {
-    let srv = start(Config {
-        dynamic_registration: false,
-        preregistered_client: Some(("ctx-client".into(), Some("ctx-secret".into()))),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(preregistered_only("ctx-client", "ctx-secret")).await;
     let context = r#"{"client_id":"ctx-client","client_secret":"ctx-secret"}"#;
-    let out = run(
-        &[
-            "connect",
-            "--browser-command",
-            CURL_BROWSER,
-            "--timeout",
-            "20s",
-            &srv.mcp_url(),
-        ],
-        &[("MCP_CONFORMANCE_CONTEXT", context)],
-    )
-    .await;
+    let url = srv.mcp_url();
+    let out = run(&connect_args(&url), &[("MCP_CONFORMANCE_CONTEXT", context)]).await;
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -154,38 +139,14 @@ async fn two_processes_logging_in_at_once_run_one_flow() {
     assert_eq!(rows[0]["has_refresh_token"], true);
     assert_no_secret(&srv, &stdout);
 
-    let refreshed = run(
-        &[
-            "auth",
-            "refresh",
-            "srv",
-            "--config",
-            &config,
-            "--data-dir",
-            &data,
-        ],
-        &[],
-    )
-    .await;
+    let refreshed = run(&auth_args("refresh", &config, &data), &[]).await;
     assert!(
         refreshed.status.success(),
         "{}",
         String::from_utf8_lossy(&refreshed.stderr)
     );
     assert_eq!(srv.stats().token_requests_for("refresh_token"), 1);
-    let logout = run(
-        &[
-            "auth",
-            "logout",
-            "srv",
-            "--config",
-            &config,
-            "--data-dir",
-            &data,
-        ],
-        &[],
-    )
-    .await;
+    let logout = run(&auth_args("logout", &config, &data), &[]).await;
     assert!(logout.status.success());
     assert_eq!(srv.stats().revocations, 1);
     let after = run(
@@ -293,15 +254,10 @@ async fn auth_doctor_passes_on_a_healthy_server_and_names_a_failing_step() {
 
 #[tokio::test]
 async fn serve_takes_its_flow_limits_from_the_command_line_and_refuses_bad_ones() {
-    use tokio::io::AsyncBufReadExt;
     let srv = start(Config::default()).await;
     let (config, data) = daemon_files(&srv, "tuning");
-    let mut child = spawn(&[
+    let tuned = [
         "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
         "--non-interactive",
         "--listen",
         "127.0.0.1:0",
@@ -311,19 +267,20 @@ async fn serve_takes_its_flow_limits_from_the_command_line_and_refuses_bad_ones(
         "2",
         "--refresh-stagger",
         "250ms",
-    ]);
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let api = tokio::time::timeout(std::time::Duration::from_secs(15), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("operator API and web page on http://") {
-                let rest = &line[at + "operator API and web page on ".len()..];
-                return rest[..rest[7..].find('/').unwrap() + 7].to_string();
-            }
-        }
-        panic!("serve ended before announcing its API");
+    ];
+    let mut child = spawn(&on_files(
+        &tuned,
+        config.to_str().unwrap(),
+        data.to_str().unwrap(),
+    ));
+    let mut lines = stderr_lines(&mut child);
+    let within = std::time::Duration::from_secs(15);
+    let api = read_until(&mut lines, &mut String::new(), within, "its API", |line| {
+        let at = line.find("operator API and web page on http://")?;
+        let rest = &line[at + "operator API and web page on ".len()..];
+        Some(rest[..rest[7..].find('/').unwrap() + 7].to_string())
     })
-    .await
-    .expect("serve announces its API within 15 s");
+    .await;
     // Every request carries the API key serve created beside the database.
     let key = std::fs::read_to_string(data.join("api-key")).unwrap();
     let text = reqwest::Client::new()

@@ -92,11 +92,7 @@ async fn offline_access_is_requested_where_the_authorization_server_lists_it() {
 
 #[tokio::test]
 async fn step_up_on_insufficient_scope_asks_for_the_union() {
-    let srv = start(Config {
-        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
-        ..Config::default()
-    })
-    .await;
+    let srv = start(admin_tool()).await;
     let (browser, launches) = following_browser();
     let mut opts = options(&srv, browser);
     opts.call_tool = Some(("get_time".into(), json!({})));
@@ -150,12 +146,7 @@ async fn sse_answers_are_read() {
 
 #[tokio::test]
 async fn a_preregistered_confidential_client_needs_no_registration() {
-    let srv = start(Config {
-        dynamic_registration: false,
-        preregistered_client: Some(("pre".into(), Some("pre-secret-value".into()))),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(preregistered_only("pre", "pre-secret-value")).await;
     let (browser, _) = following_browser();
     let mut opts = options(&srv, browser);
     opts.client = ClientConfig {

@@ -54,11 +54,7 @@ async fn get_time(srv: &OAuthTestServer, token: &str) -> Option<BearerChallenge>
 
 #[tokio::test]
 async fn a_403_for_more_scope_logs_in_once_for_the_union_and_the_new_token_works() {
-    let srv = start(Config {
-        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
-        ..Config::default()
-    })
-    .await;
+    let srv = start(admin_tool()).await;
     let dir = data_dir("step-up");
     let (browser, launches) = following_browser();
     let handle = supervise(&srv, &dir, browser, Policy::default()).await;
@@ -103,11 +99,7 @@ async fn a_403_for_more_scope_logs_in_once_for_the_union_and_the_new_token_works
 
 #[tokio::test]
 async fn a_server_that_is_never_satisfied_costs_one_step_up_then_forbidden() {
-    let srv = start(Config {
-        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
-        ..Config::default()
-    })
-    .await;
+    let srv = start(admin_tool()).await;
     let dir = data_dir("never-enough");
     let (browser, launches) = following_browser();
     let handle = supervise(&srv, &dir, browser, Policy::default()).await;
@@ -159,11 +151,7 @@ async fn a_server_that_is_never_satisfied_costs_one_step_up_then_forbidden() {
 
 #[tokio::test]
 async fn a_headless_daemon_names_the_scope_and_an_explicit_login_asks_for_it() {
-    let srv = start(Config {
-        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
-        ..Config::default()
-    })
-    .await;
+    let srv = start(admin_tool()).await;
     let dir = data_dir("headless");
     let (browser, launches) = following_browser();
     let policy = Policy {

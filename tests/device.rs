@@ -16,7 +16,6 @@ use mcpproxy_oauth::oauth::OAuthError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use url::Url;
 
@@ -88,33 +87,20 @@ async fn connect_device_code_logs_in_after_one_slow_down() {
         .kill_on_drop(true)
         .spawn()
         .expect("the binary runs");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut stderr = stderr_lines(&mut child);
     let mut seen = String::new();
     // The instructions line: "To sign in, open URI and enter the code CODE (or open URL)".
-    let complete = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = stderr.next_line().await.unwrap() {
-            seen.push_str(&line);
-            seen.push('\n');
-            if let Some(rest) = line.strip_prefix("To sign in, open ") {
-                let code = rest.split("enter the code ").nth(1).unwrap();
-                let complete = code.split("(or open ").nth(1).unwrap();
-                return complete.trim_end_matches(')').to_string();
-            }
-        }
-        panic!("connect ended without showing a user code:\n{seen}");
+    let within = Duration::from_secs(20);
+    let complete = read_until(&mut stderr, &mut seen, within, "a user code", |line| {
+        let rest = line.strip_prefix("To sign in, open ")?;
+        let code = rest.split("enter the code ").nth(1).unwrap();
+        let complete = code.split("(or open ").nth(1).unwrap();
+        Some(complete.trim_end_matches(')').to_string())
     })
-    .await
-    .expect("the user code is printed within 20 s");
+    .await;
     assert!(complete.contains("user_code="), "{complete}");
     answer(&complete, true).await;
-    let rest = tokio::spawn(async move {
-        let mut text = String::new();
-        while let Some(line) = stderr.next_line().await.unwrap() {
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
+    let rest = rest_of(stderr);
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("connect ends within 30 s of the approval")

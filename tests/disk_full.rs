@@ -16,10 +16,12 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_no_secret, start, stored_refresh_token, temp_dir, wait_until, write_config};
+use common::{
+    CURL_BROWSER, Deadline, Serve, assert_no_secret, log_to, serve_command, start,
+    stored_refresh_token, temp_dir, wait_until, write_config,
+};
 use mcpproxy_oauth::store::{BALLAST_BYTES, BALLAST_FILE};
 use oauth_test_server::{Config, OAuthTestServer};
 use serde_json::Value;
@@ -112,51 +114,20 @@ fn ballast(data: &Path) -> Option<u64> {
 
 /// A running `serve`: its API (address and key) and the log file it writes (outside the
 /// tmpfs, so that a full disk does not stop the log).
-struct Daemon {
-    child: tokio::process::Child,
-    base: String,
-    key: String,
-    http: reqwest::Client,
-}
+struct Daemon(Serve);
 
 impl Daemon {
     async fn start(config: &Path, data: &Path, log: &Path) -> Daemon {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = tokio::process::Command::new(common::BIN)
-            .arg("serve")
-            .args(["--config", config.to_str().unwrap()])
-            .args(["--data-dir", data.to_str().unwrap()])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--browser-command", common::CURL_BROWSER])
-            .env_remove("MCPPROXY_OAUTH_API_KEY")
-            .env_remove("BROWSER")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("serve starts");
-        let (base, key) = common::serve_api(&mut child, log).await;
-        Daemon {
-            child,
-            base,
-            key,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        }
+        let mut command = serve_command(config, data, CURL_BROWSER);
+        command.stderr(log_to(log));
+        Daemon(Serve::start(command, log, Duration::from_secs(10)).await)
     }
 
     /// The API's view of the server `srv`.
     async fn server(&self) -> Value {
         let answer = self
-            .http
-            .get(format!("{}/api/v1/servers/srv", self.base))
-            .header("X-API-Key", &self.key)
+            .0
+            .api(reqwest::Method::GET, "/api/v1/servers/srv")
             .send()
             .await
             .expect("the API answers");
@@ -165,25 +136,20 @@ impl Daemon {
 
     /// Waits (bounded) until `srv` is connected with a token that is not expired.
     async fn until_connected(&self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Deadline::after("srv connected", Duration::from_secs(30));
         loop {
             let view = self.server().await;
             if view["phase"] == "connected" && view["authenticated"] == true {
                 return view;
             }
-            assert!(
-                Instant::now() < deadline,
-                "srv is not connected within 30 s: {view}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            deadline.again(view, Duration::from_millis(50)).await;
         }
     }
 
     /// `POST .../refresh`: refreshes now; its HTTP status.
     async fn refresh(&self) -> u16 {
-        self.http
-            .post(format!("{}/api/v1/servers/srv/refresh", self.base))
-            .header("X-API-Key", &self.key)
+        self.0
+            .api(reqwest::Method::POST, "/api/v1/servers/srv/refresh")
             .send()
             .await
             .expect("the API answers")
@@ -193,8 +159,8 @@ impl Daemon {
 
     /// kill -9, and waits for the process to end.
     async fn kill_9(mut self) {
-        self.child.start_kill().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        self.0.child.start_kill().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.0.child.wait())
             .await
             .expect("a killed serve ends within 10 s")
             .unwrap();

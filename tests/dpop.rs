@@ -23,14 +23,21 @@ use serde_json::json;
 const TTL: Duration = Duration::from_secs(60);
 const NONCE_LIFETIME: Duration = Duration::from_secs(20);
 
+/// A server that requires DPoP.
+fn dpop_required() -> Config {
+    Config {
+        dpop_required: true,
+        ..Config::default()
+    }
+}
+
 /// A server that requires DPoP, with access tokens living `TTL` and nonces `NONCE_LIFETIME`
 /// of its (adjustable) clock.
 fn dpop_server_config() -> Config {
     Config {
         access_token_ttl: TTL,
-        dpop_required: true,
         dpop_nonce: Some(NonceRotation::EveryMs(NONCE_LIFETIME.as_millis() as u64)),
-        ..Config::default()
+        ..dpop_required()
     }
 }
 
@@ -86,6 +93,15 @@ impl Session {
             .await
     }
 
+    /// A refresh with the session's own key, which must succeed (`why` says what it shows)
+    /// with a DPoP-bound token.
+    async fn refresh_own(&self, why: &str) -> TokenSet {
+        let fresh = self.refresh_with(Some(&self.dpop)).await;
+        let fresh = fresh.unwrap_or_else(|e| panic!("{why}: {e}"));
+        assert_eq!(fresh.token_type, "DPoP", "{why}");
+        fresh
+    }
+
     async fn echo(&mut self, message: &str) -> serde_json::Value {
         let token = self.access();
         self.mcp
@@ -117,10 +133,8 @@ async fn a_bound_token_is_refreshed_and_used_through_several_lifetimes_with_rota
             "lifetime {lifetime}: the expired token is refused with a DPoP challenge: {refused:?}"
         );
         let fresh = s
-            .refresh_with(Some(&s.dpop))
-            .await
-            .unwrap_or_else(|e| panic!("lifetime {lifetime}: the refresh succeeds: {e}"));
-        assert_eq!(fresh.token_type, "DPoP");
+            .refresh_own(&format!("lifetime {lifetime}: the refresh succeeds"))
+            .await;
         assert_ne!(fresh.access_token.secret(), &token, "a new access token");
         s.token = fresh;
         let said = format!("lifetime {lifetime}");
@@ -178,11 +192,7 @@ async fn a_bound_token_is_refreshed_and_used_through_several_lifetimes_with_rota
 
 #[tokio::test]
 async fn a_replayed_proof_is_refused_and_the_client_carries_on_with_fresh_ones() {
-    let srv = start(Config {
-        dpop_required: true,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(dpop_required()).await;
     let mut s = dpop_login(&srv, DpopKey::generate()).await;
     let token = s.access();
     s.mcp.initialize(Some(&token)).await.expect("initialize");
@@ -254,20 +264,12 @@ async fn a_replayed_proof_is_refused_and_the_client_carries_on_with_fresh_ones()
     let body: serde_json::Value = replay.json().await.unwrap();
     assert_eq!(body["error"], "invalid_dpop_proof");
     assert_eq!(srv.stats().dpop_refusals_for("replay"), 2);
-    let fresh = s
-        .refresh_with(Some(&s.dpop))
-        .await
-        .expect("the client's own refresh works");
-    assert_eq!(fresh.token_type, "DPoP");
+    s.refresh_own("the client's own refresh works").await;
 }
 
 #[tokio::test]
 async fn a_refresh_token_is_bound_to_its_key() {
-    let srv = start(Config {
-        dpop_required: true,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(dpop_required()).await;
     let s = dpop_login(&srv, DpopKey::generate()).await;
     let other = Dpop::new(DpopKey::generate()).with_required(true);
     let refused = s.refresh_with(Some(&other)).await;
@@ -282,11 +284,7 @@ async fn a_refresh_token_is_bound_to_its_key() {
         "no proof at all is refused: {refused:?}"
     );
     assert_eq!(srv.stats().dpop_refusals_for("missing"), 1);
-    let fresh = s
-        .refresh_with(Some(&s.dpop))
-        .await
-        .expect("the bound key refreshes");
-    assert_eq!(fresh.token_type, "DPoP");
+    s.refresh_own("the bound key refreshes").await;
 }
 
 #[tokio::test]
@@ -337,9 +335,8 @@ fn options(srv: &OAuthTestServer, dpop: bool) -> ConnectOptions {
 async fn connect_uses_dpop_where_the_server_requires_it_with_a_nonce_per_request() {
     project_logs();
     let srv = start(Config {
-        dpop_required: true,
         dpop_nonce: Some(NonceRotation::EveryRequest),
-        ..Config::default()
+        ..dpop_required()
     })
     .await;
     let report = connect(options(&srv, false))
@@ -557,9 +554,8 @@ async fn the_daemon_refreshes_a_bound_token_through_several_lifetimes_with_rotat
     // endpoint carries the next nonce, good for one request.
     let srv = start(Config {
         access_token_ttl: Duration::from_secs(2),
-        dpop_required: true,
         dpop_nonce: Some(NonceRotation::EveryRequest),
-        ..Config::default()
+        ..dpop_required()
     })
     .await;
     let dir = temp_dir("daemon-dpop-lifetimes");
@@ -647,9 +643,8 @@ async fn the_daemon_logs_in_by_device_code_with_dpop() {
     let srv = start(Config {
         device_grant: true,
         device_interval_secs: 1,
-        dpop_required: true,
         dpop_nonce: Some(NonceRotation::EveryRequest),
-        ..Config::default()
+        ..dpop_required()
     })
     .await;
     let dir = temp_dir("daemon-dpop-device");
@@ -684,9 +679,8 @@ async fn the_daemon_logs_in_by_device_code_with_dpop() {
 #[tokio::test]
 async fn a_restarted_daemon_refreshes_with_the_stored_key_and_a_replayed_proof_is_refused() {
     let srv = start(Config {
-        dpop_required: true,
         access_token_ttl: TTL,
-        ..Config::default()
+        ..dpop_required()
     })
     .await;
     let dir = temp_dir("daemon-dpop-restart");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use mcpproxy_oauth::supervisor::{FlowHook, SupervisorConfig, SupervisorHandle, database_path};
 use mcpproxy_oauth::upstream::state::Policy;
-use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
+use oauth_test_server::{Config, OAuthTestServer};
 
 /// The test server under `names`, a browser that follows redirects (its launches counted),
 /// logins within 10 s, backoff from 200 ms up to 1 s.
@@ -87,13 +87,7 @@ async fn a_locked_database_never_costs_the_newest_refresh_token() {
         srv.stats().token_requests_for("refresh_token") > after
     })
     .await;
-    let stats = srv.stats();
-    assert_eq!(
-        stats.refresh_token_reuse, 0,
-        "an old refresh token was presented"
-    );
-    assert_eq!(stats.token_errors.get("invalid_grant"), None);
-    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login");
+    assert_no_token_lost(&srv, &launches, 1, "no login");
     handle.shutdown().await;
 }
 
@@ -104,12 +98,7 @@ async fn a_shutdown_during_a_slow_refresh_keeps_the_rotated_refresh_token() {
     let (config, _) = counting_config(&srv, &["srv"], &dir);
     let handle = SupervisorHandle::start(config).await.unwrap();
     handle.reconnect("srv").await.expect("login");
-    srv.inject(
-        Fault::new(FaultTarget::Refresh, FaultKind::Slow)
-            .times(1)
-            .delay_ms(1_500),
-    )
-    .unwrap();
+    slow_next_refresh(&srv, 1_500);
     let refreshing = {
         let handle = handle.clone();
         tokio::spawn(async move { handle.refresh("srv").await })
@@ -152,12 +141,7 @@ async fn a_token_endpoint_answering_refreshes_after_20_s_costs_no_grant() {
     assert!(config.http_timeout < Duration::from_secs(20));
     let handle = SupervisorHandle::start(config).await.unwrap();
     handle.reconnect("srv").await.expect("login");
-    srv.inject(
-        Fault::new(FaultTarget::Refresh, FaultKind::Slow)
-            .times(1)
-            .delay_ms(20_000),
-    )
-    .unwrap();
+    slow_next_refresh(&srv, 20_000);
     handle
         .refresh("srv")
         .await

@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{following_browser, temp_dir};
+use common::{admin_tool, following_browser, temp_dir, token_ttl};
 use mcpproxy_oauth::api::{ApiConfig, ApiKey, ApiServer, AuthLinks};
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::gateway::metrics::GatewayMetrics;
@@ -363,11 +363,7 @@ async fn an_anonymous_initialize_works_and_only_tools_call_needs_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_with_a_failing_refresh_is_a_503_until_the_server_recovers() {
-    let srv = test_server(Config {
-        access_token_ttl: Duration::from_secs(2),
-        ..Config::default()
-    })
-    .await;
+    let srv = test_server(token_ttl(2)).await;
     let daemon = Setup::oauth(&srv, "ttl").start().await;
     daemon.handle.reconnect("ttl").await.expect("logged in");
     srv.inject(Fault {
@@ -453,11 +449,7 @@ async fn dpop_bound_tokens_get_a_fresh_proof_per_request_and_nonces_are_followed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insufficient_scope_goes_to_the_step_up_and_the_call_is_retried() {
-    let srv = test_server(Config {
-        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
-        ..Config::default()
-    })
-    .await;
+    let srv = test_server(admin_tool()).await;
     let mut setup = Setup::oauth(&srv, "scoped");
     // Less than the resource offers (it lists mcp:admin too), so the tool asks for more.
     setup.servers[0].scope = Some("mcp:read".into());
@@ -476,11 +468,7 @@ async fn insufficient_scope_goes_to_the_step_up_and_the_call_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_403_that_scope_cannot_cure_is_relayed_and_a_step_up_needing_a_person_is_a_503() {
-    let srv = test_server(Config {
-        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
-        ..Config::default()
-    })
-    .await;
+    let srv = test_server(admin_tool()).await;
     // The first login asks for every scope the resource lists: a 403 naming them is not cured
     // by a login. The client gets the server's own 403, without its challenge.
     let daemon = Setup::oauth(&srv, "all").start().await;

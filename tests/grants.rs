@@ -20,21 +20,27 @@ use mcpproxy_oauth::oauth::grants::{
 };
 use mcpproxy_oauth::oauth::http::OAuthHttp;
 use mcpproxy_oauth::oauth::token::TokenSet;
+use oauth_test_server::grants::{CLIENT_CREDENTIALS as CC, JWT_BEARER, TOKEN_EXCHANGE};
 use oauth_test_server::test_keys::{
     CLIENT_ES256_PEM, CLIENT_ES256_SEC1_PEM, CLIENT_RS256_PEM, CLIENT_RS256_PKCS1_PEM,
-    client_es256_jwks, client_rs256_jwks,
 };
 use oauth_test_server::{
-    Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, KeySource, NonceRotation,
-    OAuthTestServer, Platform,
+    Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, NonceRotation, OAuthTestServer,
+    Platform,
 };
 use oauth2::ClientSecret;
 
-const CC: &str = "client_credentials";
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const CC_SECRET: &str = "cc-client-secret-7d1e";
 const XAA_SECRET: &str = "xaa-client-secret-42b9";
+
+/// An authorization server taking `platform`'s workload JWTs in the jwt-bearer grant.
+fn trusting_workloads_of(platform: &Platform) -> Config {
+    Config {
+        jwt_bearer: true,
+        trusted_workload_issuers: vec![platform.trusted()],
+        ..Config::default()
+    }
+}
 
 fn token_server(srv: &OAuthTestServer) -> TokenServer {
     TokenServer {
@@ -66,16 +72,7 @@ fn cc_server_config() -> Config {
         client_credentials: true,
         private_key_jwt: true,
         preregistered_client: Some(("cc-client".into(), Some(CC_SECRET.into()))),
-        jwt_clients: vec![
-            JwtClient {
-                client_id: "es-client".into(),
-                keys: KeySource::Jwks(client_es256_jwks()),
-            },
-            JwtClient {
-                client_id: "rs-client".into(),
-                keys: KeySource::Jwks(client_rs256_jwks()),
-            },
-        ],
+        jwt_clients: vec![JwtClient::es256("es-client"), JwtClient::rs256("rs-client")],
         ..Config::default()
     }
 }
@@ -502,12 +499,7 @@ async fn a_policy_denial_is_permanent_and_says_so_while_idp_outages_are_transien
 #[tokio::test]
 async fn workload_identity_redeems_a_platform_jwt_read_from_a_file() {
     let platform = Platform::kubernetes("https://kubernetes.default.svc");
-    let auth = start(Config {
-        jwt_bearer: true,
-        trusted_workload_issuers: vec![platform.trusted()],
-        ..Config::default()
-    })
-    .await;
+    let auth = start(trusting_workloads_of(&platform)).await;
     let http = OAuthHttp::default();
     let server = token_server(&auth);
     let file = key_file(
@@ -713,12 +705,7 @@ async fn connect_with_a_grant_calls_a_tool_and_a_refused_credential_ends_the_run
     assert_eq!(stats.authorize_requests + stats.registrations, 0);
 
     let platform = Platform::kubernetes("https://kubernetes.default.svc");
-    let wif = start(Config {
-        jwt_bearer: true,
-        trusted_workload_issuers: vec![platform.trusted()],
-        ..Config::default()
-    })
-    .await;
+    let wif = start(trusting_workloads_of(&platform)).await;
     let jwt = platform.token(&wif.issuer(), Duration::from_secs(600));
     let file = key_file("workload-token", &jwt);
     let (report, _) = connect_with(

@@ -21,10 +21,9 @@ use mcpproxy_oauth::oauth::grants::credentials::{
     ClientAuthConfig, ClientConfigured, GrantConfig, IdpConfig, SecretSource,
 };
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
-use oauth_test_server::test_keys::{CLIENT_ES256_PEM, client_es256_jwks};
+use oauth_test_server::test_keys::CLIENT_ES256_PEM;
 use oauth_test_server::{
-    Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, KeySource, OAuthTestServer,
-    Platform,
+    Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, OAuthTestServer, Platform,
 };
 
 const CC: &str = "client_credentials";
@@ -108,10 +107,7 @@ async fn client_credentials_jwt() -> Kind {
     let auth = start(Config {
         client_credentials: true,
         private_key_jwt: true,
-        jwt_clients: vec![JwtClient {
-            client_id: "es-client".into(),
-            keys: KeySource::Jwks(client_es256_jwks()),
-        }],
+        jwt_clients: vec![JwtClient::es256("es-client")],
         ..token_ttl(TTL)
     })
     .await;

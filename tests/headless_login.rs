@@ -16,55 +16,38 @@ use std::time::Duration;
 use common::*;
 use oauth_test_server::{Config, OAuthTestServer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use url::Url;
 
 /// A `serve --listen 127.0.0.1:0` process whose browser is elsewhere (`true` opens nothing).
-struct Serve {
-    child: tokio::process::Child,
-    base: String,
-    key: String,
+struct Daemon {
+    serve: Serve,
     dir: PathBuf,
-    http: reqwest::Client,
     /// Every answer's body, for the secret scan.
     seen: Vec<String>,
 }
 
-impl Serve {
-    async fn start(srv: &OAuthTestServer, name: &str, extra: &[&str]) -> Serve {
+impl std::ops::Deref for Daemon {
+    type Target = Serve;
+    fn deref(&self) -> &Serve {
+        &self.serve
+    }
+}
+
+impl Daemon {
+    async fn start(srv: &OAuthTestServer, name: &str, extra: &[&str]) -> Daemon {
         let dir = temp_dir(name);
         let config = write_config(&dir, srv, &["srv"]);
-        // The log goes to a file: a pipe nobody reads would stop the daemon once full.
-        let log = std::fs::File::create(dir.join("serve.log")).unwrap();
-        let mut command = bin(&["serve", "--config", config.to_str().unwrap(), "--data-dir"]);
+        let log = dir.join("serve.log");
+        let mut command = serve_command(&config, &dir.join("data"), "true");
         command
-            .arg(dir.join("data"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--browser-command",
-                "true",
-                "--non-interactive",
-                "--login-timeout",
-                "60s",
-            ])
+            .args(["--non-interactive", "--login-timeout", "60s"])
             .args(extra)
-            .env_remove("MCPPROXY_OAUTH_API_KEY")
             .env("MCPPROXY_OAUTH_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("serve starts");
-        let (base, key) = serve_api(&mut child, &dir.join("serve.log")).await;
-        Serve {
-            child,
-            base,
-            key,
+            .stderr(log_to(&log));
+        Daemon {
+            serve: Serve::start(command, &log, Duration::from_secs(30)).await,
             dir,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
             seen: Vec::new(),
         }
     }
@@ -75,10 +58,7 @@ impl Serve {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-API-Key", &self.key);
+        let mut request = self.api(method, path);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -112,27 +92,28 @@ impl Serve {
             .call(reqwest::Method::POST, "/api/v1/servers/srv/login", None)
             .await;
         assert!(status == 202 || status == 200, "login: {status} {answer}");
-        for _ in 0..200 {
+        let deadline = Deadline::after("a login link", Duration::from_secs(10));
+        loop {
             let view = self.server().await;
             if view["phase"] == "authorizing"
                 && let Some(url) = view["login_link"]["url"].as_str()
             {
                 return url.to_string();
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            deadline.again(view, Duration::from_millis(50)).await;
         }
-        panic!("no login link within 10 s: {}", self.server().await);
     }
 
     /// Waits (bounded) until the server is connected.
     async fn until_connected(&mut self) {
-        for _ in 0..300 {
-            if self.server().await["phase"] == "connected" {
+        let deadline = Deadline::after("connected", Duration::from_secs(15));
+        loop {
+            let view = self.server().await;
+            if view["phase"] == "connected" {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            deadline.again(view, Duration::from_millis(50)).await;
         }
-        panic!("not connected within 15 s: {}", self.server().await);
     }
 
     /// The stored access token's sealed column: unchanged means the token was not touched.
@@ -149,7 +130,7 @@ impl Serve {
 
     /// Stops the daemon and scans everything it said and answered.
     async fn stop_and_scan(mut self, srv: &OAuthTestServer) {
-        stop(&mut self.child, "-TERM").await;
+        stop(&mut self.serve.child, "-TERM").await;
         let everything = format!("{}\n{}", self.seen.join("\n"), self.log());
         assert_scanned(srv, &everything);
     }
@@ -223,7 +204,7 @@ fn param(url: &str, name: &str) -> String {
 async fn pasted_back_through_the_api_wrong_state_iss_and_replayed_code_are_refused_and_the_right_url_completes()
  {
     let srv = start(Config::default()).await;
-    let mut d = Serve::start(&srv, "paste-api", &[]).await;
+    let mut d = Daemon::start(&srv, "paste-api", &[]).await;
 
     // Nothing waits yet: a well-formed response is refused as such; a body that is not one too.
     let stray = "http://127.0.0.1:9/callback?code=stray-code-123456&state=stray-state-123456";
@@ -336,7 +317,7 @@ async fn login_by_pasting(srv: &OAuthTestServer, config: &Path, data: &Path) -> 
     .spawn()
     .expect("the binary starts");
     let mut stdin = child.stdin.take().unwrap();
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut stderr = stderr_lines(&mut child);
     let mut said = String::new();
     // Reads standard error until a line holds `needle`; returns that line.
     async fn until_line(
@@ -344,20 +325,11 @@ async fn login_by_pasting(srv: &OAuthTestServer, config: &Path, data: &Path) -> 
         said: &mut String,
         needle: &str,
     ) -> String {
-        ends_within(
-            &format!("a line with {needle:?}"),
-            Duration::from_secs(20),
-            async {
-                while let Some(line) = lines.next_line().await.unwrap() {
-                    said.push_str(&line);
-                    said.push('\n');
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                panic!("the command ended without saying {needle:?}: {said}");
-            },
-        )
+        let what = format!("a line with {needle:?}");
+        let within = Duration::from_secs(20);
+        read_until(lines, said, within, &what, |line| {
+            line.contains(needle).then(|| line.to_string())
+        })
         .await
     }
     // The launcher prints the link on a line of its own, indented.
@@ -455,7 +427,7 @@ async fn a_servers_own_callback_url_is_used_by_auth_login_paste_and_refused_with
 async fn a_public_callback_url_is_the_redirect_uri_and_the_daemons_listener_finishes_the_login() {
     let srv = start(Config::default()).await;
     let public = "https://proxy.example/oauth/callback";
-    let mut d = Serve::start(&srv, "public-callback", &["--callback-url", public]).await;
+    let mut d = Daemon::start(&srv, "public-callback", &["--callback-url", public]).await;
     let link = d.login_link().await;
     assert_eq!(
         param(&link, "redirect_uri"),

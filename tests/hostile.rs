@@ -52,24 +52,8 @@ async fn absurd_lifetimes_are_clamped_to_a_year_by_the_engine() {
 async fn connect_does_not_panic_on_absurd_lifetimes_and_asks_for_one_token() {
     for expires_in in ABSURD {
         let srv = absurd_server(expires_in).await;
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::process::Command::new(BIN)
-                .args([
-                    "connect",
-                    "--browser-command",
-                    CURL_BROWSER,
-                    "--timeout",
-                    "20s",
-                    &srv.mcp_url(),
-                ])
-                .env_remove("BROWSER")
-                .env_remove("MCP_CONFORMANCE_CONTEXT")
-                .output(),
-        )
-        .await
-        .expect("connect ends within 30 s")
-        .unwrap();
+        let url = srv.mcp_url();
+        let out = run(&connect_args(&url), &[]).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success(),
@@ -247,7 +231,6 @@ async fn login_by_hand_after_a_failed_launch(
     path_env: Option<&str>,
     reason: &str,
 ) {
-    use tokio::io::AsyncBufReadExt;
     let srv = start(Config::default()).await;
     let dir = temp_dir("hostile-browser");
     let config = write_config(&dir, &srv, &["srv"]);
@@ -275,23 +258,17 @@ async fn login_by_hand_after_a_failed_launch(
         command.env("PATH", path);
     }
     let mut child = command.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = stderr_lines(&mut child);
     let prefix = format!("  {}/authorize?", srv.issuer());
-    let mut seen = Vec::new();
-    let url = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            seen.push(line.clone());
-            if let Some(url) = line
-                .strip_prefix("  ")
-                .filter(|_| line.starts_with(&prefix))
-            {
-                return url.to_string();
-            }
-        }
-        panic!("stderr ended without the URL: {seen:#?}")
+    let mut seen = String::new();
+    let within = Duration::from_secs(20);
+    let url = read_until(&mut lines, &mut seen, within, "the URL", |line| {
+        let url = line
+            .strip_prefix("  ")
+            .filter(|_| line.starts_with(&prefix));
+        url.map(String::from)
     })
-    .await
-    .expect("the URL is printed within 20 s");
+    .await;
     // Play the user's browser: the test server approves at once and redirects to the callback.
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::limited(5))
@@ -313,10 +290,7 @@ async fn login_by_hand_after_a_failed_launch(
         .unwrap();
     // Log lines leave through a queue, so the warning may follow the printed URL: read
     // standard error to its end (the process has exited) before looking for it.
-    while let Some(line) = lines.next_line().await.unwrap() {
-        seen.push(line);
-    }
-    let stderr = seen.join("\n");
+    let stderr = seen + &rest_of(lines).await.unwrap();
     assert!(stderr.contains(reason), "{stderr}");
     assert!(
         stderr.contains("the browser command failed"),
@@ -326,10 +300,6 @@ async fn login_by_hand_after_a_failed_launch(
     assert!(stdout.starts_with("srv: logged in"), "{stdout}");
     assert_eq!(srv.stats().token_requests_for("authorization_code"), 1);
     // The printed URL carries `state` by design (the user opens it); nothing else may.
-    let besides_the_url: Vec<&str> = seen
-        .iter()
-        .map(String::as_str)
-        .filter(|l| !l.starts_with(&prefix))
-        .collect();
+    let besides_the_url: Vec<&str> = stderr.lines().filter(|l| !l.starts_with(&prefix)).collect();
     assert_no_secret(&srv, &besides_the_url.join("\n"));
 }

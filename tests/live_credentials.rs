@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use oauth_test_server::Config;
 
 struct Files {
     config: PathBuf,
@@ -71,11 +70,7 @@ fn stored_rows(data: &Path) -> i64 {
 
 #[tokio::test]
 async fn auth_login_and_logout_in_another_terminal_reach_a_non_interactive_daemon() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(2),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(2)).await;
     let files = files(&srv, "daemon");
     let mut daemon = bin(&[
         "serve",

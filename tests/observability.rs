@@ -396,15 +396,8 @@ async fn fr_007_no_issued_secret_in_logs_errors_or_debug_output() {
 #[tokio::test]
 async fn logs_trace_prints_a_refresh_timeline() {
     let srv = start(Config::default()).await;
-    let dir = std::env::temp_dir().join(format!("mcpproxy-oauth-obs-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("c.json");
-    std::fs::write(
-        &config,
-        serde_json::json!({"mcpServers": [{"name": "srv", "url": srv.mcp_url(), "oauth": {}}]})
-            .to_string(),
-    )
-    .unwrap();
+    let dir = temp_dir("obs-cli");
+    let config = write_config(&dir, &srv, &["srv"]);
     let log = dir.join("log.jsonl");
     let bin = env!("CARGO_BIN_EXE_mcpproxy-oauth");
     let data = dir.join("data");

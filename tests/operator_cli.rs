@@ -138,15 +138,7 @@ fn a_directory_without_a_database_is_named_and_fails() {
 #[tokio::test]
 async fn auth_doctor_takes_a_data_dir_and_reports_the_stored_token() {
     let srv = start(Config::default()).await;
-    let dir = temp_dir("cli-doctor");
-    let config = dir.join("mcp_config.json");
-    std::fs::write(
-        &config,
-        serde_json::json!({"mcpServers": [{"name": "srv", "url": srv.mcp_url(), "oauth": {}}]})
-            .to_string(),
-    )
-    .unwrap();
-    let data = dir.join("data");
+    let (config, data) = common::daemon_files(&srv, "cli-doctor");
     let doctor = |json: bool| {
         let mut command = tokio::process::Command::new(BIN);
         command.args([
@@ -177,20 +169,9 @@ async fn auth_doctor_takes_a_data_dir_and_reports_the_stored_token() {
     );
     assert!(stdout.contains("srv: every step passes"), "{stdout}");
     // After a login into that directory, the doctor sees the token (never its value).
-    let login = tokio::process::Command::new(BIN)
-        .args([
-            "auth",
-            "login",
-            "srv",
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .args(["--browser-command", "curl -s -o /dev/null -L"])
-        .output()
-        .await
-        .unwrap();
+    let (config_arg, data_arg) = (config.to_str().unwrap(), data.to_str().unwrap());
+    let login = common::bin(&common::auth_args("login", config_arg, data_arg));
+    let login = common::output_within(login, std::time::Duration::from_secs(30)).await;
     assert!(
         login.status.success(),
         "{}",

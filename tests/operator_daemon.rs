@@ -16,72 +16,44 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::start;
-use oauth_test_server::Config;
+use common::*;
+use oauth_test_server::{Config, OAuthTestServer};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mcpproxy-oauth");
 /// The daemon's open-file limit in this test (soft and hard).
 const DAEMON_NOFILE: u64 = 1024;
 const WANTED_CONNECTIONS: u64 = 20_000;
 
-struct Serve {
-    child: tokio::process::Child,
-    base: String,
-    key: String,
+/// A `serve --listen 127.0.0.1:0` of this test and its folder.
+struct Daemon {
+    serve: Serve,
     dir: PathBuf,
-    http: reqwest::Client,
 }
 
-impl Serve {
-    /// Starts `serve --listen 127.0.0.1:0` on `servers` (name, MCP URL), with `extra` flags and
-    /// `nofile` as its RLIMIT_NOFILE; returns once it printed the page's URL.
-    async fn start(
-        dir: &Path,
-        servers: &[(&str, String)],
-        extra: &[&str],
-        nofile: Option<u64>,
-    ) -> Serve {
-        // The log goes to a file: a pipe nobody reads would stop the daemon once full.
-        let log = std::fs::File::create(dir_created(dir).join("serve.log")).unwrap();
-        Self::start_logging_to(dir, servers, extra, nofile, Stdio::from(log)).await
+impl std::ops::Deref for Daemon {
+    type Target = Serve;
+    fn deref(&self) -> &Serve {
+        &self.serve
     }
+}
 
-    /// `start`, with the daemon's standard error going to `stderr`.
-    async fn start_logging_to(
+impl Daemon {
+    /// Starts `serve` on the test server under each of `names`, with `extra` flags and
+    /// `nofile` as its RLIMIT_NOFILE, its standard error going to `stderr` (by default to
+    /// `dir/serve.log`); returns once it printed the page's URL.
+    async fn start(
+        srv: &OAuthTestServer,
+        names: &[&str],
         dir: &Path,
-        servers: &[(&str, String)],
         extra: &[&str],
         nofile: Option<u64>,
-        stderr: Stdio,
-    ) -> Serve {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("mcp_config.json");
-        let list: Vec<Value> = servers
-            .iter()
-            .map(|(name, url)| serde_json::json!({"name": name, "url": url, "oauth": {}}))
-            .collect();
-        std::fs::write(
-            &config,
-            serde_json::json!({ "mcpServers": list }).to_string(),
-        )
-        .unwrap();
-        let mut command = tokio::process::Command::new(BIN);
-        command
-            .args(["serve", "--config", config.to_str().unwrap(), "--data-dir"])
-            .arg(dir.join("data"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--browser-command",
-                "curl -s -o /dev/null -L",
-            ])
-            .args(extra)
-            .env_remove("MCPPROXY_OAUTH_API_KEY")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true);
+        stderr: Option<Stdio>,
+    ) -> Daemon {
+        let stderr = stderr.unwrap_or_else(|| log_to(&dir.join("serve.log")));
+        let config = write_config(dir, srv, names);
+        let mut command = serve_command(&config, &dir.join("data"), CURL_BROWSER);
+        command.args(extra).stderr(stderr);
         if let Some(limit) = nofile {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
@@ -97,17 +69,10 @@ impl Serve {
                 });
             }
         }
-        let mut child = command.spawn().expect("serve starts");
-        let (base, key) = common::serve_api(&mut child, &dir.join("serve.log")).await;
-        Serve {
-            child,
-            base,
-            key,
+        let serve = Serve::start(command, &dir.join("serve.log"), Duration::from_secs(10)).await;
+        Daemon {
+            serve,
             dir: dir.to_path_buf(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
         }
     }
 
@@ -115,12 +80,7 @@ impl Serve {
     async fn get_text(&self, path: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let answer = self
-                .http
-                .get(format!("{}{path}", self.base))
-                .header("X-API-Key", &self.key)
-                .send()
-                .await;
+            let answer = self.api(reqwest::Method::GET, path).send().await;
             match answer {
                 Ok(r) if r.status() == 200 => return r.text().await.unwrap(),
                 Ok(r) if r.status() == 503 => {}
@@ -142,7 +102,7 @@ impl Serve {
 
     /// Waits (bounded) until `n` servers are connected.
     async fn until_all_connected(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Deadline::after("the servers all logged in", Duration::from_secs(30));
         loop {
             let list = self.get("/api/v1/servers").await;
             let connected = list["servers"]
@@ -154,11 +114,7 @@ impl Serve {
             if connected == n {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the servers never all logged in: {list}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            deadline.again(list, Duration::from_millis(100)).await;
         }
     }
 
@@ -167,12 +123,8 @@ impl Serve {
     }
 
     async fn stop(mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        signal(&self.serve.child, "-TERM");
+        let status = tokio::time::timeout(Duration::from_secs(20), self.serve.child.wait())
             .await
             .expect("serve stops within 20 s of SIGTERM")
             .unwrap();
@@ -189,15 +141,6 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
         .filter(|l| l.starts_with(name_and_labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn dir_created(dir: &Path) -> &Path {
-    std::fs::create_dir_all(dir).unwrap();
-    dir
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("mcpproxy-oauth-{name}-{}", uuid::Uuid::new_v4()))
 }
 
 /// Lifts this process's soft open-file limit to its hard one; the connections it can hold.
@@ -258,15 +201,10 @@ async fn idle_connections(addr: &str, n: u64) -> (Vec<tokio::net::TcpStream>, u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_thousand_idle_connections_do_not_fail_one_refresh() {
     let n = connections_this_process_can_open();
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(3),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(3)).await;
     let names = ["one", "two", "three"];
-    let servers: Vec<(&str, String)> = names.iter().map(|n| (*n, srv.mcp_url())).collect();
     let dir = temp_dir("limits");
-    let serve = Serve::start(&dir, &servers, &[], Some(DAEMON_NOFILE)).await;
+    let serve = Daemon::start(&srv, &names, &dir, &[], Some(DAEMON_NOFILE), None).await;
     // The open-file limit leaves room for fewer connections than the default cap: cut.
     let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
     assert!(
@@ -361,18 +299,11 @@ async fn twenty_thousand_idle_connections_do_not_fail_one_refresh() {
 async fn event_subscribers_beyond_the_cap_get_503() {
     let srv = start(Config::default()).await;
     let dir = temp_dir("subscribers");
-    let serve = Serve::start(
-        &dir,
-        &[("one", srv.mcp_url())],
-        &["--max-sse-subscribers", "2"],
-        None,
-    )
-    .await;
+    let subscribers = ["--max-sse-subscribers", "2"];
+    let serve = Daemon::start(&srv, &["one"], &dir, &subscribers, None, None).await;
     let subscribe = || {
         serve
-            .http
-            .get(format!("{}/api/v1/events", serve.base))
-            .header("X-API-Key", &serve.key)
+            .api(reqwest::Method::GET, "/api/v1/events")
             .timeout(Duration::from_secs(60))
             .send()
     };
@@ -451,7 +382,7 @@ async fn another_local_user_cannot_read_the_key_nor_use_the_api() {
     }
     let srv = start(Config::default()).await;
     let dir = temp_dir("second-user");
-    let serve = Serve::start(&dir, &[("one", srv.mcp_url())], &[], None).await;
+    let serve = Daemon::start(&srv, &["one"], &dir, &[], None, None).await;
     // The parent is traversable by anyone (as a home directory often is); the data
     // directory and the key are the owner's alone.
     use std::os::unix::fs::PermissionsExt;
@@ -525,22 +456,18 @@ async fn another_local_user_cannot_read_the_key_nor_use_the_api() {
 /// lossy queue (`telemetry/logging.rs`): a stuck reader costs lines, never a refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refreshes_go_on_when_the_log_reader_stops_reading() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(2),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(2)).await;
     let names = ["a", "b", "c", "d"];
-    let servers: Vec<(&str, String)> = names.iter().map(|n| (*n, srv.mcp_url())).collect();
     let dir = temp_dir("log-reader");
     // Standard error is a pipe this test holds and never reads, as a harness that waited
     // for the start-up line would.
-    let serve = Serve::start_logging_to(
+    let serve = Daemon::start(
+        &srv,
+        &names,
         &dir,
-        &servers,
         &["--log-level", "mcpproxy_oauth=debug,warn"],
         None,
-        Stdio::piped(),
+        Some(Stdio::piped()),
     )
     .await;
     serve.until_all_connected(names.len()).await;
@@ -576,19 +503,14 @@ async fn refreshes_go_on_when_the_log_reader_stops_reading() {
 async fn the_key_never_reaches_the_log_at_any_level() {
     let srv = start(Config::default()).await;
     let dir = temp_dir("key-log");
-    let log_file = dir_created(&dir).join("trace.log");
-    let serve = Serve::start(
-        &dir,
-        &[("one", srv.mcp_url())],
-        &[
-            "--log-level",
-            "trace",
-            "--log-file",
-            log_file.to_str().unwrap(),
-        ],
-        None,
-    )
-    .await;
+    let log_file = dir.join("trace.log");
+    let flags = [
+        "--log-level",
+        "trace",
+        "--log-file",
+        log_file.to_str().unwrap(),
+    ];
+    let serve = Daemon::start(&srv, &["one"], &dir, &flags, None, None).await;
     serve.until_all_connected(1).await;
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -15,7 +15,6 @@ use common::*;
 use mcpproxy_oauth::store::cipher::StoreKey;
 use mcpproxy_oauth::store::{KeySpec, Sealing, TokenStore};
 use oauth_test_server::{Config, OAuthTestServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A file as these tests compare it: its bytes, mode and modification time.
 #[derive(PartialEq, Eq)]
@@ -99,31 +98,14 @@ async fn serve_until_ready(
     tokio::task::JoinHandle<String>,
 ) {
     let mut child = spawn(&[&["serve", "--non-interactive"], args].concat());
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = stderr_lines(&mut child);
     let mut seen = String::new();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("keeping servers authorized") {
-                return true;
-            }
-        }
-        false
+    let within = Duration::from_secs(30);
+    read_until(&mut lines, &mut seen, within, "serve's start", |line| {
+        line.contains("keeping servers authorized").then_some(())
     })
     .await;
-    assert!(
-        matches!(ready, Ok(true)),
-        "serve did not start within 30 s:\n{seen}"
-    );
-    let rest = tokio::spawn(async move {
-        let mut rest = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            rest.push_str(&line);
-            rest.push('\n');
-        }
-        rest
-    });
+    let rest = rest_of(lines);
     (child, seen, rest)
 }
 
@@ -281,6 +263,14 @@ fn commands_that_open_a_database<'a>(config: &'a str, data: &'a str) -> Vec<Vec<
 }
 
 /// A data directory (mode `dir_mode`) beside a config naming the test server: (config, data).
+/// Sets the schema version of the token database in `data` to `version`.
+fn set_schema_version(data: &Path, version: i32) {
+    rusqlite::Connection::open(data.join("tokens.db"))
+        .unwrap()
+        .pragma_update(None, "user_version", version)
+        .unwrap();
+}
+
 fn files_for(srv: &OAuthTestServer, name: &str, dir_mode: u32) -> (PathBuf, PathBuf) {
     let (config, data) = daemon_files(srv, name);
     std::fs::create_dir_all(&data).unwrap();
@@ -315,10 +305,7 @@ async fn a_foreign_or_refused_database_is_left_exactly_as_it_was() {
     // Ours, at a schema version newer than this build.
     let (config, data) = files_for(&srv, "newer", 0o700);
     logged_in(&config, &data, &[]).await;
-    rusqlite::Connection::open(data.join("tokens.db"))
-        .unwrap()
-        .pragma_update(None, "user_version", 99)
-        .unwrap();
+    set_schema_version(&data, 99);
     cases.push(("newer", config, data, "newer than this build knows"));
 
     // Ours, encrypted with another key than the key file beside it (left loose: not re-moded).
@@ -332,10 +319,7 @@ async fn a_foreign_or_refused_database_is_left_exactly_as_it_was() {
     // Ours, with the tables but schema version 0.
     let (config, data) = files_for(&srv, "half", 0o700);
     logged_in(&config, &data, &[]).await;
-    rusqlite::Connection::open(data.join("tokens.db"))
-        .unwrap()
-        .pragma_update(None, "user_version", 0)
-        .unwrap();
+    set_schema_version(&data, 0);
     cases.push(("half migrated", config, data, "schema version 0"));
 
     let requests_before = srv.stats().authorize_requests;

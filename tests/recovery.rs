@@ -368,12 +368,7 @@ async fn a_logout_during_a_refresh_discards_the_refresh_and_never_writes_it_back
     let (handle, _) = supervisor(&srv, &dir, fast_policy()).await;
     handle.reconnect("srv").await.expect("login");
     // The next refresh answers only after 1 s: log out while it is in flight.
-    srv.inject(
-        Fault::new(FaultTarget::Refresh, FaultKind::Slow)
-            .times(1)
-            .delay_ms(1_000),
-    )
-    .unwrap();
+    slow_next_refresh(&srv, 1_000);
     wait_for_status(
         &handle,
         "srv",

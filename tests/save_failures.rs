@@ -6,14 +6,12 @@ mod common;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
 use mcpproxy_oauth::upstream::actor::ServerStatus;
 use oauth_test_server::{Config, OAuthTestServer};
-use url::Url;
 
 /// Every write to the token table fails from now on, as on a full disk.
 fn refuse_token_writes(dir: &Path) {
@@ -46,14 +44,12 @@ async fn a_login_whose_save_fails_keeps_its_token_and_saves_it_once_the_store_ta
     let srv = start(Config::default()).await;
     let dir = temp_dir("save-failures-login");
     let (browser, launches) = following_browser();
-    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
-    let handle = SupervisorHandle::start(SupervisorConfig {
+    let handle = start_supervisor(SupervisorConfig {
         browser,
         login_timeout: Duration::from_secs(10),
-        ..SupervisorConfig::new(vec![server], dir.clone())
+        ..SupervisorConfig::new(vec![upstream("srv", &srv)], dir.clone())
     })
-    .await
-    .unwrap();
+    .await;
     refuse_token_writes(&dir);
 
     let grant = handle
@@ -79,21 +75,16 @@ async fn a_login_whose_save_fails_keeps_its_token_and_saves_it_once_the_store_ta
     );
 
     accept_token_writes(&dir);
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Deadline::after(
+        "the retried save storing the login's token",
+        Duration::from_secs(15),
+    );
     while stored_refresh_token(&dir) != newest_issued_refresh_token(&srv) {
-        assert!(
-            Instant::now() < deadline,
-            "the retried save did not store the login's token within 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        deadline.wait(Duration::from_millis(50)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Deadline::after("status showing the token saved", Duration::from_secs(5));
     while status_of(&handle).await.unsaved_token {
-        assert!(
-            Instant::now() < deadline,
-            "status still shows the token unsaved"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        deadline.wait(Duration::from_millis(50)).await;
     }
     assert_eq!(launches.load(Ordering::SeqCst), 1, "one browser login");
     assert_eq!(srv.stats().token_requests_for("authorization_code"), 1);
@@ -105,22 +96,8 @@ async fn a_login_whose_save_fails_keeps_its_token_and_saves_it_once_the_store_ta
 /// again at the usual 75%: only when the access token is about to stop being handed out.
 #[tokio::test]
 async fn an_unsaved_refresh_token_is_not_spent_again_until_the_token_is_about_to_expire() {
-    use mcpproxy_oauth::clock::{Clock, now_ms};
-
-    let srv = start(Config::default()).await;
-    let clock = Clock::manual(now_ms());
-    let dir = temp_dir("save-failures-rotation");
-    let (browser, launches) = following_browser();
-    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
-    let handle = SupervisorHandle::start(SupervisorConfig {
-        browser,
-        clock: clock.clone(),
-        login_timeout: Duration::from_secs(10),
-        ..SupervisorConfig::new(vec![server], dir.clone())
-    })
-    .await
-    .unwrap();
-    handle.reconnect("srv").await.expect("the first login");
+    let (srv, clock, dir, handle, launches) =
+        logged_in_on_virtual_time("save-failures-rotation").await;
     let advance = |by: Duration| {
         srv.advance_clock(by);
         clock.advance(by);
@@ -129,13 +106,9 @@ async fn an_unsaved_refresh_token_is_not_spent_again_until_the_token_is_about_to
     refuse_token_writes(&dir);
     // Past the proactive refresh of an hour-long token: it rotates, and the save fails.
     advance(Duration::from_secs(2_710));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Deadline::after("the rotated token kept in memory", Duration::from_secs(20));
     while !(refreshes() == 1 && status_of(&handle).await.unsaved_token) {
-        assert!(
-            Instant::now() < deadline,
-            "the rotated token did not stay in memory"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.wait(Duration::from_millis(20)).await;
     }
     let rotated_away = stored_refresh_token(&dir);
     assert_ne!(
@@ -148,17 +121,15 @@ async fn an_unsaved_refresh_token_is_not_spent_again_until_the_token_is_about_to
     // next deadline is ahead again.
     let fired = status_of(&handle).await.timers_fired;
     advance(Duration::from_secs(2_710));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Deadline::after("the machine acting on the clock", Duration::from_secs(20));
     let s = loop {
         let s = status_of(&handle).await;
         if s.timers_fired > fired && s.timer_at.is_some_and(|at| at > clock.now_ms()) {
             break s;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the machine did not act on the clock: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline
+            .again(format!("{s:?}"), Duration::from_millis(20))
+            .await;
     };
     assert_eq!(s.phase.name(), "connected", "no refresh started: {s:?}");
     assert!(s.unsaved_token, "{s:?}");
@@ -170,32 +141,24 @@ async fn an_unsaved_refresh_token_is_not_spent_again_until_the_token_is_about_to
     // Once the token is about to stop being handed out (its hour less two safety margins of
     // 5 s), it is spent after all.
     advance(Duration::from_secs(885));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Deadline::after(
+        "a refresh at the token's last moment",
+        Duration::from_secs(20),
+    );
     while refreshes() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no refresh at the token's last moment"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.wait(Duration::from_millis(20)).await;
     }
     // The store takes writes again: the newest refresh token reaches it (its save retry, at
     // most 30 s later on the virtual clock).
     accept_token_writes(&dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stored_refresh_token(&dir) != newest_issued_refresh_token(&srv) {
-        assert!(
-            Instant::now() < deadline,
-            "the newest refresh token never reached the store"
-        );
-        advance(Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let stats = srv.stats();
-    assert_eq!(
-        stats.refresh_token_reuse, 0,
-        "an old refresh token was presented"
+    let deadline = Deadline::after(
+        "the newest refresh token reaching the store",
+        Duration::from_secs(20),
     );
-    assert_eq!(stats.token_errors.get("invalid_grant"), None);
-    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login but the first");
+    while stored_refresh_token(&dir) != newest_issued_refresh_token(&srv) {
+        advance(Duration::from_secs(5));
+        deadline.wait(Duration::from_millis(20)).await;
+    }
+    assert_no_token_lost(&srv, &launches, 1, "no login but the first");
     handle.shutdown().await;
 }

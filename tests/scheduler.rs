@@ -13,7 +13,6 @@ use common::*;
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::scheduler::{Due, Scheduler, SchedulerConfig, TimerKind};
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
-use oauth_test_server::Config;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use url::Url;
@@ -275,11 +274,7 @@ async fn deadlines_due_together_are_staggered_within_their_bounds() {
 /// scheduler entries; they fire (each refresh is counted) and a logout removes its entry.
 #[tokio::test]
 async fn the_supervisors_deadlines_live_in_the_scheduler() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(6),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(6)).await;
     let (browser, launches) = following_browser();
     let dir = std::env::temp_dir().join(format!(
         "mcpproxy-oauth-sched-{}-{}",

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use common::{CURL_BROWSER, bin, output_within, start, temp_dir, text};
+use common::{CURL_BROWSER, bin, output_within, preregistered_only, start, temp_dir, text};
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget};
 
 use mcpproxy_oauth::config;
@@ -207,12 +207,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 /// its WAL are scanned for every secret of the run.
 #[tokio::test]
 async fn a_hostile_server_echoing_secrets_leaks_them_nowhere_and_the_store_holds_none_in_clear() {
-    let srv = start(Config {
-        dynamic_registration: false,
-        preregistered_client: Some((HOSTILE_CLIENT.into(), Some(HOSTILE_SECRET.into()))),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(preregistered_only(HOSTILE_CLIENT, HOSTILE_SECRET)).await;
     let dir = temp_dir("hostile-secrets");
     let config = dir.join("mcp_config.json");
     std::fs::write(

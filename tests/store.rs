@@ -567,21 +567,7 @@ use mcpproxy_oauth::store::db::{FlowRetention, RECENT_FLOWS_SQL};
 use mcpproxy_oauth::store::{StoreError, StoredToken, TokenRegistry, TokenStore};
 
 fn stored(key: &str, access: &str) -> StoredToken {
-    StoredToken {
-        server_key: key.into(),
-        server_name: key.into(),
-        server_url: "http://127.0.0.1:1/mcp".into(),
-        resource: None,
-        issuer: None,
-        access_token: access.into(),
-        refresh_token: Some(format!("rt-{access}")),
-        token_type: "Bearer".into(),
-        scope: None,
-        expires_at: Some(now_ms() + 3_600_000),
-        obtained_at: now_ms(),
-        flow_id: None,
-        dpop: None,
-    }
+    stored_token(key, access, Some(format!("rt-{access}")))
 }
 
 /// 400 writers at once: every one is answered with its own result after a commit, fewer

@@ -23,20 +23,13 @@ use mcpproxy_oauth::store::{
 const SECRET: &str = "sekret-";
 
 fn token(key: &str, access: &str, refresh: Option<&str>) -> StoredToken {
+    let refresh = refresh.map(|r| format!("{SECRET}{r}"));
     StoredToken {
-        server_key: key.into(),
         server_name: format!("name-{key}"),
-        server_url: "http://127.0.0.1:1/mcp".into(),
         resource: Some("http://127.0.0.1:1/mcp".into()),
         issuer: Some("http://127.0.0.1:2".into()),
-        access_token: format!("{SECRET}{access}"),
-        refresh_token: refresh.map(|r| format!("{SECRET}{r}")),
-        token_type: "Bearer".into(),
         scope: Some("read".into()),
-        expires_at: Some(now_ms() + 3_600_000),
-        obtained_at: now_ms(),
-        flow_id: None,
-        dpop: None,
+        ..stored_token(key, &format!("{SECRET}{access}"), refresh)
     }
 }
 

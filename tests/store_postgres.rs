@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::store::{
     ClaimRequest, FlowEnd, KeySpec, Sealing, Store, StoreChange, StoreChoice, StoreError,
     StoreOptions, StoredToken, TokenStore, Written,
@@ -22,19 +21,8 @@ use mcpproxy_oauth::store::{
 
 fn token(key: &str, access: &str) -> StoredToken {
     StoredToken {
-        server_key: key.into(),
-        server_name: key.into(),
-        server_url: "http://127.0.0.1:1/mcp".into(),
-        resource: None,
         issuer: Some("http://127.0.0.1:2".into()),
-        access_token: access.into(),
-        refresh_token: Some(format!("rt-of-{access}")),
-        token_type: "Bearer".into(),
-        scope: None,
-        expires_at: Some(now_ms() + 3_600_000),
-        obtained_at: now_ms(),
-        flow_id: None,
-        dpop: None,
+        ..stored_token(key, access, Some(format!("rt-of-{access}")))
     }
 }
 

@@ -15,11 +15,7 @@ use url::Url;
 
 #[tokio::test]
 async fn login_registers_authorizes_and_the_token_calls_tools() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(120),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(120)).await;
     let before = SystemTime::now();
     let session = login(&srv, OAuthHttp::default()).await;
     let token = &session.token;
@@ -69,11 +65,7 @@ async fn login_registers_authorizes_and_the_token_calls_tools() {
 
 #[tokio::test]
 async fn an_expired_token_is_refused_with_a_typed_challenge_and_refresh_rotates() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(30),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(token_ttl(30)).await;
     let session = login(&srv, OAuthHttp::default()).await;
     srv.advance_clock(Duration::from_secs(32));
     let mut mcp = McpClient::new(Url::parse(&srv.mcp_url()).unwrap(), Duration::from_secs(10));
@@ -94,11 +86,7 @@ async fn an_expired_token_is_refused_with_a_typed_challenge_and_refresh_rotates(
     );
 
     let old_refresh = session.token.refresh_token.clone().unwrap();
-    let fresh = session
-        .endpoint
-        .refresh(&session.http, &old_refresh, None, SystemTime::now(), None)
-        .await
-        .unwrap();
+    let fresh = session.refresh_with_login_token().await.unwrap();
     assert_ne!(
         fresh.refresh_token.as_ref().unwrap().secret(),
         old_refresh.secret(),
@@ -149,11 +137,7 @@ async fn without_rotation_the_old_refresh_token_is_kept() {
     .await;
     let session = login(&srv, OAuthHttp::default()).await;
     let refresh_token = session.token.refresh_token.clone().unwrap();
-    let fresh = session
-        .endpoint
-        .refresh(&session.http, &refresh_token, None, SystemTime::now(), None)
-        .await
-        .unwrap();
+    let fresh = session.refresh_with_login_token().await.unwrap();
     assert_eq!(
         fresh.refresh_token.unwrap().secret(),
         refresh_token.secret()

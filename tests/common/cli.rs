@@ -1,9 +1,9 @@
 //! The binary: its path, a browser command that follows the redirect to the loopback
-//! listener, a command run to its end within a bound, and the config file naming the test
-//! server.
+//! listener, a command run to its end within a bound, the config file naming the test
+//! server, and a running `serve` with its API.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use oauth_test_server::OAuthTestServer;
@@ -89,6 +89,18 @@ pub fn on_files<'a>(command: &[&'a str], config: &'a str, data: &'a str) -> Vec<
     command.iter().copied().chain(files).collect()
 }
 
+/// The arguments of `connect` to `url`, logging in with the curl browser within 20 s.
+pub fn connect_args(url: &str) -> [&str; 6] {
+    [
+        "connect",
+        "--browser-command",
+        CURL_BROWSER,
+        "--timeout",
+        "20s",
+        url,
+    ]
+}
+
 /// The arguments of `auth VERB srv` on `config` and `data`, with the curl browser.
 pub fn auth_args<'a>(verb: &'a str, config: &'a str, data: &'a str) -> Vec<&'a str> {
     on_files(&["auth", verb, "srv"], config, data)
@@ -145,6 +157,61 @@ pub fn valid_tokens(db: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+/// Reads `lines` (a child's output) until `found` gives a value, within `within`, appending
+/// every line read to `seen`; fails naming `what` and what was seen if the output ends or the
+/// time runs out first.
+pub async fn read_until<R, T>(
+    lines: &mut tokio::io::Lines<R>,
+    seen: &mut String,
+    within: Duration,
+    what: &str,
+    mut found: impl FnMut(&str) -> Option<T>,
+) -> T
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let read = tokio::time::timeout(within, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(value) = found(&line) {
+                return Some(value);
+            }
+        }
+        None
+    })
+    .await;
+    match read {
+        Ok(Some(value)) => value,
+        Ok(None) => panic!("the output ended without {what}:\n{seen}"),
+        Err(_) => panic!("no {what} within {within:?}:\n{seen}"),
+    }
+}
+
+/// The rest of `lines`, read to their end in a task of its own.
+pub fn rest_of<R>(mut lines: tokio::io::Lines<R>) -> tokio::task::JoinHandle<String>
+where
+    R: tokio::io::AsyncBufRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    })
+}
+
+/// The lines of `child`'s piped standard error.
+pub fn stderr_lines(
+    child: &mut tokio::process::Child,
+) -> tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>> {
+    use tokio::io::AsyncBufReadExt;
+    let stderr = child.stderr.take().expect("standard error is piped");
+    tokio::io::BufReader::new(stderr).lines()
+}
+
 /// The API of a starting `serve --listen 127.0.0.1:0`: reads its standard output (piped) until
 /// it prints the page's URL, within 30 s; (base URL, API key). `log` is named if it ends first.
 pub async fn serve_api(child: &mut tokio::process::Child, log: &Path) -> (String, String) {
@@ -154,21 +221,77 @@ pub async fn serve_api(child: &mut tokio::process::Child, log: &Path) -> (String
         .take()
         .expect("serve's standard output is piped");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("http://127.0.0.1:") {
-                return line[at..].trim().to_string();
-            }
-        }
-        panic!(
-            "serve ended without printing the page's URL; see {}",
-            log.display()
-        );
+    let what = format!("the page's URL (see {})", log.display());
+    let within = Duration::from_secs(30);
+    let url = read_until(&mut lines, &mut String::new(), within, &what, |line| {
+        let at = line.find("http://127.0.0.1:")?;
+        Some(line[at..].trim().to_string())
     })
-    .await
-    .expect("serve prints the page's URL within 30 s");
+    .await;
     let (base, key) = url
         .split_once("/?apikey=")
         .expect("the URL carries the key");
     (base.to_string(), key.to_string())
+}
+
+/// `serve` on `config` and `data`, its API on an ephemeral loopback port, logging in through
+/// `browser`, no API key lent by the environment; standard output piped (the API's address is
+/// read from it) and killed if the test ends first. The caller adds flags and standard error.
+pub fn serve_command(config: &Path, data: &Path, browser: &str) -> tokio::process::Command {
+    let mut command = bin(&["serve", "--listen", "127.0.0.1:0"]);
+    command
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .args(["--browser-command", browser])
+        .env_remove("MCPPROXY_OAUTH_API_KEY")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// A daemon's standard error appended to the file `log`: a pipe nobody reads would stop the
+/// daemon once full.
+pub fn log_to(log: &Path) -> Stdio {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Stdio::from(file)
+}
+
+/// A running `serve --listen 127.0.0.1:0`: the process, its API's base URL and key, and a
+/// client for the API whose requests are bounded.
+pub struct Serve {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub key: String,
+    pub http: reqwest::Client,
+}
+
+impl Serve {
+    /// Starts `command` (a `serve_command`) and reads the API's address it prints (within
+    /// 30 s; `log` is named if it ends first); the client's requests last at most `timeout`.
+    pub async fn start(
+        mut command: tokio::process::Command,
+        log: &Path,
+        timeout: Duration,
+    ) -> Serve {
+        let mut child = command.spawn().expect("serve starts");
+        let (base, key) = serve_api(&mut child, log).await;
+        let http = reqwest::Client::builder().timeout(timeout).build().unwrap();
+        Serve {
+            child,
+            base,
+            key,
+            http,
+        }
+    }
+
+    /// A request to the API's `path`, with the key.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", &self.key)
+    }
 }

@@ -2,9 +2,12 @@
 //! bounded timeouts, its start, its status, waits on its phases, and its stored rows read as an
 //! outside reader reads them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
+use mcpproxy_oauth::clock::Clock;
 use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
@@ -62,6 +65,46 @@ pub async fn start_supervisor(config: SupervisorConfig) -> SupervisorHandle {
     SupervisorHandle::start(config)
         .await
         .expect("the supervisor starts")
+}
+
+/// The test server (hour-long tokens) and a supervisor of it as `srv` on a virtual clock that
+/// starts now, its data in a fresh folder named after `name`, logged in once through a
+/// following browser (10 s at most): (server, clock, folder, supervisor, browser launches).
+pub async fn logged_in_on_virtual_time(
+    name: &str,
+) -> (
+    OAuthTestServer,
+    Clock,
+    PathBuf,
+    SupervisorHandle,
+    Arc<AtomicU32>,
+) {
+    let srv = super::start(oauth_test_server::Config::default()).await;
+    let clock = Clock::manual(mcpproxy_oauth::clock::now_ms());
+    let dir = super::temp_dir(name);
+    let (browser, launches) = super::following_browser();
+    let handle = start_supervisor(SupervisorConfig {
+        browser,
+        clock: clock.clone(),
+        login_timeout: Duration::from_secs(10),
+        ..SupervisorConfig::new(vec![upstream("srv", &srv)], dir.clone())
+    })
+    .await;
+    handle.reconnect("srv").await.expect("the first login");
+    (srv, clock, dir, handle, launches)
+}
+
+/// No token was lost on the test server's side: no rotated refresh token presented again, none
+/// refused as `invalid_grant`; and the browser opened `logins` times (`what` says why).
+pub fn assert_no_token_lost(srv: &OAuthTestServer, launches: &AtomicU32, logins: u32, what: &str) {
+    let stats = srv.stats();
+    assert_eq!(
+        stats.refresh_token_reuse, 0,
+        "an old refresh token was presented"
+    );
+    assert_eq!(stats.token_errors.get("invalid_grant"), None);
+    let launched = launches.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(launched, logins, "{what}");
 }
 
 /// The status of the server `name`.

@@ -102,6 +102,35 @@ pub async fn login(srv: &OAuthTestServer, http: OAuthHttp) -> LoggedIn {
     }
 }
 
+/// A server whose `get_time` tool needs the scope `mcp:admin`: a call of it with a token
+/// without that scope is refused with 403 `insufficient_scope`.
+pub fn admin_tool() -> Config {
+    Config {
+        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
+        ..Config::default()
+    }
+}
+
+/// A server without dynamic registration that knows one confidential client, `id` with
+/// `secret`.
+pub fn preregistered_only(id: &str, secret: &str) -> Config {
+    Config {
+        dynamic_registration: false,
+        preregistered_client: Some((id.into(), Some(secret.into()))),
+        ..Config::default()
+    }
+}
+
+/// The test server answers the next refresh only after `delay_ms` (then as usual).
+pub fn slow_next_refresh(srv: &OAuthTestServer, delay_ms: u64) {
+    let slow = oauth_test_server::Fault::new(
+        oauth_test_server::FaultTarget::Refresh,
+        oauth_test_server::FaultKind::Slow,
+    );
+    srv.inject(slow.times(1).delay_ms(delay_ms))
+        .expect("a slow refresh is a valid fault");
+}
+
 /// A server whose access tokens live `seconds`.
 pub fn token_ttl(seconds: u64) -> Config {
     Config {

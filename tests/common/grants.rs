@@ -1,8 +1,7 @@
 //! The grants' servers: an enterprise IdP and the authorization server that trusts it, and a
 //! call of the MCP endpoint with a token.
 
-use oauth_test_server::test_keys::client_es256_jwks;
-use oauth_test_server::{Config, JwtClient, KeySource, OAuthTestServer};
+use oauth_test_server::{Config, JwtClient, OAuthTestServer};
 
 use super::start;
 
@@ -31,10 +30,7 @@ pub async fn enterprise_servers(
     let idp = start(Config {
         idp: true,
         private_key_jwt: true,
-        jwt_clients: vec![JwtClient {
-            client_id: "idp-client".into(),
-            keys: KeySource::Jwks(client_es256_jwks()),
-        }],
+        jwt_clients: vec![JwtClient::es256("idp-client")],
         idp_client_ids: vec![("idp-client".into(), "xaa-client".into())],
         ..Config::default()
     })

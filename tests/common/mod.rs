@@ -1,7 +1,7 @@
 //! What the integration tests share, one module a concern: folders (`dirs`), the OAuth test
 //! server and the engine (`engine`), log capture and the secret scan (`logs`), a supervisor
 //! to test (`daemon`), the binary and its config file (`cli`), a real PostgreSQL (`postgres`),
-//! and bounded waits (`waits`).
+//! stored rows (`tokens`) and bounded waits (`waits`).
 //! Each `tests/*.rs` binary compiles all of it and uses a part.
 #![allow(dead_code, unused_imports)]
 
@@ -12,6 +12,7 @@ mod engine;
 mod grants;
 mod logs;
 mod postgres;
+mod tokens;
 mod waits;
 
 pub use cli::*;
@@ -21,4 +22,5 @@ pub use engine::*;
 pub use grants::*;
 pub use logs::*;
 pub use postgres::*;
+pub use tokens::*;
 pub use waits::*;

@@ -11,6 +11,17 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+// The grant types, token types and assertion type of these grants (a test names them too).
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const ID_JAG_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id-jag";
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
+/// The `typ` header of an ID-JAG.
+pub const ID_JAG_TYP: &str = "oauth-id-jag+jwt";
+
 /// The signing algorithms accepted on client assertions and assertion grants (and listed in
 /// `token_endpoint_auth_signing_alg_values_supported`).
 pub const SIGNING_ALGS: [&str; 2] = ["ES256", "RS256"];
@@ -81,6 +92,24 @@ async fn fetch_jwks(uri: &str) -> Result<Value, String> {
 pub struct JwtClient {
     pub client_id: String,
     pub keys: KeySource,
+}
+
+impl JwtClient {
+    /// `client_id` with the test ES256 key's JWKS (`test_keys::CLIENT_ES256_PEM` signs).
+    pub fn es256(client_id: &str) -> JwtClient {
+        JwtClient {
+            client_id: client_id.into(),
+            keys: KeySource::Jwks(crate::test_keys::client_es256_jwks()),
+        }
+    }
+
+    /// `client_id` with the test RS256 key's JWKS (`test_keys::CLIENT_RS256_PEM` signs).
+    pub fn rs256(client_id: &str) -> JwtClient {
+        JwtClient {
+            client_id: client_id.into(),
+            keys: KeySource::Jwks(crate::test_keys::client_rs256_jwks()),
+        }
+    }
 }
 
 /// An issuer whose JWTs an assertion grant accepts: an enterprise IdP's ID-JAGs, or a

@@ -39,23 +39,10 @@ async fn a_bad_token_gets_invalid_token() {
 
 #[tokio::test]
 async fn a_token_for_another_resource_is_refused() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
-    let (code, verifier) =
-        authorize(&srv, &reg, &[("resource", "https://other.example/mcp")]).await;
-    let response = token_request(
-        &srv,
-        &reg,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT_URI),
-            ("code_verifier", &verifier),
-            ("resource", "https://other.example/mcp"),
-        ],
-    )
-    .await;
-    let tokens: serde_json::Value = response.json().await.unwrap();
+    let (srv, reg) = with_public_client(Config::default()).await;
+    let other = [("resource", "https://other.example/mcp")];
+    let (code, verifier) = authorize(&srv, &reg, &other).await;
+    let tokens = body_of(exchange_with(&srv, &reg, &code, &verifier, &other).await).await;
     let refused = mcp(&srv, tokens["access_token"].as_str(), "ping", json!({})).await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert!(
@@ -67,39 +54,24 @@ async fn a_token_for_another_resource_is_refused() {
 
 #[tokio::test]
 async fn a_tool_scope_missing_from_the_token_gets_403_insufficient_scope_then_step_up_works() {
-    let srv = start(Config {
+    let (srv, reg) = with_public_client(Config {
         tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
     let unauthenticated = mcp(&srv, None, "ping", json!({})).await;
     assert!(
         challenge(&unauthenticated).contains("scope=\"mcp:read mcp:write\""),
         "the reserved scope is not in the 401"
     );
 
-    let (code, verifier) = authorize(&srv, &reg, &[("scope", "mcp:read")]).await;
-    let tokens: serde_json::Value = exchange(&srv, &reg, &code, &verifier)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let ok = mcp(
-        &srv,
-        tokens["access_token"].as_str(),
-        "tools/call",
-        json!({"name": "echo", "arguments": {"message": "x"}}),
-    )
-    .await;
+    let tokens = login_with(&srv, &reg, &[("scope", "mcp:read")]).await;
+    let access = tokens["access_token"].as_str();
+    let get_time = || json!({"name": "get_time", "arguments": {}});
+    let echo = json!({"name": "echo", "arguments": {"message": "x"}});
+    let ok = mcp(&srv, access, "tools/call", echo).await;
     assert_eq!(ok.status(), StatusCode::OK, "echo needs no extra scope");
-    let denied = mcp(
-        &srv,
-        tokens["access_token"].as_str(),
-        "tools/call",
-        json!({"name": "get_time", "arguments": {}}),
-    )
-    .await;
+    let denied = mcp(&srv, access, "tools/call", get_time()).await;
     assert_eq!(denied.status(), StatusCode::FORBIDDEN);
     let challenge = challenge(&denied);
     assert!(
@@ -112,17 +84,12 @@ async fn a_tool_scope_missing_from_the_token_gets_403_insufficient_scope_then_st
     );
     assert_eq!(srv.stats().mcp_403, 1);
 
-    let (code, verifier) = authorize(&srv, &reg, &[("scope", "mcp:read mcp:admin")]).await;
-    let stepped: serde_json::Value = exchange(&srv, &reg, &code, &verifier)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stepped = login_with(&srv, &reg, &[("scope", "mcp:read mcp:admin")]).await;
     let ok = mcp(
         &srv,
         stepped["access_token"].as_str(),
         "tools/call",
-        json!({"name": "get_time", "arguments": {}}),
+        get_time(),
     )
     .await;
     assert_eq!(ok.status(), StatusCode::OK);
@@ -130,21 +97,13 @@ async fn a_tool_scope_missing_from_the_token_gets_403_insufficient_scope_then_st
 
 #[tokio::test]
 async fn json_rpc_errors_and_notifications() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
-    let access = login(&srv, &reg).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let unknown: serde_json::Value = mcp(&srv, Some(&access), "resources/list", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (srv, _reg, tokens) = logged_in_with(Config::default()).await;
+    let access = field(&tokens, "access_token");
+    let unknown = body_of(mcp(&srv, Some(access), "resources/list", json!({})).await).await;
     assert_eq!(unknown["error"]["code"], -32601);
     let notification = http()
         .post(srv.mcp_url())
-        .bearer_auth(&access)
+        .bearer_auth(access)
         .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
         .send()
         .await
@@ -152,7 +111,7 @@ async fn json_rpc_errors_and_notifications() {
     assert_eq!(notification.status(), StatusCode::ACCEPTED);
     let get = http()
         .get(srv.mcp_url())
-        .bearer_auth(&access)
+        .bearer_auth(access)
         .send()
         .await
         .unwrap();

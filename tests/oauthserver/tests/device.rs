@@ -7,18 +7,34 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use oauth_test_server::Config;
-use reqwest::StatusCode;
+use oauth_test_server::{Config, OAuthTestServer};
+use reqwest::{Response, StatusCode};
 use serde_json::Value;
 
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-async fn poll(srv: &oauth_test_server::OAuthTestServer, reg: &Registered, code: &str) -> Value {
-    token_request(srv, reg, &[("grant_type", GRANT), ("device_code", code)])
-        .await
-        .json()
+async fn poll(srv: &OAuthTestServer, reg: &Registered, code: &str) -> Value {
+    body_of(token_request(srv, reg, &[("grant_type", GRANT), ("device_code", code)]).await).await
+}
+
+/// A device authorization request of `reg` for `scope`.
+async fn device_authorization(srv: &OAuthTestServer, reg: &Registered, scope: &str) -> Response {
+    http()
+        .post(format!("{}/device_authorization", srv.issuer()))
+        .form(&[("client_id", reg.client_id.as_str()), ("scope", scope)])
+        .send()
         .await
         .unwrap()
+}
+
+/// The test server with the device grant on (`interval` s between polls) and a public client.
+async fn device_server(interval: u64) -> (OAuthTestServer, Registered) {
+    with_public_client(Config {
+        device_grant: true,
+        device_interval_secs: interval,
+        ..Config::default()
+    })
+    .await
 }
 
 #[tokio::test]
@@ -29,17 +45,7 @@ async fn metadata_lists_the_device_endpoint_only_when_enabled() {
             ..Config::default()
         })
         .await;
-        let doc: Value = http()
-            .get(format!(
-                "{}/.well-known/oauth-authorization-server",
-                srv.url()
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc = as_metadata(&srv).await;
         let endpoint = doc["device_authorization_endpoint"].as_str();
         if enabled {
             assert_eq!(
@@ -61,21 +67,10 @@ async fn metadata_lists_the_device_endpoint_only_when_enabled() {
 
 #[tokio::test]
 async fn a_device_code_is_pending_slowed_down_approved_and_redeemed_once() {
-    let srv = start(Config {
-        device_grant: true,
-        device_interval_secs: 2,
-        ..Config::default()
-    })
-    .await;
-    let reg = register(&srv, "none").await;
-    let response = http()
-        .post(format!("{}/device_authorization", srv.issuer()))
-        .form(&[("client_id", reg.client_id.as_str()), ("scope", "mcp:read")])
-        .send()
-        .await
-        .unwrap();
+    let (srv, reg) = device_server(2).await;
+    let response = device_authorization(&srv, &reg, "mcp:read").await;
     assert_eq!(response.status(), StatusCode::OK);
-    let grant: Value = response.json().await.unwrap();
+    let grant = body_of(response).await;
     assert_eq!(grant["interval"], 2);
     assert_eq!(grant["expires_in"], 600);
     let code = grant["device_code"].as_str().unwrap();
@@ -124,20 +119,10 @@ async fn a_device_code_is_pending_slowed_down_approved_and_redeemed_once() {
 
 #[tokio::test]
 async fn unknown_scopes_and_unknown_user_codes_are_refused() {
-    let srv = start(Config {
-        device_grant: true,
-        ..Config::default()
-    })
-    .await;
-    let reg = register(&srv, "none").await;
-    let response = http()
-        .post(format!("{}/device_authorization", srv.issuer()))
-        .form(&[("client_id", reg.client_id.as_str()), ("scope", "admin")])
-        .send()
-        .await
-        .unwrap();
+    let (srv, reg) = device_server(Config::default().device_interval_secs).await;
+    let response = device_authorization(&srv, &reg, "admin").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
+    let body = body_of(response).await;
     assert_eq!(body["error"], "invalid_scope");
     let page = http()
         .get(format!("{}/device?user_code=NOPE-NOPE", srv.issuer()))

@@ -3,24 +3,28 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use oauth_test_server::Config;
+use oauth_test_server::{Config, OAuthTestServer};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
-#[tokio::test]
-async fn an_access_token_is_refused_once_its_lifetime_has_passed() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(30),
+/// The test server with access tokens living `ttl`, and the tokens of a public client's login.
+async fn logged_in_for(ttl: Duration) -> (OAuthTestServer, Value) {
+    let (srv, _reg, tokens) = logged_in_with(Config {
+        access_token_ttl: ttl,
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
-    let tokens = login(&srv, &reg).await;
+    (srv, tokens)
+}
+
+#[tokio::test]
+async fn an_access_token_is_refused_once_its_lifetime_has_passed() {
+    let (srv, tokens) = logged_in_for(Duration::from_secs(30)).await;
     let access = tokens["access_token"].as_str();
     assert_eq!(tokens["expires_in"], 30);
     srv.advance_clock(Duration::from_secs(29));
     assert_eq!(
-        mcp(&srv, access, "ping", json!({})).await.status(),
+        ping(&srv, access).await,
         StatusCode::OK,
         "valid before expiry"
     );
@@ -38,12 +42,11 @@ async fn an_access_token_is_refused_once_its_lifetime_has_passed() {
 /// Real time, no clock offset: the token is never refused before its announced lifetime.
 #[tokio::test]
 async fn sub_second_ttls_are_announced_rounded_up_and_honoured_in_real_time() {
-    let srv = start(Config {
+    let (srv, reg) = with_public_client(Config {
         access_token_ttl: Duration::from_millis(500),
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
     let issued = Instant::now();
     let tokens = login(&srv, &reg).await;
     assert_eq!(tokens["expires_in"], 1, "500ms is announced as 1 s");
@@ -52,7 +55,7 @@ async fn sub_second_ttls_are_announced_rounded_up_and_honoured_in_real_time() {
     let deadline = issued + Duration::from_millis(2_500);
     let refused_at = loop {
         let asked_at = Instant::now();
-        if mcp(&srv, access, "ping", json!({})).await.status() == StatusCode::UNAUTHORIZED {
+        if ping(&srv, access).await == StatusCode::UNAUTHORIZED {
             break asked_at;
         }
         assert!(
@@ -70,12 +73,11 @@ async fn sub_second_ttls_are_announced_rounded_up_and_honoured_in_real_time() {
 
 #[tokio::test]
 async fn codes_expire_after_the_code_ttl() {
-    let srv = start(Config {
+    let (srv, reg) = with_public_client(Config {
         code_ttl: Duration::from_secs(10),
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
     let (code, verifier) = authorize(&srv, &reg, &[]).await;
     srv.advance_clock(Duration::from_secs(11));
     let response = exchange(&srv, &reg, &code, &verifier).await;
@@ -84,52 +86,34 @@ async fn codes_expire_after_the_code_ttl() {
 
 #[tokio::test]
 async fn refresh_tokens_expire_after_their_ttl_counted_from_each_rotation() {
-    let srv = start(Config {
+    let (srv, reg, tokens) = logged_in_with(Config {
         refresh_token_ttl: Duration::from_secs(60),
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
-    let tokens = login(&srv, &reg).await;
     srv.advance_clock(Duration::from_secs(50));
-    let rotated: serde_json::Value = refresh(&srv, &reg, tokens["refresh_token"].as_str().unwrap())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let rotated = body_of(refresh(&srv, &reg, field(&tokens, "refresh_token")).await).await;
     srv.advance_clock(Duration::from_secs(50));
-    let again = refresh(&srv, &reg, rotated["refresh_token"].as_str().unwrap()).await;
+    let again = refresh(&srv, &reg, field(&rotated, "refresh_token")).await;
     assert_eq!(
         again.status(),
         StatusCode::OK,
         "100 s after login, but 50 s after rotation"
     );
-    let body: serde_json::Value = again.json().await.unwrap();
+    let body = body_of(again).await;
     srv.advance_clock(Duration::from_secs(61));
-    let expired = refresh(&srv, &reg, body["refresh_token"].as_str().unwrap()).await;
+    let expired = refresh(&srv, &reg, field(&body, "refresh_token")).await;
     assert_eq!(oauth_error_code(expired).await, "invalid_grant");
 }
 
 #[tokio::test]
 async fn the_control_api_moves_the_clock() {
-    let srv = start(Config {
-        access_token_ttl: Duration::from_secs(5),
-        ..Config::default()
-    })
-    .await;
-    let reg = register(&srv, "none").await;
-    let tokens = login(&srv, &reg).await;
-    let moved = http()
-        .post(format!("{}/control/clock", srv.url()))
-        .json(&json!({"advance_ms": 6000}))
-        .send()
-        .await
-        .unwrap();
+    let (srv, tokens) = logged_in_for(Duration::from_secs(5)).await;
+    let clock = format!("{}/control/clock", srv.url());
+    let moved = post_json(clock, &json!({"advance_ms": 6000})).await;
     assert_eq!(moved.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        mcp(&srv, tokens["access_token"].as_str(), "ping", json!({}))
-            .await
-            .status(),
+        ping(&srv, tokens["access_token"].as_str()).await,
         StatusCode::UNAUTHORIZED
     );
 }

@@ -9,14 +9,47 @@ use serde_json::{Value, json};
 
 /// A logged-in public client and its refresh token, ready for refresh faults.
 async fn logged_in() -> (OAuthTestServer, Registered, String) {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
-    let tokens = login(&srv, &reg).await;
-    (
-        srv,
-        reg,
-        tokens["refresh_token"].as_str().unwrap().to_string(),
+    let (srv, reg, tokens) = logged_in_with(Config::default()).await;
+    let rt = field(&tokens, "refresh_token").to_string();
+    (srv, reg, rt)
+}
+
+/// Sends a refresh form with `rt` straight to the token endpoint, waiting at most `timeout`:
+/// a fault that answers nothing is an error.
+async fn refresh_raw(
+    srv: &OAuthTestServer,
+    reg: &Registered,
+    rt: &str,
+    timeout: Duration,
+) -> reqwest::Error {
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", rt),
+        ("client_id", reg.client_id.as_str()),
+    ];
+    http()
+        .post(format!("{}/token", srv.issuer()))
+        .timeout(timeout)
+        .form(&form)
+        .send()
+        .await
+        .expect_err("the faulted request gets no response")
+}
+
+/// Arms `kind` with `delay_ms` at the refresh target, once.
+fn arm_delayed(srv: &OAuthTestServer, kind: FaultKind, delay_ms: u64) {
+    srv.inject(
+        Fault::new(FaultTarget::Refresh, kind)
+            .times(1)
+            .delay_ms(delay_ms),
     )
+    .unwrap();
+}
+
+/// A refresh after `kind` was armed once at the refresh target: its JSON body.
+async fn refresh_bent(srv: &OAuthTestServer, reg: &Registered, rt: &str, kind: FaultKind) -> Value {
+    arm_once(srv, FaultTarget::Refresh, kind);
+    body_of(refresh(srv, reg, rt).await).await
 }
 
 #[tokio::test]
@@ -49,8 +82,7 @@ async fn oauth_error_kinds_answer_the_error_once_then_the_server_recovers() {
         ),
     ] {
         let (srv, reg, rt) = logged_in().await;
-        srv.inject(Fault::new(FaultTarget::Refresh, kind).times(1))
-            .unwrap();
+        arm_once(&srv, FaultTarget::Refresh, kind);
         let faulted = refresh(&srv, &reg, &rt).await;
         assert_eq!(faulted.status(), status, "{kind}");
         assert_eq!(oauth_error_code(faulted).await, code, "{kind}");
@@ -67,12 +99,7 @@ async fn oauth_error_kinds_answer_the_error_once_then_the_server_recovers() {
 #[tokio::test]
 async fn rate_limited_sends_429_with_retry_after() {
     let (srv, reg, rt) = logged_in().await;
-    srv.inject(
-        Fault::new(FaultTarget::Refresh, FaultKind::RateLimited)
-            .times(1)
-            .delay_ms(2500),
-    )
-    .unwrap();
+    arm_delayed(&srv, FaultKind::RateLimited, 2500);
     let response = refresh(&srv, &reg, &rt).await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.headers()["retry-after"], "3");
@@ -81,8 +108,7 @@ async fn rate_limited_sends_429_with_retry_after() {
 #[tokio::test]
 async fn malformed_json_is_a_200_whose_body_does_not_parse() {
     let (srv, reg, rt) = logged_in().await;
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::MalformedJson).times(1))
-        .unwrap();
+    arm_once(&srv, FaultTarget::Refresh, FaultKind::MalformedJson);
     let response = refresh(&srv, &reg, &rt).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(serde_json::from_str::<Value>(&response.text().await.unwrap()).is_err());
@@ -91,12 +117,7 @@ async fn malformed_json_is_a_200_whose_body_does_not_parse() {
 #[tokio::test]
 async fn slow_answers_after_the_delay() {
     let (srv, reg, rt) = logged_in().await;
-    srv.inject(
-        Fault::new(FaultTarget::Refresh, FaultKind::Slow)
-            .times(1)
-            .delay_ms(300),
-    )
-    .unwrap();
+    arm_delayed(&srv, FaultKind::Slow, 300);
     let started = Instant::now();
     let response = refresh(&srv, &reg, &rt).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -109,40 +130,17 @@ async fn slow_answers_after_the_delay() {
 #[tokio::test]
 async fn hang_never_answers_but_other_requests_still_do() {
     let (srv, reg, rt) = logged_in().await;
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::Hang).times(1))
-        .unwrap();
-    let form = [
-        ("grant_type", "refresh_token"),
-        ("refresh_token", rt.as_str()),
-        ("client_id", reg.client_id.as_str()),
-    ];
-    let err = http()
-        .post(format!("{}/token", srv.issuer()))
-        .timeout(Duration::from_millis(300))
-        .form(&form)
-        .send()
-        .await
-        .expect_err("a hung request times out");
-    assert!(err.is_timeout(), "{err:?}");
+    arm_once(&srv, FaultTarget::Refresh, FaultKind::Hang);
+    let err = refresh_raw(&srv, &reg, &rt, Duration::from_millis(300)).await;
+    assert!(err.is_timeout(), "a hung request times out: {err:?}");
     assert_eq!(refresh(&srv, &reg, &rt).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn drop_connection_closes_the_socket_without_an_answer() {
     let (srv, reg, rt) = logged_in().await;
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::DropConnection).times(1))
-        .unwrap();
-    let form = [
-        ("grant_type", "refresh_token"),
-        ("refresh_token", rt.as_str()),
-        ("client_id", reg.client_id.as_str()),
-    ];
-    let err = http()
-        .post(format!("{}/token", srv.issuer()))
-        .form(&form)
-        .send()
-        .await
-        .expect_err("no response");
+    arm_once(&srv, FaultTarget::Refresh, FaultKind::DropConnection);
+    let err = refresh_raw(&srv, &reg, &rt, Duration::from_secs(10)).await;
     assert!(
         !err.is_timeout() && (err.is_request() || err.is_connect() || err.is_body()),
         "{err:?}"
@@ -154,41 +152,29 @@ async fn drop_connection_closes_the_socket_without_an_answer() {
 async fn token_shape_kinds_bend_the_token_response() {
     let (srv, reg, mut rt) = logged_in().await;
 
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::MissingAccessToken).times(1))
-        .unwrap();
-    let body: Value = refresh(&srv, &reg, &rt).await.json().await.unwrap();
+    let body = refresh_bent(&srv, &reg, &rt, FaultKind::MissingAccessToken).await;
     assert!(
         body.get("access_token").is_none() && body.get("refresh_token").is_none(),
         "{body}"
     );
 
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::ExpiresInMissing).times(1))
-        .unwrap();
-    let body: Value = refresh(&srv, &reg, &rt).await.json().await.unwrap();
+    let body = refresh_bent(&srv, &reg, &rt, FaultKind::ExpiresInMissing).await;
     assert!(body.get("expires_in").is_none());
-    rt = body["refresh_token"].as_str().unwrap().into();
+    rt = field(&body, "refresh_token").into();
     assert_eq!(
-        mcp(&srv, body["access_token"].as_str(), "ping", json!({}))
-            .await
-            .status(),
+        ping(&srv, body["access_token"].as_str()).await,
         StatusCode::OK
     );
 
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::ExpiresInZero).times(1))
-        .unwrap();
-    let body: Value = refresh(&srv, &reg, &rt).await.json().await.unwrap();
+    let body = refresh_bent(&srv, &reg, &rt, FaultKind::ExpiresInZero).await;
     assert_eq!(body["expires_in"], 0);
-    rt = body["refresh_token"].as_str().unwrap().into();
+    rt = field(&body, "refresh_token").into();
     assert_eq!(
-        mcp(&srv, body["access_token"].as_str(), "ping", json!({}))
-            .await
-            .status(),
+        ping(&srv, body["access_token"].as_str()).await,
         StatusCode::UNAUTHORIZED
     );
 
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::AlreadyExpired).times(1))
-        .unwrap();
-    let body: Value = refresh(&srv, &reg, &rt).await.json().await.unwrap();
+    let body = refresh_bent(&srv, &reg, &rt, FaultKind::AlreadyExpired).await;
     assert_eq!(
         body["expires_in"], 3600,
         "the lie is only in the token itself"
@@ -200,53 +186,34 @@ async fn token_shape_kinds_bend_the_token_response() {
 
 #[tokio::test]
 async fn the_token_target_is_the_code_exchange_only() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
-    srv.inject(Fault::new(FaultTarget::Token, FaultKind::InvalidGrant).times(1))
-        .unwrap();
+    let (srv, reg) = with_public_client(Config::default()).await;
+    arm_once(&srv, FaultTarget::Token, FaultKind::InvalidGrant);
     let (code, verifier) = authorize(&srv, &reg, &[]).await;
     assert_eq!(
         oauth_error_code(exchange(&srv, &reg, &code, &verifier).await).await,
         "invalid_grant"
     );
     let tokens = login(&srv, &reg).await;
-    assert_eq!(
-        refresh(&srv, &reg, tokens["refresh_token"].as_str().unwrap())
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    let refreshed = refresh(&srv, &reg, field(&tokens, "refresh_token")).await;
+    assert_eq!(refreshed.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn faults_at_other_targets() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
+    let (srv, reg) = with_public_client(Config::default()).await;
 
-    srv.inject(Fault::new(FaultTarget::Authorize, FaultKind::TemporarilyUnavailable).times(1))
-        .unwrap();
-    let pkce = pkce();
-    let q = redirect_params(
-        &authorize_raw(
-            &srv,
-            &[
-                ("response_type", "code"),
-                ("client_id", &reg.client_id),
-                ("redirect_uri", REDIRECT_URI),
-                ("state", "s"),
-                ("code_challenge", &pkce.challenge),
-                ("code_challenge_method", "S256"),
-            ],
-        )
-        .await,
+    arm_once(
+        &srv,
+        FaultTarget::Authorize,
+        FaultKind::TemporarilyUnavailable,
     );
+    let q = authorize_redirect(&srv, &reg, &[("state", "s")]).await;
     assert_eq!(
         q["error"], "temporarily_unavailable",
         "authorize errors are redirects"
     );
 
-    srv.inject(Fault::new(FaultTarget::Metadata, FaultKind::ServerError).times(1))
-        .unwrap();
+    arm_once(&srv, FaultTarget::Metadata, FaultKind::ServerError);
     let url = format!("{}/.well-known/oauth-authorization-server", srv.url());
     assert_eq!(
         http().get(&url).send().await.unwrap().status(),
@@ -257,44 +224,29 @@ async fn faults_at_other_targets() {
         StatusCode::OK
     );
 
-    srv.inject(Fault::new(FaultTarget::Jwks, FaultKind::MalformedJson).times(1))
-        .unwrap();
-    let jwks = http()
-        .get(format!("{}/jwks.json", srv.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    arm_once(&srv, FaultTarget::Jwks, FaultKind::MalformedJson);
+    let jwks = http().get(format!("{}/jwks.json", srv.url())).send();
+    let jwks = jwks.await.unwrap().text().await.unwrap();
     assert!(serde_json::from_str::<Value>(&jwks).is_err());
 
-    srv.inject(Fault::new(FaultTarget::Register, FaultKind::RateLimited).times(1))
-        .unwrap();
-    let response = http()
-        .post(format!("{}/register", srv.url()))
-        .json(&json!({"redirect_uris": [REDIRECT_URI]}))
-        .send()
-        .await
-        .unwrap();
+    arm_once(&srv, FaultTarget::Register, FaultKind::RateLimited);
+    let response = post_json(
+        format!("{}/register", srv.url()),
+        &json!({"redirect_uris": [REDIRECT_URI]}),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
 
     let tokens = login(&srv, &reg).await;
-    srv.inject(Fault::new(FaultTarget::Mcp, FaultKind::InvalidGrant).times(1))
-        .unwrap();
-    let refused = mcp(&srv, tokens["access_token"].as_str(), "ping", json!({})).await;
+    let access = tokens["access_token"].as_str();
+    arm_once(&srv, FaultTarget::Mcp, FaultKind::InvalidGrant);
+    let refused = mcp(&srv, access, "ping", json!({})).await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert!(challenge(&refused).contains("invalid_token"));
-    assert_eq!(
-        mcp(&srv, tokens["access_token"].as_str(), "ping", json!({}))
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(ping(&srv, access).await, StatusCode::OK);
 
-    srv.inject(Fault::new(FaultTarget::Mcp, FaultKind::InsufficientScope).times(1))
-        .unwrap();
-    let forbidden = mcp(&srv, tokens["access_token"].as_str(), "ping", json!({})).await;
+    arm_once(&srv, FaultTarget::Mcp, FaultKind::InsufficientScope);
+    let forbidden = mcp(&srv, access, "ping", json!({})).await;
     assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
     let challenge = challenge(&forbidden);
     assert!(
@@ -316,21 +268,13 @@ async fn faults_at_other_targets() {
 async fn faults_are_switchable_at_run_time_over_the_control_api() {
     let (srv, reg, rt) = logged_in().await;
     let faults = format!("{}/control/faults", srv.url());
-    let armed = http()
-        .post(&faults)
-        .json(&json!({"target": "refresh", "kind": "server_error"}))
-        .send()
-        .await
-        .unwrap();
+    let arm = |body: Value| {
+        let faults = faults.clone();
+        async move { post_json(faults, &body).await }
+    };
+    let armed = arm(json!({"target": "refresh", "kind": "server_error"})).await;
     assert_eq!(armed.status(), StatusCode::CREATED);
-    let listed: Value = http()
-        .get(&faults)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(faults.clone()).await;
     assert_eq!(
         listed,
         json!([{"target": "refresh", "kind": "server_error", "count": null, "delay_ms": null}])
@@ -348,33 +292,16 @@ async fn faults_are_switchable_at_run_time_over_the_control_api() {
     );
     assert_eq!(refresh(&srv, &reg, &rt).await.status(), StatusCode::OK);
 
-    let refused = http()
-        .post(&faults)
-        .json(&json!({"target": "mcp", "kind": "already_expired"}))
-        .send()
-        .await
-        .unwrap();
+    let refused = arm(json!({"target": "mcp", "kind": "already_expired"})).await;
     assert_eq!(
         refused.status(),
         StatusCode::BAD_REQUEST,
         "a fault that cannot fire is refused"
     );
-    let unknown = http()
-        .post(&faults)
-        .json(&json!({"target": "refresh", "kind": "explode"}))
-        .send()
-        .await
-        .unwrap();
+    let unknown = arm(json!({"target": "refresh", "kind": "explode"})).await;
     assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
 
-    let stats: Value = http()
-        .get(format!("{}/control/stats", srv.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(format!("{}/control/stats", srv.url())).await;
     assert_eq!(stats["faults_fired"]["refresh"], 3);
     assert_eq!(stats["token_requests"]["refresh_token"], 4);
 }
@@ -382,23 +309,17 @@ async fn faults_are_switchable_at_run_time_over_the_control_api() {
 #[tokio::test]
 async fn startup_faults_with_a_count_come_from_the_config() {
     let fault = Fault::new(FaultTarget::Refresh, FaultKind::TemporarilyUnavailable).times(2);
-    let srv = start(Config {
+    let (srv, reg, tokens) = logged_in_with(Config {
         faults: vec![fault],
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
-    let rt = login(&srv, &reg).await["refresh_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        refresh(&srv, &reg, &rt).await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert_eq!(
-        refresh(&srv, &reg, &rt).await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert_eq!(refresh(&srv, &reg, &rt).await.status(), StatusCode::OK);
+    let rt = field(&tokens, "refresh_token");
+    for expected in [
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::OK,
+    ] {
+        assert_eq!(refresh(&srv, &reg, rt).await.status(), expected);
+    }
 }

@@ -7,8 +7,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_public_client_registers_logs_in_calls_tools_and_refreshes() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
+    let (srv, reg) = with_public_client(Config::default()).await;
     assert!(
         reg.client_secret.is_none(),
         "a public client gets no secret"
@@ -21,13 +20,9 @@ async fn a_public_client_registers_logs_in_calls_tools_and_refreshes() {
     let init = mcp(&srv, Some(access), "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})).await;
     assert_eq!(init.status(), StatusCode::OK);
     assert!(init.headers().contains_key("mcp-session-id"));
-    let body: serde_json::Value = init.json().await.unwrap();
+    let body = body_of(init).await;
     assert_eq!(body["result"]["protocolVersion"], "2025-06-18");
-    let list: serde_json::Value = mcp(&srv, Some(access), "tools/list", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = body_of(mcp(&srv, Some(access), "tools/list", json!({})).await).await;
     let names: Vec<&str> = list["result"]["tools"]
         .as_array()
         .unwrap()
@@ -35,28 +30,22 @@ async fn a_public_client_registers_logs_in_calls_tools_and_refreshes() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["echo", "get_time"]);
-    let echo: serde_json::Value = mcp(
-        &srv,
-        Some(access),
-        "tools/call",
-        json!({"name": "echo", "arguments": {"message": "hi"}}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let echo = json!({"name": "echo", "arguments": {"message": "hi"}});
+    let echo = body_of(mcp(&srv, Some(access), "tools/call", echo).await).await;
     assert_eq!(echo["result"]["content"][0]["text"], "hi");
 
-    let refreshed = refresh(&srv, &reg, tokens["refresh_token"].as_str().unwrap()).await;
+    let refreshed = refresh(&srv, &reg, field(&tokens, "refresh_token")).await;
     assert_eq!(refreshed.status(), StatusCode::OK);
-    let refreshed: serde_json::Value = refreshed.json().await.unwrap();
+    let refreshed = body_of(refreshed).await;
     assert_ne!(
         refreshed["refresh_token"], tokens["refresh_token"],
         "refresh tokens rotate"
     );
     assert_ne!(refreshed["access_token"], tokens["access_token"]);
-    let ping = mcp(&srv, refreshed["access_token"].as_str(), "ping", json!({})).await;
-    assert_eq!(ping.status(), StatusCode::OK);
+    assert_eq!(
+        ping(&srv, refreshed["access_token"].as_str()).await,
+        StatusCode::OK
+    );
 
     let stats = srv.stats();
     assert_eq!(stats.authorize_requests, 1);
@@ -68,35 +57,31 @@ async fn a_public_client_registers_logs_in_calls_tools_and_refreshes() {
 
 #[tokio::test]
 async fn reusing_a_rotated_refresh_token_revokes_the_whole_family() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
-    let first = login(&srv, &reg).await;
-    let old_refresh = first["refresh_token"].as_str().unwrap();
-    let second: serde_json::Value = refresh(&srv, &reg, old_refresh).await.json().await.unwrap();
+    let (srv, reg, first) = logged_in_with(Config::default()).await;
+    let old_refresh = field(&first, "refresh_token");
+    let second = body_of(refresh(&srv, &reg, old_refresh).await).await;
 
     let reuse = refresh(&srv, &reg, old_refresh).await;
     assert_eq!(reuse.status(), StatusCode::BAD_REQUEST);
     assert_eq!(oauth_error_code(reuse).await, "invalid_grant");
     // The newest refresh token and the family's access tokens are dead too.
-    let newest = refresh(&srv, &reg, second["refresh_token"].as_str().unwrap()).await;
+    let newest = refresh(&srv, &reg, field(&second, "refresh_token")).await;
     assert_eq!(oauth_error_code(newest).await, "invalid_grant");
-    let call = mcp(&srv, second["access_token"].as_str(), "ping", json!({})).await;
-    assert_eq!(call.status(), StatusCode::UNAUTHORIZED);
+    let call = ping(&srv, second["access_token"].as_str()).await;
+    assert_eq!(call, StatusCode::UNAUTHORIZED);
     assert_eq!(srv.stats().refresh_token_reuse, 1);
 }
 
 #[tokio::test]
 async fn without_rotation_the_refresh_token_stays_and_none_is_returned() {
-    let srv = start(Config {
+    let (srv, reg, tokens) = logged_in_with(Config {
         rotate_refresh_tokens: false,
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
-    let tokens = login(&srv, &reg).await;
-    let rt = tokens["refresh_token"].as_str().unwrap();
+    let rt = field(&tokens, "refresh_token");
     for _ in 0..2 {
-        let body: serde_json::Value = refresh(&srv, &reg, rt).await.json().await.unwrap();
+        let body = body_of(refresh(&srv, &reg, rt).await).await;
         assert!(
             body.get("refresh_token").is_none(),
             "the client keeps its refresh token (RFC 6749 §6)"
@@ -107,13 +92,11 @@ async fn without_rotation_the_refresh_token_stays_and_none_is_returned() {
 
 #[tokio::test]
 async fn no_refresh_token_mode_issues_none() {
-    let srv = start(Config {
+    let (_srv, _reg, tokens) = logged_in_with(Config {
         issue_refresh_tokens: false,
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
-    let tokens = login(&srv, &reg).await;
     assert!(tokens.get("refresh_token").is_none());
 }
 
@@ -148,12 +131,7 @@ async fn confidential_clients_must_authenticate_as_registered() {
             client_secret: Some("nope".into()),
             ..reg.clone()
         };
-        let response = refresh(
-            &srv,
-            &wrong_secret,
-            tokens["refresh_token"].as_str().unwrap(),
-        )
-        .await;
+        let response = refresh(&srv, &wrong_secret, field(&tokens, "refresh_token")).await;
         assert_eq!(oauth_error_code(response).await, "invalid_client");
     }
     let public = register(&srv, "none").await;
@@ -191,19 +169,13 @@ async fn a_preregistered_client_may_use_basic_or_post() {
 
 #[tokio::test]
 async fn codes_are_single_use_and_a_second_use_revokes_their_tokens() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
+    let (srv, reg) = with_public_client(Config::default()).await;
     let (code, verifier) = authorize(&srv, &reg, &[]).await;
-    let first: serde_json::Value = exchange(&srv, &reg, &code, &verifier)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first = body_of(exchange(&srv, &reg, &code, &verifier).await).await;
     let again = exchange(&srv, &reg, &code, &verifier).await;
     assert_eq!(oauth_error_code(again).await, "invalid_grant");
-    let call = mcp(&srv, first["access_token"].as_str(), "ping", json!({})).await;
     assert_eq!(
-        call.status(),
+        ping(&srv, first["access_token"].as_str()).await,
         StatusCode::UNAUTHORIZED,
         "tokens of a replayed code are revoked"
     );
@@ -211,8 +183,7 @@ async fn codes_are_single_use_and_a_second_use_revokes_their_tokens() {
 
 #[tokio::test]
 async fn pkce_is_required_with_s256_only() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
+    let (srv, reg) = with_public_client(Config::default()).await;
     let base = [
         ("response_type", "code"),
         ("client_id", reg.client_id.as_str()),
@@ -249,17 +220,12 @@ async fn pkce_is_required_with_s256_only() {
 
 #[tokio::test]
 async fn loopback_redirects_match_on_any_port_but_unknown_ones_get_an_error_page() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
+    let (srv, reg) = with_public_client(Config::default()).await;
     let pkce = pkce();
     let params = |redirect: &'static str| {
-        vec![
-            ("response_type", "code"),
-            ("client_id", reg.client_id.clone().leak() as &str),
-            ("redirect_uri", redirect),
-            ("code_challenge", pkce.challenge.clone().leak() as &str),
-            ("code_challenge_method", "S256"),
-        ]
+        let mut params = code_request(&reg, &pkce.challenge, &[]);
+        params[2].1 = redirect;
+        params
     };
     let ok = authorize_raw(&srv, &params("http://127.0.0.1:49999/callback")).await;
     assert!(redirect_params(&ok).contains_key("code"));
@@ -290,48 +256,19 @@ async fn loopback_redirects_match_on_any_port_but_unknown_ones_get_an_error_page
 
 #[tokio::test]
 async fn unknown_scopes_are_refused() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
-    let pkce = pkce();
-    let q = redirect_params(
-        &authorize_raw(
-            &srv,
-            &[
-                ("response_type", "code"),
-                ("client_id", &reg.client_id),
-                ("redirect_uri", REDIRECT_URI),
-                ("code_challenge", &pkce.challenge),
-                ("code_challenge_method", "S256"),
-                ("scope", "mcp:read admin"),
-            ],
-        )
-        .await,
-    );
+    let (srv, reg) = with_public_client(Config::default()).await;
+    let q = authorize_redirect(&srv, &reg, &[("scope", "mcp:read admin")]).await;
     assert_eq!(q["error"], "invalid_scope");
 }
 
 #[tokio::test]
 async fn require_resource_checks_rfc8707_and_the_audience_follows_it() {
-    let srv = start(Config {
+    let (srv, reg) = with_public_client(Config {
         require_resource: true,
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
-    let pkce = pkce();
-    let q = redirect_params(
-        &authorize_raw(
-            &srv,
-            &[
-                ("response_type", "code"),
-                ("client_id", &reg.client_id),
-                ("redirect_uri", REDIRECT_URI),
-                ("code_challenge", &pkce.challenge),
-                ("code_challenge_method", "S256"),
-            ],
-        )
-        .await,
-    );
+    let q = authorize_redirect(&srv, &reg, &[]).await;
     assert_eq!(
         q["error"], "invalid_target",
         "a missing resource is refused"
@@ -347,34 +284,22 @@ async fn require_resource_checks_rfc8707_and_the_audience_follows_it() {
     );
 
     let (code, verifier) = authorize(&srv, &reg, &[("resource", &resource)]).await;
-    let response = token_request(
-        &srv,
-        &reg,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT_URI),
-            ("code_verifier", &verifier),
-            ("resource", &resource),
-        ],
-    )
-    .await;
-    let tokens: serde_json::Value = response.json().await.unwrap();
+    let with_resource = [("resource", resource.as_str())];
+    let response = exchange_with(&srv, &reg, &code, &verifier, &with_resource).await;
+    let tokens = body_of(response).await;
     let refreshed = token_request(
         &srv,
         &reg,
         &[
             ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("refresh_token", field(&tokens, "refresh_token")),
             ("resource", &resource),
         ],
     )
     .await;
     assert_eq!(refreshed.status(), StatusCode::OK);
     assert_eq!(
-        mcp(&srv, tokens["access_token"].as_str(), "ping", json!({}))
-            .await
-            .status(),
+        ping(&srv, tokens["access_token"].as_str()).await,
         StatusCode::OK
     );
     let stats = srv.stats();
@@ -389,9 +314,7 @@ async fn require_resource_checks_rfc8707_and_the_audience_follows_it() {
 
 #[tokio::test]
 async fn revocation_kills_refresh_families_and_access_tokens() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
-    let tokens = login(&srv, &reg).await;
+    let (srv, reg, tokens) = logged_in_with(Config::default()).await;
     let revoke = |token: String| {
         let reg = reg.clone();
         let url = format!("{}/revoke", srv.issuer());
@@ -407,27 +330,15 @@ async fn revocation_kills_refresh_families_and_access_tokens() {
                 .unwrap()
         }
     };
-    assert_eq!(
-        revoke(tokens["access_token"].as_str().unwrap().into())
-            .await
-            .status(),
-        StatusCode::OK
+    let (access, rt) = (
+        field(&tokens, "access_token"),
+        field(&tokens, "refresh_token"),
     );
+    assert_eq!(revoke(access.into()).await.status(), StatusCode::OK);
+    assert_eq!(ping(&srv, Some(access)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(revoke(rt.into()).await.status(), StatusCode::OK);
     assert_eq!(
-        mcp(&srv, tokens["access_token"].as_str(), "ping", json!({}))
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        revoke(tokens["refresh_token"].as_str().unwrap().into())
-            .await
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        oauth_error_code(refresh(&srv, &reg, tokens["refresh_token"].as_str().unwrap()).await)
-            .await,
+        oauth_error_code(refresh(&srv, &reg, rt).await).await,
         "invalid_grant"
     );
     assert_eq!(
@@ -440,9 +351,7 @@ async fn revocation_kills_refresh_families_and_access_tokens() {
 
 #[tokio::test]
 async fn revoke_all_over_the_control_api_invalidates_every_refresh_token() {
-    let srv = start(Config::default()).await;
-    let reg = register(&srv, "none").await;
-    let a = login(&srv, &reg).await;
+    let (srv, reg, a) = logged_in_with(Config::default()).await;
     let b = login(&srv, &reg).await;
     let response = http()
         .post(format!("{}/control/revoke-all", srv.url()))
@@ -451,32 +360,24 @@ async fn revoke_all_over_the_control_api_invalidates_every_refresh_token() {
         .unwrap();
     assert!(response.status().is_success());
     for tokens in [a, b] {
-        assert_eq!(
-            oauth_error_code(refresh(&srv, &reg, tokens["refresh_token"].as_str().unwrap()).await)
-                .await,
-            "invalid_grant"
-        );
+        let refused = refresh(&srv, &reg, field(&tokens, "refresh_token")).await;
+        assert_eq!(oauth_error_code(refused).await, "invalid_grant");
     }
 }
 
 #[tokio::test]
 async fn interactive_mode_shows_a_consent_page_and_honours_the_decision() {
-    let srv = start(Config {
+    let (srv, reg) = with_public_client(Config {
         interactive: true,
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
     let pkce = pkce();
-    let params = [
-        ("response_type", "code"),
-        ("client_id", reg.client_id.as_str()),
-        ("redirect_uri", REDIRECT_URI),
-        ("state", "st"),
-        ("code_challenge", pkce.challenge.as_str()),
-        ("code_challenge_method", "S256"),
-        ("scope", "mcp:read"),
-    ];
+    let params = code_request(
+        &reg,
+        &pkce.challenge,
+        &[("state", "st"), ("scope", "mcp:read")],
+    );
     for (decision, expect) in [("approve", "code"), ("deny", "error")] {
         let page = authorize_raw(&srv, &params).await;
         assert_eq!(page.status(), StatusCode::OK);
@@ -493,12 +394,16 @@ async fn interactive_mode_shows_a_consent_page_and_honours_the_decision() {
             .next()
             .unwrap()
             .to_string();
-        let response = http()
-            .post(format!("{}/authorize", srv.issuer()))
-            .form(&[("request_id", request_id.as_str()), ("decision", decision)])
-            .send()
-            .await
-            .unwrap();
+        let decide = |decision: &'static str| {
+            http()
+                .post(format!("{}/authorize", srv.issuer()))
+                .form(&[
+                    ("request_id", request_id.clone()),
+                    ("decision", decision.into()),
+                ])
+                .send()
+        };
+        let response = decide(decision).await.unwrap();
         let q = redirect_params(&response);
         assert!(q.contains_key(expect), "{decision}: {q:?}");
         assert_eq!(q["state"], "st");
@@ -506,25 +411,18 @@ async fn interactive_mode_shows_a_consent_page_and_honours_the_decision() {
             assert_eq!(q["error"], "access_denied");
         }
         // The request cannot be answered twice.
-        let replay = http()
-            .post(format!("{}/authorize", srv.issuer()))
-            .form(&[("request_id", request_id.as_str()), ("decision", "approve")])
-            .send()
-            .await
-            .unwrap();
+        let replay = decide("approve").await.unwrap();
         assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
     }
 }
 
 #[tokio::test]
 async fn sse_mode_answers_mcp_requests_as_an_event_stream() {
-    let srv = start(Config {
+    let (srv, _reg, tokens) = logged_in_with(Config {
         mcp_sse_responses: true,
         ..Config::default()
     })
     .await;
-    let reg = register(&srv, "none").await;
-    let tokens = login(&srv, &reg).await;
     let response = mcp(&srv, tokens["access_token"].as_str(), "ping", json!({})).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let text = response.text().await.unwrap();
@@ -552,13 +450,12 @@ async fn registration_validates_client_metadata() {
         oauth_error_code(bad_method).await,
         "invalid_client_metadata"
     );
-    let default_method: serde_json::Value =
+    let default_method = body_of(
         post(json!({"redirect_uris": [REDIRECT_URI], "software_id": "kept"}))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .unwrap(),
+    )
+    .await;
     assert_eq!(
         default_method["token_endpoint_auth_method"], "client_secret_basic",
         "RFC 7591 default"
@@ -572,18 +469,11 @@ async fn control_secrets_lists_every_issued_secret() {
     let srv = start(Config::default()).await;
     let reg = register(&srv, "client_secret_post").await;
     let tokens = login(&srv, &reg).await;
-    let secrets: serde_json::Value = http()
-        .get(format!("{}/control/secrets", srv.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let secrets = get_json(format!("{}/control/secrets", srv.url())).await;
     let all = secrets.to_string();
     for s in [
-        tokens["access_token"].as_str().unwrap(),
-        tokens["refresh_token"].as_str().unwrap(),
+        field(&tokens, "access_token"),
+        field(&tokens, "refresh_token"),
         reg.client_secret.as_deref().unwrap(),
     ] {
         assert!(all.contains(s));

@@ -9,22 +9,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use oauth_test_server::test_keys::{
-    CLIENT_ES256_PEM, CLIENT_RS256_PEM, client_es256_jwks, client_rs256_jwks,
+use oauth_test_server::grants::{
+    CLIENT_ASSERTION_TYPE as ASSERTION_TYPE, CLIENT_CREDENTIALS, ID_JAG_TOKEN_TYPE as ID_JAG,
+    ID_TOKEN_TYPE as ID_TOKEN, JWT_BEARER, TOKEN_EXCHANGE,
 };
+use oauth_test_server::test_keys::{CLIENT_ES256_PEM, CLIENT_RS256_PEM, client_rs256_jwks};
 use oauth_test_server::{
     Config, Fault, FaultKind, FaultTarget, IdpPolicy, JwtClient, KeySource, OAuthTestServer,
     Platform, TrustedIssuer,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-
-const CLIENT_CREDENTIALS: &str = "client_credentials";
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
-const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
-const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 const SECRET: &str = "conformance-like-secret";
 
@@ -64,6 +59,23 @@ async fn post_token(
     request.form(form).send().await.unwrap()
 }
 
+/// The jwt-bearer grant with `assertion`, the client authenticated with `basic` if any.
+async fn jwt_bearer(
+    srv: &OAuthTestServer,
+    basic: Option<(&str, &str)>,
+    assertion: &str,
+) -> Response {
+    post_token(
+        srv,
+        basic,
+        &[("grant_type", JWT_BEARER), ("assertion", assertion)],
+    )
+    .await
+}
+
+/// `client-a`'s credentials, for HTTP Basic.
+const CLIENT_A: Option<(&str, &str)> = Some(("client-a", SECRET));
+
 async fn json_of(response: Response) -> (StatusCode, Value) {
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
@@ -74,24 +86,10 @@ fn confidential() -> Option<(String, Option<String>)> {
     Some(("client-a".into(), Some(SECRET.into())))
 }
 
-async fn metadata(srv: &OAuthTestServer) -> Value {
-    http()
-        .get(format!(
-            "{}/.well-known/oauth-authorization-server",
-            srv.url()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metadata_lists_each_grant_and_private_key_jwt_only_when_enabled() {
     let plain = start(Config::default()).await;
-    let doc = metadata(&plain).await;
+    let doc = as_metadata(&plain).await;
     assert_eq!(
         doc["grant_types_supported"],
         json!(["authorization_code", "refresh_token"])
@@ -109,7 +107,7 @@ async fn metadata_lists_each_grant_and_private_key_jwt_only_when_enabled() {
         ..Config::default()
     })
     .await;
-    let doc = metadata(&all).await;
+    let doc = as_metadata(&all).await;
     assert_eq!(
         doc["grant_types_supported"],
         json!([
@@ -148,7 +146,7 @@ async fn client_credentials_with_basic_issues_a_working_token_and_no_refresh_tok
         ("scope", "mcp:read"),
         ("resource", &srv.mcp_url()),
     ];
-    let (status, body) = json_of(post_token(&srv, Some(("client-a", SECRET)), &form).await).await;
+    let (status, body) = json_of(post_token(&srv, CLIENT_A, &form).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["scope"], "mcp:read");
@@ -156,23 +154,18 @@ async fn client_credentials_with_basic_issues_a_working_token_and_no_refresh_tok
         body.get("refresh_token").is_none(),
         "no refresh token: {body}"
     );
-    let ping = mcp(&srv, body["access_token"].as_str(), "ping", json!({})).await;
-    assert_eq!(ping.status(), StatusCode::OK);
+    assert_eq!(
+        ping(&srv, body["access_token"].as_str()).await,
+        StatusCode::OK
+    );
 
     let (status, body) = json_of(post_token(&srv, Some(("client-a", "wrong")), &form).await).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_client"))
     );
-    let (_, body) = json_of(
-        post_token(
-            &srv,
-            Some(("client-a", SECRET)),
-            &[("grant_type", CLIENT_CREDENTIALS), ("scope", "admin")],
-        )
-        .await,
-    )
-    .await;
+    let admin = [("grant_type", CLIENT_CREDENTIALS), ("scope", "admin")];
+    let (_, body) = json_of(post_token(&srv, CLIENT_A, &admin).await).await;
     assert_eq!(body["error"], "invalid_scope");
 
     let stats = srv.stats();
@@ -204,12 +197,7 @@ async fn client_credentials_is_refused_to_public_clients_and_when_off() {
         ..Config::default()
     })
     .await;
-    let response = post_token(
-        &off,
-        Some(("client-a", SECRET)),
-        &[("grant_type", CLIENT_CREDENTIALS)],
-    )
-    .await;
+    let response = post_token(&off, CLIENT_A, &[("grant_type", CLIENT_CREDENTIALS)]).await;
     assert_eq!(oauth_error_code(response).await, "unsupported_grant_type");
     assert_eq!(off.stats().client_credentials_grants, 0);
 }
@@ -243,22 +231,22 @@ async fn private_key_jwt_es256_from_registered_jwks_once_per_jti() {
     let srv = start(Config {
         client_credentials: true,
         private_key_jwt: true,
-        jwt_clients: vec![JwtClient {
-            client_id: "jwt-client".into(),
-            keys: KeySource::Jwks(client_es256_jwks()),
-        }],
+        jwt_clients: vec![JwtClient::es256("jwt-client")],
         ..Config::default()
     })
     .await;
-    // The issuer or the token endpoint as aud, both accepted.
-    for aud in [srv.issuer(), format!("{}/token", srv.issuer())] {
-        let signed = assertion(
+    let es256 = |aud: &str, overrides: Value| {
+        assertion(
             CLIENT_ES256_PEM,
             Algorithm::ES256,
             "jwt-client",
-            &aud,
-            json!({}),
-        );
+            aud,
+            overrides,
+        )
+    };
+    // The issuer or the token endpoint as aud, both accepted.
+    for aud in [srv.issuer(), format!("{}/token", srv.issuer())] {
+        let signed = es256(&aud, json!({}));
         let (status, body) = json_of(post_token(&srv, None, &jwt_form(&signed, &[])).await).await;
         assert_eq!(status, StatusCode::OK, "aud {aud}: {body}");
         assert!(body.get("refresh_token").is_none());
@@ -272,47 +260,12 @@ async fn private_key_jwt_es256_from_registered_jwks_once_per_jti() {
             );
         }
     }
+    let issuer = srv.issuer();
     let refused = [
-        (
-            "audience",
-            assertion(
-                CLIENT_ES256_PEM,
-                Algorithm::ES256,
-                "jwt-client",
-                "https://elsewhere.example",
-                json!({}),
-            ),
-        ),
-        (
-            "expired",
-            assertion(
-                CLIENT_ES256_PEM,
-                Algorithm::ES256,
-                "jwt-client",
-                &srv.issuer(),
-                json!({"exp": now_s() - 5}),
-            ),
-        ),
-        (
-            "mismatch",
-            assertion(
-                CLIENT_ES256_PEM,
-                Algorithm::ES256,
-                "jwt-client",
-                &srv.issuer(),
-                json!({"sub": "someone-else"}),
-            ),
-        ),
-        (
-            "malformed",
-            assertion(
-                CLIENT_ES256_PEM,
-                Algorithm::ES256,
-                "jwt-client",
-                &srv.issuer(),
-                json!({"jti": null}),
-            ),
-        ),
+        ("audience", es256("https://elsewhere.example", json!({}))),
+        ("expired", es256(&issuer, json!({"exp": now_s() - 5}))),
+        ("mismatch", es256(&issuer, json!({"sub": "someone-else"}))),
+        ("malformed", es256(&issuer, json!({"jti": null}))),
         // Signed with a key the client never registered.
         (
             "signature",
@@ -334,13 +287,7 @@ async fn private_key_jwt_es256_from_registered_jwks_once_per_jti() {
         );
     }
     // The wrong client_assertion_type is refused too.
-    let signed = assertion(
-        CLIENT_ES256_PEM,
-        Algorithm::ES256,
-        "jwt-client",
-        &srv.issuer(),
-        json!({}),
-    );
+    let signed = es256(&issuer, json!({}));
     let mut form = jwt_form(&signed, &[]);
     form[1].1 = "urn:example:other";
     assert_eq!(
@@ -374,12 +321,8 @@ async fn private_key_jwt_rs256_registered_with_a_jwks_uri() {
         ..Config::default()
     })
     .await;
-    let response = http()
-        .post(format!("{}/register", srv.issuer()))
-        .json(&json!({"grant_types": [CLIENT_CREDENTIALS], "token_endpoint_auth_method": "private_key_jwt", "jwks_uri": jwks_uri}))
-        .send()
-        .await
-        .unwrap();
+    let register = format!("{}/register", srv.issuer());
+    let response = post_json(register.clone(), &json!({"grant_types": [CLIENT_CREDENTIALS], "token_endpoint_auth_method": "private_key_jwt", "jwks_uri": jwks_uri})).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let registered: Value = response.json().await.unwrap();
     assert!(
@@ -404,12 +347,7 @@ async fn private_key_jwt_rs256_registered_with_a_jwks_uri() {
         json!({"grant_types": [CLIENT_CREDENTIALS], "token_endpoint_auth_method": "private_key_jwt"}),
         json!({"grant_types": [CLIENT_CREDENTIALS], "token_endpoint_auth_method": "private_key_jwt", "jwks": client_rs256_jwks(), "jwks_uri": jwks_uri}),
     ] {
-        let response = http()
-            .post(format!("{}/register", srv.issuer()))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let response = post_json(register.clone(), &bad).await;
         assert_eq!(
             oauth_error_code(response).await,
             "invalid_client_metadata",
@@ -459,7 +397,7 @@ async fn exchange(
         ("resource", resource),
         ("scope", "mcp:read"),
     ];
-    json_of(post_token(idp, Some(("client-a", SECRET)), &form).await).await
+    json_of(post_token(idp, CLIENT_A, &form).await).await
 }
 
 fn decode_unverified(jwt: &str) -> (Value, Value) {
@@ -498,17 +436,18 @@ async fn the_idp_exchanges_its_id_token_for_an_id_jag_the_authorization_server_r
         ("assertion", id_jag),
         ("resource", &auth.mcp_url()),
     ];
-    let (status, tokens) =
-        json_of(post_token(&auth, Some(("client-a", SECRET)), &grant).await).await;
+    let (status, tokens) = json_of(post_token(&auth, CLIENT_A, &grant).await).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     assert!(tokens.get("refresh_token").is_none(), "{tokens}");
     assert_eq!(tokens["scope"], "mcp:read", "the ID-JAG's scope");
-    let ping = mcp(&auth, tokens["access_token"].as_str(), "ping", json!({})).await;
-    assert_eq!(ping.status(), StatusCode::OK);
-    let (_, claims) = decode_unverified(tokens["access_token"].as_str().unwrap());
+    assert_eq!(
+        ping(&auth, tokens["access_token"].as_str()).await,
+        StatusCode::OK
+    );
+    let (_, claims) = decode_unverified(field(&tokens, "access_token"));
     assert_eq!(claims["sub"], "alice", "the access token is the user's");
 
-    let (_, replayed) = json_of(post_token(&auth, Some(("client-a", SECRET)), &grant).await).await;
+    let (_, replayed) = json_of(post_token(&auth, CLIENT_A, &grant).await).await;
     assert_eq!(replayed["error"], "invalid_grant", "an ID-JAG is used once");
     // Without client authentication an ID-JAG is refused.
     let anonymous = post_token(&auth, None, &grant).await;
@@ -536,7 +475,7 @@ async fn a_refresh_token_of_the_idp_is_a_subject_token_too() {
     let form = [
         ("grant_type", TOKEN_EXCHANGE),
         ("requested_token_type", ID_JAG),
-        ("subject_token", tokens["refresh_token"].as_str().unwrap()),
+        ("subject_token", field(&tokens, "refresh_token")),
         (
             "subject_token_type",
             "urn:ietf:params:oauth:token-type:refresh_token",
@@ -545,7 +484,7 @@ async fn a_refresh_token_of_the_idp_is_a_subject_token_too() {
     ];
     let (status, body) = json_of(token_request(&idp, &reg, &form).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, claims) = decode_unverified(body["access_token"].as_str().unwrap());
+    let (_, claims) = decode_unverified(field(&body, "access_token"));
     assert_eq!(claims["sub"], "demo-user");
     assert_eq!(
         claims.get("resource"),
@@ -624,7 +563,7 @@ async fn the_idp_refuses_foreign_expired_and_malformed_exchanges_and_what_its_po
         ("subject_token_type", ID_TOKEN),
         ("audience", "https://as.example"),
     ];
-    let response = post_token(&idp, Some(("client-a", SECRET)), &wrong_type).await;
+    let response = post_token(&idp, CLIENT_A, &wrong_type).await;
     assert_eq!(oauth_error_code(response).await, "invalid_request");
 
     idp.advance_clock(Duration::from_secs(301));
@@ -669,12 +608,7 @@ async fn the_authorization_server_refuses_id_jags_of_strangers_for_others_or_exp
         ),
     ];
     for (reason, id_jag) in &cases {
-        let response = post_token(
-            &auth,
-            Some(("client-a", SECRET)),
-            &[("grant_type", JWT_BEARER), ("assertion", id_jag)],
-        )
-        .await;
+        let response = jwt_bearer(&auth, CLIENT_A, id_jag).await;
         assert_eq!(
             oauth_error_code(response).await,
             "invalid_grant",
@@ -684,12 +618,7 @@ async fn the_authorization_server_refuses_id_jags_of_strangers_for_others_or_exp
     }
     let fresh = id_jag(&idp, &auth.issuer(), &auth.mcp_url()).await;
     auth.advance_clock(Duration::from_secs(301));
-    let response = post_token(
-        &auth,
-        Some(("client-a", SECRET)),
-        &[("grant_type", JWT_BEARER), ("assertion", &fresh)],
-    )
-    .await;
+    let response = jwt_bearer(&auth, CLIENT_A, &fresh).await;
     assert_eq!(oauth_error_code(response).await, "invalid_grant");
     assert_eq!(auth.stats().jwt_bearer_refusals_for("expired"), 1);
     assert_eq!(auth.stats().jwt_bearer_grants_for("id_jag"), 0);
@@ -713,19 +642,10 @@ async fn the_id_jag_names_the_client_as_the_authorization_server_knows_it() {
         ("subject_token_type", ID_TOKEN),
         ("audience", &auth.issuer()),
     ];
-    let body: Value = post_token(&idp, Some(("idp-client", SECRET)), &form)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id_jag = body["access_token"].as_str().unwrap();
+    let body = body_of(post_token(&idp, Some(("idp-client", SECRET)), &form).await).await;
+    let id_jag = field(&body, "access_token");
     assert_eq!(decode_unverified(id_jag).1["client_id"], "client-a");
-    let response = post_token(
-        &auth,
-        Some(("client-a", SECRET)),
-        &[("grant_type", JWT_BEARER), ("assertion", id_jag)],
-    )
-    .await;
+    let response = jwt_bearer(&auth, CLIENT_A, id_jag).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 
@@ -752,21 +672,15 @@ async fn workload_jwts_of_a_trusted_platform_need_no_client_and_are_reusable() {
         ),
     ] {
         for _ in 0..2 {
-            let (status, tokens) = json_of(
-                post_token(
-                    &auth,
-                    None,
-                    &[("grant_type", JWT_BEARER), ("assertion", &jwt)],
-                )
-                .await,
-            )
-            .await;
+            let (status, tokens) = json_of(jwt_bearer(&auth, None, &jwt).await).await;
             assert_eq!(status, StatusCode::OK, "{tokens}");
             assert!(tokens.get("refresh_token").is_none());
-            let (_, claims) = decode_unverified(tokens["access_token"].as_str().unwrap());
+            let (_, claims) = decode_unverified(field(&tokens, "access_token"));
             assert_eq!(claims["sub"], platform.subject());
-            let ping = mcp(&auth, tokens["access_token"].as_str(), "ping", json!({})).await;
-            assert_eq!(ping.status(), StatusCode::OK);
+            assert_eq!(
+                ping(&auth, tokens["access_token"].as_str()).await,
+                StatusCode::OK
+            );
         }
     }
     let stranger = Platform::kubernetes("https://other-cluster.example");
@@ -775,12 +689,7 @@ async fn workload_jwts_of_a_trusted_platform_need_no_client_and_are_reusable() {
         ("audience", k8s.token("https://wrong.example", hour)),
         ("untrusted_issuer", stranger.token(&auth.issuer(), hour)),
     ] {
-        let response = post_token(
-            &auth,
-            None,
-            &[("grant_type", JWT_BEARER), ("assertion", &jwt)],
-        )
-        .await;
+        let response = jwt_bearer(&auth, None, &jwt).await;
         assert_eq!(
             oauth_error_code(response).await,
             "invalid_grant",
@@ -809,12 +718,7 @@ async fn a_platform_trusted_through_its_jwks_uri() {
     })
     .await;
     let jwt = platform.token(&auth.issuer(), Duration::from_secs(600));
-    let before = post_token(
-        &auth,
-        None,
-        &[("grant_type", JWT_BEARER), ("assertion", &jwt)],
-    )
-    .await;
+    let before = jwt_bearer(&auth, None, &jwt).await;
     assert_eq!(
         oauth_error_code(before).await,
         "invalid_grant",
@@ -824,12 +728,7 @@ async fn a_platform_trusted_through_its_jwks_uri() {
         platform.issuer(),
         KeySource::JwksUri(jwks_uri),
     ));
-    let after = post_token(
-        &auth,
-        None,
-        &[("grant_type", JWT_BEARER), ("assertion", &jwt)],
-    )
-    .await;
+    let after = jwt_bearer(&auth, None, &jwt).await;
     assert_eq!(after.status(), StatusCode::OK);
 }
 
@@ -846,32 +745,20 @@ async fn faults_fire_on_each_new_grant_then_the_server_recovers() {
     })
     .await;
     let cc = [("grant_type", CLIENT_CREDENTIALS)];
-    srv.inject(Fault::new(FaultTarget::ClientCredentials, FaultKind::ServerError).times(1))
-        .unwrap();
-    assert_eq!(
-        post_token(&srv, Some(("client-a", SECRET)), &cc)
-            .await
-            .status(),
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
-    assert_eq!(
-        post_token(&srv, Some(("client-a", SECRET)), &cc)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    arm_once(&srv, FaultTarget::ClientCredentials, FaultKind::ServerError);
+    for expected in [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::OK] {
+        assert_eq!(post_token(&srv, CLIENT_A, &cc).await.status(), expected);
+    }
 
     let jwt = k8s.token(&srv.issuer(), Duration::from_secs(600));
     let bearer = [("grant_type", JWT_BEARER), ("assertion", jwt.as_str())];
-    srv.inject(Fault::new(FaultTarget::JwtBearer, FaultKind::ExpiresInMissing).times(1))
-        .unwrap();
+    arm_once(&srv, FaultTarget::JwtBearer, FaultKind::ExpiresInMissing);
     let (_, shaped) = json_of(post_token(&srv, None, &bearer).await).await;
     assert!(
         shaped["access_token"].is_string() && shaped.get("expires_in").is_none(),
         "{shaped}"
     );
-    srv.inject(Fault::new(FaultTarget::JwtBearer, FaultKind::EchoSecrets).times(1))
-        .unwrap();
+    arm_once(&srv, FaultTarget::JwtBearer, FaultKind::EchoSecrets);
     let echoed = post_token(&srv, None, &bearer).await.text().await.unwrap();
     assert!(
         echoed.contains(&jwt),
@@ -892,51 +779,30 @@ async fn faults_fire_on_each_new_grant_then_the_server_recovers() {
     );
 
     let id_token = idp.issue_id_token("client-a", "alice");
-    idp.inject(Fault::new(FaultTarget::TokenExchange, FaultKind::AccessDenied).times(1))
-        .unwrap();
-    let (_, body) = exchange(
-        &idp,
-        &id_token,
-        ID_TOKEN,
-        "https://as.example",
-        "https://as.example/mcp",
-    )
-    .await;
+    let exchanged = || {
+        let resource = "https://as.example/mcp";
+        exchange(&idp, &id_token, ID_TOKEN, "https://as.example", resource)
+    };
+    arm_once(&idp, FaultTarget::TokenExchange, FaultKind::AccessDenied);
+    let (_, body) = exchanged().await;
     assert_eq!(body["error"], "access_denied");
-    idp.inject(Fault::new(FaultTarget::TokenExchange, FaultKind::MissingAccessToken).times(1))
-        .unwrap();
-    let (status, body) = exchange(
+    arm_once(
         &idp,
-        &id_token,
-        ID_TOKEN,
-        "https://as.example",
-        "https://as.example/mcp",
-    )
-    .await;
+        FaultTarget::TokenExchange,
+        FaultKind::MissingAccessToken,
+    );
+    let (status, body) = exchanged().await;
     assert!(
         status == StatusCode::OK && body.get("access_token").is_none(),
         "{body}"
     );
-    let (status, _) = exchange(
-        &idp,
-        &id_token,
-        ID_TOKEN,
-        "https://as.example",
-        "https://as.example/mcp",
-    )
-    .await;
+    let (status, _) = exchanged().await;
     assert_eq!(status, StatusCode::OK);
 
-    assert!(
-        Fault::new(FaultTarget::Mcp, FaultKind::ExpiresInMissing)
-            .validate()
-            .is_err()
-    );
-    assert!(
-        Fault::new(FaultTarget::TokenExchange, FaultKind::ExpiresInZero)
-            .validate()
-            .is_ok()
-    );
+    let mcp_missing = Fault::new(FaultTarget::Mcp, FaultKind::ExpiresInMissing);
+    assert!(mcp_missing.validate().is_err());
+    let exchange_zero = Fault::new(FaultTarget::TokenExchange, FaultKind::ExpiresInZero);
+    assert!(exchange_zero.validate().is_ok());
     let fired = srv.stats().faults_fired;
     assert_eq!(fired.get("client_credentials"), Some(&1));
     assert_eq!(fired.get("jwt_bearer"), Some(&3));
@@ -946,23 +812,15 @@ async fn faults_fire_on_each_new_grant_then_the_server_recovers() {
 #[tokio::test]
 async fn the_control_api_issues_id_tokens_and_sets_the_idp_policy() {
     let (idp, auth) = idp_and_as(IdpPolicy::AllowAll).await;
-    let body: Value = http()
-        .post(format!("{}/control/id-token", idp.url()))
-        .json(&json!({"client_id": "client-a", "subject": "bob"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id_token = body["id_token"].as_str().unwrap();
+    let issue = json!({"client_id": "client-a", "subject": "bob"});
+    let body = body_of(post_json(format!("{}/control/id-token", idp.url()), &issue).await).await;
+    let id_token = field(&body, "id_token");
     assert_eq!(decode_unverified(id_token).1["sub"], "bob");
-    let set = http()
-        .post(format!("{}/control/idp-policy", idp.url()))
-        .json(&json!("deny_all"))
-        .send()
-        .await
-        .unwrap();
+    let set = post_json(
+        format!("{}/control/idp-policy", idp.url()),
+        &json!("deny_all"),
+    )
+    .await;
     assert_eq!(set.status(), StatusCode::NO_CONTENT);
     let (_, body) = exchange(&idp, id_token, ID_TOKEN, &auth.issuer(), &auth.mcp_url()).await;
     assert_eq!(body["error"], "access_denied");

@@ -5,22 +5,23 @@ use oauth_test_server::Config;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-async fn get_json(url: String) -> (StatusCode, Value) {
+async fn fetch(url: String) -> (StatusCode, Value) {
     let response = http().get(&url).send().await.unwrap();
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `srv`'s `/.well-known/{document}` URL.
+fn well_known(srv: &oauth_test_server::OAuthTestServer, document: &str) -> String {
+    format!("{}/.well-known/{document}", srv.url())
+}
+
 #[tokio::test]
 async fn authorization_server_metadata_is_served_at_both_discovery_locations() {
     let srv = start(Config::default()).await;
-    let (status, rfc8414) = get_json(format!(
-        "{}/.well-known/oauth-authorization-server",
-        srv.url()
-    ))
-    .await;
+    let (status, rfc8414) = fetch(well_known(&srv, "oauth-authorization-server")).await;
     assert_eq!(status, StatusCode::OK);
-    let (_, oidc) = get_json(format!("{}/.well-known/openid-configuration", srv.url())).await;
+    let (_, oidc) = fetch(well_known(&srv, "openid-configuration")).await;
     assert_eq!(rfc8414, oidc, "both locations serve the same document");
     assert_eq!(rfc8414["issuer"], srv.issuer());
     assert_eq!(
@@ -61,17 +62,9 @@ async fn authorization_server_metadata_is_served_at_both_discovery_locations() {
 #[tokio::test]
 async fn protected_resource_metadata_is_served_at_path_and_root() {
     let srv = start(Config::default()).await;
-    let (status, path_aware) = get_json(format!(
-        "{}/.well-known/oauth-protected-resource/mcp",
-        srv.url()
-    ))
-    .await;
+    let (status, path_aware) = fetch(well_known(&srv, "oauth-protected-resource/mcp")).await;
     assert_eq!(status, StatusCode::OK);
-    let (_, root) = get_json(format!(
-        "{}/.well-known/oauth-protected-resource",
-        srv.url()
-    ))
-    .await;
+    let (_, root) = fetch(well_known(&srv, "oauth-protected-resource")).await;
     assert_eq!(path_aware, root);
     assert_eq!(path_aware["resource"], srv.mcp_url());
     assert_eq!(
@@ -97,7 +90,7 @@ async fn an_issuer_path_moves_the_endpoints_and_uses_path_aware_locations() {
         "/.well-known/openid-configuration/tenant1",
         "/tenant1/.well-known/openid-configuration",
     ] {
-        let (status, doc) = get_json(format!("{}{location}", srv.url())).await;
+        let (status, doc) = fetch(format!("{}{location}", srv.url())).await;
         assert_eq!(status, StatusCode::OK, "{location}");
         assert_eq!(doc["issuer"], srv.issuer(), "{location}");
         assert_eq!(
@@ -105,21 +98,13 @@ async fn an_issuer_path_moves_the_endpoints_and_uses_path_aware_locations() {
             format!("{}/tenant1/token", srv.url())
         );
     }
-    let (status, _) = get_json(format!(
-        "{}/.well-known/oauth-authorization-server",
-        srv.url()
-    ))
-    .await;
+    let (status, _) = fetch(well_known(&srv, "oauth-authorization-server")).await;
     assert_eq!(
         status,
         StatusCode::NOT_FOUND,
         "the root location is not the issuer's"
     );
-    let (_, prm) = get_json(format!(
-        "{}/.well-known/oauth-protected-resource/mcp",
-        srv.url()
-    ))
-    .await;
+    let (_, prm) = fetch(well_known(&srv, "oauth-protected-resource/mcp")).await;
     assert_eq!(
         prm["authorization_servers"],
         serde_json::json!([srv.issuer()])
@@ -127,14 +112,10 @@ async fn an_issuer_path_moves_the_endpoints_and_uses_path_aware_locations() {
     // The whole flow works under the path.
     let reg = register(&srv, "none").await;
     let tokens = login(&srv, &reg).await;
-    let response = mcp(
-        &srv,
-        tokens["access_token"].as_str(),
-        "ping",
-        serde_json::json!({}),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        ping(&srv, tokens["access_token"].as_str()).await,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -144,25 +125,16 @@ async fn without_dcr_there_is_no_registration_endpoint() {
         ..Config::default()
     })
     .await;
-    let (_, doc) = get_json(format!(
-        "{}/.well-known/oauth-authorization-server",
-        srv.url()
-    ))
-    .await;
+    let doc = as_metadata(&srv).await;
     assert!(doc.get("registration_endpoint").is_none());
-    let response = http()
-        .post(format!("{}/register", srv.url()))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let response = post_json(format!("{}/register", srv.url()), &serde_json::json!({})).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn access_tokens_are_rs256_jwts_that_verify_against_the_jwks() {
     let srv = start(Config::default()).await;
-    let (status, jwks) = get_json(format!("{}/jwks.json", srv.url())).await;
+    let (status, jwks) = fetch(format!("{}/jwks.json", srv.url())).await;
     assert_eq!(status, StatusCode::OK);
     let key = &jwks["keys"][0];
     assert_eq!(key["kty"], "RSA");
@@ -177,12 +149,9 @@ async fn access_tokens_are_rs256_jwts_that_verify_against_the_jwks() {
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&[srv.mcp_url()]);
     validation.set_issuer(&[srv.issuer()]);
-    let data = jsonwebtoken::decode::<Value>(
-        tokens["access_token"].as_str().unwrap(),
-        &decoding,
-        &validation,
-    )
-    .expect("the token verifies with the published key");
+    let data =
+        jsonwebtoken::decode::<Value>(field(&tokens, "access_token"), &decoding, &validation)
+            .expect("the token verifies with the published key");
     for claim in [
         "iss",
         "sub",

@@ -21,10 +21,10 @@ use axum::response::{Html, IntoResponse, Response};
 use rand::Rng;
 
 use super::authorize::check_resource;
-use super::token::{Denied, authenticate, deny, issue_tokens};
+use super::token::{Denied, Grant, authenticate, deny, issue_tokens};
 use super::{ConnectionKill, Intercept, intercept, oauth_error};
-use crate::faults::{FaultKind, FaultTarget};
-use crate::state::{AppState, Client, Inner, random_token};
+use crate::faults::FaultTarget;
+use crate::state::{AppState, Inner, random_token};
 
 /// The grant type of device code polls.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -251,16 +251,12 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
 pub(super) fn device_code_grant(
     state: &AppState,
     inner: &mut Inner,
-    client: &Client,
-    form: &Params,
-    shape: Option<FaultKind>,
-    // The thumbprint of the poll's DPoP proof: the tokens are bound to it (RFC 9449 §5).
-    jkt: Option<&str>,
+    poll: Grant,
 ) -> Result<serde_json::Value, Denied> {
+    // The tokens are bound to the poll's DPoP proof (RFC 9449 §5).
+    let Grant(client, form, shape, jkt) = poll;
     inner.stats.device_polls += 1;
-    let device_code = form
-        .get("device_code")
-        .ok_or_else(|| deny("invalid_request", "device_code is required"))?;
+    let device_code = super::token::required(form, "device_code")?;
     let now = state.now_ms();
     let slow_down_polls = state.config.device_slow_down_polls;
     let Some(grant) = inner.device_grants.get_mut(device_code) else {

@@ -24,21 +24,16 @@ use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::authorize::check_resource;
-use super::token::{Denied, authenticate, deny, issue_tokens, missing_access_token_body};
+use super::token::{Denied, Grant, authenticate, deny, issue_tokens, missing_access_token_body};
 use crate::dpop::wall_clock_s;
 use crate::faults::FaultKind;
 use crate::grants::{JwtRefusal, Refused, audience_matches, claim, expiry_s, peek, verify};
 use crate::state::{AppState, AuthMethod, Client, Inner, random_token};
 
-pub const CLIENT_CREDENTIALS: &str = "client_credentials";
-pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-pub const ID_JAG_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id-jag";
-pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
-pub const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
-/// The `typ` header of an ID-JAG.
-pub const ID_JAG_TYP: &str = "oauth-id-jag+jwt";
+pub use crate::grants::{
+    CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS, ID_JAG_TOKEN_TYPE, ID_JAG_TYP, ID_TOKEN_TYPE,
+    JWT_BEARER, REFRESH_TOKEN_TYPE, TOKEN_EXCHANGE,
+};
 
 type Params = HashMap<String, String>;
 
@@ -210,11 +205,9 @@ fn authenticate_assertion(
 pub(super) fn client_credentials_grant(
     state: &AppState,
     inner: &mut Inner,
-    client: &Client,
-    form: &Params,
-    shape: Option<FaultKind>,
-    jkt: Option<&str>,
+    grant: Grant,
 ) -> Result<Value, Denied> {
+    let Grant(client, form, shape, jkt) = grant;
     if client.auth_methods.iter().all(|m| *m == AuthMethod::None) {
         return Err(deny(
             "unauthorized_client",

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::authorize::check_resource;
@@ -141,37 +142,15 @@ pub async fn token(
             if let Some(code) = shape.and_then(FaultKind::oauth_error_code) {
                 return Err(deny(code, "injected fault"));
             }
+            let grant = Grant(&client, &form, shape, jkt.as_deref());
             match grant_type.as_str() {
-                "authorization_code" => authorization_code_grant(
-                    &state,
-                    &mut inner,
-                    &client,
-                    &form,
-                    shape,
-                    jkt.as_deref(),
-                ),
-                "refresh_token" => {
-                    refresh_token_grant(&state, &mut inner, &client, &form, shape, jkt.as_deref())
-                }
+                "authorization_code" => authorization_code_grant(&state, &mut inner, grant),
+                "refresh_token" => refresh_token_grant(&state, &mut inner, grant),
                 super::device::GRANT_TYPE if state.config.device_grant => {
-                    super::device::device_code_grant(
-                        &state,
-                        &mut inner,
-                        &client,
-                        &form,
-                        shape,
-                        jkt.as_deref(),
-                    )
+                    super::device::device_code_grant(&state, &mut inner, grant)
                 }
                 grants::CLIENT_CREDENTIALS if state.config.client_credentials => {
-                    grants::client_credentials_grant(
-                        &state,
-                        &mut inner,
-                        &client,
-                        &form,
-                        shape,
-                        jkt.as_deref(),
-                    )
+                    grants::client_credentials_grant(&state, &mut inner, grant)
                 }
                 grants::TOKEN_EXCHANGE if state.config.idp => {
                     grants::token_exchange_grant(&state, &mut inner, &client, &form, shape)
@@ -340,17 +319,48 @@ fn parse_basic(encoded: &str) -> Option<(String, String)> {
     Some((unescape(id)?, unescape(secret)?))
 }
 
+/// What a grant at the token endpoint works from: the authenticated client, the form, the
+/// fault that shapes the answer, and the thumbprint of the request's DPoP proof (the tokens
+/// are bound to it, RFC 9449 §5).
+#[derive(Clone, Copy)]
+pub(super) struct Grant<'a>(
+    pub &'a Client,
+    pub &'a Params,
+    pub Option<FaultKind>,
+    pub Option<&'a str>,
+);
+
+/// The form's `name`, which the grant requires.
+pub(super) fn required<'a>(form: &'a Params, name: &str) -> Result<&'a String, Denied> {
+    form.get(name)
+        .ok_or_else(|| deny("invalid_request", format!("{name} is required")))
+}
+
+/// The token request's `resource`: the one `granted` (when both name one; else `differs`
+/// says why not) and one this server serves.
+fn requested_resource(
+    state: &AppState,
+    form: &Params,
+    granted: Option<&String>,
+    differs: &str,
+) -> Result<Option<String>, Denied> {
+    let resource = form.get("resource").cloned();
+    if let (Some(granted), Some(asked)) = (granted, &resource)
+        && granted != asked
+    {
+        return Err(deny("invalid_target", differs));
+    }
+    check_resource(state, resource.as_deref()).map_err(|d| deny("invalid_target", d))?;
+    Ok(resource)
+}
+
 fn authorization_code_grant(
     state: &AppState,
     inner: &mut Inner,
-    client: &Client,
-    form: &Params,
-    shape: Option<FaultKind>,
-    jkt: Option<&str>,
-) -> Result<serde_json::Value, Denied> {
-    let code = form
-        .get("code")
-        .ok_or_else(|| deny("invalid_request", "code is required"))?;
+    asked: Grant,
+) -> Result<Value, Denied> {
+    let Grant(client, form, shape, jkt) = asked;
+    let code = required(form, "code")?;
     let now = state.now_ms();
     let grant = inner
         .codes
@@ -391,16 +401,8 @@ fn authorization_code_grant(
             "PKCE verification failed: code_verifier does not match",
         ));
     }
-    let resource = form.get("resource").cloned();
-    if let (Some(asked), Some(now_asked)) = (&request.resource, &resource)
-        && asked != now_asked
-    {
-        return Err(deny(
-            "invalid_target",
-            "resource differs from the authorization request",
-        ));
-    }
-    check_resource(state, resource.as_deref()).map_err(|d| deny("invalid_target", d))?;
+    let differs = "resource differs from the authorization request";
+    let resource = requested_resource(state, form, request.resource.as_ref(), differs)?;
     if shape == Some(FaultKind::MissingAccessToken) {
         return Ok(missing_access_token_body(state));
     }
@@ -424,17 +426,9 @@ fn authorization_code_grant(
     ))
 }
 
-fn refresh_token_grant(
-    state: &AppState,
-    inner: &mut Inner,
-    client: &Client,
-    form: &Params,
-    shape: Option<FaultKind>,
-    jkt: Option<&str>,
-) -> Result<serde_json::Value, Denied> {
-    let presented = form
-        .get("refresh_token")
-        .ok_or_else(|| deny("invalid_request", "refresh_token is required"))?;
+fn refresh_token_grant(state: &AppState, inner: &mut Inner, grant: Grant) -> Result<Value, Denied> {
+    let Grant(client, form, shape, jkt) = grant;
+    let presented = required(form, "refresh_token")?;
     let record = inner
         .refresh_tokens
         .get(presented)
@@ -489,16 +483,8 @@ fn refresh_token_grant(
         }
         None => record.scope.clone(),
     };
-    let resource = form.get("resource").cloned();
-    if let (Some(original), Some(asked)) = (&record.resource, &resource)
-        && original != asked
-    {
-        return Err(deny(
-            "invalid_target",
-            "resource differs from the original grant",
-        ));
-    }
-    check_resource(state, resource.as_deref()).map_err(|d| deny("invalid_target", d))?;
+    let differs = "resource differs from the original grant";
+    requested_resource(state, form, record.resource.as_ref(), differs)?;
     if shape == Some(FaultKind::MissingAccessToken) {
         return Ok(missing_access_token_body(state));
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use oauth_test_server::{Config, OAuthTestServer};
+use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use rand::RngCore;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -19,6 +19,57 @@ pub async fn start(config: Config) -> OAuthTestServer {
     OAuthTestServer::start(config)
         .await
         .expect("the test server starts on loopback")
+}
+
+/// The test server with `config` and a public client registered at it.
+pub async fn with_public_client(config: Config) -> (OAuthTestServer, Registered) {
+    let srv = start(config).await;
+    let reg = register(&srv, "none").await;
+    (srv, reg)
+}
+
+/// The test server with `config`, a public client and the token response of its login.
+pub async fn logged_in_with(config: Config) -> (OAuthTestServer, Registered, Value) {
+    let (srv, reg) = with_public_client(config).await;
+    let tokens = login(&srv, &reg).await;
+    (srv, reg, tokens)
+}
+
+/// Arms `kind` at `target` for the next request only.
+pub fn arm_once(srv: &OAuthTestServer, target: FaultTarget, kind: FaultKind) {
+    srv.inject(Fault::new(target, kind).times(1))
+        .expect("the fault is valid for its target");
+}
+
+/// A token response's field as text (`access_token`, `refresh_token`).
+pub fn field<'a>(tokens: &'a Value, name: &str) -> &'a str {
+    tokens[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {name} in {tokens}"))
+}
+
+/// A response's JSON body.
+pub async fn body_of(response: Response) -> Value {
+    response.json().await.expect("a JSON body")
+}
+
+/// GET `url`; its JSON body.
+pub async fn get_json(url: String) -> Value {
+    body_of(http().get(url).send().await.unwrap()).await
+}
+
+/// POST `body` as JSON to `url`.
+pub async fn post_json(url: String, body: &Value) -> Response {
+    http().post(url).json(body).send().await.unwrap()
+}
+
+/// The authorization server metadata at the RFC 8414 location of the server's root.
+pub async fn as_metadata(srv: &OAuthTestServer) -> Value {
+    get_json(format!(
+        "{}/.well-known/oauth-authorization-server",
+        srv.url()
+    ))
+    .await
 }
 
 thread_local! {
@@ -109,6 +160,34 @@ pub fn redirect_params(response: &Response) -> HashMap<String, String> {
     url.query_pairs().into_owned().collect()
 }
 
+/// An authorization request's parameters for `reg` with `challenge` (S256), then `extra`.
+pub fn code_request<'a>(
+    reg: &'a Registered,
+    challenge: &'a str,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut params = vec![
+        ("response_type", "code"),
+        ("client_id", reg.client_id.as_str()),
+        ("redirect_uri", REDIRECT_URI),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ];
+    params.extend_from_slice(extra);
+    params
+}
+
+/// The redirect's parameters of an authorization request for `reg` with a fresh PKCE
+/// challenge and `extra`.
+pub async fn authorize_redirect(
+    srv: &OAuthTestServer,
+    reg: &Registered,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let pkce = pkce();
+    redirect_params(&authorize_raw(srv, &code_request(reg, &pkce.challenge, extra)).await)
+}
+
 /// A standard authorization request; returns the code and the PKCE verifier.
 pub async fn authorize(
     srv: &OAuthTestServer,
@@ -116,16 +195,9 @@ pub async fn authorize(
     extra: &[(&str, &str)],
 ) -> (String, String) {
     let pkce = pkce();
-    let mut params = vec![
-        ("response_type", "code"),
-        ("client_id", reg.client_id.as_str()),
-        ("redirect_uri", REDIRECT_URI),
-        ("state", "xyz"),
-        ("code_challenge", pkce.challenge.as_str()),
-        ("code_challenge_method", "S256"),
-    ];
-    params.extend_from_slice(extra);
-    let response = authorize_raw(srv, &params).await;
+    let mut with_state = vec![("state", "xyz")];
+    with_state.extend_from_slice(extra);
+    let response = authorize_raw(srv, &code_request(reg, &pkce.challenge, &with_state)).await;
     let q = redirect_params(&response);
     assert_eq!(q.get("state").map(String::as_str), Some("xyz"));
     assert_eq!(q.get("iss"), Some(&srv.issuer()), "RFC 9207 iss is sent");
@@ -163,17 +235,31 @@ pub async fn exchange(
     code: &str,
     verifier: &str,
 ) -> Response {
-    token_request(
-        srv,
-        reg,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", REDIRECT_URI),
-            ("code_verifier", verifier),
-        ],
-    )
-    .await
+    exchange_with(srv, reg, code, verifier, &[]).await
+}
+
+/// The code exchange with `extra` parameters (a `resource`).
+pub async fn exchange_with(
+    srv: &OAuthTestServer,
+    reg: &Registered,
+    code: &str,
+    verifier: &str,
+    extra: &[(&str, &str)],
+) -> Response {
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", REDIRECT_URI),
+        ("code_verifier", verifier),
+    ];
+    form.extend_from_slice(extra);
+    token_request(srv, reg, &form).await
+}
+
+/// An authorization with `extra` parameters and its code exchanged; the token response body.
+pub async fn login_with(srv: &OAuthTestServer, reg: &Registered, extra: &[(&str, &str)]) -> Value {
+    let (code, verifier) = authorize(srv, reg, extra).await;
+    body_of(exchange(srv, reg, &code, &verifier).await).await
 }
 
 /// Registration, authorization and code exchange; returns the token response body.
@@ -210,6 +296,11 @@ pub async fn mcp(
         request = request.bearer_auth(token);
     }
     request.send().await.unwrap()
+}
+
+/// The status of a `ping` with `token`.
+pub async fn ping(srv: &OAuthTestServer, token: Option<&str>) -> StatusCode {
+    mcp(srv, token, "ping", json!({})).await.status()
 }
 
 pub async fn oauth_error_code(response: Response) -> String {
