@@ -6,6 +6,7 @@
 //! See ARCHITECTURE.md for how the pieces fit.
 
 pub mod api;
+pub mod auth_links;
 pub mod clock;
 pub mod config;
 pub mod connect;

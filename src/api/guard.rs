@@ -29,7 +29,7 @@ use actix_web::{HttpMessage, HttpResponse};
 use serde_json::json;
 
 use super::auth::ApiKey;
-use super::routes::error;
+use super::error::error;
 
 /// The query parameter that may carry the key (the URL `serve` prints).
 pub const KEY_PARAM: &str = "apikey";

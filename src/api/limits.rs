@@ -26,8 +26,8 @@ use actix_web::{HttpResponse, web::Data};
 use serde_json::json;
 
 use super::AppState;
+use super::error::error;
 use super::metrics::Metrics;
-use super::routes::error;
 
 /// Default cap of open API connections (page, clients, event streams, the gateway's).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;

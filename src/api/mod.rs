@@ -6,7 +6,6 @@
 //! through the `SupervisorHandle` (which works from any tokio runtime), so neither runtime
 //! waits on the other.
 //!
-//! - `links`: the browser launcher wrapper that remembers authorization links per server
 //! - `view`: the one mapping from `ServerStatus` to the API's server fields
 //! - `servers`: gathering what a view needs from the supervisor
 //! - `events`: the event pump and the bounded fan-out to SSE subscribers
@@ -14,13 +13,14 @@
 //! - `auth`: the API key (constant-time check; where it comes from)
 //! - `guard`: Host, Origin and the key, checked on every request the listener serves
 //! - `limits`: the caps on connections and event subscribers, and the descriptor budget
-//! - `routes`: the handlers and the one JSON error shape
+//! - `error`: the one JSON error shape, and what each supervisor error answers
+//! - `routes`: the handlers
 
 pub mod auth;
+pub mod error;
 pub mod events;
 pub mod guard;
 pub mod limits;
-pub mod links;
 pub mod metrics;
 pub mod routes;
 pub mod servers;
@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+pub use crate::auth_links::AuthLinks;
 pub use auth::ApiKey;
-pub use links::AuthLinks;
 
 use crate::supervisor::SupervisorHandle;
 use events::EventHub;

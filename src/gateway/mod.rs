@@ -32,7 +32,7 @@ use actix_web::web;
 pub use limits::{GatewayFlags, GatewayLimits};
 pub use servers::{Passthrough, read_passthrough};
 
-use crate::api::AuthLinks;
+use crate::auth_links::AuthLinks;
 use crate::supervisor::SupervisorHandle;
 use metrics::GatewayMetrics;
 use upstream::Upstream;

@@ -25,7 +25,7 @@ use url::Url;
 use super::limits::{GatewayLimits, Gauge};
 use super::metrics::ServerMetrics;
 use super::unavailable::Unavailable;
-use crate::api::AuthLinks;
+use crate::auth_links::AuthLinks;
 use crate::mcp::BearerChallenge;
 use crate::store::db::now_ms;
 use crate::supervisor::{ServerTokens, SharedAccessToken, SupervisorError, SupervisorHandle};
