@@ -82,7 +82,8 @@ impl ApiConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(
-        "--listen {0}: an API key is required on every listener, loopback included; serve creates DATA_DIR/api-key, or give one with --api-key-file FILE or the environment variable {env}",
+        "--listen {0}: an API key is required on every listener, loopback included; serve creates \
+         DATA_DIR/api-key, or give one with --api-key-file FILE or the environment variable {env}",
         env = auth::API_KEY_ENV
     )]
     KeyRequired(SocketAddr),

@@ -266,7 +266,9 @@ static CSP: LazyLock<String> = LazyLock::new(|| {
         .map_or("", |(script, _)| script);
     let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
     format!(
-        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
     )
 });
 
@@ -403,7 +405,11 @@ async fn run_action(state: Data<AppState>, name: String, action: Action) -> Http
                     }))
                 }
                 Ok(Err(e)) => supervisor_error(&e),
-                Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the flow task ended unexpectedly; see the daemon's log"),
+                Err(_) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the flow task ended unexpectedly; see the daemon's log",
+                ),
             }
         }
         link = link_or_wait => {
@@ -490,7 +496,10 @@ async fn failed_refresh(
         .unwrap_or_default();
     Some(HttpResponse::BadGateway().json(scrubbed(json!({"error": {
         "code": "flow_failed",
-        "message": format!("{name}: the refresh failed ({error_text}); the current token is served until it expires{next}"),
+        "message": format!(
+            "{name}: the refresh failed ({error_text}); the current token is served until it \
+             expires{next}"
+        ),
         "correlation_id": flow_id,
         "failure": failure,
     }}))))

@@ -90,8 +90,10 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
         }
         let servers = parse(
-            r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"callback_url": "https://p.example/oauth/callback"}},
-                               {"name": "b", "url": "https://b.example/mcp", "oauth": {}}]}"#,
+            r#"{"mcpServers": [
+                {"name": "a", "url": "https://a.example/mcp",
+                 "oauth": {"callback_url": "https://p.example/oauth/callback"}},
+                {"name": "b", "url": "https://b.example/mcp", "oauth": {}}]}"#,
         )
         .unwrap();
         assert_eq!(
@@ -100,7 +102,8 @@ mod tests {
         );
         assert!(servers[1].callback_url.is_none());
         let e = parse(
-            r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp", "oauth": {"callback_url": "http://p.example/cb"}}]}"#,
+            r#"{"mcpServers": [{"name": "a", "url": "https://a.example/mcp",
+                "oauth": {"callback_url": "http://p.example/cb"}}]}"#,
         )
         .unwrap_err()
         .to_string();

@@ -64,7 +64,8 @@ fn client_field(
             return Err((
                 format!("{prefix}token_endpoint_auth_method"),
                 format!(
-                    "{other:?} does not go with the credential given (client_secret_basic or client_secret_post with a secret, private_key_jwt with a key)"
+                    "{other:?} does not go with the credential given (client_secret_basic or \
+                     client_secret_post with a secret, private_key_jwt with a key)"
                 ),
             ));
         }
@@ -177,9 +178,10 @@ mod tests {
     #[test]
     fn each_grant_kind_reads_its_fields() {
         use serde_json::json;
-        let cc = grant_of(json!({"grant": "client_credentials", "client_id": "svc", "client_secret_file": "/run/secret"}))
-            .unwrap()
-            .unwrap();
+        let cc = grant_of(json!({"grant": "client_credentials", "client_id": "svc",
+            "client_secret_file": "/run/secret"}))
+        .unwrap()
+        .unwrap();
         assert_eq!(
             cc,
             GrantConfig::ClientCredentials {
@@ -189,21 +191,28 @@ mod tests {
                 }
             }
         );
-        let post = grant_of(json!({"grant": "client_credentials", "client_id": "svc", "client_secret_env": "SVC_SECRET", "token_endpoint_auth_method": "client_secret_post"}))
-            .unwrap()
-            .unwrap();
-        assert!(
-            matches!(post, GrantConfig::ClientCredentials { client } if client.auth == ClientAuthConfig::SecretPost(SecretSource::Env("SVC_SECRET".into())))
-        );
-        let jwt = grant_of(json!({"grant": "client_credentials", "client_id": "svc", "client_key_file": "/k.pem", "client_key_alg": "es256", "client_key_id": "k1"}))
-            .unwrap()
-            .unwrap();
-        assert!(
-            matches!(jwt, GrantConfig::ClientCredentials { client } if client.auth == ClientAuthConfig::PrivateKeyJwt { key: SecretSource::File("/k.pem".into()), alg: Some(SigningAlg::Es256), kid: Some("k1".into()) })
-        );
-        let enterprise = grant_of(json!({"grant": "enterprise", "client_id": "mcp-client", "client_secret_file": "/s",
-            "idp": {"issuer": "https://idp.example", "token_endpoint": "https://idp.example/token", "client_id": "idp-client"},
-            "id_token_file": "/id"}))
+        let post = grant_of(json!({"grant": "client_credentials", "client_id": "svc",
+            "client_secret_env": "SVC_SECRET", "token_endpoint_auth_method": "client_secret_post"}))
+        .unwrap()
+        .unwrap();
+        assert!(matches!(post, GrantConfig::ClientCredentials { client }
+                if client.auth == ClientAuthConfig::SecretPost(SecretSource::Env("SVC_SECRET".into()))));
+        let jwt = grant_of(json!({"grant": "client_credentials", "client_id": "svc",
+            "client_key_file": "/k.pem", "client_key_alg": "es256", "client_key_id": "k1"}))
+        .unwrap()
+        .unwrap();
+        assert!(matches!(jwt, GrantConfig::ClientCredentials { client }
+        if client.auth == ClientAuthConfig::PrivateKeyJwt {
+            key: SecretSource::File("/k.pem".into()),
+            alg: Some(SigningAlg::Es256),
+            kid: Some("k1".into()),
+        }));
+        let enterprise = grant_of(
+            json!({"grant": "enterprise", "client_id": "mcp-client", "client_secret_file": "/s",
+            "idp": {"issuer": "https://idp.example", "token_endpoint": "https://idp.example/token",
+                    "client_id": "idp-client"},
+            "id_token_file": "/id"}),
+        )
         .unwrap()
         .unwrap();
         let GrantConfig::Enterprise {
@@ -255,19 +264,23 @@ mod tests {
                 "field oauth.client_secret: this client needs",
             ),
             (
-                json!({"grant": "client_credentials", "client_id": "c", "client_secret": "inline-secret-9f2e", "client_secret_file": "/s"}),
+                json!({"grant": "client_credentials", "client_id": "c",
+                       "client_secret": "inline-secret-9f2e", "client_secret_file": "/s"}),
                 "field oauth.client_secret: give one of",
             ),
             (
-                json!({"grant": "client_credentials", "client_id": "c", "client_secret_file": "/s", "client_key_file": "/k"}),
+                json!({"grant": "client_credentials", "client_id": "c", "client_secret_file": "/s",
+                       "client_key_file": "/k"}),
                 "field oauth.client_key_file: give a client secret or a client key",
             ),
             (
-                json!({"grant": "client_credentials", "client_id": "c", "client_key_file": "/k", "client_key_alg": "HS256"}),
+                json!({"grant": "client_credentials", "client_id": "c", "client_key_file": "/k",
+                       "client_key_alg": "HS256"}),
                 "field oauth.client_key_alg",
             ),
             (
-                json!({"grant": "client_credentials", "client_id": "c", "client_secret": "inline-secret-9f2e", "token_endpoint_auth_method": "private_key_jwt"}),
+                json!({"grant": "client_credentials", "client_id": "c",
+                       "client_secret": "inline-secret-9f2e", "token_endpoint_auth_method": "private_key_jwt"}),
                 "field oauth.token_endpoint_auth_method",
             ),
             (
@@ -275,11 +288,13 @@ mod tests {
                 "field oauth.idp: the enterprise IdP is required",
             ),
             (
-                json!({"grant": "enterprise", "client_id": "c", "idp": {"client_id": "i"}, "id_token_file": "/i"}),
+                json!({"grant": "enterprise", "client_id": "c", "idp": {"client_id": "i"},
+                       "id_token_file": "/i"}),
                 "field oauth.idp.token_endpoint",
             ),
             (
-                json!({"grant": "enterprise", "client_id": "c", "idp": {"token_endpoint": "https://i/t", "client_id": "i"}}),
+                json!({"grant": "enterprise", "client_id": "c",
+                       "idp": {"token_endpoint": "https://i/t", "client_id": "i"}}),
                 "field oauth.id_token_file: the user's ID token is required",
             ),
             (

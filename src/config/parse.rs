@@ -161,7 +161,9 @@ pub fn parse(text: &str) -> Result<Vec<UpstreamConfig>, ConfigError> {
         if oauth.grant.is_some() && oauth.device_code {
             return Err(field(
                 "oauth.device_code",
-                "a device login is an interactive login; a server with oauth.grant has none (remove one of them)".into(),
+                "a device login is an interactive login; a server with oauth.grant has none \
+                 (remove one of them)"
+                    .into(),
             ));
         }
         server.grant = oauth.grant;

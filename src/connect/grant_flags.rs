@@ -194,7 +194,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(
-            matches!(&cc, GrantConfig::ClientCredentials { client } if client.client_id == "cc" && client.auth.method() == "private_key_jwt"),
+            matches!(&cc, GrantConfig::ClientCredentials { client }
+                if client.client_id == "cc" && client.auth.method() == "private_key_jwt"),
             "a key in the context wins: {cc:?}"
         );
         let basic = grant_config(
@@ -205,9 +206,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(
-            matches!(&basic, GrantConfig::ClientCredentials { client } if client.client_id == "flag-client" && client.auth == ClientAuthConfig::SecretBasic(SecretSource::Inline("flag-secret".into())))
-        );
+        assert!(matches!(&basic, GrantConfig::ClientCredentials { client }
+                if client.client_id == "flag-client"
+                    && client.auth
+                        == ClientAuthConfig::SecretBasic(SecretSource::Inline("flag-secret".into()))));
         let GrantConfig::Enterprise {
             idp,
             subject,

@@ -90,7 +90,11 @@ impl Gateway {
         }
         for server in &config.passthrough {
             if upstreams.contains_key(&server.name) {
-                tracing::warn!(server = %server.name, "a server without oauth has the name of an OAuth server; the gateway serves the OAuth one");
+                tracing::warn!(
+                    server = %server.name,
+                    "a server without oauth has the name of an OAuth server; the gateway serves \
+                     the OAuth one"
+                );
                 continue;
             }
             let upstream = Upstream::passthrough(
@@ -133,6 +137,8 @@ async fn no_such_path(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
     let shown = crate::telemetry::inert::safe(req.path());
     actix_web::HttpResponse::NotFound().json(serde_json::json!({
         "jsonrpc": "2.0", "id": null,
-        "error": {"code": -32000, "message": format!("mcpproxy-oauth: no such path {shown:?}; a server is reached at /mcp/{{server}}")},
+        "error": {"code": -32000, "message": format!(
+            "mcpproxy-oauth: no such path {shown:?}; a server is reached at /mcp/{{server}}"
+        )},
     }))
 }
