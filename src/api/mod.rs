@@ -17,13 +17,13 @@
 //! - `routes`: the handlers
 
 pub mod auth;
-pub mod error;
-pub mod events;
+pub(crate) mod error;
+pub(crate) mod events;
 pub mod guard;
 pub mod limits;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod routes;
-pub mod servers;
+pub(crate) mod servers;
 pub mod view;
 
 use std::net::SocketAddr;

@@ -13,15 +13,15 @@
 //! - `limits`: the bounds and their flags; `metrics`: per server, on the API's registry
 //! - `stdio`: the stdio bridge; `sse`: its event stream reader
 
-pub mod headers;
+pub(crate) mod headers;
 pub mod limits;
 pub mod metrics;
-pub mod proxy;
-pub mod relay;
+pub(crate) mod proxy;
+pub(crate) mod relay;
 pub mod servers;
-pub mod sse;
+pub(crate) mod sse;
 pub mod stdio;
-pub mod unavailable;
+pub(crate) mod unavailable;
 pub mod upstream;
 
 use std::collections::HashMap;
