@@ -61,7 +61,8 @@ struct ConnectArgs {
     /// A pre-registered client ID (else: client ID metadata document or dynamic registration).
     #[arg(long)]
     client_id: Option<String>,
-    /// The pre-registered client's secret (prefer the environment variable: the command line is visible to other users).
+    /// The pre-registered client's secret (prefer the environment variable: the command line is
+    /// visible to other users).
     /// (An `oauth2::ClientSecret`: its `Debug` is redacted.)
     #[arg(long, env = "MCPPROXY_OAUTH_CLIENT_SECRET", hide_env_values = true,
           value_parser = |s: &str| Ok::<_, String>(oauth2::ClientSecret::new(s.to_string())))]

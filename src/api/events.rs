@@ -12,10 +12,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use super::links::AuthLinks;
 use super::metrics::Metrics;
 use super::servers;
 use super::view::rfc3339;
+use crate::auth_links::AuthLinks;
 use crate::clock::now_ms;
 use crate::supervisor::SupervisorHandle;
 use crate::telemetry::flow_logger::{FlowEnd, FlowKind, FlowNotice, FlowStep};
@@ -34,7 +34,7 @@ impl ApiEvent {
     /// frame on one `data:` line: a server's newline is escaped by construction.
     pub fn frame(&self) -> String {
         let mut data = self.data.clone();
-        crate::telemetry::secrets::scrub_json(&mut data, super::routes::UNSCRUBBED);
+        crate::telemetry::secrets::scrub_json(&mut data, super::error::UNSCRUBBED);
         format!("event: {}\ndata: {}\n\n", self.event, data)
     }
 }

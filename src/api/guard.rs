@@ -29,7 +29,7 @@ use actix_web::{HttpMessage, HttpResponse};
 use serde_json::json;
 
 use super::auth::ApiKey;
-use super::routes::error;
+use super::error::error;
 
 /// The query parameter that may carry the key (the URL `serve` prints).
 pub const KEY_PARAM: &str = "apikey";
@@ -203,12 +203,17 @@ pub fn refusal_response(path: &str, refusal: Refusal, port: u16) -> HttpResponse
         Refusal::Origin => (
             StatusCode::FORBIDDEN,
             "forbidden_origin",
-            "requests from another web origin are refused; use the page this daemon serves, or a client without an Origin header".to_string(),
+            "requests from another web origin are refused; use the page this daemon serves, or a \
+             client without an Origin header"
+                .to_string(),
         ),
         Refusal::Key => (
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or wrong API key: send it as 'X-API-Key: KEY', 'Authorization: Bearer KEY' or '?apikey=KEY'; serve prints the page's URL with it, and keeps it in DATA_DIR/api-key unless --api-key-file or MCPPROXY_OAUTH_API_KEY gives it".to_string(),
+            "missing or wrong API key: send it as 'X-API-Key: KEY', 'Authorization: Bearer KEY' or \
+             '?apikey=KEY'; serve prints the page's URL with it, and keeps it in DATA_DIR/api-key \
+             unless --api-key-file or MCPPROXY_OAUTH_API_KEY gives it"
+                .to_string(),
         ),
     };
     if path.starts_with(MCP_PREFIX) {

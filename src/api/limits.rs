@@ -26,8 +26,8 @@ use actix_web::{HttpResponse, web::Data};
 use serde_json::json;
 
 use super::AppState;
+use super::error::error;
 use super::metrics::Metrics;
-use super::routes::error;
 
 /// Default cap of open API connections (page, clients, event streams, the gateway's).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
@@ -139,7 +139,8 @@ impl Limits {
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_subscribers",
             format!(
-                "{} event subscribers are connected, the most this daemon serves (--max-sse-subscribers); close one, or retry later",
+                "{} event subscribers are connected, the most this daemon serves \
+                 (--max-sse-subscribers); close one, or retry later",
                 self.max_sse_subscribers
             ),
         );
@@ -155,13 +156,15 @@ impl Limits {
         let body = json!({"error": {
             "code": "too_many_connections",
             "message": format!(
-                "this daemon holds its limit of {} API connections (--max-api-connections); close idle ones, or retry later",
+                "this daemon holds its limit of {} API connections (--max-api-connections); close \
+                 idle ones, or retry later",
                 self.max_connections
             ),
         }})
         .to_string();
         format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes()
@@ -208,7 +211,8 @@ pub async fn refuse_over_cap<B: MessageBody + 'static>(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
             format!(
-                "this daemon holds its limit of {} API connections (--max-api-connections); close idle ones, or retry later",
+                "this daemon holds its limit of {} API connections (--max-api-connections); close \
+                 idle ones, or retry later",
                 limits.max_connections
             ),
         );

@@ -6,7 +6,6 @@
 //! through the `SupervisorHandle` (which works from any tokio runtime), so neither runtime
 //! waits on the other.
 //!
-//! - `links`: the browser launcher wrapper that remembers authorization links per server
 //! - `view`: the one mapping from `ServerStatus` to the API's server fields
 //! - `servers`: gathering what a view needs from the supervisor
 //! - `events`: the event pump and the bounded fan-out to SSE subscribers
@@ -14,16 +13,17 @@
 //! - `auth`: the API key (constant-time check; where it comes from)
 //! - `guard`: Host, Origin and the key, checked on every request the listener serves
 //! - `limits`: the caps on connections and event subscribers, and the descriptor budget
-//! - `routes`: the handlers and the one JSON error shape
+//! - `error`: the one JSON error shape, and what each supervisor error answers
+//! - `routes`: the handlers
 
 pub mod auth;
-pub mod events;
+pub(crate) mod error;
+pub(crate) mod events;
 pub mod guard;
 pub mod limits;
-pub mod links;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod routes;
-pub mod servers;
+pub(crate) mod servers;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+pub use crate::auth_links::AuthLinks;
 pub use auth::ApiKey;
-pub use links::AuthLinks;
 
 use crate::supervisor::SupervisorHandle;
 use events::EventHub;
@@ -82,7 +82,8 @@ impl ApiConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(
-        "--listen {0}: an API key is required on every listener, loopback included; serve creates DATA_DIR/api-key, or give one with --api-key-file FILE or the environment variable {env}",
+        "--listen {0}: an API key is required on every listener, loopback included; serve creates \
+         DATA_DIR/api-key, or give one with --api-key-file FILE or the environment variable {env}",
         env = auth::API_KEY_ENV
     )]
     KeyRequired(SocketAddr),

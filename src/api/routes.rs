@@ -1,4 +1,4 @@
-//! The HTTP surface. Every error answers the one shape
+//! The HTTP surface. Every error answers the one shape that `error` builds,
 //! `{"error": {"code": "...", "message": "...", "correlation_id": "..."?}}`: unknown server or
 //! path 404, wrong method 405 (with `Allow`), bad query 400, missing or wrong API key 401,
 //! another web origin or a Host that is not this listener's 403 (`guard`), a failed flow 502,
@@ -16,12 +16,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::error::{error, scrubbed, supervisor_error};
 use super::guard::{Guard, KeyVia};
 use super::servers;
 use super::view::rfc3339;
 use crate::clock::now_ms;
 use crate::store::db::FlowRow;
-use crate::supervisor::SupervisorError;
 use crate::upstream::state::{Failure, LoginReason, Phase};
 
 pub const PAGE: &str = include_str!("page.html");
@@ -47,56 +47,6 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Most flows listed at once.
 const FLOWS_LIMIT_MAX: u32 = 500;
-
-/// Keys whose values a person must use as they are: an authorization URL carries `state`.
-pub(super) const UNSCRUBBED: &[&str] = &["auth_url", "login_link"];
-
-/// An answer with every known secret scrubbed (a server's echo in an error text, a view's
-/// last error), the authorization links excepted.
-fn scrubbed(value: impl serde::Serialize) -> serde_json::Value {
-    let mut value = serde_json::to_value(value).unwrap_or_default();
-    crate::telemetry::secrets::scrub_json(&mut value, UNSCRUBBED);
-    value
-}
-
-pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(scrubbed(
-        json!({"error": {"code": code, "message": message.into()}}),
-    ))
-}
-
-/// A failed flow, with the server's typed failure (`needs_login`, `backing_off`, ...) beside
-/// the message, so clients decide on `failure.kind`, never on the text.
-fn upstream_error(e: &SupervisorError) -> HttpResponse {
-    HttpResponse::build(StatusCode::BAD_GATEWAY).json(scrubbed(json!({"error": {
-        "code": "flow_failed",
-        "message": e.to_string(),
-        "correlation_id": e.flow_id(),
-        "failure": e.failure(),
-    }})))
-}
-
-fn supervisor_error(e: &SupervisorError) -> HttpResponse {
-    match e {
-        SupervisorError::UnknownServer { .. } => {
-            error(StatusCode::NOT_FOUND, "unknown_server", e.to_string())
-        }
-        SupervisorError::Upstream(_) => upstream_error(e),
-        SupervisorError::Store(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "store_error",
-            format!("{e}; see the daemon's log"),
-        ),
-        SupervisorError::Stopped => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopped",
-            "the daemon is shutting down",
-        ),
-        SupervisorError::InvalidInput(_) => {
-            error(StatusCode::BAD_REQUEST, "invalid_input", e.to_string())
-        }
-    }
-}
 
 fn unknown_server(state: &AppState, name: &str) -> HttpResponse {
     error(
@@ -316,7 +266,9 @@ static CSP: LazyLock<String> = LazyLock::new(|| {
         .map_or("", |(script, _)| script);
     let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script.as_bytes()));
     format!(
-        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
     )
 });
 
@@ -453,7 +405,11 @@ async fn run_action(state: Data<AppState>, name: String, action: Action) -> Http
                     }))
                 }
                 Ok(Err(e)) => supervisor_error(&e),
-                Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the flow task ended unexpectedly; see the daemon's log"),
+                Err(_) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the flow task ended unexpectedly; see the daemon's log",
+                ),
             }
         }
         link = link_or_wait => {
@@ -540,7 +496,10 @@ async fn failed_refresh(
         .unwrap_or_default();
     Some(HttpResponse::BadGateway().json(scrubbed(json!({"error": {
         "code": "flow_failed",
-        "message": format!("{name}: the refresh failed ({error_text}); the current token is served until it expires{next}"),
+        "message": format!(
+            "{name}: the refresh failed ({error_text}); the current token is served until it \
+             expires{next}"
+        ),
         "correlation_id": flow_id,
         "failure": failure,
     }}))))

@@ -4,8 +4,8 @@
 //! down), every server is still shown from the supervisor's memory, its history fields empty,
 //! and the list says the store is unreachable.
 
-use super::links::AuthLinks;
 use super::view::{AuthLinkView, ServerView, ViewInputs, server_view};
+use crate::auth_links::AuthLinks;
 use crate::clock::now_ms;
 use crate::store::StoreHealth;
 use crate::supervisor::{SupervisorError, SupervisorHandle};

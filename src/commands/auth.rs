@@ -330,7 +330,10 @@ async fn login_pasting(
                 },
                 None => {
                     reading = false;
-                    eprintln!("mcpproxy-oauth: standard input ended; the login waits for its redirect until the login timeout");
+                    eprintln!(
+                        "mcpproxy-oauth: standard input ended; the login waits for its redirect \
+                         until the login timeout"
+                    );
                 }
             },
         }
@@ -388,7 +391,13 @@ fn status_rows(
                         .iter()
                         .any(|r| r["server_key"] == server.server_key.as_str())
                     {
-                        rows.push(serde_json::json!({"server_key": server.server_key, "server_name": server.name, "server_url": server.url.as_str(), "status": "missing", "has_refresh_token": false}));
+                        rows.push(serde_json::json!({
+                            "server_key": server.server_key,
+                            "server_name": server.name,
+                            "server_url": server.url.as_str(),
+                            "status": "missing",
+                            "has_refresh_token": false,
+                        }));
                     }
                 }
             }

@@ -165,7 +165,8 @@ impl Report {
 /// The read-only commands' answer when `data_dir` holds no database yet.
 fn no_database(data_dir: &std::path::Path) -> ExitCode {
     fail(format!(
-        "no token database in {}: nothing was stored there yet; pass the --data-dir that serve or `auth login` use (default {})",
+        "no token database in {}: nothing was stored there yet; pass the --data-dir that serve \
+         or `auth login` use (default {})",
         data_dir.display(),
         default_data_dir().display()
     ))

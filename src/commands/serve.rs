@@ -123,7 +123,8 @@ fn fit_connection_cap(api: &mut ApiConfig, refresh_limit: usize, servers: usize)
             using = fits,
             open_file_limit = nofile,
             kept_for_refreshes = reserve,
-            "the open-file limit leaves room for fewer API connections than --max-api-connections; raise `ulimit -n` (the hard limit) for more"
+            "the open-file limit leaves room for fewer API connections than \
+             --max-api-connections; raise `ulimit -n` (the hard limit) for more"
         );
         api.max_connections = fits;
     }
@@ -244,7 +245,10 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         None => None,
     };
     if servers.is_empty() {
-        tracing::warn!(config = %args.common.config.display(), "no server in the config has an \"oauth\" object; nothing to keep authorized");
+        tracing::warn!(
+            config = %args.common.config.display(),
+            "no server in the config has an \"oauth\" object; nothing to keep authorized"
+        );
     }
     tracing::info!(
         servers = servers.len(),
@@ -256,7 +260,12 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         tokio::spawn(async move {
             match handle.reconnect(&name).await {
                 Ok(grant) => {
-                    tracing::info!(server = %name, correlation_id = grant.flow_id.as_deref().unwrap_or(""), expires_at = grant.expires_at, "authorized")
+                    tracing::info!(
+                        server = %name,
+                        correlation_id = grant.flow_id.as_deref().unwrap_or(""),
+                        expires_at = grant.expires_at,
+                        "authorized"
+                    )
                 }
                 Err(e) => tracing::warn!(server = %name, error = %e, "not authorized yet"),
             }

@@ -131,7 +131,11 @@ pub async fn stdio(args: StdioArgs) -> ExitCode {
         )
     };
     let upstream = Arc::new(upstream);
-    tracing::info!(server = %upstream.name, oauth = upstream.has_oauth(), "stdio bridge started; it ends when stdin closes");
+    tracing::info!(
+        server = %upstream.name,
+        oauth = upstream.has_oauth(),
+        "stdio bridge started; it ends when stdin closes"
+    );
     let input = stdio::read_lines(std::io::stdin(), upstream.limits.max_request_bytes);
     stdio::run(upstream, input, stdio::Output::writer(std::io::stdout())).await;
     if let Some(handle) = supervisor {

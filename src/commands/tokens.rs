@@ -80,7 +80,8 @@ pub fn tokens(command: TokensCommand) -> ExitCode {
     let key = StoreKey::generate();
     if let Err(e) = keys::write_new_key_file(&staged, &key) {
         return fail(format!(
-            "cannot write the new key to {}: {e}; nothing was changed (a file left there by an interrupted rekey: check which key opens the database, then remove the other)",
+            "cannot write the new key to {}: {e}; nothing was changed (a file left there by an \
+             interrupted rekey: check which key opens the database, then remove the other)",
             staged.display()
         ));
     }

@@ -13,15 +13,15 @@
 //! - `limits`: the bounds and their flags; `metrics`: per server, on the API's registry
 //! - `stdio`: the stdio bridge; `sse`: its event stream reader
 
-pub mod headers;
+pub(crate) mod headers;
 pub mod limits;
 pub mod metrics;
-pub mod proxy;
-pub mod relay;
+pub(crate) mod proxy;
+pub(crate) mod relay;
 pub mod servers;
-pub mod sse;
+pub(crate) mod sse;
 pub mod stdio;
-pub mod unavailable;
+pub(crate) mod unavailable;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -32,7 +32,7 @@ use actix_web::web;
 pub use limits::{GatewayFlags, GatewayLimits};
 pub use servers::{Passthrough, read_passthrough};
 
-use crate::api::AuthLinks;
+use crate::auth_links::AuthLinks;
 use crate::supervisor::SupervisorHandle;
 use metrics::GatewayMetrics;
 use upstream::Upstream;
@@ -90,7 +90,11 @@ impl Gateway {
         }
         for server in &config.passthrough {
             if upstreams.contains_key(&server.name) {
-                tracing::warn!(server = %server.name, "a server without oauth has the name of an OAuth server; the gateway serves the OAuth one");
+                tracing::warn!(
+                    server = %server.name,
+                    "a server without oauth has the name of an OAuth server; the gateway serves \
+                     the OAuth one"
+                );
                 continue;
             }
             let upstream = Upstream::passthrough(
@@ -133,6 +137,8 @@ async fn no_such_path(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
     let shown = crate::telemetry::inert::safe(req.path());
     actix_web::HttpResponse::NotFound().json(serde_json::json!({
         "jsonrpc": "2.0", "id": null,
-        "error": {"code": -32000, "message": format!("mcpproxy-oauth: no such path {shown:?}; a server is reached at /mcp/{{server}}")},
+        "error": {"code": -32000, "message": format!(
+            "mcpproxy-oauth: no such path {shown:?}; a server is reached at /mcp/{{server}}"
+        )},
     }))
 }

@@ -128,7 +128,13 @@ pub async fn proxy(
     let status = response.status().as_u16();
     upstream.metrics.answered(status);
     if status >= 500 {
-        tracing::warn!(server = %name, method = %req.method(), status, elapsed_ms = started.elapsed().as_millis() as u64, "gateway request not served");
+        tracing::warn!(
+            server = %name,
+            method = %req.method(),
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "gateway request not served"
+        );
     }
     response
 }
@@ -262,7 +268,8 @@ fn too_large(upstream: &Upstream) -> HttpResponse {
         "max_request_bytes",
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
-            "mcpproxy-oauth: the request body is larger than the gateway's bound of {} bytes (--gateway-max-request-bytes)",
+            "mcpproxy-oauth: the request body is larger than the gateway's bound of {} bytes \
+             (--gateway-max-request-bytes)",
             upstream.limits.max_request_bytes
         ),
     )
@@ -291,9 +298,22 @@ fn answered(
     let limits = &upstream.limits;
     let length = response.content_length().filter(|_| !is_sse);
     if correlation_id.is_some() || retries > 0 {
-        tracing::info!(server = %upstream.name, method = %req.method(), status = status.as_u16(), correlation_id = correlation_id.as_deref(), retries, "proxied after a token flow");
+        tracing::info!(
+            server = %upstream.name,
+            method = %req.method(),
+            status = status.as_u16(),
+            correlation_id = correlation_id.as_deref(),
+            retries,
+            "proxied after a token flow"
+        );
     } else {
-        tracing::debug!(server = %upstream.name, method = %req.method(), status = status.as_u16(), sse = is_sse, "proxied");
+        tracing::debug!(
+            server = %upstream.name,
+            method = %req.method(),
+            status = status.as_u16(),
+            sse = is_sse,
+            "proxied"
+        );
     }
     if length.is_some_and(|n| n > limits.max_response_bytes as u64) {
         return refused(
@@ -301,7 +321,8 @@ fn answered(
             "max_response_bytes",
             StatusCode::BAD_GATEWAY,
             format!(
-                "mcpproxy-oauth: server {:?} answered more than the gateway's bound of {} bytes (--gateway-max-response-bytes)",
+                "mcpproxy-oauth: server {:?} answered more than the gateway's bound of {} bytes \
+                 (--gateway-max-response-bytes)",
                 upstream.name, limits.max_response_bytes
             ),
         );

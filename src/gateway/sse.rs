@@ -109,7 +109,8 @@ mod tests {
 
     #[test]
     fn events_come_out_whole_however_the_chunks_fall() {
-        let stream = b"id: 7\nevent: message\ndata: {\"a\":\ndata: 1}\n\n: comment\n\ndata: two\r\n\r\ndata:x\r\rdata: y\n\n";
+        let stream = b"id: 7\nevent: message\ndata: {\"a\":\ndata: 1}\n\n: comment\n\n\
+                       data: two\r\n\r\ndata:x\r\rdata: y\n\n";
         for split in 0..stream.len() {
             let mut reader = SseReader::new(1 << 20);
             let mut events = reader.feed(&stream[..split]).unwrap();

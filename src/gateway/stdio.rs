@@ -231,7 +231,12 @@ async fn exchange(
     };
     let line = match failed {
         Failed::Unavailable(u) => {
-            tracing::warn!(server = %upstream.name, phase = u.phase, correlation_id = u.correlation_id.as_deref(), "no usable token: the request is answered with an error");
+            tracing::warn!(
+                server = %upstream.name,
+                phase = u.phase,
+                correlation_id = u.correlation_id.as_deref(),
+                "no usable token: the request is answered with an error"
+            );
             serde_json::to_vec(&u.body(&upstream.name, Some(&id))).unwrap_or_default()
         }
         Failed::Timeout => rpc_error(
@@ -418,7 +423,11 @@ async fn listen(upstream: Arc<Upstream>, session: Arc<Session>, output: Output) 
                 }
             }
             Ok(answer) => {
-                tracing::debug!(server = %upstream.name, status = answer.response.status().as_u16(), "no standalone event stream");
+                tracing::debug!(
+                    server = %upstream.name,
+                    status = answer.response.status().as_u16(),
+                    "no standalone event stream"
+                );
                 return;
             }
             Err(_) => pause = (pause * 2).min(Duration::from_secs(30)),

@@ -105,7 +105,8 @@ impl Unavailable {
         let todo = match (self.action, &self.login_link) {
             (_, Some(link)) => format!("log in at {link}"),
             ("login", None) => format!(
-                "log in: the daemon's page, POST /api/v1/servers/{server}/login, or `mcpproxy-oauth auth login {server}`"
+                "log in: the daemon's page, POST /api/v1/servers/{server}/login, or \
+                 `mcpproxy-oauth auth login {server}`"
             ),
             ("fix_config", None) => "fix the server's oauth settings in the config".into(),
             _ => format!("retry after {} s", self.retry_after_secs),

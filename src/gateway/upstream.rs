@@ -25,7 +25,7 @@ use url::Url;
 use super::limits::{GatewayLimits, Gauge};
 use super::metrics::ServerMetrics;
 use super::unavailable::Unavailable;
-use crate::api::AuthLinks;
+use crate::auth_links::AuthLinks;
 use crate::mcp::BearerChallenge;
 use crate::store::db::now_ms;
 use crate::supervisor::{ServerTokens, SharedAccessToken, SupervisorError, SupervisorHandle};
@@ -65,14 +65,14 @@ struct OAuth {
 }
 
 /// A request as it goes upstream (its headers already filtered).
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     pub method: Method,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 /// The upstream's answer, with what it took.
-pub struct Answer {
+pub(crate) struct Answer {
     pub response: reqwest::Response,
     /// The flow the request waited for or caused (a refresh after a 401), if any.
     pub correlation_id: Option<String>,
@@ -82,7 +82,7 @@ pub struct Answer {
 
 /// Why there is no answer to relay.
 #[derive(Debug)]
-pub enum Failed {
+pub(crate) enum Failed {
     /// No usable token, and the upstream wants one: 503.
     Unavailable(Unavailable),
     /// No answer began within `upstream_timeout`: 504.
@@ -144,7 +144,7 @@ impl Upstream {
     }
 
     /// Sends `out`, with the server's token where it has `oauth`; see the module doc.
-    pub async fn send(&self, out: &Outgoing) -> Result<Answer, Failed> {
+    pub(crate) async fn send(&self, out: &Outgoing) -> Result<Answer, Failed> {
         let Some(oauth) = &self.oauth else {
             let response = self.exchange(out, None).await?;
             return Ok(Answer {

@@ -360,7 +360,10 @@ pub async fn next_response(
                         return Err(e);
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "refused a delivered authorization response; the login keeps waiting");
+                        tracing::warn!(
+                            error = %e,
+                            "refused a delivered authorization response; the login keeps waiting"
+                        );
                         let _ = answer.send(Err(DeliveryError::Refused(message)));
                     }
                     None => {

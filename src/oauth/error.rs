@@ -76,7 +76,8 @@ pub enum OAuthError {
     )]
     IssuerMismatch { expected: String, found: String },
     #[error(
-        "the protected resource metadata is for {resource}, not for {server_url}; refusing to authorize (RFC 9728 §3.3)"
+        "the protected resource metadata is for {resource}, not for {server_url}; refusing to \
+         authorize (RFC 9728 §3.3)"
     )]
     ResourceMismatch {
         server_url: String,

@@ -6,16 +6,16 @@
 
 pub mod browser;
 pub mod callback;
-pub mod challenge;
+pub(crate) mod challenge;
 pub mod client_identity;
-pub mod device;
+pub(crate) mod device;
 pub mod discovery;
 pub mod dpop;
 pub mod error;
 pub mod grants;
 pub mod http;
 pub mod login;
-pub mod metadata;
+pub(crate) mod metadata;
 pub mod scope;
 pub mod token;
 

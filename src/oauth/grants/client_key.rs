@@ -63,15 +63,18 @@ pub enum ClientKeyError {
     #[error("cannot read the client key file {path}: {reason}")]
     Read { path: PathBuf, reason: String },
     #[error(
-        "{source_name} is not a PEM private key (expected -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)"
+        "{source_name} is not a PEM private key (expected -----BEGIN PRIVATE KEY----- or \
+         -----BEGIN RSA PRIVATE KEY-----)"
     )]
     NotPem { source_name: String },
     #[error(
-        "{source_name} is an EC key in SEC1 form (BEGIN EC PRIVATE KEY); convert it to PKCS#8: openssl pkcs8 -topk8 -nocrypt -in KEY.pem -out KEY.p8.pem"
+        "{source_name} is an EC key in SEC1 form (BEGIN EC PRIVATE KEY); convert it to PKCS#8: \
+         openssl pkcs8 -topk8 -nocrypt -in KEY.pem -out KEY.p8.pem"
     )]
     Sec1 { source_name: String },
     #[error(
-        "{source_name} is encrypted; give an unencrypted PKCS#8 key (openssl pkcs8 -topk8 -nocrypt -in KEY.pem -out KEY.p8.pem) and protect the file instead"
+        "{source_name} is encrypted; give an unencrypted PKCS#8 key (openssl pkcs8 -topk8 \
+         -nocrypt -in KEY.pem -out KEY.p8.pem) and protect the file instead"
     )]
     Encrypted { source_name: String },
     #[error(

@@ -127,7 +127,8 @@ pub enum GrantError {
     /// The IdP's administrator policy refused the exchange (`access_denied`). Permanent, and
     /// no reason to fall back to a personal browser login: the enterprise said no.
     #[error(
-        "the enterprise IdP {idp} refused access by policy (access_denied){}; ask its administrator to allow this client for the MCP server",
+        "the enterprise IdP {idp} refused access by policy (access_denied){}; ask its \
+         administrator to allow this client for the MCP server",
         description.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
     )]
     PolicyDenied {

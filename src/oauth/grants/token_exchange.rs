@@ -320,7 +320,12 @@ mod tests {
         let now = SystemTime::now();
         let ok = reply(
             200,
-            serde_json::json!({"access_token": "jag.jwt.sig", "issued_token_type": ID_JAG_TOKEN_TYPE, "token_type": "N_A", "expires_in": 300}),
+            serde_json::json!({
+                "access_token": "jag.jwt.sig",
+                "issued_token_type": ID_JAG_TOKEN_TYPE,
+                "token_type": "N_A",
+                "expires_in": 300,
+            }),
         );
         let id_jag = id_jag_from_reply(&idp(), &ok, &target(), now).unwrap();
         assert_eq!(id_jag.secret(), "jag.jwt.sig");
@@ -330,7 +335,10 @@ mod tests {
 
         for (body, why) in [
             (
-                serde_json::json!({"access_token": "x.y.z", "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}),
+                serde_json::json!({
+                    "access_token": "x.y.z",
+                    "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                }),
                 "another type",
             ),
             (

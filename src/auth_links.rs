@@ -90,7 +90,11 @@ impl AuthLinks {
             };
             match &error {
                 Some(e) => {
-                    tracing::warn!(error = %e, "the browser could not be opened; the authorization link is on the web page and in GET /api/v1/servers/NAME/login's answer")
+                    tracing::warn!(
+                        error = %e,
+                        "the browser could not be opened; the authorization link is on the web page \
+                         and in GET /api/v1/servers/NAME/login's answer"
+                    )
                 }
                 None => tracing::debug!("browser opened for authorization"),
             }
