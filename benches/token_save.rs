@@ -18,8 +18,8 @@ fn token() -> StoredToken {
         resource: Some("https://mcp.example/mcp".into()),
         issuer: Some("https://as.example".into()),
         // A typical JWT access token is about 800 bytes.
-        access_token: "eyJ".to_string() + &"a".repeat(800),
-        refresh_token: Some("rt_".to_string() + &"b".repeat(60)),
+        access_token: ("eyJ".to_string() + &"a".repeat(800)).into(),
+        refresh_token: Some(("rt_".to_string() + &"b".repeat(60)).into()),
         token_type: "Bearer".into(),
         scope: Some("read write".into()),
         expires_at: Some(now_ms() + 3_600_000),
@@ -55,11 +55,11 @@ fn token_saves(c: &mut Criterion) {
     let key = StoreKey::generate();
     let place = cipher::place("oauth_tokens", "access_token", "srv_0123456789abcdef");
     let value = token().access_token;
-    let sealed = cipher::seal(&key, &place, &value);
+    let sealed = cipher::seal(&key, &place, value.expose());
     let mut group = c.benchmark_group("seal_800_byte_token");
     group.throughput(Throughput::Elements(1));
     group.bench_function("seal", |b| {
-        b.iter(|| cipher::seal(&key, &place, black_box(&value)))
+        b.iter(|| cipher::seal(&key, &place, black_box(value.expose())))
     });
     group.bench_function("open", |b| {
         b.iter(|| cipher::open(&key, &place, black_box(&sealed)).unwrap())

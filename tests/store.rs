@@ -574,7 +574,7 @@ fn stored(key: &str, access: &str) -> StoredToken {
         resource: None,
         issuer: None,
         access_token: access.into(),
-        refresh_token: Some(format!("rt-{access}")),
+        refresh_token: Some(format!("rt-{access}").into()),
         token_type: "Bearer".into(),
         scope: None,
         expires_at: Some(now_ms() + 3_600_000),

@@ -28,7 +28,7 @@ fn token(key: &str, access: &str) -> StoredToken {
         resource: None,
         issuer: Some("http://127.0.0.1:2".into()),
         access_token: access.into(),
-        refresh_token: Some(format!("rt-of-{access}")),
+        refresh_token: Some(format!("rt-of-{access}").into()),
         token_type: "Bearer".into(),
         scope: None,
         expires_at: Some(now_ms() + 3_600_000),
@@ -497,7 +497,7 @@ async fn a_stopped_database_fails_fast_and_after_a_restart_nothing_is_lost() {
         let kept = store.load_token(&format!("srv-{i:02}")).await.unwrap();
         assert_eq!(
             kept.map(|t| t.access_token),
-            Some(format!("at-{i}")),
+            Some(format!("at-{i}").into()),
             "srv-{i:02} kept"
         );
     }

@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::actor::{Caller, UpstreamActor};
 use super::messages::*;
-use super::state::{Event, Failure, TokenId};
+use super::state::{Event, Failure};
 use crate::scheduler::{Due, TimerKind};
 
 impl Handler<ReportProtocolVersion> for UpstreamActor {
@@ -38,7 +38,7 @@ impl Handler<AccessToken> for UpstreamActor {
 impl Handler<ReportUnauthorized> for UpstreamActor {
     type Result = ResponseFuture<Reply>;
     fn handle(&mut self, report: ReportUnauthorized, ctx: &mut Context<Self>) -> Self::Result {
-        let token = Some(TokenId::of(&report.access_token));
+        let token = Some(report.token);
         self.wait_for(Event::Refused { token }, report.challenge, ctx)
     }
 }
@@ -47,7 +47,7 @@ impl Handler<ReportForbidden> for UpstreamActor {
     type Result = ResponseFuture<Reply>;
     fn handle(&mut self, report: ReportForbidden, ctx: &mut Context<Self>) -> Self::Result {
         let event = Event::Forbidden {
-            token: Some(TokenId::of(&report.access_token)),
+            token: Some(report.token),
             insufficient_scope: report.challenge.is_insufficient_scope(),
             granted: self.granted_scope(),
             demanded: report.challenge.scope.clone(),

@@ -9,7 +9,7 @@ use super::super::error::StoreError;
 use super::super::lease::{Ambiguous, RefreshTokenId};
 use super::super::model::{StoredToken, TokenStatusRow};
 use super::super::sql::{TOKEN_COLUMNS, UPSERT_TOKEN};
-use super::super::tokens::{dpop_of, opened, sane_times};
+use super::super::tokens::{dpop_of, opened, sane_times, sealed};
 use super::seal::read_key_check;
 use super::{PgStore, plain};
 use crate::clock::now_ms;
@@ -76,10 +76,7 @@ impl PgStore {
         t: &StoredToken,
     ) -> Result<(), StoreError> {
         self.check_key(tx).await?;
-        let hide = |column, value| self.seal().hide(column, &t.server_key, value);
-        let access = hide("access_token", Some(&t.access_token));
-        let refresh = hide("refresh_token", t.refresh_token.as_deref());
-        let dpop_key = hide("dpop_key", t.dpop.as_ref().map(|d| d.private_key.as_str()));
+        let [access, refresh, dpop_key] = sealed(self.seal(), t);
         let dpop_jkt = t.dpop.as_ref().map(|d| d.jkt.as_str());
         tx.execute(
             UPSERT_TOKEN,
@@ -164,11 +161,11 @@ impl PgStore {
             )
             .await
             .map_err(|e| self.fail("reading a refresh token", &e))?;
-        let stored: Option<String> = row.and_then(|r| r.get(0));
+        let stored = row.and_then(|r| r.get(0));
         let opened = self
             .seal()
             .reveal(self.place(), "refresh_token", server_key, stored)?;
-        Ok(opened.as_deref().map(RefreshTokenId::of))
+        Ok(opened.as_ref().map(RefreshTokenId::of_secret))
     }
 
     /// Forgets the refresh token of `server_key` only if the row still holds the one that was

@@ -26,7 +26,7 @@ use crate::oauth::grants::credentials::{self, GrantConfig, GrantTarget};
 use crate::oauth::grants::{GrantError, TokenServer};
 use crate::oauth::scope::select_scope;
 use crate::oauth::token::TokenSet;
-use crate::store::{StoredDpopKey, StoredToken};
+use crate::store::{Secret, StoredDpopKey, StoredToken};
 use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime};
 use crate::upstream::state::{MAX_RETRY_AFTER, Millis, RefreshFailure, TokenId};
@@ -136,9 +136,9 @@ async fn store_moved_on(
     stored: Option<StoredToken>,
     current: Option<&StoredToken>,
 ) -> Option<FlowOutcome> {
-    let held = current.map(|t| TokenId::of(&t.access_token));
+    let held = current.map(|t| TokenId::of_secret(&t.access_token));
     match stored {
-        Some(stored) if Some(TokenId::of(&stored.access_token)) != held => {
+        Some(stored) if Some(TokenId::of_secret(&stored.access_token)) != held => {
             tracing::info!("another process obtained a token meanwhile; its token is the newest");
             cx.event(
                 FlowStep::Adopted,
@@ -214,7 +214,7 @@ fn stored(
         server_url: config.url.to_string(),
         resource: Some(resource),
         issuer: Some(issuer),
-        access_token: set.access_token.secret().clone(),
+        access_token: Secret::new(set.access_token.secret().as_str()),
         refresh_token: None,
         token_type: set.token_type.clone(),
         scope: set.scope.clone(),
@@ -224,7 +224,7 @@ fn stored(
         dpop: dpop
             .filter(|_| dpop::is_dpop_type(&set.token_type))
             .map(|d| StoredDpopKey {
-                private_key: d.key().encoded_secret(),
+                private_key: d.key().encoded_secret().into(),
                 jkt: d.key().thumbprint().to_string(),
             }),
     }
