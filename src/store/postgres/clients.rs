@@ -8,7 +8,7 @@ use super::super::clients::opened_client;
 use super::super::error::StoreError;
 use super::super::model::{StoredClient, StoredToken, without_management_token};
 use super::super::sql::{CLIENT_COLUMNS, UPSERT_CLIENT};
-use super::{PgStore, plain};
+use super::PgStore;
 use crate::clock::now_ms;
 
 fn client_of(row: &Row) -> StoredClient {
@@ -148,16 +148,8 @@ impl PgStore {
 
     /// Writes a client identity in its own transaction.
     pub async fn save_client(&self, stored: &StoredClient) -> Result<(), StoreError> {
-        self.bounded("saving a client", async {
-            let mut client = self.client().await?;
-            let tx = plain(&mut client)
-                .transaction()
-                .await
-                .map_err(|e| self.fail("saving a client", &e))?;
-            self.save_client_in(&tx, stored).await?;
-            tx.commit()
-                .await
-                .map_err(|e| self.fail("committing a client", &e))
+        self.in_transaction("saving a client", async |tx| {
+            self.save_client_in(tx, stored).await
         })
         .await
     }

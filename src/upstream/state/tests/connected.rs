@@ -8,13 +8,7 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     let c = &s.connected;
     rows.push((c.clone(), Event::Reconnect, c.clone(), vec![ready()]));
-    let after = login_started(c);
-    rows.push((
-        c.clone(),
-        Event::Login,
-        after.clone(),
-        vec![login_of(&after)],
-    ));
+    rows.push(logs_in(c));
     rows.push((
         c.clone(),
         Event::Refresh,
@@ -89,13 +83,7 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
         after.clone(),
         announced_login(LoginReason::NoRefreshToken, &after),
     ));
-    rows.push((
-        c.clone(),
-        Event::Logout,
-        logged_out_state(c),
-        logged_out_effects(false, true),
-    ));
-    rows.push((c.clone(), sc(), adopted(c, fresh()), vec![ready()]));
+    rows.extend(logout_and_adopt(c));
     // The store holds what this process holds: nothing changed.
     rows.push((
         c.clone(),

@@ -427,6 +427,31 @@ fn results(generation: u64) -> Vec<Event> {
     ]
 }
 
+/// An explicit login from `s`: it starts at once.
+fn logs_in(s: &State) -> Row {
+    let after = login_started(s);
+    (
+        s.clone(),
+        Event::Login,
+        after.clone(),
+        vec![login_of(&after)],
+    )
+}
+
+/// The rows a phase without a running flow shares: a logout forgets the token here, and
+/// another process's fresh token in the store is adopted.
+fn logout_and_adopt(s: &State) -> [Row; 2] {
+    [
+        (
+            s.clone(),
+            Event::Logout,
+            logged_out_state(s),
+            logged_out_effects(false, true),
+        ),
+        (s.clone(), sc(), adopted(s, fresh()), vec![ready()]),
+    ]
+}
+
 fn ignored(s: &State, events: Vec<Event>) -> Vec<Row> {
     events
         .into_iter()
