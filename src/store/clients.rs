@@ -7,7 +7,6 @@ use std::path::Path;
 use rusqlite::{OptionalExtension, params};
 
 use super::error::StoreError;
-use super::group_commit::write_tx;
 use super::model::{StoredClient, StoredToken, from_columns, without_management_token};
 use super::sealing::Seal;
 use super::sql::{CLIENT_COLUMNS, UPSERT_CLIENT};
@@ -102,9 +101,9 @@ impl TokenStore {
             .seal
             .hide("client_secret", &c.server_key, c.client_secret.as_ref());
         let registration = c.registration_json.as_deref().map(without_management_token);
-        write_tx(&mut self.conn, self.batched, |tx| {
-            self.seal.check_still_ours(tx, &self.path)?;
-            tx.prepare_cached(UPSERT_CLIENT)?.execute(params![
+        self.write_sealed(
+            UPSERT_CLIENT,
+            params![
                 c.server_key,
                 c.issuer,
                 c.client_id,
@@ -119,8 +118,7 @@ impl TokenStore {
                 c.iss_parameter_supported,
                 registration,
                 now
-            ])?;
-            Ok(())
-        })
+            ],
+        )
     }
 }

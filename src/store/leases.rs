@@ -80,10 +80,7 @@ impl TokenStore {
     /// mark.
     fn read_for_claim(&self, server_key: &str) -> Result<ClaimRead, StoreError> {
         let (token, client) = self.load_token_and_client(server_key)?;
-        let token_by_login = match token.as_ref().and_then(|t| t.flow_id.as_deref()) {
-            Some(flow) => self.flow_kind(flow)?.as_deref() == Some("login"),
-            None => false,
-        };
+        let token_by_login = self.written_by_login(token.as_ref())?;
         Ok(ClaimRead {
             token,
             client,

@@ -117,9 +117,9 @@ impl TokenStore {
     pub fn save_token(&mut self, t: &StoredToken) -> Result<(), StoreError> {
         let [access, refresh, dpop_key] = sealed(&self.seal, t);
         let dpop_jkt = t.dpop.as_ref().map(|d| d.jkt.as_str());
-        write_tx(&mut self.conn, self.batched, |tx| {
-            self.seal.check_still_ours(tx, &self.path)?;
-            tx.prepare_cached(UPSERT_TOKEN)?.execute(params![
+        self.write_sealed(
+            UPSERT_TOKEN,
+            params![
                 t.server_key,
                 t.server_name,
                 t.server_url,
@@ -135,7 +135,20 @@ impl TokenStore {
                 t.flow_id,
                 dpop_key,
                 dpop_jkt
-            ])?;
+            ],
+        )
+    }
+
+    /// Runs `sql` (an upsert of a row with sealed columns) durably, after checking inside its
+    /// transaction that the file's key is still this seal's (see `Seal::check_still_ours`).
+    pub(super) fn write_sealed(
+        &mut self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), StoreError> {
+        write_tx(&mut self.conn, self.batched, |tx| {
+            self.seal.check_still_ours(tx, &self.path)?;
+            tx.prepare_cached(sql)?.execute(params)?;
             Ok(())
         })
     }

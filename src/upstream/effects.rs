@@ -287,9 +287,8 @@ impl UpstreamActor {
                 saved,
                 client,
             } => {
-                if let Some(endpoint) = endpoint {
-                    self.endpoint = Some(endpoint);
-                }
+                // A flow that found (or registered) a client hands it on.
+                self.endpoint = endpoint.or_else(|| self.endpoint.take());
                 self.unsaved_client = client;
                 let token_facts = facts(&token);
                 let event = Event::TokenObtained {
@@ -312,9 +311,8 @@ impl UpstreamActor {
                 rotated_refresh_token,
                 endpoint,
             } => {
-                if let Some(endpoint) = endpoint {
-                    self.endpoint = Some(endpoint);
-                }
+                // A flow that found (or registered) a client hands it on.
+                self.endpoint = endpoint.or_else(|| self.endpoint.take());
                 if let (Some(rotated), Some(current)) =
                     (rotated_refresh_token, self.current.as_mut())
                 {

@@ -10,8 +10,8 @@ use super::super::lease::{Ambiguous, RefreshTokenId};
 use super::super::model::{StoredToken, TokenStatusRow};
 use super::super::sql::{TOKEN_COLUMNS, UPSERT_TOKEN};
 use super::super::tokens::{dpop_of, opened, sane_times, sealed};
-use super::seal::read_key_check;
 use super::PgStore;
+use super::seal::read_key_check;
 use crate::clock::now_ms;
 
 fn token_of(row: &Row) -> StoredToken {

@@ -326,7 +326,7 @@ async fn present(cx: &FlowContext<'_>, call: Call<'_>, refresh_token: RefreshTok
     };
     let row = TokenRow {
         config: cx.config,
-        endpoint: &endpoint,
+        resource: &endpoint.resource,
         issuer: current.issuer.clone(),
         flow_id: cx.flow_id,
         dpop: dpop.as_ref(),

@@ -52,7 +52,8 @@ pub fn rebased(mut set: TokenSet, now: SystemTime) -> TokenSet {
 /// What a token set is stored as.
 pub struct TokenRow<'a> {
     pub config: &'a UpstreamConfig,
-    pub endpoint: &'a TokenEndpoint,
+    /// The resource the token is for (RFC 8707).
+    pub resource: &'a str,
     pub issuer: Option<String>,
     pub flow_id: &'a str,
     /// The key the token request was proven with.
@@ -66,7 +67,7 @@ impl TokenRow<'_> {
             server_key: config.server_key.clone(),
             server_name: config.name.clone(),
             server_url: config.url.to_string(),
-            resource: Some(self.endpoint.resource.clone()),
+            resource: Some(self.resource.to_string()),
             issuer: self.issuer.clone(),
             access_token: Secret::new(set.access_token.secret().as_str()),
             refresh_token: set

@@ -76,12 +76,10 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
     ));
     // Without a refresh token the timer fires when the token stops being usable.
     let no_rt_due = due_now(&connected_to(c, token(1_000, false)));
-    let after = login_started(&no_rt_due);
-    rows.push((
-        no_rt_due.clone(),
+    rows.push(announces_login(
+        &no_rt_due,
         Event::Due(Timer::Refresh),
-        after.clone(),
-        announced_login(LoginReason::NoRefreshToken, &after),
+        LoginReason::NoRefreshToken,
     ));
     rows.extend(logout_and_adopt(c));
     // The store holds what this process holds: nothing changed.

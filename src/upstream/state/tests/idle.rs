@@ -74,13 +74,7 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
         after.clone(),
         announced_login(LoginReason::NoRefreshToken, &after),
     ));
-    let after = login_started(l);
-    rows.push((
-        l.clone(),
-        loaded(None),
-        after.clone(),
-        announced_login(LoginReason::NoStoredToken, &after),
-    ));
+    rows.push(announces_login(l, loaded(None), LoginReason::NoStoredToken));
     // A token refused before is not trusted again when read back.
     let refusing = with(l, |n| n.refused = Some(id(1)));
     let after = with(&refusing, |n| {

@@ -113,6 +113,17 @@ fn announced_login(reason: LoginReason, after: &State) -> Vec<Effect> {
     vec![AnnounceReauthentication { reason }, login_of(after)]
 }
 
+/// From `s`, `event` starts a login, announced because of `reason`.
+fn announces_login(s: &State, event: Event, reason: LoginReason) -> Row {
+    let after = login_started(s);
+    (
+        s.clone(),
+        event,
+        after.clone(),
+        announced_login(reason, &after),
+    )
+}
+
 /// A refusal of the current token of `c` (connected to `valid()`): refused, and refreshed
 /// after checking where the resource's authorization server is now.
 fn refused_and_refreshing(c: &State) -> (State, Vec<Effect>) {

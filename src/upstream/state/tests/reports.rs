@@ -9,10 +9,7 @@ fn scoped(s: &State) -> State {
 }
 
 pub(super) fn rows(s: &Samples) -> Vec<Row> {
-    let mut rows = insufficient_scope(s);
-    rows.extend(answered_alone(s));
-    rows.extend(moved(s));
-    rows
+    [insufficient_scope(s), answered_alone(s), moved(s)].concat()
 }
 
 fn insufficient_scope(s: &Samples) -> Vec<Row> {

@@ -16,10 +16,7 @@ fn unsaved(s: &State, retry_at: Option<Millis>) -> State {
 }
 
 pub(super) fn rows(s: &Samples) -> Vec<Row> {
-    let mut rows = every_phase(s);
-    rows.extend(saving(s));
-    rows.extend(draining(s));
-    rows
+    [every_phase(s), saving(s), draining(s)].concat()
 }
 
 /// Reports about a save of another token change nothing; a drain in every phase.

@@ -5,11 +5,13 @@
 use super::*;
 
 pub(super) fn rows(s: &Samples) -> Vec<Row> {
-    let mut rows = needs_login(s);
-    rows.extend(retrying(s));
-    rows.extend(store_unavailable(s));
-    rows.extend(logged_out(s));
-    rows
+    [
+        needs_login(s),
+        retrying(s),
+        store_unavailable(s),
+        logged_out(s),
+    ]
+    .concat()
 }
 
 fn needs_login(s: &Samples) -> Vec<Row> {
@@ -41,12 +43,10 @@ fn needs_login(s: &Samples) -> Vec<Row> {
     // The browser window has not ended: nothing happens.
     rows.push((n.clone(), Event::Due(Timer::Browser), n.clone(), vec![]));
     let window_over = due_now(n);
-    let after = login_started(&window_over);
-    rows.push((
-        window_over.clone(),
+    rows.push(announces_login(
+        &window_over,
         Event::Due(Timer::Browser),
-        after.clone(),
-        announced_login(LoginReason::NoStoredToken, &after),
+        LoginReason::NoStoredToken,
     ));
     let kept_rt = State {
         token: Some(expired()),
