@@ -42,11 +42,11 @@ fn token_saves(c: &mut Criterion) {
     let key = StoreKey::generate();
     let place = cipher::place("oauth_tokens", "access_token", "srv_0123456789abcdef");
     let value = token().access_token;
-    let sealed = cipher::seal(&key, &place, &value);
+    let sealed = cipher::seal(&key, &place, value.expose());
     let mut group = c.benchmark_group("seal_800_byte_token");
     group.throughput(Throughput::Elements(1));
     group.bench_function("seal", |b| {
-        b.iter(|| cipher::seal(&key, &place, black_box(&value)))
+        b.iter(|| cipher::seal(&key, &place, black_box(value.expose())))
     });
     group.bench_function("open", |b| {
         b.iter(|| cipher::open(&key, &place, black_box(&sealed)).unwrap())

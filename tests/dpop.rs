@@ -526,7 +526,7 @@ fn stored_dpop_key(dir: &std::path::Path) -> (String, String, String) {
         .expect("a token row with a DPoP key");
     let token = store.load_token(&raw.0).unwrap().expect("the stored token");
     let dpop = token.dpop.expect("the token is stored with its DPoP key");
-    (dpop.private_key, dpop.jkt, raw.1)
+    (dpop.private_key.expose().to_string(), dpop.jkt, raw.1)
 }
 
 /// Waits (bounded, woken by the daemon's state changes) until it hands out a token other

@@ -38,7 +38,7 @@ fn client(key: &str, issuer: &str, id: &str) -> StoredClient {
         server_key: key.into(),
         issuer: issuer.into(),
         client_id: id.into(),
-        client_secret: Some(format!("{SECRET}cs-{id}")),
+        client_secret: Some(format!("{SECRET}cs-{id}").into()),
         token_endpoint_auth_method: "client_secret_post".into(),
         source: "registered".into(),
         redirect_uri: "http://127.0.0.1:3/callback".into(),
@@ -188,7 +188,7 @@ async fn suite(pair: &Pair) {
 async fn saved_tokens_are_sealed_and_read_back_by_the_other_instance(p: &Pair) {
     let mut t = token("seal", "at-1", Some("rt-1"));
     t.dpop = Some(StoredDpopKey {
-        private_key: format!("{SECRET}dpop-key"),
+        private_key: format!("{SECRET}dpop-key").into(),
         jkt: "jkt-1".into(),
     });
     assert_eq!(
@@ -200,7 +200,7 @@ async fn saved_tokens_are_sealed_and_read_back_by_the_other_instance(p: &Pair) {
     let (read, read_client) = p.b.load_token_and_client("seal").await.unwrap();
     assert_eq!(read.as_ref(), Some(&t), "the other instance reads it whole");
     let read_client = read_client.expect("the client of the token's issuer");
-    assert_eq!(read_client.client_secret.as_deref(), Some("sekret-cs-c1"));
+    assert_eq!(read_client.client_secret, Some("sekret-cs-c1".into()));
     assert!(
         !read_client
             .registration_json
@@ -399,7 +399,7 @@ async fn a_claim_reads_another_instance_s_token_to_adopt(p: &Pair) {
         .read()
         .newer_than(&old)
         .expect("the newer token is read under the claim");
-    assert_eq!(adopted.refresh_token.as_deref(), Some("sekret-rt-new"));
+    assert_eq!(adopted.refresh_token, Some("sekret-rt-new".into()));
     assert!(a.read().newer_than(&newer).is_none());
     a.finish(FlowEnd::Succeeded).await.unwrap();
 }
@@ -576,13 +576,8 @@ async fn invalid_grant_drops_only_the_refresh_token_that_was_refused(p: &Pair) {
     let refused_old = RefreshTokenId::of("sekret-rt-1");
     assert!(!p.a.drop_refresh_token_if(key, refused_old).await.unwrap());
     assert_eq!(
-        p.a.load_token(key)
-            .await
-            .unwrap()
-            .unwrap()
-            .refresh_token
-            .as_deref(),
-        Some("sekret-rt-2"),
+        p.a.load_token(key).await.unwrap().unwrap().refresh_token,
+        Some("sekret-rt-2".into()),
         "the newer refresh token is kept"
     );
     assert!(
@@ -592,8 +587,8 @@ async fn invalid_grant_drops_only_the_refresh_token_that_was_refused(p: &Pair) {
     );
     let kept = p.b.load_token(key).await.unwrap().unwrap();
     assert_eq!(
-        (kept.refresh_token, kept.access_token.as_str()),
-        (None, "sekret-at-2")
+        (kept.refresh_token, kept.access_token),
+        (None, "sekret-at-2".into())
     );
     assert!(
         !p.a.drop_refresh_token_if("no-such-server", refused_old)

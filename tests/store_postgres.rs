@@ -485,7 +485,7 @@ async fn a_stopped_database_fails_fast_and_after_a_restart_nothing_is_lost() {
         let kept = store.load_token(&format!("srv-{i:02}")).await.unwrap();
         assert_eq!(
             kept.map(|t| t.access_token),
-            Some(format!("at-{i}")),
+            Some(format!("at-{i}").into()),
             "srv-{i:02} kept"
         );
     }

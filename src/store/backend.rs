@@ -65,6 +65,23 @@ pub struct StoreHealth {
 /// How long a health check of a SQLite store may take (the registry may be busy).
 const SQLITE_HEALTH_WAIT: Duration = Duration::from_secs(5);
 
+/// `Store` methods that act on one server's row: SQLite's through the registry (`call` to
+/// read, `write` to write), PostgreSQL's directly, with the same arguments.
+macro_rules! by_server_key {
+    ($($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $out:ty, $how:ident;)+) => {$(
+        $(#[$doc])*
+        pub async fn $name(&self, server_key: &str $(, $arg: $ty)*) -> Result<$out, StoreError> {
+            match self {
+                Store::Sqlite(s) => {
+                    let key = server_key.to_string();
+                    s.registry.$how(move |db| db.$name(&key $(, $arg)*)).await
+                }
+                Store::Postgres(pg) => pg.$name(server_key $(, $arg)*).await,
+            }
+        }
+    )+};
+}
+
 impl Store {
     /// Opens the store `choice` names. SQLite: `database` (created if needed; its registry is
     /// an actor, so call this inside an actix `System`), changes polled every `options.
@@ -113,30 +130,19 @@ impl Store {
         }
     }
 
-    pub async fn load_token(&self, server_key: &str) -> Result<Option<StoredToken>, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let key = server_key.to_string();
-                s.registry.call(move |db| db.load_token(&key)).await
-            }
-            Store::Postgres(pg) => pg.load_token(server_key).await,
-        }
-    }
-
-    /// A server's token and the client it is refreshed with.
-    pub async fn load_token_and_client(
-        &self,
-        server_key: &str,
-    ) -> Result<(Option<StoredToken>, Option<StoredClient>), StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let key = server_key.to_string();
-                s.registry
-                    .call(move |db| db.load_token_and_client(&key))
-                    .await
-            }
-            Store::Postgres(pg) => pg.load_token_and_client(server_key).await,
-        }
+    by_server_key! {
+        /// A server's token.
+        load_token() -> Option<StoredToken>, call;
+        /// A server's token and the client it is refreshed with.
+        load_token_and_client() -> (Option<StoredToken>, Option<StoredClient>), call;
+        /// Deletes a server's token (a logout).
+        delete_token() -> (), write;
+        /// After `invalid_grant`: forgets the refresh token only if the row still holds the
+        /// one that was refused (never a newer one another instance stored). Whether it
+        /// dropped.
+        drop_refresh_token_if(refused: RefreshTokenId) -> bool, write;
+        /// The ambiguous mark of a server's token.
+        ambiguous() -> Option<Ambiguous>, call;
     }
 
     /// The server's client identity at the authorization server `issuer`.
@@ -227,46 +233,6 @@ impl Store {
                 s.registry.write(move |db| db.save_client(&client)).await
             }
             Store::Postgres(pg) => pg.save_client(client).await,
-        }
-    }
-
-    /// Deletes a server's token (a logout).
-    pub async fn delete_token(&self, server_key: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let key = server_key.to_string();
-                s.registry.write(move |db| db.delete_token(&key)).await
-            }
-            Store::Postgres(pg) => pg.delete_token(server_key).await,
-        }
-    }
-
-    /// After `invalid_grant`: forgets the refresh token only if the row still holds the one
-    /// that was refused (never a newer one another instance stored). Whether it dropped.
-    pub async fn drop_refresh_token_if(
-        &self,
-        server_key: &str,
-        refused: RefreshTokenId,
-    ) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let key = server_key.to_string();
-                s.registry
-                    .write(move |db| db.drop_refresh_token_if(&key, refused))
-                    .await
-            }
-            Store::Postgres(pg) => pg.drop_refresh_token_if(server_key, refused).await,
-        }
-    }
-
-    /// The ambiguous mark of a server's token.
-    pub async fn ambiguous(&self, server_key: &str) -> Result<Option<Ambiguous>, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let key = server_key.to_string();
-                s.registry.call(move |db| db.ambiguous(&key)).await
-            }
-            Store::Postgres(pg) => pg.ambiguous(server_key).await,
         }
     }
 

@@ -153,7 +153,10 @@ impl Drop for Claim {
             };
             drop(file_lock);
             if let Err(e) = released {
-                tracing::warn!(server_key = %lease.server_key, error = %e, "a dropped claim could not be released; its lease expires by itself");
+                tracing::warn!(
+                    server_key = %lease.server_key, error = %e,
+                    "a dropped claim could not be released; its lease expires by itself"
+                );
             }
         });
     }

@@ -2,14 +2,29 @@
 //! exact comparison); a refresh uses the client of its token's issuer. The client secret is
 //! sealed, and RFC 7592's management token is never stored.
 
+use std::path::Path;
+
 use rusqlite::{OptionalExtension, params};
 
 use super::error::StoreError;
-use super::group_commit::write_tx;
 use super::model::{StoredClient, StoredToken, from_columns, without_management_token};
+use super::sealing::Seal;
 use super::sql::{CLIENT_COLUMNS, UPSERT_CLIENT};
 use super::token_store::TokenStore;
 use crate::clock::now_ms;
+
+/// A client row's secret opened with the store's seal (and registered with the log scrubber).
+pub(super) fn opened_client(
+    seal: &Seal,
+    path: &Path,
+    client: StoredClient,
+) -> Result<StoredClient, StoreError> {
+    let (key, stored) = (&client.server_key, client.client_secret.clone());
+    Ok(StoredClient {
+        client_secret: seal.reveal(path, "client_secret", key, stored)?,
+        ..client
+    })
+}
 
 impl TokenStore {
     /// The server's newest client identity (of the authorization server it last used).
@@ -74,14 +89,9 @@ impl TokenStore {
                 }
             })
             .optional()?;
-        let Some(mut client) = client else {
-            return Ok(None);
-        };
-        let secret = client.client_secret.take();
-        client.client_secret =
-            self.seal
-                .reveal(&self.path, "client_secret", &client.server_key, secret)?;
-        Ok(Some(client))
+        client
+            .map(|c| opened_client(&self.seal, &self.path, c))
+            .transpose()
     }
 
     /// Writes a client identity durably: the row of its (server, issuer), replaced if present.
@@ -89,11 +99,11 @@ impl TokenStore {
         let now = now_ms();
         let secret = self
             .seal
-            .hide("client_secret", &c.server_key, c.client_secret.as_deref());
+            .hide("client_secret", &c.server_key, c.client_secret.as_ref());
         let registration = c.registration_json.as_deref().map(without_management_token);
-        write_tx(&mut self.conn, self.batched, |tx| {
-            self.seal.check_still_ours(tx, &self.path)?;
-            tx.prepare_cached(UPSERT_CLIENT)?.execute(params![
+        self.write_sealed(
+            UPSERT_CLIENT,
+            params![
                 c.server_key,
                 c.issuer,
                 c.client_id,
@@ -108,8 +118,7 @@ impl TokenStore {
                 c.iss_parameter_supported,
                 registration,
                 now
-            ])?;
-            Ok(())
-        })
+            ],
+        )
     }
 }

@@ -116,6 +116,14 @@ impl TokenStore {
         Ok(closed)
     }
 
+    /// Whether `token` was written by a login flow (its flow row says so).
+    pub(super) fn written_by_login(&self, token: Option<&StoredToken>) -> Result<bool, StoreError> {
+        match token.and_then(|t| t.flow_id.as_deref()) {
+            Some(flow) => Ok(self.flow_kind(flow)?.as_deref() == Some("login")),
+            None => Ok(false),
+        }
+    }
+
     /// Records a flow as running and reads what it starts from (the stored token, its client,
     /// whether a login wrote the token), in one registry job: one round trip instead of two.
     /// The flow row is written with a short busy timeout (history must not stall the
@@ -136,10 +144,7 @@ impl TokenStore {
             .err()
             .map(|e| e.to_string());
         let (token, client) = self.load_token_and_client(server_key)?;
-        let token_by_login = match token.as_ref().and_then(|t| t.flow_id.as_deref()) {
-            Some(flow) => self.flow_kind(flow)?.as_deref() == Some("login"),
-            None => false,
-        };
+        let token_by_login = self.written_by_login(token.as_ref())?;
         Ok(FlowStart {
             not_recorded,
             token,

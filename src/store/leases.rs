@@ -11,6 +11,7 @@ use super::group_commit::write_tx;
 use super::lease::{Ambiguous, ClaimRead, FlowEnd, LeaseRef, LeaseRow, RefreshTokenId, Written};
 use super::lease::{LEASE_TAKEN_OVER, WriteGuard};
 use super::model::{StoredClient, StoredToken, from_columns};
+use super::secret::Secret;
 use super::sql::LEASE_COLUMNS;
 use super::token_store::TokenStore;
 use crate::clock::now_ms;
@@ -79,10 +80,7 @@ impl TokenStore {
     /// mark.
     fn read_for_claim(&self, server_key: &str) -> Result<ClaimRead, StoreError> {
         let (token, client) = self.load_token_and_client(server_key)?;
-        let token_by_login = match token.as_ref().and_then(|t| t.flow_id.as_deref()) {
-            Some(flow) => self.flow_kind(flow)?.as_deref() == Some("login"),
-            None => false,
-        };
+        let token_by_login = self.written_by_login(token.as_ref())?;
         Ok(ClaimRead {
             token,
             client,
@@ -209,7 +207,7 @@ impl TokenStore {
 
     /// The id of the refresh token the row of `server_key` holds (opened with the seal).
     fn stored_refresh_id(&self, server_key: &str) -> Result<Option<RefreshTokenId>, StoreError> {
-        let stored: Option<Option<String>> = self
+        let stored: Option<Option<Secret>> = self
             .conn
             .query_row(
                 "SELECT refresh_token FROM oauth_tokens WHERE server_key = ?1",
@@ -220,7 +218,7 @@ impl TokenStore {
         let opened = self
             .seal
             .reveal(&self.path, "refresh_token", server_key, stored.flatten())?;
-        Ok(opened.as_deref().map(RefreshTokenId::of))
+        Ok(opened.as_ref().map(RefreshTokenId::of_secret))
     }
 
     /// Marks the token of `lease`'s server ambiguous (a refresh presenting `presented` was

@@ -3,6 +3,7 @@
 //! One room a concern, from the bottom up:
 //!
 //! - `model`: the rows (token, DPoP key, client, status, flow) and the flow retention;
+//!   `secret`: the type a row holds a secret in;
 //!   `error`: `StoreError`; `lease`: the claim's vocabulary (lease, fence, ambiguous mark, a
 //!   refresh token's id); `choice`: which store (`--store`); `options`: how it runs;
 //!   `sql`: the statements both backends run word for word;
@@ -45,6 +46,7 @@ pub mod postgres;
 mod preflight;
 pub mod registry;
 mod sealing;
+mod secret;
 mod sql;
 #[cfg(test)]
 mod tests;
@@ -71,4 +73,5 @@ pub use options::StoreOptions;
 pub use postgres::PgStore;
 pub use registry::TokenRegistry;
 pub use sealing::SECRET_COLUMNS;
+pub use secret::{Secret, fingerprint};
 pub use token_store::TokenStore;

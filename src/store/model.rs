@@ -1,9 +1,9 @@
 //! The rows the store takes in and hands out: a server's token (with the DPoP key it is bound
 //! to), a client identity, a line of the status view, a flow's history row, what a flow reads
-//! when it starts, and how much flow history is kept. A row that holds a secret shows none in
-//! its `Debug`.
+//! when it starts, and how much flow history is kept. A row holds each secret as a
+//! [`Secret`], so its derived `Debug` shows none.
 
-use std::fmt;
+use super::secret::Secret;
 
 /// Reads a row type from a result row whose columns are its fields, in the order written:
 /// `from_columns! { r => FlowRow: flow_id, server_name, ... }` reads column 0 into `flow_id`,
@@ -18,15 +18,15 @@ macro_rules! from_columns {
 pub(super) use from_columns;
 
 /// A persisted token. `Debug` shows no secret.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredToken {
     pub server_key: String,
     pub server_name: String,
     pub server_url: String,
     pub resource: Option<String>,
     pub issuer: Option<String>,
-    pub access_token: String,
-    pub refresh_token: Option<String>,
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
     pub token_type: String,
     pub scope: Option<String>,
     pub expires_at: Option<i64>,
@@ -37,39 +37,19 @@ pub struct StoredToken {
 }
 
 /// A DPoP key as stored: the private scalar (base64url, a secret) and its public thumbprint.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredDpopKey {
-    pub private_key: String,
+    pub private_key: Secret,
     pub jkt: String,
 }
 
-impl fmt::Debug for StoredDpopKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoredDpopKey")
-            .field("jkt", &self.jkt)
-            .finish_non_exhaustive()
-    }
-}
-
-impl fmt::Debug for StoredToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoredToken")
-            .field("server_key", &self.server_key)
-            .field("expires_at", &self.expires_at)
-            .field("has_refresh_token", &self.refresh_token.is_some())
-            .field("scope", &self.scope)
-            .field("dpop_jkt", &self.dpop.as_ref().map(|d| &d.jkt))
-            .finish()
-    }
-}
-
 /// A persisted client identity with the endpoints a refresh needs. `Debug` shows no secret.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredClient {
     pub server_key: String,
     pub issuer: String,
     pub client_id: String,
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     pub token_endpoint_auth_method: String,
     pub source: String,
     pub redirect_uri: String,
@@ -79,16 +59,6 @@ pub struct StoredClient {
     pub resource: String,
     pub iss_parameter_supported: bool,
     pub registration_json: Option<String>,
-}
-
-impl fmt::Debug for StoredClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoredClient")
-            .field("server_key", &self.server_key)
-            .field("client_id", &self.client_id)
-            .field("has_client_secret", &self.client_secret.is_some())
-            .finish()
-    }
 }
 
 /// A registration response without RFC 7592's management token (older builds stored it):
@@ -162,5 +132,91 @@ impl Default for FlowRetention {
             batch: 500,
             every_flows: 256,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lease::ClaimRead;
+    use super::*;
+
+    const SECRETS: [&str; 4] = [
+        "at-secret-value-0001",
+        "rt-secret-value-0002",
+        "dpop-private-scalar-0003",
+        "client-secret-value-0004",
+    ];
+
+    fn token() -> StoredToken {
+        StoredToken {
+            server_key: "k".into(),
+            server_name: "srv".into(),
+            server_url: "http://127.0.0.1:1/mcp".into(),
+            resource: None,
+            issuer: None,
+            access_token: SECRETS[0].into(),
+            refresh_token: Some(SECRETS[1].into()),
+            token_type: "DPoP".into(),
+            scope: Some("read".into()),
+            expires_at: Some(2),
+            obtained_at: 1,
+            flow_id: Some("f-1".into()),
+            dpop: Some(StoredDpopKey {
+                private_key: SECRETS[2].into(),
+                jkt: "jkt-shown".into(),
+            }),
+        }
+    }
+
+    fn client() -> StoredClient {
+        StoredClient {
+            server_key: "k".into(),
+            issuer: "http://127.0.0.1:2".into(),
+            client_id: "cid-shown".into(),
+            client_secret: Some(SECRETS[3].into()),
+            token_endpoint_auth_method: "client_secret_post".into(),
+            source: "configured".into(),
+            redirect_uri: "http://127.0.0.1:3/callback".into(),
+            authorization_endpoint: "http://127.0.0.1:2/authorize".into(),
+            token_endpoint: "http://127.0.0.1:2/token".into(),
+            revocation_endpoint: None,
+            resource: "http://127.0.0.1:1/mcp".into(),
+            iss_parameter_supported: true,
+            registration_json: None,
+        }
+    }
+
+    #[test]
+    fn every_row_that_holds_a_secret_shows_none_in_its_debug() {
+        let start = FlowStart {
+            not_recorded: None,
+            token: Some(token()),
+            client: Some(client()),
+            token_by_login: true,
+        };
+        let read = ClaimRead {
+            token: Some(token()),
+            client: Some(client()),
+            token_by_login: false,
+            ambiguous: None,
+        };
+        let shown = [
+            format!("{:?}", token()),
+            format!("{:?}", token().dpop),
+            format!("{:?}", client()),
+            format!("{start:?}"),
+            format!("{read:?}"),
+        ];
+        for text in &shown {
+            for secret in SECRETS {
+                assert!(!text.contains(secret), "{secret} shown in {text}");
+            }
+            assert!(
+                text.contains("[redacted:"),
+                "a redacted value is marked: {text}"
+            );
+        }
+        // What is not secret is still shown.
+        assert!(shown[0].contains("jkt-shown") && shown[2].contains("cid-shown"));
     }
 }

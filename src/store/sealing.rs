@@ -12,6 +12,7 @@ use super::cipher::{self, StoreKey};
 use super::error::StoreError;
 use super::keys::{self, KeySource, Sealing};
 use super::model::without_management_token;
+use super::secret::Secret;
 
 /// The secret columns, sealed when the store is encrypted: (table, column).
 pub const SECRET_COLUMNS: &[(&str, &str)] = &[
@@ -171,8 +172,9 @@ impl Seal {
         &self,
         column: &'static str,
         server_key: &str,
-        value: Option<&str>,
+        value: Option<&Secret>,
     ) -> Option<String> {
+        let value = value.map(Secret::expose);
         match &self.key {
             Some((key, _)) => seal_column(key, column, server_key, value),
             None => value.map(String::from),
@@ -180,26 +182,27 @@ impl Seal {
     }
 
     /// A secret column's value as used: opened when the file is encrypted, and registered
-    /// with the log scrubber either way.
+    /// with the log scrubber either way. `stored` is the column as read (sealed, or in clear).
     pub(super) fn reveal(
         &self,
         path: &Path,
         column: &'static str,
         server_key: &str,
-        stored: Option<String>,
-    ) -> Result<Option<String>, StoreError> {
+        stored: Option<Secret>,
+    ) -> Result<Option<Secret>, StoreError> {
         let Some(stored) = stored else {
             return Ok(None);
         };
         let plain = match (&self.key, self.encrypted) {
             (Some((key, _)), _) => {
-                let table = table_of(column);
-                cipher::open(key, &cipher::place(table, column, server_key), &stored).map_err(
-                    |_| StoreError::Undecryptable {
+                let place = cipher::place(table_of(column), column, server_key);
+                let opened = cipher::open(key, &place, stored.expose()).map_err(|_| {
+                    StoreError::Undecryptable {
                         server_key: server_key.to_string(),
                         column,
-                    },
-                )?
+                    }
+                })?;
+                Secret::from(opened)
             }
             (None, true) => {
                 return Err(StoreError::EncryptedNeedsKey {
@@ -208,7 +211,7 @@ impl Seal {
             }
             (None, false) => stored,
         };
-        crate::telemetry::secrets::register(&plain);
+        crate::telemetry::secrets::register(plain.expose());
         Ok(Some(plain))
     }
 

@@ -10,6 +10,7 @@ use super::error::StoreError;
 use super::group_commit::write_tx;
 use super::model::{StoredDpopKey, StoredToken, TokenStatusRow, from_columns};
 use super::sealing::Seal;
+use super::secret::Secret;
 use super::sql::{TOKEN_COLUMNS, UPSERT_TOKEN};
 use super::token_store::TokenStore;
 use crate::clock::now_ms;
@@ -31,20 +32,35 @@ pub(super) fn opened(
     mut token: StoredToken,
 ) -> Result<StoredToken, StoreError> {
     let key = token.server_key.clone();
-    let reveal = |column, stored| seal.reveal(path, column, &key, stored);
-    token.access_token = reveal("access_token", Some(token.access_token))?.unwrap_or_default();
-    token.refresh_token = reveal("refresh_token", token.refresh_token)?;
+    let reveal = |column, stored: Secret| {
+        Ok::<_, StoreError>(
+            seal.reveal(path, column, &key, Some(stored))?
+                .unwrap_or_default(),
+        )
+    };
+    token.access_token = reveal("access_token", token.access_token)?;
+    token.refresh_token = seal.reveal(path, "refresh_token", &key, token.refresh_token)?;
     if let Some(dpop) = &mut token.dpop {
-        dpop.private_key =
-            reveal("dpop_key", Some(std::mem::take(&mut dpop.private_key)))?.unwrap_or_default();
+        dpop.private_key = reveal("dpop_key", std::mem::take(&mut dpop.private_key))?;
     }
     Ok(token)
+}
+
+/// A token row's secret columns as stored, sealed with the store's seal: the access token,
+/// the refresh token and the DPoP key.
+pub(super) fn sealed(seal: &Seal, t: &StoredToken) -> [Option<String>; 3] {
+    let hide = |column, value| seal.hide(column, &t.server_key, value);
+    [
+        hide("access_token", Some(&t.access_token)),
+        hide("refresh_token", t.refresh_token.as_ref()),
+        hide("dpop_key", t.dpop.as_ref().map(|d| &d.private_key)),
+    ]
 }
 
 /// The DPoP key of a token row: both columns or neither.
 pub(super) fn dpop_of(
     server_key: &str,
-    private_key: Option<String>,
+    private_key: Option<Secret>,
     jkt: Option<String>,
 ) -> Option<StoredDpopKey> {
     match (private_key, jkt) {
@@ -99,14 +115,11 @@ impl TokenStore {
 
     /// Writes a token durably (the transaction commits with `synchronous=FULL`).
     pub fn save_token(&mut self, t: &StoredToken) -> Result<(), StoreError> {
-        let hide = |column, value| self.seal.hide(column, &t.server_key, value);
-        let access = hide("access_token", Some(&t.access_token));
-        let refresh = hide("refresh_token", t.refresh_token.as_deref());
-        let dpop_key = hide("dpop_key", t.dpop.as_ref().map(|d| d.private_key.as_str()));
+        let [access, refresh, dpop_key] = sealed(&self.seal, t);
         let dpop_jkt = t.dpop.as_ref().map(|d| d.jkt.as_str());
-        write_tx(&mut self.conn, self.batched, |tx| {
-            self.seal.check_still_ours(tx, &self.path)?;
-            tx.prepare_cached(UPSERT_TOKEN)?.execute(params![
+        self.write_sealed(
+            UPSERT_TOKEN,
+            params![
                 t.server_key,
                 t.server_name,
                 t.server_url,
@@ -122,7 +135,20 @@ impl TokenStore {
                 t.flow_id,
                 dpop_key,
                 dpop_jkt
-            ])?;
+            ],
+        )
+    }
+
+    /// Runs `sql` (an upsert of a row with sealed columns) durably, after checking inside its
+    /// transaction that the file's key is still this seal's (see `Seal::check_still_ours`).
+    pub(super) fn write_sealed(
+        &mut self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), StoreError> {
+        write_tx(&mut self.conn, self.batched, |tx| {
+            self.seal.check_still_ours(tx, &self.path)?;
+            tx.prepare_cached(sql)?.execute(params)?;
             Ok(())
         })
     }

@@ -58,6 +58,7 @@ use crate::upstream::actor::{
 };
 pub use crate::upstream::flows::FlowHook;
 use crate::upstream::flows::Runtime;
+use crate::upstream::state::TokenId;
 use shutdown::{Shutdown, Stopping};
 use tokens::{Upstream, Upstreams, usable_token};
 
@@ -336,7 +337,7 @@ impl SupervisorHandle {
         self.ask(
             name,
             actor::ReportUnauthorized {
-                access_token: access_token.into(),
+                token: TokenId::of(access_token),
                 challenge,
             },
         )
@@ -358,7 +359,7 @@ impl SupervisorHandle {
         self.ask(
             name,
             actor::ReportForbidden {
-                access_token: access_token.into(),
+                token: TokenId::of(access_token),
                 challenge,
             },
         )

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{broadcast, oneshot};
 
-use super::flows::{self, Fence, LoginRequest, RefreshRequest, Runtime, facts};
+use super::flows::{self, Fence, LoginRequest, RefreshRequest, Runtime, facts, handed_out};
 pub use super::messages::*;
 pub use super::snapshot::{Snapshot, TokenSnapshot};
 use super::state::{
@@ -247,7 +247,9 @@ impl UpstreamActor {
                 }
             }
             Some(facts) if Some(facts) != held => {
-                if let Some(token) = offered.filter(|t| TokenId::of(&t.access_token) == facts.id) {
+                if let Some(token) =
+                    offered.filter(|t| TokenId::of_secret(&t.access_token) == facts.id)
+                {
                     self.set_current(Some(token));
                 }
             }
@@ -258,12 +260,8 @@ impl UpstreamActor {
             self.published = shown;
             let snapshot = shown.and(self.current.as_ref()).map(|t| {
                 Arc::new(
-                    TokenSnapshot::new(
-                        oauth2::AccessToken::new(t.access_token.clone()),
-                        t.expires_at,
-                        facts(t).safety_margin(),
-                    )
-                    .bound(&t.token_type, self.dpop.clone()),
+                    TokenSnapshot::new(handed_out(t), t.expires_at, facts(t).safety_margin())
+                        .bound(&t.token_type, self.dpop.clone()),
                 )
             });
             self.snapshot.store(snapshot);
@@ -454,7 +452,7 @@ impl UpstreamActor {
         let flow_id = self.running_flow.clone().or_else(|| self.last_flow.clone());
         match (resolution, &self.current) {
             (Resolution::Ready, Some(token)) => Ok(Grant {
-                access_token: oauth2::AccessToken::new(token.access_token.clone()),
+                access_token: handed_out(token),
                 expires_at: token.expires_at,
                 flow_id,
                 token_type: token.token_type.clone(),
@@ -538,7 +536,7 @@ impl UpstreamActor {
                         return;
                     }
                     let held = act.state.token.map(|t| t.id);
-                    let stored_id = stored.as_ref().map(|t| TokenId::of(&t.access_token));
+                    let stored_id = stored.as_ref().map(|t| TokenId::of_secret(&t.access_token));
                     if stored_id.is_some() && stored_id != held {
                         act.adopt_client(client.as_ref());
                     }

@@ -12,7 +12,7 @@ use super::flows::{self, FlowOutcome, endpoint_from_stored, facts, save_fenced};
 use super::messages::UpstreamError;
 use super::state::{Event, Failure, TokenId};
 use crate::oauth::dpop::{Dpop, DpopKey};
-use crate::store::{RefreshTokenId, Store, StoredClient, StoredToken, lock};
+use crate::store::{RefreshTokenId, Secret, Store, StoredClient, StoredToken, lock};
 use crate::telemetry::flow_logger::FlowKind;
 
 /// How long a logout waits for a running flow of another process before deleting anyway.
@@ -111,7 +111,7 @@ impl UpstreamActor {
         let Some(token) = self.current.clone() else {
             return;
         };
-        let id = TokenId::of(&token.access_token);
+        let id = TokenId::of_secret(&token.access_token);
         let (store, fence, client) = (
             self.rt.store.clone(),
             self.fence(),
@@ -146,7 +146,7 @@ impl UpstreamActor {
             .current
             .as_mut()
             .and_then(|t| t.refresh_token.take())
-            .map(|r| RefreshTokenId::of(&r));
+            .map(|r| RefreshTokenId::of_secret(&r));
         let Some(refused) = refused else { return };
         let key = self.config.server_key.clone();
         let store = self.rt.store.clone();
@@ -158,9 +158,13 @@ impl UpstreamActor {
             match store.drop_refresh_token_if(&key, refused).await {
                 Ok(true) => {}
                 Ok(false) => tracing::info!(
+                    ?refused,
                     "the stored refresh token is not the refused one (another process stored a newer one); it is kept"
                 ),
-                Err(e) => tracing::error!(error = %e, "could not forget the refused refresh token"),
+                Err(e) => tracing::error!(
+                    ?refused, error = %e,
+                    "could not forget the refused refresh token"
+                ),
             }
         };
         ctx.spawn(dropped.into_actor(self));
@@ -199,9 +203,10 @@ impl UpstreamActor {
             {
                 // Best effort: the local forget below happens whatever the server says.
                 let endpoint = endpoint_from_stored(client);
-                let refresh_token = token.refresh_token.as_deref();
+                let refresh_token = token.refresh_token.as_ref().map(Secret::expose);
+                let access_token = token.access_token.expose();
                 let revoked = endpoint
-                    .revoke(&http, revocation, refresh_token, &token.access_token)
+                    .revoke(&http, revocation, refresh_token, access_token)
                     .await;
                 if let Err(e) = revoked {
                     tracing::warn!(server = %server, error = %e, "revocation at the authorization server failed");
@@ -282,9 +287,8 @@ impl UpstreamActor {
                 saved,
                 client,
             } => {
-                if let Some(endpoint) = endpoint {
-                    self.endpoint = Some(endpoint);
-                }
+                // A flow that found (or registered) a client hands it on.
+                self.endpoint = endpoint.or_else(|| self.endpoint.take());
                 self.unsaved_client = client;
                 let token_facts = facts(&token);
                 let event = Event::TokenObtained {
@@ -307,9 +311,8 @@ impl UpstreamActor {
                 rotated_refresh_token,
                 endpoint,
             } => {
-                if let Some(endpoint) = endpoint {
-                    self.endpoint = Some(endpoint);
-                }
+                // A flow that found (or registered) a client hands it on.
+                self.endpoint = endpoint.or_else(|| self.endpoint.take());
                 if let (Some(rotated), Some(current)) =
                     (rotated_refresh_token, self.current.as_mut())
                 {

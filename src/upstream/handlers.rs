@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::actor::{Caller, UpstreamActor};
 use super::messages::*;
-use super::state::{Event, Failure, TokenId};
+use super::state::{Event, Failure};
 use crate::scheduler::{Due, TimerKind};
 
 impl Handler<ReportProtocolVersion> for UpstreamActor {
@@ -17,12 +17,20 @@ impl Handler<ReportProtocolVersion> for UpstreamActor {
     }
 }
 
-impl Handler<Reconnect> for UpstreamActor {
-    type Result = ResponseFuture<Reply>;
-    fn handle(&mut self, _: Reconnect, ctx: &mut Context<Self>) -> Self::Result {
-        self.wait_for(Event::Reconnect, None, ctx)
-    }
+/// Messages that are each one event for the machine, their caller waiting for its answer.
+macro_rules! waits_for {
+    ($($message:ty => $event:expr),+ $(,)?) => {$(
+        impl Handler<$message> for UpstreamActor {
+            type Result = ResponseFuture<Reply>;
+            fn handle(&mut self, _: $message, ctx: &mut Context<Self>) -> Self::Result {
+                self.wait_for($event, None, ctx)
+            }
+        }
+    )+};
 }
+
+// An explicit refresh of a server never loaded starts by loading (the machine decides).
+waits_for!(Reconnect => Event::Reconnect, Login => Event::Login, Refresh => Event::Refresh);
 
 impl Handler<AccessToken> for UpstreamActor {
     type Result = ResponseFuture<Reply>;
@@ -38,7 +46,7 @@ impl Handler<AccessToken> for UpstreamActor {
 impl Handler<ReportUnauthorized> for UpstreamActor {
     type Result = ResponseFuture<Reply>;
     fn handle(&mut self, report: ReportUnauthorized, ctx: &mut Context<Self>) -> Self::Result {
-        let token = Some(TokenId::of(&report.access_token));
+        let token = Some(report.token);
         self.wait_for(Event::Refused { token }, report.challenge, ctx)
     }
 }
@@ -47,27 +55,12 @@ impl Handler<ReportForbidden> for UpstreamActor {
     type Result = ResponseFuture<Reply>;
     fn handle(&mut self, report: ReportForbidden, ctx: &mut Context<Self>) -> Self::Result {
         let event = Event::Forbidden {
-            token: Some(TokenId::of(&report.access_token)),
+            token: Some(report.token),
             insufficient_scope: report.challenge.is_insufficient_scope(),
             granted: self.granted_scope(),
             demanded: report.challenge.scope.clone(),
         };
         self.wait_for(event, Some(report.challenge), ctx)
-    }
-}
-
-impl Handler<Login> for UpstreamActor {
-    type Result = ResponseFuture<Reply>;
-    fn handle(&mut self, _: Login, ctx: &mut Context<Self>) -> Self::Result {
-        self.wait_for(Event::Login, None, ctx)
-    }
-}
-
-impl Handler<Refresh> for UpstreamActor {
-    type Result = ResponseFuture<Reply>;
-    fn handle(&mut self, _: Refresh, ctx: &mut Context<Self>) -> Self::Result {
-        // An explicit refresh of a server never loaded starts by loading.
-        self.wait_for(Event::Refresh, None, ctx)
     }
 }
 

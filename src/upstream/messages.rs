@@ -2,7 +2,7 @@
 
 use actix::prelude::*;
 
-use super::state::{Failure, Millis};
+use super::state::{Failure, Millis, TokenId};
 use crate::mcp::BearerChallenge;
 use crate::oauth::dpop::Dpop;
 
@@ -40,19 +40,20 @@ pub struct Reconnect;
 #[rtype(result = "Result<Grant, UpstreamError>")]
 pub struct AccessToken;
 
-/// The upstream answered 401 to `access_token`.
+/// The upstream answered 401 to the token `token` (named by its id: no token text reaches
+/// the actor in a report).
 #[derive(Message)]
 #[rtype(result = "Result<Grant, UpstreamError>")]
 pub struct ReportUnauthorized {
-    pub access_token: String,
+    pub token: TokenId,
     pub challenge: Option<BearerChallenge>,
 }
 
-/// The upstream answered 403 to `access_token`; `challenge` is its `WWW-Authenticate`.
+/// The upstream answered 403 to the token `token`; `challenge` is its `WWW-Authenticate`.
 #[derive(Message)]
 #[rtype(result = "Result<Grant, UpstreamError>")]
 pub struct ReportForbidden {
-    pub access_token: String,
+    pub token: TokenId,
     pub challenge: BearerChallenge,
 }
 

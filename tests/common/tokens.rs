@@ -14,7 +14,7 @@ pub fn stored_token(key: &str, access: &str, refresh: Option<String>) -> StoredT
         resource: None,
         issuer: None,
         access_token: access.into(),
-        refresh_token: refresh,
+        refresh_token: refresh.map(Into::into),
         token_type: "Bearer".into(),
         scope: None,
         expires_at: Some(now_ms() + 3_600_000),

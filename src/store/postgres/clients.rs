@@ -4,10 +4,11 @@
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Transaction};
 
+use super::super::clients::opened_client;
 use super::super::error::StoreError;
 use super::super::model::{StoredClient, StoredToken, without_management_token};
 use super::super::sql::{CLIENT_COLUMNS, UPSERT_CLIENT};
-use super::{PgStore, plain};
+use super::PgStore;
 use crate::clock::now_ms;
 
 fn client_of(row: &Row) -> StoredClient {
@@ -42,14 +43,9 @@ impl PgStore {
             )
             .await
             .map_err(|e| self.fail("reading a client", &e))?;
-        let Some(mut stored) = row.as_ref().map(client_of) else {
-            return Ok(None);
-        };
-        let secret = stored.client_secret.take();
-        stored.client_secret =
-            self.seal()
-                .reveal(self.place(), "client_secret", &stored.server_key, secret)?;
-        Ok(Some(stored))
+        row.as_ref()
+            .map(|r| opened_client(self.seal(), self.place(), client_of(r)))
+            .transpose()
     }
 
     /// The client a stored token is refreshed with, read with `client`: the one of the
@@ -124,7 +120,7 @@ impl PgStore {
         self.check_key(tx).await?;
         let secret = self
             .seal()
-            .hide("client_secret", &c.server_key, c.client_secret.as_deref());
+            .hide("client_secret", &c.server_key, c.client_secret.as_ref());
         let registration = c.registration_json.as_deref().map(without_management_token);
         tx.execute(
             UPSERT_CLIENT,
@@ -152,16 +148,8 @@ impl PgStore {
 
     /// Writes a client identity in its own transaction.
     pub async fn save_client(&self, stored: &StoredClient) -> Result<(), StoreError> {
-        self.bounded("saving a client", async {
-            let mut client = self.client().await?;
-            let tx = plain(&mut client)
-                .transaction()
-                .await
-                .map_err(|e| self.fail("saving a client", &e))?;
-            self.save_client_in(&tx, stored).await?;
-            tx.commit()
-                .await
-                .map_err(|e| self.fail("committing a client", &e))
+        self.in_transaction("saving a client", async |tx| {
+            self.save_client_in(tx, stored).await
         })
         .await
     }

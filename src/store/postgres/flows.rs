@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::super::error::StoreError;
@@ -125,51 +126,34 @@ impl PgStore {
         flow_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<FlowRow>, StoreError> {
-        self.bounded("reading flows", async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT {FLOW_COLUMNS} FROM oauth_flows
-                         WHERE ($1::TEXT IS NULL OR server_name = $1)
-                           AND ($2::TEXT IS NULL OR flow_id = $2)
-                         ORDER BY started_at DESC LIMIT $3"
-                    ),
-                    &[&server_name, &flow_id, &i64::from(limit)],
-                )
-                .await
-                .map_err(|e| self.fail("reading flows", &e))?;
-            Ok(rows.iter().map(flow_of).collect())
-        })
-        .await
+        let sql = format!(
+            "SELECT {FLOW_COLUMNS} FROM oauth_flows
+             WHERE ($1::TEXT IS NULL OR server_name = $1)
+               AND ($2::TEXT IS NULL OR flow_id = $2)
+             ORDER BY started_at DESC LIMIT $3"
+        );
+        let params: [&(dyn ToSql + Sync); 3] = [&server_name, &flow_id, &i64::from(limit)];
+        let rows = self.query_pooled("reading flows", &sql, &params).await?;
+        Ok(rows.iter().map(flow_of).collect())
     }
 
     /// Closes, as `abandoned`, every `running` flow that no live lease covers: its instance
     /// ended (or lost the database) and its lease was released or ran out. Returns them.
     pub async fn close_abandoned_flows(&self) -> Result<Vec<String>, StoreError> {
-        self.bounded("closing abandoned flows", async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    &format!(
-                        "UPDATE oauth_flows f SET state = 'abandoned', finished_at = $1,
-                           lease_expires_at = NULL,
-                           error = 'its lease ended before the flow finished (its instance \
-                                    stopped or lost the database)'
-                         WHERE f.state = 'running' AND NOT EXISTS (
-                           SELECT 1 FROM oauth_leases l WHERE l.server_key = f.server_key
-                             AND l.flow_id = f.flow_id AND l.expires_at > {DB_NOW_MS})
-                         RETURNING f.flow_id"
-                    ),
-                    &[&now_ms()],
-                )
-                .await
-                .map_err(|e| self.fail("closing abandoned flows", &e))?;
-            let mut closed: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            closed.sort();
-            Ok(closed)
-        })
-        .await
+        let sql = format!(
+            "UPDATE oauth_flows f SET state = 'abandoned', finished_at = $1,
+               lease_expires_at = NULL,
+               error = 'its lease ended before the flow finished (its instance \
+                        stopped or lost the database)'
+             WHERE f.state = 'running' AND NOT EXISTS (
+               SELECT 1 FROM oauth_leases l WHERE l.server_key = f.server_key
+                 AND l.flow_id = f.flow_id AND l.expires_at > {DB_NOW_MS})
+             RETURNING f.flow_id"
+        );
+        let rows = (self.query_pooled("closing abandoned flows", &sql, &[&now_ms()])).await?;
+        let mut closed: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        closed.sort();
+        Ok(closed)
     }
 
     /// One bounded pruning step (at most `retention.batch` rows, the oldest first), by the

@@ -128,34 +128,18 @@ impl PgStore {
 
     /// A server's lease row, if it was ever claimed.
     pub async fn lease(&self, server_key: &str) -> Result<Option<LeaseRow>, StoreError> {
-        self.bounded("reading a lease", async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    &format!("SELECT {LEASE_COLUMNS} FROM oauth_leases WHERE server_key = $1"),
-                    &[&server_key],
-                )
-                .await
-                .map_err(|e| self.fail("reading a lease", &e))?;
-            Ok(row.as_ref().map(lease_of))
-        })
-        .await
+        let sql = format!("SELECT {LEASE_COLUMNS} FROM oauth_leases WHERE server_key = $1");
+        let rows = self
+            .query_pooled("reading a lease", &sql, &[&server_key])
+            .await?;
+        Ok(rows.first().map(lease_of))
     }
 
     /// Every lease row, by server key.
     pub async fn leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
-        self.bounded("reading the leases", async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    &format!("SELECT {LEASE_COLUMNS} FROM oauth_leases ORDER BY server_key"),
-                    &[],
-                )
-                .await
-                .map_err(|e| self.fail("reading the leases", &e))?;
-            Ok(rows.iter().map(lease_of).collect())
-        })
-        .await
+        let sql = format!("SELECT {LEASE_COLUMNS} FROM oauth_leases ORDER BY server_key");
+        let rows = self.query_pooled("reading the leases", &sql, &[]).await?;
+        Ok(rows.iter().map(lease_of).collect())
     }
 
     /// Locks the lease row in `tx`: `Some(LeaseLost)` when it holds another fence than
@@ -185,21 +169,17 @@ impl PgStore {
         client: Option<&super::super::model::StoredClient>,
         guard: Option<&WriteGuard>,
     ) -> Result<Written, StoreError> {
-        self.bounded("saving under a lease", async {
-            let mut pooled = self.client().await?;
-            let fail = |e: tokio_postgres::Error| self.fail("saving under a lease", &e);
-            let tx = plain(&mut pooled).transaction().await.map_err(fail)?;
-            if let Some(lost) = self.lost(&tx, lease).await? {
+        self.in_transaction("saving under a lease", async |tx| {
+            if let Some(lost) = self.lost(tx, lease).await? {
                 return Ok(lost);
             }
             if !WriteGuard::allows(guard) {
                 return Ok(Written::Overtaken);
             }
             if let Some(client) = client {
-                self.save_client_in(&tx, client).await?;
+                self.save_client_in(tx, client).await?;
             }
-            self.save_token_in(&tx, token).await?;
-            tx.commit().await.map_err(fail)?;
+            self.save_token_in(tx, token).await?;
             Ok(Written::Done)
         })
         .await
@@ -213,26 +193,21 @@ impl PgStore {
         lease: &LeaseRef,
         end: &FlowEnd<'_>,
     ) -> Result<Written, StoreError> {
-        self.bounded("ending a claimed flow", async {
-            let mut pooled = self.client().await?;
-            let fail = |e: tokio_postgres::Error| self.fail("ending a claimed flow", &e);
-            let tx = plain(&mut pooled).transaction().await.map_err(fail)?;
-            if let Some(lost) = self.lost(&tx, lease).await? {
-                self.finish_flow_in(&tx, &lease.flow_id, Some(LEASE_TAKEN_OVER))
+        self.in_transaction("ending a claimed flow", async |tx| {
+            if let Some(lost) = self.lost(tx, lease).await? {
+                self.finish_flow_in(tx, &lease.flow_id, Some(LEASE_TAKEN_OVER))
                     .await?;
-                tx.commit().await.map_err(fail)?;
                 return Ok(lost);
             }
             let plan = end.plan();
             if let Some((token, client)) = plan.save {
                 if let Some(client) = client {
-                    self.save_client_in(&tx, client).await?;
+                    self.save_client_in(tx, client).await?;
                 }
-                self.save_token_in(&tx, token).await?;
+                self.save_token_in(tx, token).await?;
             }
-            self.finish_flow_in(&tx, &lease.flow_id, plan.error).await?;
-            self.release_in(&tx, lease).await?;
-            tx.commit().await.map_err(fail)?;
+            self.finish_flow_in(tx, &lease.flow_id, plan.error).await?;
+            self.release_in(tx, lease).await?;
             Ok(plan.written)
         })
         .await
@@ -254,15 +229,9 @@ impl PgStore {
     /// finishing) and releases the lease if the row still holds its fence. Whether it
     /// released.
     pub async fn release(&self, lease: &LeaseRef, error: &str) -> Result<bool, StoreError> {
-        self.bounded("releasing a lease", async {
-            let mut pooled = self.client().await?;
-            let fail = |e: tokio_postgres::Error| self.fail("releasing a lease", &e);
-            let tx = plain(&mut pooled).transaction().await.map_err(fail)?;
-            self.finish_flow_in(&tx, &lease.flow_id, Some(error))
-                .await?;
-            let released = self.release_in(&tx, lease).await?;
-            tx.commit().await.map_err(fail)?;
-            Ok(released)
+        self.in_transaction("releasing a lease", async |tx| {
+            self.finish_flow_in(tx, &lease.flow_id, Some(error)).await?;
+            self.release_in(tx, lease).await
         })
         .await
     }
@@ -275,12 +244,10 @@ impl PgStore {
         lease: &LeaseRef,
         presented: RefreshTokenId,
     ) -> Result<bool, StoreError> {
-        self.bounded("marking a refresh ambiguous", async {
-            let mut pooled = self.client().await?;
-            let fail = |e: tokio_postgres::Error| self.fail("marking a refresh ambiguous", &e);
-            let tx = plain(&mut pooled).transaction().await.map_err(fail)?;
-            if self.lost(&tx, lease).await?.is_some()
-                || self.stored_refresh_id(&tx, &lease.server_key).await? != Some(presented)
+        let what = "marking a refresh ambiguous";
+        self.in_transaction(what, async |tx| {
+            if self.lost(tx, lease).await?.is_some()
+                || self.stored_refresh_id(tx, &lease.server_key).await? != Some(presented)
             {
                 return Ok(false);
             }
@@ -290,8 +257,7 @@ impl PgStore {
                 &[&lease.server_key, &now_ms(), &lease.flow_id],
             )
             .await
-            .map_err(fail)?;
-            tx.commit().await.map_err(fail)?;
+            .map_err(|e| self.fail(what, &e))?;
             Ok(true)
         })
         .await

@@ -168,6 +168,43 @@ impl PgStore {
             .map_err(|e| connect::pool_failure(&self.inner.target, e))
     }
 
+    /// The rows `sql` answers on a pooled connection, within the operation deadline; `what`
+    /// names the work in an error.
+    async fn query_pooled(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.bounded(what, async {
+            let client = self.client().await?;
+            client
+                .query(sql, params)
+                .await
+                .map_err(|e| self.fail(what, &e))
+        })
+        .await
+    }
+
+    /// `work` in one transaction on a pooled connection, within the operation deadline:
+    /// committed when it returns `Ok` (a transaction that only read commits nothing), rolled
+    /// back when it fails; `what` names the work in an error.
+    async fn in_transaction<R>(
+        &self,
+        what: &str,
+        work: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.bounded(what, async {
+            let mut pooled = self.client().await?;
+            let fail = |e: tokio_postgres::Error| self.fail(what, &e);
+            let tx = plain(&mut pooled).transaction().await.map_err(fail)?;
+            let done = work(&tx).await?;
+            tx.commit().await.map_err(fail)?;
+            Ok(done)
+        })
+        .await
+    }
+
     /// A database error, named with this store and what was being done.
     fn fail(&self, what: &str, e: &tokio_postgres::Error) -> StoreError {
         connect::db_failure(&self.inner.target, what, e)

@@ -9,9 +9,9 @@ use super::super::error::StoreError;
 use super::super::lease::{Ambiguous, RefreshTokenId};
 use super::super::model::{StoredToken, TokenStatusRow};
 use super::super::sql::{TOKEN_COLUMNS, UPSERT_TOKEN};
-use super::super::tokens::{dpop_of, opened, sane_times};
+use super::super::tokens::{dpop_of, opened, sane_times, sealed};
+use super::PgStore;
 use super::seal::read_key_check;
-use super::{PgStore, plain};
 use crate::clock::now_ms;
 
 fn token_of(row: &Row) -> StoredToken {
@@ -76,10 +76,7 @@ impl PgStore {
         t: &StoredToken,
     ) -> Result<(), StoreError> {
         self.check_key(tx).await?;
-        let hide = |column, value| self.seal().hide(column, &t.server_key, value);
-        let access = hide("access_token", Some(&t.access_token));
-        let refresh = hide("refresh_token", t.refresh_token.as_deref());
-        let dpop_key = hide("dpop_key", t.dpop.as_ref().map(|d| d.private_key.as_str()));
+        let [access, refresh, dpop_key] = sealed(self.seal(), t);
         let dpop_jkt = t.dpop.as_ref().map(|d| d.jkt.as_str());
         tx.execute(
             UPSERT_TOKEN,
@@ -110,16 +107,8 @@ impl PgStore {
     /// claim (a login through the CLI, a test). A flow writes under its claim instead
     /// (`Claim::save`, `Claim::finish`), so a taken-over flow never overwrites a newer token.
     pub async fn save_token(&self, token: &StoredToken) -> Result<(), StoreError> {
-        self.bounded("saving a token", async {
-            let mut client = self.client().await?;
-            let tx = plain(&mut client)
-                .transaction()
-                .await
-                .map_err(|e| self.fail("saving a token", &e))?;
-            self.save_token_in(&tx, token).await?;
-            tx.commit()
-                .await
-                .map_err(|e| self.fail("committing a token", &e))
+        self.in_transaction("saving a token", async |tx| {
+            self.save_token_in(tx, token).await
         })
         .await
     }
@@ -129,10 +118,8 @@ impl PgStore {
     /// and writes nothing back (`LeaseLost`). The fenced write locks the lease row, so a save
     /// in flight either commits before the delete (and is deleted) or is refused.
     pub async fn delete_token(&self, server_key: &str) -> Result<(), StoreError> {
-        self.bounded("deleting a token", async {
-            let mut client = self.client().await?;
-            let fail = |e: tokio_postgres::Error| self.fail("deleting a token", &e);
-            let tx = client.transaction().await.map_err(fail)?;
+        let fail = |e: tokio_postgres::Error| self.fail("deleting a token", &e);
+        self.in_transaction("deleting a token", async |tx| {
             tx.execute(
                 "UPDATE oauth_leases SET fence = fence + 1, expires_at = NULL
                  WHERE server_key = $1",
@@ -146,7 +133,7 @@ impl PgStore {
             )
             .await
             .map_err(fail)?;
-            tx.commit().await.map_err(fail)
+            Ok(())
         })
         .await
     }
@@ -164,11 +151,11 @@ impl PgStore {
             )
             .await
             .map_err(|e| self.fail("reading a refresh token", &e))?;
-        let stored: Option<String> = row.and_then(|r| r.get(0));
+        let stored = row.and_then(|r| r.get(0));
         let opened = self
             .seal()
             .reveal(self.place(), "refresh_token", server_key, stored)?;
-        Ok(opened.as_deref().map(RefreshTokenId::of))
+        Ok(opened.as_ref().map(RefreshTokenId::of_secret))
     }
 
     /// Forgets the refresh token of `server_key` only if the row still holds the one that was
@@ -178,11 +165,9 @@ impl PgStore {
         server_key: &str,
         refused: RefreshTokenId,
     ) -> Result<bool, StoreError> {
-        self.bounded("dropping a refresh token", async {
-            let mut client = self.client().await?;
-            let fail = |e: tokio_postgres::Error| self.fail("dropping a refresh token", &e);
-            let tx = plain(&mut client).transaction().await.map_err(fail)?;
-            if self.stored_refresh_id(&tx, server_key).await? != Some(refused) {
+        let fail = |e: tokio_postgres::Error| self.fail("dropping a refresh token", &e);
+        self.in_transaction("dropping a refresh token", async |tx| {
+            if self.stored_refresh_id(tx, server_key).await? != Some(refused) {
                 return Ok(false);
             }
             tx.execute(
@@ -192,7 +177,6 @@ impl PgStore {
             )
             .await
             .map_err(fail)?;
-            tx.commit().await.map_err(fail)?;
             Ok(true)
         })
         .await
@@ -230,31 +214,24 @@ impl PgStore {
 
     /// Every server's row of the `oauth_token_status` view, by server name.
     pub async fn token_status(&self) -> Result<Vec<TokenStatusRow>, StoreError> {
-        self.bounded("reading the token status", async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT server_key, server_name, server_url, status, expires_at,
-                            has_refresh_token, scope, updated_at
-                     FROM oauth_token_status ORDER BY server_name",
-                    &[],
-                )
-                .await
-                .map_err(|e| self.fail("reading the token status", &e))?;
-            Ok(rows
-                .iter()
-                .map(|r| TokenStatusRow {
-                    server_key: r.get(0),
-                    server_name: r.get(1),
-                    server_url: r.get(2),
-                    status: r.get(3),
-                    expires_at: r.get(4),
-                    has_refresh_token: r.get(5),
-                    scope: r.get(6),
-                    updated_at: r.get(7),
-                })
-                .collect())
-        })
-        .await
+        let sql = "SELECT server_key, server_name, server_url, status, expires_at,
+                          has_refresh_token, scope, updated_at
+                   FROM oauth_token_status ORDER BY server_name";
+        let rows = self
+            .query_pooled("reading the token status", sql, &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| TokenStatusRow {
+                server_key: r.get(0),
+                server_name: r.get(1),
+                server_url: r.get(2),
+                status: r.get(3),
+                expires_at: r.get(4),
+                has_refresh_token: r.get(5),
+                scope: r.get(6),
+                updated_at: r.get(7),
+            })
+            .collect())
     }
 }

@@ -15,7 +15,7 @@ fn client_at(key: &str, issuer: &str) -> StoredClient {
     StoredClient {
         issuer: issuer.into(),
         client_id: format!("cid-at-{issuer}"),
-        client_secret: Some(format!("{SECRET}-at-{issuer}")),
+        client_secret: Some(format!("{SECRET}-at-{issuer}").into()),
         ..client(key)
     }
 }
@@ -41,7 +41,7 @@ fn a_server_keeps_a_client_per_issuer_through_encryption_in_place_and_rekey() {
         assert_eq!(c.client_id, format!("cid-at-{issuer}"));
         assert_eq!(
             c.client_secret,
-            Some(format!("{SECRET}-at-{issuer}")),
+            Some(format!("{SECRET}-at-{issuer}").into()),
             "each row kept its own secret through the sealing and the rekey"
         );
     }

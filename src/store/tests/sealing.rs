@@ -23,11 +23,11 @@ fn token(key: &str) -> StoredToken {
     StoredToken {
         resource: None,
         issuer: None,
-        access_token: format!("{ACCESS}-{key}"),
-        refresh_token: Some(format!("{REFRESH}-{key}")),
+        access_token: format!("{ACCESS}-{key}").into(),
+        refresh_token: Some(format!("{REFRESH}-{key}").into()),
         flow_id: None,
         dpop: Some(StoredDpopKey {
-            private_key: format!("{DPOP_KEY}-{key}"),
+            private_key: format!("{DPOP_KEY}-{key}").into(),
             jkt: format!("jkt-{key}"),
         }),
         ..support::token(key)
@@ -53,6 +53,7 @@ fn client_secret_of(store: &TokenStore, server_key: &str) -> Option<String> {
         .unwrap()
         .unwrap()
         .client_secret
+        .map(|s| s.expose().to_string())
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -106,7 +107,7 @@ fn no_secret_in_clear_in_the_file_or_wal_and_the_view_works_without_the_key() {
     let loaded = store.load_token("k1").unwrap().unwrap();
     assert_eq!(loaded, token_with_times(&loaded, token("k1")));
     let loaded = store.load_client("k1").unwrap().unwrap();
-    assert_eq!(loaded.client_secret.as_deref(), Some(SECRET));
+    assert_eq!(loaded.client_secret, Some(SECRET.into()));
     assert!(!loaded.registration_json.unwrap().contains("rat-management"));
     drop(store);
     let again = TokenStore::open_with(&db, &with_key_file(&key_file)).unwrap();
@@ -152,13 +153,13 @@ fn a_plain_text_store_is_encrypted_in_place_with_every_token_intact() {
     for k in ["k1", "k2", "k3"] {
         let loaded = store.load_token(k).unwrap().unwrap();
         assert_eq!(loaded.access_token, format!("{ACCESS}-{k}"));
-        assert_eq!(loaded.refresh_token, Some(format!("{REFRESH}-{k}")));
+        assert_eq!(loaded.refresh_token, Some(format!("{REFRESH}-{k}").into()));
         assert_eq!(
             loaded.dpop.map(|d| (d.private_key, d.jkt)),
-            Some((format!("{DPOP_KEY}-{k}"), format!("jkt-{k}")))
+            Some((format!("{DPOP_KEY}-{k}").into(), format!("jkt-{k}")))
         );
         let c = store.load_client(k).unwrap().unwrap();
-        assert_eq!(c.client_secret.as_deref(), Some(SECRET));
+        assert_eq!(c.client_secret, Some(SECRET.into()));
         assert!(!c.registration_json.unwrap().contains("rat-management"));
     }
     drop(store);

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 use super::support::{temp_dir, token};
 use crate::clock::now_ms;
@@ -48,17 +49,26 @@ fn a_new_store_is_private_migrated_and_round_trips_tokens() {
     assert!(reopened.load_token("k1").unwrap().is_some());
 }
 
+/// A new store in a folder of its own (named after `name`) holding `tokens`, and its path.
+fn store_with(name: &str, tokens: impl IntoIterator<Item = StoredToken>) -> (TokenStore, PathBuf) {
+    let path = temp_dir(name).join("tokens.db");
+    let mut store = TokenStore::open(&path).unwrap();
+    for token in tokens {
+        store.save_token(&token).unwrap();
+    }
+    (store, path)
+}
+
 #[test]
 fn absurd_stored_times_are_read_back_sane() {
-    let path = temp_dir("absurd").join("tokens.db");
-    let mut store = TokenStore::open(&path).unwrap();
-    store
-        .save_token(&StoredToken {
+    let (store, _) = store_with(
+        "absurd",
+        [StoredToken {
             expires_at: Some(i64::MAX),
             obtained_at: i64::MIN,
             ..token("k")
-        })
-        .unwrap();
+        }],
+    );
     let read = store.load_token("k").unwrap().unwrap();
     let year = crate::oauth::token::MAX_LIFETIME.as_millis() as i64;
     assert_eq!(read.obtained_at, 0);
@@ -71,21 +81,16 @@ fn absurd_stored_times_are_read_back_sane() {
 
 #[test]
 fn the_status_view_says_expired_and_expiring() {
-    let path = temp_dir("view").join("tokens.db");
-    let mut store = TokenStore::open(&path).unwrap();
-    store
-        .save_token(&StoredToken {
-            expires_at: Some(now_ms() - 1),
-            ..token("a")
-        })
-        .unwrap();
-    store
-        .save_token(&StoredToken {
-            server_name: "b".into(),
-            expires_at: Some(now_ms() + 60_000),
-            ..token("b")
-        })
-        .unwrap();
+    let expired = StoredToken {
+        expires_at: Some(now_ms() - 1),
+        ..token("a")
+    };
+    let expiring = StoredToken {
+        server_name: "b".into(),
+        expires_at: Some(now_ms() + 60_000),
+        ..token("b")
+    };
+    let (store, _) = store_with("view", [expired, expiring]);
     let status: Vec<String> = store
         .token_status()
         .unwrap()
@@ -103,22 +108,18 @@ fn the_status_view_says_expired_and_expiring() {
 /// `unixepoch('subsec')`), not only through the bundled library.
 #[test]
 fn the_status_view_reads_the_same_with_the_system_sqlite3() {
-    let path = temp_dir("cli-view").join("tokens.db");
-    let mut store = TokenStore::open(&path).unwrap();
-    for (name, expires_at) in [
+    let tokens = [
         ("a", now_ms() - 1_000),
         ("b", now_ms() + 60_000),
         ("c", now_ms() + 3_600_000),
-    ] {
-        store
-            .save_token(&StoredToken {
-                server_key: format!("{name}_key"),
-                server_name: name.into(),
-                expires_at: Some(expires_at),
-                ..token(name)
-            })
-            .unwrap();
-    }
+    ]
+    .map(|(name, expires_at)| StoredToken {
+        server_key: format!("{name}_key"),
+        server_name: name.into(),
+        expires_at: Some(expires_at),
+        ..token(name)
+    });
+    let (_, path) = store_with("cli-view", tokens);
     let out = std::process::Command::new("sqlite3")
         .arg(&path)
         .arg("select server_name, status from oauth_token_status order by server_name")

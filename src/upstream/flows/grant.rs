@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tracing::Instrument;
 
-use super::rows::rebased;
+use super::rows::{TokenRow, rebased};
 use super::{FlowContext, FlowOutcome, token_details};
 use crate::config::UpstreamConfig;
 use crate::mcp::BearerChallenge;
@@ -26,7 +26,7 @@ use crate::oauth::grants::credentials::{self, GrantConfig, GrantTarget};
 use crate::oauth::grants::{GrantError, TokenServer};
 use crate::oauth::scope::select_scope;
 use crate::oauth::token::TokenSet;
-use crate::store::{StoredDpopKey, StoredToken};
+use crate::store::StoredToken;
 use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime};
 use crate::upstream::state::{MAX_RETRY_AFTER, Millis, RefreshFailure, TokenId};
@@ -136,9 +136,9 @@ async fn store_moved_on(
     stored: Option<StoredToken>,
     current: Option<&StoredToken>,
 ) -> Option<FlowOutcome> {
-    let held = current.map(|t| TokenId::of(&t.access_token));
+    let held = current.map(|t| TokenId::of_secret(&t.access_token));
     match stored {
-        Some(stored) if Some(TokenId::of(&stored.access_token)) != held => {
+        Some(stored) if Some(TokenId::of_secret(&stored.access_token)) != held => {
             tracing::info!("another process obtained a token meanwhile; its token is the newest");
             cx.event(
                 FlowStep::Adopted,
@@ -194,7 +194,8 @@ async fn obtain(
     ))
 }
 
-/// The row a grant's token is stored as: no refresh token (renewal is the grant).
+/// The row a grant's token is stored as: no refresh token (renewal is the grant), and the
+/// DPoP key only for a token bound to it.
 fn stored(
     cx: &FlowContext<'_>,
     set: &TokenSet,
@@ -202,31 +203,16 @@ fn stored(
     resource: String,
     dpop: Option<&Dpop>,
 ) -> StoredToken {
-    let ms = |t: std::time::SystemTime| {
-        t.duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            .unwrap_or(0)
-    };
-    let config = cx.config;
-    StoredToken {
-        server_key: config.server_key.clone(),
-        server_name: config.name.clone(),
-        server_url: config.url.to_string(),
-        resource: Some(resource),
+    let row = TokenRow {
+        config: cx.config,
+        resource: &resource,
         issuer: Some(issuer),
-        access_token: set.access_token.secret().clone(),
+        flow_id: cx.flow_id,
+        dpop: dpop.filter(|_| dpop::is_dpop_type(&set.token_type)),
+    };
+    StoredToken {
         refresh_token: None,
-        token_type: set.token_type.clone(),
-        scope: set.scope.clone(),
-        expires_at: set.expires_at.map(ms),
-        obtained_at: ms(set.obtained_at),
-        flow_id: Some(cx.flow_id.to_string()),
-        dpop: dpop
-            .filter(|_| dpop::is_dpop_type(&set.token_type))
-            .map(|d| StoredDpopKey {
-                private_key: d.key().encoded_secret(),
-                jkt: d.key().thumbprint().to_string(),
-            }),
+        ..row.of(set)
     }
 }
 

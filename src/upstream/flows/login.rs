@@ -309,7 +309,7 @@ async fn obtain(
     let set = rebased(set, rt.clock.system_time());
     let row = TokenRow {
         config,
-        endpoint: &endpoint,
+        resource: &endpoint.resource,
         issuer: Some(discovery.authorization_server.issuer.clone()),
         flow_id: cx.flow_id,
         dpop: dpop.as_ref(),

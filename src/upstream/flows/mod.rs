@@ -22,7 +22,7 @@ use serde_json::json;
 pub use grant::{GrantRequest, failure_of as grant_failure, grant};
 pub use login::{LoginRequest, Published, login};
 pub use refresh::{RefreshRequest, refresh};
-pub use rows::{dpop_binding, endpoint_from_stored, facts};
+pub use rows::{dpop_binding, endpoint_from_stored, facts, handed_out};
 
 use super::state::RefreshFailure;
 use crate::clock::Clock;
@@ -35,7 +35,7 @@ use crate::scheduler::Scheduler;
 use crate::store::db::FlowStart;
 use crate::store::lock::{self, FlowLock};
 use crate::store::{
-    Claim, ClaimRequest, FlowEnd, Store, StoreError, StoredClient, StoredToken, WriteGuard,
+    Claim, ClaimRequest, FlowEnd, Secret, Store, StoreError, StoredClient, StoredToken, WriteGuard,
     Written, lease_for,
 };
 use crate::telemetry::flow_logger::{FlowEvent, FlowKind, FlowLogger, FlowStep};
@@ -118,7 +118,7 @@ pub enum FlowOutcome {
     RefreshFailed {
         failure: RefreshFailure,
         error: String,
-        rotated_refresh_token: Option<String>,
+        rotated_refresh_token: Option<Secret>,
         /// A client the flow registered (and stored) before failing: a login reuses it.
         endpoint: Option<TokenEndpoint>,
     },

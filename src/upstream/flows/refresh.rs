@@ -20,7 +20,7 @@ use crate::oauth::discovery::{discover, protected_resource_metadata, same_issuer
 use crate::oauth::dpop::{self, Dpop};
 use crate::oauth::scope::select_scope;
 use crate::oauth::token::TokenEndpoint;
-use crate::store::{StoredClient, StoredToken};
+use crate::store::{Secret, StoredClient, StoredToken};
 use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime, dpop_binding};
 use crate::upstream::state::{RefreshFailure, RefreshPlan, TokenId};
@@ -175,7 +175,12 @@ async fn run(cx: &FlowContext<'_>, request: RefreshRequest) -> FlowOutcome {
         omit_scope: plan.omit_scope,
         dpop,
     };
-    present(cx, call, RefreshToken::new(refresh_token)).await
+    present(
+        cx,
+        call,
+        RefreshToken::new(refresh_token.expose().to_string()),
+    )
+    .await
 }
 
 /// Another process changed the stored token since this one was read: the store's is the
@@ -194,7 +199,10 @@ async fn store_moved_on(
             cx.finish(Some(error.clone())).await;
             Some(failed(RefreshFailure::TokenGone, error))
         }
-        Some(stored) if TokenId::of(&stored.access_token) != TokenId::of(&current.access_token) => {
+        Some(stored)
+            if TokenId::of_secret(&stored.access_token)
+                != TokenId::of_secret(&current.access_token) =>
+        {
             tracing::info!("another process refreshed meanwhile; its token is the newest");
             let reason = "another process refreshed meanwhile";
             cx.event(
@@ -318,7 +326,7 @@ async fn present(cx: &FlowContext<'_>, call: Call<'_>, refresh_token: RefreshTok
     };
     let row = TokenRow {
         config: cx.config,
-        endpoint: &endpoint,
+        resource: &endpoint.resource,
         issuer: current.issuer.clone(),
         flow_id: cx.flow_id,
         dpop: dpop.as_ref(),
@@ -366,7 +374,7 @@ async fn keep_rotated(
     cx: &FlowContext<'_>,
     current: &StoredToken,
     e: &OAuthError,
-) -> Option<String> {
+) -> Option<Secret> {
     let OAuthError::TokenAlreadyExpired {
         rotated_refresh_token: Some(rotated),
         ..
@@ -374,7 +382,7 @@ async fn keep_rotated(
     else {
         return None;
     };
-    let rotated = rotated.secret().clone();
+    let rotated = Secret::new(rotated.secret().as_str());
     let token = StoredToken {
         refresh_token: Some(rotated.clone()),
         ..current.clone()

@@ -10,18 +10,23 @@ use crate::oauth::client_identity::{ClientCredentials, ClientSource, TokenAuthMe
 use crate::oauth::discovery::Discovery;
 use crate::oauth::dpop::{BadKey, Dpop, DpopKey};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
-use crate::store::{StoredClient, StoredDpopKey, StoredToken};
+use crate::store::{Secret, StoredClient, StoredDpopKey, StoredToken};
 use crate::upstream::state::{Millis, TokenFacts, TokenId};
 
 /// The facts the state machine needs about a stored token.
 pub fn facts(token: &StoredToken) -> TokenFacts {
     TokenFacts {
-        id: TokenId::of(&token.access_token),
+        id: TokenId::of_secret(&token.access_token),
         obtained_at: token.obtained_at,
         expires_at: token.expires_at,
         has_refresh_token: token.refresh_token.is_some(),
         refused: false,
     }
+}
+
+/// A stored token's access token as handed to a caller, who sends it in its requests.
+pub fn handed_out(token: &StoredToken) -> oauth2::AccessToken {
+    oauth2::AccessToken::new(token.access_token.expose().to_string())
 }
 
 fn unix_ms(t: SystemTime) -> Millis {
@@ -47,7 +52,8 @@ pub fn rebased(mut set: TokenSet, now: SystemTime) -> TokenSet {
 /// What a token set is stored as.
 pub struct TokenRow<'a> {
     pub config: &'a UpstreamConfig,
-    pub endpoint: &'a TokenEndpoint,
+    /// The resource the token is for (RFC 8707).
+    pub resource: &'a str,
     pub issuer: Option<String>,
     pub flow_id: &'a str,
     /// The key the token request was proven with.
@@ -61,10 +67,13 @@ impl TokenRow<'_> {
             server_key: config.server_key.clone(),
             server_name: config.name.clone(),
             server_url: config.url.to_string(),
-            resource: Some(self.endpoint.resource.clone()),
+            resource: Some(self.resource.to_string()),
             issuer: self.issuer.clone(),
-            access_token: set.access_token.secret().clone(),
-            refresh_token: set.refresh_token.as_ref().map(|r| r.secret().clone()),
+            access_token: Secret::new(set.access_token.secret().as_str()),
+            refresh_token: set
+                .refresh_token
+                .as_ref()
+                .map(|r| Secret::new(r.secret().as_str())),
             token_type: set.token_type.clone(),
             scope: set.scope.clone(),
             expires_at: set.expires_at.map(unix_ms),
@@ -73,7 +82,7 @@ impl TokenRow<'_> {
             // A server that bound the tokens to the key refuses a refresh without it, and a
             // resource refuses the access token.
             dpop: self.dpop.map(|d| StoredDpopKey {
-                private_key: d.key().encoded_secret(),
+                private_key: d.key().encoded_secret().into(),
                 jkt: d.key().thumbprint().to_string(),
             }),
         }
@@ -90,7 +99,7 @@ pub fn dpop_binding(token: &StoredToken, known: Option<&Dpop>) -> Result<Option<
     if let Some(known) = known.filter(|d| d.key().thumbprint() == stored.jkt) {
         return Ok(Some(known.clone()));
     }
-    let key = DpopKey::from_encoded_secret(&stored.private_key, &stored.jkt)?;
+    let key = DpopKey::from_encoded_secret(stored.private_key.expose(), &stored.jkt)?;
     Ok(Some(Dpop::new(key)))
 }
 
@@ -124,7 +133,8 @@ pub fn endpoint_from_stored(client: &StoredClient) -> TokenEndpoint {
         token_endpoint: client.token_endpoint.clone(),
         client: ClientCredentials {
             client_id: client.client_id.clone(),
-            client_secret: client.client_secret.clone().map(oauth2::ClientSecret::new),
+            client_secret: (client.client_secret.as_ref())
+                .map(|s| oauth2::ClientSecret::new(s.expose().to_string())),
             auth_method: TokenAuthMethod::parse(&client.token_endpoint_auth_method)
                 .unwrap_or(TokenAuthMethod::None),
             source: source_of(&client.source),
@@ -153,7 +163,7 @@ pub fn stored_client(
             .client
             .client_secret
             .as_ref()
-            .map(|s| s.secret().clone()),
+            .map(|s| Secret::new(s.secret().as_str())),
         token_endpoint_auth_method: endpoint.client.auth_method.as_str().into(),
         source: source_text(endpoint.client.source).into(),
         redirect_uri: endpoint.redirect_uri.clone(),

@@ -2,9 +2,8 @@
 //! refresh token, whether the upstream refused it, and an id that tells tokens apart. No
 //! secret ever enters the machine.
 
-use sha2::{Digest, Sha256};
-
 use super::Millis;
+use crate::store::{Secret, fingerprint};
 
 /// A token's identity without its secret: the first 8 bytes of the SHA-256 of its access
 /// token. Reports about a token (a 401, a 403, a save) name it by this id, so the machine
@@ -14,10 +13,12 @@ pub struct TokenId(u64);
 
 impl TokenId {
     pub fn of(access_token: &str) -> TokenId {
-        let digest = Sha256::digest(access_token.as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest[..8]);
-        TokenId(u64::from_be_bytes(first))
+        TokenId(fingerprint(access_token))
+    }
+
+    /// The id of a stored access token.
+    pub fn of_secret(access_token: &Secret) -> TokenId {
+        TokenId(access_token.fingerprint())
     }
 }
 

@@ -8,13 +8,7 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     let c = &s.connected;
     rows.push((c.clone(), Event::Reconnect, c.clone(), vec![ready()]));
-    let after = login_started(c);
-    rows.push((
-        c.clone(),
-        Event::Login,
-        after.clone(),
-        vec![login_of(&after)],
-    ));
+    rows.push(logs_in(c));
     rows.push((
         c.clone(),
         Event::Refresh,
@@ -82,20 +76,12 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
     ));
     // Without a refresh token the timer fires when the token stops being usable.
     let no_rt_due = due_now(&connected_to(c, token(1_000, false)));
-    let after = login_started(&no_rt_due);
-    rows.push((
-        no_rt_due.clone(),
+    rows.push(announces_login(
+        &no_rt_due,
         Event::Due(Timer::Refresh),
-        after.clone(),
-        announced_login(LoginReason::NoRefreshToken, &after),
+        LoginReason::NoRefreshToken,
     ));
-    rows.push((
-        c.clone(),
-        Event::Logout,
-        logged_out_state(c),
-        logged_out_effects(false, true),
-    ));
-    rows.push((c.clone(), sc(), adopted(c, fresh()), vec![ready()]));
+    rows.extend(logout_and_adopt(c));
     // The store holds what this process holds: nothing changed.
     rows.push((
         c.clone(),

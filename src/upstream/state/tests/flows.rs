@@ -42,10 +42,7 @@ fn login_after(s: &State, reason: Option<LoginReason>) -> (State, Vec<Effect>) {
 }
 
 pub(super) fn rows(s: &Samples) -> Vec<Row> {
-    let mut rows = refreshing(s);
-    rows.extend(refresh_failures(s));
-    rows.extend(authorizing(s));
-    rows
+    [refreshing(s), refresh_failures(s), authorizing(s)].concat()
 }
 
 fn refreshing(s: &Samples) -> Vec<Row> {

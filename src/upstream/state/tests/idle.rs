@@ -74,13 +74,7 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
         after.clone(),
         announced_login(LoginReason::NoRefreshToken, &after),
     ));
-    let after = login_started(l);
-    rows.push((
-        l.clone(),
-        loaded(None),
-        after.clone(),
-        announced_login(LoginReason::NoStoredToken, &after),
-    ));
+    rows.push(announces_login(l, loaded(None), LoginReason::NoStoredToken));
     // A token refused before is not trusted again when read back.
     let refusing = with(l, |n| n.refused = Some(id(1)));
     let after = with(&refusing, |n| {
@@ -116,37 +110,26 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
         l.clone(),
         vec![],
     ));
-    let load_failed = || Event::LoadFailed {
-        generation: 0,
-        error: "db".into(),
-    };
-    rows.push((
-        l.clone(),
-        load_failed(),
-        with(l, |n| {
+    // A failed load waits for the store: 1 s after the first failure in a row, 2 s after the
+    // second.
+    for failures_before in [0, 1] {
+        let before = with(l, |n| n.store_failures = failures_before);
+        let attempt = failures_before + 1;
+        let load_failed = Event::LoadFailed {
+            generation: 0,
+            error: "db".into(),
+        };
+        let waiting = with(&before, |n| {
             n.phase = Phase::StoreUnavailable {
-                attempt: 1,
-                retry_at: NOW + 1_000,
+                attempt,
+                retry_at: NOW + Millis::from(attempt) * 1_000,
                 error: "db".into(),
             };
-            n.store_failures = 1;
-        }),
-        vec![failed(Failure::Store { error: "db".into() })],
-    ));
-    let second = with(l, |n| n.store_failures = 1);
-    rows.push((
-        second.clone(),
-        load_failed(),
-        with(&second, |n| {
-            n.phase = Phase::StoreUnavailable {
-                attempt: 2,
-                retry_at: NOW + 2_000,
-                error: "db".into(),
-            };
-            n.store_failures = 2;
-        }),
-        vec![failed(Failure::Store { error: "db".into() })],
-    ));
+            n.store_failures = attempt;
+        });
+        let told = vec![failed(Failure::Store { error: "db".into() })];
+        rows.push((before, load_failed, waiting, told));
+    }
     rows.extend(ignored(l, results(0).into_iter().skip(2).collect()));
     rows.push((
         l.clone(),

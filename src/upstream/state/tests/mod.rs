@@ -113,6 +113,17 @@ fn announced_login(reason: LoginReason, after: &State) -> Vec<Effect> {
     vec![AnnounceReauthentication { reason }, login_of(after)]
 }
 
+/// From `s`, `event` starts a login, announced because of `reason`.
+fn announces_login(s: &State, event: Event, reason: LoginReason) -> Row {
+    let after = login_started(s);
+    (
+        s.clone(),
+        event,
+        after.clone(),
+        announced_login(reason, &after),
+    )
+}
+
 /// A refusal of the current token of `c` (connected to `valid()`): refused, and refreshed
 /// after checking where the resource's authorization server is now.
 fn refused_and_refreshing(c: &State) -> (State, Vec<Effect>) {
@@ -424,6 +435,31 @@ fn results(generation: u64) -> Vec<Event> {
             generation,
             token: fresh(),
         },
+    ]
+}
+
+/// An explicit login from `s`: it starts at once.
+fn logs_in(s: &State) -> Row {
+    let after = login_started(s);
+    (
+        s.clone(),
+        Event::Login,
+        after.clone(),
+        vec![login_of(&after)],
+    )
+}
+
+/// The rows a phase without a running flow shares: a logout forgets the token here, and
+/// another process's fresh token in the store is adopted.
+fn logout_and_adopt(s: &State) -> [Row; 2] {
+    [
+        (
+            s.clone(),
+            Event::Logout,
+            logged_out_state(s),
+            logged_out_effects(false, true),
+        ),
+        (s.clone(), sc(), adopted(s, fresh()), vec![ready()]),
     ]
 }
 

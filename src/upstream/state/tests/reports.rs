@@ -9,10 +9,7 @@ fn scoped(s: &State) -> State {
 }
 
 pub(super) fn rows(s: &Samples) -> Vec<Row> {
-    let mut rows = insufficient_scope(s);
-    rows.extend(answered_alone(s));
-    rows.extend(moved(s));
-    rows
+    [insufficient_scope(s), answered_alone(s), moved(s)].concat()
 }
 
 fn insufficient_scope(s: &Samples) -> Vec<Row> {
@@ -20,25 +17,12 @@ fn insufficient_scope(s: &Samples) -> Vec<Row> {
         scope: "read admin".into(),
     };
     let loading = |x: &State| with(&scoped(x), |n| n.phase = Phase::Loading);
-    let mut rows: Vec<Row> = vec![
-        (
-            s.idle.clone(),
-            more_scope(),
-            loading(&s.idle),
-            vec![LoadToken],
-        ),
-        (
-            s.needs_login.clone(),
-            more_scope(),
-            loading(&s.needs_login),
-            vec![LoadToken],
-        ),
-        (
-            s.store_unavailable.clone(),
-            more_scope(),
-            loading(&s.store_unavailable),
-            vec![LoadToken],
-        ),
+    // Without a token in hand: load it first; the next login asks for the union.
+    let mut rows: Vec<Row> = [&s.idle, &s.needs_login, &s.store_unavailable]
+        .into_iter()
+        .map(|x| (x.clone(), more_scope(), loading(x), vec![LoadToken]))
+        .collect();
+    rows.extend([
         (
             s.logged_out.clone(),
             more_scope(),
@@ -72,7 +56,7 @@ fn insufficient_scope(s: &Samples) -> Vec<Row> {
                 error: "invalid_client".into(),
             })],
         ),
-    ];
+    ]);
     // A running flow is joined; the next login asks for the union.
     for x in [&s.loading, &s.refreshing, &s.authorizing] {
         rows.push((x.clone(), more_scope(), scoped(x), vec![]));

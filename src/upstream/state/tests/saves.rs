@@ -16,10 +16,7 @@ fn unsaved(s: &State, retry_at: Option<Millis>) -> State {
 }
 
 pub(super) fn rows(s: &Samples) -> Vec<Row> {
-    let mut rows = every_phase(s);
-    rows.extend(saving(s));
-    rows.extend(draining(s));
-    rows
+    [every_phase(s), saving(s), draining(s)].concat()
 }
 
 /// Reports about a save of another token change nothing; a drain in every phase.
@@ -54,30 +51,18 @@ fn every_phase(s: &Samples) -> Vec<Row> {
 
 fn saving(s: &Samples) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
-    let r = &s.refreshing;
-    // A refresh whose save failed: the token serves from memory, its save retried in 1 s.
-    rows.push((
-        r.clone(),
-        Event::TokenObtained {
-            generation: 0,
-            token: fresh(),
+    // A refresh whose save failed: the token serves from memory, its save retried in 1 s. A
+    // login's just the same: the token is kept, the login succeeded.
+    for (x, generation) in [(&s.refreshing, 0), (&s.authorizing, 1)] {
+        let token = fresh();
+        let obtained = Event::TokenObtained {
+            generation,
+            token,
             saved: false,
-        },
-        unsaved(&connected_to(r, fresh()), Some(NOW + 1_000)),
-        vec![ready()],
-    ));
-    // A login's just the same: the token is kept, the login succeeded.
-    let a = &s.authorizing;
-    rows.push((
-        a.clone(),
-        Event::TokenObtained {
-            generation: 1,
-            token: fresh(),
-            saved: false,
-        },
-        unsaved(&connected_to(a, fresh()), Some(NOW + 1_000)),
-        vec![ready()],
-    ));
+        };
+        let kept = unsaved(&connected_to(x, token), Some(NOW + 1_000));
+        rows.push((x.clone(), obtained, kept, vec![ready()]));
+    }
     let c = &s.connected;
     let waiting = unsaved(c, Some(NOW));
     rows.push((

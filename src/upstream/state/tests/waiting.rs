@@ -5,11 +5,13 @@
 use super::*;
 
 pub(super) fn rows(s: &Samples) -> Vec<Row> {
-    let mut rows = needs_login(s);
-    rows.extend(retrying(s));
-    rows.extend(store_unavailable(s));
-    rows.extend(logged_out(s));
-    rows
+    [
+        needs_login(s),
+        retrying(s),
+        store_unavailable(s),
+        logged_out(s),
+    ]
+    .concat()
 }
 
 fn needs_login(s: &Samples) -> Vec<Row> {
@@ -23,13 +25,7 @@ fn needs_login(s: &Samples) -> Vec<Row> {
         vec![LoadToken],
     ));
     rows.push((n.clone(), refused_now(), loading, vec![LoadToken]));
-    let after = login_started(n);
-    rows.push((
-        n.clone(),
-        Event::Login,
-        after.clone(),
-        vec![login_of(&after)],
-    ));
+    rows.push(logs_in(n));
     rows.push((
         n.clone(),
         Event::Refresh,
@@ -47,12 +43,10 @@ fn needs_login(s: &Samples) -> Vec<Row> {
     // The browser window has not ended: nothing happens.
     rows.push((n.clone(), Event::Due(Timer::Browser), n.clone(), vec![]));
     let window_over = due_now(n);
-    let after = login_started(&window_over);
-    rows.push((
-        window_over.clone(),
+    rows.push(announces_login(
+        &window_over,
         Event::Due(Timer::Browser),
-        after.clone(),
-        announced_login(LoginReason::NoStoredToken, &after),
+        LoginReason::NoStoredToken,
     ));
     let kept_rt = State {
         token: Some(expired()),
@@ -83,13 +77,7 @@ fn needs_login(s: &Samples) -> Vec<Row> {
         }),
         vec![],
     ));
-    rows.push((
-        n.clone(),
-        Event::Logout,
-        logged_out_state(n),
-        logged_out_effects(false, true),
-    ));
-    rows.push((n.clone(), sc(), adopted(n, fresh()), vec![ready()]));
+    rows.extend(logout_and_adopt(n));
     rows.push((n.clone(), Event::StoreChanged(None), n.clone(), vec![]));
     rows
 }
@@ -136,13 +124,7 @@ fn retrying(s: &Samples) -> Vec<Row> {
             }),
             vec![failed(why.clone())],
         ));
-        let after = login_started(w);
-        rows.push((
-            w.clone(),
-            Event::Login,
-            after.clone(),
-            vec![login_of(&after)],
-        ));
+        rows.push(logs_in(w));
         rows.push((
             w.clone(),
             Event::Refresh,
@@ -162,13 +144,7 @@ fn retrying(s: &Samples) -> Vec<Row> {
             with(&due, |x| x.phase = Phase::Refreshing),
             vec![refresh()],
         ));
-        rows.push((
-            w.clone(),
-            Event::Logout,
-            logged_out_state(w),
-            logged_out_effects(false, true),
-        ));
-        rows.push((w.clone(), sc(), adopted(w, fresh()), vec![ready()]));
+        rows.extend(logout_and_adopt(w));
         rows.push((
             w.clone(),
             Event::StoreChanged(None),
@@ -213,21 +189,9 @@ fn store_unavailable(s: &Samples) -> Vec<Row> {
         }),
         vec![LoadToken],
     ));
-    let after = login_started(u);
-    rows.push((
-        u.clone(),
-        Event::Login,
-        after.clone(),
-        vec![login_of(&after)],
-    ));
+    rows.push(logs_in(u));
     rows.extend(ignored(u, results(0)));
-    rows.push((
-        u.clone(),
-        Event::Logout,
-        logged_out_state(u),
-        logged_out_effects(false, true),
-    ));
-    rows.push((u.clone(), sc(), adopted(u, fresh()), vec![ready()]));
+    rows.extend(logout_and_adopt(u));
     rows.push((u.clone(), Event::StoreChanged(None), u.clone(), vec![]));
     rows
 }
@@ -238,24 +202,12 @@ fn logged_out(s: &Samples) -> Vec<Row> {
     for e in [Event::Reconnect, refused_now(), Event::Refresh] {
         rows.push((o.clone(), e, o.clone(), vec![failed(Failure::LoggedOut)]));
     }
-    let after = login_started(o);
-    rows.push((
-        o.clone(),
-        Event::Login,
-        after.clone(),
-        vec![login_of(&after)],
-    ));
+    rows.push(logs_in(o));
     rows.extend(ignored(o, results(1)));
     rows.extend(ignored(
         o,
         vec![Event::Due(Timer::Retry), Event::StoreChanged(None)],
     ));
-    rows.push((
-        o.clone(),
-        Event::Logout,
-        logged_out_state(o),
-        logged_out_effects(false, true),
-    ));
-    rows.push((o.clone(), sc(), adopted(o, fresh()), vec![ready()]));
+    rows.extend(logout_and_adopt(o));
     rows
 }
