@@ -259,6 +259,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::StoreAhead { .. } => "store_ahead",
         Event::RefreshFailed { .. } => "refresh_failed",
         Event::LoginFailed { .. } => "login_failed",
+        Event::LoginFailedBeforeBrowser { .. } => "login_failed_before_browser",
         Event::Saved { .. } => "saved",
         Event::SaveFailed { .. } => "save_failed",
         Event::Due(_) => "due",
@@ -281,7 +282,7 @@ const PHASES: [&str; 11] = [
     "store_unavailable",
     "logged_out",
 ];
-const EVENTS: [&str; 17] = [
+const EVENTS: [&str; 18] = [
     "reconnect",
     "login",
     "refresh",
@@ -293,6 +294,7 @@ const EVENTS: [&str; 17] = [
     "store_ahead",
     "refresh_failed",
     "login_failed",
+    "login_failed_before_browser",
     "saved",
     "save_failed",
     "due",
@@ -424,7 +426,17 @@ fn results(generation: u64) -> Vec<Event> {
             generation,
             token: fresh(),
         },
+        unreachable_login(generation, None),
     ]
+}
+
+/// A login failed before any browser opened: registration answered 503.
+fn unreachable_login(generation: u64, retry_after: Option<Millis>) -> Event {
+    Event::LoginFailedBeforeBrowser {
+        generation,
+        error: "registration answered 503".into(),
+        retry_after,
+    }
 }
 
 fn ignored(s: &State, events: Vec<Event>) -> Vec<Row> {
