@@ -5,7 +5,9 @@
 //! Each is a [`Limit`]: a fair semaphore (tokio's hands permits out in the order they were
 //! asked for) with the counts tests and metrics read. A slot is a [`Permit`] held by the
 //! work's future, so it is given back however the work ends: success, failure, a cancelled
-//! flow or a stopped actor (dropping the future drops the permit, or leaves the queue).
+//! flow or a stopped actor (dropping the future drops the permit, or leaves the queue). A
+//! limit can be closed (shutting down): whoever waits in its queue gives up, and nobody else
+//! is let in.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -76,22 +78,23 @@ impl Limit {
         }
     }
 
-    /// Waits for a slot, behind everyone who asked before.
-    pub async fn acquire(&self) -> Permit<'_> {
+    /// Waits for a slot, behind everyone who asked before; `None` once the limit is closed.
+    pub async fn acquire(&self) -> Option<Permit<'_>> {
         self.queued.fetch_add(1, Ordering::SeqCst);
         let queued = Queued(&self.queued);
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let permit = self.permits.acquire().await.ok()?;
         drop(queued);
         let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(running, Ordering::SeqCst);
-        Permit {
+        Some(Permit {
             limit: self,
             _permit: permit,
-        }
+        })
+    }
+
+    /// Lets nobody in any more; waiters get `None`, held slots stay until dropped.
+    pub fn close(&self) {
+        self.permits.close();
     }
 
     pub fn counts(&self) -> LimitCounts {
@@ -113,12 +116,12 @@ mod tests {
     #[tokio::test]
     async fn waiters_are_served_in_order_and_counted_until_they_leave() {
         let limit = Limit::new(1);
-        let first = limit.acquire().await;
+        let first = limit.acquire().await.unwrap();
         let order = std::sync::Mutex::new(Vec::new());
         let waiter = |n: u32| {
             let (limit, order) = (&limit, &order);
             async move {
-                let _slot = limit.acquire().await;
+                let _slot = limit.acquire().await.unwrap();
                 order.lock().unwrap().push(n);
             }
         };
@@ -138,16 +141,30 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_dropped_in_the_queue_leaves_it() {
         let limit = Limit::new(1);
-        let held = limit.acquire().await;
+        let held = limit.acquire().await.unwrap();
         let mut waiting = Box::pin(limit.acquire());
         assert!((&mut waiting).now_or_never().is_none());
         assert_eq!(limit.counts().queued, 1);
         drop(waiting);
         assert_eq!(limit.counts().queued, 0);
         drop(held);
-        let again = limit.acquire().await;
+        let again = limit.acquire().await.unwrap();
         assert_eq!(limit.counts().running, 1);
         drop(again);
+        assert_eq!(limit.counts().running, 0);
+    }
+
+    #[tokio::test]
+    async fn a_closed_limit_sends_its_waiters_away_and_lets_nobody_in() {
+        let limit = Limit::new(1);
+        let held = limit.acquire().await.unwrap();
+        let mut waiting = Box::pin(limit.acquire());
+        assert!((&mut waiting).now_or_never().is_none());
+        limit.close();
+        assert!(waiting.await.is_none(), "the waiter gives up");
+        assert!(limit.acquire().await.is_none(), "nobody is let in");
+        assert_eq!((limit.counts().running, limit.counts().queued), (1, 0));
+        drop(held);
         assert_eq!(limit.counts().running, 0);
     }
 

@@ -468,19 +468,28 @@ impl Scheduler {
 
     /// Waits for a refresh slot under the global flow limit.
     pub async fn refresh_slot(&self) -> Permit<'_> {
-        self.inner.refreshes.acquire().await
+        let slot = self.inner.refreshes.acquire().await;
+        slot.expect("the refresh limit is never closed: a drain lets refreshes finish")
     }
 
     /// Waits for a login slot: taken before the login's lock file and discovery, held until
-    /// the login ends.
-    pub async fn login_slot(&self) -> Permit<'_> {
+    /// the login ends. `None`: shutting down ([`Scheduler::close_logins`]).
+    pub async fn login_slot(&self) -> Option<Permit<'_>> {
         self.inner.logins.acquire().await
     }
 
     /// Waits for a browser tab: taken by a login ready to open the browser, held until the
-    /// login ends.
-    pub async fn tab_slot(&self) -> Permit<'_> {
+    /// login ends. `None`: shutting down.
+    pub async fn tab_slot(&self) -> Option<Permit<'_>> {
         self.inner.tabs.acquire().await
+    }
+
+    /// Shutting down: logins waiting for a slot or a tab give up, and no browser opens any
+    /// more (the drain cancels the logins that run; a tab freed by one must not go to the
+    /// next login in the queue).
+    pub fn close_logins(&self) {
+        self.inner.logins.close();
+        self.inner.tabs.close();
     }
 
     pub fn counters(&self) -> SchedulerCounters {

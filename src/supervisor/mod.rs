@@ -525,6 +525,7 @@ impl SupervisorHandle {
     /// `shutdown_grace` to reach the store, then queued store writes finish. Other clones stop
     /// working too (`shutdown.rs` says how each part takes part).
     pub async fn shutdown(&self) {
+        self.inner.runtime.scheduler.close_logins();
         let upstreams = self.inner.upstreams.values().map(|u| &u.addr);
         self.inner.shutdown.run(upstreams).await;
     }

@@ -33,6 +33,9 @@ use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime};
 use crate::upstream::state::LoginPlan;
 
+/// Why a login queued at shutdown gave up.
+const SHUTTING_DOWN: &str = "the daemon is shutting down; no browser was opened";
+
 /// A value a running login publishes for status (its authorization URL, its device prompt).
 pub type Published<T> = Arc<std::sync::Mutex<Option<T>>>;
 
@@ -100,7 +103,12 @@ async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
     cx.hook();
     let (rt, config) = (cx.rt, cx.config);
     // Queued behind the login limit before the lock, discovery and registration.
-    let _slot = rt.scheduler.login_slot().await;
+    let Some(_slot) = rt.scheduler.login_slot().await else {
+        return FlowOutcome::LoginFailed {
+            error: SHUTTING_DOWN.into(),
+            dynamic_client: false,
+        };
+    };
     cx.event(
         FlowStep::Started,
         json!({"server_url": config.url.as_str(), "fresh_client": plan.fresh_client}),
@@ -320,7 +328,9 @@ async fn obtain(
         let prepared =
             prepare_login(http, &discovery, &settings, previous, scope, &headless).await?;
         // A person answers a few tabs at once: wait for one, and keep it until the end.
-        let _tab = rt.scheduler.tab_slot().await;
+        let Some(_tab) = rt.scheduler.tab_slot().await else {
+            return Err(OAuthError::Browser(SHUTTING_DOWN.into()));
+        };
         *shown = true;
         prepared
             .open_browser(http, &settings, dpop.as_ref(), &headless)

@@ -471,15 +471,10 @@ pub(super) fn login_unreachable(
         retry_at,
         last_error: error.clone(),
     };
-    match next.token {
-        Some(t) if t.usable(now) => fx.push(Effect::ResolveWaiters(Resolution::Ready)),
-        _ => fx.push(Effect::ResolveWaiters(Resolution::Failed(
-            Failure::BackingOff {
-                retry_at,
-                last_error: error,
-            },
-        ))),
-    }
+    // Whoever waits for this login hears that it failed, as after any failed login.
+    fx.push(Effect::ResolveWaiters(Resolution::Failed(
+        Failure::LoginFailed { error },
+    )));
 }
 
 /// A 403 `insufficient_scope` while connected: a login for `scope` if the budget and the

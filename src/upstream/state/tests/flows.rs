@@ -498,8 +498,8 @@ fn authorizing(s: &Samples) -> Vec<Row> {
 }
 
 /// A login that failed before any browser opened: no browser launch spent (no window), the
-/// backoff ladder instead, never sooner than the server's Retry-After; a token that still
-/// works serves meanwhile; a stale one is ignored.
+/// backoff ladder instead, never sooner than the server's Retry-After; whoever waits hears
+/// the login failed; a stale one is ignored.
 fn unreachable_rows(a: &State) -> Vec<Row> {
     let error = "registration answered 503";
     let backing = |x: &State, retry_at: Millis| {
@@ -512,12 +512,9 @@ fn unreachable_rows(a: &State) -> Vec<Row> {
             };
         })
     };
-    let waits = |retry_at: Millis| {
-        failed(Failure::BackingOff {
-            retry_at,
-            last_error: error.into(),
-        })
-    };
+    let waits = failed(Failure::LoginFailed {
+        error: error.into(),
+    });
     let with_token = State {
         token: Some(valid()),
         ..a.clone()
@@ -527,19 +524,19 @@ fn unreachable_rows(a: &State) -> Vec<Row> {
             a.clone(),
             unreachable_login(1, None),
             backing(a, NOW + 1_000),
-            vec![waits(NOW + 1_000)],
+            vec![waits.clone()],
         ),
         (
             a.clone(),
             unreachable_login(1, Some(30_000)),
             backing(a, NOW + 30_000),
-            vec![waits(NOW + 30_000)],
+            vec![waits.clone()],
         ),
         (
             with_token.clone(),
             unreachable_login(1, None),
             backing(&with_token, NOW + 1_000),
-            vec![ready()],
+            vec![waits.clone()],
         ),
         (a.clone(), unreachable_login(0, None), a.clone(), vec![]),
     ]
