@@ -1223,6 +1223,107 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+// ---------------------------------------------------------------------------------------
+// 6. Many logins at once (issue 23): the login and tab limits under a storm. Self-contained:
+// its own browser, its own run; the limits are the defaults (64 logins, 4 tabs).
+
+/// A browser that approves at once and counts the tabs still waiting for `/authorize`'s
+/// redirect: now (`.0`), and at most at once (`.1`).
+fn login_storm_browser() -> (BrowserLauncher, Arc<(AtomicUsize, AtomicUsize, AtomicUsize)>) {
+    let tabs = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)));
+    let seen = tabs.clone();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let browser = BrowserLauncher::handler(move |url: Url| {
+        let open = seen.0.fetch_add(1, Ordering::SeqCst) + 1;
+        seen.1.fetch_max(open, Ordering::SeqCst);
+        seen.2.fetch_add(1, Ordering::SeqCst);
+        let (tabs, client) = (seen.clone(), client.clone());
+        tokio::spawn(async move {
+            let answer = client.get(url).send().await.ok();
+            let location = answer.as_ref().and_then(|a| a.headers().get("location"));
+            let redirect = location.and_then(|l| Url::parse(l.to_str().ok()?).ok());
+            tabs.0.fetch_sub(1, Ordering::SeqCst);
+            if let Some(callback) = redirect {
+                let _ = client.get(callback).send().await;
+            }
+        });
+    });
+    (browser, tabs)
+}
+
+/// 2,000 servers (300 with --quick) logging in at once, an auto-approving browser: how many
+/// failed, the most logins and browser tabs at once, the wall time until all are connected.
+fn login_storm(sizes: &Sizes) -> Table {
+    let servers = if sizes.quick { 300 } else { 2_000 };
+    let runtime = driver_runtime(2);
+    let srv = ServerProcess::start(Duration::from_secs(3600));
+    let dir = temp_dir("logins");
+    let (browser, tabs) = login_storm_browser();
+    let config = SupervisorConfig {
+        browser,
+        ..supervisor_config(&srv.mcp_url, &names(servers), &dir)
+    };
+    progress(&format!("6. {servers} logins at once"));
+    let (connected, wall, counters) = runtime.block_on(async {
+        let handle = SupervisorHandle::start(config).await.expect("the supervisor starts");
+        let started = Instant::now();
+        let calls = handle.servers().iter().map(|name| {
+            let (handle, name) = (handle.clone(), name.clone());
+            async move { handle.reconnect(&name).await.is_ok() }
+        });
+        // A login that failed before its browser recovers by itself: look again until every
+        // server is connected, for at most 10 minutes.
+        let first = futures_util::future::join_all(calls).await;
+        let mut connected = first.iter().filter(|ok| **ok).count();
+        while connected < servers && started.elapsed() < Duration::from_secs(600) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let statuses = handle.status().await.expect("the status");
+            connected = statuses
+                .iter()
+                .filter(|s| s.phase.name() == "connected")
+                .count();
+        }
+        let wall = started.elapsed();
+        let counters = handle.scheduler_counters();
+        handle.shutdown().await;
+        (connected, wall, counters)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut table = Table::new(
+        "6. Logins at once (auto-approving browser)",
+        &[
+            "logins",
+            "failures (goal 0)",
+            "browser launches",
+            "max logins at once (limit; goal <= 64)",
+            "max tabs at once: scheduler / browser (limit)",
+            "wall time",
+        ],
+    );
+    table.row(vec![
+        servers.to_string(),
+        (servers - connected).to_string(),
+        tabs.2.load(Ordering::SeqCst).to_string(),
+        format!("{} ({})", counters.logins_peak, counters.login_limit),
+        format!(
+            "{} / {} ({})",
+            counters.tabs_peak,
+            tabs.1.load(Ordering::SeqCst),
+            counters.tab_limit
+        ),
+        format!("{:.1} s", wall.as_secs_f64()),
+    ]);
+    table.note = "A failure is a server not connected within 10 minutes; a login that failed \
+                  before its browser opened backs off and logs in again by itself, so it \
+                  counts only if it never recovers."
+        .into();
+    table
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not: the tables take
     // minutes in release, so a test build only says how to run them.
@@ -1263,6 +1364,9 @@ fn main() {
     }
     if sizes.runs("writes") {
         tables.push(durable_writes(&sizes));
+    }
+    if sizes.runs("logins") {
+        tables.push(login_storm(&sizes));
     }
     for table in &tables {
         println!("{}", table.markdown());

@@ -161,10 +161,12 @@ impl Metrics {
             IntGaugeVec::new(
                 Opts::new(
                     "scheduler",
-                    "The deadline scheduler and the flow limit, by measure: entries (waiting \
+                    "The deadline scheduler and its limits, by measure: entries (waiting \
                      now), armed, replaced, cancelled, fired, dropped, late (counts since \
-                     start), worst_lateness_ms, refreshes_running, refreshes_peak, \
-                     refresh_limit, logins_running, logins_peak.",
+                     start), worst_lateness_ms; refreshes_running, refreshes_queued, \
+                     refreshes_peak, refresh_limit; logins_running, logins_queued, \
+                     logins_peak, login_limit; tabs_open, tabs_queued, tabs_peak, tab_limit \
+                     (browser tabs of logins).",
                 ),
                 &["measure"],
             )
@@ -266,10 +268,17 @@ impl Metrics {
             ("late", count(scheduler.late)),
             ("worst_lateness_ms", count(scheduler.worst_lateness_ms)),
             ("refreshes_running", count(scheduler.flows_running as u64)),
+            ("refreshes_queued", count(scheduler.flows_queued as u64)),
             ("refreshes_peak", count(scheduler.flows_peak as u64)),
             ("refresh_limit", count(scheduler.flow_limit as u64)),
             ("logins_running", count(scheduler.logins_running as u64)),
+            ("logins_queued", count(scheduler.logins_queued as u64)),
             ("logins_peak", count(scheduler.logins_peak as u64)),
+            ("login_limit", count(scheduler.login_limit as u64)),
+            ("tabs_open", count(scheduler.tabs_open as u64)),
+            ("tabs_queued", count(scheduler.tabs_queued as u64)),
+            ("tabs_peak", count(scheduler.tabs_peak as u64)),
+            ("tab_limit", count(scheduler.tab_limit as u64)),
         ] {
             self.scheduler.with_label_values(&[measure]).set(value);
         }

@@ -218,6 +218,12 @@ async fn start_with(
     if let Some(n) = tuning.max_concurrent_refreshes {
         supervisor.max_concurrent_refreshes = n as usize;
     }
+    if let Some(n) = tuning.max_concurrent_logins {
+        supervisor.max_concurrent_logins = n as usize;
+    }
+    if let Some(n) = tuning.max_browser_tabs {
+        supervisor.max_browser_tabs = n as usize;
+    }
     if let Some(n) = tuning.flow_threads {
         supervisor.flow_threads = n as usize;
     }

@@ -65,6 +65,14 @@ pub struct Tuning {
     /// 256). Each holds a connection and a lock file.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub(super) max_concurrent_refreshes: Option<u32>,
+    /// At most this many logins at once, over all servers (default 64); the others wait
+    /// before they take their lock or start discovery.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(super) max_concurrent_logins: Option<u32>,
+    /// At most this many browser tabs open at once for logins (default 4); the other logins
+    /// wait for one.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(super) max_browser_tabs: Option<u32>,
     /// Worker threads for the flows' HTTP and TLS (default: one per core, 2 to 8).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub(super) flow_threads: Option<u32>,

@@ -7,6 +7,11 @@
 //! through [`Callbacks`] (pasted back, or redirected to the daemon's callback path). Every
 //! response goes through the same judge and the same code exchange; a delivered one whose code
 //! the token endpoint refuses (a replayed or foreign code) is answered and the login waits on.
+//!
+//! A login is two halves, [`prepare_login`] and [`PreparedLogin::open_browser`], so a daemon
+//! can wait between them for a browser tab, and can tell a failure before the browser (in
+//! registration, or in the discovery before it) for what it is: the authorization server was
+//! unreachable or unwell, and no person was asked anything.
 
 use std::time::SystemTime;
 
@@ -19,7 +24,7 @@ use super::dpop::Dpop;
 use super::error::{CodeMeaning, Endpoint, ErrorCode, OAuthError};
 use super::http::OAuthHttp;
 use super::metadata::Discovery;
-use super::token::{TokenEndpoint, TokenSet};
+use super::token::{PendingAuthorization, TokenEndpoint, TokenSet};
 
 /// What a login needs besides the discovery result.
 #[derive(Debug, Clone)]
@@ -68,6 +73,29 @@ pub async fn browser_login_headless(
     dpop: Option<&Dpop>,
     headless: &Headless,
 ) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
+    let prepared = prepare_login(http, discovery, settings, previous, scope, headless).await?;
+    prepared.open_browser(http, settings, dpop, headless).await
+}
+
+/// A browser login up to the browser: the redirect listener bound, the client identity
+/// settled (registered if need be), the authorization request built. Nobody has seen it yet.
+pub struct PreparedLogin {
+    listener: Option<CallbackListener>,
+    endpoint: TokenEndpoint,
+    pending: PendingAuthorization,
+    expected: ExpectedCallback,
+    scope: Option<String>,
+}
+
+/// The first half of [`browser_login_headless`]: everything before the browser opens.
+pub async fn prepare_login(
+    http: &OAuthHttp,
+    discovery: &Discovery,
+    settings: &LoginSettings,
+    previous: Option<TokenEndpoint>,
+    scope: Option<&str>,
+    headless: &Headless,
+) -> Result<PreparedLogin, OAuthError> {
     let (listener, redirect_uri) = match &headless.callback_url {
         Some(_) if headless.deliveries.is_none() => {
             return Err(OAuthError::Callback(
@@ -109,16 +137,6 @@ pub async fn browser_login_headless(
         }
     };
     let pending = endpoint.authorization_request(scope, &settings.extra_params)?;
-    // Registered before the link is shown: a person may paste back at once.
-    let mut inbox = headless
-        .deliveries
-        .as_ref()
-        .map(|(callbacks, server)| callbacks.expect(server, &pending.state));
-    tracing::info!(
-        scope = scope.unwrap_or(""),
-        "opening the browser for authorization"
-    );
-    settings.browser.open(&pending.url)?;
     let expected = ExpectedCallback {
         state: pending.state.clone(),
         issuer: discovery.authorization_server.issuer.clone(),
@@ -126,46 +144,87 @@ pub async fn browser_login_headless(
             .authorization_server
             .authorization_response_iss_parameter_supported,
     };
-    let now = SystemTime::now;
-    let token = loop {
-        match next_response(listener.as_ref(), inbox.as_mut(), &expected).await? {
-            Received::Redirect(code) => {
-                break endpoint
-                    .exchange_code(http, &code, &pending, now(), dpop)
-                    .await?;
-            }
-            Received::Delivered { code, answer } => {
-                match endpoint
-                    .exchange_code(http, &code, &pending, now(), dpop)
-                    .await
-                {
-                    Ok(token) => {
-                        answer.accepted();
-                        break token;
-                    }
-                    Err(e) if code_refused(&e) => {
-                        tracing::warn!(error = %e, "the token endpoint refused a delivered authorization code; the login keeps waiting");
-                        answer.refused(format!(
-                            "The authorization server refused this response's code ({e}): it was \
-                             used already or belongs to another sign-in."
-                        ));
-                    }
-                    Err(e) => {
-                        answer.failed(&e);
-                        return Err(e);
+    Ok(PreparedLogin {
+        listener,
+        endpoint,
+        pending,
+        expected,
+        scope: scope.map(str::to_string),
+    })
+}
+
+impl PreparedLogin {
+    /// The second half: opens the browser, waits for the one valid response, exchanges its
+    /// code.
+    pub async fn open_browser(
+        self,
+        http: &OAuthHttp,
+        settings: &LoginSettings,
+        dpop: Option<&Dpop>,
+        headless: &Headless,
+    ) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
+        let PreparedLogin {
+            listener,
+            endpoint,
+            pending,
+            expected,
+            scope,
+        } = self;
+        // Registered before the link is shown: a person may paste back at once.
+        let mut inbox = headless
+            .deliveries
+            .as_ref()
+            .map(|(callbacks, server)| callbacks.expect(server, &pending.state));
+        tracing::info!(
+            scope = scope.as_deref().unwrap_or(""),
+            "opening the browser for authorization"
+        );
+        settings.browser.open(&pending.url)?;
+        let now = SystemTime::now;
+        let token = loop {
+            match next_response(listener.as_ref(), inbox.as_mut(), &expected).await? {
+                Received::Redirect(code) => {
+                    break endpoint
+                        .exchange_code(http, &code, &pending, now(), dpop)
+                        .await?;
+                }
+                Received::Delivered { code, answer } => {
+                    match endpoint
+                        .exchange_code(http, &code, &pending, now(), dpop)
+                        .await
+                    {
+                        Ok(token) => {
+                            answer.accepted();
+                            break token;
+                        }
+                        Err(e) if code_refused(&e) => {
+                            tracing::warn!(
+                                error = %e,
+                                "the token endpoint refused a delivered authorization code; the \
+                                 login keeps waiting"
+                            );
+                            answer.refused(format!(
+                                "The authorization server refused this response's code ({e}): it \
+                                 was used already or belongs to another sign-in."
+                            ));
+                        }
+                        Err(e) => {
+                            answer.failed(&e);
+                            return Err(e);
+                        }
                     }
                 }
             }
-        }
-    };
-    drop(inbox);
-    tracing::info!(
-        scope = token.scope.as_deref().unwrap_or(""),
-        has_refresh_token = token.refresh_token.is_some(),
-        token_type = %token.token_type,
-        "authorization complete"
-    );
-    Ok((endpoint, token))
+        };
+        drop(inbox);
+        tracing::info!(
+            scope = token.scope.as_deref().unwrap_or(""),
+            has_refresh_token = token.refresh_token.is_some(),
+            token_type = %token.token_type,
+            "authorization complete"
+        );
+        Ok((endpoint, token))
+    }
 }
 
 /// The token endpoint refused the code itself (`invalid_grant`): a replayed code, or one from

@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::config::UpstreamConfig;
 use crate::oauth::browser::BrowserLauncher;
-use crate::scheduler::SchedulerConfig;
+use crate::scheduler::{DEFAULT_LOGIN_LIMIT, DEFAULT_TAB_LIMIT, SchedulerConfig};
+use super::error::SupervisorError;
 use crate::upstream::flows::FlowHook;
 use crate::upstream::state::Policy;
 
@@ -29,6 +30,12 @@ pub struct SupervisorConfig {
     pub shutdown_grace: Duration,
     /// At most this many refreshes run at once, over all servers (the scheduler's flow limit).
     pub max_concurrent_refreshes: usize,
+    /// At most this many logins run at once, over all servers; the others wait in the
+    /// scheduler's queue before they take their lock or start discovery (default 64).
+    pub max_concurrent_logins: usize,
+    /// At most this many logins have a browser tab open at once (default 4): a person
+    /// answers a few at a time; the others wait, prepared, for a tab.
+    pub max_browser_tabs: usize,
     /// Worker threads of the runtime that runs flows' HTTP and TLS.
     pub flow_threads: usize,
     /// The most a proactive refresh is moved later so refreshes due together are spread
@@ -65,12 +72,32 @@ impl SupervisorConfig {
             shutdown_grace: Duration::from_secs(10),
             flow_hook: None,
             max_concurrent_refreshes: default_refresh_limit(),
+            max_concurrent_logins: DEFAULT_LOGIN_LIMIT,
+            max_browser_tabs: DEFAULT_TAB_LIMIT,
             flow_threads: default_flow_threads(),
             refresh_stagger: SchedulerConfig::default().stagger,
             store_poll_interval: Duration::from_secs(1),
             sealing: crate::store::Sealing::default(),
             store: crate::store::StoreChoice::default(),
             clock: Clock::system(),
+        }
+    }
+}
+
+impl SupervisorConfig {
+    /// The limits the scheduler enforces, each at least 1: a limit of 0 would queue every
+    /// flow of its kind forever.
+    pub fn check_limits(&self) -> Result<(), SupervisorError> {
+        let limits = [
+            ("max_concurrent_refreshes", self.max_concurrent_refreshes),
+            ("max_concurrent_logins", self.max_concurrent_logins),
+            ("max_browser_tabs", self.max_browser_tabs),
+        ];
+        match limits.into_iter().find(|(_, value)| *value == 0) {
+            Some((name, _)) => Err(SupervisorError::InvalidInput(format!(
+                "{name} is 0, which would queue every such flow forever; set it to 1 or more"
+            ))),
+            None => Ok(()),
         }
     }
 }

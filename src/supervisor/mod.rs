@@ -123,11 +123,14 @@ async fn build(
     events: broadcast::Sender<StateChange>,
     flow_threads: tokio::runtime::Handle,
 ) -> Result<Parts, SupervisorError> {
+    config.check_limits()?;
     let (store, moved_aside) = open_store(&config).await?;
     let flow_log = FlowLogger::default().start();
     let scheduler_config = SchedulerConfig {
         stagger: config.refresh_stagger,
         flow_limit: config.max_concurrent_refreshes,
+        login_limit: config.max_concurrent_logins,
+        tab_limit: config.max_browser_tabs,
         ..SchedulerConfig::default()
     };
     let scheduler = Scheduler::with_clock(scheduler_config, config.clock.clone());
@@ -523,6 +526,7 @@ impl SupervisorHandle {
     /// `shutdown_grace` to reach the store, then queued store writes finish. Other clones stop
     /// working too (`shutdown.rs` says how each part takes part).
     pub async fn shutdown(&self) {
+        self.inner.runtime.scheduler.close_logins();
         let upstreams = self.inner.upstreams.values().map(|u| &u.addr);
         self.inner.shutdown.run(upstreams).await;
     }

@@ -344,7 +344,6 @@ impl UpstreamActor {
             }
             Effect::StartLogin(plan) => {
                 let generation = self.state.generation;
-                let counted = self.rt.scheduler.login_running();
                 let flow_id = self.begin_flow(FlowKind::Login);
                 let request = LoginRequest {
                     previous: self.endpoint.clone(),
@@ -355,11 +354,7 @@ impl UpstreamActor {
                     dpop: self.login_key(),
                 };
                 let (rt, config, fence) = (self.rt.clone(), self.config.clone(), self.fence());
-                let login = flows::login(rt, config, flow_id.clone(), fence, request);
-                let flow = async move {
-                    let _counted = counted;
-                    login.await
-                };
+                let flow = flows::login(rt, config, flow_id.clone(), fence, request);
                 self.spawn_flow(flow_id, generation, flow, ctx);
             }
             Effect::CancelFlow => {

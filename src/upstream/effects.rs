@@ -336,6 +336,14 @@ impl UpstreamActor {
                 };
                 (event, None)
             }
+            FlowOutcome::LoginFailedBeforeBrowser { error, retry_after } => {
+                let event = Event::LoginFailedBeforeBrowser {
+                    generation,
+                    error,
+                    retry_after,
+                };
+                (event, None)
+            }
         };
         self.apply(event, offered, Caller::nobody(), ctx);
         self.announce_decision(&flow_id, kind);

@@ -33,7 +33,11 @@
 //! - The browser opens by itself unless a browser login failed within `browser_window`; a
 //!   server waiting only for that window opens it when the window ends (interactive hosts). A
 //!   login asked for explicitly always may. A failed login with a dynamic client makes the
-//!   next one register a new client.
+//!   next one register a new client. A login that fails before any browser opened, for a
+//!   reason that passes (discovery or registration timed out, refused the connection,
+//!   answered 5xx or 429), asked nobody anything: it spends no browser launch and starts no
+//!   window; it backs off like a transient refresh (`backoff_base` doubling to `backoff_cap`,
+//!   never before `Retry-After`, no ceiling) and tries again by itself.
 //! - No phase is terminal: every waiting phase has a timer or a store change that leads back
 //!   to `Connected` once the authorization server is healthy again.
 //! - A 403 `insufficient_scope` demanding scope not yet granted logs in again for the union
@@ -276,6 +280,13 @@ pub enum Event {
         error: String,
         dynamic_client: bool,
     },
+    /// A login failed before any browser opened, for a reason that passes (a timeout, a
+    /// refused connection, a 5xx or 429 at discovery or registration): nobody was asked.
+    LoginFailedBeforeBrowser {
+        generation: u64,
+        error: String,
+        retry_after: Option<Millis>,
+    },
     /// The save of the token `token` asked for by [`Effect::SaveToken`] succeeded.
     Saved {
         token: TokenId,
@@ -511,6 +522,14 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
                 dynamic_client,
             },
         ) if generation == current => login_failed(&mut next, fx, error, dynamic_client, now),
+        (
+            Authorizing,
+            LoginFailedBeforeBrowser {
+                generation,
+                error,
+                retry_after,
+            },
+        ) if generation == current => login_unreachable(&mut next, fx, now, retry_after, error),
         // A result from an older generation (a flow that was cancelled or fenced), or for a
         // flow of another kind: ignored.
         (
@@ -520,7 +539,8 @@ pub fn step(state: &State, event: Event, now: Millis) -> (State, Vec<Effect>) {
             | TokenObtained { .. }
             | StoreAhead { .. }
             | RefreshFailed { .. }
-            | LoginFailed { .. },
+            | LoginFailed { .. }
+            | LoginFailedBeforeBrowser { .. },
         ) => {}
 
         // -- Backing off and retrying: the timer brings the next attempt.

@@ -3,6 +3,11 @@
 //! client. It reports another process's login instead when one stored a token meanwhile. A
 //! browser login also takes its response pasted back or at the daemon's public callback URL
 //! (`rt.callbacks`, `oauth.callback_url`).
+//!
+//! Logins are bounded like refreshes: a login waits for a slot of the scheduler's login
+//! limit before it takes the lock, and for a browser tab before it opens the browser; both
+//! are held until it ends, however it ends. One that fails before its browser opened, for a
+//! reason that passes, says so ([`FlowOutcome::LoginFailedBeforeBrowser`]): nobody was asked.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +24,7 @@ use crate::oauth::client_identity::ClientSource;
 use crate::oauth::device::DevicePrompt;
 use crate::oauth::discovery::{Discovery, discover};
 use crate::oauth::dpop::{self, Dpop};
-use crate::oauth::login::{Headless, LoginSettings, browser_login_headless};
+use crate::oauth::login::{Headless, LoginSettings, prepare_login};
 use crate::oauth::scope::{select_scope, union, with_offline_access};
 use crate::oauth::token::{TokenEndpoint, TokenSet};
 use crate::oauth::{ErrorClass, OAuthError};
@@ -27,6 +32,9 @@ use crate::store::{StoredClient, StoredToken};
 use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime};
 use crate::upstream::state::LoginPlan;
+
+/// Why a login queued at shutdown gave up.
+const SHUTTING_DOWN: &str = "the daemon is shutting down; no browser was opened";
 
 /// A value a running login publishes for status (its authorization URL, its device prompt).
 pub type Published<T> = Arc<std::sync::Mutex<Option<T>>>;
@@ -94,6 +102,13 @@ async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
     } = request;
     cx.hook();
     let (rt, config) = (cx.rt, cx.config);
+    // Queued behind the login limit before the lock, discovery and registration.
+    let Some(_slot) = rt.scheduler.login_slot().await else {
+        return FlowOutcome::LoginFailed {
+            error: SHUTTING_DOWN.into(),
+            dynamic_client: false,
+        };
+    };
     cx.event(
         FlowStep::Started,
         json!({"server_url": config.url.as_str(), "fresh_client": plan.fresh_client}),
@@ -141,8 +156,11 @@ async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
         step_up_scope: plan.step_up_scope,
         dpop,
     };
-    let result = tokio::time::timeout(rt.login_timeout, obtain(cx, login, &mut tried)).await;
-    let error = match result {
+    let mut shown = false;
+    let obtained = obtain(cx, login, &mut tried, &mut shown);
+    let result = tokio::time::timeout(rt.login_timeout, obtained).await;
+    // `Some`: a failure that passes, with the server's Retry-After.
+    let (error, passes) = match result {
         Ok(Ok((token, endpoint, client))) => {
             return save(cx, token, endpoint, client, started).await;
         }
@@ -152,16 +170,24 @@ async fn run(cx: &FlowContext<'_>, request: LoginRequest) -> FlowOutcome {
                 FlowStep::Failed,
                 failure_details(&e, permanent, started.elapsed()),
             );
-            e.to_string()
+            let passes = match e.class() {
+                ErrorClass::Transient { retry_after } => Some(retry_after),
+                ErrorClass::Permanent => None,
+            };
+            (e.to_string(), passes)
         }
         Err(_) => {
             let error = format!("the login was not completed within {:?}", rt.login_timeout);
             cx.event(FlowStep::Failed, json!({"error": error}));
-            error
+            (error, Some(None))
         }
     };
-    tracing::warn!(error = %error, "login failed");
+    tracing::warn!(error = %error, browser_opened = shown, "login failed");
     cx.finish(Some(error.clone())).await;
+    if let Some(retry_after) = passes.filter(|_| !shown) {
+        let retry_after = retry_after.map(|d| d.as_millis() as crate::clock::Millis);
+        return FlowOutcome::LoginFailedBeforeBrowser { error, retry_after };
+    }
     FlowOutcome::LoginFailed {
         error,
         dynamic_client: tried.dynamic(config),
@@ -224,10 +250,12 @@ struct Login {
 }
 
 /// Discovery, the client, the browser (or device) login: the token and client to store.
+/// `shown`: set once a person may have been asked (the browser opened, a device prompt shown).
 async fn obtain(
     cx: &FlowContext<'_>,
     login: Login,
     tried: &mut LoginClient,
+    shown: &mut bool,
 ) -> Result<(StoredToken, TokenEndpoint, StoredClient), OAuthError> {
     let (rt, config) = (cx.rt, cx.config);
     let Login {
@@ -281,6 +309,7 @@ async fn obtain(
             slot: device_prompt,
             dpop: dpop.as_ref(),
         };
+        *shown = true;
         device_login_published(cx, login).await?
     } else {
         let settings = LoginSettings {
@@ -295,16 +324,17 @@ async fn obtain(
             deliveries: Some((rt.callbacks.clone(), config.name.clone())),
         };
         let http = &rt.http;
-        browser_login_headless(
-            http,
-            &discovery,
-            &settings,
-            previous,
-            scope.as_deref(),
-            dpop.as_ref(),
-            &headless,
-        )
-        .await?
+        let scope = scope.as_deref();
+        let prepared =
+            prepare_login(http, &discovery, &settings, previous, scope, &headless).await?;
+        // A person answers a few tabs at once: wait for one, and keep it until the end.
+        let Some(_tab) = rt.scheduler.tab_slot().await else {
+            return Err(OAuthError::Browser(SHUTTING_DOWN.into()));
+        };
+        *shown = true;
+        prepared
+            .open_browser(http, &settings, dpop.as_ref(), &headless)
+            .await?
     };
     let set = rebased(set, rt.clock.system_time());
     let row = TokenRow {

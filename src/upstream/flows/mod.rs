@@ -25,7 +25,7 @@ pub use refresh::{RefreshRequest, refresh};
 pub use rows::{dpop_binding, endpoint_from_stored, facts, handed_out};
 
 use super::state::RefreshFailure;
-use crate::clock::Clock;
+use crate::clock::{Clock, Millis};
 use crate::config::UpstreamConfig;
 use crate::oauth::OAuthError;
 use crate::oauth::browser::BrowserLauncher;
@@ -126,6 +126,13 @@ pub enum FlowOutcome {
         error: String,
         /// The login went with a dynamically registered client (stored or new).
         dynamic_client: bool,
+    },
+    /// The login failed before any browser opened, for a reason that passes (a timeout, a
+    /// refused connection, a 5xx or 429): the authorization server was unwell, nobody was
+    /// asked.
+    LoginFailedBeforeBrowser {
+        error: String,
+        retry_after: Option<Millis>,
     },
 }
 

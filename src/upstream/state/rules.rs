@@ -450,6 +450,33 @@ pub(super) fn login_failed(
     }
 }
 
+/// A login failed before any browser opened, for a reason that passes: the authorization
+/// server was unreachable or unwell and nobody was asked, so no browser launch is spent (the
+/// browser window does not start). It backs off and tries again by itself: the retry timer
+/// leads to `refresh_or_login`, which logs in again unless a token serves or renews. No
+/// ceiling: with no refresh token at stake there is nothing to give up on, and the delay is
+/// capped at `backoff_cap`, so the attempts stay bounded in rate.
+pub(super) fn login_unreachable(
+    next: &mut State,
+    fx: &mut Vec<Effect>,
+    now: Millis,
+    retry_after: Option<Millis>,
+    error: String,
+) {
+    next.transient_failures += 1;
+    let attempt = next.transient_failures;
+    let retry_at = now + fast_delay(next, attempt, retry_after);
+    next.phase = Phase::BackingOff {
+        attempt,
+        retry_at,
+        last_error: error.clone(),
+    };
+    // Whoever waits for this login hears that it failed, as after any failed login.
+    fx.push(Effect::ResolveWaiters(Resolution::Failed(
+        Failure::LoginFailed { error },
+    )));
+}
+
 /// A 403 `insufficient_scope` while connected: a login for `scope` if the budget and the
 /// browser allow it; otherwise the caller hears why, and the token keeps serving the calls
 /// that need no more scope.

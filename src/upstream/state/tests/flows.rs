@@ -76,7 +76,12 @@ fn refreshing(s: &Samples) -> Vec<Row> {
     let all = results(0);
     rows.extend(ignored(
         r,
-        vec![all[0].clone(), all[1].clone(), all[4].clone()],
+        vec![
+            all[0].clone(),
+            all[1].clone(),
+            all[4].clone(),
+            all[6].clone(),
+        ],
     ));
     rows.push((
         r.clone(),
@@ -479,6 +484,7 @@ fn authorizing(s: &Samples) -> Vec<Row> {
         vec![login_failure, ready()],
     ));
     rows.push((a.clone(), login_failed(0, "stale"), a.clone(), vec![]));
+    rows.extend(unreachable_rows(a));
     rows.push((
         a.clone(),
         Event::Logout,
@@ -486,6 +492,83 @@ fn authorizing(s: &Samples) -> Vec<Row> {
         logged_out_effects(true, true),
     ));
     rows
+}
+
+/// A login that failed before any browser opened: no browser launch spent (no window), the
+/// backoff ladder instead, never sooner than the server's Retry-After; whoever waits hears
+/// the login failed; a stale one is ignored.
+fn unreachable_rows(a: &State) -> Vec<Row> {
+    let error = "registration answered 503";
+    let backing = |x: &State, retry_at: Millis| {
+        with(x, |n| {
+            n.transient_failures = 1;
+            n.phase = Phase::BackingOff {
+                attempt: 1,
+                retry_at,
+                last_error: error.into(),
+            };
+        })
+    };
+    let waits = failed(Failure::LoginFailed {
+        error: error.into(),
+    });
+    let with_token = State {
+        token: Some(valid()),
+        ..a.clone()
+    };
+    vec![
+        (
+            a.clone(),
+            unreachable_login(1, None),
+            backing(a, NOW + 1_000),
+            vec![waits.clone()],
+        ),
+        (
+            a.clone(),
+            unreachable_login(1, Some(30_000)),
+            backing(a, NOW + 30_000),
+            vec![waits.clone()],
+        ),
+        (
+            with_token.clone(),
+            unreachable_login(1, None),
+            backing(&with_token, NOW + 1_000),
+            vec![waits.clone()],
+        ),
+        (a.clone(), unreachable_login(0, None), a.clone(), vec![]),
+    ]
+}
+
+/// Logins failing before the browser, again and again: each is retried by itself, sooner
+/// than a browser window, with delays doubling to the cap; the browser window never starts,
+/// and once the server answers the login completes.
+#[test]
+fn a_login_failing_before_the_browser_retries_itself_on_the_backoff_ladder() {
+    let mut s = samples().authorizing;
+    let mut now = NOW;
+    let mut delays = Vec::new();
+    for _ in 0..20 {
+        let (after, _) = step(&s, unreachable_login(s.generation, None), now);
+        assert_eq!(after.last_browser_failure, None, "no browser launch spent");
+        let deadline = after.deadline().expect("a retry is due");
+        assert_eq!(deadline.timer, Timer::Retry);
+        assert!(deadline.at > now, "never in the past");
+        delays.push(deadline.at - now);
+        now = deadline.at;
+        let (again, effects) = step(&after, Event::Due(Timer::Retry), now);
+        assert_eq!(again.phase, Phase::Authorizing, "retried by itself");
+        assert!(matches!(effects.last(), Some(StartLogin(_))), "{effects:?}");
+        s = again;
+    }
+    let policy = Policy::default();
+    assert_eq!(delays[0], policy.backoff_base);
+    assert!(delays.windows(2).all(|w| w[1] >= w[0]), "{delays:?}");
+    assert_eq!(*delays.last().unwrap(), policy.backoff_cap);
+    assert!(policy.backoff_cap < policy.browser_window);
+    let (done, effects) = step(&s, obtained(s.generation, fresh()), now);
+    assert_eq!(done.phase, Phase::Connected);
+    assert_eq!(done.transient_failures, 0);
+    assert_eq!(effects, vec![ready()]);
 }
 
 /// The whole ladder of transient failures: exponential to the cap, then slow, until the

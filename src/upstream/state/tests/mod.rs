@@ -270,6 +270,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::StoreAhead { .. } => "store_ahead",
         Event::RefreshFailed { .. } => "refresh_failed",
         Event::LoginFailed { .. } => "login_failed",
+        Event::LoginFailedBeforeBrowser { .. } => "login_failed_before_browser",
         Event::Saved { .. } => "saved",
         Event::SaveFailed { .. } => "save_failed",
         Event::Due(_) => "due",
@@ -292,7 +293,7 @@ const PHASES: [&str; 11] = [
     "store_unavailable",
     "logged_out",
 ];
-const EVENTS: [&str; 17] = [
+const EVENTS: [&str; 18] = [
     "reconnect",
     "login",
     "refresh",
@@ -304,6 +305,7 @@ const EVENTS: [&str; 17] = [
     "store_ahead",
     "refresh_failed",
     "login_failed",
+    "login_failed_before_browser",
     "saved",
     "save_failed",
     "due",
@@ -435,6 +437,7 @@ fn results(generation: u64) -> Vec<Event> {
             generation,
             token: fresh(),
         },
+        unreachable_login(generation, None),
     ]
 }
 
@@ -461,6 +464,15 @@ fn logout_and_adopt(s: &State) -> [Row; 2] {
         ),
         (s.clone(), sc(), adopted(s, fresh()), vec![ready()]),
     ]
+}
+
+/// A login failed before any browser opened: registration answered 503.
+fn unreachable_login(generation: u64, retry_after: Option<Millis>) -> Event {
+    Event::LoginFailedBeforeBrowser {
+        generation,
+        error: "registration answered 503".into(),
+        retry_after,
+    }
 }
 
 fn ignored(s: &State, events: Vec<Event>) -> Vec<Row> {

@@ -332,6 +332,11 @@ impl World {
                 Event::Loaded { generation, token }
             }
             Op::Login(generation) => match kind % 5 {
+                0 if kind.is_multiple_of(3) => Event::LoginFailedBeforeBrowser {
+                    generation,
+                    error: "registration answered 503".into(),
+                    retry_after: (kind % 2 == 1).then_some(60_000),
+                },
                 0 => Event::LoginFailed {
                     generation,
                     error: "timeout".into(),

@@ -12,12 +12,14 @@
 //!
 //! Why one place: 10,000 servers are 10,000 deadlines, not 10,000 timers on the actors'
 //! thread; deadlines due together can be spread (a bounded per-owner stagger, never past the
-//! latest moment the owner allows, never in the past); and the global limit on concurrent
-//! flows lives here too, so tests and metrics read one set of counters
-//! ([`Scheduler::counters`]).
+//! latest moment the owner allows, never in the past); and the global limits on work that
+//! holds something scarce live here too ([`limits`]: refreshes, logins, browser tabs, each a
+//! fair queue), so tests and metrics read one set of counters ([`Scheduler::counters`]).
+
+pub mod limits;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, Millis};
+pub use limits::{DEFAULT_LOGIN_LIMIT, DEFAULT_TAB_LIMIT, Limit, LimitCounts, Permit};
 
 /// Which of an owner's deadlines: each owner has at most one entry per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -61,6 +64,11 @@ pub struct SchedulerConfig {
     pub late_after: Duration,
     /// At most this many refresh flows run at once, over all servers.
     pub flow_limit: usize,
+    /// At most this many logins run at once (past their queue: the lock, discovery,
+    /// registration, the browser), over all servers.
+    pub login_limit: usize,
+    /// At most this many of those logins have a browser tab open at once.
+    pub tab_limit: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -69,6 +77,8 @@ impl Default for SchedulerConfig {
             stagger: Duration::from_secs(1),
             late_after: Duration::from_millis(100),
             flow_limit: default_flow_limit(),
+            login_limit: DEFAULT_LOGIN_LIMIT,
+            tab_limit: DEFAULT_TAB_LIMIT,
         }
     }
 }
@@ -95,14 +105,24 @@ pub struct SchedulerCounters {
     /// Firings later than `late_after`, and the worst lateness seen.
     pub late: u64,
     pub worst_lateness_ms: u64,
-    /// Refresh flows running now, the most that ran at once, and the limit.
+    /// Refresh flows running now, waiting for a slot, the most that ran at once, and the
+    /// limit.
     pub flows_running: usize,
+    pub flows_queued: usize,
     pub flows_peak: usize,
     pub flow_limit: usize,
-    /// Browser logins running now and at most (counted, not limited: a login waits for a
-    /// person for minutes, and must not hold back refreshes).
+    /// Logins the same way (their own limit: a login may wait minutes for a person, and
+    /// must not hold back refreshes).
     pub logins_running: usize,
+    pub logins_queued: usize,
     pub logins_peak: usize,
+    pub login_limit: usize,
+    /// Browser tabs: logins that opened the browser and wait for its answer, and logins
+    /// ready to open it that wait for a tab.
+    pub tabs_open: usize,
+    pub tabs_queued: usize,
+    pub tabs_peak: usize,
+    pub tab_limit: usize,
 }
 
 /// A point on the scheduler's timeline: how long after its start.
@@ -221,8 +241,9 @@ struct Inner {
     dropped: AtomicU64,
     late: AtomicU64,
     worst_lateness_ms: AtomicU64,
-    refreshes: FlowLimit,
-    logins: Gauge,
+    refreshes: Limit,
+    logins: Limit,
+    tabs: Limit,
 }
 
 /// The scheduler: cheap to clone, shared by every actor. [`Scheduler::run`] is its one task.
@@ -263,8 +284,9 @@ impl Scheduler {
                 dropped: AtomicU64::new(0),
                 late: AtomicU64::new(0),
                 worst_lateness_ms: AtomicU64::new(0),
-                refreshes: FlowLimit::new(config.flow_limit),
-                logins: Gauge::default(),
+                refreshes: Limit::new(config.flow_limit),
+                logins: Limit::new(config.login_limit),
+                tabs: Limit::new(config.tab_limit),
             }),
         }
     }
@@ -445,19 +467,34 @@ impl Scheduler {
     }
 
     /// Waits for a refresh slot under the global flow limit.
-    pub async fn refresh_slot(&self) -> FlowPermit<'_> {
-        self.inner.refreshes.acquire().await
+    pub async fn refresh_slot(&self) -> Permit<'_> {
+        let slot = self.inner.refreshes.acquire().await;
+        slot.expect("the refresh limit is never closed: a drain lets refreshes finish")
     }
 
-    /// Counts a running login until the guard is dropped.
-    pub fn login_running(&self) -> LoginCount {
-        self.inner.logins.up();
-        LoginCount(self.inner.clone())
+    /// Waits for a login slot: taken before the login's lock file and discovery, held until
+    /// the login ends. `None`: shutting down ([`Scheduler::close_logins`]).
+    pub async fn login_slot(&self) -> Option<Permit<'_>> {
+        self.inner.logins.acquire().await
+    }
+
+    /// Waits for a browser tab: taken by a login ready to open the browser, held until the
+    /// login ends. `None`: shutting down.
+    pub async fn tab_slot(&self) -> Option<Permit<'_>> {
+        self.inner.tabs.acquire().await
+    }
+
+    /// Shutting down: logins waiting for a slot or a tab give up, and no browser opens any
+    /// more (the drain cancels the logins that run; a tab freed by one must not go to the
+    /// next login in the queue).
+    pub fn close_logins(&self) {
+        self.inner.logins.close();
+        self.inner.tabs.close();
     }
 
     pub fn counters(&self) -> SchedulerCounters {
         let i = &self.inner;
-        let (flows_running, flows_peak) = i.refreshes.counts();
+        let (flows, logins, tabs) = (i.refreshes.counts(), i.logins.counts(), i.tabs.counts());
         SchedulerCounters {
             entries: self.book().entries.len(),
             armed: i.armed.load(Ordering::Relaxed),
@@ -467,11 +504,18 @@ impl Scheduler {
             dropped: i.dropped.load(Ordering::Relaxed),
             late: i.late.load(Ordering::Relaxed),
             worst_lateness_ms: i.worst_lateness_ms.load(Ordering::Relaxed),
-            flows_running,
-            flows_peak,
-            flow_limit: i.config.flow_limit.max(1),
-            logins_running: i.logins.now.load(Ordering::SeqCst),
-            logins_peak: i.logins.peak.load(Ordering::SeqCst),
+            flows_running: flows.running,
+            flows_queued: flows.queued,
+            flows_peak: flows.peak,
+            flow_limit: flows.limit,
+            logins_running: logins.running,
+            logins_queued: logins.queued,
+            logins_peak: logins.peak,
+            login_limit: logins.limit,
+            tabs_open: tabs.running,
+            tabs_queued: tabs.queued,
+            tabs_peak: tabs.peak,
+            tab_limit: tabs.limit,
         }
     }
 }
@@ -482,75 +526,4 @@ fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-#[derive(Default)]
-struct Gauge {
-    now: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-impl Gauge {
-    fn up(&self) {
-        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-    }
-}
-
-/// Held while a login runs.
-pub struct LoginCount(Arc<Inner>);
-
-impl Drop for LoginCount {
-    fn drop(&mut self) {
-        self.0.logins.now.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A global limit on concurrent refresh flows, with the counts tests and status read.
-pub struct FlowLimit {
-    permits: tokio::sync::Semaphore,
-    gauge: Gauge,
-}
-
-/// Held while a refresh runs.
-pub struct FlowPermit<'a> {
-    limit: &'a FlowLimit,
-    _permit: tokio::sync::SemaphorePermit<'a>,
-}
-
-impl Drop for FlowPermit<'_> {
-    fn drop(&mut self) {
-        self.limit.gauge.now.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl FlowLimit {
-    pub fn new(max: usize) -> Self {
-        FlowLimit {
-            permits: tokio::sync::Semaphore::new(max.max(1)),
-            gauge: Gauge::default(),
-        }
-    }
-
-    /// Waits for a free slot.
-    pub async fn acquire(&self) -> FlowPermit<'_> {
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        self.gauge.up();
-        FlowPermit {
-            limit: self,
-            _permit: permit,
-        }
-    }
-
-    /// Flows running now, and the most that ever ran at once.
-    pub fn counts(&self) -> (usize, usize) {
-        (
-            self.gauge.now.load(Ordering::SeqCst),
-            self.gauge.peak.load(Ordering::SeqCst),
-        )
-    }
 }
