@@ -135,7 +135,9 @@ pub(super) fn name_hash(bytes: &[u8]) -> u64 {
     } else if len >= 4 {
         (a, b) = (half(bytes, 0), half(bytes, len - 4));
     } else if len > 0 {
-        a = (u64::from(bytes[0]) << 16) | (u64::from(bytes[len / 2]) << 8) | u64::from(bytes[len - 1]);
+        a = (u64::from(bytes[0]) << 16)
+            | (u64::from(bytes[len / 2]) << 8)
+            | u64::from(bytes[len - 1]);
     }
     fold(a ^ K1, b ^ seed)
 }
@@ -269,12 +271,27 @@ mod tests {
     #[test]
     fn every_name_finds_its_own_value_and_no_other_name_finds_one() {
         let names = names();
-        let table = ByName::new(names.iter().cloned().enumerate().map(|(i, n)| (n, i)).collect());
+        let table = ByName::new(
+            names
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, n)| (n, i))
+                .collect(),
+        );
         for (i, name) in names.iter().enumerate() {
             assert_eq!(table.get(name), Some(&i), "{name:?}");
         }
         let long = "s".repeat(41);
-        for unknown in ["", "srv-02000", "srv-0000", "srv-000000", "S", long.as_str(), "github"] {
+        for unknown in [
+            "",
+            "srv-02000",
+            "srv-0000",
+            "srv-000000",
+            "S",
+            long.as_str(),
+            "github",
+        ] {
             let known = names.iter().position(|n| n == unknown);
             assert_eq!(table.get(unknown), known.as_ref(), "{unknown:?}");
         }
@@ -298,7 +315,11 @@ mod tests {
             for at in 0..len {
                 let mut other = base.clone();
                 other[at] = b'b';
-                assert_ne!(name_hash(&base), name_hash(&other), "length {len}, byte {at}");
+                assert_ne!(
+                    name_hash(&base),
+                    name_hash(&other),
+                    "length {len}, byte {at}"
+                );
             }
         }
         assert_ne!(name_hash(b"ab"), name_hash(b"ab\0"));
