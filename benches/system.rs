@@ -71,6 +71,11 @@ struct Sizes {
     ttl: Duration,
     lifetimes: u32,
     cold: usize,
+    /// The large point: this many servers at `large_ttl`, idle for `large_idle`, then their
+    /// cold start and restart (0: none). `--only large` runs it alone.
+    large: usize,
+    large_ttl: Duration,
+    large_idle: Duration,
     writes: usize,
 }
 
@@ -93,6 +98,9 @@ impl Sizes {
                 ttl: Duration::from_secs(8),
                 lifetimes: 2,
                 cold: 300,
+                large: 0,
+                large_ttl: Duration::from_secs(3_600),
+                large_idle: Duration::from_secs(10),
                 writes: 400,
             }
         } else {
@@ -105,11 +113,15 @@ impl Sizes {
                 ttl: Duration::from_secs(60),
                 lifetimes: 3,
                 cold: 10_000,
+                large: 100_000,
+                large_ttl: Duration::from_secs(3_600),
+                large_idle: Duration::from_secs(60),
                 writes: 2_000,
             }
         };
         // Overrides, for profiling one size or trying a larger point: BENCH_SCALE=10000
-        // (comma-separated), BENCH_TTL=60s, BENCH_LIFETIMES=1, BENCH_COLD=10000 (0: none).
+        // (comma-separated), BENCH_TTL=60s, BENCH_LIFETIMES=1, BENCH_COLD=10000 (0: none),
+        // BENCH_LARGE=100000 (0: none), BENCH_LARGE_IDLE=60s.
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         if let Some(list) = env("BENCH_SCALE") {
             sizes.scale = list
@@ -129,6 +141,13 @@ impl Sizes {
         }
         if let Some(n) = env("BENCH_COLD") {
             sizes.cold = n.parse().expect("BENCH_COLD: a number");
+        }
+        if let Some(n) = env("BENCH_LARGE") {
+            sizes.large = n.parse().expect("BENCH_LARGE: a number");
+        }
+        if let Some(idle) = env("BENCH_LARGE_IDLE") {
+            sizes.large_idle =
+                humantime::parse_duration(&idle).expect("BENCH_LARGE_IDLE: a duration, e.g. 60s");
         }
         sizes
     }
@@ -468,6 +487,9 @@ struct Table {
     title: String,
     note: String,
     header: Vec<String>,
+    /// The columns that name a row (the first one unless `keyed` says otherwise): a row of
+    /// the previous run with the same values is the one its figures are compared with.
+    key: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
@@ -477,8 +499,13 @@ impl Table {
             title: title.into(),
             note: String::new(),
             header: header.iter().map(|h| h.to_string()).collect(),
+            key: header.iter().take(1).map(|h| h.to_string()).collect(),
             rows: Vec::new(),
         }
+    }
+    fn keyed(mut self, key: &[&str]) -> Table {
+        self.key = key.iter().map(|h| h.to_string()).collect();
+        self
     }
     fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
@@ -501,6 +528,126 @@ impl Table {
             out += &format!("\n{}\n", self.note);
         }
         out
+    }
+}
+
+/// A table as the previous BENCHMARKS.md printed it.
+struct Printed {
+    number: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+/// `3` of `3. Scale: ...`: tables are matched by number (a title may name the sizes).
+fn table_number(title: &str) -> String {
+    title
+        .split_once('.')
+        .map_or(title, |(n, _)| n)
+        .trim()
+        .to_string()
+}
+
+/// A header without its goal (`CPU per refresh (goal < 0.4 ms)` is `CPU per refresh`), so a
+/// goal reworded still matches its column.
+fn column_name(header: &str) -> &str {
+    header.split(" (goal").next().unwrap_or(header).trim()
+}
+
+/// A cell without the previous figure a run before added to it.
+fn figure(cell: &str) -> &str {
+    cell.split(" (was ").next().unwrap_or(cell).trim()
+}
+
+fn cells(line: &str) -> Vec<String> {
+    let inner = line.trim().trim_start_matches('|').trim_end_matches('|');
+    inner.split(" | ").map(|c| c.trim().to_string()).collect()
+}
+
+/// Every numbered table of a BENCHMARKS.md.
+fn printed_tables(doc: &str) -> Vec<Printed> {
+    let mut tables: Vec<Printed> = Vec::new();
+    let mut lines = doc.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(title) = line.strip_prefix("### ") else {
+            continue;
+        };
+        while lines
+            .peek()
+            .is_some_and(|l| !l.starts_with('|') && !l.starts_with('#'))
+        {
+            lines.next();
+        }
+        let Some(header) = lines.next_if(|l| l.starts_with('|')) else {
+            continue;
+        };
+        lines.next_if(|l| l.starts_with('|')); // | --- |
+        let mut rows = Vec::new();
+        while let Some(row) = lines.next_if(|l| l.starts_with('|')) {
+            rows.push(cells(row));
+        }
+        tables.push(Printed {
+            number: table_number(title),
+            header: cells(header)
+                .iter()
+                .map(|h| column_name(h).to_string())
+                .collect(),
+            rows,
+        });
+    }
+    tables
+}
+
+/// Writes the previous run's figure beside each one that changed: `52 ns (was 61 ns)`. The
+/// previous run is the BENCHMARKS.md this run replaces; rows are matched by their key
+/// columns, cells by their column's name.
+fn mark_changes(tables: &mut [Table], previous: &str) {
+    let printed = printed_tables(previous);
+    for table in tables {
+        let Some(old) = printed
+            .iter()
+            .find(|p| p.number == table_number(&table.title))
+        else {
+            continue;
+        };
+        let column = |name: &str| old.header.iter().position(|h| h == column_name(name));
+        let key: Vec<(usize, usize)> = table
+            .key
+            .iter()
+            .filter_map(|k| {
+                let new = table.header.iter().position(|h| h == k)?;
+                Some((new, column(k)?))
+            })
+            .collect();
+        if key.is_empty() {
+            continue;
+        }
+        let mut changed = false;
+        for row in &mut table.rows {
+            let Some(old_row) = old.rows.iter().find(|o| {
+                key.iter().all(|&(n, o_i)| {
+                    o.get(o_i).map(|c| figure(c)) == row.get(n).map(String::as_str)
+                })
+            }) else {
+                continue;
+            };
+            for (i, cell) in row.iter_mut().enumerate() {
+                if key.iter().any(|&(n, _)| n == i) {
+                    continue;
+                }
+                let Some(was) = column(&table.header[i]).and_then(|o| old_row.get(o)) else {
+                    continue;
+                };
+                let was = figure(was);
+                if was != cell.as_str() {
+                    *cell = format!("{cell} (was {was})");
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            table.note +=
+                "\n\n(was X): the figure of the same row in the BENCHMARKS.md this run replaced.";
+        }
     }
 }
 
@@ -654,8 +801,17 @@ fn hot_path(sizes: &Sizes) -> Table {
     progress("1/5 hot path");
     let mut table = Table::new(
         "1. Hot path: a still-valid token",
-        &["caller", "tasks", "ops/s", "p50", "p99", "allocations/call"],
-    );
+        &[
+            "caller",
+            "tasks",
+            "ops/s",
+            "p50",
+            "p99",
+            "p50 / bare read's (goal ours by name <= 1.5x)",
+            "allocations/call (goal 0)",
+        ],
+    )
+    .keyed(&["caller", "tasks"]);
     let runtime = driver_runtime(8);
     let srv = TestServer::start(Config::default());
     let dir = temp_dir("hot");
@@ -719,6 +875,7 @@ fn hot_path(sizes: &Sizes) -> Table {
                 format!("{:.2} M", result.ops_per_sec / 1e6),
                 ns(result.p50),
                 ns(result.p99),
+                format!("{:.2}x", result.p50 / bare.p50.max(0.1)),
                 format!("{:.2}", result.allocs_per_op),
             ]);
         }
@@ -767,7 +924,8 @@ fn stampede(sizes: &Sizes) -> Table {
             "last caller holds the new token",
             "callers failed",
         ],
-    );
+    )
+    .keyed(&["client", "scenario"]);
     let runtime = driver_runtime(2);
     let srv = TestServer::start(Config::default());
     let dir = temp_dir("stampede");
@@ -865,6 +1023,7 @@ fn stampede(sizes: &Sizes) -> Table {
 
 struct ScaleRow {
     servers: usize,
+    ttl: Duration,
     run: Duration,
     /// RSS growth once every server is logged in, before the run: the idle daemon.
     idle_rss: u64,
@@ -897,11 +1056,12 @@ fn run_length(sizes: &Sizes) -> Duration {
         })
 }
 
-/// Runs `servers` servers at the TTL for the run length; returns the row and the folder whose
-/// store holds their (valid) tokens.
+/// Runs `servers` servers at the test server's TTL for `run_for`; returns the row and the
+/// folder whose store holds their (valid) tokens.
 fn scale_run(
-    sizes: &Sizes,
     servers: usize,
+    ttl: Duration,
+    run_for: Duration,
     runtime: &tokio::runtime::Runtime,
     srv: &ServerProcess,
 ) -> (ScaleRow, PathBuf) {
@@ -922,10 +1082,8 @@ fn scale_run(
         .collect();
     let idle_rss = rss_bytes().saturating_sub(rss_before);
     let refreshes_at = |s: &ServerProcess| s.stats().token_requests_for("refresh_token");
-    let run_for = run_length(sizes);
     progress(&format!(
-        "3/5 scale: {servers} servers for {run_for:?} (TTL {:?})",
-        sizes.ttl
+        "3/5 scale: {servers} servers for {run_for:?} (TTL {ttl:?})"
     ));
     let (cpu_start, wall_start, refreshes_start) =
         (daemon_cpu_seconds(), Instant::now(), refreshes_at(srv));
@@ -977,6 +1135,7 @@ fn scale_run(
     let wall = wall_start.elapsed();
     let row = ScaleRow {
         servers,
+        ttl,
         run: wall,
         idle_rss,
         peak_rss: peak_rss.saturating_sub(rss_before),
@@ -999,6 +1158,9 @@ struct ColdRow {
     peak_fds: usize,
     peak_flows: usize,
     limit: usize,
+    /// Refreshes and logins the test server answered during the restart.
+    refreshes: u64,
+    logins: u64,
 }
 
 fn cold_start(
@@ -1021,6 +1183,14 @@ fn cold_start(
     });
     progress(&format!("4/5 restart: {servers} expired tokens"));
     assert_eq!(expire_all(dir), servers, "every server has a stored token");
+    let grants = |s: &ServerProcess| {
+        let stats = s.stats();
+        (
+            stats.token_requests_for("refresh_token"),
+            stats.token_requests_for("authorization_code"),
+        )
+    };
+    let (refreshes_before, logins_before) = grants(srv);
     let fds = PeakSampler::start(open_fds);
     let (expired_refreshed, peak_flows) = runtime.block_on(async {
         let started = Instant::now();
@@ -1033,13 +1203,17 @@ fn cold_start(
         handle.shutdown().await;
         (elapsed, peak)
     });
+    let peak_fds = fds.finish();
+    let (refreshes_after, logins_after) = grants(srv);
     ColdRow {
         servers,
         valid_connected,
         expired_refreshed,
-        peak_fds: fds.finish(),
+        peak_fds,
         peak_flows,
         limit,
+        refreshes: refreshes_after - refreshes_before,
+        logins: logins_after - logins_before,
     }
 }
 
@@ -1047,17 +1221,52 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+fn scale_row(row: &ScaleRow) -> Vec<String> {
+    vec![
+        row.servers.to_string(),
+        format!("{:?}", row.ttl),
+        format!("{:.0} s", row.run.as_secs_f64()),
+        format!("{} / {}", mib(row.idle_rss), mib(row.peak_rss)),
+        format!(
+            "{:.1} KiB",
+            row.idle_rss as f64 / 1024.0 / row.servers as f64
+        ),
+        format!("{:.1}%", row.cpu_share * 100.0),
+        row.cpu_per_refresh_ms()
+            .map_or("-".into(), |ms| format!("{ms:.2} ms")),
+        row.peak_refreshes.to_string(),
+        row.refreshes.to_string(),
+        row.past_expiry.to_string(),
+        row.late.to_string(),
+        mib(row.server_rss),
+    ]
+}
+
+fn cold_row(c: &ColdRow) -> Vec<String> {
+    vec![
+        c.servers.to_string(),
+        ms(c.valid_connected),
+        ms(c.expired_refreshed),
+        c.refreshes.to_string(),
+        c.logins.to_string(),
+        c.peak_fds.to_string(),
+        format!("{} ({})", c.peak_flows, c.limit),
+    ]
+}
+
+/// Tables 3 and 4: the scale points at the short TTL (`--only scale`), then the large point
+/// at its long TTL (`--only large`): logged in, idle, then its cold start and restart.
 fn scale_and_cold(sizes: &Sizes) -> (Table, Table) {
     let runtime = driver_runtime(2);
-    let srv = ServerProcess::start(sizes.ttl);
     let mut scale = Table::new(
-        &format!("3. Scale: supervised servers at a {:?} TTL", sizes.ttl),
+        "3. Scale: supervised servers",
         &[
             "servers",
+            "TTL",
             "run",
-            "daemon RSS growth, idle / peak (goal < 150 MiB)",
+            "daemon RSS growth, idle / peak (goal < 150 MiB at 10,000; < 1 GiB at 100,000)",
             "per idle server (goal < 15 KiB)",
-            "daemon CPU, share of one core (goal < 10%)",
+            "daemon CPU, share of one core (goal < 10%; idle < 2%)",
             "CPU per refresh (goal < 0.4 ms)",
             "peak refreshes/s",
             "refreshes",
@@ -1065,52 +1274,43 @@ fn scale_and_cold(sizes: &Sizes) -> (Table, Table) {
             "server-seconds without a usable token (goal 0)",
             "test server RSS (own process)",
         ],
-    );
+    )
+    .keyed(&["servers", "TTL"]);
     let mut cold = Table::new(
         "4. Cold start and restart",
         &[
             "servers",
-            "valid tokens: all connected (goal < 1 s)",
+            "valid tokens: all usable (goal < 1 s at 10,000; < 5 s at 100,000)",
             "expired tokens: all refreshed",
+            "refreshes during the restart",
+            "logins during the restart (goal 0)",
             "peak open fds",
             "peak concurrent refreshes (limit)",
         ],
     );
-    let cold_size = sizes.cold;
-    for &servers in &sizes.scale {
-        let (row, dir) = scale_run(sizes, servers, &runtime, &srv);
-        scale.row(vec![
-            row.servers.to_string(),
-            format!("{:.0} s", row.run.as_secs_f64()),
-            format!("{} / {}", mib(row.idle_rss), mib(row.peak_rss)),
-            format!(
-                "{:.1} KiB",
-                row.idle_rss as f64 / 1024.0 / row.servers as f64
-            ),
-            format!("{:.1}%", row.cpu_share * 100.0),
-            row.cpu_per_refresh_ms()
-                .map_or("-".into(), |ms| format!("{ms:.2} ms")),
-            row.peak_refreshes.to_string(),
-            row.refreshes.to_string(),
-            row.past_expiry.to_string(),
-            row.late.to_string(),
-            mib(row.server_rss),
-        ]);
-        if servers == cold_size {
-            let c = cold_start(servers, &dir, &runtime, &srv);
-            cold.row(vec![
-                c.servers.to_string(),
-                ms(c.valid_connected),
-                ms(c.expired_refreshed),
-                c.peak_fds.to_string(),
-                format!("{} ({})", c.peak_flows, c.limit),
-            ]);
+    if sizes.runs("scale") {
+        let srv = ServerProcess::start(sizes.ttl);
+        for &servers in &sizes.scale {
+            let (row, dir) = scale_run(servers, sizes.ttl, run_length(sizes), &runtime, &srv);
+            scale.row(scale_row(&row));
+            if servers == sizes.cold {
+                cold.row(cold_row(&cold_start(servers, &dir, &runtime, &srv)));
+            }
+            let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+    if sizes.runs("large") && sizes.large > 0 {
+        let srv = ServerProcess::start(sizes.large_ttl);
+        let (servers, ttl) = (sizes.large, sizes.large_ttl);
+        let (row, dir) = scale_run(servers, ttl, sizes.large_idle, &runtime, &srv);
+        scale.row(scale_row(&row));
+        cold.row(cold_row(&cold_start(servers, &dir, &runtime, &srv)));
         let _ = std::fs::remove_dir_all(&dir);
     }
     scale.note = format!(
-        "Each run logs every server in (not timed), then runs for {:?} ({} lifetime(s) of the TTL \
-unless BENCH_RUN says otherwise). The OAuth test server runs as its own process (its release \
+        "Each run logs every server in (not timed), then runs for {:?} at the short TTL ({} lifetime(s) \
+unless BENCH_RUN says otherwise) and for {:?} at the long one (no refresh falls due: its CPU is the idle \
+daemon's). The OAuth test server runs as its own process (its release \
 binary), so RSS and CPU are the daemon's: RSS growth is this process's RSS minus its RSS before \
 the daemon started, once every server is logged in (idle) and at its peak during the run; per idle \
 server is the idle growth divided by the servers (the allocator keeps what the logins freed, so \
@@ -1120,13 +1320,15 @@ answered. Every server's token is read once a second: one handed out with its ex
 in \"past expiry\"; a server with no usable token at that moment (its refresh came after expiry) \
 counts one server-second. The daemon logs as `serve` does (JSON lines at info, to a file).",
         run_length(sizes),
-        sizes.lifetimes
+        sizes.lifetimes,
+        sizes.large_idle
     );
-    cold.note = "Valid: time from `SupervisorHandle::start` until every server's `access_token()` has \
-answered. Expired: every stored token's expiry set in the past, then the same. Peak fds sampled every 5 ms \
+    cold.note = "Over the store the scale run left. Valid: time from `SupervisorHandle::start` until \
+every server's `access_token()` has answered. Expired: every stored token's expiry set in the past, \
+then the same, under the flow limit; the refreshes and logins are the test server's counts during it \
+(a login would mean a refresh token was lost). Peak fds sampled every 5 ms \
 (the daemon's process; the test server is another process)."
         .into();
-    drop(srv);
     (scale, cold)
 }
 
@@ -1162,7 +1364,8 @@ fn durable_writes(sizes: &Sizes) -> Table {
             "writes/s",
             "commits (fsyncs)",
         ],
-    );
+    )
+    .keyed(&["writers at once", "mode"]);
     let dir = temp_dir("writes");
     let rows = actix_rt::System::new().block_on(async {
         let mut rows = Vec::new();
@@ -1358,7 +1561,7 @@ fn main() {
     if sizes.runs("stampede") {
         tables.push(stampede(&sizes));
     }
-    if sizes.runs("scale") {
+    if sizes.runs("scale") || sizes.runs("large") {
         let (scale, cold) = scale_and_cold(&sizes);
         tables.extend([scale, cold]);
     }
@@ -1368,10 +1571,17 @@ fn main() {
     if sizes.runs("logins") {
         tables.push(login_storm(&sizes));
     }
+    // The previous figures: the committed BENCHMARKS.md (or the file BENCH_OUT names, if any).
+    let previous_path = std::env::var("BENCH_OUT").unwrap_or_else(|_| "BENCHMARKS.md".into());
+    let previous = std::fs::read_to_string(&previous_path)
+        .or_else(|_| std::fs::read_to_string("BENCHMARKS.md"))
+        .unwrap_or_default();
+    mark_changes(&mut tables, &previous);
+    let load_after = load_average();
+    println!("load average {load_before} before, {load_after} after\n");
     for table in &tables {
         println!("{}", table.markdown());
     }
-    let load_after = load_average();
 
     let out = match (std::env::var("BENCH_OUT"), &sizes.only) {
         (Ok(out), _) => PathBuf::from(out),

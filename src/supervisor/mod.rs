@@ -151,7 +151,7 @@ async fn build(
         clock: config.clock.clone(),
         callbacks: Default::default(),
     });
-    let mut upstreams = Upstreams::default();
+    let mut named = Vec::with_capacity(config.servers.len());
     let mut watched = Vec::with_capacity(config.servers.len());
     for server in config.servers {
         let server = Arc::new(server);
@@ -169,8 +169,9 @@ async fn build(
             UpstreamActor::new(server.clone(), rt, policy, snap, events)
         });
         watched.push((server_key, addr.clone()));
-        upstreams.insert(name, Upstream { addr, snapshot });
+        named.push((name, Upstream { addr, snapshot }));
     }
+    let upstreams = Upstreams::new(named);
     let store_watcher = StoreWatcher::new(
         watched,
         store.clone(),
