@@ -653,8 +653,10 @@ mod tests {
                 "{nothing:?}"
             );
             type Answer = Result<(), DeliveryError>;
-            // In turn: pasted (or else redirected), the query, what it must be answered.
-            let deliveries: [(bool, &str, fn(&Answer) -> bool); 7] = [
+            /// Pasted (or else redirected), the query, and what it must be answered.
+            type Delivery<'a> = (bool, &'a str, fn(&Answer) -> bool);
+            // The deliveries, in turn.
+            let deliveries: [Delivery; 7] = [
                 (
                     true,
                     "state=forged&code=code-1234&iss=https://as.example",
