@@ -87,32 +87,32 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
-        let phase = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new("server_phase", "1 for the phase each server is in."),
-                &["server", "phase"],
+        let int_gauges = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
-            .expect("valid metric"),
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let phase = int_gauges(
+            "server_phase",
+            "1 for the phase each server is in.",
+            &["server", "phase"],
         );
-        let expiry = register(
-            &registry,
-            prometheus::GaugeVec::new(
-                Opts::new(
-                    "token_expiry_seconds",
-                    "Seconds until the held access token expires (negative: expired).",
-                ),
-                &["server"],
-            )
-            .expect("valid metric"),
+        let expiry = gauges(
+            "token_expiry_seconds",
+            "Seconds until the held access token expires (negative: expired).",
+            &["server"],
         );
-        let failures = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new("refresh_failures", "Transient refresh failures in a row."),
-                &["server"],
-            )
-            .expect("valid metric"),
+        let failures = int_gauges(
+            "refresh_failures",
+            "Transient refresh failures in a row.",
+            &["server"],
         );
         let sse_subscribers = register(
             &registry,
@@ -156,35 +156,21 @@ impl Metrics {
             "api_connection_limit",
             "The most API connections served at once (--max-api-connections).",
         );
-        let scheduler = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "scheduler",
-                    "The deadline scheduler and its limits, by measure: entries (waiting \
-                     now), armed, replaced, cancelled, fired, dropped, late (counts since \
-                     start), worst_lateness_ms; refreshes_running, refreshes_queued, \
-                     refreshes_peak, refresh_limit; logins_running, logins_queued, \
-                     logins_peak, login_limit; tabs_open, tabs_queued, tabs_peak, tab_limit \
-                     (browser tabs of logins).",
-                ),
-                &["measure"],
-            )
-            .expect("valid metric"),
+        let scheduler = int_gauges(
+            "scheduler",
+            "The deadline scheduler and its limits, by measure: entries (waiting now), armed, \
+             replaced, cancelled, fired, dropped, late (counts since start), worst_lateness_ms; \
+             refreshes_running, refreshes_queued, refreshes_peak, refresh_limit; logins_running, \
+             logins_queued, logins_peak, login_limit; tabs_open, tabs_queued, tabs_peak, \
+             tab_limit (browser tabs of logins).",
+            &["measure"],
         );
-        let store = register(
-            &registry,
-            prometheus::GaugeVec::new(
-                Opts::new(
-                    "store",
-                    "The token store at this scrape, by backend and measure: up (1 when it \
-                     answered a bounded check), check_seconds (how long the check took), \
-                     listening (PostgreSQL: 1 when changes are heard at once, 0 while the \
-                     listener falls back to polling).",
-                ),
-                &["backend", "measure"],
-            )
-            .expect("valid metric"),
+        let store = gauges(
+            "store",
+            "The token store at this scrape, by backend and measure: up (1 when it answered a \
+             bounded check), check_seconds (how long the check took), listening (PostgreSQL: 1 \
+             when changes are heard at once, 0 while the listener falls back to polling).",
+            &["backend", "measure"],
         );
         Metrics {
             registry,

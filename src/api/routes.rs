@@ -458,37 +458,17 @@ async fn failed_refresh(
         .ok()
         .and_then(|all| all.into_iter().find(|s| s.name == name));
     let failure = status.as_ref().and_then(|s| match &s.phase {
-        Phase::BackingOff {
-            retry_at,
-            last_error,
-            ..
-        } => Some(Failure::BackingOff {
-            retry_at: *retry_at,
-            last_error: last_error.clone(),
-        }),
-        Phase::Retrying {
-            retry_at,
-            until,
-            last_error,
-            ..
-        } => Some(Failure::Retrying {
-            retry_at: *retry_at,
-            until: *until,
-            last_error: last_error.clone(),
-        }),
-        Phase::ClientRejected { error, .. } => Some(Failure::ClientRejected {
-            error: error.clone(),
-        }),
         Phase::NeedsLogin { reason, .. } => Some(Failure::NeedsLogin {
             reason: reason.clone(),
         }),
         // The refresh token was refused, the access token still lasts: a login comes next.
-        _ if !s.has_refresh_token => Some(Failure::NeedsLogin {
-            reason: LoginReason::RefreshTokenRejected {
-                error: error_text.clone(),
-            },
+        phase => phase.waiting_failure().or_else(|| {
+            (!s.has_refresh_token).then(|| Failure::NeedsLogin {
+                reason: LoginReason::RefreshTokenRejected {
+                    error: error_text.clone(),
+                },
+            })
         }),
-        _ => None,
     });
     let next = status
         .and_then(|s| s.detail)

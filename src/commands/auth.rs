@@ -8,7 +8,9 @@ use clap::Subcommand;
 use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::config;
 use mcpproxy_oauth::store::TokenStore;
-use mcpproxy_oauth::supervisor::{database_path, default_data_dir};
+use mcpproxy_oauth::supervisor::{
+    SupervisorError, SupervisorHandle, database_path, default_data_dir,
+};
 use mcpproxy_oauth::telemetry::inert::safe;
 
 use super::{Common, ReadStoreArgs, Report, fail, no_database, start};
@@ -238,18 +240,12 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             }
         }
         AuthCommand::Logout { server, common } => {
-            let (handle, _) = match start(&common, false, None).await {
-                Ok(started) => started,
-                Err(e) => return fail(e),
-            };
-            let result = handle.logout(&server).await;
-            handle.shutdown().await;
-            match result {
+            match one_call(&common, async |h| h.logout(&server).await).await {
                 Ok(()) => {
                     println!("{}: logged out", safe(&server));
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(e),
+                Err(code) => code,
             }
         }
         AuthCommand::Doctor {
@@ -267,13 +263,7 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
             .await
         }
         AuthCommand::Refresh { server, common } => {
-            let (handle, _) = match start(&common, false, None).await {
-                Ok(started) => started,
-                Err(e) => return fail(e),
-            };
-            let result = handle.refresh(&server).await;
-            handle.shutdown().await;
-            match result {
+            match one_call(&common, async |h| h.refresh(&server).await).await {
                 Ok(grant) => {
                     println!(
                         "{}: refreshed (flow {}), valid for {}",
@@ -283,10 +273,22 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(e),
+                Err(code) => code,
             }
         }
     }
+}
+
+/// Starts the servers (no browser login), makes one call on them, and shuts them down; a
+/// failure to start or of the call is printed and becomes the exit code.
+async fn one_call<T>(
+    common: &Common,
+    call: impl AsyncFnOnce(&SupervisorHandle) -> Result<T, SupervisorError>,
+) -> Result<T, ExitCode> {
+    let (handle, _) = start(common, false, None).await.map_err(fail)?;
+    let result = call(&handle).await;
+    handle.shutdown().await;
+    result.map_err(fail)
 }
 
 /// A login finished by pasting: the link is printed (by the launcher), each line read from
@@ -294,9 +296,9 @@ pub async fn auth(command: AuthCommand) -> ExitCode {
 /// ends (or its timeout). Input is read on a thread of its own, so a terminal left open does
 /// not keep the command from ending.
 async fn login_pasting(
-    handle: &mcpproxy_oauth::supervisor::SupervisorHandle,
+    handle: &SupervisorHandle,
     name: &str,
-) -> Result<mcpproxy_oauth::upstream::actor::Grant, mcpproxy_oauth::supervisor::SupervisorError> {
+) -> Result<mcpproxy_oauth::upstream::actor::Grant, SupervisorError> {
     use std::io::BufRead;
     let (lines, mut pasted) = tokio::sync::mpsc::channel::<String>(1);
     std::thread::Builder::new()

@@ -60,17 +60,20 @@ impl Authorizer {
     }
 
     async fn discovery(&mut self, challenge: &BearerChallenge) -> Result<&Discovery, OAuthError> {
-        if self.discovery.is_none() {
-            let found = discover(&self.http, &self.options.server_url, Some(challenge)).await?;
-            tracing::info!(
-                issuer = %found.authorization_server.issuer,
-                resource = %found.resource,
-                source = ?found.source,
-                "discovered the authorization server"
-            );
-            self.discovery = Some(found);
-        }
-        Ok(self.discovery.as_ref().expect("set above"))
+        let found = match self.discovery.take() {
+            Some(known) => known,
+            None => {
+                let found = discover(&self.http, &self.options.server_url, Some(challenge)).await?;
+                tracing::info!(
+                    issuer = %found.authorization_server.issuer,
+                    resource = %found.resource,
+                    source = ?found.source,
+                    "discovered the authorization server"
+                );
+                found
+            }
+        };
+        Ok(self.discovery.insert(found))
     }
 
     /// Reads the protected resource metadata again after a token was refused. When it names
@@ -197,8 +200,7 @@ impl Authorizer {
                 fresh.refresh_token.as_ref().map(|r| r.secret()) != Some(refresh_token.secret()),
             "access token refreshed"
         );
-        self.token = Some(fresh);
-        Ok(self.token.clone().expect("set above"))
+        Ok(self.token.insert(fresh).clone())
     }
 
     /// Runs the configured grant at the server's authorization server (discovered once).

@@ -652,52 +652,45 @@ mod tests {
                 matches!(nothing, Err(DeliveryError::NotAResponse(_))),
                 "{nothing:?}"
             );
-            let forged = callbacks
-                .paste(
-                    "a",
-                    &url("state=forged&code=code-1234&iss=https://as.example"),
-                )
-                .await;
-            assert!(
-                matches!(&forged, Err(DeliveryError::Refused(m)) if m.contains("state mismatch")),
-                "{forged:?}"
-            );
-            let foreign = callbacks
-                .paste(
-                    "a",
-                    &url("state=st&code=code-1234&iss=https://evil.example"),
-                )
-                .await;
-            assert!(
-                matches!(foreign, Err(DeliveryError::Refused(_))),
-                "{foreign:?}"
-            );
-            let unsaid = callbacks.paste("a", &url("state=st&code=code-1234")).await;
-            assert!(
-                matches!(unsaid, Err(DeliveryError::Refused(_))),
-                "iss promised"
-            );
-            let unknown = callbacks.redirected("state=other&code=code-1234").await;
-            assert!(
-                matches!(unknown, Err(DeliveryError::NotWaiting(_))),
-                "{unknown:?}"
-            );
-            let replayed = callbacks.redirected(good).await;
-            assert!(
-                matches!(replayed, Err(DeliveryError::Refused(_))),
-                "{replayed:?}"
-            );
-            assert_eq!(callbacks.paste("a", &url(good)).await, Ok(()));
-            let denied = callbacks
-                .paste(
-                    "a",
-                    &url("state=st&error=access_denied&iss=https://as.example"),
-                )
-                .await;
-            assert!(
-                matches!(denied, Err(DeliveryError::Failed(_))),
-                "{denied:?}"
-            );
+            type Answer = Result<(), DeliveryError>;
+            /// Pasted (or else redirected), the query, and what it must be answered.
+            type Delivery<'a> = (bool, &'a str, fn(&Answer) -> bool);
+            // The deliveries, in turn.
+            let deliveries: [Delivery; 7] = [
+                (
+                    true,
+                    "state=forged&code=code-1234&iss=https://as.example",
+                    |a| matches!(a, Err(DeliveryError::Refused(m)) if m.contains("state mismatch")),
+                ),
+                // A foreign issuer, then none where the server promised one.
+                (
+                    true,
+                    "state=st&code=code-1234&iss=https://evil.example",
+                    |a| matches!(a, Err(DeliveryError::Refused(_))),
+                ),
+                (true, "state=st&code=code-1234", |a| {
+                    matches!(a, Err(DeliveryError::Refused(_)))
+                }),
+                (false, "state=other&code=code-1234", |a| {
+                    matches!(a, Err(DeliveryError::NotWaiting(_)))
+                }),
+                // The refused code, replayed.
+                (false, good, |a| matches!(a, Err(DeliveryError::Refused(_)))),
+                (true, good, |a| a.is_ok()),
+                (
+                    true,
+                    "state=st&error=access_denied&iss=https://as.example",
+                    |a| matches!(a, Err(DeliveryError::Failed(_))),
+                ),
+            ];
+            for (pasted, query, expected) in deliveries {
+                let answer = if pasted {
+                    callbacks.paste("a", &url(query)).await
+                } else {
+                    callbacks.redirected(query).await
+                };
+                assert!(expected(&answer), "{query}: {answer:?}");
+            }
         };
         tokio::time::timeout(Duration::from_secs(5), async {
             tokio::join!(login, person)
@@ -723,24 +716,13 @@ mod tests {
         let waiting = tokio::spawn(async move { listener.wait_for_code(expected(false)).await });
         let http = reqwest::Client::new();
         let base = uri.trim_end_matches("/callback").to_string();
-        let stray = http
-            .get(format!("{base}/favicon.ico"))
-            .send()
-            .await
-            .unwrap();
+        let get = |url: String| http.get(url).send();
+        let stray = get(format!("{base}/favicon.ico")).await.unwrap();
         assert_eq!(stray.status(), 404);
-        let forged = http
-            .get(format!("{uri}?state=forged&code=evil"))
-            .send()
-            .await
-            .unwrap();
+        let forged = get(format!("{uri}?state=forged&code=evil")).await.unwrap();
         assert_eq!(forged.status(), 400);
         assert!(forged.text().await.unwrap().contains("state mismatch"));
-        let real = http
-            .get(format!("{uri}?state=st&code=the-code"))
-            .send()
-            .await
-            .unwrap();
+        let real = get(format!("{uri}?state=st&code=the-code")).await.unwrap();
         assert_eq!(real.status(), 200);
         assert!(
             real.text()

@@ -28,7 +28,7 @@ use super::client_identity::{
 };
 use super::dpop::Dpop;
 use super::error::{Endpoint, ErrorClass, OAuthError};
-use super::http::{OAuthHttp, is_loopback, require_secure_url};
+use super::http::{OAuthHttp, is_loopback, secure_endpoint_url};
 use super::metadata::Discovery;
 use super::token::{TokenEndpoint, TokenSet, client_authenticated, token_set};
 
@@ -169,12 +169,10 @@ pub async fn request_authorization(
     scope: Option<&str>,
     now: SystemTime,
 ) -> Result<DeviceAuthorization, OAuthError> {
-    let url = Url::parse(device_authorization_endpoint).map_err(|_| {
-        OAuthError::Discovery(format!(
-            "invalid device authorization endpoint {device_authorization_endpoint:?}"
-        ))
-    })?;
-    require_secure_url(&url)?;
+    let url = secure_endpoint_url(
+        "device authorization endpoint",
+        device_authorization_endpoint,
+    )?;
     let mut form = vec![("resource", endpoint.resource.clone())];
     if let Some(scope) = scope.filter(|s| !s.is_empty()) {
         form.push(("scope", scope.to_string()));
@@ -234,13 +232,7 @@ pub async fn poll_for_token(
     let expired = || OAuthError::DeviceCodeExpired {
         after: started.elapsed(),
     };
-    let url = Url::parse(&endpoint.token_endpoint).map_err(|_| {
-        OAuthError::Discovery(format!(
-            "invalid token endpoint {:?}",
-            endpoint.token_endpoint
-        ))
-    })?;
-    require_secure_url(&url)?;
+    let url = secure_endpoint_url("token endpoint", &endpoint.token_endpoint)?;
     let mut interval = authorization.interval;
     for poll in 1..=MAX_POLLS {
         let at = tokio::time::Instant::now() + interval;

@@ -426,25 +426,22 @@ mod tests {
             ),
             Err(OAuthError::IssuerMismatch { .. })
         ));
-        let mut no_pkce = ok.clone();
-        no_pkce.code_challenge_methods_supported = Some(vec!["plain".into()]);
-        assert!(matches!(
-            validate_authorization_server_metadata(
-                &no_pkce,
-                &ok.issuer,
-                MetadataSource::ProtectedResource
-            ),
-            Err(OAuthError::Discovery(_))
-        ));
-        no_pkce.code_challenge_methods_supported = None;
-        assert!(matches!(
-            validate_authorization_server_metadata(
-                &no_pkce,
-                &ok.issuer,
-                MetadataSource::ProtectedResource
-            ),
-            Err(OAuthError::Discovery(_))
-        ));
+        // Without S256 among the PKCE methods (only `plain`, or none named), it is refused.
+        for methods in [Some(vec!["plain".to_string()]), None] {
+            let mut no_pkce = ok.clone();
+            no_pkce.code_challenge_methods_supported = methods.clone();
+            assert!(
+                matches!(
+                    validate_authorization_server_metadata(
+                        &no_pkce,
+                        &ok.issuer,
+                        MetadataSource::ProtectedResource
+                    ),
+                    Err(OAuthError::Discovery(_))
+                ),
+                "PKCE methods {methods:?}"
+            );
+        }
         let mut insecure = ok.clone();
         insecure.token_endpoint = "http://as.example/token".into();
         assert!(matches!(

@@ -150,6 +150,15 @@ pub fn require_secure_url(url: &Url) -> Result<(), OAuthError> {
     }
 }
 
+/// Parses the URL of an OAuth endpoint (`what`: "token endpoint", ...) and requires it
+/// secure ([`require_secure_url`]).
+pub fn secure_endpoint_url(what: &str, endpoint: &str) -> Result<Url, OAuthError> {
+    let url = Url::parse(endpoint)
+        .map_err(|_| OAuthError::Discovery(format!("invalid {what} {endpoint:?}")))?;
+    require_secure_url(&url)?;
+    Ok(url)
+}
+
 pub fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),

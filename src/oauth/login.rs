@@ -60,21 +60,8 @@ pub async fn browser_login(
     dpop: Option<&Dpop>,
 ) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
     let headless = Headless::default();
-    browser_login_headless(http, discovery, settings, previous, scope, dpop, &headless).await
-}
-
-/// [`browser_login`], with the ways of [`Headless`] to finish it.
-pub async fn browser_login_headless(
-    http: &OAuthHttp,
-    discovery: &Discovery,
-    settings: &LoginSettings,
-    previous: Option<TokenEndpoint>,
-    scope: Option<&str>,
-    dpop: Option<&Dpop>,
-    headless: &Headless,
-) -> Result<(TokenEndpoint, TokenSet), OAuthError> {
-    let prepared = prepare_login(http, discovery, settings, previous, scope, headless).await?;
-    prepared.open_browser(http, settings, dpop, headless).await
+    let prepared = prepare_login(http, discovery, settings, previous, scope, &headless).await?;
+    prepared.open_browser(http, settings, dpop, &headless).await
 }
 
 /// A browser login up to the browser: the redirect listener bound, the client identity
@@ -87,7 +74,7 @@ pub struct PreparedLogin {
     scope: Option<String>,
 }
 
-/// The first half of [`browser_login_headless`]: everything before the browser opens.
+/// The first half of a browser login (headless or not): everything before the browser opens.
 pub async fn prepare_login(
     http: &OAuthHttp,
     discovery: &Discovery,

@@ -102,37 +102,52 @@ mod tests {
     fn offline_access_only_where_the_authorization_server_lists_it() {
         let with = vec!["mcp:basic".to_string(), "offline_access".to_string()];
         let without = vec!["mcp:basic".to_string(), "mcp:read".to_string()];
-        assert_eq!(
-            with_offline_access(Some("mcp:basic".into()), Some(&with)).as_deref(),
-            Some("mcp:basic offline_access")
-        );
-        assert_eq!(
-            with_offline_access(Some("mcp:basic offline_access".into()), Some(&with)).as_deref(),
-            Some("mcp:basic offline_access"),
-            "not twice"
-        );
-        assert_eq!(
-            with_offline_access(Some("mcp:basic mcp:read".into()), Some(&without)).as_deref(),
-            Some("mcp:basic mcp:read")
-        );
-        assert_eq!(
-            with_offline_access(Some("mcp:basic offline_access".into()), Some(&without)).as_deref(),
-            Some("mcp:basic"),
-            "never asked for where not listed"
-        );
-        assert_eq!(
-            with_offline_access(Some("mcp:basic".into()), None).as_deref(),
-            Some("mcp:basic")
-        );
-        assert_eq!(
-            with_offline_access(None, Some(&with)),
-            None,
-            "omitted stays omitted"
-        );
-        assert_eq!(
-            with_offline_access(Some("offline_access".into()), Some(&without)),
-            None,
-            "nothing left to ask for"
-        );
+        // (scope asked for, scopes the server lists, scope sent, why)
+        let cases = [
+            (
+                Some("mcp:basic"),
+                Some(&with),
+                Some("mcp:basic offline_access"),
+                "added",
+            ),
+            (
+                Some("mcp:basic offline_access"),
+                Some(&with),
+                Some("mcp:basic offline_access"),
+                "not twice",
+            ),
+            (
+                Some("mcp:basic mcp:read"),
+                Some(&without),
+                Some("mcp:basic mcp:read"),
+                "unlisted: as asked",
+            ),
+            (
+                Some("mcp:basic offline_access"),
+                Some(&without),
+                Some("mcp:basic"),
+                "never asked for where not listed",
+            ),
+            (
+                Some("mcp:basic"),
+                None,
+                Some("mcp:basic"),
+                "no list: as asked",
+            ),
+            (None, Some(&with), None, "omitted stays omitted"),
+            (
+                Some("offline_access"),
+                Some(&without),
+                None,
+                "nothing left to ask for",
+            ),
+        ];
+        for (asked, listed, sent, why) in cases {
+            assert_eq!(
+                with_offline_access(asked.map(String::from), listed.map(Vec::as_slice)).as_deref(),
+                sent,
+                "{why}"
+            );
+        }
     }
 }

@@ -255,12 +255,7 @@ impl TokenEndpoint {
         refresh_token: Option<&str>,
         access_token: &str,
     ) -> Result<(), OAuthError> {
-        let url = Url::parse(revocation_endpoint).map_err(|_| {
-            OAuthError::Discovery(format!(
-                "invalid revocation endpoint {revocation_endpoint:?}"
-            ))
-        })?;
-        super::http::require_secure_url(&url)?;
+        let url = super::http::secure_endpoint_url("revocation endpoint", revocation_endpoint)?;
         let (token, hint) = match refresh_token {
             Some(r) => (r, "refresh_token"),
             None => (access_token, "access_token"),

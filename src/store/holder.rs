@@ -178,6 +178,7 @@ pub fn describe(holders: &[Holder]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::support::temp_dir;
 
     #[test]
     fn a_proc_locks_line_names_its_holder_only_for_the_same_file() {
@@ -197,11 +198,7 @@ mod tests {
 
     #[test]
     fn a_shared_hold_allows_others_and_refuses_one_alone() {
-        let dir = std::env::temp_dir().join(format!(
-            "mcpproxy-oauth-holder-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
+        let dir = temp_dir("holder");
         let db = dir.join("tokens.db");
         let first = hold(&db, Hold::Shared).unwrap();
         let second = hold(&db, Hold::Shared).expect("shared holds work side by side");

@@ -126,18 +126,11 @@ fn tighten(path: &Path, meta: &fs::Metadata, want: u32, chmod: &str) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn mode(path: &Path) -> u32 {
-        fs::metadata(path).unwrap().permissions().mode() & 0o777
-    }
+    use crate::store::tests::support::{mode, temp_dir};
 
     #[test]
     fn loose_modes_are_tightened_and_missing_files_are_fine() {
-        let dir = std::env::temp_dir().join(format!(
-            "mcpproxy-oauth-perms-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
+        let dir = temp_dir("perms");
         private_dir(&dir).unwrap();
         assert_eq!(mode(&dir), 0o700);
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();

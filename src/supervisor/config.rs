@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::error::SupervisorError;
 use crate::clock::Clock;
 use crate::config::UpstreamConfig;
 use crate::oauth::browser::BrowserLauncher;
 use crate::scheduler::{DEFAULT_LOGIN_LIMIT, DEFAULT_TAB_LIMIT, SchedulerConfig};
-use super::error::SupervisorError;
 use crate::upstream::flows::FlowHook;
 use crate::upstream::state::Policy;
 

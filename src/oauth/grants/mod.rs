@@ -34,7 +34,7 @@ use url::Url;
 use super::discovery::AuthorizationServerMetadata;
 use super::dpop::Dpop;
 use super::error::{Endpoint, ErrorClass, OAuthError};
-use super::http::{HttpReply, OAuthHttp, require_secure_url};
+use super::http::{HttpReply, OAuthHttp, secure_endpoint_url};
 use super::token::{TokenSet, token_set};
 use client_key::{ClientKey, ClientKeyError};
 
@@ -202,13 +202,7 @@ impl TokenRequest {
         params: Vec<(&'static str, String)>,
         now: SystemTime,
     ) -> Result<Self, GrantError> {
-        let url = Url::parse(&server.token_endpoint).map_err(|_| {
-            OAuthError::Discovery(format!(
-                "invalid token endpoint {:?}",
-                server.token_endpoint
-            ))
-        })?;
-        require_secure_url(&url)?;
+        let url = secure_endpoint_url("token endpoint", &server.token_endpoint)?;
         let mut request = TokenRequest {
             url,
             form: params,

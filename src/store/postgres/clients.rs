@@ -36,13 +36,10 @@ impl PgStore {
         filter: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<StoredClient>, StoreError> {
-        let row = client
-            .query_opt(
-                &format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients {filter}"),
-                params,
-            )
-            .await
-            .map_err(|e| self.fail("reading a client", &e))?;
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients {filter}");
+        let row = self
+            .row_with(client, "reading a client", &sql, params)
+            .await?;
         row.as_ref()
             .map(|r| opened_client(self.seal(), self.place(), client_of(r)))
             .transpose()
@@ -83,14 +80,10 @@ impl PgStore {
         server_key: &str,
         issuer: &str,
     ) -> Result<Option<StoredClient>, StoreError> {
-        self.bounded("reading a client", async {
-            let client = self.client().await?;
-            self.query_client(
-                &**client,
-                "WHERE server_key = $1 AND issuer = $2",
-                &[&server_key, &issuer],
-            )
-            .await
+        self.pooled("reading a client", async |client| {
+            let filter = "WHERE server_key = $1 AND issuer = $2";
+            self.query_client(client, filter, &[&server_key, &issuer])
+                .await
         })
         .await
     }
@@ -100,11 +93,10 @@ impl PgStore {
         &self,
         server_key: &str,
     ) -> Result<(Option<StoredToken>, Option<StoredClient>), StoreError> {
-        self.bounded("reading a token and its client", async {
-            let client = self.client().await?;
-            let token = self.load_token_with(&**client, server_key).await?;
+        self.pooled("reading a token and its client", async |client| {
+            let token = self.load_token_with(client, server_key).await?;
             let stored = self
-                .client_for_token_with(&**client, server_key, token.as_ref())
+                .client_for_token_with(client, server_key, token.as_ref())
                 .await?;
             Ok((token, stored))
         })

@@ -91,9 +91,8 @@ impl PgStore {
 
     /// Records a flow's end on its own.
     pub async fn finish_flow(&self, flow_id: &str, error: Option<&str>) -> Result<(), StoreError> {
-        self.bounded("recording a flow's end", async {
-            let client = self.client().await?;
-            self.finish_flow_in(&**client, flow_id, error).await
+        self.pooled("recording a flow's end", async |client| {
+            self.finish_flow_in(client, flow_id, error).await
         })
         .await
     }
@@ -104,13 +103,10 @@ impl PgStore {
         client: &(impl GenericClient + Sync),
         flow_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        let row = client
-            .query_opt(
-                "SELECT kind FROM oauth_flows WHERE flow_id = $1",
-                &[&flow_id],
-            )
-            .await
-            .map_err(|e| self.fail("reading a flow", &e))?;
+        let sql = "SELECT kind FROM oauth_flows WHERE flow_id = $1";
+        let row = self
+            .row_with(client, "reading a flow", sql, &[&flow_id])
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -163,8 +159,7 @@ impl PgStore {
         let r = self.inner.options.retention;
         let oldest_kept =
             now_ms().saturating_sub(r.max_age.as_millis().min(i64::MAX as u128) as i64);
-        self.bounded("pruning flow history", async {
-            let client = self.client().await?;
+        self.pooled("pruning flow history", async |client| {
             let deleted = client
                 .execute(
                     "DELETE FROM oauth_flows WHERE flow_id IN (

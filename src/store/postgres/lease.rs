@@ -13,7 +13,7 @@ use super::super::lease::{ClaimRead, FlowEnd, LeaseRef, LeaseRow, RefreshTokenId
 use super::super::lease::{LEASE_TAKEN_OVER, Written};
 use super::super::sql::LEASE_COLUMNS;
 use super::flows::NewFlow;
-use super::{DB_NOW_MS, PgStore, plain};
+use super::{DB_NOW_MS, PgStore};
 use crate::clock::now_ms;
 
 fn lease_of(row: &tokio_postgres::Row) -> LeaseRow {
@@ -49,10 +49,8 @@ impl PgStore {
         lease_ms: i64,
     ) -> Result<Attempt, StoreError> {
         let attempt = self
-            .bounded("claiming a server", async {
-                let mut client = self.client().await?;
+            .in_transaction("claiming a server", async |tx| {
                 let fail = |e: tokio_postgres::Error| self.fail("claiming a server", &e);
-                let tx = plain(&mut client).transaction().await.map_err(fail)?;
                 let taken = tx
                     .query_opt(
                         &format!(
@@ -79,6 +77,7 @@ impl PgStore {
                         )
                         .await
                         .map_err(fail)?;
+                    // Nothing was written: committing this changes nothing.
                     return Ok(Attempt::Busy(lease_of(&holder)));
                 };
                 let flow = NewFlow {
@@ -89,9 +88,8 @@ impl PgStore {
                     owner: &lease.owner,
                     lease_ms,
                 };
-                self.begin_flow_in(&tx, &flow).await?;
-                let read = self.read_for_claim(&tx, &lease.server_key).await?;
-                tx.commit().await.map_err(fail)?;
+                self.begin_flow_in(tx, &flow).await?;
+                let read = self.read_for_claim(tx, &lease.server_key).await?;
                 Ok(Attempt::Claimed {
                     fence: taken.get(0),
                     read,
@@ -149,13 +147,10 @@ impl PgStore {
         tx: &Transaction<'_>,
         lease: &LeaseRef,
     ) -> Result<Option<Written>, StoreError> {
-        let row = tx
-            .query_opt(
-                "SELECT fence FROM oauth_leases WHERE server_key = $1 FOR UPDATE",
-                &[&lease.server_key],
-            )
-            .await
-            .map_err(|e| self.fail("checking a lease", &e))?;
+        let sql = "SELECT fence FROM oauth_leases WHERE server_key = $1 FOR UPDATE";
+        let row = self
+            .row_with(tx, "checking a lease", sql, &[&lease.server_key])
+            .await?;
         let fence_now: Option<i64> = row.map(|r| r.get(0));
         Ok((fence_now != Some(lease.fence)).then_some(Written::LeaseLost { fence_now }))
     }

@@ -25,6 +25,8 @@ use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row};
 
 pub use lease::Attempt;
 pub use listen::Listener;
@@ -140,12 +142,9 @@ impl PgStore {
     /// long it took.
     pub async fn ping(&self) -> Result<Duration, StoreError> {
         let started = Instant::now();
-        self.bounded("checking the database", async {
-            let client = self.client().await?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| self.fail("checking the database", &e))?;
+        self.pooled("checking the database", async |client| {
+            let answer = client.simple_query("SELECT 1").await;
+            answer.map_err(|e| self.fail("checking the database", &e))?;
             Ok(started.elapsed())
         })
         .await
@@ -168,22 +167,46 @@ impl PgStore {
             .map_err(|e| connect::pool_failure(&self.inner.target, e))
     }
 
+    /// `work` on a pooled connection, within the operation deadline; `what` names the work
+    /// in an error.
+    async fn pooled<R>(
+        &self,
+        what: &str,
+        work: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.bounded(what, async {
+            let mut pooled = self.client().await?;
+            work(plain(&mut pooled)).await
+        })
+        .await
+    }
+
     /// The rows `sql` answers on a pooled connection, within the operation deadline; `what`
     /// names the work in an error.
     async fn query_pooled(
         &self,
         what: &str,
         sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        self.bounded(what, async {
-            let client = self.client().await?;
-            client
-                .query(sql, params)
-                .await
-                .map_err(|e| self.fail(what, &e))
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.pooled(what, async |client| {
+            let rows = client.query(sql, params).await;
+            rows.map_err(|e| self.fail(what, &e))
         })
         .await
+    }
+
+    /// The one row (or none) `sql` answers on `client` (a transaction's, or a pooled
+    /// connection); `what` names the read in an error.
+    async fn row_with(
+        &self,
+        client: &(impl GenericClient + Sync),
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        let row = client.query_opt(sql, params).await;
+        row.map_err(|e| self.fail(what, &e))
     }
 
     /// `work` in one transaction on a pooled connection, within the operation deadline:

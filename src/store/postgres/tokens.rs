@@ -42,13 +42,10 @@ impl PgStore {
         client: &(impl GenericClient + Sync),
         server_key: &str,
     ) -> Result<Option<StoredToken>, StoreError> {
-        let row = client
-            .query_opt(
-                &format!("SELECT {TOKEN_COLUMNS} FROM oauth_tokens WHERE server_key = $1"),
-                &[&server_key],
-            )
-            .await
-            .map_err(|e| self.fail("reading a token", &e))?;
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM oauth_tokens WHERE server_key = $1");
+        let row = self
+            .row_with(client, "reading a token", &sql, &[&server_key])
+            .await?;
         match row {
             Some(row) => Ok(Some(opened(self.seal(), self.place(), token_of(&row))?)),
             None => Ok(None),
@@ -56,9 +53,8 @@ impl PgStore {
     }
 
     pub async fn load_token(&self, server_key: &str) -> Result<Option<StoredToken>, StoreError> {
-        self.bounded("reading a token", async {
-            let client = self.client().await?;
-            self.load_token_with(&**client, server_key).await
+        self.pooled("reading a token", async |client| {
+            self.load_token_with(client, server_key).await
         })
         .await
     }
@@ -144,13 +140,10 @@ impl PgStore {
         tx: &Transaction<'_>,
         server_key: &str,
     ) -> Result<Option<RefreshTokenId>, StoreError> {
-        let row = tx
-            .query_opt(
-                "SELECT refresh_token FROM oauth_tokens WHERE server_key = $1 FOR UPDATE",
-                &[&server_key],
-            )
-            .await
-            .map_err(|e| self.fail("reading a refresh token", &e))?;
+        let sql = "SELECT refresh_token FROM oauth_tokens WHERE server_key = $1 FOR UPDATE";
+        let row = self
+            .row_with(tx, "reading a refresh token", sql, &[&server_key])
+            .await?;
         let stored = row.and_then(|r| r.get(0));
         let opened = self
             .seal()
@@ -188,14 +181,11 @@ impl PgStore {
         client: &(impl GenericClient + Sync),
         server_key: &str,
     ) -> Result<Option<Ambiguous>, StoreError> {
-        let row = client
-            .query_opt(
-                "SELECT refresh_ambiguous_at, refresh_ambiguous_flow FROM oauth_tokens
-                 WHERE server_key = $1",
-                &[&server_key],
-            )
-            .await
-            .map_err(|e| self.fail("reading the ambiguous mark", &e))?;
+        let sql = "SELECT refresh_ambiguous_at, refresh_ambiguous_flow FROM oauth_tokens
+                   WHERE server_key = $1";
+        let row = self
+            .row_with(client, "reading the ambiguous mark", sql, &[&server_key])
+            .await?;
         Ok(row.and_then(|r| {
             r.get::<_, Option<i64>>(0).map(|since| Ambiguous {
                 since,
@@ -205,9 +195,8 @@ impl PgStore {
     }
 
     pub async fn ambiguous(&self, server_key: &str) -> Result<Option<Ambiguous>, StoreError> {
-        self.bounded("reading the ambiguous mark", async {
-            let client = self.client().await?;
-            self.ambiguous_with(&**client, server_key).await
+        self.pooled("reading the ambiguous mark", async |client| {
+            self.ambiguous_with(client, server_key).await
         })
         .await
     }

@@ -5,5 +5,6 @@ mod flow_history;
 mod migrations;
 mod open;
 mod sealing;
-mod support;
+/// Shared with the other rooms' own tests (`holder`, `perms`).
+pub(super) mod support;
 mod tokens;

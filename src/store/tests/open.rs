@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
@@ -19,26 +19,44 @@ fn loose_existing_modes_are_tightened_and_a_quarantine_starts_private() {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
     let store = TokenStore::open(&path).unwrap();
-    assert_eq!((mode(&dir), mode(&path)), (0o700, 0o600));
-    for companion in ["-wal", "-shm"] {
-        let file = PathBuf::from(format!("{}{companion}", path.display()));
-        assert_eq!(mode(&file), 0o600, "{}", file.display());
-    }
+    assert_private(&path, "tightened");
     drop(store);
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(&path, vec![0x5a; 8192]).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     let store = TokenStore::open(&path).unwrap();
     assert!(store.moved_aside.is_some(), "random bytes are quarantined");
-    assert_eq!(
-        (mode(&dir), mode(&path)),
-        (0o700, 0o600),
-        "after a quarantine"
-    );
+    assert_private(&path, "after a quarantine");
+}
+
+/// Asserts the database's folder is 0700 and the database and its `-wal` and `-shm` 0600.
+fn assert_private(path: &Path, when: &str) {
+    let dir = path.parent().unwrap();
+    assert_eq!((mode(dir), mode(path)), (0o700, 0o600), "{when}");
     for companion in ["-wal", "-shm"] {
         let file = PathBuf::from(format!("{}{companion}", path.display()));
-        assert_eq!(mode(&file), 0o600, "{}", file.display());
+        assert_eq!(mode(&file), 0o600, "{when}: {}", file.display());
     }
+}
+
+/// Asserts that a refused open names the database, says that nothing was moved, and says
+/// each of `phrases`.
+fn assert_clear_refusal(message: &str, path: &Path, phrases: &[&str]) {
+    let named = message.contains(&path.display().to_string());
+    let says_all = phrases.iter().all(|phrase| message.contains(phrase));
+    assert!(
+        named && message.contains("nothing was moved") && says_all,
+        "{message}"
+    );
+}
+
+/// Opens the database again and finds the token `k1` that `healthy` saved.
+fn assert_token_survived(path: &Path) {
+    let store = TokenStore::open(path).unwrap();
+    assert!(
+        store.load_token("k1").unwrap().is_some(),
+        "the token survived"
+    );
 }
 
 #[test]
@@ -61,12 +79,7 @@ fn a_wal_that_is_a_directory_is_an_error_and_nothing_moves() {
     fs::create_dir(format!("{}-wal", path.display())).unwrap();
     let before = listing(&dir);
     let message = refused(&path);
-    assert!(
-        message.contains(&path.display().to_string())
-            && message.contains("-wal")
-            && message.contains("nothing was moved"),
-        "{message}"
-    );
+    assert_clear_refusal(&message, &path, &["-wal"]);
     assert_eq!(listing(&dir), before, "nothing moved");
     let read_only = TokenStore::open_read_only(&path)
         .err()
@@ -75,11 +88,7 @@ fn a_wal_that_is_a_directory_is_an_error_and_nothing_moves() {
     assert!(read_only.contains("nothing was moved"), "{read_only}");
     assert_eq!(listing(&dir), before, "nothing moved");
     fs::remove_dir(format!("{}-wal", path.display())).unwrap();
-    let store = TokenStore::open(&path).unwrap();
-    assert!(
-        store.load_token("k1").unwrap().is_some(),
-        "the token survived"
-    );
+    assert_token_survived(&path);
 }
 
 #[test]
@@ -99,10 +108,7 @@ fn an_immutable_data_dir_is_an_error_and_nothing_moves() {
     let read_only = TokenStore::open_read_only(&path).map(|s| s.is_some());
     let after = listing(&dir);
     assert!(chattr("-i"), "chattr -i");
-    assert!(
-        message.contains(&path.display().to_string()) && message.contains("nothing was moved"),
-        "{message}"
-    );
+    assert_clear_refusal(&message, &path, &[]);
     assert!(
         message.contains("read-only") || message.contains("chattr"),
         "{message}"
@@ -113,13 +119,7 @@ fn an_immutable_data_dir_is_an_error_and_nothing_moves() {
     if let Err(e) = read_only {
         assert!(e.to_string().contains("nothing was moved"), "{e}");
     }
-    assert!(
-        TokenStore::open(&path)
-            .unwrap()
-            .load_token("k1")
-            .unwrap()
-            .is_some()
-    );
+    assert_token_survived(&path);
 }
 
 #[test]
@@ -159,12 +159,7 @@ fn a_database_locked_by_another_connection_is_an_error_and_nothing_moves() {
     other.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let before = listing(path.parent().unwrap());
     let message = refused(&path);
-    assert!(
-        message.contains(&path.display().to_string())
-            && message.contains("another process holds a lock")
-            && message.contains("nothing was moved"),
-        "{message}"
-    );
+    assert_clear_refusal(&message, &path, &["another process holds a lock"]);
     assert_eq!(listing(path.parent().unwrap()), before, "nothing moved");
     other.execute_batch("ROLLBACK").unwrap();
     drop(other);
@@ -221,10 +216,7 @@ fn a_full_disk_is_an_error_and_nothing_moves() {
     }
     let bytes = fs::read(&path).unwrap();
     let message = refused(&path);
-    assert!(
-        message.contains(&path.display().to_string()) && message.contains("nothing was moved"),
-        "{message}"
-    );
+    assert_clear_refusal(&message, &path, &[]);
     assert!(
         message.contains("disk is full") || message.contains("disk may be full"),
         "{message}"
@@ -234,11 +226,7 @@ fn a_full_disk_is_an_error_and_nothing_moves() {
     assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
     assert_eq!(fs::read(&path).unwrap(), bytes, "the database is untouched");
     fs::remove_file(&filler).unwrap();
-    let store = TokenStore::open(&path).unwrap();
-    assert!(
-        store.load_token("k1").unwrap().is_some(),
-        "the token survived"
-    );
+    assert_token_survived(&path);
 }
 
 #[test]

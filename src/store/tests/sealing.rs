@@ -47,6 +47,19 @@ fn file_bytes(db: &Path) -> Vec<u8> {
     all
 }
 
+/// Asserts the database file still holds exactly the bytes `before`.
+fn assert_unchanged(db: &Path, before: &[u8], why: &str) {
+    assert!(file_bytes(db) == before, "{why}");
+}
+
+/// The column a `StoreError::Undecryptable` names; `None` for another error.
+fn undecryptable_column(e: &StoreError) -> Option<&'static str> {
+    match e {
+        StoreError::Undecryptable { column, .. } => Some(*column),
+        _ => None,
+    }
+}
+
 fn client_secret_of(store: &TokenStore, server_key: &str) -> Option<String> {
     store
         .load_client(server_key)
@@ -207,7 +220,7 @@ fn wrong_key_missing_key_and_plain_text_mode_are_refused_with_the_file_unchanged
             && text.contains("nothing was changed"),
         "{text}"
     );
-    assert!(file_bytes(&db) == before, "a wrong key changes nothing");
+    assert_unchanged(&db, &before, "a wrong key changes nothing");
 
     let missing = TokenStore::open_with(&db, &with_key_file(&dir.join("gone.key")))
         .err()
@@ -224,7 +237,7 @@ fn wrong_key_missing_key_and_plain_text_mode_are_refused_with_the_file_unchanged
         !dir.join("gone.key").exists(),
         "no key is invented for an encrypted database"
     );
-    assert!(file_bytes(&db) == before, "a missing key changes nothing");
+    assert_unchanged(&db, &before, "a missing key changes nothing");
 
     let plain = TokenStore::open_with(&db, &Sealing::Plaintext)
         .err()
@@ -234,7 +247,7 @@ fn wrong_key_missing_key_and_plain_text_mode_are_refused_with_the_file_unchanged
         "{plain}"
     );
     assert!(plain.to_string().contains("--insecure-plaintext"));
-    assert!(file_bytes(&db) == before, "plain-text mode changes nothing");
+    assert_unchanged(&db, &before, "plain-text mode changes nothing");
     assert_eq!(fs::read(&key_file).unwrap(), key_before);
 
     // A read-only reader (auth status) needs no key.
@@ -245,10 +258,7 @@ fn wrong_key_missing_key_and_plain_text_mode_are_refused_with_the_file_unchanged
         Err(StoreError::EncryptedNeedsKey { .. })
     ));
     drop(reader);
-    assert!(
-        file_bytes(&db) == before,
-        "a read-only reader changes nothing"
-    );
+    assert_unchanged(&db, &before, "a read-only reader changes nothing");
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -283,38 +293,21 @@ fn a_corrupted_or_moved_ciphertext_is_a_clear_error_and_nothing_is_overwritten()
     let store = TokenStore::open_with(&db, &with_key_file(&key_file)).unwrap();
     let e = store.load_token("k1").err().unwrap();
     let text = e.to_string();
-    assert!(
-        matches!(
-            e,
-            StoreError::Undecryptable {
-                column: "access_token",
-                ..
-            }
-        ),
-        "{text}"
-    );
+    assert_eq!(undecryptable_column(&e), Some("access_token"), "{text}");
     assert!(
         text.contains("k1") && text.contains("nothing was changed") && text.contains("auth logout"),
         "{text}"
     );
     assert!(!text.contains(ACCESS));
     let moved = store.load_client("k2").err().unwrap();
-    assert!(
-        matches!(
-            moved,
-            StoreError::Undecryptable {
-                column: "client_secret",
-                ..
-            }
-        ),
+    assert_eq!(
+        undecryptable_column(&moved),
+        Some("client_secret"),
         "{moved}"
     );
     assert_eq!(client_secret_of(&store, "k1").as_deref(), Some(SECRET));
     drop(store);
-    assert!(
-        file_bytes(&db) == before,
-        "an undecryptable value is never overwritten"
-    );
+    assert_unchanged(&db, &before, "an undecryptable value is never overwritten");
     let _ = fs::remove_dir_all(&dir);
 }
 

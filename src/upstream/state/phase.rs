@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{LoginReason, Millis};
+use super::{Failure, LoginReason, Millis};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
@@ -89,6 +89,35 @@ impl Phase {
                 refresh_at,
                 ..
             } => earliest(*browser_at, *refresh_at),
+            _ => None,
+        }
+    }
+
+    /// Why a caller gets no token while the machine waits to try the refresh token again
+    /// (backing off, retrying, or the configured client refused); `None` in any other phase.
+    pub fn waiting_failure(&self) -> Option<Failure> {
+        match self {
+            Phase::BackingOff {
+                retry_at,
+                last_error,
+                ..
+            } => Some(Failure::BackingOff {
+                retry_at: *retry_at,
+                last_error: last_error.clone(),
+            }),
+            Phase::Retrying {
+                retry_at,
+                until,
+                last_error,
+                ..
+            } => Some(Failure::Retrying {
+                retry_at: *retry_at,
+                until: *until,
+                last_error: last_error.clone(),
+            }),
+            Phase::ClientRejected { error, .. } => Some(Failure::ClientRejected {
+                error: error.clone(),
+            }),
             _ => None,
         }
     }

@@ -596,29 +596,8 @@ pub(super) fn serve_or_explain(next: &State, fx: &mut Vec<Effect>, now: Millis) 
         fx.push(Effect::ResolveWaiters(Resolution::Ready));
         return;
     }
-    let failure = match &next.phase {
-        Phase::BackingOff {
-            retry_at,
-            last_error,
-            ..
-        } => Failure::BackingOff {
-            retry_at: *retry_at,
-            last_error: last_error.clone(),
-        },
-        Phase::Retrying {
-            retry_at,
-            until,
-            last_error,
-            ..
-        } => Failure::Retrying {
-            retry_at: *retry_at,
-            until: *until,
-            last_error: last_error.clone(),
-        },
-        Phase::ClientRejected { error, .. } => Failure::ClientRejected {
-            error: error.clone(),
-        },
-        other => unreachable!("serve_or_explain in {other:?}"),
+    let Some(failure) = next.phase.waiting_failure() else {
+        unreachable!("serve_or_explain in {:?}", next.phase)
     };
     fx.push(Effect::ResolveWaiters(Resolution::Failed(failure)));
 }

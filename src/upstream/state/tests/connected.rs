@@ -43,10 +43,8 @@ pub(super) fn rows(s: &Samples) -> Vec<Row> {
         })],
     ));
     let no_rt = connected_to(c, token(HOUR, false));
-    let after = login_started(&with(&no_rt, |n| {
-        n.refresh_after_refusal = true;
-        n.token = Some(refused(token(HOUR, false)));
-        n.refused = Some(id(1));
+    let after = login_started(&with(&with_refused(&no_rt, token(HOUR, false)), |n| {
+        n.refresh_after_refusal = true
     }));
     rows.push((
         no_rt.clone(),

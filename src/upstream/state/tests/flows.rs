@@ -58,15 +58,7 @@ fn refreshing(s: &Samples) -> Vec<Row> {
         ],
     ));
     // A refusal while the refresh runs: the caller joins it, and the token is not trusted.
-    rows.push((
-        r.clone(),
-        refused_now(),
-        with(r, |n| {
-            n.token = Some(refused(expired()));
-            n.refused = Some(id(1));
-        }),
-        vec![],
-    ));
+    rows.push((r.clone(), refused_now(), with_refused(r, expired()), vec![]));
     rows.push((
         r.clone(),
         Event::Login,

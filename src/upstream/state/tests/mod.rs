@@ -124,14 +124,21 @@ fn announces_login(s: &State, event: Event, reason: LoginReason) -> Row {
     )
 }
 
+/// `s` once the upstream refused its token `t`: the token marked refused and its id kept, so
+/// it is not trusted again.
+fn with_refused(s: &State, t: TokenFacts) -> State {
+    with(s, |n| {
+        n.token = Some(refused(t));
+        n.refused = Some(id(1));
+    })
+}
+
 /// A refusal of the current token of `c` (connected to `valid()`): refused, and refreshed
 /// after checking where the resource's authorization server is now.
 fn refused_and_refreshing(c: &State) -> (State, Vec<Effect>) {
-    let after = with(c, |n| {
+    let after = with(&with_refused(c, valid()), |n| {
         n.phase = Phase::Refreshing;
         n.refresh_after_refusal = true;
-        n.token = Some(refused(valid()));
-        n.refused = Some(id(1));
     });
     let plan = RefreshPlan {
         after_refusal: true,
@@ -343,6 +350,34 @@ impl Samples {
             &self.client_rejected,
             &self.store_unavailable,
             &self.logged_out,
+        ]
+    }
+
+    /// The samples that wait to try the refresh token again (BackingOff, Retrying,
+    /// ClientRejected), each with the failure a caller hears there.
+    fn waiting(&self) -> [(&State, Failure); 3] {
+        [
+            (
+                &self.backing_off,
+                Failure::BackingOff {
+                    retry_at: NOW + 1_000,
+                    last_error: "e".into(),
+                },
+            ),
+            (
+                &self.retrying,
+                Failure::Retrying {
+                    retry_at: NOW + 1_000,
+                    until: NOW + 10_000_000,
+                    last_error: "e".into(),
+                },
+            ),
+            (
+                &self.client_rejected,
+                Failure::ClientRejected {
+                    error: "invalid_client".into(),
+                },
+            ),
         ]
     }
 }

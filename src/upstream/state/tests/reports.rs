@@ -22,41 +22,12 @@ fn insufficient_scope(s: &Samples) -> Vec<Row> {
         .into_iter()
         .map(|x| (x.clone(), more_scope(), loading(x), vec![LoadToken]))
         .collect();
-    rows.extend([
-        (
-            s.logged_out.clone(),
-            more_scope(),
-            scoped(&s.logged_out),
-            vec![failed(Failure::LoggedOut)],
-        ),
-        (
-            s.backing_off.clone(),
-            more_scope(),
-            scoped(&s.backing_off),
-            vec![failed(Failure::BackingOff {
-                retry_at: NOW + 1_000,
-                last_error: "e".into(),
-            })],
-        ),
-        (
-            s.retrying.clone(),
-            more_scope(),
-            scoped(&s.retrying),
-            vec![failed(Failure::Retrying {
-                retry_at: NOW + 1_000,
-                until: NOW + 10_000_000,
-                last_error: "e".into(),
-            })],
-        ),
-        (
-            s.client_rejected.clone(),
-            more_scope(),
-            scoped(&s.client_rejected),
-            vec![failed(Failure::ClientRejected {
-                error: "invalid_client".into(),
-            })],
-        ),
-    ]);
+    // Logged out, or waiting to try again: the caller hears why; the next login asks for the
+    // union.
+    let refused = std::iter::once((&s.logged_out, Failure::LoggedOut)).chain(s.waiting());
+    for (x, why) in refused {
+        rows.push((x.clone(), more_scope(), scoped(x), vec![failed(why)]));
+    }
     // A running flow is joined; the next login asks for the union.
     for x in [&s.loading, &s.refreshing, &s.authorizing] {
         rows.push((x.clone(), more_scope(), scoped(x), vec![]));

@@ -85,30 +85,7 @@ fn needs_login(s: &Samples) -> Vec<Row> {
 /// BackingOff, Retrying, ClientRejected: the same rules, each explaining itself.
 fn retrying(s: &Samples) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
-    let waiting = [
-        (
-            &s.backing_off,
-            Failure::BackingOff {
-                retry_at: NOW + 1_000,
-                last_error: "e".into(),
-            },
-        ),
-        (
-            &s.retrying,
-            Failure::Retrying {
-                retry_at: NOW + 1_000,
-                until: NOW + 10_000_000,
-                last_error: "e".into(),
-            },
-        ),
-        (
-            &s.client_rejected,
-            Failure::ClientRejected {
-                error: "invalid_client".into(),
-            },
-        ),
-    ];
-    for (w, why) in waiting {
+    for (w, why) in s.waiting() {
         rows.push((
             w.clone(),
             Event::Reconnect,
@@ -118,10 +95,7 @@ fn retrying(s: &Samples) -> Vec<Row> {
         rows.push((
             w.clone(),
             refused_now(),
-            with(w, |x| {
-                x.token = Some(refused(expired()));
-                x.refused = Some(id(1));
-            }),
+            with_refused(w, expired()),
             vec![failed(why.clone())],
         ));
         rows.push(logs_in(w));
