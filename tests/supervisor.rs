@@ -326,25 +326,10 @@ async fn two_supervisors_on_one_database_run_one_login() {
     let srv = start(Config::default()).await;
     let dir = data_dir("two");
     let (browser, launches) = following_browser();
-    let a = start_supervisor(supervisor_config(
-        vec![upstream("srv", &srv)],
-        &dir,
-        browser.clone(),
-    ))
-    .await;
-    let b = start_supervisor(supervisor_config(
-        vec![upstream("srv", &srv)],
-        &dir,
-        browser,
-    ))
-    .await;
-    let (ga, gb) = tokio::join!(a.login("srv"), b.login("srv"));
-    let (ga, gb) = (ga.expect("a"), gb.expect("b"));
-    assert_eq!(
-        ga.access_token.secret(),
-        gb.access_token.secret(),
-        "the second adopted the first's token"
-    );
+    let on_the_database = || supervisor_config(upstreams(&srv, &["srv"]), &dir, browser.clone());
+    let a = start_supervisor(on_the_database()).await;
+    let b = start_supervisor(on_the_database()).await;
+    assert_both_log_in_to_one_token(&a, &b, "supervisor").await;
     assert_eq!(
         srv.stats().authorize_requests,
         1,
