@@ -61,6 +61,21 @@ async fn wait_for_logins(
     .await;
 }
 
+/// The test server registered `clients` clients in all (`what` says why that many).
+fn assert_registrations(srv: &OAuthTestServer, clients: u64, what: &str) {
+    assert_eq!(srv.stats().registrations, clients, "{what}");
+}
+
+/// A test server with `config`, and a supervisor of it on the default policy, its data in a
+/// fresh folder named after `name`, after one explicit login: (server, folder, supervisor).
+async fn after_a_login(config: Config, name: &str) -> (OAuthTestServer, PathBuf, SupervisorHandle) {
+    let srv = start(config).await;
+    let dir = data_dir(name);
+    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
+    handle.login("srv").await.expect("the first login");
+    (srv, dir, handle)
+}
+
 /// Arms `kind` for the next `times` refreshes.
 fn fail_refreshes(srv: &OAuthTestServer, kind: FaultKind, times: u32) {
     srv.inject(Fault::new(FaultTarget::Refresh, kind).times(times))
@@ -84,7 +99,7 @@ async fn wait_for_recovery(
 async fn invalid_grant_after_a_successful_login_opens_the_browser_exactly_once_more() {
     let (srv, _, handle, launches) =
         logged_in(token_ttl(2), "invalid-grant", Policy::default()).await;
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_logins(&launches, 1, "browser logins");
     // The next refresh hears that the refresh token is dead. The login that just succeeded
     // must not hold back the browser (the window counts from failed logins only).
     fail_refreshes(&srv, FaultKind::InvalidGrant, 1);
@@ -102,7 +117,7 @@ async fn invalid_grant_after_a_successful_login_opens_the_browser_exactly_once_m
         |_| srv.stats().token_requests_for("refresh_token") > refreshed,
     )
     .await;
-    assert_eq!(launches.load(Ordering::SeqCst), 2);
+    assert_logins(&launches, 2, "browser logins");
     handle.shutdown().await;
 }
 
@@ -138,7 +153,7 @@ async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_
     wait_for_recovery(&handle, &srv, 14, Duration::from_secs(20)).await;
     let stats = srv.stats();
     assert_eq!(stats.authorize_requests, 1, "no login");
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_logins(&launches, 1, "browser logins");
     assert_eq!(stats.refresh_token_reuse, 0);
     assert_eq!(
         stats.token_errors.get("invalid_grant"),
@@ -208,12 +223,8 @@ async fn a_configured_client_that_is_rejected_keeps_its_refresh_token() {
         "says what to fix"
     );
     wait_for_recovery(&handle, &srv, 2, Duration::from_secs(15)).await;
-    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login");
-    assert_eq!(
-        srv.stats().registrations,
-        0,
-        "a configured client is never registered"
-    );
+    assert_logins(&launches, 1, "no login");
+    assert_registrations(&srv, 0, "a configured client is never registered");
     handle.shutdown().await;
 }
 
@@ -230,7 +241,7 @@ async fn a_firewall_html_403_on_the_token_endpoint_keeps_the_refresh_token() {
         "the stored refresh token is kept"
     );
     wait_for_recovery(&handle, &srv, 3, Duration::from_secs(15)).await;
-    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login");
+    assert_logins(&launches, 1, "no login");
     assert_eq!(srv.stats().refresh_token_reuse, 0);
     handle.shutdown().await;
 }
@@ -404,10 +415,7 @@ async fn a_failed_login_with_a_forgotten_client_registers_again_before_the_next(
 
 #[tokio::test]
 async fn a_login_that_fails_before_choosing_a_client_keeps_the_registered_one() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("discovery-failed-login");
-    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
-    handle.login("srv").await.expect("the first login");
+    let (srv, _, handle) = after_a_login(Config::default(), "discovery-failed-login").await;
     assert_eq!(srv.stats().registrations, 1);
     // Discovery fails: the login ends before any client is presented.
     srv.inject(Fault::new(FaultTarget::Metadata, FaultKind::ServerError))
@@ -419,10 +427,10 @@ async fn a_login_that_fails_before_choosing_a_client_keeps_the_registered_one() 
     assert_eq!(failure.code(), "login_failed", "{failure}");
     srv.clear_faults();
     handle.login("srv").await.expect("the next login succeeds");
-    assert_eq!(
-        srv.stats().registrations,
+    assert_registrations(
+        &srv,
         1,
-        "the registered client was not thrown away: the failed login never used it"
+        "the registered client was not thrown away: the failed login never used it",
     );
     handle.shutdown().await;
 }
@@ -468,18 +476,11 @@ async fn a_waiting_login_shows_its_authorization_url_and_completes_when_it_is_op
 
 #[tokio::test]
 async fn a_login_whose_registered_port_is_busy_uses_another_port_and_registers_again() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("busy-port");
-    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
-    handle.login("srv").await.expect("the first login");
+    let (srv, dir, handle) = after_a_login(Config::default(), "busy-port").await;
     assert_eq!(srv.stats().registrations, 1);
     // A second login reuses the registered client...
     handle.login("srv").await.expect("the second login");
-    assert_eq!(
-        srv.stats().registrations,
-        1,
-        "the registered client is reused"
-    );
+    assert_registrations(&srv, 1, "the registered client is reused");
     // ...unless its redirect port is taken by someone else.
     let redirect_uri: String = rusqlite::Connection::open(database_path(&dir))
         .unwrap()
@@ -488,21 +489,15 @@ async fn a_login_whose_registered_port_is_busy_uses_another_port_and_registers_a
     let port = Url::parse(&redirect_uri).unwrap().port().unwrap();
     let _squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
     handle.login("srv").await.expect("a login on another port");
-    assert_eq!(
-        srv.stats().registrations,
-        2,
-        "registered again for the new redirect URI"
-    );
+    assert_registrations(&srv, 2, "registered again for the new redirect URI");
     assert_eq!(srv.stats().authorize_requests, 3);
     handle.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_daemon_login_asks_for_offline_access_where_the_authorization_server_lists_it() {
-    let srv = start(Config::with(|c| c.offline_access = true)).await;
-    let dir = data_dir("offline-access");
-    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
-    handle.login("srv").await.expect("login");
+    let (_srv, _, handle) =
+        after_a_login(Config::with(|c| c.offline_access = true), "offline-access").await;
     let s = status_of(&handle, "srv").await;
     let scope = s.scope.expect("a scope");
     assert!(

@@ -119,7 +119,7 @@ async fn scenario_1_stays_connected_through_ten_refreshes_with_one_login() {
         (1, 1),
         "exactly one authorization"
     );
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_logins(&launches, 1, "browser logins");
     assert_eq!(stats.mcp_401, 0, "{calls} calls, none refused");
     assert_eq!(stats.refresh_token_reuse, 0);
     handle.shutdown().await;
@@ -144,7 +144,7 @@ async fn scenario_2_a_restart_refreshes_the_persisted_token_without_a_login() {
         stats.authorize_requests, 1,
         "only the first process's login"
     );
-    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    assert_logins(&launches, 0, "browser logins");
     assert!(
         grant.flow_id.is_some(),
         "the caller learns the flow's correlation ID"
@@ -169,11 +169,7 @@ async fn both_tokens_expired_open_the_browser_once_with_a_clear_message() {
         .await
         .expect("connected after a new login");
     mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
-    assert_eq!(
-        launches.load(Ordering::SeqCst),
-        1,
-        "exactly one browser launch"
-    );
+    assert_logins(&launches, 1, "exactly one browser launch");
     assert_eq!(srv.stats().authorize_requests, 2);
     assert!(captured_logs().contains("re-authentication required for srv: the refresh token was rejected (token endpoint answered invalid_grant"), "the clear message is logged");
     handle.shutdown().await;
@@ -313,11 +309,7 @@ async fn scenario_5_five_servers_refresh_concurrently() {
     for name in &names {
         wait_for_phase(&handle, name, "connected", Duration::from_secs(10)).await;
     }
-    assert_eq!(
-        launches.load(Ordering::SeqCst),
-        5,
-        "only the first supervisor's logins"
-    );
+    assert_logins(&launches, 5, "only the first supervisor's logins");
     handle.shutdown().await;
 }
 
@@ -335,7 +327,7 @@ async fn two_supervisors_on_one_database_run_one_login() {
         1,
         "one flow for two processes"
     );
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_logins(&launches, 1, "browser logins");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -387,7 +379,7 @@ async fn scenario_6_transient_refresh_faults_back_off_and_recover_without_a_logi
             stats.refresh_token_reuse, 0,
             "{kind}: the refresh token survived (rotated ones were kept)"
         );
-        assert_eq!(launches.load(Ordering::SeqCst), 0);
+        assert_logins(&launches, 0, "browser logins");
         handle.shutdown().await;
         assert_logs_free_of_secrets(&srv);
     }
@@ -405,7 +397,7 @@ async fn scenario_6_invalid_grant_on_refresh_leads_to_one_login() {
         .await
         .expect("connected through one login");
     mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_logins(&launches, 1, "browser logins");
     assert_eq!(srv.stats().authorize_requests, 2);
     handle.shutdown().await;
 }
@@ -436,7 +428,7 @@ async fn scenario_6_an_already_expired_token_is_refused_once_and_refreshed_again
     assert_ne!(good.access_token.secret(), &bad);
     mcp_ping(&srv, good.access_token.secret()).await.unwrap();
     assert_eq!(srv.stats().token_requests_for("refresh_token"), 2);
-    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    assert_logins(&launches, 0, "browser logins");
     handle.shutdown().await;
 }
 
@@ -540,7 +532,7 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
         handle.status().await.unwrap()[0].phase.name(),
         "needs_login"
     );
-    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    assert_logins(&launches, 0, "browser logins");
     // A login from another process (as `auth login` does) is found on the next reconnect.
     let (other, _) = supervise(&srv, &dir).await;
     let stored = other.login("srv").await.expect("the other process logs in");
@@ -550,11 +542,7 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
         .await
         .expect("the daemon picks the stored token up");
     assert_eq!(found.access_token.secret(), stored.access_token.secret());
-    assert_eq!(
-        launches.load(Ordering::SeqCst),
-        0,
-        "still no browser of its own"
-    );
+    assert_logins(&launches, 0, "still no browser of its own");
     handle.shutdown().await;
 }
 

@@ -122,6 +122,11 @@ pub fn assert_no_token_lost(srv: &OAuthTestServer, launches: &AtomicU32, logins:
         "an old refresh token was presented"
     );
     assert_eq!(stats.token_errors.get("invalid_grant"), None);
+    assert_logins(launches, logins, what);
+}
+
+/// The browser opened `logins` times (`what` says why that many).
+pub fn assert_logins(launches: &AtomicU32, logins: u32, what: &str) {
     let launched = launches.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(launched, logins, "{what}");
 }
