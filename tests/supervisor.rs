@@ -14,6 +14,7 @@ use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::mcp::McpError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::upstream::messages::Grant;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use url::Url;
 
@@ -53,6 +54,13 @@ async fn persisted_expired_token(srv: &OAuthTestServer, dir: &Path) {
     first.reconnect("srv").await.expect("the first login");
     first.shutdown().await;
     expire_stored_tokens(dir);
+}
+
+/// Reconnects "srv" (`what` says how it connects) and proves the token works at the server.
+async fn reconnected(handle: &SupervisorHandle, srv: &OAuthTestServer, what: &str) -> Grant {
+    let grant = handle.reconnect("srv").await.expect(what);
+    mcp_ping(srv, grant.access_token.secret()).await.unwrap();
+    grant
 }
 
 /// The scene of every restart scenario: a first supervisor logged in and stopped, its stored
@@ -133,11 +141,7 @@ async fn scenario_2_a_restart_refreshes_the_persisted_token_without_a_login() {
         handle,
         launches,
     } = restarted_with_expired_token("s2", |_| {}).await;
-    let grant = handle
-        .reconnect("srv")
-        .await
-        .expect("connected after restart");
-    mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
+    let grant = reconnected(&handle, &srv, "connected after restart").await;
     let stats = srv.stats();
     assert_eq!(stats.token_requests_for("refresh_token"), 1);
     assert_eq!(
@@ -164,11 +168,7 @@ async fn both_tokens_expired_open_the_browser_once_with_a_clear_message() {
         .await
         .unwrap();
     let (handle, launches) = supervise(&srv, &dir).await;
-    let grant = handle
-        .reconnect("srv")
-        .await
-        .expect("connected after a new login");
-    mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
+    reconnected(&handle, &srv, "connected after a new login").await;
     assert_logins(&launches, 1, "exactly one browser launch");
     assert_eq!(srv.stats().authorize_requests, 2);
     assert!(captured_logs().contains("re-authentication required for srv: the refresh token was rejected (token endpoint answered invalid_grant"), "the clear message is logged");
@@ -392,11 +392,7 @@ async fn scenario_6_invalid_grant_on_refresh_leads_to_one_login() {
         handle,
         launches,
     } = restarted_with_refresh_fault("s6-ig", FaultKind::InvalidGrant).await;
-    let grant = handle
-        .reconnect("srv")
-        .await
-        .expect("connected through one login");
-    mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
+    reconnected(&handle, &srv, "connected through one login").await;
     assert_logins(&launches, 1, "browser logins");
     assert_eq!(srv.stats().authorize_requests, 2);
     handle.shutdown().await;
