@@ -199,10 +199,9 @@ fn events_named(text: &str, name: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_server() {
-    let srv = start(Config {
-        scopes_supported: vec!["mcp:read".into(), "mcp:write".into()],
-        ..Config::default()
-    })
+    let srv = start(Config::with(|c| {
+        c.scopes_supported = vec!["mcp:read".into(), "mcp:write".into()]
+    }))
     .await;
     let (browser, launches) = following_browser();
     let d = daemon(&srv, &["alpha", "beta"], browser).await;

@@ -194,13 +194,10 @@ async fn serve_authorizes_every_server_and_stops_cleanly_on_interrupt() {
 
 #[tokio::test]
 async fn a_bad_config_names_the_server_and_field() {
-    let dir = temp_dir("cli-badcfg");
-    let config = dir.join("c.json");
-    std::fs::write(
-        &config,
+    let (dir, config) = folder_with_config(
+        "cli-badcfg",
         r#"{"mcpServers": [{"name": "gh", "url": "ftp://x", "oauth": {}}]}"#,
-    )
-    .unwrap();
+    );
     let out = run(
         &[
             "serve",

@@ -76,11 +76,7 @@ async fn connect_once(config: Config) -> (OAuthTestServer, ConnectReport) {
 
 #[tokio::test]
 async fn offline_access_is_requested_where_the_authorization_server_lists_it() {
-    let (_srv, report) = connect_once(Config {
-        offline_access: true,
-        ..Config::default()
-    })
-    .await;
+    let (_srv, report) = connect_once(Config::with(|c| c.offline_access = true)).await;
     let token = report.token.expect("a token");
     assert_eq!(
         token.scope.as_deref(),
@@ -132,11 +128,7 @@ async fn rfc8707_resource_is_sent_where_the_server_requires_it() {
 
 #[tokio::test]
 async fn sse_answers_are_read() {
-    let srv = start(Config {
-        mcp_sse_responses: true,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(Config::with(|c| c.mcp_sse_responses = true)).await;
     let (browser, _) = following_browser();
     let report = connect(options(&srv, browser))
         .await
@@ -162,11 +154,7 @@ async fn a_preregistered_confidential_client_needs_no_registration() {
 
 #[tokio::test]
 async fn without_registration_or_client_id_the_error_says_what_to_configure() {
-    let srv = start(Config {
-        dynamic_registration: false,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(Config::with(|c| c.dynamic_registration = false)).await;
     let (browser, launches) = following_browser();
     let e = connect(options(&srv, browser)).await.unwrap_err();
     assert!(
@@ -236,11 +224,7 @@ async fn a_step_up_that_never_succeeds_stops_once_the_demand_is_granted() {
 
 #[tokio::test]
 async fn a_2026_07_28_server_is_spoken_to_statelessly() {
-    let (_srv, report) = connect_once(Config {
-        mcp_stateless: true,
-        ..Config::default()
-    })
-    .await;
+    let (_srv, report) = connect_once(Config::with(|c| c.mcp_stateless = true)).await;
     assert_eq!(report.protocol_version.as_deref(), Some("2026-07-28"));
     assert_eq!(
         mcpproxy_oauth::mcp::client::server_info(&report.server_info).unwrap()["name"],
@@ -253,11 +237,7 @@ async fn a_2026_07_28_server_is_spoken_to_statelessly() {
 
 #[tokio::test]
 async fn the_json_rpc_body_of_an_http_error_is_reported() {
-    let (srv, report) = connect_once(Config {
-        mcp_stateless: true,
-        ..Config::default()
-    })
-    .await;
+    let (srv, report) = connect_once(Config::with(|c| c.mcp_stateless = true)).await;
     let token = report.token.unwrap();
     // A request without negotiation carries no version header: the server refuses it with
     // HTTP 400 and a JSON-RPC error saying why.
@@ -290,13 +270,8 @@ async fn the_json_rpc_body_of_an_http_error_is_reported() {
 
 #[tokio::test]
 async fn a_moved_authorization_server_gets_its_own_registration_and_login() {
-    let new_as = start(Config::default()).await;
     // After two accepted requests (discover and initialize) the resource trusts only `new_as`.
-    let srv = start(Config {
-        authorization_server_moves: Some((new_as.issuer(), 2)),
-        ..Config::default()
-    })
-    .await;
+    let (new_as, srv) = moving_authorization_server(2).await;
     let (browser, launches) = following_browser();
     let report = connect(options(&srv, browser))
         .await
@@ -306,12 +281,12 @@ async fn a_moved_authorization_server_gets_its_own_registration_and_login() {
     assert_eq!(launches.load(Ordering::SeqCst), 2);
     let (old, new) = (srv.stats(), new_as.stats());
     assert_eq!(
-        (old.registrations, old.authorize_requests),
+        old.registrations_and_logins(),
         (1, 1),
         "the old server saw one registration and one login, not repeated logins"
     );
     assert_eq!(
-        (new.registrations, new.authorize_requests),
+        new.registrations_and_logins(),
         (1, 1),
         "the new server got its own registration (an old client ID would be refused there)"
     );

@@ -5,37 +5,54 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::*;
 use mcpproxy_oauth::mcp::{BearerChallenge, McpClient, McpError};
-use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
 use mcpproxy_oauth::upstream::state::{Failure, LoginReason, Policy};
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use serde_json::json;
 
+/// A supervisor of `srv` as "srv" asking for `mcp:read` only, its data in a fresh folder named
+/// after `name`, logging in through a following browser: (folder, supervisor, launches).
 async fn supervise(
     srv: &OAuthTestServer,
-    dir: &Path,
-    browser: BrowserLauncher,
+    name: &str,
     policy: Policy,
-) -> SupervisorHandle {
+) -> (PathBuf, SupervisorHandle, Arc<AtomicU32>) {
+    let dir = data_dir(name);
+    let (browser, launches) = following_browser();
     let mut server = upstream("srv", srv);
     // Less than the resource offers (it lists mcp:admin too), so a tool can ask for more.
     server.scope = Some("mcp:read".into());
-    start_supervisor(SupervisorConfig {
+    let handle = start_supervisor(SupervisorConfig {
         policy,
         http_timeout: Duration::from_secs(5),
-        ..supervisor_config(vec![server], dir, browser)
+        ..supervisor_config(vec![server], &dir, browser)
     })
-    .await
+    .await;
+    (dir, handle, launches)
+}
+
+/// Stops the supervisor and removes its folder.
+async fn stop(handle: &SupervisorHandle, dir: &Path) {
+    handle.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn mcp(srv: &OAuthTestServer) -> McpClient {
     mcp_client(srv, Duration::from_secs(5))
+}
+
+/// The resource accepts `token` (a ping goes through); `whose` says whose it is.
+async fn assert_accepted(srv: &OAuthTestServer, token: &str, whose: &str) {
+    if let Err(e) = mcp(srv).ping(Some(token)).await {
+        panic!("{whose} is refused: {e}");
+    }
 }
 
 /// Calls `get_time` with `token`: the 403's challenge, or `None` when the call succeeded.
@@ -55,9 +72,7 @@ async fn get_time(srv: &OAuthTestServer, token: &str) -> Option<BearerChallenge>
 #[tokio::test]
 async fn a_403_for_more_scope_logs_in_once_for_the_union_and_the_new_token_works() {
     let srv = start(admin_tool()).await;
-    let dir = data_dir("step-up");
-    let (browser, launches) = following_browser();
-    let handle = supervise(&srv, &dir, browser, Policy::default()).await;
+    let (dir, handle, launches) = supervise(&srv, "step-up", Policy::default()).await;
     let first = handle.reconnect("srv").await.expect("the first login");
     let old = first.access_token.secret().clone();
 
@@ -93,16 +108,13 @@ async fn a_403_for_more_scope_logs_in_once_for_the_union_and_the_new_token_works
         .unwrap();
     assert_eq!(late.access_token.secret(), &new);
     assert_eq!(launches.load(Ordering::SeqCst), 2);
-    handle.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&handle, &dir).await;
 }
 
 #[tokio::test]
 async fn a_server_that_is_never_satisfied_costs_one_step_up_then_forbidden() {
     let srv = start(admin_tool()).await;
-    let dir = data_dir("never-enough");
-    let (browser, launches) = following_browser();
-    let handle = supervise(&srv, &dir, browser, Policy::default()).await;
+    let (dir, handle, launches) = supervise(&srv, "never-enough", Policy::default()).await;
     let mut token = handle
         .reconnect("srv")
         .await
@@ -145,20 +157,17 @@ async fn a_server_that_is_never_satisfied_costs_one_step_up_then_forbidden() {
         "one login for the scope the server named; none for a demand already granted"
     );
     assert_eq!(launches.load(Ordering::SeqCst), 2);
-    handle.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&handle, &dir).await;
 }
 
 #[tokio::test]
 async fn a_headless_daemon_names_the_scope_and_an_explicit_login_asks_for_it() {
     let srv = start(admin_tool()).await;
-    let dir = data_dir("headless");
-    let (browser, launches) = following_browser();
     let policy = Policy {
         interactive: false,
         ..Policy::default()
     };
-    let handle = supervise(&srv, &dir, browser, policy).await;
+    let (dir, handle, launches) = supervise(&srv, "headless", policy).await;
     let first = handle.login("srv").await.expect("an explicit first login");
     let old = first.access_token.secret().clone();
     let challenge = get_time(&srv, &old).await.expect("403 for mcp:admin");
@@ -188,22 +197,14 @@ async fn a_headless_daemon_names_the_scope_and_an_explicit_login_asks_for_it() {
             .is_none(),
         "the explicit login asked for the scope the server named"
     );
-    handle.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&handle, &dir).await;
 }
 
 #[tokio::test]
 async fn a_moved_authorization_server_is_followed_by_a_running_daemon() {
-    let new_as = start(Config::default()).await;
     // After two accepted requests the resource trusts only `new_as`.
-    let srv = start(Config {
-        authorization_server_moves: Some((new_as.issuer(), 2)),
-        ..Config::default()
-    })
-    .await;
-    let dir = data_dir("moved");
-    let (browser, launches) = following_browser();
-    let handle = supervise(&srv, &dir, browser, Policy::default()).await;
+    let (new_as, srv) = moving_authorization_server(2).await;
+    let (dir, handle, launches) = supervise(&srv, "moved", Policy::default()).await;
     let old = handle
         .reconnect("srv")
         .await
@@ -227,10 +228,7 @@ async fn a_moved_authorization_server_is_followed_by_a_running_daemon() {
         .report_unauthorized("srv", &old, Some(challenge))
         .await
         .expect("the daemon logs in at the new server");
-    mcp(&srv)
-        .ping(Some(moved.access_token.secret()))
-        .await
-        .expect("the new server's token is accepted");
+    assert_accepted(&srv, moved.access_token.secret(), "the new server's token").await;
     assert_eq!(
         launches.load(Ordering::SeqCst),
         2,
@@ -243,7 +241,7 @@ async fn a_moved_authorization_server_is_followed_by_a_running_daemon() {
         "the old server's refresh token is not presented once the resource moved"
     );
     assert_eq!(
-        (new_stats.registrations, new_stats.authorize_requests),
+        new_stats.registrations_and_logins(),
         (1, 1),
         "the new server got its own registration and one login"
     );
@@ -295,13 +293,10 @@ async fn a_moved_authorization_server_is_followed_by_a_running_daemon() {
             }
         }
     };
-    mcp(&srv)
-        .ping(Some(&back))
-        .await
-        .expect("the first server's new token is accepted");
+    assert_accepted(&srv, &back, "the first server's new token").await;
     let (old_stats, new_stats) = (srv.stats(), new_as.stats());
     assert_eq!(
-        (old_stats.registrations, old_stats.authorize_requests),
+        old_stats.registrations_and_logins(),
         (1, 2),
         "the first server's stored client was reused for the second login there"
     );
@@ -320,17 +315,14 @@ async fn a_moved_authorization_server_is_followed_by_a_running_daemon() {
         "2",
         "both clients are kept"
     );
-    handle.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&handle, &dir).await;
 }
 
 #[tokio::test]
 async fn a_re_registration_that_finds_another_authorization_server_follows_the_move() {
     let new_as = start(Config::default()).await;
     let srv = start(Config::default()).await;
-    let dir = data_dir("moved-reregister");
-    let (browser, launches) = following_browser();
-    let handle = supervise(&srv, &dir, browser, Policy::default()).await;
+    let (dir, handle, launches) = supervise(&srv, "moved-reregister", Policy::default()).await;
     handle
         .reconnect("srv")
         .await
@@ -347,10 +339,7 @@ async fn a_re_registration_that_finds_another_authorization_server_follows_the_m
         .refresh("srv")
         .await
         .expect("the daemon follows the move to the new server");
-    mcp(&srv)
-        .ping(Some(grant.access_token.secret()))
-        .await
-        .expect("the new server's token is accepted");
+    assert_accepted(&srv, grant.access_token.secret(), "the new server's token").await;
     let (old_stats, new_stats) = (srv.stats(), new_as.stats());
     assert_eq!(old_stats.token_requests_for("refresh_token"), 1);
     assert_eq!(
@@ -359,7 +348,7 @@ async fn a_re_registration_that_finds_another_authorization_server_follows_the_m
         "the first server's refresh token is never presented at the new one"
     );
     assert_eq!(
-        (new_stats.registrations, new_stats.authorize_requests),
+        new_stats.registrations_and_logins(),
         (1, 1),
         "the client registered during the refresh is the one the login there uses"
     );
@@ -368,6 +357,5 @@ async fn a_re_registration_that_finds_another_authorization_server_follows_the_m
         stored(&dir, "SELECT issuer FROM oauth_tokens"),
         new_as.issuer()
     );
-    handle.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    stop(&handle, &dir).await;
 }

@@ -11,31 +11,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcpproxy_oauth::connect::{ConnectError, ConnectOptions, connect};
+use mcpproxy_oauth::connect::{ConnectError, ConnectOptions, ConnectReport, connect};
 use mcpproxy_oauth::oauth::OAuthError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
-use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle};
+use mcpproxy_oauth::supervisor::SupervisorHandle;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use tokio::sync::mpsc;
 use url::Url;
-
-fn device_server(slow_down_polls: u32) -> Config {
-    Config {
-        device_grant: true,
-        device_interval_secs: 1,
-        device_slow_down_polls: slow_down_polls,
-        ..Config::default()
-    }
-}
-
-/// A launcher that only reports the URLs it is given (the test decides what the person does).
-fn reporting_browser() -> (BrowserLauncher, mpsc::UnboundedReceiver<Url>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let browser = BrowserLauncher::handler(move |url: Url| {
-        let _ = tx.send(url);
-    });
-    (browser, rx)
-}
 
 /// What a person does at the verification page: approve, or deny.
 async fn answer(verification_url: &str, approve: bool) {
@@ -62,7 +44,11 @@ async fn next_url(urls: &mut mpsc::UnboundedReceiver<Url>) -> Url {
 
 #[tokio::test]
 async fn connect_device_code_logs_in_after_one_slow_down() {
-    let srv = start(device_server(1)).await;
+    let srv = start(Config {
+        device_slow_down_polls: 1,
+        ..device_grant_server()
+    })
+    .await;
     let mut child = tokio::process::Command::new(BIN)
         .args([
             "connect",
@@ -148,59 +134,57 @@ fn options(srv: &OAuthTestServer, browser: BrowserLauncher) -> ConnectOptions {
     }
 }
 
-#[tokio::test]
-async fn a_denied_device_code_ends_connect_with_a_clear_error() {
+type ConnectRun = tokio::task::JoinHandle<Result<ConnectReport, ConnectError>>;
+
+/// A device-grant server, `connect` to it started in the background, and the verification URL
+/// it showed first: (server, the run, URL). Log capture starts before.
+async fn device_connect_started() -> (OAuthTestServer, ConnectRun, Url) {
     captured_logs();
-    let srv = start(device_server(0)).await;
+    let srv = start(device_grant_server()).await;
     let (browser, mut urls) = reporting_browser();
     let run = tokio::spawn(connect(options(&srv, browser)));
-    answer(next_url(&mut urls).await.as_str(), false).await;
-    let error = run.await.unwrap().unwrap_err();
+    let url = next_url(&mut urls).await;
+    (srv, run, url)
+}
+
+/// `error` is the OAuth error `is` picks out, and its message says each of `says`.
+fn assert_oauth_error(error: &ConnectError, is: fn(&OAuthError) -> bool, says: &[&str]) {
     assert!(
-        matches!(
-            error,
-            ConnectError::OAuth(OAuthError::DeviceAccessDenied { .. })
-        ),
+        matches!(error, ConnectError::OAuth(e) if is(e)),
         "{error:?}"
     );
     let message = error.to_string();
-    assert!(
-        message.contains("denied") && message.contains("start the login again"),
-        "{message}"
-    );
+    for said in says {
+        assert!(message.contains(said), "{said:?} not in: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_denied_device_code_ends_connect_with_a_clear_error() {
+    let (srv, run, url) = device_connect_started().await;
+    answer(url.as_str(), false).await;
+    let error = run.await.unwrap().unwrap_err();
+    let denied = |e: &OAuthError| matches!(e, OAuthError::DeviceAccessDenied { .. });
+    assert_oauth_error(&error, denied, &["denied", "start the login again"]);
     assert_eq!(srv.stats().token_errors.get("access_denied"), Some(&1));
     assert_no_secret(&srv, &captured_logs());
 }
 
 #[tokio::test]
 async fn an_expired_device_code_ends_connect_with_a_clear_error() {
-    captured_logs();
-    let srv = start(device_server(0)).await;
-    let (browser, mut urls) = reporting_browser();
-    let run = tokio::spawn(connect(options(&srv, browser)));
-    next_url(&mut urls).await;
+    let (srv, run, _) = device_connect_started().await;
     // Nobody answers: the code's ten minutes pass on the server's clock.
     srv.advance_clock(Duration::from_secs(601));
     let error = run.await.unwrap().unwrap_err();
-    assert!(
-        matches!(
-            error,
-            ConnectError::OAuth(OAuthError::DeviceCodeExpired { .. })
-        ),
-        "{error:?}"
-    );
-    assert!(error.to_string().contains("expired"), "{error}");
+    let expired = |e: &OAuthError| matches!(e, OAuthError::DeviceCodeExpired { .. });
+    assert_oauth_error(&error, expired, &["expired"]);
     assert_eq!(srv.stats().token_errors.get("expired_token"), Some(&1));
     assert_no_secret(&srv, &captured_logs());
 }
 
 #[tokio::test]
 async fn a_failing_token_endpoint_slows_polling_and_the_login_still_succeeds() {
-    captured_logs();
-    let srv = start(device_server(0)).await;
-    let (browser, mut urls) = reporting_browser();
-    let run = tokio::spawn(connect(options(&srv, browser)));
-    let url = next_url(&mut urls).await;
+    let (srv, run, url) = device_connect_started().await;
     // The code is shown before the first poll, which waits the 1 s interval: that poll meets
     // a 500, which says nothing about the code.
     srv.inject(Fault {
@@ -228,18 +212,10 @@ async fn without_a_device_endpoint_the_error_says_so() {
     let srv = start(Config::default()).await;
     let (browser, _urls) = reporting_browser();
     let error = connect(options(&srv, browser)).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            ConnectError::OAuth(OAuthError::DeviceGrantUnsupported { .. })
-        ),
-        "{error:?}"
-    );
-    let message = error.to_string();
-    assert!(
-        message.contains("no device authorization endpoint") && message.contains(&srv.issuer()),
-        "{message}"
-    );
+    let unsupported = |e: &OAuthError| matches!(e, OAuthError::DeviceGrantUnsupported { .. });
+    let issuer = srv.issuer();
+    let says = ["no device authorization endpoint", issuer.as_str()];
+    assert_oauth_error(&error, unsupported, &says);
     assert_eq!(srv.stats().registrations, 0, "nothing was registered");
 }
 
@@ -268,17 +244,9 @@ async fn wait_for_device_prompt(handle: &SupervisorHandle) -> (String, String) {
 #[tokio::test]
 async fn the_daemon_logs_in_by_device_code_and_keeps_the_refresh_token_on_failures() {
     captured_logs();
-    let srv = start(device_server(0)).await;
-    let mut server = upstream("dev", &srv);
-    server.device_code = true;
+    let srv = start(device_grant_server()).await;
     let (browser, mut urls) = reporting_browser();
-    let dir = data_dir("device");
-    let handle = start_supervisor(SupervisorConfig {
-        browser,
-        login_timeout: Duration::from_secs(30),
-        ..SupervisorConfig::new(vec![server], dir.clone())
-    })
-    .await;
+    let (handle, dir) = device_code_supervisor(&srv, browser, "device").await;
 
     // First login: the user code shows in status, the person approves, the prompt goes away.
     let login = {

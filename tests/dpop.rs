@@ -362,24 +362,18 @@ async fn connect_uses_dpop_where_the_server_requires_it_with_a_nonce_per_request
 
 #[tokio::test]
 async fn connect_with_dpop_opt_in_binds_tokens_where_the_server_offers_dpop() {
-    let srv = start(Config {
-        dpop: true,
-        ..Config::default()
-    })
-    .await;
-    let report = connect(options(&srv, true)).await.expect("connect");
-    assert_eq!(report.token.unwrap().token_type, "DPoP");
-    assert!(srv.stats().mcp_dpop_requests >= 3);
-
-    // Without the opt-in the same server gets Bearer tokens.
-    let srv = start(Config {
-        dpop: true,
-        ..Config::default()
-    })
-    .await;
-    let report = connect(options(&srv, false)).await.expect("connect");
-    assert_eq!(report.token.unwrap().token_type, "Bearer");
-    assert_eq!(srv.stats().dpop_bound_tokens, 0);
+    // Without the opt-in a server of the same kind gets Bearer tokens.
+    for (opt_in, token_type) in [(true, "DPoP"), (false, "Bearer")] {
+        let srv = start(Config::with(|c| c.dpop = true)).await;
+        let report = connect(options(&srv, opt_in)).await.expect("connect");
+        assert_eq!(report.token.unwrap().token_type, token_type);
+        let stats = srv.stats();
+        if opt_in {
+            assert!(stats.mcp_dpop_requests >= 3, "{stats:?}");
+        } else {
+            assert_eq!(stats.dpop_bound_tokens, 0);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -755,11 +749,7 @@ async fn a_restarted_daemon_refreshes_with_the_stored_key_and_a_replayed_proof_i
 #[tokio::test]
 async fn the_daemon_uses_dpop_where_configured_and_bearer_otherwise() {
     // The server offers DPoP but does not require it.
-    let srv = start(Config {
-        dpop: true,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(Config::with(|c| c.dpop = true)).await;
     for (configured, token_type) in [(true, "DPoP"), (false, "Bearer")] {
         let dir = temp_dir("daemon-dpop-opt-in");
         let handle = supervise(&srv, &dir, configured).await;

@@ -309,11 +309,7 @@ async fn calls_carry_the_daemons_token_and_a_refused_one_is_refreshed_and_retrie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_anonymous_initialize_works_and_only_tools_call_needs_the_token() {
-    let srv = test_server(Config {
-        mcp_anonymous_discovery: true,
-        ..Config::default()
-    })
-    .await;
+    let srv = test_server(Config::with(|c| c.mcp_anonymous_discovery = true)).await;
     // A daemon that may not open a browser, with no token yet.
     let mut setup = Setup::oauth(&srv, "anon");
     setup.interactive = false;
@@ -548,16 +544,33 @@ async fn echo_upstream() -> String {
     format!("http://{addr}/echo-mcp?fixed=1")
 }
 
+/// The request head the echo upstream saw, as its answer to `response` reports it, lowercased.
+async fn head_seen_upstream(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    let head = body["result"]["head"]
+        .as_str()
+        .expect("the head the echo saw");
+    head.to_ascii_lowercase()
+}
+
+/// A gateway (its OAuth server `srv` unused) passing requests through to an echo upstream
+/// configured as "echo" without OAuth; `more` adds fields to that server's entry (JSON text
+/// after a comma).
+async fn echo_gateway(srv: &OAuthTestServer, more: &str) -> Daemon {
+    let echo = echo_upstream().await;
+    let mut setup = Setup::oauth(srv, "unused");
+    setup.passthrough = mcpproxy_oauth::gateway::servers::parse_passthrough(&format!(
+        r#"{{"mcpServers": [{{"name": "echo", "url": "{echo}"{more}}}]}}"#
+    ))
+    .unwrap();
+    setup.start().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_oauth_gets_the_mcp_headers_and_none_of_the_clients_credentials() {
     let srv = test_server(Config::default()).await;
-    let echo = echo_upstream().await;
-    let mut setup = Setup::oauth(&srv, "unused");
-    setup.passthrough = mcpproxy_oauth::gateway::servers::parse_passthrough(&format!(
-        r#"{{"mcpServers": [{{"name": "echo", "url": "{echo}", "headers": {{"X-Upstream-Token": "static-upstream-credential"}}}}]}}"#
-    ))
-    .unwrap();
-    let daemon = setup.start().await;
+    let headers = r#", "headers": {"X-Upstream-Token": "static-upstream-credential"}"#;
+    let daemon = echo_gateway(&srv, headers).await;
     let response = daemon
         .http
         .post(format!("{}?apikey={KEY}&other=1", daemon.url("echo")))
@@ -584,11 +597,7 @@ async fn a_server_without_oauth_gets_the_mcp_headers_and_none_of_the_clients_cre
     for gone in ["set-cookie", "www-authenticate", "dpop-nonce", "x-hop"] {
         assert!(headers.get(gone).is_none(), "{gone} reached the client");
     }
-    let body: Value = response.json().await.unwrap();
-    let head = body["result"]["head"]
-        .as_str()
-        .unwrap()
-        .to_ascii_lowercase();
+    let head = head_seen_upstream(response).await;
     assert!(
         head.starts_with("post /echo-mcp?fixed=1 http/1.1\r\n"),
         "the configured URL only: {head}"
@@ -627,13 +636,7 @@ async fn a_server_without_oauth_gets_the_mcp_headers_and_none_of_the_clients_cre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_may_come_in_the_url_and_a_missing_or_wrong_key_is_a_403_never_a_401() {
     let srv = test_server(Config::default()).await;
-    let echo = echo_upstream().await;
-    let mut setup = Setup::oauth(&srv, "unused");
-    setup.passthrough = mcpproxy_oauth::gateway::servers::parse_passthrough(&format!(
-        r#"{{"mcpServers": [{{"name": "echo", "url": "{echo}"}}]}}"#
-    ))
-    .unwrap();
-    let daemon = setup.start().await;
+    let daemon = echo_gateway(&srv, "").await;
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
     for (what, url, header) in [
         ("no key", daemon.url("echo"), None),
@@ -675,11 +678,7 @@ async fn the_key_may_come_in_the_url_and_a_missing_or_wrong_key_is_a_403_never_a
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    let head = body["result"]["head"]
-        .as_str()
-        .unwrap()
-        .to_ascii_lowercase();
+    let head = head_seen_upstream(response).await;
     assert!(
         !head.contains("apikey") && !head.contains(&KEY.to_ascii_lowercase()),
         "{head}"

@@ -185,6 +185,15 @@ fn key_files_that_cannot_sign_are_refused_with_the_file_and_the_fix() {
     }
 }
 
+/// `e` is the grant refused as `invalid_grant`, permanently: asking again will not help.
+fn assert_refused_for_good(e: &GrantError, what: &str) {
+    assert_eq!(
+        (e.oauth_code(), e.class()),
+        (Some("invalid_grant"), ErrorClass::Permanent),
+        "{what}: {e}"
+    );
+}
+
 /// Arms `fault`, runs `attempt`, clears the fault and returns the attempt's error.
 async fn faulted<F, Fut, T>(srv: &OAuthTestServer, fault: Fault, attempt: F) -> GrantError
 where
@@ -483,11 +492,7 @@ async fn a_policy_denial_is_permanent_and_says_so_while_idp_outages_are_transien
     )
     .await
     .unwrap_err();
-    assert_eq!(
-        (e.oauth_code(), e.class()),
-        (Some("invalid_grant"), ErrorClass::Permanent),
-        "{e}"
-    );
+    assert_refused_for_good(&e, "an expired ID token");
     assert_eq!(idp.stats().token_requests_for(TOKEN_EXCHANGE), 7);
     assert_eq!(
         idp.stats().id_jags_issued,
@@ -524,11 +529,7 @@ async fn workload_identity_redeems_a_platform_jwt_read_from_a_file() {
         let e = jwt_bearer::obtain(&http, &server, None, assertion, None, None, None)
             .await
             .unwrap_err();
-        assert_eq!(
-            (e.oauth_code(), e.class()),
-            (Some("invalid_grant"), ErrorClass::Permanent),
-            "{reason}"
-        );
+        assert_refused_for_good(&e, reason);
     }
     let e = faulted(
         &auth,

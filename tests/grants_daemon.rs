@@ -552,13 +552,7 @@ async fn two_daemons_on_one_database_share_each_grant() {
     let kind = client_credentials_basic().await;
     let (a, launches_a) = supervisor(&kind).await;
     let (b, launches_b) = supervisor(&kind).await;
-    let (ga, gb) = tokio::join!(a.login("srv"), b.login("srv"));
-    let (ga, gb) = (ga.expect("a"), gb.expect("b"));
-    assert_eq!(
-        ga.access_token.secret(),
-        gb.access_token.secret(),
-        "the second daemon adopted the first's token"
-    );
+    assert_both_log_in_to_one_token(&a, &b, "daemon").await;
     assert_eq!(kind.grants(), 1, "one grant for two daemons");
 
     let started = Instant::now();

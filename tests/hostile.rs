@@ -22,11 +22,7 @@ const ABSURD: [u64; 4] = [
 ];
 
 async fn absurd_server(expires_in: u64) -> OAuthTestServer {
-    start(Config {
-        announced_expires_in: Some(expires_in),
-        ..Config::default()
-    })
-    .await
+    start(Config::with(|c| c.announced_expires_in = Some(expires_in))).await
 }
 
 #[tokio::test]

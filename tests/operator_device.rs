@@ -11,10 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use mcpproxy_oauth::oauth::browser::BrowserLauncher;
-use mcpproxy_oauth::supervisor::SupervisorConfig;
 use oauth_test_server::{Config, DeviceAnnounced};
-use url::Url;
 
 /// What each hostile server announces, the field the error must name, and the text that
 /// must appear nowhere.
@@ -61,10 +58,8 @@ fn hostile() -> Vec<(DeviceAnnounced, &'static str, String)> {
 
 fn device_server(announced: DeviceAnnounced) -> Config {
     Config {
-        device_grant: true,
-        device_interval_secs: 1,
         device_announced: announced,
-        ..Config::default()
+        ..device_grant_server()
     }
 }
 
@@ -160,19 +155,8 @@ async fn the_daemon_refuses_a_hostile_device_prompt_before_its_status_shows_it()
     captured_logs();
     for (announced, named, value) in hostile() {
         let srv = start(device_server(announced)).await;
-        let mut server = upstream("dev", &srv);
-        server.device_code = true;
-        let (launched, mut urls) = tokio::sync::mpsc::unbounded_channel::<Url>();
-        let browser = BrowserLauncher::handler(move |url: Url| {
-            let _ = launched.send(url);
-        });
-        let dir = data_dir("device-hostile-daemon");
-        let handle = start_supervisor(SupervisorConfig {
-            browser,
-            login_timeout: Duration::from_secs(30),
-            ..SupervisorConfig::new(vec![server], dir.clone())
-        })
-        .await;
+        let (browser, mut urls) = reporting_browser();
+        let (handle, dir) = device_code_supervisor(&srv, browser, "device-hostile-daemon").await;
         let error = ends_within(
             "the device login",
             Duration::from_secs(30),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -33,25 +33,77 @@ async fn supervisor(
     (start_supervisor(config).await, launches)
 }
 
+/// A test server with `config`, and a supervisor of it on `policy` (as `supervisor`), its data
+/// in a fresh folder named after `name`, logged in once: (server, folder, supervisor, launches).
+async fn logged_in(
+    config: Config,
+    name: &str,
+    policy: Policy,
+) -> (OAuthTestServer, PathBuf, SupervisorHandle, Arc<AtomicU32>) {
+    let srv = start(config).await;
+    let dir = data_dir(name);
+    let (handle, launches) = supervisor(&srv, &dir, policy).await;
+    handle.reconnect("srv").await.expect("the first login");
+    (srv, dir, handle, launches)
+}
+
+/// Waits (bounded by `within`) until "srv" is connected after `logins` browser logins in all.
+async fn wait_for_logins(
+    handle: &SupervisorHandle,
+    launches: &AtomicU32,
+    logins: u32,
+    within: Duration,
+) {
+    let what = format!("connected after {logins} logins");
+    wait_for_status(handle, "srv", &what, within, |s| {
+        s.phase.name() == "connected" && launches.load(Ordering::SeqCst) == logins
+    })
+    .await;
+}
+
+/// The test server registered `clients` clients in all (`what` says why that many).
+fn assert_registrations(srv: &OAuthTestServer, clients: u64, what: &str) {
+    assert_eq!(srv.stats().registrations, clients, "{what}");
+}
+
+/// A test server with `config`, and a supervisor of it on the default policy, its data in a
+/// fresh folder named after `name`, after one explicit login: (server, folder, supervisor).
+async fn after_a_login(config: Config, name: &str) -> (OAuthTestServer, PathBuf, SupervisorHandle) {
+    let srv = start(config).await;
+    let dir = data_dir(name);
+    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
+    handle.login("srv").await.expect("the first login");
+    (srv, dir, handle)
+}
+
+/// Arms `kind` for the next `times` refreshes.
+fn fail_refreshes(srv: &OAuthTestServer, kind: FaultKind, times: u32) {
+    srv.inject(Fault::new(FaultTarget::Refresh, kind).times(times))
+        .expect("a valid refresh fault");
+}
+
+/// Waits (bounded by `within`) until "srv" is connected again after `faults` refresh faults.
+async fn wait_for_recovery(
+    handle: &SupervisorHandle,
+    srv: &OAuthTestServer,
+    faults: u64,
+    within: Duration,
+) {
+    wait_for_status(handle, "srv", "recovery", within, |s| {
+        s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&faults)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn invalid_grant_after_a_successful_login_opens_the_browser_exactly_once_more() {
-    let srv = start(token_ttl(2)).await;
-    let dir = data_dir("invalid-grant");
-    let (handle, launches) = supervisor(&srv, &dir, Policy::default()).await;
-    handle.reconnect("srv").await.expect("the first login");
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    let (srv, _, handle, launches) =
+        logged_in(token_ttl(2), "invalid-grant", Policy::default()).await;
+    assert_logins(&launches, 1, "browser logins");
     // The next refresh hears that the refresh token is dead. The login that just succeeded
     // must not hold back the browser (the window counts from failed logins only).
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidGrant).times(1))
-        .unwrap();
-    wait_for_status(
-        &handle,
-        "srv",
-        "a second login",
-        Duration::from_secs(15),
-        |s| s.phase.name() == "connected" && launches.load(Ordering::SeqCst) == 2,
-    )
-    .await;
+    fail_refreshes(&srv, FaultKind::InvalidGrant, 1);
+    wait_for_logins(&handle, &launches, 2, Duration::from_secs(15)).await;
     let stats = srv.stats();
     assert_eq!(stats.authorize_requests, 2, "exactly one new browser login");
     assert_eq!(stats.token_errors.get("invalid_grant"), Some(&1));
@@ -65,28 +117,17 @@ async fn invalid_grant_after_a_successful_login_opens_the_browser_exactly_once_m
         |_| srv.stats().token_requests_for("refresh_token") > refreshed,
     )
     .await;
-    assert_eq!(launches.load(Ordering::SeqCst), 2);
+    assert_logins(&launches, 2, "browser logins");
     handle.shutdown().await;
 }
 
 #[tokio::test]
 async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_no_login() {
-    let srv = start(token_ttl(2)).await;
-    let dir = data_dir("outage");
-    let (handle, launches) = supervisor(&srv, &dir, fast_policy()).await;
-    handle.reconnect("srv").await.expect("the first login");
+    let (srv, _, handle, launches) = logged_in(token_ttl(2), "outage", fast_policy()).await;
     let mut changes = handle.subscribe();
     // 3 fast attempts and then the slow ones: the access token expires during the outage.
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::TemporarilyUnavailable).times(14))
-        .unwrap();
-    let retrying = wait_for_status(
-        &handle,
-        "srv",
-        "the retrying phase",
-        Duration::from_secs(10),
-        |s| s.phase.name() == "retrying",
-    )
-    .await;
+    fail_refreshes(&srv, FaultKind::TemporarilyUnavailable, 14);
+    let retrying = wait_for_phase(&handle, "srv", "retrying", Duration::from_secs(10)).await;
     assert!(retrying.has_refresh_token, "the refresh token is kept");
     assert!(retrying.next_attempt_at.is_some());
     let expired = wait_for_status(
@@ -109,13 +150,10 @@ async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_
         "callers hear the typed reason: {failure}"
     );
     assert!(expired.has_refresh_token);
-    wait_for_status(&handle, "srv", "recovery", Duration::from_secs(20), |s| {
-        s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&14)
-    })
-    .await;
+    wait_for_recovery(&handle, &srv, 14, Duration::from_secs(20)).await;
     let stats = srv.stats();
     assert_eq!(stats.authorize_requests, 1, "no login");
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_logins(&launches, 1, "browser logins");
     assert_eq!(stats.refresh_token_reuse, 0);
     assert_eq!(
         stats.token_errors.get("invalid_grant"),
@@ -141,24 +179,13 @@ async fn an_outage_of_the_token_endpoint_ends_connected_with_the_same_grant_and_
 
 #[tokio::test]
 async fn invalid_client_on_a_registered_client_registers_again_once() {
-    let srv = start(token_ttl(3)).await;
-    let dir = data_dir("invalid-client");
-    let (handle, launches) = supervisor(&srv, &dir, fast_policy()).await;
-    handle.reconnect("srv").await.expect("the first login");
+    let (srv, _, handle, launches) = logged_in(token_ttl(3), "invalid-client", fast_policy()).await;
     assert_eq!(srv.stats().registrations, 1);
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidClient).times(1))
-        .unwrap();
+    fail_refreshes(&srv, FaultKind::InvalidClient, 1);
     // The refresh is rejected for the client: a fresh client is registered and the refresh
     // token tried with it. The test server binds refresh tokens to their client, so that
     // refresh answers invalid_grant, and one login follows, with the new client.
-    wait_for_status(
-        &handle,
-        "srv",
-        "a login with the new client",
-        Duration::from_secs(15),
-        |s| s.phase.name() == "connected" && launches.load(Ordering::SeqCst) == 2,
-    )
-    .await;
+    wait_for_logins(&handle, &launches, 2, Duration::from_secs(15)).await;
     let stats = srv.stats();
     assert_eq!(stats.registrations, 2, "registered again exactly once");
     assert_eq!(stats.authorize_requests, 2);
@@ -187,63 +214,34 @@ async fn a_configured_client_that_is_rejected_keeps_its_refresh_token() {
     .await
     .unwrap();
     handle.reconnect("srv").await.expect("the first login");
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::InvalidClient).times(2))
-        .unwrap();
-    let rejected = wait_for_status(
-        &handle,
-        "srv",
-        "client_rejected",
-        Duration::from_secs(10),
-        |s| s.phase.name() == "client_rejected",
-    )
-    .await;
+    fail_refreshes(&srv, FaultKind::InvalidClient, 2);
+    let rejected = wait_for_phase(&handle, "srv", "client_rejected", Duration::from_secs(10)).await;
     assert!(rejected.has_refresh_token);
     assert!(stored_refresh_token(&dir).is_some(), "kept in the store");
     assert!(
         rejected.detail.unwrap().contains("oauth.client_id"),
         "says what to fix"
     );
-    wait_for_status(&handle, "srv", "recovery", Duration::from_secs(15), |s| {
-        s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&2)
-    })
-    .await;
-    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login");
-    assert_eq!(
-        srv.stats().registrations,
-        0,
-        "a configured client is never registered"
-    );
+    wait_for_recovery(&handle, &srv, 2, Duration::from_secs(15)).await;
+    assert_logins(&launches, 1, "no login");
+    assert_registrations(&srv, 0, "a configured client is never registered");
     handle.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_firewall_html_403_on_the_token_endpoint_keeps_the_refresh_token() {
-    let srv = start(token_ttl(2)).await;
-    let dir = data_dir("html-403");
-    let (handle, launches) = supervisor(&srv, &dir, fast_policy()).await;
-    handle.reconnect("srv").await.expect("the first login");
+    let (srv, dir, handle, launches) = logged_in(token_ttl(2), "html-403", fast_policy()).await;
     let before = stored_refresh_token(&dir).expect("a refresh token");
-    srv.inject(Fault::new(FaultTarget::Refresh, FaultKind::HtmlForbidden).times(3))
-        .unwrap();
-    let retrying = wait_for_status(
-        &handle,
-        "srv",
-        "slow retries",
-        Duration::from_secs(10),
-        |s| s.phase.name() == "retrying",
-    )
-    .await;
+    fail_refreshes(&srv, FaultKind::HtmlForbidden, 3);
+    let retrying = wait_for_phase(&handle, "srv", "retrying", Duration::from_secs(10)).await;
     assert!(retrying.has_refresh_token);
     assert_eq!(
         stored_refresh_token(&dir),
         Some(before),
         "the stored refresh token is kept"
     );
-    wait_for_status(&handle, "srv", "recovery", Duration::from_secs(15), |s| {
-        s.phase.name() == "connected" && srv.stats().faults_fired.get("refresh") == Some(&3)
-    })
-    .await;
-    assert_eq!(launches.load(Ordering::SeqCst), 1, "no login");
+    wait_for_recovery(&handle, &srv, 3, Duration::from_secs(15)).await;
+    assert_logins(&launches, 1, "no login");
     assert_eq!(srv.stats().refresh_token_reuse, 0);
     handle.shutdown().await;
 }
@@ -301,14 +299,7 @@ async fn a_non_interactive_server_needing_a_login_connects_when_another_process_
     let (other, _) = supervisor(&srv, &dir, Policy::default()).await;
     other.login("srv").await.expect("the other process logs in");
     other.shutdown().await;
-    let connected = wait_for_status(
-        &daemon,
-        "srv",
-        "the daemon sees the login",
-        Duration::from_secs(5),
-        |s| s.phase.name() == "connected",
-    )
-    .await;
+    let connected = wait_for_phase(&daemon, "srv", "connected", Duration::from_secs(5)).await;
     assert!(connected.has_refresh_token);
     let token = daemon
         .access_token("srv")
@@ -325,24 +316,15 @@ async fn a_non_interactive_server_needing_a_login_connects_when_another_process_
 
 #[tokio::test]
 async fn a_logout_by_another_process_stops_the_daemon_and_the_row_stays_deleted() {
-    let srv = start(token_ttl(2)).await;
-    let dir = data_dir("logout-elsewhere");
-    let (daemon, _) = supervisor(&srv, &dir, Policy::default()).await;
-    daemon.reconnect("srv").await.expect("the daemon logs in");
+    let (srv, dir, daemon, _) =
+        logged_in(token_ttl(2), "logout-elsewhere", Policy::default()).await;
     let (other, _) = supervisor(&srv, &dir, Policy::default()).await;
     other
         .logout("srv")
         .await
         .expect("the other process logs out");
     other.shutdown().await;
-    wait_for_status(
-        &daemon,
-        "srv",
-        "the daemon sees the logout",
-        Duration::from_secs(5),
-        |s| s.phase.name() == "logged_out",
-    )
-    .await;
+    wait_for_phase(&daemon, "srv", "logged_out", Duration::from_secs(5)).await;
     let failure = daemon
         .access_token("srv")
         .await
@@ -363,20 +345,10 @@ async fn a_logout_by_another_process_stops_the_daemon_and_the_row_stays_deleted(
 
 #[tokio::test]
 async fn a_logout_during_a_refresh_discards_the_refresh_and_never_writes_it_back() {
-    let srv = start(token_ttl(2)).await;
-    let dir = data_dir("logout-fence");
-    let (handle, _) = supervisor(&srv, &dir, fast_policy()).await;
-    handle.reconnect("srv").await.expect("login");
+    let (srv, dir, handle, _) = logged_in(token_ttl(2), "logout-fence", fast_policy()).await;
     // The next refresh answers only after 1 s: log out while it is in flight.
     slow_next_refresh(&srv, 1_000);
-    wait_for_status(
-        &handle,
-        "srv",
-        "the refresh to start",
-        Duration::from_secs(5),
-        |s| s.phase.name() == "refreshing",
-    )
-    .await;
+    wait_for_phase(&handle, "srv", "refreshing", Duration::from_secs(5)).await;
     handle.logout("srv").await.expect("logout");
     assert_eq!(status_of(&handle, "srv").await.phase.name(), "logged_out");
     // Bounded wait for the slow answer to have arrived at the server side and beyond.
@@ -443,10 +415,7 @@ async fn a_failed_login_with_a_forgotten_client_registers_again_before_the_next(
 
 #[tokio::test]
 async fn a_login_that_fails_before_choosing_a_client_keeps_the_registered_one() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("discovery-failed-login");
-    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
-    handle.login("srv").await.expect("the first login");
+    let (srv, _, handle) = after_a_login(Config::default(), "discovery-failed-login").await;
     assert_eq!(srv.stats().registrations, 1);
     // Discovery fails: the login ends before any client is presented.
     srv.inject(Fault::new(FaultTarget::Metadata, FaultKind::ServerError))
@@ -458,10 +427,10 @@ async fn a_login_that_fails_before_choosing_a_client_keeps_the_registered_one() 
     assert_eq!(failure.code(), "login_failed", "{failure}");
     srv.clear_faults();
     handle.login("srv").await.expect("the next login succeeds");
-    assert_eq!(
-        srv.stats().registrations,
+    assert_registrations(
+        &srv,
         1,
-        "the registered client was not thrown away: the failed login never used it"
+        "the registered client was not thrown away: the failed login never used it",
     );
     handle.shutdown().await;
 }
@@ -472,15 +441,8 @@ async fn a_waiting_login_shows_its_authorization_url_and_completes_when_it_is_op
     let dir = data_dir("auth-url");
     // A browser that never opens anything.
     let browser = mcpproxy_oauth::oauth::browser::BrowserLauncher::handler(|_| {});
-    let server = UpstreamConfig::new("srv", Url::parse(&srv.mcp_url()).unwrap());
-    let handle = SupervisorHandle::start(SupervisorConfig {
-        browser,
-        login_timeout: Duration::from_secs(20),
-        http_timeout: Duration::from_secs(2),
-        ..SupervisorConfig::new(vec![server], dir)
-    })
-    .await
-    .unwrap();
+    let config = supervisor_config(upstreams(&srv, &["srv"]), &dir, browser);
+    let handle = start_supervisor(config).await;
     let login = {
         let handle = handle.clone();
         tokio::spawn(async move { handle.login("srv").await })
@@ -514,18 +476,11 @@ async fn a_waiting_login_shows_its_authorization_url_and_completes_when_it_is_op
 
 #[tokio::test]
 async fn a_login_whose_registered_port_is_busy_uses_another_port_and_registers_again() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("busy-port");
-    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
-    handle.login("srv").await.expect("the first login");
+    let (srv, dir, handle) = after_a_login(Config::default(), "busy-port").await;
     assert_eq!(srv.stats().registrations, 1);
     // A second login reuses the registered client...
     handle.login("srv").await.expect("the second login");
-    assert_eq!(
-        srv.stats().registrations,
-        1,
-        "the registered client is reused"
-    );
+    assert_registrations(&srv, 1, "the registered client is reused");
     // ...unless its redirect port is taken by someone else.
     let redirect_uri: String = rusqlite::Connection::open(database_path(&dir))
         .unwrap()
@@ -534,25 +489,15 @@ async fn a_login_whose_registered_port_is_busy_uses_another_port_and_registers_a
     let port = Url::parse(&redirect_uri).unwrap().port().unwrap();
     let _squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
     handle.login("srv").await.expect("a login on another port");
-    assert_eq!(
-        srv.stats().registrations,
-        2,
-        "registered again for the new redirect URI"
-    );
+    assert_registrations(&srv, 2, "registered again for the new redirect URI");
     assert_eq!(srv.stats().authorize_requests, 3);
     handle.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_daemon_login_asks_for_offline_access_where_the_authorization_server_lists_it() {
-    let srv = start(Config {
-        offline_access: true,
-        ..Config::default()
-    })
-    .await;
-    let dir = data_dir("offline-access");
-    let (handle, _) = supervisor(&srv, &dir, Policy::default()).await;
-    handle.login("srv").await.expect("login");
+    let (_srv, _, handle) =
+        after_a_login(Config::with(|c| c.offline_access = true), "offline-access").await;
     let s = status_of(&handle, "srv").await;
     let scope = s.scope.expect("a scope");
     assert!(

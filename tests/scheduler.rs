@@ -53,10 +53,7 @@ impl Handler<Stop> for Recorder {
 
 type Seen = mpsc::UnboundedReceiver<(&'static str, Due, Instant)>;
 
-fn recorder(
-    name: &'static str,
-    seen: &mpsc::UnboundedSender<(&'static str, Due, Instant)>,
-) -> (Addr<Recorder>, oneshot::Receiver<()>) {
+fn recorder(name: &'static str, seen: &Sent) -> (Addr<Recorder>, oneshot::Receiver<()>) {
     let (tx, rx) = oneshot::channel();
     let addr = Recorder {
         name,
@@ -67,13 +64,17 @@ fn recorder(
     (addr, rx)
 }
 
-fn scheduler(stagger: Duration) -> Scheduler {
+type Sent = mpsc::UnboundedSender<(&'static str, Due, Instant)>;
+
+/// A running scheduler staggering by `stagger`, and the channel its recorders report on.
+fn scheduler(stagger: Duration) -> (Scheduler, Sent, Seen) {
     let scheduler = Scheduler::new(SchedulerConfig {
         stagger,
         ..SchedulerConfig::default()
     });
     actix_rt::spawn(scheduler.clone().run());
-    scheduler
+    let (tx, seen) = mpsc::unbounded_channel();
+    (scheduler, tx, seen)
 }
 
 async fn next(seen: &mut Seen) -> (&'static str, Due, Instant) {
@@ -89,8 +90,7 @@ fn ms(n: u64) -> Duration {
 
 #[actix_rt::test]
 async fn entries_fire_in_deadline_order_and_never_before_their_time() {
-    let sched = scheduler(Duration::ZERO);
-    let (tx, mut seen) = mpsc::unbounded_channel();
+    let (sched, tx, mut seen) = scheduler(Duration::ZERO);
     let start = Instant::now();
     let (mut expected, mut actors) = (Vec::new(), Vec::new());
     // Armed out of order: 150, 50, 100 ms.
@@ -131,8 +131,7 @@ async fn entries_fire_in_deadline_order_and_never_before_their_time() {
 
 #[actix_rt::test]
 async fn re_arming_replaces_the_waiting_entry() {
-    let sched = scheduler(Duration::ZERO);
-    let (tx, mut seen) = mpsc::unbounded_channel();
+    let (sched, tx, mut seen) = scheduler(Duration::ZERO);
     let (addr, _) = recorder("a", &tx);
     let owner = sched.new_owner();
     let start = Instant::now();
@@ -175,8 +174,7 @@ async fn re_arming_replaces_the_waiting_entry() {
 
 #[actix_rt::test]
 async fn a_stopped_actors_entries_are_dropped() {
-    let sched = scheduler(Duration::ZERO);
-    let (tx, mut seen) = mpsc::unbounded_channel();
+    let (sched, tx, mut seen) = scheduler(Duration::ZERO);
     let (gone, stopped) = recorder("gone", &tx);
     let (alive, _) = recorder("alive", &tx);
     let start = Instant::now();
@@ -222,8 +220,7 @@ async fn a_stopped_actors_entries_are_dropped() {
 
 #[actix_rt::test]
 async fn deadlines_due_together_are_staggered_within_their_bounds() {
-    let sched = scheduler(ms(400));
-    let (tx, mut seen) = mpsc::unbounded_channel();
+    let (sched, tx, mut seen) = scheduler(ms(400));
     let (addr, _) = recorder("many", &tx);
     let at = Instant::now() + ms(50);
     let latest = at + ms(200);

@@ -7,7 +7,9 @@ use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use common::{CURL_BROWSER, bin, output_within, preregistered_only, start, temp_dir, text};
+use common::{
+    CURL_BROWSER, bin, folder_with_config, output_within, preregistered_only, start, text,
+};
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget};
 
 use mcpproxy_oauth::config;
@@ -208,16 +210,13 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 #[tokio::test]
 async fn a_hostile_server_echoing_secrets_leaks_them_nowhere_and_the_store_holds_none_in_clear() {
     let srv = start(preregistered_only(HOSTILE_CLIENT, HOSTILE_SECRET)).await;
-    let dir = temp_dir("hostile-secrets");
-    let config = dir.join("mcp_config.json");
-    std::fs::write(
-        &config,
-        format!(
+    let (dir, config) = folder_with_config(
+        "hostile-secrets",
+        &format!(
             r#"{{"mcpServers": [{{"name": "srv", "url": "{}", "oauth": {{"client_id": "{HOSTILE_CLIENT}", "client_secret": "{HOSTILE_SECRET}"}}}}]}}"#,
             srv.mcp_url()
         ),
-    )
-    .unwrap();
+    );
     let data = dir.join("data");
     let (config_arg, data_arg) = (config.display().to_string(), data.display().to_string());
     let log = |name: &str| dir.join(name).display().to_string();
@@ -413,16 +412,13 @@ async fn a_hostile_server_echoing_secrets_leaks_them_nowhere_and_the_store_holds
 #[tokio::test]
 async fn rekey_the_environment_key_and_refusals_from_the_command_line() {
     let srv = start(Config::default()).await;
-    let dir = temp_dir("rekey-cli");
-    let config = dir.join("mcp_config.json");
-    std::fs::write(
-        &config,
-        format!(
+    let (dir, config) = folder_with_config(
+        "rekey-cli",
+        &format!(
             r#"{{"mcpServers": [{{"name": "srv", "url": "{}", "oauth": {{}}}}]}}"#,
             srv.mcp_url()
         ),
-    )
-    .unwrap();
+    );
     let data = dir.join("data");
     let (c, d) = (config.display().to_string(), data.display().to_string());
     let refresh = |extra: &'static [&'static str]| {
@@ -511,13 +507,10 @@ async fn rekey_the_environment_key_and_refusals_from_the_command_line() {
 /// configured servers without a token by name).
 #[tokio::test]
 async fn control_characters_in_config_names_are_escaped_in_cli_tables() {
-    let dir = temp_dir("inert-names");
-    let config = dir.join("mcp_config.json");
-    std::fs::write(
-        &config,
+    let (dir, config) = folder_with_config(
+        "inert-names",
         r#"{"mcpServers": [{"name": "evil\u001b[2J\nINFO forged", "url": "http://127.0.0.1:9/mcp", "oauth": {}}]}"#,
-    )
-    .unwrap();
+    );
     let out = run(&[
         "auth",
         "status",

@@ -211,15 +211,7 @@ async fn server_names_that_are_not_file_names_log_in_with_their_locks_inside_loc
         );
     }
     // The database keeps mcpproxy's key (name + hash) for each server.
-    let status = run(&[
-        "auth",
-        "status",
-        "--json",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ])
-    .await;
-    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON status");
+    let rows = json_of(&["auth", "status"], &data).await;
     let mut keys: Vec<String> = rows
         .as_array()
         .unwrap()
@@ -293,30 +285,28 @@ fn the_sqlite3_shell_reads_the_status_view_right_whatever_its_version() {
     );
 }
 
-/// `logs flows --json` of a data dir.
-async fn flows(data: &Path) -> Vec<serde_json::Value> {
-    let out = run(&[
-        "logs",
-        "flows",
-        "--json",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ])
-    .await;
+/// What `command --json` prints about a data dir (it succeeds).
+async fn json_of(command: &[&str], data: &Path) -> serde_json::Value {
+    let mut args = command.to_vec();
+    args.extend(["--json", "--data-dir", data.to_str().unwrap()]);
+    let out = run(&args).await;
     assert!(
         out.status.success(),
-        "{}",
+        "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("JSON flows")
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON: {e}"))
+}
+
+/// `logs flows --json` of a data dir.
+async fn flows(data: &Path) -> Vec<serde_json::Value> {
+    serde_json::from_value(json_of(&["logs", "flows"], data).await).expect("a list of flows")
 }
 
 #[tokio::test]
 async fn a_flow_left_running_by_a_killed_process_is_closed_as_abandoned_at_the_next_start() {
     let srv = start_server().await;
-    let dir = temp_dir("store-abandoned");
-    let config = write_config(&dir, &srv, &["srv"]);
-    let data = dir.join("data");
+    let (config, data) = daemon_files(&srv, "store-abandoned");
     let (config, data_str) = (config.to_str().unwrap(), data.to_str().unwrap());
     // A login that waits for a browser nobody opens; it is killed mid-flow.
     let mut waiting = command_with_umask(
@@ -384,9 +374,7 @@ async fn a_flow_left_running_by_a_killed_process_is_closed_as_abandoned_at_the_n
 #[tokio::test]
 async fn a_foreign_or_half_migrated_database_gets_a_short_refusal_from_every_command() {
     let srv = start_server().await;
-    let dir = temp_dir("store-foreign");
-    let config = write_config(&dir, &srv, &["srv"]);
-    let data = dir.join("data");
+    let (config, data) = daemon_files(&srv, "store-foreign");
     std::fs::create_dir_all(&data).unwrap();
     let db = data.join("tokens.db");
     rusqlite::Connection::open(&db)

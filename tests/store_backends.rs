@@ -15,8 +15,8 @@ use common::*;
 use mcpproxy_oauth::clock::now_ms;
 use mcpproxy_oauth::store::{
     Claim, ClaimRequest, FlowEnd, FlowRetention, KeySpec, RefreshTokenId, Sealing, Store,
-    StoreChange, StoreChoice, StoreOptions, StoredClient, StoredDpopKey, StoredToken, WriteGuard,
-    Written,
+    StoreChange, StoreChoice, StoreError, StoreOptions, StoredClient, StoredDpopKey, StoredToken,
+    WriteGuard, Written,
 };
 
 /// Every secret the suite stores has this prefix, so a scan can find any that leaks.
@@ -75,10 +75,20 @@ async fn put(store: &Store, token: &StoredToken) {
 
 /// Claims `key` at once (no wait) with a long lease.
 async fn claim_now(store: &Store, key: &str, owner: &str, flow: &str) -> Claim {
-    store
-        .claim(&request(key, owner, flow, LONG, Duration::ZERO))
+    claim_within(store, key, owner, flow, Duration::ZERO)
         .await
         .unwrap_or_else(|e| panic!("{flow}: {e}"))
+}
+
+/// Claims `key` with a long lease, waiting up to `wait` for another holder to let go.
+async fn claim_within(
+    store: &Store,
+    key: &str,
+    owner: &str,
+    flow: &str,
+    wait: Duration,
+) -> Result<Claim, StoreError> {
+    store.claim(&request(key, owner, flow, LONG, wait)).await
 }
 
 /// Two instances of one store, and a way to look at its rows as another tool would.
@@ -299,16 +309,7 @@ async fn the_status_view_shows_no_secret_and_the_right_status(p: &Pair) {
 async fn a_claim_is_exclusive_and_released_on_failure(p: &Pair) {
     let key = "exclusive";
     put(&p.a, &token(key, "at", Some("rt"))).await;
-    let mut first =
-        p.a.claim(&request(
-            key,
-            "instance-a",
-            "f-excl-1",
-            LONG,
-            Duration::ZERO,
-        ))
-        .await
-        .unwrap();
+    let mut first = claim_now(&p.a, key, "instance-a", "f-excl-1").await;
     assert!(first.lease().fence >= 1 && !first.waited());
     assert_eq!(
         first.read().token.as_ref().unwrap().access_token,
@@ -345,16 +346,7 @@ async fn a_claim_is_exclusive_and_released_on_failure(p: &Pair) {
     assert_eq!(lease.expires_at, None, "released on failure");
     let flows = p.b.flows(None, Some("f-excl-1"), 1).await.unwrap();
     assert_eq!(flows[0].state, "failed");
-    let mut second =
-        p.b.claim(&request(
-            key,
-            "instance-b",
-            "f-excl-2",
-            LONG,
-            Duration::ZERO,
-        ))
-        .await
-        .unwrap();
+    let mut second = claim_now(&p.b, key, "instance-b", "f-excl-2").await;
     assert_eq!(second.lease().fence, fence + 1, "one fence higher");
     second.finish(FlowEnd::Succeeded).await.unwrap();
 }
@@ -364,37 +356,15 @@ async fn a_claim_reads_another_instance_s_token_to_adopt(p: &Pair) {
     let old = token(key, "at-old", Some("rt-old"));
     p.a.save_token(&old, None, None).await.unwrap();
     // Instance b refreshes first and saves under its claim.
-    let mut b =
-        p.b.claim(&request(
-            key,
-            "instance-b",
-            "f-adopt-b",
-            LONG,
-            Duration::ZERO,
-        ))
-        .await
-        .unwrap();
+    let mut b = claim_now(&p.b, key, "instance-b", "f-adopt-b").await;
     let newer = StoredToken {
         flow_id: Some("f-adopt-b".into()),
         ..token(key, "at-new", Some("rt-new"))
     };
-    let end = FlowEnd::Saved {
-        token: &newer,
-        client: None,
-        guard: None,
-    };
+    let end = saved(&newer);
     assert_eq!(b.finish(end).await.unwrap(), Written::Done);
     // Instance a, which still holds the old token, claims: it reads b's and sends nothing.
-    let mut a =
-        p.a.claim(&request(
-            key,
-            "instance-a",
-            "f-adopt-a",
-            LONG,
-            Duration::ZERO,
-        ))
-        .await
-        .unwrap();
+    let mut a = claim_now(&p.a, key, "instance-a", "f-adopt-a").await;
     let adopted = a
         .read()
         .newer_than(&old)
@@ -438,14 +408,7 @@ async fn a_taken_over_lease_refuses_the_stale_holder_s_writes(p: &Pair) {
     }
     // SQLite: the file lock of the holder that died is free at once; PostgreSQL: once the
     // lease expires (a bounded wait, woken by the poll).
-    let mut taker =
-        p.b.claim(&request(
-            key,
-            "instance-b",
-            "f-take-b",
-            LONG,
-            Duration::from_secs(10),
-        ))
+    let mut taker = claim_within(&p.b, key, "instance-b", "f-take-b", Duration::from_secs(10))
         .await
         .expect("taken over within the wait");
     assert_eq!(taker.lease().fence, stale.fence + 1, "a higher fence");
@@ -511,14 +474,7 @@ async fn a_dropped_claim_is_released(p: &Pair) {
     let key = "dropped";
     let claim = claim_now(&p.a, key, "instance-a", "f-drop").await;
     drop(claim);
-    let mut next =
-        p.b.claim(&request(
-            key,
-            "instance-b",
-            "f-drop-2",
-            LONG,
-            Duration::from_secs(10),
-        ))
+    let mut next = claim_within(&p.b, key, "instance-b", "f-drop-2", Duration::from_secs(10))
         .await
         .expect("a dropped claim is released in the background, long before its lease ends");
     let flows = p.b.flows(None, Some("f-drop"), 1).await.unwrap();
@@ -554,13 +510,7 @@ async fn an_unanswered_refresh_is_marked_and_reported_to_the_next_claim(p: &Pair
     assert!(mark.since <= now_ms());
     assert_eq!(p.a.ambiguous(key).await.unwrap(), Some(mark));
     let fresh = token(key, "at-1", Some("rt-1"));
-    next.finish(FlowEnd::Saved {
-        token: &fresh,
-        client: None,
-        guard: None,
-    })
-    .await
-    .unwrap();
+    next.finish(saved(&fresh)).await.unwrap();
     assert_eq!(
         p.a.ambiguous(key).await.unwrap(),
         None,
@@ -664,28 +614,12 @@ async fn flow_history_keeps_the_newest_and_the_token_s_flow(p: &Pair) {
     // The first flow writes a token: it is kept whatever its age. Then flows end one by one;
     // retention keeps the newest 3 (and, on a tie, every flow started with the third).
     let key = "history";
-    let mut first =
-        p.a.claim(&request(
-            key,
-            "instance-a",
-            "f-hist-00",
-            LONG,
-            Duration::ZERO,
-        ))
-        .await
-        .unwrap();
+    let mut first = claim_now(&p.a, key, "instance-a", "f-hist-00").await;
     let t = StoredToken {
         flow_id: Some("f-hist-00".into()),
         ..token(key, "at", Some("rt"))
     };
-    first
-        .finish(FlowEnd::Saved {
-            token: &t,
-            client: None,
-            guard: None,
-        })
-        .await
-        .unwrap();
+    first.finish(saved(&t)).await.unwrap();
     for i in 1..=8 {
         let store = if i % 2 == 0 { &p.a } else { &p.b };
         let mut c = store
@@ -763,11 +697,9 @@ async fn sqlite_passes_the_store_suite() {
 
 #[actix::test]
 async fn postgres_passes_the_store_suite() {
-    let Some(server) = Postgres::start("suite") else {
+    let Some((server, url, dir)) = postgres_database("suite").await else {
         return;
     };
-    let dir = temp_dir("suite-postgres");
-    let url = server.create_database("suite").await;
     let choice: StoreChoice = url.parse().unwrap();
     let sealed = sealing(&dir);
     let open = || Store::open(&choice, Path::new("/nonexistent"), &sealed, options());

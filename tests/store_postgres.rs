@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mcpproxy_oauth::store::{
-    ClaimRequest, FlowEnd, KeySpec, Sealing, Store, StoreChange, StoreChoice, StoreError,
+    Claim, ClaimRequest, FlowEnd, KeySpec, Sealing, Store, StoreChange, StoreChoice, StoreError,
     StoreOptions, StoredToken, TokenStore, Written,
 };
 
@@ -36,6 +36,14 @@ fn request(key: &str, owner: &str, flow: &str, wait: Duration) -> ClaimRequest {
         lease: Duration::from_secs(60),
         wait,
     }
+}
+
+/// Claims `key` at once (no wait).
+async fn claim_now(store: &Store, key: &str, owner: &str, flow: &str) -> Claim {
+    store
+        .claim(&request(key, owner, flow, Duration::ZERO))
+        .await
+        .unwrap_or_else(|e| panic!("{flow}: {e}"))
 }
 
 fn sealing(dir: &Path) -> Sealing {
@@ -219,11 +227,9 @@ async fn both_migrations_produce_the_same_tables_columns_and_view() {
 async fn the_lease_has_one_holder_at_a_time_across_instances_and_tasks() {
     const INSTANCES: usize = 3;
     const TASKS: usize = 6;
-    let Some(server) = Postgres::start("contention") else {
+    let Some((_server, url, dir)) = postgres_database("contention").await else {
         return;
     };
-    let dir = temp_dir("contention");
-    let url = server.create_database("contention").await;
     let mut instances = Vec::new();
     for _ in 0..INSTANCES {
         let options = StoreOptions {
@@ -253,11 +259,7 @@ async fn the_lease_has_one_holder_at_a_time_across_instances_and_tasks() {
             tokio::task::yield_now().await;
             holders.fetch_sub(1, Ordering::SeqCst);
             let fence = claim.lease().fence;
-            let end = FlowEnd::Saved {
-                token: &t,
-                client: None,
-                guard: None,
-            };
+            let end = saved(&t);
             assert_eq!(claim.finish(end).await.unwrap(), Written::Done);
             fence
         }
@@ -297,11 +299,9 @@ async fn the_lease_has_one_holder_at_a_time_across_instances_and_tasks() {
 /// poll, which is set to a minute here.
 #[actix::test]
 async fn a_change_by_any_connection_reaches_another_instance_at_once() {
-    let Some(server) = Postgres::start("notify") else {
+    let Some((server, url, dir)) = postgres_database("notify").await else {
         return;
     };
-    let dir = temp_dir("notify");
-    let url = server.create_database("notify").await;
     let slow_poll = StoreOptions {
         poll_interval: Duration::from_secs(60),
         ..StoreOptions::default()
@@ -327,10 +327,7 @@ async fn a_change_by_any_connection_reaches_another_instance_at_once() {
         .await
         .unwrap();
     expect_change(&mut changes, StoreChange::Token("heard".into())).await;
-    let mut claim = writer
-        .claim(&request("heard", "writer", "f-heard", Duration::ZERO))
-        .await
-        .unwrap();
+    let mut claim = claim_now(&writer, "heard", "writer", "f-heard").await;
     claim
         .finish(FlowEnd::Failed("gave up".into()))
         .await
@@ -414,10 +411,7 @@ async fn a_stopped_database_fails_fast_and_after_a_restart_nothing_is_lost() {
             .await
             .unwrap();
     }
-    let mut claim = store
-        .claim(&request("srv-00", "me", "f-before", Duration::ZERO))
-        .await
-        .unwrap();
+    let mut claim = claim_now(&store, "srv-00", "me", "f-before").await;
     let fence_before = claim.lease().fence;
     claim.finish(FlowEnd::Succeeded).await.unwrap();
     wait_until_listening(&store).await;
@@ -494,10 +488,7 @@ async fn a_stopped_database_fails_fast_and_after_a_restart_nothing_is_lost() {
         None,
         "the refused save wrote nothing"
     );
-    let mut claim = store
-        .claim(&request("srv-00", "me", "f-after", Duration::ZERO))
-        .await
-        .unwrap();
+    let mut claim = claim_now(&store, "srv-00", "me", "f-after").await;
     assert_eq!(claim.lease().fence, fence_before + 1);
     claim.finish(FlowEnd::Succeeded).await.unwrap();
     wait_until_listening(&store).await;
@@ -536,30 +527,18 @@ async fn a_database_that_never_answers_fails_within_the_connect_deadline() {
 /// token is refused (`LeaseLost`), the logout stands, and the lease is free for the next claim.
 #[actix::test]
 async fn a_logout_is_not_undone_by_a_refresh_in_flight_elsewhere() {
-    let Some(server) = Postgres::start("logout") else {
+    let Some((_server, url, dir)) = postgres_database("logout").await else {
         return;
     };
-    let dir = temp_dir("logout");
-    let url = server.create_database("logout").await;
     let a = open(&url, &dir, StoreOptions::default()).await.unwrap();
     let b = open(&url, &dir, StoreOptions::default()).await.unwrap();
     a.save_token(&token("srv", "at-1"), None, None)
         .await
         .unwrap();
-    let mut claim = a
-        .claim(&request("srv", "a", "f-1", Duration::ZERO))
-        .await
-        .unwrap();
+    let mut claim = claim_now(&a, "srv", "a", "f-1").await;
     b.delete_token("srv").await.unwrap();
     let refreshed = token("srv", "at-2");
-    let written = claim
-        .finish(FlowEnd::Saved {
-            token: &refreshed,
-            client: None,
-            guard: None,
-        })
-        .await
-        .unwrap();
+    let written = claim.finish(saved(&refreshed)).await.unwrap();
     assert!(matches!(written, Written::LeaseLost { .. }), "{written:?}");
     assert!(
         b.load_token("srv").await.unwrap().is_none(),
@@ -608,11 +587,9 @@ async fn the_daemon_on_an_unreachable_postgres_store_fails_with_the_reason() {
 /// secrets is not encrypted in place (a gap, refused with the reason).
 #[actix::test]
 async fn a_shared_store_opens_only_with_its_key() {
-    let Some(server) = Postgres::start("keys") else {
+    let Some((server, url, dir)) = postgres_database("keys").await else {
         return;
     };
-    let dir = temp_dir("keys");
-    let url = server.create_database("keys").await;
     let store = open(&url, &dir, StoreOptions::default()).await.unwrap();
     store
         .save_token(&token("srv", "at-keyed"), None, None)

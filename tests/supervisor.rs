@@ -14,6 +14,7 @@ use mcpproxy_oauth::config::UpstreamConfig;
 use mcpproxy_oauth::mcp::McpError;
 use mcpproxy_oauth::oauth::browser::BrowserLauncher;
 use mcpproxy_oauth::supervisor::{SupervisorConfig, SupervisorHandle, database_path};
+use mcpproxy_oauth::upstream::messages::Grant;
 use oauth_test_server::{Config, Fault, FaultKind, FaultTarget, OAuthTestServer};
 use url::Url;
 
@@ -53,6 +54,13 @@ async fn persisted_expired_token(srv: &OAuthTestServer, dir: &Path) {
     first.reconnect("srv").await.expect("the first login");
     first.shutdown().await;
     expire_stored_tokens(dir);
+}
+
+/// Reconnects "srv" (`what` says how it connects) and proves the token works at the server.
+async fn reconnected(handle: &SupervisorHandle, srv: &OAuthTestServer, what: &str) -> Grant {
+    let grant = handle.reconnect("srv").await.expect(what);
+    mcp_ping(srv, grant.access_token.secret()).await.unwrap();
+    grant
 }
 
 /// The scene of every restart scenario: a first supervisor logged in and stopped, its stored
@@ -119,7 +127,7 @@ async fn scenario_1_stays_connected_through_ten_refreshes_with_one_login() {
         (1, 1),
         "exactly one authorization"
     );
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_logins(&launches, 1, "browser logins");
     assert_eq!(stats.mcp_401, 0, "{calls} calls, none refused");
     assert_eq!(stats.refresh_token_reuse, 0);
     handle.shutdown().await;
@@ -133,18 +141,14 @@ async fn scenario_2_a_restart_refreshes_the_persisted_token_without_a_login() {
         handle,
         launches,
     } = restarted_with_expired_token("s2", |_| {}).await;
-    let grant = handle
-        .reconnect("srv")
-        .await
-        .expect("connected after restart");
-    mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
+    let grant = reconnected(&handle, &srv, "connected after restart").await;
     let stats = srv.stats();
     assert_eq!(stats.token_requests_for("refresh_token"), 1);
     assert_eq!(
         stats.authorize_requests, 1,
         "only the first process's login"
     );
-    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    assert_logins(&launches, 0, "browser logins");
     assert!(
         grant.flow_id.is_some(),
         "the caller learns the flow's correlation ID"
@@ -164,16 +168,8 @@ async fn both_tokens_expired_open_the_browser_once_with_a_clear_message() {
         .await
         .unwrap();
     let (handle, launches) = supervise(&srv, &dir).await;
-    let grant = handle
-        .reconnect("srv")
-        .await
-        .expect("connected after a new login");
-    mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
-    assert_eq!(
-        launches.load(Ordering::SeqCst),
-        1,
-        "exactly one browser launch"
-    );
+    reconnected(&handle, &srv, "connected after a new login").await;
+    assert_logins(&launches, 1, "exactly one browser launch");
     assert_eq!(srv.stats().authorize_requests, 2);
     assert!(captured_logs().contains("re-authentication required for srv: the refresh token was rejected (token endpoint answered invalid_grant"), "the clear message is logged");
     handle.shutdown().await;
@@ -313,11 +309,7 @@ async fn scenario_5_five_servers_refresh_concurrently() {
     for name in &names {
         wait_for_phase(&handle, name, "connected", Duration::from_secs(10)).await;
     }
-    assert_eq!(
-        launches.load(Ordering::SeqCst),
-        5,
-        "only the first supervisor's logins"
-    );
+    assert_logins(&launches, 5, "only the first supervisor's logins");
     handle.shutdown().await;
 }
 
@@ -326,31 +318,16 @@ async fn two_supervisors_on_one_database_run_one_login() {
     let srv = start(Config::default()).await;
     let dir = data_dir("two");
     let (browser, launches) = following_browser();
-    let a = start_supervisor(supervisor_config(
-        vec![upstream("srv", &srv)],
-        &dir,
-        browser.clone(),
-    ))
-    .await;
-    let b = start_supervisor(supervisor_config(
-        vec![upstream("srv", &srv)],
-        &dir,
-        browser,
-    ))
-    .await;
-    let (ga, gb) = tokio::join!(a.login("srv"), b.login("srv"));
-    let (ga, gb) = (ga.expect("a"), gb.expect("b"));
-    assert_eq!(
-        ga.access_token.secret(),
-        gb.access_token.secret(),
-        "the second adopted the first's token"
-    );
+    let on_the_database = || supervisor_config(upstreams(&srv, &["srv"]), &dir, browser.clone());
+    let a = start_supervisor(on_the_database()).await;
+    let b = start_supervisor(on_the_database()).await;
+    assert_both_log_in_to_one_token(&a, &b, "supervisor").await;
     assert_eq!(
         srv.stats().authorize_requests,
         1,
         "one flow for two processes"
     );
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    assert_logins(&launches, 1, "browser logins");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -402,7 +379,7 @@ async fn scenario_6_transient_refresh_faults_back_off_and_recover_without_a_logi
             stats.refresh_token_reuse, 0,
             "{kind}: the refresh token survived (rotated ones were kept)"
         );
-        assert_eq!(launches.load(Ordering::SeqCst), 0);
+        assert_logins(&launches, 0, "browser logins");
         handle.shutdown().await;
         assert_logs_free_of_secrets(&srv);
     }
@@ -415,12 +392,8 @@ async fn scenario_6_invalid_grant_on_refresh_leads_to_one_login() {
         handle,
         launches,
     } = restarted_with_refresh_fault("s6-ig", FaultKind::InvalidGrant).await;
-    let grant = handle
-        .reconnect("srv")
-        .await
-        .expect("connected through one login");
-    mcp_ping(&srv, grant.access_token.secret()).await.unwrap();
-    assert_eq!(launches.load(Ordering::SeqCst), 1);
+    reconnected(&handle, &srv, "connected through one login").await;
+    assert_logins(&launches, 1, "browser logins");
     assert_eq!(srv.stats().authorize_requests, 2);
     handle.shutdown().await;
 }
@@ -451,7 +424,7 @@ async fn scenario_6_an_already_expired_token_is_refused_once_and_refreshed_again
     assert_ne!(good.access_token.secret(), &bad);
     mcp_ping(&srv, good.access_token.secret()).await.unwrap();
     assert_eq!(srv.stats().token_requests_for("refresh_token"), 2);
-    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    assert_logins(&launches, 0, "browser logins");
     handle.shutdown().await;
 }
 
@@ -555,7 +528,7 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
         handle.status().await.unwrap()[0].phase.name(),
         "needs_login"
     );
-    assert_eq!(launches.load(Ordering::SeqCst), 0);
+    assert_logins(&launches, 0, "browser logins");
     // A login from another process (as `auth login` does) is found on the next reconnect.
     let (other, _) = supervise(&srv, &dir).await;
     let stored = other.login("srv").await.expect("the other process logs in");
@@ -565,11 +538,7 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
         .await
         .expect("the daemon picks the stored token up");
     assert_eq!(found.access_token.secret(), stored.access_token.secret());
-    assert_eq!(
-        launches.load(Ordering::SeqCst),
-        0,
-        "still no browser of its own"
-    );
+    assert_logins(&launches, 0, "still no browser of its own");
     handle.shutdown().await;
 }
 

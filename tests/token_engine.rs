@@ -130,11 +130,7 @@ async fn an_expired_token_is_refused_with_a_typed_challenge_and_refresh_rotates(
 
 #[tokio::test]
 async fn without_rotation_the_old_refresh_token_is_kept() {
-    let srv = start(Config {
-        rotate_refresh_tokens: false,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(Config::with(|c| c.rotate_refresh_tokens = false)).await;
     let session = login(&srv, OAuthHttp::default()).await;
     let refresh_token = session.token.refresh_token.clone().unwrap();
     let fresh = session.refresh_with_login_token().await.unwrap();

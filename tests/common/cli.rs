@@ -76,6 +76,15 @@ pub fn daemon_files(srv: &OAuthTestServer, name: &str) -> (PathBuf, PathBuf) {
     (write_config(&dir, srv, &["srv"]), dir.join("data"))
 }
 
+/// A fresh folder named after `name` holding `mcp_config.json` with `text` as it stands (a
+/// config a test writes by hand, broken or hostile): (folder, config).
+pub fn folder_with_config(name: &str, text: &str) -> (PathBuf, PathBuf) {
+    let dir = super::temp_dir(name);
+    let config = dir.join("mcp_config.json");
+    std::fs::write(&config, text).unwrap();
+    (dir, config)
+}
+
 /// `command` on `config` and `data`, logging in with the curl browser.
 pub fn on_files<'a>(command: &[&'a str], config: &'a str, data: &'a str) -> Vec<&'a str> {
     let files = [

@@ -67,6 +67,25 @@ pub async fn start_supervisor(config: SupervisorConfig) -> SupervisorHandle {
         .expect("the supervisor starts")
 }
 
+/// A supervisor of `srv` as "dev", logging in by device code (within 30 s) through `browser`,
+/// its data in a fresh folder named after `name`: (supervisor, folder).
+pub async fn device_code_supervisor(
+    srv: &OAuthTestServer,
+    browser: BrowserLauncher,
+    name: &str,
+) -> (SupervisorHandle, PathBuf) {
+    let mut server = upstream("dev", srv);
+    server.device_code = true;
+    let dir = super::data_dir(name);
+    let handle = start_supervisor(SupervisorConfig {
+        browser,
+        login_timeout: Duration::from_secs(30),
+        ..SupervisorConfig::new(vec![server], dir.clone())
+    })
+    .await;
+    (handle, dir)
+}
+
 /// The test server (hour-long tokens) and a supervisor of it as `srv` on a virtual clock that
 /// starts now, its data in a fresh folder named after `name`, logged in once through a
 /// following browser (10 s at most): (server, clock, folder, supervisor, browser launches).
@@ -103,8 +122,29 @@ pub fn assert_no_token_lost(srv: &OAuthTestServer, launches: &AtomicU32, logins:
         "an old refresh token was presented"
     );
     assert_eq!(stats.token_errors.get("invalid_grant"), None);
+    assert_logins(launches, logins, what);
+}
+
+/// The browser opened `logins` times (`what` says why that many).
+pub fn assert_logins(launches: &AtomicU32, logins: u32, what: &str) {
     let launched = launches.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(launched, logins, "{what}");
+}
+
+/// Both supervisors log in to "srv" at once and come out holding one access token: the second
+/// `who` adopted the first's instead of running a login of its own.
+pub async fn assert_both_log_in_to_one_token(
+    a: &SupervisorHandle,
+    b: &SupervisorHandle,
+    who: &str,
+) {
+    let (ga, gb) = tokio::join!(a.login("srv"), b.login("srv"));
+    let (ga, gb) = (ga.expect("a"), gb.expect("b"));
+    assert_eq!(
+        ga.access_token.secret(),
+        gb.access_token.secret(),
+        "the second {who} adopted the first's token"
+    );
 }
 
 /// The status of the server `name`.
@@ -144,10 +184,15 @@ pub async fn wait_for_status(
     }
 }
 
-/// Waits (bounded) until `name` reaches `phase`.
-pub async fn wait_for_phase(handle: &SupervisorHandle, name: &str, phase: &str, within: Duration) {
+/// Waits (bounded) until `name` reaches `phase`; returns its status then.
+pub async fn wait_for_phase(
+    handle: &SupervisorHandle,
+    name: &str,
+    phase: &str,
+    within: Duration,
+) -> ServerStatus {
     let what = format!("{name} reaching {phase}");
-    wait_for_status(handle, name, &what, within, |s| s.phase.name() == phase).await;
+    wait_for_status(handle, name, &what, within, |s| s.phase.name() == phase).await
 }
 
 /// The text a query reads from the database in `dir` (one row, one column).

@@ -26,6 +26,25 @@ pub async fn start(config: Config) -> OAuthTestServer {
         .expect("the OAuth test server starts on loopback")
 }
 
+/// A server with the device authorization grant, announcing a 1 s polling interval so polls
+/// come quickly.
+pub fn device_grant_server() -> Config {
+    Config {
+        device_grant: true,
+        device_interval_secs: 1,
+        ..Config::default()
+    }
+}
+
+/// A launcher that only reports the URLs it is given (the test decides what the person does).
+pub fn reporting_browser() -> (BrowserLauncher, tokio::sync::mpsc::UnboundedReceiver<Url>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let browser = BrowserLauncher::handler(move |url: Url| {
+        let _ = tx.send(url);
+    });
+    (browser, rx)
+}
+
 /// A browser that follows the authorization redirect to the loopback listener, counting launches.
 pub fn following_browser() -> (BrowserLauncher, Arc<AtomicU32>) {
     let launches = Arc::new(AtomicU32::new(0));
@@ -119,6 +138,15 @@ pub fn preregistered_only(id: &str, secret: &str) -> Config {
         preregistered_client: Some((id.into(), Some(secret.into()))),
         ..Config::default()
     }
+}
+
+/// An authorization server, and a test server whose resource moves to it after `after` MCP
+/// requests with a valid token: (new authorization server, resource's server).
+pub async fn moving_authorization_server(after: u64) -> (OAuthTestServer, OAuthTestServer) {
+    let new_as = start(Config::default()).await;
+    let moves = Some((new_as.issuer(), after));
+    let srv = start(Config::with(|c| c.authorization_server_moves = moves)).await;
+    (new_as, srv)
 }
 
 /// The test server answers the next refresh only after `delay_ms` (then as usual).

@@ -1,7 +1,8 @@
 //! What the integration tests share, one module a concern: folders (`dirs`), the OAuth test
 //! server and the engine (`engine`), log capture and the secret scan (`logs`), a supervisor
-//! to test (`daemon`), the binary and its config file (`cli`), a real PostgreSQL (`postgres`),
-//! stored rows (`tokens`) and bounded waits (`waits`).
+//! to test (`daemon`), the binary and its config file (`cli`), a real PostgreSQL (`postgres`)
+//! and a database of it for a store test (`stores`), stored rows (`tokens`) and bounded waits
+//! (`waits`).
 //! Each `tests/*.rs` binary compiles all of it and uses a part.
 #![allow(dead_code, unused_imports)]
 
@@ -12,6 +13,7 @@ mod engine;
 mod grants;
 mod logs;
 mod postgres;
+mod stores;
 mod tokens;
 mod waits;
 
@@ -22,5 +24,6 @@ pub use engine::*;
 pub use grants::*;
 pub use logs::*;
 pub use postgres::*;
+pub use stores::*;
 pub use tokens::*;
 pub use waits::*;

@@ -26,10 +26,23 @@ test.afterEach(async () => {
   expect(log).toContain('"message":"stopped"');
 });
 
-test("log in, watch a refresh live, see a refresh fault, open the timeline, log out", async ({ page }) => {
-  daemon = await startDaemon();
+// A daemon started with `options` and its page opened: the demo server's card.
+async function openCard(page, options) {
+  daemon = await startDaemon(options);
   await page.goto(daemon.pageUrl);
-  const card = page.getByTestId("card-demo");
+  return page.getByTestId("card-demo");
+}
+
+// A daemon without a browser, its page opened, the login asked for: the demo server's card.
+async function loginWithoutBrowser(page) {
+  const card = await openCard(page, { noBrowser: true });
+  await expect(card.getByTestId("expiry")).toHaveText("no token");
+  await card.getByTestId("login").click();
+  return card;
+}
+
+test("log in, watch a refresh live, see a refresh fault, open the timeline, log out", async ({ page }) => {
+  const card = await openCard(page);
   await expect(page.getByTestId("live")).toContainText("live");
   // Non-interactive and no token yet: the page asks for a login.
   await expect(card.getByTestId("expiry")).toHaveText("no token");
@@ -109,11 +122,7 @@ test("log in, watch a refresh live, see a refresh fault, open the timeline, log 
 });
 
 test("without a browser, the banner carries the authorization link and the login finishes from it", async ({ page }) => {
-  daemon = await startDaemon({ noBrowser: true });
-  await page.goto(daemon.pageUrl);
-  const card = page.getByTestId("card-demo");
-  await expect(card.getByTestId("expiry")).toHaveText("no token");
-  await card.getByTestId("login").click();
+  const card = await loginWithoutBrowser(page);
   const banner = page.getByTestId("banner-demo");
   await expect(banner).toContainText("The browser could not be opened");
   await expect(banner).toContainText("--no-browser");
@@ -132,11 +141,7 @@ test("without a browser, the banner carries the authorization link and the login
 });
 
 test("a browser on another machine: the address it ended on, pasted into the card, finishes the login", async ({ page }) => {
-  daemon = await startDaemon({ noBrowser: true });
-  await page.goto(daemon.pageUrl);
-  const card = page.getByTestId("card-demo");
-  await expect(card.getByTestId("expiry")).toHaveText("no token");
-  await card.getByTestId("login").click();
+  const card = await loginWithoutBrowser(page);
   const href = await page.getByTestId("banner-demo").getByTestId("auth-link").getAttribute("href");
   // The person's browser elsewhere approves and ends on the loopback redirect URI, which it
   // cannot reach: that address is what they copy. (Node's fetch stops at the redirect.)
@@ -166,9 +171,7 @@ test("a browser on another machine: the address it ended on, pasted into the car
 });
 
 test("a server that requires DPoP gets a bound token, and the card says so", async ({ page }) => {
-  daemon = await startDaemon({ dpopRequired: true });
-  await page.goto(daemon.pageUrl);
-  const card = page.getByTestId("card-demo");
+  const card = await openCard(page, { dpopRequired: true });
   await expect(card.getByTestId("dpop")).toHaveCount(0);
   await card.getByTestId("login").click();
   await expect(card.getByTestId("phase")).toHaveText("connected");

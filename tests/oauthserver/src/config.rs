@@ -174,6 +174,13 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The default config as `configure` changes it: a test states the one setting it changes.
+    pub fn with(configure: impl FnOnce(&mut Config)) -> Config {
+        let mut config = Config::default();
+        configure(&mut config);
+        config
+    }
+
     /// Whether proofs are checked and tokens bound at all.
     pub fn dpop_enabled(&self) -> bool {
         self.dpop || self.dpop_required || self.dpop_nonce.is_some()

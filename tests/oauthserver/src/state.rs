@@ -159,6 +159,12 @@ impl Stats {
         self.token_requests.get(grant_type).copied().unwrap_or(0)
     }
 
+    /// (client registrations, authorization requests): what a moved authorization server
+    /// costs a client, one of each at most.
+    pub fn registrations_and_logins(&self) -> (u64, u64) {
+        (self.registrations, self.authorize_requests)
+    }
+
     /// DPoP refusals for one reason (`replay`, `nonce`, `bad_proof`, `key_mismatch`, `missing`).
     pub fn dpop_refusals_for(&self, reason: &str) -> u64 {
         self.dpop_refusals.get(reason).copied().unwrap_or(0)

@@ -54,10 +54,9 @@ async fn a_token_for_another_resource_is_refused() {
 
 #[tokio::test]
 async fn a_tool_scope_missing_from_the_token_gets_403_insufficient_scope_then_step_up_works() {
-    let (srv, reg) = with_public_client(Config {
-        tool_scopes: vec![("get_time".into(), "mcp:admin".into())],
-        ..Config::default()
-    })
+    let (srv, reg) = with_public_client(Config::with(|c| {
+        c.tool_scopes = vec![("get_time".into(), "mcp:admin".into())]
+    }))
     .await;
     let unauthenticated = mcp(&srv, None, "ping", json!({})).await;
     assert!(

@@ -40,11 +40,7 @@ async fn device_server(interval: u64) -> (OAuthTestServer, Registered) {
 #[tokio::test]
 async fn metadata_lists_the_device_endpoint_only_when_enabled() {
     for enabled in [false, true] {
-        let srv = start(Config {
-            device_grant: enabled,
-            ..Config::default()
-        })
-        .await;
+        let srv = start(Config::with(|c| c.device_grant = enabled)).await;
         let doc = as_metadata(&srv).await;
         let endpoint = doc["device_authorization_endpoint"].as_str();
         if enabled {

@@ -9,11 +9,7 @@ use serde_json::{Value, json};
 
 /// The test server with access tokens living `ttl`, and the tokens of a public client's login.
 async fn logged_in_for(ttl: Duration) -> (OAuthTestServer, Value) {
-    let (srv, _reg, tokens) = logged_in_with(Config {
-        access_token_ttl: ttl,
-        ..Config::default()
-    })
-    .await;
+    let (srv, _reg, tokens) = logged_in_with(Config::with(|c| c.access_token_ttl = ttl)).await;
     (srv, tokens)
 }
 
@@ -42,10 +38,9 @@ async fn an_access_token_is_refused_once_its_lifetime_has_passed() {
 /// Real time, no clock offset: the token is never refused before its announced lifetime.
 #[tokio::test]
 async fn sub_second_ttls_are_announced_rounded_up_and_honoured_in_real_time() {
-    let (srv, reg) = with_public_client(Config {
-        access_token_ttl: Duration::from_millis(500),
-        ..Config::default()
-    })
+    let (srv, reg) = with_public_client(Config::with(|c| {
+        c.access_token_ttl = Duration::from_millis(500)
+    }))
     .await;
     let issued = Instant::now();
     let tokens = login(&srv, &reg).await;
@@ -73,11 +68,8 @@ async fn sub_second_ttls_are_announced_rounded_up_and_honoured_in_real_time() {
 
 #[tokio::test]
 async fn codes_expire_after_the_code_ttl() {
-    let (srv, reg) = with_public_client(Config {
-        code_ttl: Duration::from_secs(10),
-        ..Config::default()
-    })
-    .await;
+    let (srv, reg) =
+        with_public_client(Config::with(|c| c.code_ttl = Duration::from_secs(10))).await;
     let (code, verifier) = authorize(&srv, &reg, &[]).await;
     srv.advance_clock(Duration::from_secs(11));
     let response = exchange(&srv, &reg, &code, &verifier).await;
@@ -86,10 +78,9 @@ async fn codes_expire_after_the_code_ttl() {
 
 #[tokio::test]
 async fn refresh_tokens_expire_after_their_ttl_counted_from_each_rotation() {
-    let (srv, reg, tokens) = logged_in_with(Config {
-        refresh_token_ttl: Duration::from_secs(60),
-        ..Config::default()
-    })
+    let (srv, reg, tokens) = logged_in_with(Config::with(|c| {
+        c.refresh_token_ttl = Duration::from_secs(60)
+    }))
     .await;
     srv.advance_clock(Duration::from_secs(50));
     let rotated = body_of(refresh(&srv, &reg, field(&tokens, "refresh_token")).await).await;

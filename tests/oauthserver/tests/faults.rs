@@ -309,11 +309,7 @@ async fn faults_are_switchable_at_run_time_over_the_control_api() {
 #[tokio::test]
 async fn startup_faults_with_a_count_come_from_the_config() {
     let fault = Fault::new(FaultTarget::Refresh, FaultKind::TemporarilyUnavailable).times(2);
-    let (srv, reg, tokens) = logged_in_with(Config {
-        faults: vec![fault],
-        ..Config::default()
-    })
-    .await;
+    let (srv, reg, tokens) = logged_in_with(Config::with(|c| c.faults = vec![fault])).await;
     let rt = field(&tokens, "refresh_token");
     for expected in [
         StatusCode::SERVICE_UNAVAILABLE,

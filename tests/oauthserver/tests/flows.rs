@@ -74,11 +74,8 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_family() {
 
 #[tokio::test]
 async fn without_rotation_the_refresh_token_stays_and_none_is_returned() {
-    let (srv, reg, tokens) = logged_in_with(Config {
-        rotate_refresh_tokens: false,
-        ..Config::default()
-    })
-    .await;
+    let (srv, reg, tokens) =
+        logged_in_with(Config::with(|c| c.rotate_refresh_tokens = false)).await;
     let rt = field(&tokens, "refresh_token");
     for _ in 0..2 {
         let body = body_of(refresh(&srv, &reg, rt).await).await;
@@ -92,11 +89,8 @@ async fn without_rotation_the_refresh_token_stays_and_none_is_returned() {
 
 #[tokio::test]
 async fn no_refresh_token_mode_issues_none() {
-    let (_srv, _reg, tokens) = logged_in_with(Config {
-        issue_refresh_tokens: false,
-        ..Config::default()
-    })
-    .await;
+    let (_srv, _reg, tokens) =
+        logged_in_with(Config::with(|c| c.issue_refresh_tokens = false)).await;
     assert!(tokens.get("refresh_token").is_none());
 }
 
@@ -151,10 +145,9 @@ async fn confidential_clients_must_authenticate_as_registered() {
 
 #[tokio::test]
 async fn a_preregistered_client_may_use_basic_or_post() {
-    let srv = start(Config {
-        preregistered_client: Some(("pre".into(), Some("pre-secret".into()))),
-        ..Config::default()
-    })
+    let srv = start(Config::with(|c| {
+        c.preregistered_client = Some(("pre".into(), Some("pre-secret".into())))
+    }))
     .await;
     for method in ["client_secret_basic", "client_secret_post"] {
         let reg = Registered {
@@ -263,11 +256,7 @@ async fn unknown_scopes_are_refused() {
 
 #[tokio::test]
 async fn require_resource_checks_rfc8707_and_the_audience_follows_it() {
-    let (srv, reg) = with_public_client(Config {
-        require_resource: true,
-        ..Config::default()
-    })
-    .await;
+    let (srv, reg) = with_public_client(Config::with(|c| c.require_resource = true)).await;
     let q = authorize_redirect(&srv, &reg, &[]).await;
     assert_eq!(
         q["error"], "invalid_target",
@@ -367,11 +356,7 @@ async fn revoke_all_over_the_control_api_invalidates_every_refresh_token() {
 
 #[tokio::test]
 async fn interactive_mode_shows_a_consent_page_and_honours_the_decision() {
-    let (srv, reg) = with_public_client(Config {
-        interactive: true,
-        ..Config::default()
-    })
-    .await;
+    let (srv, reg) = with_public_client(Config::with(|c| c.interactive = true)).await;
     let pkce = pkce();
     let params = code_request(
         &reg,
@@ -418,11 +403,7 @@ async fn interactive_mode_shows_a_consent_page_and_honours_the_decision() {
 
 #[tokio::test]
 async fn sse_mode_answers_mcp_requests_as_an_event_stream() {
-    let (srv, _reg, tokens) = logged_in_with(Config {
-        mcp_sse_responses: true,
-        ..Config::default()
-    })
-    .await;
+    let (srv, _reg, tokens) = logged_in_with(Config::with(|c| c.mcp_sse_responses = true)).await;
     let response = mcp(&srv, tokens["access_token"].as_str(), "ping", json!({})).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let text = response.text().await.unwrap();

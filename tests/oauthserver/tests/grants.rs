@@ -81,9 +81,13 @@ async fn json_of(response: Response) -> (StatusCode, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// A pre-registered confidential client, `client-a` / SECRET.
-fn confidential() -> Option<(String, Option<String>)> {
-    Some(("client-a".into(), Some(SECRET.into())))
+/// A server that knows the pre-registered confidential client `client-a` / SECRET, as
+/// `configure` changes it further.
+fn knowing_client_a(configure: impl FnOnce(&mut Config)) -> Config {
+    Config::with(|c| {
+        c.preregistered_client = Some(("client-a".into(), Some(SECRET.into())));
+        configure(c);
+    })
 }
 
 #[tokio::test]
@@ -135,12 +139,7 @@ async fn metadata_lists_each_grant_and_private_key_jwt_only_when_enabled() {
 
 #[tokio::test]
 async fn client_credentials_with_basic_issues_a_working_token_and_no_refresh_token() {
-    let srv = start(Config {
-        client_credentials: true,
-        preregistered_client: confidential(),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(knowing_client_a(|c| c.client_credentials = true)).await;
     let form = [
         ("grant_type", CLIENT_CREDENTIALS),
         ("scope", "mcp:read"),
@@ -175,11 +174,7 @@ async fn client_credentials_with_basic_issues_a_working_token_and_no_refresh_tok
 
 #[tokio::test]
 async fn client_credentials_is_refused_to_public_clients_and_when_off() {
-    let srv = start(Config {
-        client_credentials: true,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(Config::with(|c| c.client_credentials = true)).await;
     let public = register(&srv, "none").await;
     let response = post_token(
         &srv,
@@ -192,11 +187,7 @@ async fn client_credentials_is_refused_to_public_clients_and_when_off() {
     .await;
     assert_eq!(oauth_error_code(response).await, "unauthorized_client");
 
-    let off = start(Config {
-        preregistered_client: confidential(),
-        ..Config::default()
-    })
-    .await;
+    let off = start(knowing_client_a(|_| {})).await;
     let response = post_token(&off, CLIENT_A, &[("grant_type", CLIENT_CREDENTIALS)]).await;
     assert_eq!(oauth_error_code(response).await, "unsupported_grant_type");
     assert_eq!(off.stats().client_credentials_grants, 0);
@@ -359,12 +350,10 @@ async fn private_key_jwt_rs256_registered_with_a_jwks_uri() {
 /// An IdP and an authorization server trusting it, with the client `client-a` registered at
 /// both (the same ID: no mapping needed).
 async fn idp_and_as(policy: IdpPolicy) -> (OAuthTestServer, OAuthTestServer) {
-    let idp = start(Config {
-        idp: true,
-        idp_policy: policy,
-        preregistered_client: confidential(),
-        ..Config::default()
-    })
+    let idp = start(knowing_client_a(|c| {
+        c.idp = true;
+        c.idp_policy = policy;
+    }))
     .await;
     let auth = trusting(&idp).await;
     (idp, auth)
@@ -372,12 +361,10 @@ async fn idp_and_as(policy: IdpPolicy) -> (OAuthTestServer, OAuthTestServer) {
 
 /// An authorization server trusting `idp`'s ID-JAGs, with the client `client-a`.
 async fn trusting(idp: &OAuthTestServer) -> OAuthTestServer {
-    start(Config {
-        jwt_bearer: true,
-        preregistered_client: confidential(),
-        trusted_idps: vec![idp.as_trusted_issuer()],
-        ..Config::default()
-    })
+    start(knowing_client_a(|c| {
+        c.jwt_bearer = true;
+        c.trusted_idps = vec![idp.as_trusted_issuer()];
+    }))
     .await
 }
 
@@ -465,11 +452,7 @@ async fn the_idp_exchanges_its_id_token_for_an_id_jag_the_authorization_server_r
 
 #[tokio::test]
 async fn a_refresh_token_of_the_idp_is_a_subject_token_too() {
-    let idp = start(Config {
-        idp: true,
-        ..Config::default()
-    })
-    .await;
+    let idp = start(Config::with(|c| c.idp = true)).await;
     let reg = register(&idp, "client_secret_basic").await;
     let tokens = login(&idp, &reg).await;
     let form = [
@@ -506,24 +489,20 @@ async fn the_idp_refuses_foreign_expired_and_malformed_exchanges_and_what_its_po
         (StatusCode::BAD_REQUEST, Some("access_denied")),
         "{body}"
     );
-    let (status, _) = exchange(
-        &idp,
-        &id_token,
-        ID_TOKEN,
-        "https://allowed.example",
-        &auth.mcp_url(),
-    )
-    .await;
+    let mcp_url = auth.mcp_url();
+    let for_allowed = || {
+        exchange(
+            &idp,
+            &id_token,
+            ID_TOKEN,
+            "https://allowed.example",
+            &mcp_url,
+        )
+    };
+    let (status, _) = for_allowed().await;
     assert_eq!(status, StatusCode::OK);
     idp.set_idp_policy(IdpPolicy::DenyAll);
-    let (_, body) = exchange(
-        &idp,
-        &id_token,
-        ID_TOKEN,
-        "https://allowed.example",
-        &auth.mcp_url(),
-    )
-    .await;
+    let (_, body) = for_allowed().await;
     assert_eq!(body["error"], "access_denied");
     idp.set_idp_policy(IdpPolicy::AllowAll);
 
@@ -587,12 +566,7 @@ async fn id_jag(idp: &OAuthTestServer, audience: &str, resource: &str) -> String
 #[tokio::test]
 async fn the_authorization_server_refuses_id_jags_of_strangers_for_others_or_expired() {
     let (idp, auth) = idp_and_as(IdpPolicy::AllowAll).await;
-    let stranger = start(Config {
-        idp: true,
-        preregistered_client: confidential(),
-        ..Config::default()
-    })
-    .await;
+    let stranger = start(knowing_client_a(|c| c.idp = true)).await;
     let cases = [
         (
             "untrusted_issuer",
@@ -712,11 +686,7 @@ async fn workload_jwts_of_a_trusted_platform_need_no_client_and_are_reusable() {
 async fn a_platform_trusted_through_its_jwks_uri() {
     let platform = Platform::spiffe("https://spire.example.org", "spiffe://example.org/client");
     let (jwks_uri, _jwks_server) = serve_json(oauth_test_server::test_keys::platform_jwks()).await;
-    let auth = start(Config {
-        jwt_bearer: true,
-        ..Config::default()
-    })
-    .await;
+    let auth = start(Config::with(|c| c.jwt_bearer = true)).await;
     let jwt = platform.token(&auth.issuer(), Duration::from_secs(600));
     let before = jwt_bearer(&auth, None, &jwt).await;
     assert_eq!(
@@ -736,13 +706,11 @@ async fn a_platform_trusted_through_its_jwks_uri() {
 async fn faults_fire_on_each_new_grant_then_the_server_recovers() {
     let k8s = Platform::kubernetes("https://k8s.example");
     let (idp, _) = idp_and_as(IdpPolicy::AllowAll).await;
-    let srv = start(Config {
-        client_credentials: true,
-        jwt_bearer: true,
-        preregistered_client: confidential(),
-        trusted_workload_issuers: vec![k8s.trusted()],
-        ..Config::default()
-    })
+    let srv = start(knowing_client_a(|c| {
+        c.client_credentials = true;
+        c.jwt_bearer = true;
+        c.trusted_workload_issuers = vec![k8s.trusted()];
+    }))
     .await;
     let cc = [("grant_type", CLIENT_CREDENTIALS)];
     arm_once(&srv, FaultTarget::ClientCredentials, FaultKind::ServerError);

@@ -16,13 +16,24 @@ fn well_known(srv: &oauth_test_server::OAuthTestServer, document: &str) -> Strin
     format!("{}/.well-known/{document}", srv.url())
 }
 
+/// The document `srv` serves at `/.well-known/{first}` (with 200), which `/.well-known/{second}`
+/// serves as well.
+async fn served_at_both(
+    srv: &oauth_test_server::OAuthTestServer,
+    first: &str,
+    second: &str,
+) -> Value {
+    let (status, doc) = fetch(well_known(srv, first)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (_, again) = fetch(well_known(srv, second)).await;
+    assert_eq!(doc, again, "{first} and {second} serve the same document");
+    doc
+}
+
 #[tokio::test]
 async fn authorization_server_metadata_is_served_at_both_discovery_locations() {
     let srv = start(Config::default()).await;
-    let (status, rfc8414) = fetch(well_known(&srv, "oauth-authorization-server")).await;
-    assert_eq!(status, StatusCode::OK);
-    let (_, oidc) = fetch(well_known(&srv, "openid-configuration")).await;
-    assert_eq!(rfc8414, oidc, "both locations serve the same document");
+    let rfc8414 = served_at_both(&srv, "oauth-authorization-server", "openid-configuration").await;
     assert_eq!(rfc8414["issuer"], srv.issuer());
     assert_eq!(
         rfc8414["authorization_endpoint"],
@@ -62,10 +73,12 @@ async fn authorization_server_metadata_is_served_at_both_discovery_locations() {
 #[tokio::test]
 async fn protected_resource_metadata_is_served_at_path_and_root() {
     let srv = start(Config::default()).await;
-    let (status, path_aware) = fetch(well_known(&srv, "oauth-protected-resource/mcp")).await;
-    assert_eq!(status, StatusCode::OK);
-    let (_, root) = fetch(well_known(&srv, "oauth-protected-resource")).await;
-    assert_eq!(path_aware, root);
+    let path_aware = served_at_both(
+        &srv,
+        "oauth-protected-resource/mcp",
+        "oauth-protected-resource",
+    )
+    .await;
     assert_eq!(path_aware["resource"], srv.mcp_url());
     assert_eq!(
         path_aware["authorization_servers"],
@@ -79,11 +92,7 @@ async fn protected_resource_metadata_is_served_at_path_and_root() {
 
 #[tokio::test]
 async fn an_issuer_path_moves_the_endpoints_and_uses_path_aware_locations() {
-    let srv = start(Config {
-        issuer_path: Some("/tenant1".into()),
-        ..Config::default()
-    })
-    .await;
+    let srv = start(Config::with(|c| c.issuer_path = Some("/tenant1".into()))).await;
     assert_eq!(srv.issuer(), format!("{}/tenant1", srv.url()));
     for location in [
         "/.well-known/oauth-authorization-server/tenant1",
@@ -120,11 +129,7 @@ async fn an_issuer_path_moves_the_endpoints_and_uses_path_aware_locations() {
 
 #[tokio::test]
 async fn without_dcr_there_is_no_registration_endpoint() {
-    let srv = start(Config {
-        dynamic_registration: false,
-        ..Config::default()
-    })
-    .await;
+    let srv = start(Config::with(|c| c.dynamic_registration = false)).await;
     let doc = as_metadata(&srv).await;
     assert!(doc.get("registration_endpoint").is_none());
     let response = post_json(format!("{}/register", srv.url()), &serde_json::json!({})).await;

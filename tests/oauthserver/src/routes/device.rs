@@ -22,7 +22,7 @@ use rand::Rng;
 
 use super::authorize::check_resource;
 use super::token::{Denied, Grant, authenticate, deny, issue_tokens};
-use super::{ConnectionKill, Intercept, intercept, oauth_error};
+use super::{ConnectionKill, fault_answer, oauth_error};
 use crate::faults::FaultTarget;
 use crate::state::{AppState, Inner, random_token};
 
@@ -67,13 +67,9 @@ pub async fn authorize(
     if let Some(resource) = form.get("resource") {
         state.lock().stats.resources_received.push(resource.clone());
     }
-    match intercept(&state, FaultTarget::Token, &kill).await {
-        Intercept::Proceed => {}
-        Intercept::Respond(response) => return response,
-        Intercept::Shape(kind) => {
-            let code = kind.oauth_error_code().unwrap_or("server_error");
-            return oauth_error(StatusCode::BAD_REQUEST, code, "injected fault");
-        }
+    let fault = fault_answer(&state, FaultTarget::Token, &kill, |_| true, "server_error");
+    if let Some(response) = fault.await {
+        return response;
     }
     let mut inner = state.lock();
     let client = match authenticate(&inner, &headers, &form) {

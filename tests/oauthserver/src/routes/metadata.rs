@@ -5,21 +5,14 @@ use axum::Json;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 
-use super::{ConnectionKill, Intercept, intercept_if, oauth_error};
+use super::{ConnectionKill, Intercept, fault_answer, intercept_if};
 use crate::faults::{FaultKind, FaultTarget};
 use crate::state::AppState;
 
 async fn faulted(state: &AppState, target: FaultTarget, kill: &ConnectionKill) -> Option<Response> {
     // wrong_issuer concerns the authorization server metadata only.
-    match intercept_if(state, target, kill, |k| k != FaultKind::WrongIssuer).await {
-        Intercept::Proceed => None,
-        Intercept::Respond(r) => Some(r),
-        Intercept::Shape(kind) => Some(oauth_error(
-            axum::http::StatusCode::BAD_REQUEST,
-            kind.oauth_error_code().unwrap_or("invalid_request"),
-            "injected fault",
-        )),
-    }
+    let applies: fn(FaultKind) -> bool = |k| k != FaultKind::WrongIssuer;
+    fault_answer(state, target, kill, applies, "invalid_request").await
 }
 
 pub async fn authorization_server_metadata(

@@ -114,6 +114,27 @@ pub async fn intercept(state: &AppState, target: FaultTarget, kill: &ConnectionK
     intercept_if(state, target, kill, |_| true).await
 }
 
+/// The answer to a request the fault armed for `target` (those kinds of it that `applies` to)
+/// takes over: its own answer, or where it only shapes the answer an OAuth error, the fault's
+/// code or else `fallback_code`. `None`: serve the request.
+pub async fn fault_answer(
+    state: &AppState,
+    target: FaultTarget,
+    kill: &ConnectionKill,
+    applies: fn(FaultKind) -> bool,
+    fallback_code: &str,
+) -> Option<Response> {
+    match intercept_if(state, target, kill, applies).await {
+        Intercept::Proceed => None,
+        Intercept::Respond(response) => Some(response),
+        Intercept::Shape(kind) => Some(oauth_error(
+            StatusCode::BAD_REQUEST,
+            kind.oauth_error_code().unwrap_or(fallback_code),
+            "injected fault",
+        )),
+    }
+}
+
 /// Like `intercept`, for an endpoint that some kinds of its target's faults do not concern.
 pub async fn intercept_if(
     state: &AppState,

@@ -7,7 +7,7 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::{ConnectionKill, Intercept, intercept, oauth_error};
+use super::{ConnectionKill, fault_answer, oauth_error};
 use crate::faults::FaultTarget;
 use crate::grants::KeySource;
 use crate::state::{AppState, AuthMethod, Client, random_token};
@@ -17,13 +17,15 @@ pub async fn register(
     Extension(kill): Extension<ConnectionKill>,
     body: Bytes,
 ) -> Response {
-    match intercept(&state, FaultTarget::Register, &kill).await {
-        Intercept::Proceed => {}
-        Intercept::Respond(response) => return response,
-        Intercept::Shape(kind) => {
-            let code = kind.oauth_error_code().unwrap_or("invalid_client_metadata");
-            return oauth_error(StatusCode::BAD_REQUEST, code, "injected fault");
-        }
+    let fault = fault_answer(
+        &state,
+        FaultTarget::Register,
+        &kill,
+        |_| true,
+        "invalid_client_metadata",
+    );
+    if let Some(response) = fault.await {
+        return response;
     }
     let invalid = |d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_client_metadata", d);
     let Ok(serde_json::Value::Object(mut metadata)) =
