@@ -598,8 +598,9 @@ async fn two_servers_with_one_url_each_get_their_own_login_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_have_one_documented_shape() {
     let (srv, d) = default_server_daemon(&["delta"], following_browser().0).await;
-    // Each error code, the status it always comes with, and the requests that get it.
-    let cases: [(&str, u16, &[(&str, &str)]); 5] = [
+    /// An error code, the status it always comes with, and requests (method, path) that get it.
+    type ErrorCase = (&'static str, u16, &'static [(&'static str, &'static str)]);
+    let cases: [ErrorCase; 5] = [
         (
             "unknown_server",
             404,
