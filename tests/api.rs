@@ -23,8 +23,10 @@ struct Daemon {
     handle: SupervisorHandle,
     api: ApiServer,
     base: String,
-    /// Every body the API answered, and every SSE byte, for the secret scan.
+    /// Every body the API answered, for the secret scan.
     seen: Arc<Mutex<Vec<String>>>,
+    /// Every event stream read, for the secret scan.
+    streams: Mutex<Vec<Arc<Mutex<String>>>>,
     http: reqwest::Client,
 }
 
@@ -49,6 +51,7 @@ async fn daemon(srv: &OAuthTestServer, names: &[&str], browser: BrowserLauncher)
         handle,
         api,
         seen: Arc::default(),
+        streams: Mutex::default(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()
@@ -56,7 +59,24 @@ async fn daemon(srv: &OAuthTestServer, names: &[&str], browser: BrowserLauncher)
     }
 }
 
+/// The default test server and a daemon of `names` on it.
+async fn default_server_daemon(
+    names: &[&str],
+    browser: BrowserLauncher,
+) -> (OAuthTestServer, Daemon) {
+    let srv = start(Config::default()).await;
+    let d = daemon(&srv, names, browser).await;
+    (srv, d)
+}
+
 impl Daemon {
+    /// A request to `path` with the key in the X-API-Key header.
+    fn with_key(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", API_KEY)
+    }
+
     /// A request with the daemon's key.
     async fn call(&self, method: &str, path: &str) -> (u16, Value) {
         self.call_presenting(method, path, Some(API_KEY)).await
@@ -89,6 +109,27 @@ impl Daemon {
         self.call("POST", path).await
     }
 
+    /// Asks for `name`'s login, which answers 202 while it waits for a person.
+    async fn login_waiting(&self, name: &str) -> Value {
+        let (status, answer) = self.post(&format!("/api/v1/servers/{name}/login")).await;
+        assert_eq!(
+            status, 202,
+            "{name}: answered while the login waits: {answer}"
+        );
+        answer
+    }
+
+    /// Starts `name`'s login and returns the link it answers, once `name`'s view shows it.
+    async fn shown_login_link(&self, name: &str) -> String {
+        let answer = self.login_waiting(name).await;
+        let url = string(&answer["auth_url"], &format!("{name}'s link"));
+        let view = self
+            .server_until(name, "showed its link", |v| v["login_link"] != Value::Null)
+            .await;
+        assert_eq!(view["login_link"]["url"], url.as_str());
+        url
+    }
+
     async fn server(&self, name: &str) -> Value {
         self.get(&format!("/api/v1/servers/{name}")).await
     }
@@ -109,9 +150,7 @@ impl Daemon {
     /// Reads the SSE stream into a shared string until stopped.
     async fn events(&self) -> Arc<Mutex<String>> {
         let response = self
-            .http
-            .get(format!("{}/api/v1/events", self.base))
-            .header("X-API-Key", API_KEY)
+            .with_key(reqwest::Method::GET, "/api/v1/events")
             .timeout(Duration::from_secs(120))
             .send()
             .await
@@ -122,6 +161,7 @@ impl Daemon {
             "text/event-stream"
         );
         let text = Arc::new(Mutex::new(String::new()));
+        self.streams.lock().unwrap().push(text.clone());
         let sink = text.clone();
         tokio::spawn(async move {
             let mut response = response;
@@ -149,11 +189,22 @@ impl Daemon {
         for text in seen.iter() {
             assert_no_secret_but_auth_links(srv, text);
         }
+        for stream in self.streams.lock().unwrap().iter() {
+            assert_no_secret_but_auth_links(srv, &stream.lock().unwrap());
+        }
     }
 
-    async fn stop(self) {
+    /// Stops the API, the supervisor and the test server.
+    async fn stop(self, srv: OAuthTestServer) {
         self.api.stop().await;
         self.handle.shutdown().await;
+        srv.shutdown().await;
+    }
+
+    /// [`Daemon::stop`] once no answer or event of the run held a secret of `srv`.
+    async fn stop_without_secrets(self, srv: OAuthTestServer) {
+        self.assert_no_secret(&srv);
+        self.stop(srv).await;
     }
 }
 
@@ -210,13 +261,7 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
 
     // Nothing asked yet: no token, nothing running.
     let list = d.get("/api/v1/servers").await;
-    let names: Vec<&str> = list["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["alpha", "beta"]);
+    assert_eq!(field_of_each(&list["servers"], "name"), ["alpha", "beta"]);
     let alpha = &list["servers"][0];
     assert_eq!(alpha["url"], srv.mcp_url());
     assert_eq!(alpha["authenticated"], false);
@@ -228,10 +273,7 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
     // browser got the link (202, the login goes on) or when the flow ended (200).
     let (status, answer) = d.post("/api/v1/servers/alpha/reconnect").await;
     assert!(status == 202 || status == 200, "{status} {answer}");
-    let login_id = answer["correlation_id"]
-        .as_str()
-        .expect("a correlation ID")
-        .to_string();
+    let login_id = string(&answer["correlation_id"], "a correlation ID");
     assert_eq!(answer["browser_opened"], true);
     assert_eq!(
         answer["auth_url"],
@@ -307,12 +349,7 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
         Some(db_flow.started_at)
     );
     let trace = d.get(&format!("/api/v1/flows/{refresh_id}")).await;
-    let steps: Vec<&str> = trace["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["step"].as_str().unwrap())
-        .collect();
+    let steps = field_of_each(&trace["events"], "step");
     assert_eq!(steps.first(), Some(&"started"), "{steps:?}");
     assert!(steps.contains(&"token obtained"), "{steps:?}");
     assert_eq!(trace["flow"]["server"], "alpha");
@@ -349,46 +386,31 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
 
     // Metrics: the counters match the server's.
     let scrape = d.metrics().await;
-    assert_eq!(
-        metric(
-            &scrape,
+    let ones: [(&str, &[(&str, &str)]); 5] = [
+        (
             "mcpproxy_oauth_refreshes_total",
-            &[("server", "alpha"), ("outcome", "success")]
+            &[("server", "alpha"), ("outcome", "success")],
         ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &scrape,
+        (
             "mcpproxy_oauth_logins_total",
-            &[("server", "alpha"), ("outcome", "success")]
+            &[("server", "alpha"), ("outcome", "success")],
         ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &scrape,
+        (
             "mcpproxy_oauth_browser_launches_total",
-            &[("server", "alpha"), ("outcome", "opened")]
+            &[("server", "alpha"), ("outcome", "opened")],
         ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &scrape,
+        (
             "mcpproxy_oauth_server_phase",
-            &[("server", "alpha"), ("phase", "connected")]
+            &[("server", "alpha"), ("phase", "connected")],
         ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &scrape,
+        (
             "mcpproxy_oauth_server_phase",
-            &[("server", "beta"), ("phase", "idle")]
+            &[("server", "beta"), ("phase", "idle")],
         ),
-        1.0
-    );
+    ];
+    for (name, labels) in ones {
+        assert_eq!(metric(&scrape, name, labels), 1.0, "{name} {labels:?}");
+    }
     // The scheduler as the handle counts it: alpha's proactive refresh is armed, no refresh
     // runs now, the limit is the configured one.
     let scheduler =
@@ -441,10 +463,7 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
             v["last_error"] != Value::Null
         })
         .await;
-    let failed_id = alpha["last_error"]["correlation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let failed_id = string(&alpha["last_error"]["correlation_id"], "the failed flow");
     assert_ne!(failed_id, refresh_id);
     assert_eq!(answer["error"]["correlation_id"], failed_id.as_str());
     assert_eq!(
@@ -474,20 +493,14 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
             .iter()
             .any(|e| e["correlation_id"] == failed_id.as_str() && e["status"] == 503)
     );
-    let scrape = d.metrics().await;
-    assert!(
-        metric(
-            &scrape,
-            "mcpproxy_oauth_refreshes_total",
-            &[("server", "alpha"), ("outcome", "failure")]
-        ) >= 1.0
+    let failures = metric(
+        &d.metrics().await,
+        "mcpproxy_oauth_refreshes_total",
+        &[("server", "alpha"), ("outcome", "failure")],
     );
+    assert!(failures >= 1.0);
     assert_eq!(
-        metric(
-            &scrape,
-            "mcpproxy_oauth_refreshes_total",
-            &[("server", "alpha"), ("outcome", "failure")]
-        ) as u64,
+        failures as u64,
         srv.stats()
             .faults_fired
             .get("refresh")
@@ -515,25 +528,17 @@ async fn servers_actions_flows_events_and_metrics_match_the_database_and_the_ser
             .all(|r| r.server_name != "alpha")
     );
 
-    d.seen.lock().unwrap().push(events.lock().unwrap().clone());
-    d.assert_no_secret(&srv);
-    d.stop().await;
-    srv.shutdown().await;
+    d.stop_without_secrets(srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_waiting_for_a_person_shows_its_link_and_flow() {
-    let srv = start(Config::default()).await;
     // A browser nobody looks at: the link stays pending until the test "clicks" it.
-    let d = daemon(&srv, &["gamma"], BrowserLauncher::handler(|_| {})).await;
+    let (srv, d) = default_server_daemon(&["gamma"], BrowserLauncher::handler(|_| {})).await;
     let events = d.events().await;
     saw(&events, ": connected").await;
-    let (status, answer) = d.post("/api/v1/servers/gamma/login").await;
-    assert_eq!(status, 202, "answered while the login waits: {answer}");
-    let flow = answer["correlation_id"]
-        .as_str()
-        .expect("the running flow")
-        .to_string();
+    let answer = d.login_waiting("gamma").await;
+    let flow = string(&answer["correlation_id"], "the running flow");
     assert_eq!(answer["browser_opened"], true);
     let gamma = d.server("gamma").await;
     assert_eq!(gamma["phase"], "authorizing");
@@ -544,17 +549,13 @@ async fn a_login_waiting_for_a_person_shows_its_link_and_flow() {
     );
     // Asking again while the login waits answers at once with the same flow.
     let asked = Instant::now();
-    let (status, again) = d.post("/api/v1/servers/gamma/login").await;
-    assert_eq!(status, 202, "{again}");
+    let again = d.login_waiting("gamma").await;
     assert_eq!(again["correlation_id"], flow.as_str(), "the same login");
     assert!(
         asked.elapsed() < Duration::from_secs(4),
         "no wait for action_wait"
     );
-    let link = gamma["login_link"]["url"]
-        .as_str()
-        .expect("the pending link")
-        .to_string();
+    let link = string(&gamma["login_link"]["url"], "the pending link");
     assert!(link.starts_with(srv.url()), "{link}");
     // The person opens the link: the test server approves and redirects to the callback.
     let browser = reqwest::Client::builder()
@@ -572,103 +573,83 @@ async fn a_login_waiting_for_a_person_shows_its_link_and_flow() {
         events_named(&text, "oauth.login_completed")[0]["correlation_id"],
         flow.as_str()
     );
-    d.seen.lock().unwrap().push(text);
-    d.assert_no_secret(&srv);
-    d.stop().await;
-    srv.shutdown().await;
+    d.stop_without_secrets(srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_with_one_url_each_get_their_own_login_link() {
-    let srv = start(Config::default()).await;
     // Two accounts on one service: the same URL twice. The links are only printed.
-    let d = daemon(&srv, &["first", "second"], BrowserLauncher::PrintOnly).await;
-    let (status, second) = d.post("/api/v1/servers/second/login").await;
-    assert_eq!(status, 202, "{second}");
-    let second_url = second["auth_url"]
-        .as_str()
-        .expect("second's link")
-        .to_string();
-    let view = d
-        .server_until("second", "showed its link", |v| {
-            v["login_link"] != Value::Null
-        })
-        .await;
-    assert_eq!(view["login_link"]["url"], second_url.as_str());
+    let (srv, d) = default_server_daemon(&["first", "second"], BrowserLauncher::PrintOnly).await;
+    let second_url = d.shown_login_link("second").await;
     assert_eq!(
         d.server("first").await["login_link"],
         Value::Null,
         "not on first's card"
     );
-    let (status, first) = d.post("/api/v1/servers/first/login").await;
-    assert_eq!(status, 202, "{first}");
-    let first_url = first["auth_url"]
-        .as_str()
-        .expect("first's link")
-        .to_string();
+    let first_url = d.shown_login_link("first").await;
     assert_ne!(first_url, second_url, "each login has its own link");
-    let view = d
-        .server_until("first", "showed its link", |v| {
-            v["login_link"] != Value::Null
-        })
-        .await;
-    assert_eq!(view["login_link"]["url"], first_url.as_str());
     assert_eq!(
         d.server("second").await["login_link"]["url"],
         second_url.as_str()
     );
-    d.stop().await;
-    srv.shutdown().await;
+    d.stop(srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_have_one_documented_shape() {
-    let srv = start(Config::default()).await;
-    let (browser, _) = following_browser();
-    let d = daemon(&srv, &["delta"], browser).await;
-    let cases = [
-        ("GET", "/api/v1/servers/nope", 404, "unknown_server"),
+    let (srv, d) = default_server_daemon(&["delta"], following_browser().0).await;
+    /// An error code, the status it always comes with, and requests (method, path) that get it.
+    type ErrorCase = (&'static str, u16, &'static [(&'static str, &'static str)]);
+    let cases: [ErrorCase; 5] = [
         (
-            "POST",
-            "/api/v1/servers/nope/refresh",
-            404,
             "unknown_server",
-        ),
-        ("POST", "/api/v1/servers/nope/login", 404, "unknown_server"),
-        ("DELETE", "/api/v1/servers", 405, "method_not_allowed"),
-        (
-            "GET",
-            "/api/v1/servers/delta/refresh",
-            405,
-            "method_not_allowed",
-        ),
-        ("POST", "/api/v1/servers", 405, "method_not_allowed"),
-        ("GET", "/api/v1/nothing", 404, "not_found"),
-        ("GET", "/api/v1/flows?limit=0", 400, "bad_request"),
-        ("GET", "/api/v1/flows?limit=lots", 400, "bad_request"),
-        (
-            "GET",
-            "/api/v1/flows/00000000-0000-0000-0000-000000000000",
             404,
+            &[
+                ("GET", "/api/v1/servers/nope"),
+                ("POST", "/api/v1/servers/nope/refresh"),
+                ("POST", "/api/v1/servers/nope/login"),
+            ],
+        ),
+        (
+            "method_not_allowed",
+            405,
+            &[
+                ("DELETE", "/api/v1/servers"),
+                ("GET", "/api/v1/servers/delta/refresh"),
+                ("POST", "/api/v1/servers"),
+            ],
+        ),
+        ("not_found", 404, &[("GET", "/api/v1/nothing")]),
+        (
+            "bad_request",
+            400,
+            &[
+                ("GET", "/api/v1/flows?limit=0"),
+                ("GET", "/api/v1/flows?limit=lots"),
+            ],
+        ),
+        (
             "unknown_flow",
+            404,
+            &[("GET", "/api/v1/flows/00000000-0000-0000-0000-000000000000")],
         ),
     ];
-    for (method, path, status, code) in cases {
-        let (got, body) = d.call(method, path).await;
-        assert_eq!(got, status, "{method} {path}: {body}");
-        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{body}"
-        );
+    for (code, status, requests) in cases {
+        for (method, path) in requests {
+            let (got, body) = d.call(method, path).await;
+            assert_eq!(got, status, "{method} {path}: {body}");
+            assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{body}"
+            );
+        }
     }
     let same_origin = d
-        .http
-        .get(format!("{}/api/v1/servers", d.base))
+        .with_key(reqwest::Method::GET, "/api/v1/servers")
         .header("Origin", d.base.as_str())
-        .header("X-API-Key", API_KEY)
         .send()
         .await
         .unwrap();
@@ -683,9 +664,7 @@ async fn errors_have_one_documented_shape() {
         "names the configured servers: {body}"
     );
     let response = d
-        .http
-        .delete(format!("{}/api/v1/servers", d.base))
-        .header("X-API-Key", API_KEY)
+        .with_key(reqwest::Method::DELETE, "/api/v1/servers")
         .send()
         .await
         .unwrap();
@@ -697,8 +676,7 @@ async fn errors_have_one_documented_shape() {
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "flow_failed", "{body}");
     assert_eq!(body["error"]["failure"]["kind"], "logged_out", "{body}");
-    d.stop().await;
-    srv.shutdown().await;
+    d.stop(srv).await;
 }
 
 /// Sends `request` and returns its status, headers and body text (kept for the secret scan).
@@ -715,9 +693,7 @@ async fn answer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_is_required_on_every_path_and_never_echoed() {
-    let srv = start(Config::default()).await;
-    let (browser, _) = following_browser();
-    let d = daemon(&srv, &["eps"], browser).await;
+    let (srv, d) = default_server_daemon(&["eps"], following_browser().0).await;
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(15))
@@ -761,7 +737,7 @@ async fn the_api_key_is_required_on_every_path_and_never_echoed() {
     let (status, body) = d.call("GET", "/api/v1/servers").await;
     assert_eq!(status, 200, "Authorization: Bearer: {body}");
     let servers = format!("{}/api/v1/servers", d.base);
-    let (status, ..) = answer(&d, d.http.get(&servers).header("X-API-Key", API_KEY)).await;
+    let (status, ..) = answer(&d, d.with_key(reqwest::Method::GET, "/api/v1/servers")).await;
     assert_eq!(status, 200, "X-API-Key");
     let (status, ..) = answer(&d, d.http.get(format!("{servers}?apikey={API_KEY}"))).await;
     assert_eq!(status, 200, "?apikey=");
@@ -817,52 +793,75 @@ async fn the_api_key_is_required_on_every_path_and_never_echoed() {
     // A rebinding name that starts like loopback, as Host or as Origin, is refused even with
     // the key: the browser of a page at 127.0.0.1.evil.example would send it.
     let rebound = format!("127.0.0.1.evil.example:{port}");
-    let (status, _, body) = answer(
-        &d,
-        d.http
-            .get(&servers)
-            .header("Host", &rebound)
-            .header("X-API-Key", API_KEY),
-    )
-    .await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("forbidden_host"), "{body}");
-    let (status, _, body) = answer(
-        &d,
-        d.http
-            .post(format!("{}/api/v1/servers/eps/logout", d.base))
-            .header("Origin", format!("http://{rebound}"))
-            .header("X-API-Key", API_KEY),
-    )
-    .await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("forbidden_origin"), "{body}");
-    for origin in ["http://evil.example", "null"] {
-        let (status, ..) = answer(
-            &d,
-            d.http
-                .get(&servers)
-                .header("Origin", origin)
-                .header("X-API-Key", API_KEY),
-        )
-        .await;
-        assert_eq!(status, 403, "{origin}");
-    }
-    for host in [format!("localhost:{port}"), format!("[::1]:{port}")] {
-        let (status, ..) = answer(
-            &d,
-            d.http
-                .get(&servers)
-                .header("Host", &host)
-                .header("X-API-Key", API_KEY),
-        )
-        .await;
-        assert_eq!(status, 200, "{host} is this listener");
+    // Other origins are refused as well; the other loopback names of this listener are not.
+    // Each case: the request, the header it carries, the status, and the refusal's code.
+    let (get, post) = (reqwest::Method::GET, reqwest::Method::POST);
+    let logout = "/api/v1/servers/eps/logout";
+    let cases = [
+        (
+            get.clone(),
+            "/api/v1/servers",
+            "Host",
+            rebound.clone(),
+            403,
+            Some("forbidden_host"),
+        ),
+        (
+            post,
+            logout,
+            "Origin",
+            format!("http://{rebound}"),
+            403,
+            Some("forbidden_origin"),
+        ),
+        (
+            get.clone(),
+            "/api/v1/servers",
+            "Origin",
+            "http://evil.example".into(),
+            403,
+            None,
+        ),
+        (
+            get.clone(),
+            "/api/v1/servers",
+            "Origin",
+            "null".into(),
+            403,
+            None,
+        ),
+        (
+            get.clone(),
+            "/api/v1/servers",
+            "Host",
+            format!("localhost:{port}"),
+            200,
+            None,
+        ),
+        (
+            get,
+            "/api/v1/servers",
+            "Host",
+            format!("[::1]:{port}"),
+            200,
+            None,
+        ),
+    ];
+    for (method, path, header, value, expected, refusal) in cases {
+        let request = d.with_key(method.clone(), path).header(header, &value);
+        let (status, _, body) = answer(&d, request).await;
+        assert_eq!(
+            status, expected,
+            "{method} {path} with {header}: {value}: {body}"
+        );
+        if let Some(code) = refusal {
+            assert!(body.contains(code), "{body}");
+        }
     }
     for text in d.seen.lock().unwrap().iter() {
         assert!(!text.contains(API_KEY), "the key was echoed: {text}");
     }
-    d.stop().await;
+    d.stop(srv).await;
 
     // No key, no listener: loopback included.
     let handle = SupervisorHandle::start(SupervisorConfig::new(Vec::new(), data_dir("nokey")))
@@ -881,14 +880,11 @@ async fn the_api_key_is_required_on_every_path_and_never_echoed() {
         assert!(err.to_string().contains("--api-key-file"), "{err}");
     }
     handle.shutdown().await;
-    srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_matches_the_routes() {
-    let srv = start(Config::default()).await;
-    let (browser, _) = following_browser();
-    let d = daemon(&srv, &["zeta"], browser).await;
+    let (srv, d) = default_server_daemon(&["zeta"], following_browser().0).await;
     let doc = d.get("/api/v1/openapi.json").await;
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -927,9 +923,7 @@ async fn the_openapi_document_matches_the_routes() {
         let (status, body) = if concrete == "/api/v1/events" {
             // An endless stream: its status and type are the answer.
             let response = d
-                .http
-                .get(format!("{}{concrete}", d.base))
-                .header("X-API-Key", API_KEY)
+                .with_key(reqwest::Method::GET, &concrete)
                 .send()
                 .await
                 .unwrap();
@@ -949,15 +943,12 @@ async fn the_openapi_document_matches_the_routes() {
             );
         }
     }
-    d.stop().await;
-    srv.shutdown().await;
+    d.stop(srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diagnose_walks_the_steps_and_names_the_first_failure() {
-    let srv = start(Config::default()).await;
-    let (browser, _) = following_browser();
-    let mut d = daemon(&srv, &["eta"], browser).await;
+    let (srv, mut d) = default_server_daemon(&["eta"], following_browser().0).await;
     // The daemon helper does not pass the configs on; a second API with them does.
     d.api.stop().await;
     let servers = vec![UpstreamConfig::new(
@@ -974,14 +965,8 @@ async fn diagnose_walks_the_steps_and_names_the_first_failure() {
 
     let report = d.get("/api/v1/servers/eta/diagnose").await;
     assert_eq!(report["ok"], true, "{report}");
-    let steps: Vec<&str> = report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        steps,
+        field_of_each(&report["steps"], "step"),
         [
             "mcp endpoint",
             "discovery",
@@ -990,13 +975,8 @@ async fn diagnose_walks_the_steps_and_names_the_first_failure() {
         ]
     );
     // A made-up client and token: the server answers with an OAuth error, as it should.
-    assert!(
-        report["steps"][3]["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("answers OAuth: invalid_"),
-        "{report}"
-    );
+    let detail = string(&report["steps"][3]["detail"], "the token step's detail");
+    assert!(detail.starts_with("answers OAuth: invalid_"), "{report}");
     let stats = srv.stats();
     assert_eq!(stats.registrations, 0, "diagnose registers no client");
     assert_eq!(stats.authorize_requests, 0, "and opens no authorization");
@@ -1011,13 +991,8 @@ async fn diagnose_walks_the_steps_and_names_the_first_failure() {
     assert_eq!(report["ok"], false);
     assert_eq!(report["failed_step"], "token endpoint", "{report}");
     assert_eq!(report["steps"][3]["status"], 503, "{report}");
-    assert!(
-        report["steps"][3]["action"]
-            .as_str()
-            .unwrap()
-            .contains("retry later"),
-        "{report}"
-    );
+    let action = string(&report["steps"][3]["action"], "the token step's action");
+    assert!(action.contains("retry later"), "{report}");
     srv.clear_faults();
 
     // Metadata failing: discovery is the first failing step, and nothing after it runs.
@@ -1033,7 +1008,5 @@ async fn diagnose_walks_the_steps_and_names_the_first_failure() {
         (status, body["error"]["code"].as_str()),
         (404, Some("unknown_server"))
     );
-    d.assert_no_secret(&srv);
-    d.stop().await;
-    srv.shutdown().await;
+    d.stop_without_secrets(srv).await;
 }

@@ -481,12 +481,7 @@ async fn refreshes_go_on_when_the_log_reader_stops_reading() {
         }
         let during = srv.stats().token_requests_for("refresh_token") - before;
         let list = serve.get("/api/v1/servers").await;
-        let phases: Vec<&str> = list["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["phase"].as_str().unwrap())
-            .collect();
+        let phases = field_of_each(&list["servers"], "phase");
         assert!(
             during >= names.len() as u64,
             "window {window}: {during} refreshes in 5 s; the API still answers, with phases {phases:?}"

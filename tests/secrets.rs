@@ -39,6 +39,11 @@ fn assert_clean(what: &str, text: &str, secrets: &[&str]) {
     }
 }
 
+/// A value's type, as the compiler names it, and its Debug output.
+fn debug_of<T: std::fmt::Debug>(value: &T) -> (&'static str, String) {
+    (std::any::type_name::<T>(), format!("{value:?}"))
+}
+
 #[test]
 fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
     let dir = std::env::temp_dir().join(format!("secrets-debug-{}", std::process::id()));
@@ -152,19 +157,19 @@ fn debug_of_every_public_config_and_credential_type_shows_no_secret() {
     let supervisor = SupervisorConfig::new(servers.clone(), dir.clone());
     let secrets = [CLIENT_SECRET, ACCESS, REFRESH, DPOP_KEY, state.as_str()];
     let shown: Vec<(&str, String)> = vec![
-        ("UpstreamConfig", format!("{:?}", servers[0])),
-        ("ClientConfig", format!("{client:?}")),
-        ("ClientCredentials", format!("{credentials:?}")),
-        ("TokenEndpoint", format!("{endpoint:?}")),
-        ("PendingAuthorization", format!("{pending:?}")),
-        ("ExpectedCallback", format!("{expected:?}")),
-        ("TokenSet", format!("{set:?}")),
-        ("HttpReply", format!("{reply:?}")),
-        ("StoredToken", format!("{stored_token:?}")),
-        ("StoredClient", format!("{stored_client:?}")),
-        ("LoginSettings", format!("{login:?}")),
-        ("ConnectOptions", format!("{connect:?}")),
-        ("SupervisorConfig", format!("{supervisor:?}")),
+        debug_of(&servers[0]),
+        debug_of(&client),
+        debug_of(&credentials),
+        debug_of(&endpoint),
+        debug_of(&pending),
+        debug_of(&expected),
+        debug_of(&set),
+        debug_of(&reply),
+        debug_of(&stored_token),
+        debug_of(&stored_client),
+        debug_of(&login),
+        debug_of(&connect),
+        debug_of(&supervisor),
     ];
     for (what, text) in &shown {
         assert_clean(what, text, &secrets);

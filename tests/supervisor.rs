@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +30,17 @@ async fn supervise(srv: &OAuthTestServer, dir: &Path) -> (SupervisorHandle, Arc<
     let (browser, launches) = following_browser();
     let config = supervisor_config(vec![upstream("srv", srv)], dir, browser);
     (start_supervisor(config).await, launches)
+}
+
+/// The default test server and a data directory for the test `name`, not yet created.
+async fn server_and_dir(name: &str) -> (OAuthTestServer, PathBuf) {
+    (start(Config::default()).await, data_dir(name))
+}
+
+/// The access token "srv" reconnects with.
+async fn connected_token(handle: &SupervisorHandle) -> String {
+    let grant = handle.reconnect("srv").await.expect("connected");
+    grant.access_token.secret().clone()
 }
 
 /// Makes the stored access token of every server expired (the supervisor must be stopped).
@@ -72,12 +83,19 @@ struct Restarted {
     launches: Arc<AtomicU32>,
 }
 
+impl Restarted {
+    /// Stops the second supervisor and scans the run's logs for the server's secrets.
+    async fn shutdown(self) {
+        self.handle.shutdown().await;
+        assert_logs_free_of_secrets(&self.srv);
+    }
+}
+
 async fn restarted_with_expired_token(
     name: &str,
     while_down: impl FnOnce(&OAuthTestServer),
 ) -> Restarted {
-    let srv = start(Config::default()).await;
-    let dir = data_dir(name);
+    let (srv, dir) = server_and_dir(name).await;
     persisted_expired_token(&srv, &dir).await;
     while_down(&srv);
     let (handle, launches) = supervise(&srv, &dir).await;
@@ -136,31 +154,25 @@ async fn scenario_1_stays_connected_through_ten_refreshes_with_one_login() {
 
 #[tokio::test]
 async fn scenario_2_a_restart_refreshes_the_persisted_token_without_a_login() {
-    let Restarted {
-        srv,
-        handle,
-        launches,
-    } = restarted_with_expired_token("s2", |_| {}).await;
-    let grant = reconnected(&handle, &srv, "connected after restart").await;
-    let stats = srv.stats();
+    let restarted = restarted_with_expired_token("s2", |_| {}).await;
+    let grant = reconnected(&restarted.handle, &restarted.srv, "connected after restart").await;
+    let stats = restarted.srv.stats();
     assert_eq!(stats.token_requests_for("refresh_token"), 1);
     assert_eq!(
         stats.authorize_requests, 1,
         "only the first process's login"
     );
-    assert_logins(&launches, 0, "browser logins");
+    assert_logins(&restarted.launches, 0, "browser logins");
     assert!(
         grant.flow_id.is_some(),
         "the caller learns the flow's correlation ID"
     );
-    handle.shutdown().await;
-    assert_logs_free_of_secrets(&srv);
+    restarted.shutdown().await;
 }
 
 #[tokio::test]
 async fn both_tokens_expired_open_the_browser_once_with_a_clear_message() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("both");
+    let (srv, dir) = server_and_dir("both").await;
     persisted_expired_token(&srv, &dir).await;
     reqwest::Client::new()
         .post(format!("{}/control/revoke-all", srv.url()))
@@ -178,10 +190,10 @@ async fn both_tokens_expired_open_the_browser_once_with_a_clear_message() {
 
 #[tokio::test]
 async fn scenario_5_a_hundred_concurrent_callers_cause_one_refresh() {
-    let Restarted { srv, handle, .. } = restarted_with_expired_token("s5", |_| {}).await;
+    let restarted = restarted_with_expired_token("s5", |_| {}).await;
     let mut callers = tokio::task::JoinSet::new();
     for i in 0..100 {
-        let handle = handle.clone();
+        let handle = restarted.handle.clone();
         callers.spawn(async move {
             if i % 2 == 0 {
                 handle
@@ -204,12 +216,12 @@ async fn scenario_5_a_hundred_concurrent_callers_cause_one_refresh() {
         "all 100 callers get the same new token"
     );
     assert_eq!(
-        srv.stats().token_requests_for("refresh_token"),
+        restarted.srv.stats().token_requests_for("refresh_token"),
         1,
         "one refresh for 100 callers"
     );
-    mcp_ping(&srv, &tokens[0]).await.unwrap();
-    handle.shutdown().await;
+    mcp_ping(&restarted.srv, &tokens[0]).await.unwrap();
+    restarted.shutdown().await;
 }
 
 #[tokio::test]
@@ -217,13 +229,7 @@ async fn scenario_5_a_hundred_401_reports_for_one_token_cause_one_refresh() {
     let srv = start(token_ttl(600)).await;
     let dir = data_dir("s5-401");
     let (handle, _) = supervise(&srv, &dir).await;
-    let old = handle
-        .reconnect("srv")
-        .await
-        .unwrap()
-        .access_token
-        .secret()
-        .clone();
+    let old = connected_token(&handle).await;
     srv.advance_clock(Duration::from_secs(601)); // the server now refuses it; the supervisor cannot know
     let refused = mcp_ping(&srv, &old).await.unwrap_err();
     let McpError::Unauthorized(challenge) = refused else {
@@ -265,8 +271,7 @@ async fn scenario_5_a_hundred_401_reports_for_one_token_cause_one_refresh() {
 
 #[tokio::test]
 async fn scenario_5_five_servers_refresh_concurrently() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("five");
+    let (srv, dir) = server_and_dir("five").await;
     let names: Vec<String> = (1..=5).map(|i| format!("srv{i}")).collect();
     let servers: Vec<UpstreamConfig> = names.iter().map(|n| upstream(n, &srv)).collect();
     let (browser, launches) = following_browser();
@@ -315,8 +320,7 @@ async fn scenario_5_five_servers_refresh_concurrently() {
 
 #[tokio::test]
 async fn two_supervisors_on_one_database_run_one_login() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("two");
+    let (srv, dir) = server_and_dir("two").await;
     let (browser, launches) = following_browser();
     let on_the_database = || supervisor_config(upstreams(&srv, &["srv"]), &dir, browser.clone());
     let a = start_supervisor(on_the_database()).await;
@@ -346,18 +350,15 @@ async fn scenario_6_transient_refresh_faults_back_off_and_recover_without_a_logi
     for (kind, delay_ms) in cases {
         let mut fault = Fault::new(FaultTarget::Refresh, kind).times(1);
         fault.delay_ms = delay_ms;
-        let Restarted {
-            srv,
-            handle,
-            launches,
-        } = restarted_with_expired_token("s6", |srv| srv.inject(fault).unwrap()).await;
+        let restarted = restarted_with_expired_token("s6", |srv| srv.inject(fault).unwrap()).await;
+        let (srv, handle) = (&restarted.srv, &restarted.handle);
         let started = Instant::now();
         let first = handle.reconnect("srv").await;
         assert!(
             first.is_err(),
             "{kind}: the waiters hear of the failure: {first:?}"
         );
-        wait_for_phase(&handle, "srv", "connected", Duration::from_secs(10)).await;
+        wait_for_phase(handle, "srv", "connected", Duration::from_secs(10)).await;
         if kind == FaultKind::RateLimited {
             assert!(
                 started.elapsed() >= Duration::from_secs(1),
@@ -365,7 +366,7 @@ async fn scenario_6_transient_refresh_faults_back_off_and_recover_without_a_logi
             );
         }
         let token = handle.access_token("srv").await.unwrap();
-        mcp_ping(&srv, token.secret())
+        mcp_ping(srv, token.secret())
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
         let stats = srv.stats();
@@ -379,42 +380,29 @@ async fn scenario_6_transient_refresh_faults_back_off_and_recover_without_a_logi
             stats.refresh_token_reuse, 0,
             "{kind}: the refresh token survived (rotated ones were kept)"
         );
-        assert_logins(&launches, 0, "browser logins");
-        handle.shutdown().await;
-        assert_logs_free_of_secrets(&srv);
+        assert_logins(&restarted.launches, 0, "browser logins");
+        restarted.shutdown().await;
     }
 }
 
 #[tokio::test]
 async fn scenario_6_invalid_grant_on_refresh_leads_to_one_login() {
-    let Restarted {
-        srv,
-        handle,
-        launches,
-    } = restarted_with_refresh_fault("s6-ig", FaultKind::InvalidGrant).await;
-    reconnected(&handle, &srv, "connected through one login").await;
-    assert_logins(&launches, 1, "browser logins");
+    let restarted = restarted_with_refresh_fault("s6-ig", FaultKind::InvalidGrant).await;
+    let (srv, handle) = (&restarted.srv, &restarted.handle);
+    reconnected(handle, srv, "connected through one login").await;
+    assert_logins(&restarted.launches, 1, "browser logins");
     assert_eq!(srv.stats().authorize_requests, 2);
-    handle.shutdown().await;
+    restarted.shutdown().await;
 }
 
 #[tokio::test]
 async fn scenario_6_an_already_expired_token_is_refused_once_and_refreshed_again() {
     // The state machine's tests prove the other half: when the refreshed token is refused
     // fresh again, the supervisor backs off instead of looping, and gives up at its bound.
-    let Restarted {
-        srv,
-        handle,
-        launches,
-    } = restarted_with_refresh_fault("s6-ae", FaultKind::AlreadyExpired).await;
-    let bad = handle
-        .reconnect("srv")
-        .await
-        .unwrap()
-        .access_token
-        .secret()
-        .clone();
-    let McpError::Unauthorized(challenge) = mcp_ping(&srv, &bad).await.unwrap_err() else {
+    let restarted = restarted_with_refresh_fault("s6-ae", FaultKind::AlreadyExpired).await;
+    let (srv, handle) = (&restarted.srv, &restarted.handle);
+    let bad = connected_token(handle).await;
+    let McpError::Unauthorized(challenge) = mcp_ping(srv, &bad).await.unwrap_err() else {
         panic!()
     };
     let good = handle
@@ -422,16 +410,15 @@ async fn scenario_6_an_already_expired_token_is_refused_once_and_refreshed_again
         .await
         .expect("one reactive refresh");
     assert_ne!(good.access_token.secret(), &bad);
-    mcp_ping(&srv, good.access_token.secret()).await.unwrap();
+    mcp_ping(srv, good.access_token.secret()).await.unwrap();
     assert_eq!(srv.stats().token_requests_for("refresh_token"), 2);
-    assert_logins(&launches, 0, "browser logins");
-    handle.shutdown().await;
+    assert_logins(&restarted.launches, 0, "browser logins");
+    restarted.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_corrupt_database_is_moved_aside_and_the_daemon_starts_fresh() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("corrupt");
+    let (srv, dir) = server_and_dir("corrupt").await;
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(database_path(&dir), b"garbage, not a database").unwrap();
     let (handle, _) = supervise(&srv, &dir).await;
@@ -462,8 +449,7 @@ async fn an_unreadable_database_stops_the_start_with_the_file_and_the_fix() {
 
 #[tokio::test]
 async fn unknown_servers_get_a_clear_error_and_status_lists_every_server() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("unknown");
+    let (srv, dir) = server_and_dir("unknown").await;
     let handle = start_supervisor(supervisor_config(
         vec![upstream("a", &srv), upstream("b", &srv)],
         &dir,
@@ -485,8 +471,7 @@ async fn unknown_servers_get_a_clear_error_and_status_lists_every_server() {
 
 #[tokio::test]
 async fn logout_revokes_at_the_server_and_forgets_the_token() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("logout");
+    let (srv, dir) = server_and_dir("logout").await;
     let (handle, _) = supervise(&srv, &dir).await;
     let grant = handle.reconnect("srv").await.unwrap();
     handle.logout("srv").await.unwrap();
@@ -512,8 +497,7 @@ async fn logout_revokes_at_the_server_and_forgets_the_token() {
 
 #[tokio::test]
 async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("noninteractive");
+    let (srv, dir) = server_and_dir("noninteractive").await;
     let launches = Arc::new(AtomicU32::new(0));
     let counter = launches.clone();
     let browser = BrowserLauncher::handler(move |_| {
@@ -544,8 +528,7 @@ async fn non_interactive_hosts_report_needs_login_instead_of_opening_a_browser()
 
 #[tokio::test]
 async fn configured_extra_params_reach_the_authorization_request_but_never_override_it() {
-    let srv = start(Config::default()).await;
-    let dir = data_dir("extra");
+    let (srv, dir) = server_and_dir("extra").await;
     let seen: Arc<Mutex<Option<Url>>> = Arc::new(Mutex::new(None));
     let (follow, _) = following_browser();
     let record = seen.clone();
