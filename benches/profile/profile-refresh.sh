@@ -10,14 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG=${1:-profile}
-BENCH=$(ls -t target/release/deps/system-* | grep -v '\.d$' | head -1)
 export BENCH_SCALE=${BENCH_SCALE:-2000} BENCH_TTL=${BENCH_TTL:-20s} BENCH_LIFETIMES=${BENCH_LIFETIMES:-2} BENCH_COLD=0
-nice -n 10 "$BENCH" --bench --only scale >"/tmp/perf-$TAG.out" 2>"/tmp/perf-$TAG.err" &
-PID=$!
-until grep -q "servers for" "/tmp/perf-$TAG.err"; do
-    sleep 1
-    kill -0 "$PID" 2>/dev/null || { cat "/tmp/perf-$TAG.err"; exit 1; }
-done
+. benches/profile/scale-run.sh
+start_scale "perf-$TAG"
 perf record -e cpu-clock -F 499 --call-graph dwarf,32768 -p "$PID" -o "/tmp/perf-$TAG.data" -- sleep 25 2>/dev/null
 wait "$PID"
 cat "/tmp/perf-$TAG.out"

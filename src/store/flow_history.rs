@@ -128,6 +128,25 @@ impl TokenStore {
     /// whether a login wrote the token), in one registry job: one round trip instead of two.
     /// The flow row is written with a short busy timeout (history must not stall the
     /// registry); its failure is reported in `not_recorded`, and the reads still happen.
+    ///
+    /// The row is committed without an fsync of its own (`without_own_fsync`): it was a
+    /// second durable transaction per refresh, beside the save's. Nothing needs it on disk
+    /// before the flow's token request:
+    /// - one flow per server across processes is the server's lock file (SQLite), never
+    ///   this row; PostgreSQL's claims are another path (their row is in the claim's
+    ///   transaction);
+    /// - other processes (`logs flows`, another daemon) see the row as soon as it commits:
+    ///   visibility does not wait for the disk, and neither does a process that crashes;
+    /// - the flow's end (`save_and_finish`, `finish_flow`) is a `FULL` commit, so it makes
+    ///   the start durable too, in order: a machine crash never leaves a finished flow
+    ///   without its start, nor a token whose flow (`written_by_login`) is missing;
+    /// - the recovery at the next start (`close_abandoned_flows`) closes the `running`
+    ///   rows it finds; a row lost with the machine is a flow it has nothing to close.
+    ///
+    /// So a machine crash (not a process crash) between the start and the next durable
+    /// write of any flow may lose the starts of the flows then in flight: the history shows
+    /// nothing for them instead of `abandoned`. Their tokens are as before: the stored one
+    /// is the last durably saved.
     pub fn begin_flow_and_read(
         &mut self,
         flow_id: &str,
@@ -139,7 +158,9 @@ impl TokenStore {
     ) -> Result<FlowStart, StoreError> {
         let not_recorded = self
             .with_short_busy_timeout(|s| {
-                s.begin_flow(flow_id, server_key, server_name, kind, owner, lease_ms)
+                s.without_own_fsync(|s| {
+                    s.begin_flow(flow_id, server_key, server_name, kind, owner, lease_ms)
+                })
             })
             .err()
             .map(|e| e.to_string());
@@ -251,5 +272,68 @@ impl TokenStore {
         )?;
         let rows = statement.query_map(params![server_name, flow_id, limit], flow_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `synchronous` as the store's connection has it now: 2 is FULL, 1 NORMAL.
+    fn synchronous(store: &TokenStore) -> i64 {
+        store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn flow_state(conn: &rusqlite::Connection, flow_id: &str) -> Option<String> {
+        conn.query_row(
+            "SELECT state FROM oauth_flows WHERE flow_id = ?1",
+            [flow_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap()
+    }
+
+    /// The flow's start commits without its own fsync, yet another connection (another
+    /// process's `logs flows`) sees it at once, and every write after it is FULL again:
+    /// after a recorded start, after one that could not be recorded (the write lock was
+    /// held elsewhere), and for the flow's end.
+    #[test]
+    fn a_flow_start_skips_its_own_fsync_and_leaves_full_durability_behind() {
+        let dir = std::env::temp_dir().join(format!(
+            "mcpproxy-oauth-start-unsynced-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let path = dir.join("tokens.db");
+        let mut store = TokenStore::open(&path).unwrap();
+        assert_eq!(synchronous(&store), 2, "the store opens FULL");
+        let other = rusqlite::Connection::open(&path).unwrap();
+
+        let start = store
+            .begin_flow_and_read("f1", "a_1", "a", "refresh", "pid 1", 60_000)
+            .unwrap();
+        assert!(start.not_recorded.is_none(), "{:?}", start.not_recorded);
+        assert_eq!(flow_state(&other, "f1").as_deref(), Some("running"));
+        assert_eq!(synchronous(&store), 2, "FULL again after the start");
+
+        // Another connection holds the write lock: the start is not recorded, the reads
+        // still happen, and the connection is FULL again all the same.
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let start = store
+            .begin_flow_and_read("f2", "a_1", "a", "refresh", "pid 1", 60_000)
+            .unwrap();
+        other.execute_batch("COMMIT").unwrap();
+        assert!(start.not_recorded.is_some(), "the write lock was held");
+        assert_eq!(flow_state(&other, "f2"), None);
+        assert_eq!(synchronous(&store), 2, "FULL again after a failed start");
+
+        store.finish_flow("f1", None).unwrap();
+        assert_eq!(flow_state(&other, "f1").as_deref(), Some("succeeded"));
+        drop((store, other));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,16 +16,16 @@ pub trait GroupJob: Send {
     fn run(&mut self, store: &mut TokenStore) -> bool;
 }
 
-/// Runs `f` as one write: in its own `BEGIN IMMEDIATE` transaction, or, inside a group
-/// commit (`batched`), in the group's transaction (the group commits, and each job has its
-/// own savepoint there).
 /// Runs a transaction-control statement (`BEGIN`, `SAVEPOINT`, `COMMIT`) from the
 /// connection's statement cache: every refresh runs the same few, and parsing them each time
 /// showed in the refresh's profile (BENCHMARKS.md, table 3's breakdown).
-fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+pub(super) fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// Runs `f` as one write: in its own `BEGIN IMMEDIATE` transaction, or, inside a group
+/// commit (`batched`), in the group's transaction (the group commits, and each job has its
+/// own savepoint there).
 pub(super) fn write_tx<R>(
     conn: &mut Connection,
     batched: bool,

