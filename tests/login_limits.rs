@@ -104,9 +104,11 @@ async fn three_hundred_logins_at_once_stay_within_the_login_and_tab_limits() {
         tokio::spawn(async move { handle.reconnect(&name).await });
     }
     // While they run, the queues are seen from outside: logins wait for a slot.
-    wait_until("logins waiting in the queue", Duration::from_secs(60), || {
-        handle.scheduler_counters().logins_queued > 0
-    })
+    wait_until(
+        "logins waiting in the queue",
+        Duration::from_secs(60),
+        || handle.scheduler_counters().logins_queued > 0,
+    )
     .await;
     for name in &names {
         wait_for_phase(&handle, name, "connected", Duration::from_secs(300)).await;
@@ -133,10 +135,17 @@ async fn three_hundred_logins_at_once_stay_within_the_login_and_tab_limits() {
         (1..=TABS).contains(&browser_peak),
         "the browser had {browser_peak} tabs waiting at once; the limit is {TABS}"
     );
-    assert_eq!(tabs.launched.load(Ordering::SeqCst), SERVERS, "one tab a login");
+    assert_eq!(
+        tabs.launched.load(Ordering::SeqCst),
+        SERVERS,
+        "one tab a login"
+    );
     let stats = srv.stats();
     assert_eq!(stats.authorize_requests, SERVERS as u64);
-    assert_eq!(stats.token_requests_for("authorization_code"), SERVERS as u64);
+    assert_eq!(
+        stats.token_requests_for("authorization_code"),
+        SERVERS as u64
+    );
     assert_eq!(stats.registrations, SERVERS as u64);
     handle.shutdown().await;
 }
@@ -229,5 +238,9 @@ async fn a_shutdown_gives_back_the_slots_of_waiting_and_queued_logins() {
         "{counters:?}"
     );
     assert_eq!((counters.logins_peak, counters.tabs_peak), (4, 2));
-    assert_eq!(launched.load(Ordering::SeqCst), 2, "no tab opened past the limit");
+    assert_eq!(
+        launched.load(Ordering::SeqCst),
+        2,
+        "no tab opened past the limit"
+    );
 }
