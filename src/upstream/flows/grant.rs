@@ -29,7 +29,7 @@ use crate::oauth::token::TokenSet;
 use crate::store::StoredToken;
 use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime};
-use crate::upstream::state::{MAX_RETRY_AFTER, Millis, RefreshFailure, TokenId};
+use crate::upstream::state::{MAX_RETRY_AFTER, Millis, RefreshFailure};
 
 /// How long a grant waits for another process's flow of the same server: a grant is one or
 /// two HTTP exchanges, so a longer wait means that flow is stuck.
@@ -136,9 +136,9 @@ async fn store_moved_on(
     stored: Option<StoredToken>,
     current: Option<&StoredToken>,
 ) -> Option<FlowOutcome> {
-    let held = current.map(|t| TokenId::of_secret(&t.access_token));
+    let held = current.map(|t| &t.access_token);
     match stored {
-        Some(stored) if Some(TokenId::of_secret(&stored.access_token)) != held => {
+        Some(stored) if Some(&stored.access_token) != held => {
             tracing::info!("another process obtained a token meanwhile; its token is the newest");
             cx.event(
                 FlowStep::Adopted,

@@ -23,7 +23,7 @@ use crate::oauth::token::TokenEndpoint;
 use crate::store::{Secret, StoredClient, StoredToken};
 use crate::telemetry::flow_logger::{FlowKind, FlowStep};
 use crate::upstream::flows::{Fence, Runtime, dpop_binding};
-use crate::upstream::state::{RefreshFailure, RefreshPlan, TokenId};
+use crate::upstream::state::{RefreshFailure, RefreshPlan};
 
 /// How long a refresh waits for another process's flow of the same server: a refresh is one
 /// HTTP exchange, so a longer wait means that flow is stuck (its lease shows whose it is).
@@ -199,10 +199,7 @@ async fn store_moved_on(
             cx.finish(Some(error.clone())).await;
             Some(failed(RefreshFailure::TokenGone, error))
         }
-        Some(stored)
-            if TokenId::of_secret(&stored.access_token)
-                != TokenId::of_secret(&current.access_token) =>
-        {
+        Some(stored) if stored.access_token != current.access_token => {
             tracing::info!("another process refreshed meanwhile; its token is the newest");
             let reason = "another process refreshed meanwhile";
             cx.event(
